@@ -1,0 +1,21 @@
+"""The error tree. Every error the system raises on purpose is a PSError.
+
+They are plain exceptions with a single message argument, so they survive
+pickling between Ray actors and the driver unchanged.
+"""
+
+
+class PSError(Exception):
+    """Base of every error raised on purpose by this project."""
+
+
+class ConfigError(PSError, ValueError):
+    """A job or cluster configuration names an unknown key or a bad value."""
+
+
+class ShapeError(PSError, ValueError):
+    """A tensor's size, dtype or shape does not match what the receiver holds."""
+
+
+class JobError(PSError, RuntimeError):
+    """A job could not finish: a worker failed or the job was stopped."""
