@@ -1,0 +1,28 @@
+"""Resolve ``"module:callable"`` strings, the way YAML names models and data."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ps.errors import ConfigError
+
+
+def import_object(spec: str, what: str = "object") -> Any:
+    """Import ``"package.module:attr.sub"`` and return the attribute.
+
+    ``what`` names the role (``"model"``, ``"data"``) in the error message.
+    """
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ConfigError(f"{what} ({spec!r}) must be a 'module:callable' string")
+    module_name, _, attr_path = spec.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"{what} ({spec!r}): cannot import module {module_name!r}: {e}") from None
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(f"{what} ({spec!r}): module {module_name!r} has no {attr_path!r}") from None
+    return obj
