@@ -34,7 +34,7 @@ def build(cls: type[T], value: Any, where: str) -> T:
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, raw in value.items():
-        sub = _dataclass_in(hints.get(name))
+        sub = dataclass_in(hints.get(name))
         kwargs[name] = build(sub, raw, f"{where}.{name}") if sub and raw is not None else raw
     try:
         return cls(**kwargs)
@@ -44,7 +44,7 @@ def build(cls: type[T], value: Any, where: str) -> T:
         raise ConfigError(f"{where}: {e}") from None
 
 
-def _dataclass_in(hint: Any) -> type | None:
+def dataclass_in(hint: Any) -> type | None:
     """The dataclass type in a hint such as ``Foo`` or ``Foo | None``."""
     if dataclasses.is_dataclass(hint):
         return hint

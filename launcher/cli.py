@@ -1,0 +1,58 @@
+"""psctl: the command line.
+
+    psctl run [CLUSTER_YAML] [--set KEY=VALUE ...] [--output DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from ps.errors import PSError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="psctl", description="Parameter-server training on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a job on a local single-node Ray instance")
+    run.add_argument("config", nargs="?", help="cluster.yaml whose job: section describes the job (default: the bundled digits job)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a job key, e.g. --set consistency.mode=bsp (repeatable)")
+    run.add_argument("--output", help="run directory to write (default: runs/<time>-<mode>)")
+    run.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from launcher.config import load_job_config
+    from launcher.driver import run_job
+    from launcher.progress import ProgressLine
+
+    config = load_job_config(args.config, args.overrides)  # every error surfaces before Ray starts
+    result = run_job(config, output=args.output, progress=ProgressLine(), dashboard=not args.no_dashboard)
+    s = result.summary
+    print(json.dumps({k: s[k] for k in ("test_accuracy", "test_loss", "max_clock_gap", "staleness_histogram",
+                                        "steps", "pushes_applied", "pushes_dropped", "samples_per_s", "wall_s")},
+                     indent=2))
+    acc = s["test_accuracy"]
+    print(f"test accuracy {acc:.4f}" if acc is not None else f"test loss {s['test_loss']:.4f}")
+    print(f"run directory: {result.run_dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+    except PSError as e:
+        print(f"psctl: error: {e}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""The job configuration: one frozen dataclass tree, loaded from YAML or kwargs.
+
+``JobConfig`` is the ``job:`` section of ``cluster.yaml`` and the keyword
+arguments of ``launcher.Job``; the rest of ``cluster.yaml`` belongs to Ray's
+cluster launcher and is not read here. Unknown keys and bad values are
+rejected before anything starts, with the file and the dotted key named.
+Command-line overrides (``--set consistency.mode=bsp``) are parsed as YAML
+scalars and checked the same way, naming the ``--set`` that was wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from ps.consistency import ConsistencyConfig
+from ps.errors import ConfigError
+from ps.optimizers import OptimizerConfig
+from ps.schedules import ScheduleConfig
+from ps.settings import build, dataclass_in, number, require
+
+TRANSPORTS = ("ray",)
+
+
+@dataclass(frozen=True)
+class DebugConfig:
+    """Knobs for experiments and tests, off by default."""
+
+    slow_workers: Mapping[int, float] = field(default_factory=dict)  # worker id -> extra seconds per step
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.slow_workers, Mapping),
+                f"slow_workers ({self.slow_workers!r}) must be a mapping of worker id to seconds")
+        for worker, delay in self.slow_workers.items():
+            number(worker, f"slow_workers key {worker!r}", minimum=0, integer=True)
+            number(delay, f"slow_workers[{worker}]", minimum=0)
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """A training job. Strings name things in YAML; the Python API also takes objects."""
+
+    model: Any = "worker.models:mlp"  # 'module:callable' or a callable returning an nn.Module
+    model_args: Mapping[str, Any] = field(default_factory=dict)  # keyword arguments for model
+    data: Any = "worker.datasets:digits"  # any form worker.data.resolve_data takes
+    test_data: Any = None  # None: the data's own test split, or a held-out part of train
+    loss: Any = "cross_entropy"  # cross_entropy | mse | kl | 'module:callable' | a callable
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="adam", lr=1e-3))
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    servers: int = 2
+    workers: int = 2
+    transport: str = "ray"
+    batch_size: int = 32
+    epochs: int = 10
+    max_steps: int | None = None  # per worker; stops early when set
+    seed: int = 0
+    num_gpus: float = 0  # per worker; > 0 trains on CUDA
+    worker_cpus: float = 0  # Ray CPU reservation per worker actor
+    server_cpus: float = 0  # Ray CPU reservation per shard actor
+    torch_threads: int = 1  # intra-op threads per worker
+    debug: DebugConfig = field(default_factory=DebugConfig)
+
+    def __post_init__(self) -> None:
+        number(self.servers, "servers", minimum=1, integer=True)
+        number(self.workers, "workers", minimum=1, integer=True)
+        number(self.batch_size, "batch_size", minimum=1, integer=True)
+        number(self.epochs, "epochs", minimum=1, integer=True)
+        if self.max_steps is not None:
+            number(self.max_steps, "max_steps", minimum=1, integer=True)
+        number(self.seed, "seed", minimum=0, integer=True)
+        number(self.num_gpus, "num_gpus", minimum=0)
+        number(self.worker_cpus, "worker_cpus", minimum=0)
+        number(self.server_cpus, "server_cpus", minimum=0)
+        number(self.torch_threads, "torch_threads", minimum=1, integer=True)
+        require(self.transport in TRANSPORTS,
+                f"transport ({self.transport!r}) must be one of {', '.join(TRANSPORTS)}")
+        require(isinstance(self.model_args, Mapping), f"model_args ({self.model_args!r}) must be a mapping")
+        require(self.model is not None and (callable(self.model) or isinstance(self.model, str)),
+                f"model ({self.model!r}) must be a 'module:callable' string or a callable")
+        for worker in self.debug.slow_workers:
+            require(worker < self.workers,
+                    f"debug.slow_workers names worker {worker}, but the job has workers 0..{self.workers - 1}")
+        quorum = self.consistency.quorum
+        require(quorum is None or quorum <= self.workers,
+                f"consistency.quorum ({quorum}) must not exceed workers ({self.workers})")
+
+    def to_dict(self) -> dict:
+        """Plain data for summary files; objects that are not plain data become their repr."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"consistency.mode=bsp"`` -> (["consistency", "mode"], "bsp"); the value is YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set consistency.mode=bsp")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML: {e}") from None
+    return key.strip().split("."), value
+
+
+def _check_path(path: list[str], text: str) -> None:
+    """Reject an override whose key names no field (before merging, so the message names --set)."""
+    cls: Any = JobConfig
+    for depth, part in enumerate(path):
+        if cls is None:
+            return  # inside a free-form mapping (model_args, slow_workers): anything goes
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if part not in fields:
+            where = ".".join(path[:depth]) or "job"
+            raise ConfigError(f"--set {text!r}: unknown key {part!r} in {where} (allowed: {', '.join(sorted(fields))})")
+        cls = dataclass_in(typing.get_type_hints(cls)[part])
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: list[str]) -> dict:
+    """A copy of the raw job mapping with each ``KEY=VALUE`` override merged in."""
+    merged = _deep_copy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        _check_path(path, text)
+        node = merged
+        for part in path[:-1]:
+            child = node.get(part)
+            if dataclasses.is_dataclass(child):
+                child = dataclasses.asdict(child)
+            if not isinstance(child, dict):
+                child = {}
+            node[part] = child
+            node = child
+        node[path[-1]] = value
+    return merged
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    return value
+
+
+def read_job_section(path: str | Path) -> dict:
+    """The ``job:`` mapping of a cluster.yaml (an empty mapping when there is none)."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, Mapping):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(doc).__name__}")
+    job = doc.get("job") or {}
+    if not isinstance(job, Mapping):
+        raise ConfigError(f"{path}: job: expected a mapping, got {job!r}")
+    return dict(job)
+
+
+def load_job_config(path: str | Path | None = None, overrides: list[str] | None = None) -> JobConfig:
+    """The job from ``path``'s ``job:`` section (defaults when None), with overrides applied."""
+    raw = read_job_section(path) if path is not None else {}
+    where = f"{path}: job" if path is not None else "job"
+    config = build(JobConfig, raw, where)  # the file alone first, so its errors name the file
+    if overrides:
+        config = build(JobConfig, apply_overrides(raw, overrides), "--set")
+    return config

@@ -1,0 +1,43 @@
+"""Range partitioning of a flat parameter vector across server shards.
+
+Each shard owns one contiguous range ``[lo, hi)`` of the flat vector, so a
+push or pull is one contiguous copy per shard. Ranges are cut by element
+count, which for one float32 buffer is the same as by bytes: the largest and
+smallest shard differ by at most one element. A tensor may straddle two
+shards; nothing on the hot path cares, because only the flat vector moves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ps.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ShardRange:
+    shard_id: int
+    lo: int
+    hi: int
+
+    @property
+    def size(self) -> int:
+        return self.hi - self.lo
+
+
+def partition(numel: int, num_shards: int) -> list[ShardRange]:
+    """Split ``numel`` elements into ``num_shards`` contiguous, byte-balanced ranges."""
+    if num_shards < 1:
+        raise ConfigError(f"servers ({num_shards}) must be >= 1")
+    if numel < num_shards:
+        raise ConfigError(
+            f"servers ({num_shards}) must not exceed the number of parameters ({numel}):"
+            " every shard needs at least one element"
+        )
+    base, extra = divmod(numel, num_shards)
+    ranges, lo = [], 0
+    for i in range(num_shards):
+        hi = lo + base + (1 if i < extra else 0)
+        ranges.append(ShardRange(i, lo, hi))
+        lo = hi
+    return ranges

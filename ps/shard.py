@@ -1,0 +1,229 @@
+"""ParameterShard: one range of the flat parameter vector, its optimizer, its clocks.
+
+A plain class: the driver makes it a Ray actor with ``ray.remote`` at one call
+site, and unit tests drive it directly with ``asyncio``. Its public methods are
+coroutines so that, as a Ray async actor, a worker waiting on the consistency
+bound does not block pushes from the others (one event loop, no locks: every
+update runs to completion before the next coroutine resumes).
+
+The hot path is ``push_pull``: apply (or aggregate) one worker's gradient,
+advance its clock, wait until the consistency mode admits its next iteration,
+and return the parameters; one call per step per shard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from protos.layout import DTYPE
+from ps.consistency import ClockTable, ConsistencyConfig, ConsistencyPolicy
+from ps.errors import PSError, ShapeError
+from ps.optimizers import OptimizerConfig, make_optimizer
+from ps.schedules import ScheduleConfig, make_schedule
+
+
+@dataclass
+class _Pending:
+    """A bsp gradient waiting for its clock's round to fill."""
+
+    grad: np.ndarray
+    num_samples: int
+    pulled_version: int
+
+
+class ParameterShard:
+    def __init__(
+        self,
+        shard_id: int,
+        init_params: np.ndarray,
+        worker_ids: list[int],
+        optimizer: OptimizerConfig,
+        schedule: ScheduleConfig,
+        consistency: ConsistencyConfig,
+        total_updates: int | None = None,
+    ):
+        self.shard_id = shard_id
+        self._params = np.array(init_params, dtype=DTYPE, copy=True).reshape(-1)
+        self._optimizer = make_optimizer(optimizer, self._params.size)
+        self._lr = make_schedule(schedule, optimizer.lr, total_updates)
+        self._config = consistency
+        self._policy = ConsistencyPolicy(consistency)
+        self._clocks = ClockTable(worker_ids)
+        self._version = 0  # optimizer steps applied so far: the global step of the schedule
+        self._changed: asyncio.Event | None = None  # made lazily, inside the actor's event loop
+        # bsp: the clock whose gradients are being gathered, and those gathered so far
+        self._round_clock = 1
+        self._round: dict[int, _Pending] = {}
+        # what the driver reads back
+        self._staleness = Counter()
+        self._rejected = Counter()
+        self._applied = 0
+        self._dropped = 0
+        self._duplicates = 0
+        self._max_lead = 0
+        self._wait_s = Counter()
+        self._samples = Counter()
+        self._loss: dict[int, float] = {}
+        self._started = time.monotonic()
+
+    def __repr__(self) -> str:  # the name Ray's dashboard shows for this actor
+        return f"ps-shard-{self.shard_id}"
+
+    # ---- the hot path -------------------------------------------------------------
+
+    async def register(self, worker_id: int) -> tuple[np.ndarray, int]:
+        """A worker's first pull: the current parameters and their version."""
+        self._clocks.completed(worker_id)  # raises for an unknown worker
+        return await self._admit(worker_id, 1)
+
+    async def push_pull(
+        self,
+        worker_id: int,
+        clock: int,
+        grad: np.ndarray,
+        pulled_version: int,
+        num_samples: int,
+        loss: float,
+    ) -> tuple[np.ndarray, int]:
+        """Push the gradient of iteration ``clock``; return the parameters for iteration clock + 1.
+
+        ``pulled_version`` is the version the gradient was computed from, so the
+        shard can measure its staleness. A repeated ``(worker_id, clock)`` (a
+        retry) is not applied twice.
+        """
+        self._check_grad(grad)
+        if not self._clocks.is_live(worker_id):
+            self._clocks.completed(worker_id)  # raises for an unknown worker
+            raise PSError(f"{self!r}: worker {worker_id} has left the job; its push is refused")
+        if clock <= self._clocks.completed(worker_id):
+            self._duplicates += 1
+        else:
+            self._samples[worker_id] += int(num_samples)
+            self._loss[worker_id] = float(loss)
+            if self._config.mode == "bsp":
+                self._gather(worker_id, clock, grad, int(num_samples), pulled_version)
+            else:
+                self._apply(grad, [self._version - int(pulled_version)])
+            self._clocks.advance(worker_id, clock)
+            self._maybe_step_round()
+            self._notify()
+        return await self._admit(worker_id, clock + 1)
+
+    async def finish(self, worker_id: int) -> None:
+        """A worker is done (or dead): it leaves the clock table and nobody waits for it."""
+        self._clocks.leave(worker_id)
+        self._maybe_step_round()
+        self._notify()
+
+    async def pull(self) -> tuple[np.ndarray, int]:
+        """The current parameters, for evaluation and checkpoints (no clock involved)."""
+        return self._params.copy(), self._version
+
+    # ---- applying updates ---------------------------------------------------------
+
+    def _check_grad(self, grad: object) -> None:
+        """Reject a malformed gradient before it touches any state."""
+        if not isinstance(grad, np.ndarray):
+            self._rejected["type"] += 1
+            raise ShapeError(f"{self!r}: gradient must be a numpy array, got {type(grad).__name__}")
+        if grad.dtype != DTYPE:
+            self._rejected["dtype"] += 1
+            raise ShapeError(f"{self!r}: gradient dtype must be {DTYPE}, got {grad.dtype}")
+        if grad.shape != self._params.shape:
+            self._rejected["shape"] += 1
+            raise ShapeError(f"{self!r}: gradient shape must be {self._params.shape}, got {grad.shape}")
+        if not np.isfinite(grad).all():
+            self._rejected["non_finite"] += 1
+            raise ShapeError(f"{self!r}: gradient holds NaN or Inf values")
+
+    def _apply(self, grad: np.ndarray, staleness: list[int]) -> None:
+        """One optimizer step with ``grad``, made of pushes of the given staleness."""
+        lr = self._lr(self._version)
+        if self._config.staleness_aware_lr:
+            lr /= max(1, max(staleness))
+        self._optimizer.step(self._params, grad, lr)
+        self._version += 1
+        self._applied += len(staleness)
+        self._staleness.update(staleness)
+
+    def _gather(self, worker_id: int, clock: int, grad: np.ndarray, n: int, pulled_version: int) -> None:
+        if clock < self._round_clock:  # its round already stepped without it (backup workers)
+            self._dropped += 1
+            return
+        if clock > self._round_clock:
+            raise PSError(
+                f"{self!r}: worker {worker_id} pushed clock {clock} while clock {self._round_clock}"
+                " is still being gathered; bsp workers must wait for each step"
+            )
+        self._round[worker_id] = _Pending(grad, n, pulled_version)
+
+    def _maybe_step_round(self) -> None:
+        """bsp: once the round has its quorum, step once with the sample-weighted mean gradient."""
+        if self._config.mode != "bsp" or not self._round:
+            return
+        if len(self._round) < self._policy.quorum(self._clocks):
+            return
+        pending = list(self._round.values())
+        if len(pending) == 1:  # exactly the worker's gradient: bit-for-bit with one process
+            mean = pending[0].grad
+        else:  # weighted by samples, so it equals the gradient of the combined batch
+            total = sum(p.num_samples for p in pending)
+            mean = np.zeros_like(self._params)
+            for p in pending:
+                mean += p.grad * np.float32(p.num_samples / total)
+        self._apply(mean, [self._version - p.pulled_version for p in pending])
+        self._round.clear()
+        self._round_clock += 1
+
+    # ---- waiting ------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        """Wake every waiter to re-check its condition (one event per change)."""
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    def _ready(self, clock: int) -> bool:
+        if self._config.mode == "bsp":
+            return self._round_clock >= clock
+        return self._policy.admits(self._clocks, clock)
+
+    async def _admit(self, worker_id: int, clock: int) -> tuple[np.ndarray, int]:
+        """Wait until ``worker_id`` may begin iteration ``clock``; then hand it the parameters."""
+        if not self._ready(clock):
+            began = time.monotonic()
+            while not self._ready(clock):
+                if self._changed is None:
+                    self._changed = asyncio.Event()
+                await self._changed.wait()
+            self._wait_s[worker_id] += time.monotonic() - began
+        if self._clocks.is_live(worker_id):
+            self._max_lead = max(self._max_lead, self._policy.lead(self._clocks, clock))
+        # A copy, because the buffer changes under the next update while Ray may
+        # still be serializing this reply.
+        return self._params.copy(), self._version
+
+    # ---- what the driver reads ----------------------------------------------------
+
+    async def stats(self) -> dict:
+        return {
+            "shard_id": self.shard_id,
+            "size": int(self._params.size),
+            "version": self._version,
+            "clocks": self._clocks.snapshot(),
+            "pushes_applied": self._applied,
+            "pushes_dropped": self._dropped,
+            "duplicates": self._duplicates,
+            "rejected": dict(self._rejected),
+            "staleness_histogram": {int(k): v for k, v in sorted(self._staleness.items())},
+            "max_clock_gap": self._max_lead,
+            "wait_s": {int(k): round(v, 4) for k, v in self._wait_s.items()},
+            "samples": dict(self._samples),
+            "loss": dict(self._loss),
+            "uptime_s": time.monotonic() - self._started,
+        }

@@ -1,0 +1,104 @@
+"""The training loop a worker actor runs: its data shard, its model, the shards.
+
+``Worker`` is a plain class; the driver makes it a Ray actor at one call site.
+The whole loop is ``Worker.run``: per step, compute the gradient into the flat
+buffer, then one fused push-pull to every shard, which blocks for as long as
+the consistency mode says.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ps.client import ShardClient
+from ps.partition import ShardRange
+from worker.data import DataSource, EpochSharder
+from worker.flat import FlatParams
+from worker.losses import LossFn
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """What one worker does; built by the driver from the job config."""
+
+    worker_id: int
+    num_workers: int
+    batch_size: int
+    epochs: int
+    max_steps: int | None = None  # per worker; None: run every epoch to the end
+    seed: int = 0
+    slow_s: float = 0.0  # straggler knob: extra seconds per step
+    use_gpu: bool = False
+    torch_threads: int = 1
+
+
+class Worker:
+    def __init__(
+        self,
+        plan: WorkerPlan,
+        model_fn: Callable[[], nn.Module],
+        loss_fn: LossFn,
+        train: DataSource,
+        shards: Sequence,
+        ranges: Sequence[ShardRange],
+    ):
+        self.plan = plan
+        # Workers share the machine's cores with each other and the shards; one
+        # intra-op thread each avoids oversubscription on small hosts.
+        torch.set_num_threads(plan.torch_threads)
+        torch.manual_seed(plan.seed)
+        device = "cuda" if plan.use_gpu and torch.cuda.is_available() else "cpu"
+        if plan.use_gpu and device == "cpu":
+            from ps.errors import JobError
+            raise JobError(f"worker-{plan.worker_id} asked for a GPU but torch sees no CUDA device")
+        self.model = model_fn()
+        self.flat = FlatParams(self.model, device)
+        self.loss_fn = loss_fn
+        self.train = train
+        self.sharder = EpochSharder(len(train), plan.num_workers, plan.batch_size, plan.seed)
+        self.client = ShardClient(plan.worker_id, shards, ranges)
+
+    def __repr__(self) -> str:  # the name Ray's dashboard shows for this actor
+        return f"worker-{self.plan.worker_id}"
+
+    def run(self) -> dict:
+        """Train to the end of the last epoch (or ``max_steps``); return what was done."""
+        plan, flat, device = self.plan, self.flat, self.flat.device
+        began = time.monotonic()
+        clock = samples = 0
+        loss_value = float("nan")
+        self.model.train()
+        try:
+            self.client.register(flat.host_params())
+            flat.params_received()
+            for epoch in range(plan.epochs):
+                for indices in self.sharder.batches(epoch, plan.worker_id):
+                    if plan.max_steps is not None and clock >= plan.max_steps:
+                        break
+                    x, y = self.train.batch(indices)
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    if plan.slow_s:
+                        time.sleep(plan.slow_s)
+                    flat.zero_grad()
+                    loss = self.loss_fn(self.model(x), y)
+                    loss.backward()
+                    clock += 1
+                    loss_value = loss.item()
+                    self.client.push_pull(clock, flat.host_grads(), flat.host_params(), len(indices), loss_value)
+                    flat.params_received()
+                    samples += len(indices)
+        finally:
+            # Leave the clock tables even on failure, so the others never wait for us.
+            self.client.finish()
+        return {
+            "worker_id": plan.worker_id,
+            "steps": clock,
+            "samples": samples,
+            "final_loss": loss_value,
+            "wall_s": time.monotonic() - began,
+        }
