@@ -11,6 +11,7 @@ scalars and checked the same way, naming the ``--set`` that was wrong.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,22 @@ from ps.schedules import ScheduleConfig
 from ps.settings import build, dataclass_in, number, require
 
 TRANSPORTS = ("ray",)
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` as a string (it wants ``1.0e-3``); a learning rate
+    written the usual way must load as the number it is."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _load_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
 
 
 @dataclass(frozen=True)
@@ -50,7 +67,7 @@ class JobConfig:
     data: Any = "worker.datasets:digits"  # any form worker.data.resolve_data takes
     test_data: Any = None  # None: the data's own test split, or a held-out part of train
     loss: Any = "cross_entropy"  # cross_entropy | mse | kl | 'module:callable' | a callable
-    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="adam", lr=1e-3))
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     servers: int = 2
@@ -92,10 +109,14 @@ class JobConfig:
 
     def to_dict(self) -> dict:
         """Plain data for summary files; objects that are not plain data become their repr."""
-        return _plain(dataclasses.asdict(self))
+        return _plain(self)
 
 
 def _plain(value: Any) -> Any:
+    # Not dataclasses.asdict: it deep-copies every value, which fails for callables holding
+    # locks and copies whole in-memory data sets only to repr them.
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -111,7 +132,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set consistency.mode=bsp")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {text!r}: the value is not valid YAML: {e}") from None
     return key.strip().split("."), value
@@ -159,16 +180,22 @@ def read_job_section(path: str | Path) -> dict:
     """The ``job:`` mapping of a cluster.yaml (an empty mapping when there is none)."""
     path = Path(path)
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = _load_yaml(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
+    except OSError as e:  # a directory, no permission: the CLI must still fail with a message
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if doc is None:
         doc = {}
     if not isinstance(doc, Mapping):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(doc).__name__}")
-    job = doc.get("job") or {}
+    job = doc.get("job")
+    if job is None:  # `job:` left empty, or no job section: the defaults
+        job = {}
     if not isinstance(job, Mapping):
         raise ConfigError(f"{path}: job: expected a mapping, got {job!r}")
     return dict(job)

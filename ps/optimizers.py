@@ -48,8 +48,10 @@ class OptimizerConfig:
     ``resolved_weight_decay`` and ``resolved_eps``.
     """
 
-    name: str = "sgd"
-    lr: float = 0.01
+    # Adam at 1e-3 is the default that trains most models without tuning, and
+    # it keeps a partial override (--set optimizer.lr=0.003) on the same rule.
+    name: str = "adam"
+    lr: float = 1e-3
     momentum: float = 0.0
     nesterov: bool = False
     weight_decay: float | None = None

@@ -35,7 +35,10 @@ def build(cls: type[T], value: Any, where: str) -> T:
     kwargs = {}
     for name, raw in value.items():
         sub = dataclass_in(hints.get(name))
-        kwargs[name] = build(sub, raw, f"{where}.{name}") if sub and raw is not None else raw
+        # None passes through only where the hint allows it (``Foo | None``); for a plain
+        # ``Foo`` section (an empty ``consistency:`` in YAML) build rejects it, naming the key.
+        optional = type(None) in typing.get_args(hints.get(name))
+        kwargs[name] = build(sub, raw, f"{where}.{name}") if sub and not (raw is None and optional) else raw
     try:
         return cls(**kwargs)
     except ConfigError as e:

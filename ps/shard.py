@@ -103,12 +103,13 @@ class ParameterShard:
         if clock <= self._clocks.completed(worker_id):
             self._duplicates += 1
         else:
-            self._samples[worker_id] += int(num_samples)
-            self._loss[worker_id] = float(loss)
             if self._config.mode == "bsp":
                 self._gather(worker_id, clock, grad, int(num_samples), pulled_version)
             else:
                 self._apply(grad, [self._version - int(pulled_version)])
+            # after _gather, which refuses a push from the future: a refused push records nothing
+            self._samples[worker_id] += int(num_samples)
+            self._loss[worker_id] = float(loss)
             self._clocks.advance(worker_id, clock)
             self._maybe_step_round()
             self._notify()
@@ -166,7 +167,9 @@ class ParameterShard:
         """bsp: once the round has its quorum, step once with the sample-weighted mean gradient."""
         if self._config.mode != "bsp" or not self._round:
             return
-        if len(self._round) < self._policy.quorum(self._clocks):
+        # Only live workers' gradients count toward the quorum: a worker that pushed
+        # and then left must not let the round step without a live worker's gradient.
+        if sum(self._clocks.is_live(w) for w in self._round) < self._policy.quorum(self._clocks):
             return
         pending = list(self._round.values())
         if len(pending) == 1:  # exactly the worker's gradient: bit-for-bit with one process
