@@ -74,7 +74,7 @@ class JobConfig:
     workers: int = 2
     transport: str = "ray"
     batch_size: int = 32
-    epochs: int = 10
+    epochs: int = 30
     max_steps: int | None = None  # per worker; stops early when set
     seed: int = 0
     num_gpus: float = 0  # per worker; > 0 trains on CUDA

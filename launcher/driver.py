@@ -147,7 +147,8 @@ def _wait_for_workers(workers, shards, progress, steps_per_worker, label, began)
             try:
                 reports[worker_id] = ray.get(ref)
             except Exception as e:
-                raise JobError(f"worker-{worker_id} failed: {e}") from e
+                cause = getattr(e, "cause", None) or e  # the worker's own exception, not Ray's wrapper
+                raise JobError(f"worker-{worker_id} failed: {type(cause).__name__}: {cause}") from e
         if progress is not None:
             stats = ray.get(shards[0].stats.remote())
             progress.update(describe(stats, steps_per_worker, time.monotonic() - began, label))

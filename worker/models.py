@@ -7,7 +7,7 @@ from typing import Sequence
 from torch import nn
 
 
-def mlp(in_features: int = 64, hidden: Sequence[int] = (128, 64), num_classes: int = 10) -> nn.Module:
+def mlp(in_features: int = 64, hidden: Sequence[int] = (256,), num_classes: int = 10) -> nn.Module:
     """A ReLU multilayer perceptron; the defaults fit the 8x8 digits data set."""
     layers: list[nn.Module] = []
     width = in_features

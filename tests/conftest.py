@@ -1,0 +1,19 @@
+"""One Ray instance for the whole test session, started on first use.
+
+Unit tests never touch it; tests that train take the ``ray_session`` fixture.
+The instance is our own (``address="local"``): it never joins another Ray
+cluster on the machine, and ``ray.shutdown`` ends only what it started.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,56 @@
+"""psctl as a user runs it: the default job in its own process, and cluster.yaml with overrides."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launcher.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SUMMARY_KEYS = {
+    "test_accuracy", "test_loss", "consistency", "staleness_bound", "max_clock_gap",
+    "staleness_histogram", "steps", "pushes_applied", "pushes_dropped", "samples_per_s", "wall_s",
+}
+
+
+@pytest.mark.slow
+def test_psctl_run_trains_the_default_job_past_the_accuracy_bar(tmp_path):
+    """The newcomer's command, in a fresh process with its own local Ray and dashboard."""
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "launcher", "run", "--output", str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Ray dashboard: http://127.0.0.1:" in proc.stdout
+    assert "[ssp s=2] step " in proc.stdout and "samples/s" in proc.stdout  # the progress line
+    summary = json.loads((out / "summary.json").read_text())
+    assert SUMMARY_KEYS <= summary.keys()
+    assert summary["test_accuracy"] >= 0.95
+    assert summary["consistency"] == "ssp" and summary["staleness_bound"] == 2
+    assert 0 <= summary["max_clock_gap"] <= 2
+    assert summary["steps"] == {"0": 690, "1": 690}
+    assert f"run directory: {out}" in proc.stdout
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_psctl_run_cluster_yaml_applies_command_line_overrides(ray_session, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["run", str(ROOT / "cluster.yaml"), "--set", "consistency.mode=bsp", "--set", "workers=3",
+                 "--set", "epochs=3", "--output", str(out)])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["consistency"] == "bsp" and summary["staleness_bound"] == 0
+    assert sorted(summary["steps"]) == ["0", "1", "2"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["workers"] == 3 and config["consistency"]["mode"] == "bsp"
+    assert config["optimizer"]["name"] == "adam"  # the file's section, untouched by the overrides
+    assert "test accuracy" in capsys.readouterr().out

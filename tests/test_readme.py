@@ -1,0 +1,28 @@
+"""The README's Python example runs as written and trains."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_example() -> str:
+    text = README.read_text()
+    section = text.split("## Python API", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_readme_python_example_trains_to_high_accuracy(ray_session, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the example writes runs/ under the working directory
+    namespace = {"__name__": "readme_example"}
+    exec(compile(readme_example(), str(README), "exec"), namespace)
+    result = namespace["result"]
+    assert result.summary["test_accuracy"] >= 0.9
+    assert (result.run_dir / "summary.json").is_file()
+    assert result.run_dir.is_relative_to(tmp_path)

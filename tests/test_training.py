@@ -1,0 +1,140 @@
+"""End-to-end jobs on the shared Ray instance: real shard and worker actors.
+
+Each job is small (a few seconds); together they check what a user of the
+system would: accuracy per consistency mode, the SSP bound, the BSP golden
+equivalence with a single process, exact push accounting, and that uneven
+shards and failing workers end the job instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from launcher import Job
+from ps.errors import JobError
+from worker.data import EpochSharder, resolve_data
+from worker.models import mlp
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def run(tmp_path, **kwargs):
+    return Job(**kwargs).run(output=tmp_path / "run", progress=False, dashboard=False)
+
+
+def total_pushes(summary) -> int:
+    """Every worker step pushes to every shard once."""
+    return sum(summary["steps"].values()) * summary["servers"]
+
+
+@pytest.mark.parametrize("consistency, bound", [
+    ({"mode": "asp"}, None),
+    ({"mode": "ssp", "staleness": 2}, 2),
+    ({"mode": "bsp"}, 0),
+    ({"mode": "ssp", "staleness": 3, "staleness_aware_lr": True}, 3),
+])
+def test_each_consistency_mode_trains_digits_to_high_accuracy(ray_session, tmp_path, consistency, bound):
+    result = run(tmp_path, consistency=consistency, epochs=10)
+    s = result.summary
+    assert s["test_accuracy"] >= 0.93, s
+    assert s["consistency"] == consistency["mode"]
+    assert s["staleness_bound"] == bound
+    assert s["steps"] == {"0": 230, "1": 230}  # 1437 examples / 2 workers / 32 per batch, 10 epochs
+    assert s["pushes_applied"] == total_pushes(s) and s["pushes_dropped"] == 0
+    assert sum(s["staleness_histogram"].values()) == s["pushes_applied"]
+    if bound is not None:
+        assert s["max_clock_gap"] <= bound
+    if consistency["mode"] == "bsp":
+        assert s["staleness_histogram"] == {"0": s["pushes_applied"]}
+    assert (result.run_dir / "summary.json").is_file()
+
+
+def test_backup_workers_step_on_the_first_k_gradients_and_count_the_rest(ray_session, tmp_path):
+    s = run(tmp_path, workers=3, consistency={"mode": "bsp", "quorum": 2}, epochs=6,
+            debug={"slow_workers": {2: 0.01}}).summary
+    assert s["test_accuracy"] >= 0.9, s
+    assert s["pushes_dropped"] > 0
+    assert s["pushes_applied"] + s["pushes_dropped"] == total_pushes(s)
+    # one optimizer step per clock, each made of exactly 2 gradients
+    steps_per_clock = s["optimizer_steps"]["0"]
+    assert steps_per_clock == max(s["steps"].values())
+
+
+@pytest.mark.parametrize("staleness", [0, 2])
+def test_ssp_bound_holds_and_is_reached_with_a_slowed_worker(ray_session, tmp_path, staleness):
+    s = run(tmp_path, consistency={"mode": "ssp", "staleness": staleness}, max_steps=40,
+            debug={"slow_workers": {0: 0.02}}).summary
+    assert s["steps"] == {"0": 40, "1": 40}
+    assert s["max_clock_gap"] == staleness  # never above s, and the fast worker does get s ahead
+    assert s["wait_s"]["1"] > s["wait_s"]["0"]  # the fast worker is the one held back
+
+
+def test_asp_lets_the_fast_worker_run_far_ahead_of_a_slowed_one(ray_session, tmp_path):
+    s = run(tmp_path, consistency={"mode": "asp"}, max_steps=40, debug={"slow_workers": {0: 0.02}}).summary
+    assert s["max_clock_gap"] > 5
+    assert max(int(k) for k in s["staleness_histogram"]) > 2
+
+
+def test_one_worker_bsp_matches_a_plain_single_process_torch_loop(ray_session, tmp_path):
+    seed, epochs, batch, lr = 3, 2, 64, 0.01
+    result = run(tmp_path, workers=1, servers=2, seed=seed, epochs=epochs, batch_size=batch,
+                 consistency={"mode": "bsp"},
+                 optimizer={"name": "adamw", "lr": lr, "weight_decay": 0.05},
+                 schedule={"name": "cosine", "warmup_steps": 5})
+
+    torch.manual_seed(seed)
+    model = mlp()
+    train = resolve_data("worker.datasets:digits", seed=seed).train
+    sharder = EpochSharder(len(train), 1, batch, seed)
+    total = epochs * sharder.batches_per_epoch
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05, foreach=False)
+    sched = torch.optim.lr_scheduler.SequentialLR(opt, [
+        torch.optim.lr_scheduler.LinearLR(opt, start_factor=1 / 5, total_iters=5),
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total - 5),
+    ], milestones=[5])
+    for epoch in range(epochs):
+        for indices in sharder.batches(epoch, 0):
+            x, y = train.batch(indices)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            sched.step()
+    expected = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
+
+    assert result.summary["optimizer_steps"] == {"0": total, "1": total}
+    np.testing.assert_allclose(result.params, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_uneven_shards_finish_every_epoch_without_hanging(ray_session, tmp_path):
+    x = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+    y = (x.sum(axis=1) > 0).astype(np.int64)
+    s = run(tmp_path, model=mlp, model_args={"in_features": 4, "hidden": [8], "num_classes": 2},
+            data={"train": (x, y), "test": (x, y)}, workers=3, servers=1, batch_size=1, epochs=2,
+            consistency={"mode": "bsp"}).summary
+    # 10 examples over 3 workers: shards of 4, 3 and 3, one example per batch
+    assert s["steps"] == {"0": 8, "1": 6, "2": 6}
+    assert s["pushes_applied"] == 20
+
+
+def test_regression_from_arrays_with_mse(ray_session, tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(512, 3)).astype(np.float32)
+    y = (x @ np.array([1.5, -2.0, 0.5], dtype=np.float32))[:, None]
+    result = run(tmp_path, model=torch.nn.Linear, model_args={"in_features": 3, "out_features": 1},
+                 data=(x, y), loss="mse", optimizer={"name": "sgd", "lr": 0.05},
+                 epochs=20, servers=1)
+    assert result.summary["test_accuracy"] is None  # not a classification task
+    assert result.summary["test_loss"] < 1e-3
+    weight = result.model.weight.detach().numpy().ravel()
+    np.testing.assert_allclose(weight, [1.5, -2.0, 0.5], atol=0.02)
+
+
+def failing_loss(output, target):
+    raise ValueError("loss exploded on purpose")
+
+
+def test_a_failing_worker_fails_the_job_with_its_name_instead_of_hanging(ray_session, tmp_path):
+    with pytest.raises(JobError, match=r"worker-\d failed: .*loss exploded on purpose"):
+        run(tmp_path, loss=failing_loss, consistency={"mode": "bsp"}, epochs=1)
