@@ -14,6 +14,7 @@ import tempfile
 
 from launcher.config import load_job_config
 from launcher.driver import run_job
+from launcher.local import ensure_ray
 
 MODES = [
     ("asp", ["consistency.mode=asp"]),
@@ -34,6 +35,7 @@ def main() -> int:
     extra = [f"epochs={args.epochs}", *args.overrides]
     if args.slow_worker:
         extra.append(f"debug.slow_workers={{0: {args.slow_worker}}}")
+    ensure_ray(dashboard=False)  # started once, outside every row's wall time
     print("| mode | test accuracy | test loss | max clock gap | mean staleness | pushes dropped | samples/s | wall s |")
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:

@@ -299,12 +299,27 @@ def test_binary_file_is_a_config_error(tmp_path):
 
 # --- psctl run --------------------------------------------------------------------------------
 
+class _JobStarts:
+    """Stands in for the driver: counts jobs that got as far as placing actors."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        raise AssertionError("a bad config reached the driver")
+
+
 @pytest.fixture
-def ray_untouched():
-    ray = pytest.importorskip("ray")
-    assert not ray.is_initialized()
-    yield ray
-    assert not ray.is_initialized()
+def ray_untouched(monkeypatch):
+    """Errors must surface before the driver connects to Ray (which may already be
+    running for other tests in this session), so watch the driver, not Ray."""
+    import launcher.driver
+
+    starts = _JobStarts()
+    monkeypatch.setattr(launcher.driver, "run_job", starts)
+    yield starts
+    assert starts.calls == 0
 
 
 def test_psctl_run_with_bad_config_exits_2_naming_the_problem_without_starting_ray(
@@ -316,7 +331,7 @@ def test_psctl_run_with_bad_config_exits_2_naming_the_problem_without_starting_r
     err = capsys.readouterr().err
     assert err.startswith("psctl: error: ")
     assert str(path) in err and "job.consistency" in err and "'bspp'" in err
-    assert not ray_untouched.is_initialized()
+    assert ray_untouched.calls == 0
 
 
 def test_psctl_run_with_bad_set_exits_2_naming_the_set_without_starting_ray(tmp_path, capsys, ray_untouched):
@@ -326,14 +341,14 @@ def test_psctl_run_with_bad_set_exits_2_naming_the_set_without_starting_ray(tmp_
 
     err = capsys.readouterr().err
     assert "psctl: error: --set 'consistency.nope=1'" in err
-    assert not ray_untouched.is_initialized()
+    assert ray_untouched.calls == 0
 
 
 def test_psctl_run_with_missing_file_exits_2(tmp_path, capsys, ray_untouched):
     path = tmp_path / "missing.yaml"
     assert main(["run", str(path)]) == 2
     assert f"psctl: error: {path}: no such file" in capsys.readouterr().err
-    assert not ray_untouched.is_initialized()
+    assert ray_untouched.calls == 0
 
 
 # --- to_dict ----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ the consistency mode says.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -20,6 +21,8 @@ from ps.partition import ShardRange
 from worker.data import DataSource, EpochSharder
 from worker.flat import FlatParams
 from worker.losses import LossFn
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,10 @@ class Worker:
                     samples += len(indices)
         finally:
             # Leave the clock tables even on failure, so the others never wait for us.
-            self.client.finish()
+            try:
+                self.client.finish()
+            except Exception:  # the shards may be gone; never mask the error that got us here
+                log.warning("worker-%d could not leave the shards' clock tables", plan.worker_id, exc_info=True)
         return {
             "worker_id": plan.worker_id,
             "steps": clock,
