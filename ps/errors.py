@@ -19,3 +19,11 @@ class ShapeError(PSError, ValueError):
 
 class JobError(PSError, RuntimeError):
     """A job could not finish: a worker failed or the job was stopped."""
+
+
+class LeftJobError(PSError):
+    """A worker that has left a shard's clock table tried to push again."""
+
+
+class OutOfOrderError(PSError):
+    """A request came out of protocol order (a bsp push for a clock not yet gathered)."""

@@ -22,7 +22,7 @@ import numpy as np
 
 from protos.layout import DTYPE
 from ps.consistency import ClockTable, ConsistencyConfig, ConsistencyPolicy
-from ps.errors import PSError, ShapeError
+from ps.errors import LeftJobError, OutOfOrderError, ShapeError
 from ps.optimizers import OptimizerConfig, make_optimizer
 from ps.schedules import ScheduleConfig, make_schedule
 
@@ -96,24 +96,43 @@ class ParameterShard:
         shard can measure its staleness. A repeated ``(worker_id, clock)`` (a
         retry) is not applied twice.
         """
+        self.push(worker_id, clock, grad, pulled_version, num_samples, loss)
+        return await self._admit(worker_id, clock + 1)
+
+    def push(self, worker_id: int, clock: int, grad: np.ndarray, pulled_version: int,
+             num_samples: int, loss: float) -> str:
+        """The push half of ``push_pull``: apply or gather, advance the clock; never waits.
+
+        Returns the outcome: ``"applied"`` (applied, or gathered into its bsp
+        round), ``"duplicate"`` (a retry, not applied again) or ``"stale"``
+        (bsp backup workers: its round already stepped; dropped and counted).
+        """
         self._check_grad(grad)
         if not self._clocks.is_live(worker_id):
             self._clocks.completed(worker_id)  # raises for an unknown worker
-            raise PSError(f"{self!r}: worker {worker_id} has left the job; its push is refused")
+            raise LeftJobError(f"{self!r}: worker {worker_id} has left the job; its push is refused")
         if clock <= self._clocks.completed(worker_id):
             self._duplicates += 1
+            return "duplicate"
+        outcome = "applied"
+        if self._config.mode == "bsp":
+            outcome = self._gather(worker_id, clock, grad, int(num_samples), pulled_version)
         else:
-            if self._config.mode == "bsp":
-                self._gather(worker_id, clock, grad, int(num_samples), pulled_version)
-            else:
-                self._apply(grad, [self._version - int(pulled_version)])
-            # after _gather, which refuses a push from the future: a refused push records nothing
-            self._samples[worker_id] += int(num_samples)
-            self._loss[worker_id] = float(loss)
-            self._clocks.advance(worker_id, clock)
-            self._maybe_step_round()
-            self._notify()
-        return await self._admit(worker_id, clock + 1)
+            self._apply(grad, [self._version - int(pulled_version)])
+        # after _gather, which refuses a push from the future: a refused push records nothing
+        self._samples[worker_id] += int(num_samples)
+        self._loss[worker_id] = float(loss)
+        self._clocks.advance(worker_id, clock)
+        self._maybe_step_round()
+        self._notify()
+        return outcome
+
+    async def pull_for(self, worker_id: int, clock: int) -> tuple[np.ndarray, int]:
+        """The pull half: wait until ``worker_id`` may begin iteration ``clock`` (0: no wait)."""
+        self._clocks.completed(worker_id)  # raises for an unknown worker
+        if clock <= 0:
+            return self._params.copy(), self._version
+        return await self._admit(worker_id, clock)
 
     async def finish(self, worker_id: int) -> None:
         """A worker is done (or dead): it leaves the clock table and nobody waits for it."""
@@ -152,16 +171,18 @@ class ParameterShard:
         self._applied += len(staleness)
         self._staleness.update(staleness)
 
-    def _gather(self, worker_id: int, clock: int, grad: np.ndarray, n: int, pulled_version: int) -> None:
+    def _gather(self, worker_id: int, clock: int, grad: np.ndarray, n: int, pulled_version: int) -> str:
         if clock < self._round_clock:  # its round already stepped without it (backup workers)
             self._dropped += 1
-            return
+            return "stale"
         if clock > self._round_clock:
-            raise PSError(
+            raise OutOfOrderError(
                 f"{self!r}: worker {worker_id} pushed clock {clock} while clock {self._round_clock}"
                 " is still being gathered; bsp workers must wait for each step"
             )
-        self._round[worker_id] = _Pending(grad, n, pulled_version)
+        # A copy: a transport may reuse its receive buffer before the round steps.
+        self._round[worker_id] = _Pending(grad.copy(), n, pulled_version)
+        return "applied"
 
     def _maybe_step_round(self) -> None:
         """bsp: once the round has its quorum, step once with the sample-weighted mean gradient."""
