@@ -21,11 +21,12 @@ import yaml
 
 from ps.consistency import ConsistencyConfig
 from ps.errors import ConfigError
+from ps.grpc_security import GrpcConfig
 from ps.optimizers import OptimizerConfig
 from ps.schedules import ScheduleConfig
 from ps.settings import build, dataclass_in, number, require
 
-TRANSPORTS = ("ray",)
+TRANSPORTS = ("ray", "grpc")
 
 
 class _Loader(yaml.SafeLoader):
@@ -72,7 +73,8 @@ class JobConfig:
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     servers: int = 2
     workers: int = 2
-    transport: str = "ray"
+    transport: str = "ray"  # ray (the object store) | grpc
+    grpc: GrpcConfig = field(default_factory=GrpcConfig)  # used when transport is grpc
     batch_size: int = 32
     epochs: int = 30
     max_steps: int | None = None  # per worker; stops early when set

@@ -28,7 +28,9 @@ from launcher.progress import ProgressLine, describe
 from launcher.rundir import default_run_dir, write_run_dir
 from ps.errors import JobError
 from ps.partition import partition
-from ps.shard import ParameterShard
+from ps.grpc_client import GrpcEndpoints
+from ps.grpc_security import new_token
+from ps.grpc_server import ServedShard
 from worker.data import DataSource, EpochSharder, resolve_data
 from worker.flat import FlatParams
 from worker.imports import import_object
@@ -66,7 +68,7 @@ def run_job(config: JobConfig, output: str | Path | None = None,
     dashboard_url = ensure_ray(dashboard)
     _check_resources(config)
     init = flat.host_params()
-    shard_cls = ray.remote(ParameterShard)
+    shard_cls = ray.remote(ServedShard)
     shards = [
         shard_cls.options(num_cpus=config.server_cpus).remote(
             r.shard_id, init[r.lo:r.hi], list(range(config.workers)),
@@ -75,11 +77,12 @@ def run_job(config: JobConfig, output: str | Path | None = None,
     ]
     actors = list(shards)
     try:
+        endpoints = _serve_grpc(config, shards) if config.transport == "grpc" else None
         train_ref = ray.put(splits.train)
         worker_cls = ray.remote(Worker)
         workers = [
             worker_cls.options(num_cpus=config.worker_cpus, num_gpus=config.num_gpus).remote(
-                _plan(config, w), model_fn, loss_fn, train_ref, shards, ranges)
+                _plan(config, w), model_fn, loss_fn, train_ref, shards, ranges, endpoints)
             for w in range(config.workers)
         ]
         actors += workers
@@ -102,6 +105,17 @@ def run_job(config: JobConfig, output: str | Path | None = None,
     summary["dashboard_url"] = dashboard_url
     run_dir = write_run_dir(Path(output) if output else default_run_dir(config), config, summary)
     return JobResult(summary=summary, params=final, model=model, run_dir=run_dir)
+
+
+def _serve_grpc(config: JobConfig, shards) -> GrpcEndpoints:
+    """Have every shard serve gRPC (port 0) and collect the addresses it bound."""
+    g = config.grpc
+    host = g.host
+    if host is None and len([n for n in ray.nodes() if n.get("Alive")]) == 1:
+        host = "127.0.0.1"  # one machine: stay on loopback
+    token = new_token()  # one per job; it reaches the actors as arguments, never a log line
+    addresses = ray.get([s.serve_grpc.remote(token, host, g.tls, g.chunk_bytes) for s in shards])
+    return GrpcEndpoints(tuple(addresses), token, g.tls, g.timeout_s, g.chunk_bytes)
 
 
 def _model_factory(config: JobConfig) -> Callable[[], nn.Module]:

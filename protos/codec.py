@@ -29,10 +29,11 @@ MAX_MESSAGE_BYTES = 4 * CHUNK_BYTES
 class WireError(Exception):
     """A request the protocol rejects; ``code`` is the gRPC status to answer with."""
 
-    def __init__(self, code: grpc.StatusCode, message: str):
+    def __init__(self, code: grpc.StatusCode, message: str, reason: str = "malformed"):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.reason = reason  # the counter this rejection increments in the shard's stats
 
 
 def chunks(name: str, values: np.ndarray, chunk_bytes: int = CHUNK_BYTES, **header) -> Iterator[ps_pb2.TensorChunk]:
@@ -56,10 +57,12 @@ def chunks(name: str, values: np.ndarray, chunk_bytes: int = CHUNK_BYTES, **head
 class Assembler:
     """Receives one named 1-D float32 tensor of a fixed size, chunk by chunk, into a reused buffer."""
 
-    def __init__(self, name: str, size: int):
+    def __init__(self, name: str, size: int, buffer: np.ndarray | None = None):
         self.name = name
         self.size = size
-        self.buffer = np.empty(size, dtype=np.float32)
+        # ``buffer`` lets a receiver assemble straight into its own memory (a
+        # client's slice of the flat parameter vector): no copy after the last chunk.
+        self.buffer = np.empty(size, dtype=np.float32) if buffer is None else buffer
         self._filled = 0
 
     def reset(self) -> None:
@@ -69,29 +72,29 @@ class Assembler:
         """Check and copy one chunk; True when the tensor is complete."""
         if chunk.name != self.name:
             raise WireError(grpc.StatusCode.NOT_FOUND,
-                            f"unknown tensor {chunk.name!r}: this server holds {self.name!r}")
+                            f"unknown tensor {chunk.name!r}: this server holds {self.name!r}", "unknown_tensor")
         if chunk.dtype != DTYPE_NAME:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"tensor {self.name!r}: expected dtype {DTYPE_NAME}, got {chunk.dtype!r}")
+                            f"tensor {self.name!r}: expected dtype {DTYPE_NAME}, got {chunk.dtype!r}", "dtype")
         if list(chunk.shape) != [self.size]:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"tensor {self.name!r}: expected shape [{self.size}], got {list(chunk.shape)}")
+                            f"tensor {self.name!r}: expected shape [{self.size}], got {list(chunk.shape)}", "shape")
         if chunk.offset != self._filled:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"tensor {self.name!r}: expected a chunk at offset {self._filled}, got offset {chunk.offset}")
+                            f"tensor {self.name!r}: expected a chunk at offset {self._filled}, got offset {chunk.offset}", "offset")
         nbytes = len(chunk.data)
         if nbytes % WIRE_DTYPE.itemsize:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"tensor {self.name!r}: chunk of {nbytes} bytes is not a whole number of float32 values")
+                            f"tensor {self.name!r}: chunk of {nbytes} bytes is not a whole number of float32 values", "byte_length")
         end = self._filled + nbytes // WIRE_DTYPE.itemsize
         if end > self.size:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
                             f"tensor {self.name!r}: chunk ends at element {end}, past the shape [{self.size}]"
-                            f" ({self.size * 4} bytes expected in all)")
+                            f" ({self.size * 4} bytes expected in all)", "byte_length")
         if chunk.last and end != self.size:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
                             f"tensor {self.name!r}: {end * 4} bytes received for shape [{self.size}],"
-                            f" expected {self.size * 4}")
+                            f" expected {self.size * 4}", "byte_length")
         self.buffer[self._filled:end] = np.frombuffer(chunk.data, dtype=WIRE_DTYPE)
         self._filled = end
         return end == self.size
@@ -101,5 +104,5 @@ class Assembler:
         if not np.isfinite(self.buffer).all():
             bad = int(np.count_nonzero(~np.isfinite(self.buffer)))
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"tensor {self.name!r}: {bad} NaN or Inf values; gradients must be finite")
+                            f"tensor {self.name!r}: {bad} NaN or Inf values; gradients must be finite", "non_finite")
         return self.buffer

@@ -134,6 +134,28 @@ class ParameterShard:
             return self._params.copy(), self._version
         return await self._admit(worker_id, clock)
 
+    def check_worker(self, worker_id: int) -> None:
+        """Raise UnknownWorkerError unless ``worker_id`` is part of the job."""
+        self._clocks.completed(worker_id)
+
+    def advance(self, worker_id: int, clock: int) -> None:
+        """Advance a worker's clock without a gradient (an iteration it had nothing to push for)."""
+        self._clocks.advance(worker_id, clock)
+        self._maybe_step_round()
+        self._notify()
+
+    def count_rejection(self, reason: str) -> None:
+        """Count a request a transport refused before it reached the shard."""
+        self._rejected[reason] += 1
+
+    @property
+    def size(self) -> int:
+        return int(self._params.size)
+
+    @property
+    def version(self) -> int:
+        return self._version
+
     async def finish(self, worker_id: int) -> None:
         """A worker is done (or dead): it leaves the clock table and nobody waits for it."""
         self._clocks.leave(worker_id)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ps.client import ShardClient
+from ps.grpc_client import GrpcEndpoints
 from ps.partition import ShardRange
 from worker.data import DataSource, EpochSharder
 from worker.flat import FlatParams
@@ -49,6 +50,7 @@ class Worker:
         train: DataSource,
         shards: Sequence,
         ranges: Sequence[ShardRange],
+        grpc: GrpcEndpoints | None = None,
     ):
         self.plan = plan
         # Workers share the machine's cores with each other and the shards; one
@@ -64,7 +66,8 @@ class Worker:
         self.loss_fn = loss_fn
         self.train = train
         self.sharder = EpochSharder(len(train), plan.num_workers, plan.batch_size, plan.seed)
-        self.client = ShardClient(plan.worker_id, shards, ranges)
+        # The transport: Ray's object store, or gRPC when the job gives endpoints.
+        self.client = grpc.client(plan.worker_id, ranges) if grpc else ShardClient(plan.worker_id, shards, ranges)
 
     def __repr__(self) -> str:  # the name Ray's dashboard shows for this actor
         return f"worker-{self.plan.worker_id}"

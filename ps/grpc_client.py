@@ -1,0 +1,204 @@
+"""The worker's side of the gRPC transport: one client, all shards.
+
+Same contract as ``ps.client.ShardClient`` (register, push_pull, finish), so a
+worker does not care which transport it has. Underneath, each shard gets one
+persistent ``Step`` stream for the whole job: per step the gradient slice goes
+out in chunks and the next parameters come back in chunks, assembled straight
+into the worker's flat parameter buffer. All shards are driven at once from a
+private ``grpc.aio`` event loop on a background thread; every call and every
+step has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import grpc
+import msgpack
+import numpy as np
+
+from protos import ps_pb2, ps_pb2_grpc
+from protos.codec import CHUNK_BYTES, Assembler, chunks
+from ps.errors import PSError, ShapeError
+from ps.grpc_security import TLSConfig, TokenAuth
+from ps.grpc_server import CHANNEL_OPTIONS, TENSOR
+from ps.partition import ShardRange
+
+#: A Step stream lives as long as the job; it still has a deadline, as every call does.
+STREAM_DEADLINE_S = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class GrpcEndpoints:
+    """Where a job's shards listen and how to reach them; what a worker needs to dial."""
+
+    addresses: tuple[str, ...]
+    token: str = field(repr=False)  # never in logs or reprs
+    tls: TLSConfig | None = None
+    timeout_s: float = 300.0
+    chunk_bytes: int = CHUNK_BYTES
+
+    def client(self, worker_id: int, ranges: Sequence[ShardRange]) -> "GrpcShardClient":
+        return GrpcShardClient(worker_id, self.addresses, ranges, self.token, self.tls,
+                               self.timeout_s, self.chunk_bytes)
+
+
+class TransportError(PSError):
+    """A shard could not be reached or answered with an error status."""
+
+
+class _LoopThread:
+    """An asyncio loop on a daemon thread, for a synchronous caller."""
+
+    def __init__(self, name: str):
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, coro, timeout: float | None = None):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+
+
+def open_channel(address: str, tls: TLSConfig | None) -> grpc.aio.Channel:
+    options = list(CHANNEL_OPTIONS)
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=options)
+    if tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return grpc.aio.secure_channel(address, tls.channel_credentials(), options=options)
+
+
+class GrpcShardClient:
+    def __init__(self, worker_id: int, addresses: Sequence[str], ranges: Sequence[ShardRange], token: str,
+                 tls: TLSConfig | None = None, timeout_s: float = 300.0, chunk_bytes: int = CHUNK_BYTES):
+        if len(addresses) != len(ranges):
+            raise ValueError(f"{len(addresses)} shard addresses for {len(ranges)} ranges")
+        self.worker_id = worker_id
+        self.addresses = list(addresses)
+        self._ranges = list(ranges)
+        self._metadata = TokenAuth(token).metadata
+        self._timeout_s = timeout_s
+        self._chunk_bytes = chunk_bytes
+        self._versions = [0] * len(addresses)
+        self._streams: list = [None] * len(addresses)
+        self._loop = _LoopThread(f"grpc-client-{worker_id}")
+        self._channels = self._loop.run(self._open(tls))
+        self._stubs = [ps_pb2_grpc.ParameterServerStub(c) for c in self._channels]
+
+    async def _open(self, tls):
+        return [open_channel(a, tls) for a in self.addresses]
+
+    # ---- the ShardClient contract ------------------------------------------------
+
+    def register(self, params_out: np.ndarray) -> None:
+        self._call(self._register_all(params_out))
+
+    def push_pull(self, clock: int, grads: np.ndarray, params_out: np.ndarray,
+                  num_samples: int, loss: float) -> None:
+        self._call(_gather(
+            self._step(i, clock, grads, params_out, num_samples, loss) for i in range(len(self._stubs))))
+
+    def finish(self) -> None:
+        try:
+            self._call(_gather(self._leave(stub) for stub in self._stubs))
+        finally:
+            self.close()
+
+    def stats(self) -> list[dict]:
+        """Every shard's counters (msgpack over the wire)."""
+        return [msgpack.unpackb(reply.msgpack, strict_map_key=False)
+                for reply in self._call(_gather(self._stats(stub) for stub in self._stubs))]
+
+    def close(self) -> None:
+        if self._loop is None:
+            return
+        try:
+            self._loop.run(self._close_all(), timeout=10)
+        finally:
+            self._loop.close()
+            self._loop = None
+
+    # ---- per shard ---------------------------------------------------------------
+
+    async def _register_all(self, params_out: np.ndarray) -> None:
+        replies = await asyncio.gather(*(
+            stub.Register(ps_pb2.RegisterRequest(worker_id=self.worker_id),
+                          timeout=self._timeout_s, metadata=self._metadata) for stub in self._stubs))
+        for reply, r, address in zip(replies, self._ranges, self.addresses):
+            shapes = {t.name: list(t.shape) for t in reply.tensors}
+            if shapes.get(TENSOR) != [r.size]:
+                raise ShapeError(f"shard at {address} holds {shapes}, but this job expects {TENSOR!r} of [{r.size}]")
+        await asyncio.gather(*(self._pull(i, 1, params_out) for i in range(len(self._stubs))))
+
+    async def _pull(self, i: int, clock: int, params_out: np.ndarray) -> None:
+        r = self._ranges[i]
+        assembler = Assembler(TENSOR, r.size, params_out[r.lo:r.hi])
+        call = self._stubs[i].Pull(ps_pb2.PullRequest(worker_id=self.worker_id, clock=clock),
+                                   timeout=self._timeout_s, metadata=self._metadata)
+        async for chunk in call:
+            if chunk.offset == 0:
+                self._versions[i] = chunk.version
+            assembler.add(chunk)
+
+    async def _leave(self, stub):
+        return await stub.AdvanceClock(ps_pb2.ClockRequest(worker_id=self.worker_id, leave=True),
+                                       timeout=self._timeout_s, metadata=self._metadata)
+
+    async def _stats(self, stub):
+        return await stub.Stats(ps_pb2.StatsRequest(), timeout=self._timeout_s, metadata=self._metadata)
+
+    async def _step(self, i, clock, grads, params_out, num_samples, loss) -> None:
+        r = self._ranges[i]
+        if self._streams[i] is None:
+            self._streams[i] = self._stubs[i].Step(timeout=STREAM_DEADLINE_S, metadata=self._metadata)
+        stream = self._streams[i]
+        header = dict(worker_id=self.worker_id, clock=clock, pulled_version=self._versions[i],
+                      num_samples=num_samples, loss=loss)
+        try:
+            await asyncio.wait_for(self._exchange(stream, i, grads[r.lo:r.hi], params_out[r.lo:r.hi], header),
+                                   self._timeout_s)
+        except asyncio.TimeoutError:
+            stream.cancel()
+            self._streams[i] = None
+            raise TransportError(f"shard at {self.addresses[i]} did not answer step {clock} within"
+                                 f" {self._timeout_s:g} s") from None
+
+    async def _exchange(self, stream, i, grad, out, header) -> None:
+        for chunk in chunks(TENSOR, grad, self._chunk_bytes, **header):
+            await stream.write(chunk)
+        assembler = Assembler(TENSOR, out.size, out)
+        while True:
+            chunk = await stream.read()
+            if chunk is grpc.aio.EOF:
+                raise TransportError(f"shard at {self.addresses[i]} closed the stream mid-step")
+            if chunk.offset == 0:
+                self._versions[i] = chunk.version
+            if assembler.add(chunk):
+                return
+
+    async def _close_all(self) -> None:
+        for stream in self._streams:
+            if stream is not None:
+                stream.cancel()
+        self._streams = [None] * len(self._streams)
+        await asyncio.gather(*(c.close() for c in self._channels))
+
+    def _call(self, coro):
+        if self._loop is None:
+            raise TransportError("the client is closed")
+        try:
+            return self._loop.run(coro)
+        except grpc.aio.AioRpcError as e:
+            raise TransportError(f"{e.code().name}: {e.details()}") from None
+
+
+async def _gather(coros):
+    """Gather inside the client's loop (coroutines are created by the calling thread)."""
+    return await asyncio.gather(*coros)

@@ -1,0 +1,255 @@
+"""The gRPC front of a ParameterShard (protos/ps.proto), on the shard's own event loop.
+
+``start_grpc_server`` serves one shard with ``grpc.aio`` on the running event
+loop: inside a Ray async actor that is the actor's loop, so gRPC handlers and
+Ray calls interleave on one thread and the shard needs no locks. ``ServedShard``
+is the shard the driver makes an actor; it serves gRPC when asked.
+
+Every handler first checks the bearer token (UNAUTHENTICATED) and whether the
+server is shutting down (UNAVAILABLE). Requests are parsed by our own
+deserializer, so bytes that are no message of the protocol become a clear
+INVALID_ARGUMENT instead of a gRPC internal error. Every refusal is counted by
+reason in the shard's stats, and none of them changes the shard's state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import AsyncIterator, Callable
+
+import grpc
+import msgpack
+from google.protobuf.message import DecodeError
+
+from protos import ps_pb2
+from protos.codec import CHUNK_BYTES, MAX_MESSAGE_BYTES, Assembler, WireError, chunks
+from ps.consistency import UnknownWorkerError
+from ps.errors import LeftJobError, OutOfOrderError, ShapeError
+from ps.grpc_security import TLSConfig, TokenAuth
+from ps.shard import ParameterShard
+
+log = logging.getLogger(__name__)
+
+SERVICE = "rayps.v1.ParameterServer"
+TENSOR = "dense"
+PROTOCOL = 1
+OUTCOMES = {"applied": ps_pb2.PushReply.APPLIED, "duplicate": ps_pb2.PushReply.DUPLICATE,
+            "stale": ps_pb2.PushReply.STALE}
+
+#: Keepalive pings find a dead peer within ~20 s even on an idle stream.
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+SERVER_OPTIONS = CHANNEL_OPTIONS + [("grpc.http2.min_ping_interval_without_data_ms", 5_000)]
+
+
+class _Malformed:
+    """What our deserializer hands a handler for bytes that are not a message."""
+
+    def __init__(self, kind: str, error: Exception):
+        self.message = f"request is not a valid {kind} message: {error}"
+
+
+def _parser(message_cls) -> Callable[[bytes], object]:
+    def parse(data: bytes):
+        try:
+            return message_cls.FromString(data)
+        except (DecodeError, ValueError) as e:
+            return _Malformed(message_cls.__name__, e)
+    return parse
+
+
+class ShardServicer:
+    def __init__(self, shard: ParameterShard, auth: TokenAuth, chunk_bytes: int = CHUNK_BYTES):
+        self.shard = shard
+        self.auth = auth
+        self.chunk_bytes = chunk_bytes
+        self.closing = False
+        self._spare: dict[int, Assembler] = {}  # receive buffers, reused per worker
+
+    # ---- guards -------------------------------------------------------------------
+
+    async def _admit_call(self, context, request=None) -> None:
+        if self.closing:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the shard is shutting down")
+        if not self.auth.allows(context.invocation_metadata()):
+            self.shard.count_rejection("unauthenticated")
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+        if isinstance(request, _Malformed):
+            self.shard.count_rejection("malformed")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+
+    @contextlib.asynccontextmanager
+    async def _statuses(self, context):
+        """Map the shard's errors to the protocol's status codes (see ps.proto)."""
+        try:
+            yield
+        except WireError as e:
+            self.shard.count_rejection(e.reason)
+            await context.abort(e.code, e.message)
+        except UnknownWorkerError as e:
+            self.shard.count_rejection("unknown_worker")
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(e).strip("'\""))
+        except ShapeError as e:  # counted by the shard's own check
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except (LeftJobError, OutOfOrderError) as e:
+            self.shard.count_rejection("out_of_order")
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+
+    # ---- receiving a gradient -----------------------------------------------------
+
+    async def _read_gradient(self, requests: AsyncIterator) -> tuple[ps_pb2.TensorChunk, Assembler] | None:
+        """Read one whole gradient; None when the stream ends cleanly before one starts."""
+        first = None
+        assembler = None
+        async for chunk in requests:
+            if isinstance(chunk, _Malformed):
+                raise WireError(grpc.StatusCode.INVALID_ARGUMENT, chunk.message)
+            if first is None:
+                first = chunk
+                self.shard.check_worker(chunk.worker_id)
+                assembler = self._spare.pop(chunk.worker_id, None) or Assembler(TENSOR, self.shard.size)
+                assembler.reset()
+            if assembler.add(chunk):
+                return first, assembler
+        if first is not None:
+            raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"the stream ended inside tensor {TENSOR!r}: expected {self.shard.size * 4} bytes")
+        return None
+
+    def _push(self, first: ps_pb2.TensorChunk, assembler: Assembler) -> str:
+        try:
+            return self.shard.push(first.worker_id, first.clock, assembler.checked(), first.pulled_version,
+                                   first.num_samples, first.loss)
+        finally:
+            self._spare[first.worker_id] = assembler
+
+    def _reply_chunks(self, params, version: int, **header):
+        return chunks(TENSOR, params, self.chunk_bytes, version=version, **header)
+
+    # ---- the service --------------------------------------------------------------
+
+    async def Register(self, request, context):
+        await self._admit_call(context, request)
+        async with self._statuses(context):
+            self.shard.check_worker(request.worker_id)
+            return ps_pb2.RegisterReply(
+                shard_id=self.shard.shard_id, version=self.shard.version, protocol=PROTOCOL,
+                chunk_bytes=self.chunk_bytes,
+                tensors=[ps_pb2.TensorInfo(name=TENSOR, dtype="float32", shape=[self.shard.size])],
+            )
+
+    async def Push(self, requests, context):
+        await self._admit_call(context)
+        async with self._statuses(context):
+            got = await self._read_gradient(requests)
+            if got is None:
+                raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"empty push: expected tensor {TENSOR!r}")
+            outcome = self._push(*got)
+            return ps_pb2.PushReply(outcome=OUTCOMES[outcome], version=self.shard.version)
+
+    async def Pull(self, request, context):
+        await self._admit_call(context, request)
+        async with self._statuses(context):
+            params, version = await self.shard.pull_for(request.worker_id, request.clock)
+            for chunk in self._reply_chunks(params, version):
+                yield chunk
+
+    async def Step(self, requests, context):
+        await self._admit_call(context)
+        async with self._statuses(context):
+            while (got := await self._read_gradient(requests)) is not None:
+                first = got[0]
+                outcome = self._push(*got)
+                params, version = await self.shard.pull_for(first.worker_id, first.clock + 1)
+                reply = ps_pb2.PushReply(outcome=OUTCOMES[outcome], version=version)
+                for chunk in self._reply_chunks(params, version, push=reply):
+                    yield chunk
+
+    async def AdvanceClock(self, request, context):
+        await self._admit_call(context, request)
+        async with self._statuses(context):
+            if request.leave:
+                await self.shard.finish(request.worker_id)
+            else:
+                self.shard.advance(request.worker_id, request.clock)
+            return ps_pb2.ClockReply(version=self.shard.version)
+
+    async def Stats(self, request, context):
+        await self._admit_call(context, request)
+        stats = await self.shard.stats()
+        return ps_pb2.StatsReply(msgpack=msgpack.packb(stats, use_bin_type=True))
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        P = ps_pb2
+        methods = {
+            "Register": grpc.unary_unary_rpc_method_handler(
+                self.Register, _parser(P.RegisterRequest), P.RegisterReply.SerializeToString),
+            "Push": grpc.stream_unary_rpc_method_handler(
+                self.Push, _parser(P.TensorChunk), P.PushReply.SerializeToString),
+            "Pull": grpc.unary_stream_rpc_method_handler(
+                self.Pull, _parser(P.PullRequest), P.TensorChunk.SerializeToString),
+            "Step": grpc.stream_stream_rpc_method_handler(
+                self.Step, _parser(P.TensorChunk), P.TensorChunk.SerializeToString),
+            "AdvanceClock": grpc.unary_unary_rpc_method_handler(
+                self.AdvanceClock, _parser(P.ClockRequest), P.ClockReply.SerializeToString),
+            "Stats": grpc.unary_unary_rpc_method_handler(
+                self.Stats, _parser(P.StatsRequest), P.StatsReply.SerializeToString),
+        }
+        return grpc.method_handlers_generic_handler(SERVICE, methods)
+
+
+class GrpcShardServer:
+    """A running gRPC server for one shard; ``stop`` refuses new calls, then closes."""
+
+    def __init__(self, server: grpc.aio.Server, servicer: ShardServicer, address: str):
+        self.server = server
+        self.servicer = servicer
+        self.address = address
+
+    async def stop(self, grace_s: float = 1.0) -> None:
+        self.servicer.closing = True
+        await self.server.stop(grace_s)
+
+
+async def start_grpc_server(shard: ParameterShard, token: str, host: str = "127.0.0.1", port: int = 0,
+                            tls: TLSConfig | None = None, chunk_bytes: int = CHUNK_BYTES) -> GrpcShardServer:
+    """Serve ``shard`` on ``host:port`` (0: any free port) on the running event loop."""
+    servicer = ShardServicer(shard, TokenAuth(token), chunk_bytes)
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server.add_generic_rpc_handlers((servicer.handler(),))
+    where = f"{host}:{port}"
+    bound = server.add_secure_port(where, tls.server_credentials()) if tls else server.add_insecure_port(where)
+    if not bound:
+        raise OSError(f"could not bind a gRPC server to {where}")
+    await server.start()
+    address = f"{host}:{bound}"
+    log.info("%r serves gRPC on %s (%s)", shard, address, "mTLS" if tls else "plaintext")
+    return GrpcShardServer(server, servicer, address)
+
+
+class ServedShard(ParameterShard):
+    """The shard actor: a ParameterShard that can also serve gRPC from its own loop."""
+
+    _grpc: GrpcShardServer | None = None
+
+    async def serve_grpc(self, token: str, host: str | None = None, tls: TLSConfig | None = None,
+                         chunk_bytes: int = CHUNK_BYTES) -> str:
+        """Start serving (port 0); return the bound ``host:port`` for workers to dial."""
+        if self._grpc is None:
+            if host is None:  # a multi-node cluster: the address other nodes can reach
+                import ray
+                host = ray.util.get_node_ip_address()
+            self._grpc = await start_grpc_server(self, token, host, 0, tls, chunk_bytes)
+        return self._grpc.address
+
+    async def stop_grpc(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.stop()
+            self._grpc = None
