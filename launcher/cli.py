@@ -1,6 +1,7 @@
 """psctl: the command line.
 
     psctl run [CLUSTER_YAML] [--set KEY=VALUE ...] [--output DIR]
+    psctl serve [SERVE_YAML] [--host H] [--port P] [--size N] [--workers N] [--token-file F] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -22,6 +23,16 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a job key, e.g. --set consistency.mode=bsp (repeatable)")
     run.add_argument("--output", help="run directory to write (default: runs/<time>-<mode>)")
     run.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
+
+    serve = sub.add_parser("serve", help="serve one parameter shard over gRPC, outside Ray")
+    serve.add_argument("config", nargs="?", help="YAML file of serve settings (launcher/serve.py: ServeConfig)")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default 0: any free port, printed)")
+    serve.add_argument("--size", type=int, help="float32 parameters in the shard")
+    serve.add_argument("--workers", type=int, help="worker ids 0..N-1 may register")
+    serve.add_argument("--token-file", help="file holding the bearer token (created with a new token if missing)")
+    serve.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other setting, e.g. --set optimizer.name=sgd --set consistency.mode=ssp")
     return parser
 
 
@@ -42,12 +53,27 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from launcher.serve import load_serve_config, serve
+
+    flags = {"host": args.host, "port": args.port, "size": args.size, "workers": args.workers,
+             "token_file": args.token_file}
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + args.overrides
+    config = load_serve_config(args.config, overrides)
+    asyncio.run(serve(config))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "serve":
+            return _serve(args)
     except PSError as e:
         print(f"psctl: error: {e}", file=sys.stderr)
         return 2

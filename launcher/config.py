@@ -140,9 +140,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def _check_path(path: list[str], text: str) -> None:
+def _check_path(root: type, path: list[str], text: str) -> None:
     """Reject an override whose key names no field (before merging, so the message names --set)."""
-    cls: Any = JobConfig
+    cls: Any = root
     for depth, part in enumerate(path):
         if cls is None:
             return  # inside a free-form mapping (model_args, slow_workers): anything goes
@@ -155,10 +155,15 @@ def _check_path(path: list[str], text: str) -> None:
 
 def apply_overrides(raw: Mapping[str, Any], overrides: list[str]) -> dict:
     """A copy of the raw job mapping with each ``KEY=VALUE`` override merged in."""
+    return merge_overrides(JobConfig, raw, overrides)
+
+
+def merge_overrides(root: type, raw: Mapping[str, Any], overrides: list[str]) -> dict:
+    """A copy of ``raw`` (the keys of dataclass ``root``) with each ``KEY=VALUE`` merged in."""
     merged = _deep_copy(raw)
     for text in overrides:
         path, value = parse_override(text)
-        _check_path(path, text)
+        _check_path(root, path, text)
         node = merged
         for part in path[:-1]:
             child = node.get(part)
@@ -180,6 +185,17 @@ def _deep_copy(value: Any) -> Any:
 
 def read_job_section(path: str | Path) -> dict:
     """The ``job:`` mapping of a cluster.yaml (an empty mapping when there is none)."""
+    doc = read_yaml_mapping(path)
+    job = doc.get("job")
+    if job is None:  # `job:` left empty, or no job section: the defaults
+        job = {}
+    if not isinstance(job, Mapping):
+        raise ConfigError(f"{path}: job: expected a mapping, got {job!r}")
+    return dict(job)
+
+
+def read_yaml_mapping(path: str | Path) -> dict:
+    """A YAML file whose top level is a mapping (empty file: empty mapping); errors name the file."""
     path = Path(path)
     try:
         doc = _load_yaml(path.read_text())
@@ -195,12 +211,7 @@ def read_job_section(path: str | Path) -> dict:
         doc = {}
     if not isinstance(doc, Mapping):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(doc).__name__}")
-    job = doc.get("job")
-    if job is None:  # `job:` left empty, or no job section: the defaults
-        job = {}
-    if not isinstance(job, Mapping):
-        raise ConfigError(f"{path}: job: expected a mapping, got {job!r}")
-    return dict(job)
+    return dict(doc)
 
 
 def load_job_config(path: str | Path | None = None, overrides: list[str] | None = None) -> JobConfig:

@@ -120,7 +120,8 @@ class ShardServicer:
                 return first, assembler
         if first is not None:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"the stream ended inside tensor {TENSOR!r}: expected {self.shard.size * 4} bytes")
+                            f"the stream ended inside tensor {TENSOR!r}: expected {self.shard.size * 4} bytes,"
+                            f" got {assembler._filled * 4}")
         return None
 
     def _push(self, first: ps_pb2.TensorChunk, assembler: Assembler) -> str:

@@ -1,0 +1,197 @@
+"""One contract, two transports: Ray's object store and gRPC give the same answers.
+
+Each test runs against real shard actors on the shared Ray instance, once
+through ``ShardClient`` (object store) and once through ``GrpcShardClient``
+(gRPC on 127.0.0.1). Gradients are powers of two and lr is 0.5, so expected
+parameters are exact in float32.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from launcher import Job
+from ps.client import ShardClient
+from ps.consistency import ConsistencyConfig
+from ps.grpc_client import GrpcEndpoints
+from ps.grpc_security import new_token
+from ps.grpc_server import ServedShard
+from ps.optimizers import OptimizerConfig
+from ps.partition import partition
+from ps.schedules import ScheduleConfig
+
+pytestmark = [pytest.mark.ray]
+
+SIZE = 10
+TRANSPORTS = ["ray", "grpc"]
+
+
+class Cluster:
+    """Two shard actors over a SIZE-element vector, and a way to make clients of either kind."""
+
+    def __init__(self, ray, transport: str, consistency: ConsistencyConfig, workers: int = 2):
+        self.ray = ray
+        self.ranges = partition(SIZE, 2)
+        self.init = np.arange(SIZE, dtype=np.float32)
+        actor = ray.remote(ServedShard).options(num_cpus=0)
+        self.shards = [
+            actor.remote(r.shard_id, self.init[r.lo:r.hi], list(range(workers)),
+                         OptimizerConfig(name="sgd", lr=0.5), ScheduleConfig(), consistency)
+            for r in self.ranges
+        ]
+        self.endpoints = None
+        if transport == "grpc":
+            token = new_token()
+            addresses = ray.get([s.serve_grpc.remote(token, "127.0.0.1") for s in self.shards])
+            self.endpoints = GrpcEndpoints(tuple(addresses), token, timeout_s=20.0)
+
+    def client(self, worker_id: int):
+        if self.endpoints is not None:
+            return self.endpoints.client(worker_id, self.ranges)
+        return ShardClient(worker_id, self.shards, self.ranges)
+
+    def stats(self) -> list[dict]:
+        return self.ray.get([s.stats.remote() for s in self.shards])
+
+    def close(self) -> None:
+        for s in self.shards:
+            self.ray.kill(s)
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request):
+    return request.param
+
+
+def make(ray_session, transport, **consistency):
+    return Cluster(ray_session, transport, ConsistencyConfig(**consistency))
+
+
+def in_thread(fn, *args) -> threading.Thread:
+    t = threading.Thread(target=fn, args=args, daemon=True)
+    t.start()
+    return t
+
+
+def test_register_fills_the_whole_vector_from_every_shard(ray_session, transport):
+    cluster = make(ray_session, transport, mode="asp")
+    try:
+        params = np.full(SIZE, -1, dtype=np.float32)
+        client = cluster.client(0)
+        client.register(params)
+        np.testing.assert_array_equal(params, cluster.init)
+        client.finish()
+    finally:
+        cluster.close()
+
+
+def test_asp_push_pull_applies_one_sgd_step_per_push(ray_session, transport):
+    cluster = make(ray_session, transport, mode="asp")
+    try:
+        params = np.empty(SIZE, dtype=np.float32)
+        client = cluster.client(0)
+        client.register(params)
+        grad = np.full(SIZE, 2.0, dtype=np.float32)
+        client.push_pull(1, grad, params, num_samples=4, loss=0.5)
+        np.testing.assert_array_equal(params, cluster.init - 1.0)
+        client.push_pull(2, grad, params, num_samples=4, loss=0.25)
+        np.testing.assert_array_equal(params, cluster.init - 2.0)
+        client.finish()
+        for s in cluster.stats():
+            assert s["pushes_applied"] == 2 and s["version"] == 2
+            assert s["samples"] == {0: 8} and s["loss"] == {0: 0.25}
+    finally:
+        cluster.close()
+
+
+def test_bsp_steps_once_with_the_sample_weighted_mean_of_both_workers(ray_session, transport):
+    cluster = make(ray_session, transport, mode="bsp")
+    try:
+        results = {}
+
+        def work(worker_id, grad_value, n):
+            params = np.empty(SIZE, dtype=np.float32)
+            client = cluster.client(worker_id)
+            client.register(params)
+            client.push_pull(1, np.full(SIZE, grad_value, dtype=np.float32), params, n, 0.0)
+            results[worker_id] = params.copy()
+            client.finish()
+
+        threads = [in_thread(work, 0, 1.0, 3), in_thread(work, 1, 5.0, 1)]
+        for t in threads:
+            t.join(timeout=30)
+        # mean gradient (3 * 1 + 1 * 5) / 4 = 2; one step of lr 0.5
+        np.testing.assert_array_equal(results[0], cluster.init - 1.0)
+        np.testing.assert_array_equal(results[1], cluster.init - 1.0)
+        assert [s["version"] for s in cluster.stats()] == [1, 1]
+    finally:
+        cluster.close()
+
+
+def test_ssp_holds_a_worker_at_the_bound_until_the_slow_one_pushes(ray_session, transport):
+    cluster = make(ray_session, transport, mode="ssp", staleness=0)
+    try:
+        fast, slow = cluster.client(0), cluster.client(1)
+        p_fast, p_slow = np.empty(SIZE, np.float32), np.empty(SIZE, np.float32)
+        fast.register(p_fast)
+        slow.register(p_slow)
+        grad = np.ones(SIZE, np.float32)
+        done = threading.Event()
+
+        def fast_step():
+            fast.push_pull(1, grad, p_fast, 1, 0.0)  # may begin iteration 2 only after worker 1 finishes 1
+            done.set()
+
+        t = in_thread(fast_step)
+        assert not done.wait(timeout=1.0), "the fast worker ran past the staleness bound"
+        slow.push_pull(1, grad, p_slow, 1, 0.0)
+        assert done.wait(timeout=20)
+        t.join(timeout=5)
+        np.testing.assert_array_equal(p_fast, cluster.init - 1.0)  # both pushes applied
+        fast.finish()
+        slow.finish()
+        assert max(s["max_clock_gap"] for s in cluster.stats()) == 0
+    finally:
+        cluster.close()
+
+
+def test_a_finished_worker_releases_those_waiting_for_it(ray_session, transport):
+    cluster = make(ray_session, transport, mode="bsp")
+    try:
+        waiting, leaving = cluster.client(0), cluster.client(1)
+        params = np.empty(SIZE, np.float32)
+        waiting.register(params)
+        leaving.register(np.empty(SIZE, np.float32))
+        done = threading.Event()
+        t = in_thread(lambda: (waiting.push_pull(1, np.ones(SIZE, np.float32), params, 1, 0.0), done.set()))
+        assert not done.wait(timeout=1.0)  # bsp waits for worker 1's gradient of clock 1
+        leaving.finish()
+        assert done.wait(timeout=20)
+        t.join(timeout=5)
+        np.testing.assert_array_equal(params, cluster.init - 0.5)
+        waiting.finish()
+    finally:
+        cluster.close()
+
+
+@pytest.mark.slow
+def test_one_worker_bsp_gives_identical_parameters_over_either_transport(ray_session, tmp_path):
+    results = {
+        t: Job(workers=1, servers=2, transport=t, seed=5, epochs=1, consistency={"mode": "bsp"},
+               optimizer={"name": "adam", "lr": 0.01}).run(output=tmp_path / t, progress=False, dashboard=False)
+        for t in TRANSPORTS
+    }
+    assert results["ray"].summary["optimizer_steps"] == results["grpc"].summary["optimizer_steps"]
+    np.testing.assert_array_equal(results["ray"].params, results["grpc"].params)
+
+
+@pytest.mark.slow
+def test_default_job_over_grpc_reaches_the_accuracy_bar(ray_session, tmp_path):
+    s = Job(transport="grpc").run(output=tmp_path / "run", progress=False, dashboard=False).summary
+    assert s["transport"] == "grpc"
+    assert s["test_accuracy"] >= 0.95, s
+    assert s["max_clock_gap"] <= 2
+    assert s["pushes_applied"] == sum(s["steps"].values()) * s["servers"]
