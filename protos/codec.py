@@ -6,6 +6,12 @@ model's size. The receiving side assembles chunks into a buffer it allocated
 once and reuses (``Assembler``), checking every chunk before a byte is copied:
 name, dtype, shape, offset, byte length. A bad chunk raises ``WireError``
 carrying the gRPC status code the protocol assigns to it (see ps.proto).
+
+On the hot path the transports skip protobuf's copies of the payload:
+``encode_chunks`` writes the wire bytes of the same messages with the payload
+copied once, straight from the tensor, and ``parse_chunk`` reads one with its
+payload left as a view of the received bytes. The bytes on the wire are
+TensorChunk messages all the same; any protobuf client reads and writes them.
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ from typing import Iterator
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from protos import ps_pb2
+from protos.layout import all_finite
 
 #: Payload bytes per chunk: well under gRPC's 4 MiB default message limit, and
 #: large enough that per-message overhead is a small share of the time.
@@ -24,6 +32,8 @@ WIRE_DTYPE = np.dtype("<f4")
 DTYPE_NAME = "float32"
 #: The receive limit the servers and clients set: a chunk plus its header fits easily.
 MAX_MESSAGE_BYTES = 4 * CHUNK_BYTES
+#: The key of TensorChunk.data on the wire: field 5, length-delimited.
+_DATA_TAG = 5 << 3 | 2
 
 
 class WireError(Exception):
@@ -54,6 +64,141 @@ def chunks(name: str, values: np.ndarray, chunk_bytes: int = CHUNK_BYTES, **head
         lo = hi
 
 
+def encode_chunks(name: str, values: np.ndarray, chunk_bytes: int = CHUNK_BYTES, **header) -> Iterator[bytes]:
+    """The serialized messages of ``chunks(name, values, chunk_bytes, **header)``, payload copied once.
+
+    Each message is its other fields, serialized by protobuf, followed by the
+    ``data`` field joined straight from ``values``: no intermediate bytes and
+    no second copy by a serializer. Protobuf reads fields in any order, so these
+    are the same TensorChunk messages as ``chunks`` makes. Encoding the whole
+    tensor before sending (``list(...)``) is a snapshot of it.
+    """
+    flat = np.ascontiguousarray(values, dtype=WIRE_DTYPE).reshape(-1)
+    step = max(1, chunk_bytes // WIRE_DTYPE.itemsize)
+    raw = memoryview(flat).cast("B")
+    n = flat.size
+    lo = 0
+    while True:
+        hi = min(n, lo + step)
+        if lo == 0:
+            fields = ps_pb2.TensorChunk(name=name, dtype=DTYPE_NAME, shape=[n], last=hi >= n, **header)
+        else:
+            if lo == step:  # the fields of every chunk after the first, reused
+                fields = ps_pb2.TensorChunk(name=name, dtype=DTYPE_NAME, shape=[n])
+            fields.offset = lo
+            fields.last = hi >= n
+        head = fields.SerializeToString()
+        payload = raw[lo * 4:hi * 4]
+        yield b"".join((head, _varint(_DATA_TAG), _varint(len(payload)), payload)) if len(payload) else head
+        if hi >= n:
+            return
+        lo = hi
+
+
+class ReceivedChunk:
+    """A parsed TensorChunk whose ``data`` is a memoryview of the received bytes; other fields as the message's."""
+
+    __slots__ = ("_fields", "data")
+
+    def __init__(self, fields: ps_pb2.TensorChunk, data: memoryview):
+        self._fields = fields
+        self.data = data
+
+    def __getattr__(self, name: str):
+        return getattr(self._fields, name)
+
+    def __repr__(self) -> str:
+        return f"ReceivedChunk({self._fields!r}, data=<{len(self.data)} bytes>)"
+
+
+def parse_chunk(message: bytes) -> ReceivedChunk | ps_pb2.TensorChunk:
+    """``TensorChunk.FromString(message)``, but the payload is not copied out of ``message``.
+
+    Only the few bytes around the payload go through protobuf. Anything but
+    plainly laid out fields is left to protobuf whole, so a malformed message
+    raises exactly the ``DecodeError`` that ``FromString`` raises.
+    """
+    span = _data_span(message)
+    if span is not None:
+        start, lo, hi = span
+        try:
+            fields = ps_pb2.TensorChunk.FromString(message[:start] + message[hi:])
+        except DecodeError:
+            pass
+        else:
+            return ReceivedChunk(fields, memoryview(message)[lo:hi])
+    return ps_pb2.TensorChunk.FromString(message)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _read_varint(message: bytes, pos: int) -> tuple[int, int]:
+    """(value, position after it); position -1 for a varint that is cut off or over 10 bytes."""
+    value = shift = 0
+    for i in range(pos, min(pos + 10, len(message))):
+        byte = message[i]
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i + 1
+        shift += 7
+    return 0, -1
+
+
+def _data_span(message: bytes) -> tuple[int, int, int] | None:
+    """(where the one ``data`` field starts, where its payload starts, where it ends), or None.
+
+    None when there is no ``data`` field, more than one, or anything but plain
+    varint, fixed and length-delimited fields: protobuf parses those whole.
+    """
+    n = len(message)
+    pos = 0
+    found = None
+    while pos < n:
+        start = pos
+        key = message[pos]  # keys and most values are one-byte varints: read those inline
+        if key < 0x80:
+            pos += 1
+        else:
+            key, pos = _read_varint(message, pos)
+            if pos < 0:
+                return None
+        wire_type = key & 7
+        if key >> 3 == 0 or (key >> 3 == 5 and key != _DATA_TAG):
+            return None  # field 0, or a data field of the wrong wire type: protobuf's call
+        if wire_type == 0:
+            if pos < n and message[pos] < 0x80:
+                pos += 1
+            else:
+                _, pos = _read_varint(message, pos)
+                if pos < 0:
+                    return None
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 5:
+            pos += 4
+        elif wire_type == 2:
+            length, pos = _read_varint(message, pos)
+            if pos < 0:
+                return None
+            if key == _DATA_TAG:
+                if found is not None:
+                    return None
+                found = (start, pos, pos + length)
+            pos += length
+        else:
+            return None
+    if pos != n:
+        return None
+    return found
+
+
 class Assembler:
     """Receives one named 1-D float32 tensor of a fixed size, chunk by chunk, into a reused buffer."""
 
@@ -82,7 +227,8 @@ class Assembler:
         if chunk.offset != self._filled:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
                             f"tensor {self.name!r}: expected a chunk at offset {self._filled}, got offset {chunk.offset}", "offset")
-        nbytes = len(chunk.data)
+        data = chunk.data  # once: a protobuf message copies its bytes on every read
+        nbytes = len(data)
         if nbytes % WIRE_DTYPE.itemsize:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
                             f"tensor {self.name!r}: chunk of {nbytes} bytes is not a whole number of float32 values", "byte_length")
@@ -95,13 +241,13 @@ class Assembler:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
                             f"tensor {self.name!r}: {end * 4} bytes received for shape [{self.size}],"
                             f" expected {self.size * 4}", "byte_length")
-        self.buffer[self._filled:end] = np.frombuffer(chunk.data, dtype=WIRE_DTYPE)
+        self.buffer[self._filled:end] = np.frombuffer(data, dtype=WIRE_DTYPE)
         self._filled = end
         return end == self.size
 
     def checked(self) -> np.ndarray:
         """The complete tensor, after the finiteness check a gradient must pass."""
-        if not np.isfinite(self.buffer).all():
+        if not all_finite(self.buffer):
             bad = int(np.count_nonzero(~np.isfinite(self.buffer)))
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
                             f"tensor {self.name!r}: {bad} NaN or Inf values; gradients must be finite", "non_finite")

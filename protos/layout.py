@@ -20,6 +20,18 @@ import numpy as np
 DTYPE = np.dtype(np.float32)
 
 
+def all_finite(values: np.ndarray) -> bool:
+    """Whether every value is finite: one pass and no temporary array in the common case."""
+    if values.size < 1 << 16:  # small: the exact test costs less than silencing overflow warnings
+        return bool(np.isfinite(values).all())
+    # A sum of squares is finite only if every value is (inf and NaN propagate);
+    # only when it is not (huge finite values may overflow it) is the exact test needed.
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.dot(values, values)):
+            return True
+    return bool(np.isfinite(values).all())
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """One named tensor inside a flat vector."""

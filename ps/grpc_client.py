@@ -21,10 +21,11 @@ import msgpack
 import numpy as np
 
 from protos import ps_pb2, ps_pb2_grpc
-from protos.codec import CHUNK_BYTES, Assembler, chunks
+from protos.codec import CHUNK_BYTES, Assembler, encode_chunks, parse_chunk
+from ps.allocator import keep_freed_memory
 from ps.errors import PSError, ShapeError
 from ps.grpc_security import TLSConfig, TokenAuth
-from ps.grpc_server import CHANNEL_OPTIONS, TENSOR
+from ps.grpc_server import CHANNEL_OPTIONS, SERVICE, TENSOR
 from ps.partition import ShardRange
 
 #: A Step stream lives as long as the job; it still has a deadline, as every call does.
@@ -67,6 +68,7 @@ class _LoopThread:
 
 
 def open_channel(address: str, tls: TLSConfig | None) -> grpc.aio.Channel:
+    keep_freed_memory()  # every chunk is a fresh buffer: reuse freed ones (ps/allocator.py)
     options = list(CHANNEL_OPTIONS)
     if tls is None:
         return grpc.aio.insecure_channel(address, options=options)
@@ -91,6 +93,12 @@ class GrpcShardClient:
         self._loop = _LoopThread(f"grpc-client-{worker_id}")
         self._channels = self._loop.run(self._open(tls))
         self._stubs = [ps_pb2_grpc.ParameterServerStub(c) for c in self._channels]
+        # The tensor streams skip the generated stubs' serializers: chunks go out
+        # already encoded and come in with their payload as a view (protos/codec.py).
+        self._step_calls = [c.stream_stream(f"/{SERVICE}/Step", request_serializer=None,
+                                            response_deserializer=parse_chunk) for c in self._channels]
+        self._pull_calls = [c.unary_stream(f"/{SERVICE}/Pull", request_serializer=ps_pb2.PullRequest.SerializeToString,
+                                           response_deserializer=parse_chunk) for c in self._channels]
 
     async def _open(self, tls):
         return [open_channel(a, tls) for a in self.addresses]
@@ -140,7 +148,7 @@ class GrpcShardClient:
     async def _pull(self, i: int, clock: int, params_out: np.ndarray) -> None:
         r = self._ranges[i]
         assembler = Assembler(TENSOR, r.size, params_out[r.lo:r.hi])
-        call = self._stubs[i].Pull(ps_pb2.PullRequest(worker_id=self.worker_id, clock=clock),
+        call = self._pull_calls[i](ps_pb2.PullRequest(worker_id=self.worker_id, clock=clock),
                                    timeout=self._timeout_s, metadata=self._metadata)
         async for chunk in call:
             if chunk.offset == 0:
@@ -157,13 +165,13 @@ class GrpcShardClient:
     async def _step(self, i, clock, grads, params_out, num_samples, loss) -> None:
         r = self._ranges[i]
         if self._streams[i] is None:
-            self._streams[i] = self._stubs[i].Step(timeout=STREAM_DEADLINE_S, metadata=self._metadata)
+            self._streams[i] = self._step_calls[i](timeout=STREAM_DEADLINE_S, metadata=self._metadata)
         stream = self._streams[i]
         header = dict(worker_id=self.worker_id, clock=clock, pulled_version=self._versions[i],
                       num_samples=num_samples, loss=loss)
         try:
-            await asyncio.wait_for(self._exchange(stream, i, grads[r.lo:r.hi], params_out[r.lo:r.hi], header),
-                                   self._timeout_s)
+            await _within(self._exchange(stream, i, grads[r.lo:r.hi], params_out[r.lo:r.hi], header),
+                          self._timeout_s)
         except asyncio.TimeoutError:
             stream.cancel()
             self._streams[i] = None
@@ -171,7 +179,7 @@ class GrpcShardClient:
                                  f" {self._timeout_s:g} s") from None
 
     async def _exchange(self, stream, i, grad, out, header) -> None:
-        for chunk in chunks(TENSOR, grad, self._chunk_bytes, **header):
+        for chunk in encode_chunks(TENSOR, grad, self._chunk_bytes, **header):
             await stream.write(chunk)
         assembler = Assembler(TENSOR, out.size, out)
         while True:
@@ -200,5 +208,20 @@ class GrpcShardClient:
 
 
 async def _gather(coros):
-    """Gather inside the client's loop (coroutines are created by the calling thread)."""
+    """Gather inside the client's loop (coroutines are created by the calling thread).
+
+    A single coroutine (one shard) is awaited as it is: a task per call would
+    add loop turns to every step's latency for nothing.
+    """
+    coros = list(coros)
+    if len(coros) == 1:
+        return [await coros[0]]
     return await asyncio.gather(*coros)
+
+
+async def _within(coro, timeout_s: float):
+    """``asyncio.wait_for`` without the task it makes per call before Python 3.12."""
+    if not hasattr(asyncio, "timeout"):  # Python 3.10
+        return await asyncio.wait_for(coro, timeout_s)
+    async with asyncio.timeout(timeout_s):
+        return await coro

@@ -23,7 +23,8 @@ import msgpack
 from google.protobuf.message import DecodeError
 
 from protos import ps_pb2
-from protos.codec import CHUNK_BYTES, MAX_MESSAGE_BYTES, Assembler, WireError, chunks
+from protos.codec import CHUNK_BYTES, MAX_MESSAGE_BYTES, Assembler, WireError, encode_chunks, parse_chunk
+from ps.allocator import keep_freed_memory
 from ps.consistency import UnknownWorkerError
 from ps.errors import LeftJobError, OutOfOrderError, ShapeError
 from ps.grpc_security import TLSConfig, TokenAuth
@@ -56,13 +57,20 @@ class _Malformed:
         self.message = f"request is not a valid {kind} message: {error}"
 
 
-def _parser(message_cls) -> Callable[[bytes], object]:
+def _parser(message_cls, from_bytes: Callable[[bytes], object] | None = None) -> Callable[[bytes], object]:
+    from_bytes = from_bytes or message_cls.FromString
+
     def parse(data: bytes):
         try:
-            return message_cls.FromString(data)
+            return from_bytes(data)
         except (DecodeError, ValueError) as e:
             return _Malformed(message_cls.__name__, e)
     return parse
+
+
+def _serialize_chunk(chunk) -> bytes:
+    """Chunks leave the handlers already encoded (``encode_chunks``); a message is serialized."""
+    return chunk if isinstance(chunk, bytes) else chunk.SerializeToString()
 
 
 class ShardServicer:
@@ -131,8 +139,21 @@ class ShardServicer:
         finally:
             self._spare[first.worker_id] = assembler
 
-    def _reply_chunks(self, params, version: int, **header):
-        return chunks(TENSOR, params, self.chunk_bytes, version=version, **header)
+    async def _encoded_params(self, worker_id: int, clock: int, **header) -> list[bytes]:
+        """Wait as ``pull_for`` does; then the parameters encoded into reply chunks.
+
+        Encoding happens inside the shard's step that reads the parameters, so
+        the encoded chunks are the snapshot: no copy of the parameters first.
+        """
+        def encode(params):
+            version = self.shard.version
+            if "push" in header:  # Step: the push's answer carries the version being sent
+                header["push"].version = version
+            return list(encode_chunks(TENSOR, params, self.chunk_bytes, version=version, **header))
+
+        encoded, _ = await self.shard.pull_for(worker_id, clock, take=encode)
+        encoded.reverse()  # handed out with pop(), so each chunk is freed once sent
+        return encoded
 
     # ---- the service --------------------------------------------------------------
 
@@ -158,9 +179,9 @@ class ShardServicer:
     async def Pull(self, request, context):
         await self._admit_call(context, request)
         async with self._statuses(context):
-            params, version = await self.shard.pull_for(request.worker_id, request.clock)
-            for chunk in self._reply_chunks(params, version):
-                yield chunk
+            encoded = await self._encoded_params(request.worker_id, request.clock)
+            while encoded:
+                yield encoded.pop()
 
     async def Step(self, requests, context):
         await self._admit_call(context)
@@ -168,10 +189,10 @@ class ShardServicer:
             while (got := await self._read_gradient(requests)) is not None:
                 first = got[0]
                 outcome = self._push(*got)
-                params, version = await self.shard.pull_for(first.worker_id, first.clock + 1)
-                reply = ps_pb2.PushReply(outcome=OUTCOMES[outcome], version=version)
-                for chunk in self._reply_chunks(params, version, push=reply):
-                    yield chunk
+                encoded = await self._encoded_params(first.worker_id, first.clock + 1,
+                                                     push=ps_pb2.PushReply(outcome=OUTCOMES[outcome]))
+                while encoded:
+                    yield encoded.pop()
 
     async def AdvanceClock(self, request, context):
         await self._admit_call(context, request)
@@ -193,11 +214,11 @@ class ShardServicer:
             "Register": grpc.unary_unary_rpc_method_handler(
                 self.Register, _parser(P.RegisterRequest), P.RegisterReply.SerializeToString),
             "Push": grpc.stream_unary_rpc_method_handler(
-                self.Push, _parser(P.TensorChunk), P.PushReply.SerializeToString),
+                self.Push, _parser(P.TensorChunk, parse_chunk), P.PushReply.SerializeToString),
             "Pull": grpc.unary_stream_rpc_method_handler(
-                self.Pull, _parser(P.PullRequest), P.TensorChunk.SerializeToString),
+                self.Pull, _parser(P.PullRequest), _serialize_chunk),
             "Step": grpc.stream_stream_rpc_method_handler(
-                self.Step, _parser(P.TensorChunk), P.TensorChunk.SerializeToString),
+                self.Step, _parser(P.TensorChunk, parse_chunk), _serialize_chunk),
             "AdvanceClock": grpc.unary_unary_rpc_method_handler(
                 self.AdvanceClock, _parser(P.ClockRequest), P.ClockReply.SerializeToString),
             "Stats": grpc.unary_unary_rpc_method_handler(
@@ -222,6 +243,7 @@ class GrpcShardServer:
 async def start_grpc_server(shard: ParameterShard, token: str, host: str = "127.0.0.1", port: int = 0,
                             tls: TLSConfig | None = None, chunk_bytes: int = CHUNK_BYTES) -> GrpcShardServer:
     """Serve ``shard`` on ``host:port`` (0: any free port) on the running event loop."""
+    keep_freed_memory()  # every chunk is a fresh buffer: reuse freed ones (ps/allocator.py)
     servicer = ShardServicer(shard, TokenAuth(token), chunk_bytes)
     server = grpc.aio.server(options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((servicer.handler(),))

@@ -17,12 +17,14 @@ import asyncio
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
-from protos.layout import DTYPE
+from protos.layout import DTYPE, all_finite
 from ps.consistency import ClockTable, ConsistencyConfig, ConsistencyPolicy
 from ps.errors import LeftJobError, OutOfOrderError, ShapeError
+from ps.metrics import ShardMetrics
 from ps.optimizers import OptimizerConfig, make_optimizer
 from ps.schedules import ScheduleConfig, make_schedule
 
@@ -46,6 +48,7 @@ class ParameterShard:
         schedule: ScheduleConfig,
         consistency: ConsistencyConfig,
         total_updates: int | None = None,
+        run_id: str = "",
     ):
         self.shard_id = shard_id
         self._params = np.array(init_params, dtype=DTYPE, copy=True).reshape(-1)
@@ -70,6 +73,9 @@ class ParameterShard:
         self._samples = Counter()
         self._loss: dict[int, float] = {}
         self._started = time.monotonic()
+        self._metrics = ShardMetrics(shard_id, run_id)
+        self._memory_bytes = self._params.nbytes + sum(
+            v.nbytes for v in self._optimizer.state_dict().values() if isinstance(v, np.ndarray))
 
     def __repr__(self) -> str:  # the name Ray's dashboard shows for this actor
         return f"ps-shard-{self.shard_id}"
@@ -113,6 +119,7 @@ class ParameterShard:
             raise LeftJobError(f"{self!r}: worker {worker_id} has left the job; its push is refused")
         if clock <= self._clocks.completed(worker_id):
             self._duplicates += 1
+            self._metrics.pushes.inc(tags={"outcome": "duplicate"})
             return "duplicate"
         outcome = "applied"
         if self._config.mode == "bsp":
@@ -125,14 +132,27 @@ class ParameterShard:
         self._clocks.advance(worker_id, clock)
         self._maybe_step_round()
         self._notify()
+        self._metrics.pushes.inc(tags={"outcome": outcome})
+        self._report_lag()
         return outcome
 
-    async def pull_for(self, worker_id: int, clock: int) -> tuple[np.ndarray, int]:
-        """The pull half: wait until ``worker_id`` may begin iteration ``clock`` (0: no wait)."""
+    async def pull_for(self, worker_id: int, clock: int, take: Callable[[np.ndarray], Any] | None = None,
+                       ) -> tuple[Any, int]:
+        """The pull half: wait until ``worker_id`` may begin iteration ``clock`` (0: no wait).
+
+        ``take`` reads the parameters out (default: a copy) in the same step as
+        the version, before any update can change them: a transport may pass its
+        encoder and skip the copy. It must not keep the array it is given.
+        """
         self._clocks.completed(worker_id)  # raises for an unknown worker
         if clock <= 0:
-            return self._params.copy(), self._version
-        return await self._admit(worker_id, clock)
+            return self._take(take), self._version
+        return await self._admit(worker_id, clock, take)
+
+    def where(self) -> dict:
+        """The Ray node this shard runs on, for the job's placement report."""
+        from ps.placement_info import this_node
+        return this_node()
 
     def check_worker(self, worker_id: int) -> None:
         """Raise UnknownWorkerError unless ``worker_id`` is part of the job."""
@@ -147,6 +167,7 @@ class ParameterShard:
     def count_rejection(self, reason: str) -> None:
         """Count a request a transport refused before it reached the shard."""
         self._rejected[reason] += 1
+        self._metrics.rejected.inc(tags={"reason": reason})
 
     @property
     def size(self) -> int:
@@ -171,16 +192,16 @@ class ParameterShard:
     def _check_grad(self, grad: object) -> None:
         """Reject a malformed gradient before it touches any state."""
         if not isinstance(grad, np.ndarray):
-            self._rejected["type"] += 1
+            self.count_rejection("type")
             raise ShapeError(f"{self!r}: gradient must be a numpy array, got {type(grad).__name__}")
         if grad.dtype != DTYPE:
-            self._rejected["dtype"] += 1
+            self.count_rejection("dtype")
             raise ShapeError(f"{self!r}: gradient dtype must be {DTYPE}, got {grad.dtype}")
         if grad.shape != self._params.shape:
-            self._rejected["shape"] += 1
+            self.count_rejection("shape")
             raise ShapeError(f"{self!r}: gradient shape must be {self._params.shape}, got {grad.shape}")
-        if not np.isfinite(grad).all():
-            self._rejected["non_finite"] += 1
+        if not all_finite(grad):
+            self.count_rejection("non_finite")
             raise ShapeError(f"{self!r}: gradient holds NaN or Inf values")
 
     def _apply(self, grad: np.ndarray, staleness: list[int]) -> None:
@@ -190,6 +211,9 @@ class ParameterShard:
             lr /= max(1, max(staleness))
         self._optimizer.step(self._params, grad, lr)
         self._version += 1
+        self._metrics.updates.inc()
+        for tau in staleness:
+            self._metrics.staleness.observe(tau)
         self._applied += len(staleness)
         self._staleness.update(staleness)
 
@@ -228,6 +252,13 @@ class ParameterShard:
 
     # ---- waiting ------------------------------------------------------------------
 
+    def _report_lag(self) -> None:
+        """Each live worker's lag behind the fastest, for the dashboard."""
+        clocks = self._clocks.snapshot()
+        fastest = max(clocks.values(), default=0)
+        for worker, clock in clocks.items():
+            self._metrics.clock_lag.set(fastest - clock, tags={"worker": str(worker)})
+
     def _notify(self) -> None:
         """Wake every waiter to re-check its condition (one event per change)."""
         if self._changed is not None:
@@ -239,7 +270,8 @@ class ParameterShard:
             return self._round_clock >= clock
         return self._policy.admits(self._clocks, clock)
 
-    async def _admit(self, worker_id: int, clock: int) -> tuple[np.ndarray, int]:
+    async def _admit(self, worker_id: int, clock: int, take: Callable[[np.ndarray], Any] | None = None,
+                     ) -> tuple[Any, int]:
         """Wait until ``worker_id`` may begin iteration ``clock``; then hand it the parameters."""
         if not self._ready(clock):
             began = time.monotonic()
@@ -247,16 +279,22 @@ class ParameterShard:
                 if self._changed is None:
                     self._changed = asyncio.Event()
                 await self._changed.wait()
-            self._wait_s[worker_id] += time.monotonic() - began
+            waited = time.monotonic() - began
+            self._wait_s[worker_id] += waited
+            self._metrics.wait_s.inc(waited, tags={"worker": str(worker_id)})
         if self._clocks.is_live(worker_id):
             self._max_lead = max(self._max_lead, self._policy.lead(self._clocks, clock))
-        # A copy, because the buffer changes under the next update while Ray may
-        # still be serializing this reply.
-        return self._params.copy(), self._version
+        return self._take(take), self._version
+
+    def _take(self, take: Callable[[np.ndarray], Any] | None):
+        # A copy by default, because the buffer changes under the next update while
+        # Ray may still be serializing this reply.
+        return self._params.copy() if take is None else take(self._params)
 
     # ---- what the driver reads ----------------------------------------------------
 
     async def stats(self) -> dict:
+        self._metrics.memory_bytes.set(self._memory_bytes)  # refreshed whenever the driver looks
         return {
             "shard_id": self.shard_id,
             "size": int(self._params.size),
@@ -272,4 +310,5 @@ class ParameterShard:
             "samples": dict(self._samples),
             "loss": dict(self._loss),
             "uptime_s": time.monotonic() - self._started,
+            "memory_bytes": self._memory_bytes,
         }

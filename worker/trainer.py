@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -17,8 +18,10 @@ import torch
 from torch import nn
 
 from ps.client import ShardClient
+from ps.metrics import WorkerMetrics
 from ps.grpc_client import GrpcEndpoints
 from ps.partition import ShardRange
+from ps.placement_info import this_node
 from worker.data import DataSource, EpochSharder
 from worker.flat import FlatParams
 from worker.losses import LossFn
@@ -39,6 +42,7 @@ class WorkerPlan:
     slow_s: float = 0.0  # straggler knob: extra seconds per step
     use_gpu: bool = False
     torch_threads: int = 1
+    run_id: str = ""  # tags this run's metrics
 
 
 class Worker:
@@ -68,9 +72,30 @@ class Worker:
         self.sharder = EpochSharder(len(train), plan.num_workers, plan.batch_size, plan.seed)
         # The transport: Ray's object store, or gRPC when the job gives endpoints.
         self.client = grpc.client(plan.worker_id, ranges) if grpc else ShardClient(plan.worker_id, shards, ranges)
+        self.transport = "grpc" if grpc else "ray"
+        self.metrics = WorkerMetrics(plan.worker_id, plan.run_id)
+        self._window: deque = deque()
 
     def __repr__(self) -> str:  # the name Ray's dashboard shows for this actor
         return f"worker-{self.plan.worker_id}"
+
+    def where(self) -> dict:
+        """The Ray node this worker runs on, and the device it trains on."""
+        return {**this_node(), "device": str(self.flat.device)}
+
+    def _record(self, push_pull_s: float, batch: int, loss: float) -> None:
+        m, now = self.metrics, time.monotonic()
+        m.steps.inc()
+        m.loss.set(loss)
+        m.latency.observe(push_pull_s, tags={"transport": self.transport})
+        m.bytes.inc(self.flat.numel * 4, tags={"direction": "push", "transport": self.transport})
+        m.bytes.inc(self.flat.numel * 4, tags={"direction": "pull", "transport": self.transport})
+        self._window.append((now, batch))
+        while self._window and now - self._window[0][0] > 5.0:  # samples/s over the last 5 s
+            self._window.popleft()
+        span = now - self._window[0][0]
+        if span > 0:
+            m.samples_per_s.set(sum(n for _, n in self._window) / span)
 
     def run(self) -> dict:
         """Train to the end of the last epoch (or ``max_steps``); return what was done."""
@@ -95,9 +120,11 @@ class Worker:
                     loss.backward()
                     clock += 1
                     loss_value = loss.item()
+                    sent = time.monotonic()
                     self.client.push_pull(clock, flat.host_grads(), flat.host_params(), len(indices), loss_value)
                     flat.params_received()
                     samples += len(indices)
+                    self._record(time.monotonic() - sent, len(indices), loss_value)
         finally:
             # Leave the clock tables even on failure, so the others never wait for us.
             try:

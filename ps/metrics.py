@@ -1,0 +1,80 @@
+"""Metrics for the Ray dashboard and each node's Prometheus endpoint (``ray.util.metrics``).
+
+Shards and workers record what a person watching a job asks about: updates
+and their staleness, pushes by outcome and rejections by reason, time spent
+held by the consistency bound, each worker's clock lag, steps, samples/s,
+loss, push-pull latency and bytes, memory per shard. Every name starts with
+``rayps_`` and carries a ``run_id`` tag (the run's id), so runs stay apart in
+Prometheus. Outside a Ray worker process (unit tests of the plain classes)
+the recorders do nothing, so the domain classes never need a cluster.
+"""
+
+from __future__ import annotations
+
+STALENESS_BUCKETS = [0.5, 1.5, 2.5, 3.5, 4.5, 8.5, 16.5, 32.5, 64.5]
+LATENCY_BUCKETS_S = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
+
+
+def _in_ray() -> bool:
+    try:
+        import ray
+    except ImportError:  # pragma: no cover - ray is a dependency
+        return False
+    return ray.is_initialized()
+
+
+class _Null:
+    """Stands in for every metric when not running under Ray."""
+
+    def inc(self, *args, **kwargs) -> None: ...
+    def set(self, *args, **kwargs) -> None: ...
+    def observe(self, *args, **kwargs) -> None: ...
+
+
+class ShardMetrics:
+    def __init__(self, shard_id: int, run_id: str = ""):
+        tags = {"shard": str(shard_id), "run_id": run_id}
+        if not _in_ray():
+            self.updates = self.pushes = self.staleness = self.rejected = self.wait_s = self.clock_lag = \
+                self.memory_bytes = _Null()
+            return
+        from ray.util.metrics import Counter, Gauge, Histogram
+
+        self.updates = Counter("rayps_shard_updates", "Optimizer steps applied by a shard.", ("run_id", "shard"))
+        self.pushes = Counter("rayps_shard_pushes", "Gradient pushes by outcome (applied, duplicate, stale).",
+                              ("run_id", "shard", "outcome"))
+        self.staleness = Histogram("rayps_update_staleness", "Staleness of applied updates, in updates.",
+                                   boundaries=STALENESS_BUCKETS, tag_keys=("run_id", "shard"))
+        self.rejected = Counter("rayps_rejected_pushes", "Requests refused, by reason.", ("run_id", "shard", "reason"))
+        self.wait_s = Counter("rayps_consistency_wait_seconds",
+                              "Seconds workers were held back by the consistency bound.", ("run_id", "shard", "worker"))
+        self.clock_lag = Gauge("rayps_worker_clock_lag", "Iterations a worker is behind the fastest live one.",
+                               ("run_id", "shard", "worker"))
+        self.memory_bytes = Gauge("rayps_shard_memory_bytes", "Bytes of parameters and optimizer state.",
+                                  ("run_id", "shard"))
+        for metric in (self.updates, self.pushes, self.staleness, self.rejected, self.wait_s, self.clock_lag,
+                       self.memory_bytes):
+            metric.set_default_tags(tags)
+
+
+class WorkerMetrics:
+    def __init__(self, worker_id: int, run_id: str = ""):
+        tags = {"worker": str(worker_id), "run_id": run_id}
+        if not _in_ray():
+            self.steps = self.samples_per_s = self.loss = self.latency = self.bytes = _Null()
+            return
+        from ray.util.metrics import Counter, Gauge, Histogram
+
+        self.steps = Counter("rayps_worker_steps", "Training steps a worker completed.", ("run_id", "worker"))
+        self.samples_per_s = Gauge("rayps_worker_samples_per_second", "A worker's recent training throughput.",
+                                   ("run_id", "worker"))
+        self.loss = Gauge("rayps_worker_loss", "A worker's latest training loss.", ("run_id", "worker"))
+        self.latency = Histogram("rayps_push_pull_seconds",
+                                 "Seconds per fused push-pull (transfer and any wait on the bound).",
+                                 boundaries=LATENCY_BUCKETS_S, tag_keys=("run_id", "worker", "transport"))
+        self.bytes = Counter("rayps_transfer_bytes", "Bytes a worker pushed and pulled.",
+                             ("run_id", "worker", "direction", "transport"))
+        for metric in (self.steps, self.samples_per_s, self.loss, self.latency, self.bytes):
+            metric.set_default_tags(tags)
+
+
