@@ -10,6 +10,17 @@
   cosine, each with linear warm-up, keyed to the global step.
 - ``partition`` (partition.py): byte-balanced contiguous shard ranges.
 - ``ShardClient`` (client.py): the worker's side of the object-store transport.
+- ``start_grpc_server``, ``ServedShard`` (grpc_server.py): the gRPC front of a
+  shard (protos/ps.proto) on the shard's own event loop; the shard actor class.
+- ``GrpcShardClient``, ``GrpcEndpoints`` (grpc_client.py): the worker's side of
+  the gRPC transport, one persistent Step stream per shard.
+- ``TokenAuth``, ``TLSConfig``, ``GrpcConfig`` (grpc_security.py): bearer token,
+  mTLS and the job's ``grpc:`` section.
+- ``ShardMetrics``, ``WorkerMetrics`` (metrics.py): ``ray.util.metrics`` for the
+  dashboard and Prometheus; no-ops outside Ray.
+- ``this_node`` (placement_info.py): which node an actor runs on.
 - ``build`` (settings.py): strict frozen-dataclass configs from mappings.
 - ``PSError`` and subclasses (errors.py): the error tree.
+- ``keep_freed_memory`` (allocator.py): glibc malloc settings that let a process
+  streaming large tensors reuse its message buffers instead of faulting in fresh pages.
 """
