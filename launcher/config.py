@@ -82,6 +82,10 @@ class JobConfig:
     num_gpus: float = 0  # per worker; > 0 trains on CUDA
     worker_cpus: float = 0  # Ray CPU reservation per worker actor
     server_cpus: float = 0  # Ray CPU reservation per shard actor
+    server_resources: Mapping[str, float] = field(default_factory=dict)  # custom resources per shard, e.g. {ps_server: 1}
+    worker_resources: Mapping[str, float] = field(default_factory=dict)  # custom resources per worker
+    spread_servers: bool = True  # place shards on different nodes where possible
+    eval_every_s: float = 2.0  # evaluate on the test split this often while training (0: only at the end)
     torch_threads: int = 1  # intra-op threads per worker
     debug: DebugConfig = field(default_factory=DebugConfig)
 
@@ -97,6 +101,15 @@ class JobConfig:
         number(self.worker_cpus, "worker_cpus", minimum=0)
         number(self.server_cpus, "server_cpus", minimum=0)
         number(self.torch_threads, "torch_threads", minimum=1, integer=True)
+        number(self.eval_every_s, "eval_every_s", minimum=0)
+        require(isinstance(self.spread_servers, bool), f"spread_servers ({self.spread_servers!r}) must be true or false")
+        for key in ("server_resources", "worker_resources"):
+            value = getattr(self, key)
+            require(isinstance(value, Mapping), f"{key} ({value!r}) must be a mapping of resource name to amount")
+            for name, amount in value.items():
+                require(isinstance(name, str) and name not in ("CPU", "GPU"),
+                        f"{key} key {name!r} must name a custom resource (CPU and GPU have their own keys)")
+                number(amount, f"{key}[{name}]", minimum=0)
         require(self.transport in TRANSPORTS,
                 f"transport ({self.transport!r}) must be one of {', '.join(TRANSPORTS)}")
         require(isinstance(self.model_args, Mapping), f"model_args ({self.model_args!r}) must be a mapping")

@@ -12,8 +12,9 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -24,9 +25,11 @@ from torch import nn
 
 from launcher.config import JobConfig
 from launcher.local import ensure_ray
-from launcher.progress import ProgressLine, describe
+from launcher.monitor import Monitor
+from launcher.placement import check_feasible, server_options, worker_options
+from launcher.progress import ProgressLine
+from launcher.report import write_report
 from launcher.rundir import default_run_dir, write_run_dir
-from ps.errors import JobError
 from ps.partition import partition
 from ps.grpc_client import GrpcEndpoints
 from ps.grpc_security import new_token
@@ -46,10 +49,11 @@ class JobResult:
     params: np.ndarray  # the final flat parameter vector
     model: nn.Module  # a model holding the final parameters
     run_dir: Path
+    history: list[dict] = field(default_factory=list)  # the rows of history.jsonl
 
 
 def run_job(config: JobConfig, output: str | Path | None = None,
-            progress: ProgressLine | None = None, dashboard: bool = True) -> JobResult:
+            progress: ProgressLine | None = None, dashboard: bool = True, report: bool = True) -> JobResult:
     began = time.monotonic()
     model_fn = _model_factory(config)
     loss_fn = resolve_loss(config.loss)
@@ -66,13 +70,15 @@ def run_job(config: JobConfig, output: str | Path | None = None,
     total_updates = steps_per_worker * (1 if config.consistency.mode == "bsp" else config.workers)
 
     dashboard_url = ensure_ray(dashboard)
-    _check_resources(config)
+    check_feasible(config, ray.nodes())
+    run_id = uuid.uuid4().hex[:8]
+    namespace = f"rayps-{run_id}"  # actor names are unique per run, not per cluster
     init = flat.host_params()
     shard_cls = ray.remote(ServedShard)
     shards = [
-        shard_cls.options(num_cpus=config.server_cpus).remote(
+        shard_cls.options(**server_options(config, r.shard_id, namespace)).remote(
             r.shard_id, init[r.lo:r.hi], list(range(config.workers)),
-            config.optimizer, config.schedule, config.consistency, total_updates)
+            config.optimizer, config.schedule, config.consistency, total_updates, run_id)
         for r in ranges
     ]
     actors = list(shards)
@@ -81,16 +87,23 @@ def run_job(config: JobConfig, output: str | Path | None = None,
         train_ref = ray.put(splits.train)
         worker_cls = ray.remote(Worker)
         workers = [
-            worker_cls.options(num_cpus=config.worker_cpus, num_gpus=config.num_gpus).remote(
-                _plan(config, w), model_fn, loss_fn, train_ref, shards, ranges, endpoints)
+            worker_cls.options(**worker_options(config, w, namespace)).remote(
+                _plan(config, w, run_id), model_fn, loss_fn, train_ref, shards, ranges, endpoints)
             for w in range(config.workers)
         ]
         actors += workers
-        label = _label(config)
+        placement = _placement(shards, workers)
         if dashboard_url:
             print(f"Ray dashboard: {dashboard_url}", flush=True)
+
+        def evaluate_now():
+            flat.load(np.concatenate([p for p, _ in ray.get([s.pull.remote() for s in shards])]))
+            return evaluate(model, loss_fn, splits.test) if splits.test is not None else (None, None)
+
+        monitor = Monitor(workers, shards, steps_per_worker, _label(config), progress,
+                          evaluate_now, config.eval_every_s)
         train_began = time.monotonic()
-        reports = _wait_for_workers(workers, shards, progress, steps_per_worker, label, train_began)
+        reports = monitor.wait()
         train_s = time.monotonic() - train_began
         pulled = ray.get([s.pull.remote() for s in shards])
         stats = ray.get([s.stats.remote() for s in shards])
@@ -101,10 +114,23 @@ def run_job(config: JobConfig, output: str | Path | None = None,
     final = np.concatenate([p for p, _ in pulled])
     flat.load(final)
     test_loss, test_accuracy = evaluate(model, loss_fn, splits.test) if splits.test is not None else (None, None)
+    history = monitor.history
+    if history:
+        history[-1].update(test_loss=test_loss, test_accuracy=test_accuracy, t=round(train_s, 3))
     summary = _summary(config, reports, stats, test_loss, test_accuracy, train_s, time.monotonic() - began)
     summary["dashboard_url"] = dashboard_url
-    run_dir = write_run_dir(Path(output) if output else default_run_dir(config), config, summary)
-    return JobResult(summary=summary, params=final, model=model, run_dir=run_dir)
+    summary["placement"] = placement
+    summary["run_id"] = run_id
+    run_dir = write_run_dir(Path(output) if output else default_run_dir(config), config, summary, history)
+    if report:
+        write_report(run_dir)
+    return JobResult(summary=summary, params=final, model=model, run_dir=run_dir, history=history)
+
+
+def _placement(shards, workers) -> dict:
+    """Which node each actor landed on, by its dashboard name."""
+    names = [f"ps-shard-{i}" for i in range(len(shards))] + [f"worker-{i}" for i in range(len(workers))]
+    return dict(zip(names, ray.get([a.where.remote() for a in [*shards, *workers]])))
 
 
 def _serve_grpc(config: JobConfig, shards) -> GrpcEndpoints:
@@ -123,12 +149,12 @@ def _model_factory(config: JobConfig) -> Callable[[], nn.Module]:
     return functools.partial(factory, **config.model_args)
 
 
-def _plan(config: JobConfig, worker_id: int) -> WorkerPlan:
+def _plan(config: JobConfig, worker_id: int, run_id: str = "") -> WorkerPlan:
     return WorkerPlan(
         worker_id=worker_id, num_workers=config.workers, batch_size=config.batch_size,
         epochs=config.epochs, max_steps=config.max_steps, seed=config.seed,
         slow_s=float(config.debug.slow_workers.get(worker_id, 0.0)),
-        use_gpu=config.num_gpus > 0, torch_threads=config.torch_threads,
+        use_gpu=config.num_gpus > 0, torch_threads=config.torch_threads, run_id=run_id,
     )
 
 
@@ -136,39 +162,6 @@ def _label(config: JobConfig) -> str:
     c = config.consistency
     return {"asp": "asp", "ssp": f"ssp s={c.staleness}",
             "bsp": "bsp" if c.quorum is None else f"bsp {c.quorum}/{config.workers}"}[c.mode]
-
-
-def _check_resources(config: JobConfig) -> None:
-    """Fail now, naming what is missing, rather than leave actors pending forever."""
-    have = ray.cluster_resources()
-    wants = {
-        "CPU": config.workers * config.worker_cpus + config.servers * config.server_cpus,
-        "GPU": config.workers * config.num_gpus,
-    }
-    for resource, amount in wants.items():
-        if amount > have.get(resource, 0):
-            raise JobError(f"the job needs {amount:g} {resource} but the Ray cluster has {have.get(resource, 0):g}")
-
-
-def _wait_for_workers(workers, shards, progress, steps_per_worker, label, began) -> list[dict]:
-    """Block until every worker returns; report progress; fail fast when one fails."""
-    pending = {w.run.remote(): i for i, w in enumerate(workers)}
-    reports: dict[int, dict] = {}
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-        for ref in done:
-            worker_id = pending.pop(ref)
-            try:
-                reports[worker_id] = ray.get(ref)
-            except Exception as e:
-                cause = getattr(e, "cause", None) or e  # the worker's own exception, not Ray's wrapper
-                raise JobError(f"worker-{worker_id} failed: {type(cause).__name__}: {cause}") from e
-        if progress is not None:
-            stats = ray.get(shards[0].stats.remote())
-            progress.update(describe(stats, steps_per_worker, time.monotonic() - began, label))
-    if progress is not None:
-        progress.close()
-    return [reports[i] for i in sorted(reports)]
 
 
 @torch.no_grad()

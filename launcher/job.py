@@ -25,10 +25,12 @@ class Job:
             raise TypeError("pass either a JobConfig or keyword arguments, not both")
         self.config = config if config is not None else build(JobConfig, kwargs, "Job")
 
-    def run(self, output: str | Path | None = None, progress: bool = True, dashboard: bool = True) -> JobResult:
+    def run(self, output: str | Path | None = None, progress: bool = True, dashboard: bool = True,
+            report: bool = True) -> JobResult:
         """Train to the end (blocks); write the run directory; return the result.
 
-        Starts a local single-node Ray instance when none is running.
+        Starts a local single-node Ray instance when none is running. ``report``
+        draws the plots and TensorBoard events into the run directory.
         """
         return run_job(self.config, output=output, progress=ProgressLine() if progress else None,
-                       dashboard=dashboard)
+                       dashboard=dashboard, report=report)

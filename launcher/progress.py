@@ -10,6 +10,8 @@ import sys
 import time
 from typing import TextIO
 
+BAR_WIDTH = 24
+
 
 def describe(stats: dict, total_steps: int, elapsed_s: float, label: str) -> str:
     """One progress line from a shard's stats (every push reaches every shard)."""
@@ -36,8 +38,11 @@ class ProgressLine:
         self._last = 0.0
         self._width = 0
 
-    def update(self, line: str) -> None:
+    def update(self, line: str, fraction: float | None = None) -> None:
         if self.tty:
+            if fraction is not None:  # a bar in front of the line, on a terminal only
+                filled = int(round(BAR_WIDTH * max(0.0, min(1.0, fraction))))
+                line = f"|{'#' * filled}{'.' * (BAR_WIDTH - filled)}| {fraction:4.0%} {line}"
             self.stream.write("\r" + line.ljust(self._width))
             self._width = len(line)
             self.stream.flush()

@@ -18,11 +18,19 @@ def default_run_dir(config: JobConfig) -> Path:
     return candidate
 
 
-def write_run_dir(run_dir: Path, config: JobConfig, summary: dict) -> Path:
-    """Write summary.json and config.json; a temp name then a rename, so no reader sees half a file."""
+def write_run_dir(run_dir: Path, config: JobConfig, summary: dict, history: list[dict] = ()) -> Path:
+    """Write summary.json, config.json and history.jsonl.
+
+    Each file goes to a temp name first and is then renamed, so no reader sees half a file.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
-    for name, payload in (("summary.json", summary), ("config.json", config.to_dict())):
+    files = {
+        "summary.json": json.dumps(summary, indent=2, sort_keys=True) + "\n",
+        "config.json": json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n",
+        "history.jsonl": "".join(json.dumps(row, sort_keys=True) + "\n" for row in history),
+    }
+    for name, text in files.items():
         tmp = run_dir / f".{name}.tmp"
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(text)
         tmp.replace(run_dir / name)
     return run_dir.resolve()

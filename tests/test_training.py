@@ -8,6 +8,8 @@ shards and failing workers end the job instead of hanging it.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -21,7 +23,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def run(tmp_path, **kwargs):
-    return Job(**kwargs).run(output=tmp_path / "run", progress=False, dashboard=False)
+    return Job(**kwargs).run(output=tmp_path / "run", progress=False, dashboard=False, report=False)
 
 
 def total_pushes(summary) -> int:
@@ -138,3 +140,11 @@ def failing_loss(output, target):
 def test_a_failing_worker_fails_the_job_with_its_name_instead_of_hanging(ray_session, tmp_path):
     with pytest.raises(JobError, match=r"worker-\d failed: .*loss exploded on purpose"):
         run(tmp_path, loss=failing_loss, consistency={"mode": "bsp"}, epochs=1)
+
+
+def test_a_job_asking_for_what_the_cluster_lacks_fails_at_once(ray_session, tmp_path):
+    began = time.monotonic()
+    with pytest.raises(JobError, match=r"each shard asks for \{ps_server: 1\}, but no node offers that"):
+        run(tmp_path, server_resources={"ps_server": 1})
+    assert time.monotonic() - began < 30  # not pending forever
+    assert not (tmp_path / "run").exists()

@@ -181,7 +181,7 @@ def test_a_finished_worker_releases_those_waiting_for_it(ray_session, transport)
 def test_one_worker_bsp_gives_identical_parameters_over_either_transport(ray_session, tmp_path):
     results = {
         t: Job(workers=1, servers=2, transport=t, seed=5, epochs=1, consistency={"mode": "bsp"},
-               optimizer={"name": "adam", "lr": 0.01}).run(output=tmp_path / t, progress=False, dashboard=False)
+               optimizer={"name": "adam", "lr": 0.01}).run(output=tmp_path / t, progress=False, dashboard=False, report=False)
         for t in TRANSPORTS
     }
     assert results["ray"].summary["optimizer_steps"] == results["grpc"].summary["optimizer_steps"]
@@ -190,7 +190,7 @@ def test_one_worker_bsp_gives_identical_parameters_over_either_transport(ray_ses
 
 @pytest.mark.slow
 def test_default_job_over_grpc_reaches_the_accuracy_bar(ray_session, tmp_path):
-    s = Job(transport="grpc").run(output=tmp_path / "run", progress=False, dashboard=False).summary
+    s = Job(transport="grpc").run(output=tmp_path / "run", progress=False, dashboard=False, report=False).summary
     assert s["transport"] == "grpc"
     assert s["test_accuracy"] >= 0.95, s
     assert s["max_clock_gap"] <= 2

@@ -1,0 +1,87 @@
+"""Watching a running job: progress, a time series of its vital signs, and failures.
+
+``Monitor.wait`` blocks until every worker returns. Twice a second it reads
+shard 0's stats (every push reaches every shard, so one shard sees the whole
+job), redraws the progress line and appends a row to the history; every
+``eval_every_s`` it also scores the current parameters on the test split. The
+history becomes ``history.jsonl`` in the run directory, the source of the
+report's plots and TensorBoard events. A worker that fails ends the wait at
+once with a JobError naming it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import ray
+
+from launcher.progress import ProgressLine, describe
+from ps.errors import JobError
+
+TICK_S = 0.5
+
+
+class Monitor:
+    def __init__(self, workers: list, shards: list, total_steps: int, label: str,
+                 progress: ProgressLine | None = None,
+                 evaluate: Callable[[], tuple[float, float | None]] | None = None, eval_every_s: float = 0.0):
+        self.workers = workers
+        self.shards = shards
+        self.total_steps = total_steps
+        self.label = label
+        self.progress = progress
+        self.evaluate = evaluate
+        self.eval_every_s = eval_every_s
+        self.history: list[dict] = []
+        self._last_samples: dict[int, int] = {}
+        self._last_t = 0.0
+
+    def wait(self) -> list[dict]:
+        """Every worker's report, in worker order."""
+        began = time.monotonic()
+        next_eval = began + self.eval_every_s if self.eval_every_s and self.evaluate else float("inf")
+        pending = {w.run.remote(): i for i, w in enumerate(self.workers)}
+        reports: dict[int, dict] = {}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=TICK_S)
+            for ref in done:
+                worker_id = pending.pop(ref)
+                try:
+                    reports[worker_id] = ray.get(ref)
+                except Exception as e:
+                    cause = getattr(e, "cause", None) or e  # the worker's own exception, not Ray's wrapper
+                    raise JobError(f"worker-{worker_id} failed: {type(cause).__name__}: {cause}") from e
+            now = time.monotonic()
+            row = self._record(ray.get(self.shards[0].stats.remote()), now - began)
+            if now >= next_eval and pending:
+                row["test_loss"], row["test_accuracy"] = self.evaluate()
+                next_eval = now + self.eval_every_s
+            if self.progress is not None:
+                self.progress.update(describe(self._last_stats, self.total_steps, now - began, self.label),
+                                     fraction=min(1.0, row["step"] / max(1, self.total_steps)))
+        if self.progress is not None:
+            self.progress.close()
+        return [reports[i] for i in sorted(reports)]
+
+    def _record(self, stats: dict, t: float) -> dict:
+        self._last_stats = stats
+        samples = {int(k): v for k, v in stats["samples"].items()}
+        dt = max(t - self._last_t, 1e-9)
+        per_worker = {w: (n - self._last_samples.get(w, 0)) / dt for w, n in samples.items()}
+        hist = {int(k): v for k, v in stats["staleness_histogram"].items()}
+        applied = sum(hist.values())
+        losses = list(stats["loss"].values())
+        row = {
+            "t": round(t, 3),
+            "step": max(stats["clocks"].values(), default=self.history[-1]["step"] if self.history else 0),
+            "samples": sum(samples.values()),
+            "samples_per_s": sum(per_worker.values()),
+            "worker_samples_per_s": {str(w): v for w, v in sorted(per_worker.items())},
+            "loss": sum(losses) / len(losses) if losses else None,
+            "staleness_mean": sum(k * v for k, v in hist.items()) / applied if applied else 0.0,
+            "max_clock_gap": stats["max_clock_gap"],
+        }
+        self._last_samples, self._last_t = samples, t
+        self.history.append(row)
+        return row

@@ -1,0 +1,48 @@
+"""A run directory holds plots and TensorBoard events, and psctl report draws them again."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from launcher import Job
+from launcher.cli import main
+from launcher.report import PLOTS
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_run_leaves_plots_and_tensorboard_events_that_psctl_report_redraws(ray_session, tmp_path, capsys):
+    result = Job(epochs=12, eval_every_s=0.5, debug={"slow_workers": {1: 0.002}}).run(
+        output=tmp_path / "run", progress=False, dashboard=False)
+    run_dir = result.run_dir
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert len(history) >= 3
+    assert history[-1]["test_accuracy"] == result.summary["test_accuracy"]
+    assert sum(row.get("test_accuracy") is not None for row in history) >= 2  # scored while training too
+    for name in PLOTS:
+        assert (run_dir / name).read_bytes()[:8] == PNG_MAGIC
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    losses = [e.value for e in events.Scalars("job/loss")]
+    assert losses == pytest.approx([row["loss"] for row in history if row["loss"] is not None], rel=1e-6)
+    assert events.Scalars("job/test_accuracy")[-1].value == pytest.approx(result.summary["test_accuracy"])
+    assert {"worker-0/samples_per_s", "worker-1/samples_per_s"} <= set(events.Tags()["scalars"])
+
+    for name in PLOTS:
+        (run_dir / name).unlink()
+    assert main(["report", str(run_dir)]) == 0
+    printed = capsys.readouterr().out
+    for name in PLOTS:
+        assert (run_dir / name).read_bytes()[:8] == PNG_MAGIC
+        assert name in printed
+
+
+def test_psctl_report_names_a_directory_that_is_not_a_run(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert f"{tmp_path}: not a run directory (no summary.json)" in capsys.readouterr().err
