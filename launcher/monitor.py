@@ -58,7 +58,8 @@ class Monitor:
                 row["test_loss"], row["test_accuracy"] = self.evaluate()
                 next_eval = now + self.eval_every_s
             if self.progress is not None:
-                self.progress.update(describe(self._last_stats, self.total_steps, now - began, self.label),
+                self.progress.update(describe(self._last_stats, row["step"], self.total_steps, now - began,
+                                              self.label),
                                      fraction=min(1.0, row["step"] / max(1, self.total_steps)))
         if self.progress is not None:
             self.progress.close()
@@ -74,7 +75,8 @@ class Monitor:
         losses = list(stats["loss"].values())
         row = {
             "t": round(t, 3),
-            "step": max(stats["clocks"].values(), default=self.history[-1]["step"] if self.history else 0),
+            # the leading worker's step; finished workers leave the clock table, so never go back
+            "step": max(max(stats["clocks"].values(), default=0), self.history[-1]["step"] if self.history else 0),
             "samples": sum(samples.values()),
             "samples_per_s": sum(per_worker.values()),
             "worker_samples_per_s": {str(w): v for w, v in sorted(per_worker.items())},

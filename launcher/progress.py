@@ -13,10 +13,8 @@ from typing import TextIO
 BAR_WIDTH = 24
 
 
-def describe(stats: dict, total_steps: int, elapsed_s: float, label: str) -> str:
-    """One progress line from a shard's stats (every push reaches every shard)."""
-    clocks = stats["clocks"]
-    steps = max(clocks.values(), default=0)  # the leading live worker
+def describe(stats: dict, steps: int, total_steps: int, elapsed_s: float, label: str) -> str:
+    """One progress line from a shard's stats (every push reaches every shard) and the leading step."""
     samples = sum(stats["samples"].values())
     losses = list(stats["loss"].values())
     hist = stats["staleness_histogram"]
