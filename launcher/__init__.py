@@ -6,6 +6,11 @@
 - ``run_job``, ``JobResult`` (driver.py): place shard and worker actors, watch
   them, evaluate, write the run directory.
 - ``psctl`` (cli.py): the command line; ``python -m launcher`` is the same.
+- ``load_cluster_file``, ``up``, ``down`` (cluster.py): cluster.yaml's Ray half,
+  checked against Ray's schema and handed to ``ray up`` with token auth on.
+- ``Jobs`` (jobs.py): submit, follow, list and stop jobs through the Ray Jobs
+  API; ``find_token`` (auth.py): the token Ray uses, sent with every request;
+  cluster_cli.py: the ``psctl up/down/submit/status/logs/stop`` commands.
 """
 
 from launcher.config import JobConfig, load_job_config

@@ -1,7 +1,11 @@
 """psctl: the command line.
 
     psctl run [CLUSTER_YAML] [--set KEY=VALUE ...] [--output DIR]
+    psctl report RUN_DIR
     psctl serve [SERVE_YAML] [--host H] [--port P] [--size N] [--workers N] [--token-file F] [--set KEY=VALUE ...]
+    psctl up CLUSTER_YAML [--dry-run]  /  psctl down CLUSTER_YAML
+    psctl submit [CLUSTER_YAML] [--address URL] [--set KEY=VALUE ...] [--output DIR] [--no-wait]
+    psctl status [CLUSTER_YAML]  /  psctl logs JOB [CLUSTER_YAML] [--follow]  /  psctl stop JOB [CLUSTER_YAML]
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output", help="run directory to write (default: runs/<time>-<mode>)")
     run.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
 
+    report = sub.add_parser("report", help="draw a run directory's plots and TensorBoard events again")
+    report.add_argument("run_dir", help="a run directory (holds summary.json and history.jsonl)")
+
     serve = sub.add_parser("serve", help="serve one parameter shard over gRPC, outside Ray")
     serve.add_argument("config", nargs="?", help="YAML file of serve settings (launcher/serve.py: ServeConfig)")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
@@ -33,6 +40,31 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--token-file", help="file holding the bearer token (created with a new token if missing)")
     serve.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="any other setting, e.g. --set optimizer.name=sgd --set consistency.mode=ssp")
+
+    # Cluster commands (launcher/cluster_cli.py): Ray's cluster launcher and the Ray Jobs API.
+    up = sub.add_parser("up", help="provision the Ray cluster of CLUSTER_YAML (ray up) with token auth")
+    up.add_argument("config", help="cluster.yaml: a Ray cluster-launcher config plus job:")
+    up.add_argument("--dry-run", action="store_true", help="check, write and print the config for ray up; start nothing")
+    sub.add_parser("down", help="tear down the Ray cluster of CLUSTER_YAML (ray down)").add_argument("config")
+    submit = sub.add_parser("submit", help="run the job on a running Ray cluster (Jobs API) and stream its logs")
+    submit.add_argument("config", nargs="?", help="cluster.yaml whose job: section is run (default: the bundled job)")
+    submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a job key (repeatable); forwarded to the job")
+    submit.add_argument("--output", help="run directory to write on the head node (give an absolute path:"
+                        " a relative one lands in the job's temporary working_dir)")
+    submit.add_argument("--working-dir", help="directory uploaded as the job's working_dir (default: this project)")
+    submit.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    status = sub.add_parser("status", help="list the jobs on a Ray cluster")
+    status.add_argument("config", nargs="?", help="cluster.yaml (for its address)")
+    logs = sub.add_parser("logs", help="print a job's logs")
+    logs.add_argument("--follow", action="store_true", help="stream until the job ends; exit with its status")
+    stop = sub.add_parser("stop", help="stop a job")
+    for p in (logs, stop):
+        p.add_argument("job", help="submission id, as submit and status print it")
+        p.add_argument("config", nargs="?", help="cluster.yaml (for its address)")
+    for p in (submit, status, logs, stop):
+        p.add_argument("--address", help="the cluster's dashboard, e.g. http://127.0.0.1:8265 (default: the"
+                       " local-provider head_ip of CLUSTER_YAML, else $RAY_ADDRESS, else http://127.0.0.1:8265)")
     return parser
 
 
@@ -74,6 +106,16 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "serve":
             return _serve(args)
+        from launcher.cluster_cli import COMMANDS
+
+        if args.command in COMMANDS:
+            return COMMANDS[args.command](args)
+        if args.command == "report":
+            from launcher.report import write_report
+
+            for path in write_report(args.run_dir):
+                print(path)
+            return 0
     except PSError as e:
         print(f"psctl: error: {e}", file=sys.stderr)
         return 2

@@ -27,3 +27,7 @@ class LeftJobError(PSError):
 
 class OutOfOrderError(PSError):
     """A request came out of protocol order (a bsp push for a clock not yet gathered)."""
+
+
+class ClusterError(PSError, RuntimeError):
+    """Provisioning a Ray cluster, or talking to one, failed."""

@@ -1,0 +1,131 @@
+"""psctl submit against a real three-node Ray cluster on this machine (ray.cluster_utils).
+
+The cluster runs in this process without joining it (connect=False), so a
+test session's own local Ray is left alone. Nodes: the head and one more
+carry ``ps_server: 1``; the third carries ``ps_worker: 2``. Token auth is
+on, and everything binds 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from launcher.auth import Token, find_token
+from launcher.cli import main
+from ps.errors import ClusterError
+from launcher.jobs import Jobs
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray._common.utils
+    import ray._private.utils
+    import ray.experimental.internal_kv as internal_kv
+    from ray._raylet import AuthenticationTokenLoader, Config
+    from ray.cluster_utils import Cluster
+
+    with pytest.MonkeyPatch.context() as env:
+        # cluster_utils assumes it owns the process and the machine: it points this process's
+        # internal KV client at the new cluster (and clears it at shutdown), and writes (then
+        # deletes) /tmp/ray/ray_current_cluster. Keep the session's own Ray, and other Ray
+        # instances on the machine, as they were.
+        env.setattr(internal_kv, "global_gcs_client", internal_kv.global_gcs_client)
+        env.setattr(internal_kv, "_initialized", internal_kv._initialized)
+        env.setattr(ray._private.utils, "write_ray_address", lambda *args, **kwargs: None)
+        env.setattr(ray._common.utils, "reset_ray_address", lambda *args, **kwargs: None)
+        # Every process of the cluster reads these as it starts: token auth on; and, as Ray does on
+        # macOS, 127.0.0.1 as the node address, so nothing binds beyond loopback and Ray's clients do
+        # not rewrite 127.0.0.1 to the machine's outward address (which nothing listens on).
+        env.setenv("RAY_AUTH_MODE", "token")
+        env.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        env.delenv("RAY_ADDRESS", raising=False)
+        own_token = find_token() is None
+        if own_token:  # no token on this machine: use one that lives only as long as the cluster
+            env.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+            AuthenticationTokenLoader.instance().reset_cache()
+        Config.initialize("")  # this process's GCS client (cluster_utils waits for nodes with it) sends it too
+        temp = tempfile.mkdtemp(prefix="rayps-mn-", dir="/tmp")  # short: Ray's unix sockets live here
+        c = Cluster(initialize_head=False, connect=False)
+        node = dict(num_cpus=1, node_ip_address="127.0.0.1")
+        try:
+            head = c.add_node(**node, resources={"ps_server": 1}, temp_dir=temp, include_dashboard=True,
+                              dashboard_host="127.0.0.1", dashboard_port=0, dashboard_agent_listen_port=0)
+            server = c.add_node(**node, resources={"ps_server": 1})
+            worker = c.add_node(**node, resources={"ps_worker": 2})
+            c.wait_for_nodes()
+            yield {"address": f"http://{c.webui_url}", "ps_server": {head.node_id, server.node_id},
+                   "ps_worker": {worker.node_id}}
+        finally:
+            c.shutdown()
+            shutil.rmtree(temp, ignore_errors=True)
+            env.undo()
+            Config.initialize("")
+            if own_token:
+                AuthenticationTokenLoader.instance().reset_cache()
+
+
+def test_submit_runs_the_job_with_shards_and_workers_on_the_nodes_the_config_names(cluster, tmp_path):
+    out = tmp_path / "run"
+    began = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "launcher", "submit", str(ROOT / "cluster.yaml"), "--address", cluster["address"],
+         "--set", "epochs=2", "--set", "servers=2", "--set", "workers=2",
+         "--set", "server_resources={ps_server: 1}", "--set", "worker_resources={ps_worker: 1}",
+         "--output", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=180,
+    )
+    log = proc.stdout[-4000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, log
+    assert "submitted raysubmit_" in proc.stdout and "SUCCEEDED" in proc.stdout, log
+    assert f"run directory: {out}" in proc.stdout, log  # the job's own output, streamed back
+    summary = json.loads((out / "summary.json").read_text())
+    placement = summary["placement"]
+    # One ps_server unit per node and one per shard: the two shards sit on the two server nodes.
+    assert {placement[f"ps-shard-{i}"]["node_id"] for i in range(2)} == cluster["ps_server"]
+    assert {placement[f"worker-{i}"]["node_id"] for i in range(2)} == cluster["ps_worker"]
+    assert all(p["node_ip"] == "127.0.0.1" for p in placement.values())
+    assert summary["servers"] == 2 and summary["workers"] == 2
+    assert summary["test_accuracy"] > 0.5  # two epochs of digits: trained, not random (0.1)
+    print(f"submitted job took {time.monotonic() - began:.1f} s")
+
+
+def test_the_cluster_refuses_requests_without_its_token(cluster):
+    import requests
+
+    assert requests.get(f"{cluster['address']}/api/jobs/", timeout=10).status_code == 401
+    with pytest.raises(ClusterError, match="rejected the Ray auth token from a wrong token"):
+        Jobs(cluster["address"], token=Token("0" * 64, "a wrong token")).list()
+
+
+def test_status_logs_and_stop_manage_a_running_job(cluster, tmp_path, capsys):
+    address = cluster["address"]
+    (tmp_path / "app").mkdir()
+    jobs = Jobs(address)
+    job_id = jobs.submit(f"{sys.executable} -c \"import time; print('hello', flush=True); time.sleep(120)\"",
+                         tmp_path / "app")
+    deadline = time.monotonic() + 60
+    while "hello" not in jobs.logs(job_id) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    capsys.readouterr()
+    assert main(["logs", job_id, "--address", address]) == 0
+    assert "hello" in capsys.readouterr().out
+    assert main(["stop", job_id, "--address", address]) == 0
+    assert capsys.readouterr().out.strip() == f"{job_id}: STOPPED"
+    assert main(["status", "--address", address]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(job_id))
+    assert row.split()[1] == "STOPPED"
+    assert main(["logs", job_id, "--address", address, "--follow"]) == 1  # follows to the end: not SUCCEEDED
+    followed = capsys.readouterr()
+    assert "hello" in followed.out and f"job {job_id} STOPPED" in followed.err
