@@ -167,7 +167,7 @@ def _data_span(message: bytes) -> tuple[int, int, int] | None:
             pos += 1
         else:
             key, pos = _read_varint(message, pos)
-            if pos < 0:
+            if pos < 0 or pos - start > 5:  # upb refuses keys over 5 bytes: let it say so
                 return None
         wire_type = key & 7
         if key >> 3 == 0 or (key >> 3 == 5 and key != _DATA_TAG):
@@ -184,8 +184,9 @@ def _data_span(message: bytes) -> tuple[int, int, int] | None:
         elif wire_type == 5:
             pos += 4
         elif wire_type == 2:
+            length_at = pos
             length, pos = _read_varint(message, pos)
-            if pos < 0:
+            if pos < 0 or pos - length_at > 5:  # an overlong length: protobuf's call, as above
                 return None
             if key == _DATA_TAG:
                 if found is not None:

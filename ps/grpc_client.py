@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -21,7 +22,7 @@ import msgpack
 import numpy as np
 
 from protos import ps_pb2, ps_pb2_grpc
-from protos.codec import CHUNK_BYTES, Assembler, encode_chunks, parse_chunk
+from protos.codec import CHUNK_BYTES, Assembler, WireError, encode_chunks, parse_chunk
 from ps.allocator import keep_freed_memory
 from ps.errors import PSError, ShapeError
 from ps.grpc_security import TLSConfig, TokenAuth
@@ -90,6 +91,7 @@ class GrpcShardClient:
         self._chunk_bytes = chunk_bytes
         self._versions = [0] * len(addresses)
         self._streams: list = [None] * len(addresses)
+        self._ended: list[_FirstStatus | None] = [None] * len(addresses)  # each stream's status
         self._loop = _LoopThread(f"grpc-client-{worker_id}")
         self._channels = self._loop.run(self._open(tls))
         self._stubs = [ps_pb2_grpc.ParameterServerStub(c) for c in self._channels]
@@ -166,17 +168,46 @@ class GrpcShardClient:
         r = self._ranges[i]
         if self._streams[i] is None:
             self._streams[i] = self._step_calls[i](timeout=STREAM_DEADLINE_S, metadata=self._metadata)
-        stream = self._streams[i]
+            self._ended[i] = _FirstStatus(self._streams[i])
+        stream, ended = self._streams[i], self._ended[i]
         header = dict(worker_id=self.worker_id, clock=clock, pulled_version=self._versions[i],
                       num_samples=num_samples, loss=loss)
         try:
             await _within(self._exchange(stream, i, grads[r.lo:r.hi], params_out[r.lo:r.hi], header),
                           self._timeout_s)
-        except asyncio.TimeoutError:
-            stream.cancel()
-            self._streams[i] = None
-            raise TransportError(f"shard at {self.addresses[i]} did not answer step {clock} within"
-                                 f" {self._timeout_s:g} s") from None
+        except BaseException as e:
+            try:
+                error = await self._step_error(i, clock, stream, ended, e)
+            finally:
+                # Whatever went wrong, the stream is dead or mid-step: the next step opens a fresh one.
+                stream.cancel()
+                self._streams[i] = self._ended[i] = None
+            if error is None:
+                raise
+            raise error from None
+
+    async def _step_error(self, i, clock, stream, ended: _FirstStatus, e: BaseException) -> TransportError | None:
+        """``e`` from step ``clock`` on shard ``i`` as a TransportError; None to re-raise it as it is."""
+        where = f"shard at {self.addresses[i]}, step {clock}"
+        if isinstance(e, asyncio.TimeoutError):
+            return TransportError(f"{where}: no answer within {self._timeout_s:g} s")
+        if isinstance(e, (grpc.aio.AioRpcError, asyncio.InvalidStateError)):
+            # InvalidStateError: a write on a call the server had already ended.
+            if ended.status is not None:
+                code, details = ended.status
+            elif isinstance(e, grpc.aio.AioRpcError):
+                code, details = e.code(), e.details()
+            else:
+                return TransportError(f"{where}: the stream had ended")
+            if (code, details) == _FAILED_WRITE:  # the shard's own status is on its way: it replaces this one
+                deadline = time.monotonic() + _STATUS_WAIT_S
+                while (code, details) == _FAILED_WRITE and time.monotonic() < deadline:
+                    await asyncio.sleep(0.002)
+                    code, details = await stream.code(), await stream.details()
+            return TransportError(f"{where}: {code.name}: {details}")
+        if isinstance(e, WireError):
+            return TransportError(f"{where}: bad reply: {e.message}")
+        return None
 
     async def _exchange(self, stream, i, grad, out, header) -> None:
         for chunk in encode_chunks(TENSOR, grad, self._chunk_bytes, **header):
@@ -196,6 +227,7 @@ class GrpcShardClient:
             if stream is not None:
                 stream.cancel()
         self._streams = [None] * len(self._streams)
+        self._ended = [None] * len(self._ended)
         await asyncio.gather(*(c.close() for c in self._channels))
 
     def _call(self, coro):
@@ -207,16 +239,63 @@ class GrpcShardClient:
             raise TransportError(f"{e.code().name}: {e.details()}") from None
 
 
+#: The status grpc.aio gives a call whose write failed because the call had ended (grpc/grpc#36066).
+_FAILED_WRITE = (grpc.StatusCode.INTERNAL, "Internal error from Core")
+#: How long a step's error waits for the shard's status to replace _FAILED_WRITE.
+_STATUS_WAIT_S = 1.0
+
+
+class _FirstStatus:
+    """The status a call first ends with, kept by its done callback.
+
+    When a shard ends a Step while the client is still writing (it refused the
+    gradient's first chunk), the failed write sets the call's status to
+    ``_FAILED_WRITE``. If the shard's status came first, that overwrites it for
+    good, and only this callback, run when the first status is set, saw it; if
+    the failed write came first, the shard's status replaces it moments later.
+    """
+
+    def __init__(self, call: grpc.aio.Call):
+        self.status: tuple[grpc.StatusCode, str] | None = None
+        call.add_done_callback(self._done)
+
+    def _done(self, call: grpc.aio.Call) -> None:
+        code, details = _now(call.code()), _now(call.details())
+        if code is not None and details is not None:
+            self.status = (code, details)
+
+
+def _now(coro):
+    """The result of a coroutine that returns without waiting, as a finished call's
+    ``code()`` and ``details()`` do; None (and the coroutine closed) if it would wait."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    return None
+
+
 async def _gather(coros):
     """Gather inside the client's loop (coroutines are created by the calling thread).
 
     A single coroutine (one shard) is awaited as it is: a task per call would
-    add loop turns to every step's latency for nothing.
+    add loop turns to every step's latency for nothing. When one fails, the
+    others are cancelled before the error goes to the caller.
     """
     coros = list(coros)
     if len(coros) == 1:
         return [await coros[0]]
-    return await asyncio.gather(*coros)
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        # One shard failed: stop the others rather than let them write into the
+        # caller's buffers after it has the error (a cancelled step drops its stream).
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 async def _within(coro, timeout_s: float):

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
+
 import grpc
 import numpy as np
 import pytest
+from google.protobuf.message import DecodeError
 
 from protos import ps_pb2
-from protos.codec import CHUNK_BYTES, MAX_MESSAGE_BYTES, Assembler, WireError, chunks
+from protos.codec import (CHUNK_BYTES, MAX_MESSAGE_BYTES, Assembler, ReceivedChunk, WireError, chunks, encode_chunks,
+                          parse_chunk)
+from protos.layout import all_finite
 
 
 def _values(n: int, seed: int = 0) -> np.ndarray:
@@ -165,3 +170,179 @@ def test_checked_refuses_nan_and_inf(bad):
 def test_wire_error_defaults_to_the_malformed_reason():
     error = WireError(grpc.StatusCode.INVALID_ARGUMENT, "bad bytes")
     assert (error.reason, error.message, str(error)) == ("malformed", "bad bytes", "bad bytes")
+
+
+# ---- encode_chunks: the same messages as chunks, payload copied once ----------------
+
+HEADER = dict(worker_id=3, clock=5, pulled_version=4, num_samples=32, loss=0.25, version=9,
+              push=ps_pb2.PushReply(outcome=ps_pb2.PushReply.DUPLICATE, version=9))
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 4, 5, 10, 1000, 1001])
+@pytest.mark.parametrize("chunk_bytes", [1, 10, 12, 16, 4000, CHUNK_BYTES])
+@pytest.mark.parametrize("header", [{}, HEADER], ids=["no_header", "header"])
+def test_encode_chunks_decode_to_exactly_the_messages_chunks_makes(n, chunk_bytes, header):
+    values = _values(n, seed=n)
+    encoded = list(encode_chunks("dense", values, chunk_bytes, **header))
+    expected = list(chunks("dense", values, chunk_bytes, **header))
+    assert all(isinstance(b, bytes) for b in encoded)
+    assert [ps_pb2.TensorChunk.FromString(b) for b in encoded] == expected
+    assert [len(b) for b in encoded] == [m.ByteSize() for m in expected]
+
+
+@pytest.mark.parametrize("values", [
+    np.arange(10, dtype=np.float64) / 3,  # cast to float32 on the way
+    np.arange(20, dtype=np.float32)[::2],  # a strided view
+    np.arange(10, dtype=np.float32).reshape(2, 5),  # sent flat
+    np.array([np.float32(1e-45), -0.0, np.finfo(np.float32).max, np.nan, -np.inf], np.float32),
+], ids=["float64", "strided", "2d", "special_values"])
+def test_encode_chunks_match_chunks_for_any_array_chunks_accepts(values):
+    encoded = [ps_pb2.TensorChunk.FromString(b) for b in encode_chunks("dense", values, 12, clock=1)]
+    expected = list(chunks("dense", values, 12, clock=1))
+    # compared as bytes: NaN != NaN would fail a message comparison
+    assert [m.SerializeToString(deterministic=True) for m in encoded] == [
+        m.SerializeToString(deterministic=True) for m in expected]
+
+
+def test_encoded_chunks_are_a_snapshot_of_the_tensor():
+    values = _values(10)
+    before = values.copy()
+    encoded = list(encode_chunks("dense", values, 16))
+    values[:] = 7.0
+    assert b"".join(ps_pb2.TensorChunk.FromString(b).data for b in encoded) == before.tobytes()
+
+
+# ---- parse_chunk: FromString without copying the payload ------------------------------
+
+FIELDS = [f.name for f in ps_pb2.TensorChunk.DESCRIPTOR.fields]
+
+
+def _fields(message) -> dict:
+    """Every field as a user reads it; ``data`` as bytes (a ReceivedChunk holds a view)."""
+    out = {name: getattr(message, name) for name in FIELDS}
+    out["data"] = bytes(out["data"])
+    out["shape"] = list(out["shape"])
+    out["has_push"] = message.HasField("push")
+    return out
+
+
+def _outcome(parse, message: bytes):
+    try:
+        return "ok", _fields(parse(message))
+    except Exception as e:  # the kind and the words, compared between the two parsers
+        return type(e), str(e)
+
+
+def _good_messages() -> list[tuple[bytes, bool | None]]:
+    """Messages FromString reads, each with whether parse_chunk must hand out its payload as a view (None: either)."""
+    values = _values(8)
+    data = values.tobytes()
+    known = ps_pb2.TensorChunk(name="dense", last=True).SerializeToString()
+    # fields protobuf does not know (kept as unknown fields by both): varint, fixed64, fixed32, bytes
+    unknown = b"\xf8\x01\x96\x01" + b"\x81\x02" + bytes(range(8)) + b"\x8d\x02" + bytes(4) + b"\x92\x02\x03abc"
+    group = b"\x9b\x02\xa0\x02\x01\x9c\x02"  # an unknown group: not plainly laid out, left to protobuf
+    out = [(m, True) for m in encode_chunks("dense", values, 12, **HEADER)]  # header first, middle and last chunks
+    out += [(m.SerializeToString(), True) for m in chunks("dense", values, 16, clock=2)]  # protobuf's field order
+    out += [
+        (next(encode_chunks("dense", np.zeros(0, np.float32), worker_id=1)), None),  # no data field at all
+        (b"\x2a" + bytes([len(data)]) + data + known, True),  # data first
+        (known + unknown + b"\x2a" + bytes([len(data)]) + data, True),
+        (known + group + b"\x2a" + bytes([len(data)]) + data, None),
+        (known + b"\x28\x07" + b"\x2a\x04" + data[:4], None),  # a field 5 of the wrong wire type, then data
+        (b"\x2a\x04" + data[:4] + known + b"\x2a\x04" + data[4:8], None),  # data twice: the last one counts
+    ]
+    return out
+
+
+def _mutations(message: bytes, rng: np.random.Generator) -> list[bytes]:
+    out = [message[:k] for k in range(len(message))]  # every truncation
+    for k in range(0, len(message), 3):  # flipped bits: continuation, low bit, whole byte
+        for mask in (0x80, 0x01, 0xFF):
+            out.append(message[:k] + bytes([message[k] ^ mask]) + message[k + 1:])
+    for _ in range(10):  # a random byte set to a random value, and random bytes spliced in
+        k = int(rng.integers(len(message)))
+        out.append(message[:k] + bytes([int(rng.integers(256))]) + message[k + 1:])
+        out.append(message[:k] + rng.bytes(int(rng.integers(1, 6))) + message[k:])
+    return out
+
+
+def test_parse_chunk_reads_good_messages_as_from_string_does():
+    for message, view in _good_messages():
+        parsed = parse_chunk(message)
+        assert _fields(parsed) == _fields(ps_pb2.TensorChunk.FromString(message)), message
+        if view:  # the fast path's point: the payload stays in the received bytes
+            assert isinstance(parsed, ReceivedChunk) and parsed.data.obj is message, message
+
+
+def test_parse_chunk_fails_or_succeeds_exactly_as_from_string_on_mutated_bytes():
+    rng = np.random.default_rng(20240607)
+    cases = [m for good, _ in _good_messages() for m in _mutations(good, rng)]
+    cases += [rng.bytes(int(rng.integers(0, 80))) for _ in range(200)]  # random garbage
+    cases += [b"", b"\x00", b"\x2a", b"\x2a\x05abc", b"\x2a\x00\x2a\x00", b"\x2d\x00\x00\x00\x00", b"\xff" * 11]
+    kinds = {"ok": 0, "error": 0}
+    for message in cases:
+        expected = _outcome(ps_pb2.TensorChunk.FromString, message)
+        assert _outcome(parse_chunk, message) == expected, message
+        kinds["ok" if expected[0] == "ok" else "error"] += 1
+    assert len(cases) > 500 and kinds["ok"] > 50 and kinds["error"] > 50  # both kinds of case were exercised
+    assert _outcome(ps_pb2.TensorChunk.FromString, b"\xff" * 11)[0] is DecodeError
+
+
+@pytest.mark.parametrize("where", ["key", "length"])
+def test_parse_chunk_refuses_an_overlong_data_varint_as_from_string_does(where):
+    data = np.ones(2, np.float32).tobytes()
+    key, length = (b"\xaa\x80\x80\x80\x80\x00", b"\x08") if where == "key" else (b"\x2a", b"\x88\x80\x80\x80\x80\x00")
+    message = ps_pb2.TensorChunk(name="dense", shape=[2], last=True).SerializeToString() + key + length + data
+    assert _outcome(ps_pb2.TensorChunk.FromString, message)[0] is DecodeError
+    assert _outcome(parse_chunk, message) == _outcome(ps_pb2.TensorChunk.FromString, message)
+
+
+# ---- layout.all_finite ------------------------------------------------------------------
+
+BIG = (1 << 16) + 7  # past the size where all_finite takes its sum-of-squares path, with a ragged tail
+F32 = np.finfo(np.float32)
+
+
+def _with(n: int, **at) -> np.ndarray:
+    values = _values(n, seed=n)
+    for where, value in at.items():
+        values[{"first": 0, "last": n - 1, "middle": n // 2}[where]] = value
+    return values
+
+
+ALL_FINITE_CASES = {
+    "empty": lambda n: np.zeros(0, np.float32),
+    "plain": lambda n: _values(n),
+    "nan_first": lambda n: _with(n, first=np.nan),
+    "nan_middle": lambda n: _with(n, middle=np.nan),
+    "nan_last": lambda n: _with(n, last=np.nan),
+    "inf": lambda n: _with(n, middle=np.inf),
+    "minus_inf_last": lambda n: _with(n, last=-np.inf),
+    "both_infs": lambda n: _with(n, first=np.inf, last=-np.inf),
+    "nan_and_inf": lambda n: _with(n, first=np.nan, last=np.inf),
+    "max_finite": lambda n: _with(n, middle=F32.max, last=-F32.max),  # its square overflows float32
+    "all_huge": lambda n: np.full(n, 1e30, np.float32),  # every square overflows
+    "huge_partial_sums": lambda n: np.full(n, 1e19, np.float32),  # squares fit, their sum does not
+    "huge_and_nan": lambda n: _with(n, first=F32.max, last=np.nan),
+    "subnormals": lambda n: np.full(n, 1e-45, np.float32),  # squares underflow to zero
+    "negative_zero": lambda n: np.full(n, -0.0, np.float32),
+    "all_nan": lambda n: np.full(n, np.nan, np.float32),
+}
+
+
+@pytest.mark.parametrize("n", [1, (1 << 16) - 1, 1 << 16, BIG], ids=["one", "below_fast_path", "at_fast_path", "big"])
+@pytest.mark.parametrize("case", list(ALL_FINITE_CASES))
+def test_all_finite_agrees_with_isfinite(case, n):
+    values = ALL_FINITE_CASES[case](n)
+    with warnings.catch_warnings():  # and it warns about nothing (numpy's default error settings)
+        warnings.simplefilter("error")
+        got = all_finite(values)
+    assert got is bool(np.isfinite(values).all())
+
+
+@pytest.mark.parametrize("position", [0, 1, 3, 7, 8, 15, 16, 31, BIG // 2, BIG - 8, BIG - 2, BIG - 1])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_all_finite_finds_one_bad_value_at_any_position(position, bad):
+    values = np.ones(BIG, np.float32)  # any lane of a vectorised sum, and the tail after the last full vector
+    values[position] = bad
+    assert all_finite(values) is False

@@ -25,11 +25,11 @@ import numpy as np
 import pytest
 
 from protos import ps_pb2, ps_pb2_grpc
-from protos.codec import MAX_MESSAGE_BYTES
-from ps.consistency import ConsistencyConfig
-from ps.grpc_client import GrpcEndpoints, GrpcShardClient
+from protos.codec import MAX_MESSAGE_BYTES, encode_chunks
+from ps.consistency import ConsistencyConfig, UnknownWorkerError
+from ps.grpc_client import GrpcEndpoints, GrpcShardClient, TransportError
 from ps.grpc_security import TLSConfig, TokenAuth
-from ps.grpc_server import start_grpc_server
+from ps.grpc_server import GrpcShardServer, start_grpc_server
 from ps.optimizers import OptimizerConfig
 from ps.partition import ShardRange
 from ps.schedules import ScheduleConfig
@@ -72,6 +72,7 @@ class Served:
     shard: ParameterShard
     address: str
     port: int
+    server: GrpcShardServer | None = None
 
 
 @pytest.fixture
@@ -93,7 +94,7 @@ def serve(loop_thread):
         servers.append(server)
         host, port = server.address.rsplit(":", 1)
         assert host == "127.0.0.1" and int(port) > 0
-        return Served(shard, server.address, int(port))
+        return Served(shard, server.address, int(port), server)
 
     yield start
     for server in servers:
@@ -535,3 +536,179 @@ def test_grpc_shard_client_trains_over_mtls(tls_server, loop_thread):
     finally:
         client.finish()
     assert loop_thread.run(served.shard.stats())["clocks"] == {1: 0}  # finish: worker 0 left the clock table
+
+
+# ---- GrpcShardClient after a refused step ---------------------------------------
+
+
+def _client(*served: Served, worker_id: int = 0) -> GrpcShardClient:
+    ranges = [ShardRange(i, i * SIZE, (i + 1) * SIZE) for i in range(len(served))]
+    return GrpcShardClient(worker_id, [s.address for s in served], ranges, TOKEN, timeout_s=TIMEOUT,
+                           chunk_bytes=CHUNK_VALUES * 4)
+
+
+REFUSALS = 20
+REFUSED_STEPS = {
+    # refused once the whole gradient is in: the client has finished writing
+    "nan_gradient": (np.where(np.arange(SIZE) == 600, np.nan, 1.0).astype(np.float32),
+                     ["INVALID_ARGUMENT", "1 NaN or Inf", "finite"], "non_finite"),
+    # refused at the first chunk: the server ends the stream while the client still writes
+    "short_gradient": (np.ones(SIZE - 1, np.float32), ["INVALID_ARGUMENT", "expected shape [1000]", "got [999]"],
+                       "shape"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_STEPS))
+def test_grpc_client_step_refused_raises_transport_error_and_the_next_step_works(case, serve, loop_thread):
+    bad, fragments, reason = REFUSED_STEPS[case]
+    served = serve()
+    client = _client(served)
+    try:
+        params = np.full(SIZE, np.nan, np.float32)
+        client.register(params)
+        client.push_pull(1, np.ones(SIZE, np.float32), params, num_samples=8, loss=1.0)
+        assert (params == -0.5).all()
+
+        for _ in range(REFUSALS):  # whichever comes first, the status or a failed write: the shard's message
+            with pytest.raises(TransportError) as caught:
+                client.push_pull(2, bad, params, num_samples=8, loss=1.0)
+            for fragment in fragments + [served.address, "step 2"]:
+                assert fragment in str(caught.value)
+        assert (params == -0.5).all()  # no reply came, so nothing was written
+        shard_params, version = loop_thread.run(served.shard.pull())
+        assert version == 1 and (shard_params == -0.5).all()
+        counters = loop_thread.run(served.shard.stats())
+        assert (counters["rejected"], counters["clocks"]) == ({reason: REFUSALS}, {0: 1, 1: 0})
+
+        # the same client, the same clock, a good gradient: a fresh stream, applied once
+        client.push_pull(2, np.full(SIZE, 2.0, np.float32), params, num_samples=8, loss=1.0)
+        assert (params == -1.5).all()  # -0.5 - 0.5 * 2, exactly
+        client.push_pull(3, np.ones(SIZE, np.float32), params, num_samples=8, loss=1.0)
+        assert (params == -2.0).all()
+        (counters,) = client.stats()
+        assert (counters["pushes_applied"], counters["version"], counters["clocks"], counters["rejected"]) == (
+            3, 3, {0: 3, 1: 0}, {reason: REFUSALS})
+    finally:
+        client.finish()
+
+
+def test_grpc_client_step_after_the_server_stopped_is_a_transport_error(serve, loop_thread):
+    served = serve()
+    client = _client(served)
+    try:
+        params = np.zeros(SIZE, np.float32)
+        client.register(params)
+        client.push_pull(1, np.ones(SIZE, np.float32), params, num_samples=8, loss=1.0)
+        loop_thread.run(served.server.stop(0.1))
+        for _ in range(2):  # the stream the server ended, then a fresh one to a server that is gone
+            with pytest.raises(TransportError) as caught:
+                client.push_pull(2, np.ones(SIZE, np.float32), params, num_samples=8, loss=1.0)
+            assert f"shard at {served.address}, step 2: UNAVAILABLE: " in str(caught.value)
+        assert (params == -0.5).all()
+    finally:
+        client.close()
+
+
+def test_grpc_client_cancels_the_other_shards_steps_when_one_is_refused(serve, loop_thread, channels):
+    fine, waits = serve(), serve(mode="ssp", staleness=0)  # the second holds clock 2 until worker 1 pushes
+    client = _client(fine, waits)
+    try:
+        params = np.full(2 * SIZE, np.nan, np.float32)
+        client.register(params)
+        assert (params == 0.0).all()
+        bad = np.ones(2 * SIZE, np.float32)
+        bad[7] = np.inf
+        with pytest.raises(TransportError) as caught:
+            client.push_pull(1, bad, params, num_samples=8, loss=1.0)
+        assert fine.address in str(caught.value) and "NaN or Inf" in str(caught.value)
+
+        # Worker 1 lets the waiting shard answer: the cancelled step must not write into params.
+        # (Whether that step's gradient reached the shard before the cancel is a race; either is fine.)
+        other = ps_pb2_grpc.ParameterServerStub(channels(waits.address))
+        assert push(other, gradient(np.ones(SIZE), 1, 1)).outcome == APPLIED
+        time.sleep(0.2)
+        assert (params == 0.0).all()
+
+        client.push_pull(1, np.full(2 * SIZE, 2.0, np.float32), params, num_samples=8, loss=1.0)
+        assert (params[:SIZE] == -1.0).all()  # 0 - 0.5 * 2: the refused push left no trace
+        expected, _ = loop_thread.run(waits.shard.pull())
+        assert np.array_equal(params[SIZE:], expected)
+    finally:
+        client.finish()
+
+
+# ---- ParameterShard.pull_for(take=...): how the servicer reads parameters out --------
+
+SMALL = np.array([1.0, -2.0, 0.5, 4.0], np.float32)
+
+
+def _small_shard(mode: str = "ssp", staleness: int = 0) -> ParameterShard:
+    return ParameterShard(0, SMALL, [0, 1], OptimizerConfig(name="sgd", lr=0.5), ScheduleConfig(),
+                          ConsistencyConfig(mode=mode, staleness=staleness))
+
+
+def _push(shard: ParameterShard, worker: int, clock: int, value: float) -> None:
+    shard.push(worker, clock, np.full(SMALL.size, value, np.float32), 0, 1, 0.0)
+
+
+def test_pull_for_hands_take_the_parameters_at_the_version_it_returns():
+    async def scenario():
+        shard = _small_shard("ssp", staleness=0)
+        seen = []
+
+        def take(params):
+            seen.append((params.copy(), shard.version))
+            return "taken"
+
+        assert await shard.pull_for(0, 0, take=take) == ("taken", 0)  # clock 0: no wait
+        _push(shard, 0, 1, 1.0)
+        waiting = asyncio.create_task(shard.pull_for(0, 2, take=take))  # iteration 2 waits for worker 1
+        await asyncio.sleep(0.05)
+        assert not waiting.done() and len(seen) == 1
+        _push(shard, 1, 1, 2.0)
+        result = await asyncio.wait_for(waiting, TIMEOUT)
+        _push(shard, 0, 2, 4.0)  # a later update changes nothing taken before it
+        return result, seen
+
+    result, seen = asyncio.run(scenario())
+    assert result == ("taken", 2)
+    assert [version for _, version in seen] == [0, 2]  # once per pull, at the version returned
+    np.testing.assert_array_equal(seen[0][0], SMALL)
+    np.testing.assert_array_equal(seen[1][0], SMALL - 0.5 * 1.0 - 0.5 * 2.0)
+
+
+def test_pull_for_with_the_encoder_as_take_sends_the_parameters_of_its_version():
+    async def scenario():
+        shard = _small_shard("asp")
+        _push(shard, 0, 1, 1.0)
+        encoded, version = await shard.pull_for(0, 2, take=lambda params: list(encode_chunks("dense", params, 8)))
+        _push(shard, 1, 1, 2.0)
+        return encoded, version
+
+    encoded, version = asyncio.run(scenario())
+    assert version == 1 and len(encoded) == 2
+    sent = b"".join(ps_pb2.TensorChunk.FromString(b).data for b in encoded)
+    assert np.frombuffer(sent, "<f4").tobytes() == (SMALL - 0.5).tobytes()
+
+
+def test_pull_for_by_default_returns_a_copy_that_later_updates_do_not_change():
+    async def scenario():
+        shard = _small_shard("asp")
+        first = await shard.pull_for(0, 0)
+        _push(shard, 0, 1, 1.0)
+        second = await shard.pull_for(0, 2)
+        _push(shard, 1, 1, 2.0)
+        return first, second, await shard.pull()
+
+    (p0, v0), (p1, v1), (now, v_now) = asyncio.run(scenario())
+    assert (v0, v1, v_now) == (0, 1, 2)
+    np.testing.assert_array_equal(p0, SMALL)
+    np.testing.assert_array_equal(p1, SMALL - 0.5)
+    np.testing.assert_array_equal(now, SMALL - 1.5)
+
+
+def test_pull_for_an_unknown_worker_raises_before_take_is_called():
+    seen = []
+    with pytest.raises(UnknownWorkerError):
+        asyncio.run(_small_shard().pull_for(9, 1, take=seen.append))
+    assert seen == []
