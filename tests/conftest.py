@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import pytest
 
+# Helpers imported by test modules: rewrite their asserts too, as if they sat in the test file.
+pytest.register_assert_rewrite("tests.grpc_fixtures")
+
 
 @pytest.fixture(scope="session")
 def ray_session():

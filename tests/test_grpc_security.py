@@ -1,0 +1,178 @@
+"""Who the gRPC server serves: the bearer token, kept out of logs, and mTLS with certificates made per test."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import logging
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from protos import ps_pb2, ps_pb2_grpc
+from ps.grpc_client import GrpcEndpoints, GrpcShardClient
+from ps.grpc_security import TLSConfig, TokenAuth
+from ps.partition import ShardRange
+from tests.grpc_fixtures import (APPLIED, AUTH, CHUNK_VALUES, SIZE, TIMEOUT, TOKEN, Code, assert_params, gradient,
+                                 pull, push, stats)
+
+pytest_plugins = ["tests.grpc_fixtures"]
+pytestmark = pytest.mark.timeout(60)
+
+
+# ---- the bearer token ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("metadata", [None, (("authorization", "Bearer not-the-token"),),
+                                      (("authorization", TOKEN),)], ids=["none", "wrong", "without_bearer"])
+def test_call_without_the_right_token_is_unauthenticated(metadata, stub):
+    for call in (lambda: stub.Register(ps_pb2.RegisterRequest(worker_id=0), timeout=TIMEOUT, metadata=metadata),
+                 lambda: push(stub, gradient(np.ones(SIZE), 0, 1), metadata=metadata),
+                 lambda: list(stub.Pull(ps_pb2.PullRequest(worker_id=0), timeout=TIMEOUT, metadata=metadata))):
+        with pytest.raises(grpc.RpcError) as caught:
+            call()
+        assert caught.value.code() == Code.UNAUTHENTICATED
+    assert_params(stub, 0.0, 0)
+    assert stats(stub)["rejected"] == {"unauthenticated": 3}
+
+
+def test_the_right_token_is_accepted(stub):
+    reply = stub.Register(ps_pb2.RegisterRequest(worker_id=0), timeout=TIMEOUT, metadata=AUTH)
+    assert reply.protocol == 1
+
+
+def test_token_never_appears_in_logs_or_reprs(serve, channels, caplog):
+    with caplog.at_level(logging.DEBUG):
+        served = serve()
+        stub = ps_pb2_grpc.ParameterServerStub(channels(served.address))
+        push(stub, gradient(np.ones(SIZE), 0, 1))
+        pull(stub)
+        for bad in (gradient(np.ones(SIZE), 0, 2, c0={"dtype": "float64"}), gradient(np.ones(SIZE), 5, 1)):
+            with pytest.raises(grpc.RpcError):
+                push(stub, bad)
+        with pytest.raises(grpc.RpcError):
+            stub.Stats(ps_pb2.StatsRequest(), timeout=TIMEOUT, metadata=(("authorization", f"Bearer {TOKEN}x"),))
+    assert "serves gRPC on" in caplog.text  # the server did log, at DEBUG and up
+    assert TOKEN not in caplog.text
+    assert not any(TOKEN in record.getMessage() for record in caplog.records)
+    assert TOKEN not in repr(TokenAuth(TOKEN)) and TOKEN not in str(TokenAuth(TOKEN))
+    assert TOKEN not in repr(GrpcEndpoints(("127.0.0.1:1",), TOKEN))
+
+
+# ---- mTLS ------------------------------------------------------------------------
+
+
+def _pki(tmp_path: Path) -> dict[str, str]:
+    """A CA, a server cert for 127.0.0.1 and a client cert it signed, and an unrelated CA with its own client."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    paths = {}
+
+    def write(name: str, key, cert) -> None:
+        (tmp_path / f"{name}.key").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        (tmp_path / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        paths[name] = str(tmp_path / f"{name}.pem")
+        paths[f"{name}_key"] = str(tmp_path / f"{name}.key")
+
+    def issue(common_name: str, signer=None, ca: bool = False, usage=None, ip: str | None = None):
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        issuer_cert, issuer_key = signer if signer else (None, key)
+        builder = (x509.CertificateBuilder().subject_name(subject)
+                   .issuer_name(issuer_cert.subject if issuer_cert else subject)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if ca:
+            builder = builder.add_extension(x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                key_encipherment=False, data_encipherment=False, key_agreement=False, encipher_only=False,
+                decipher_only=False), critical=True)
+        if usage:
+            builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        if ip:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
+        return key, builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key, ca_cert = issue("test ca", ca=True)
+    write("ca", ca_key, ca_cert)
+    write("server", *issue("ps shard", (ca_cert, ca_key), usage=ExtendedKeyUsageOID.SERVER_AUTH, ip="127.0.0.1"))
+    write("client", *issue("worker", (ca_cert, ca_key), usage=ExtendedKeyUsageOID.CLIENT_AUTH))
+    other_key, other_cert = issue("other ca", ca=True)
+    write("other_ca", other_key, other_cert)
+    write("other_client", *issue("intruder", (other_cert, other_key), usage=ExtendedKeyUsageOID.CLIENT_AUTH))
+    return paths
+
+
+@pytest.fixture
+def tls_server(serve, tmp_path):
+    pki = _pki(tmp_path)
+    served = serve(tls=TLSConfig(ca=pki["ca"], server_cert=pki["server"], server_key=pki["server_key"]))
+    return served, pki
+
+
+def _read(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
+def _register(channel, timeout: float = TIMEOUT) -> ps_pb2.RegisterReply:
+    return ps_pb2_grpc.ParameterServerStub(channel).Register(
+        ps_pb2.RegisterRequest(worker_id=0), timeout=timeout, metadata=AUTH)
+
+
+def test_mtls_client_with_a_cert_from_the_ca_is_served(tls_server, channels):
+    served, pki = tls_server
+    creds = grpc.ssl_channel_credentials(_read(pki["ca"]), _read(pki["client_key"]), _read(pki["client"]))
+    stub = ps_pb2_grpc.ParameterServerStub(channels(served.address, creds))
+    assert stub.Register(ps_pb2.RegisterRequest(worker_id=0), timeout=TIMEOUT, metadata=AUTH).protocol == 1
+    assert push(stub, gradient(np.ones(SIZE), 0, 1)).outcome == APPLIED
+    assert_params(stub, -0.5, 1)
+
+
+@pytest.mark.parametrize("who", ["no_client_cert", "cert_from_another_ca", "plaintext"])
+def test_mtls_refuses_a_client_without_a_cert_from_the_ca(who, tls_server, channels):
+    served, pki = tls_server
+    ca = _read(pki["ca"])
+    if who == "plaintext":
+        channel = channels(served.address)
+    elif who == "no_client_cert":
+        channel = channels(served.address, grpc.ssl_channel_credentials(ca))
+    else:
+        channel = channels(served.address, grpc.ssl_channel_credentials(
+            ca, _read(pki["other_client_key"]), _read(pki["other_client"])))
+    with pytest.raises(grpc.RpcError) as caught:
+        _register(channel, timeout=2.0)
+    assert caught.value.code() == Code.UNAVAILABLE
+
+    good = grpc.ssl_channel_credentials(ca, _read(pki["client_key"]), _read(pki["client"]))
+    assert _register(channels(served.address, good)).protocol == 1  # and the server still serves the right one
+    assert served.shard.version == 0
+
+
+def test_grpc_shard_client_trains_over_mtls(tls_server, loop_thread):
+    served, pki = tls_server
+    tls = TLSConfig(ca=pki["ca"], client_cert=pki["client"], client_key=pki["client_key"])
+    client = GrpcShardClient(0, [served.address], [ShardRange(0, 0, SIZE)], TOKEN, tls, timeout_s=TIMEOUT,
+                             chunk_bytes=CHUNK_VALUES * 4)
+    try:
+        params = np.full(SIZE, np.nan, np.float32)
+        client.register(params)
+        assert (params == 0.0).all()
+        client.push_pull(1, np.ones(SIZE, np.float32), params, num_samples=8, loss=2.0)
+        assert (params == -0.5).all()
+        client.push_pull(2, np.full(SIZE, 2.0, np.float32), params, num_samples=8, loss=1.0)
+        assert (params == -1.5).all()
+        (counters,) = client.stats()
+        assert (counters["pushes_applied"], counters["version"], counters["clocks"]) == (2, 2, {0: 2, 1: 0})
+    finally:
+        client.finish()
+    assert loop_thread.run(served.shard.stats())["clocks"] == {1: 0}  # finish: worker 0 left the clock table
