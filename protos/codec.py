@@ -23,7 +23,6 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from protos import ps_pb2
-from protos.layout import all_finite
 
 #: Payload bytes per chunk: well under gRPC's 4 MiB default message limit, and
 #: large enough that per-message overhead is a small share of the time.
@@ -245,11 +244,3 @@ class Assembler:
         self.buffer[self._filled:end] = np.frombuffer(data, dtype=WIRE_DTYPE)
         self._filled = end
         return end == self.size
-
-    def checked(self) -> np.ndarray:
-        """The complete tensor, after the finiteness check a gradient must pass."""
-        if not all_finite(self.buffer):
-            bad = int(np.count_nonzero(~np.isfinite(self.buffer)))
-            raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"tensor {self.name!r}: {bad} NaN or Inf values; gradients must be finite", "non_finite")
-        return self.buffer

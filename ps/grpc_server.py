@@ -134,7 +134,7 @@ class ShardServicer:
 
     def _push(self, first: ps_pb2.TensorChunk, assembler: Assembler) -> str:
         try:
-            return self.shard.push(first.worker_id, first.clock, assembler.checked(), first.pulled_version,
+            return self.shard.push(first.worker_id, first.clock, assembler.buffer, first.pulled_version,
                                    first.num_samples, first.loss)
         finally:
             self._spare[first.worker_id] = assembler

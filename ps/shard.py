@@ -202,7 +202,8 @@ class ParameterShard:
             raise ShapeError(f"{self!r}: gradient shape must be {self._params.shape}, got {grad.shape}")
         if not all_finite(grad):
             self.count_rejection("non_finite")
-            raise ShapeError(f"{self!r}: gradient holds NaN or Inf values")
+            bad = int(np.count_nonzero(~np.isfinite(grad)))  # only on the way out: the count costs a pass
+            raise ShapeError(f"{self!r}: gradient holds {bad} NaN or Inf values; gradients must be finite")
 
     def _apply(self, grad: np.ndarray, staleness: list[int]) -> None:
         """One optimizer step with ``grad``, made of pushes of the given staleness."""
