@@ -10,7 +10,6 @@ directory, and tear every actor down (also on failure).
 from __future__ import annotations
 
 import functools
-import logging
 import time
 import uuid
 from collections import Counter
@@ -30,18 +29,15 @@ from launcher.placement import check_feasible, server_options, worker_options
 from launcher.progress import ProgressLine
 from launcher.report import write_report
 from launcher.rundir import default_run_dir, write_run_dir
-from ps.partition import partition
 from ps.grpc_client import GrpcEndpoints
 from ps.grpc_security import new_token
 from ps.grpc_server import ServedShard
+from ps.partition import partition
 from worker.data import DataSource, EpochSharder, resolve_data
 from worker.flat import FlatParams
 from worker.imports import import_object
 from worker.losses import resolve_loss
 from worker.trainer import Worker, WorkerPlan
-
-log = logging.getLogger(__name__)
-
 
 @dataclass
 class JobResult:
