@@ -21,6 +21,7 @@ the saved optimizer would have.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,9 +152,17 @@ class ServerOptimizer:
             raise ShapeError("params must be a writable array; the update is applied in place")
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr >= 0:
             raise ValueError(f"lr ({lr!r}) must be a number >= 0")
-        np.copyto(self._grad, grad)
+        if self._writes_grad():  # the rule changes its gradient in place: work on our own copy
+            np.copyto(self._grad, grad)
+            grad_t = self._grad_t
+        else:  # read it where it lies, saving a pass over every push
+            grad_t = _read_only_view(grad)
         self.steps += 1
-        self._update(torch.from_numpy(params), self._grad_t, float(lr))
+        self._update(torch.from_numpy(params), grad_t, float(lr))
+
+    def _writes_grad(self) -> bool:
+        """Whether ``_update`` modifies its ``grad`` argument (then it gets a scratch copy)."""
+        return True
 
     def _check_array(self, array: np.ndarray, what: str) -> None:
         if not isinstance(array, np.ndarray) or array.dtype != np.float32 or array.ndim != 1:
@@ -201,6 +210,9 @@ class SGD(ServerOptimizer):
         self._decay = config.resolved_weight_decay
         self._buf = self._buffer("momentum_buffer") if self._momentum else None
 
+    def _writes_grad(self) -> bool:
+        return self._decay != 0 or (self._buf is not None and self.config.nesterov)
+
     def _update(self, param: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
         if self._decay != 0:
             grad.add_(param, alpha=self._decay)
@@ -217,6 +229,18 @@ class SGD(ServerOptimizer):
         param.add_(grad, alpha=-lr)
 
 
+def _read_only_view(array: np.ndarray) -> torch.Tensor:
+    """A torch view of an array that may be read-only, for an update that only reads it.
+
+    torch warns that writing through such a view would be undefined; no rule
+    that receives one writes to it (``_writes_grad`` decides), so the warning
+    is silenced here and nowhere else.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
+
+
 class Adagrad(ServerOptimizer):
     """``torch.optim.Adagrad`` with lr_decay 0: weight decay, eps, initial accumulator."""
 
@@ -228,6 +252,9 @@ class Adagrad(ServerOptimizer):
         self._eps = config.resolved_eps
         self._sum = self._buffer("sum", float(config.initial_accumulator_value))
         self._std = torch.from_numpy(np.empty(size, dtype=np.float32))
+
+    def _writes_grad(self) -> bool:
+        return self._decay != 0
 
     def _update(self, param: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
         if self._decay != 0:
@@ -251,6 +278,9 @@ class Adam(ServerOptimizer):
         self._exp_avg = self._buffer("exp_avg")
         self._exp_avg_sq = self._buffer("exp_avg_sq")
         self._denom = torch.from_numpy(np.empty(size, dtype=np.float32))
+
+    def _writes_grad(self) -> bool:
+        return self._decay != 0 and not self.decoupled  # L2 adds the decay to the gradient
 
     def _update(self, param: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
         if self._decay != 0:

@@ -112,8 +112,10 @@ def test_load_state_dict_rejects_other_algorithm_and_size():
         make_optimizer(OptimizerConfig(name="adam"), 5).load_state_dict(adam_state)
 
 
-def test_step_leaves_grad_untouched():
-    opt = make_optimizer(OptimizerConfig(name="sgd", momentum=0.9, weight_decay=0.1), 3)
+@pytest.mark.parametrize("config", [c[1] for c in CASES], ids=[c[0] for c in CASES])
+def test_step_leaves_grad_untouched(config):
+    # A writable gradient, so a rule that wrongly skipped its scratch copy would show here.
+    opt = make_optimizer(OptimizerConfig(lr=0.05, **config), 3)
     params = np.ones(3, dtype=np.float32)
     grad = np.array([1.0, -2.0, 3.0], dtype=np.float32)
     opt.step(params, grad, 0.1)
