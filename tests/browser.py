@@ -32,7 +32,8 @@ def snapshot(url: str, screenshot: Path, cookies: dict[str, str], wait_for: list
              timeout_s: float = 60.0) -> str:
     """Open ``url`` with ``cookies``; once every string in ``wait_for`` is on the page
     (or the time is up), save a PNG and return the page's visible text."""
-    with tempfile.TemporaryDirectory() as profile:
+    # Chromium's helper processes may still be writing the profile as it exits.
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen([chromium(), *FLAGS, f"--user-data-dir={profile}", "about:blank"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:

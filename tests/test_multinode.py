@@ -43,6 +43,7 @@ def cluster():
         # instances on the machine, as they were.
         env.setattr(internal_kv, "global_gcs_client", internal_kv.global_gcs_client)
         env.setattr(internal_kv, "_initialized", internal_kv._initialized)
+        write_ray_address = ray._private.utils.write_ray_address
         env.setattr(ray._private.utils, "write_ray_address", lambda *args, **kwargs: None)
         env.setattr(ray._common.utils, "reset_ray_address", lambda *args, **kwargs: None)
         # Every process of the cluster reads these as it starts: token auth on; and, as Ray does on
@@ -62,6 +63,10 @@ def cluster():
         try:
             head = c.add_node(**node, resources={"ps_server": 1}, temp_dir=temp, include_dashboard=True,
                               dashboard_host="127.0.0.1", dashboard_port=0, dashboard_agent_listen_port=0)
+            # A submitted job's driver finds its cluster through "auto": the address file in the
+            # head's temp dir. Without it, "auto" takes whichever Ray instance on the machine it
+            # sees first (another test's, say); so write it, there and only there.
+            write_ray_address(head.gcs_address, temp)
             server = c.add_node(**node, resources={"ps_server": 1})
             worker = c.add_node(**node, resources={"ps_worker": 2})
             c.wait_for_nodes()
