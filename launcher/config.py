@@ -166,11 +166,6 @@ def _check_path(root: type, path: list[str], text: str) -> None:
         cls = dataclass_in(typing.get_type_hints(cls)[part])
 
 
-def apply_overrides(raw: Mapping[str, Any], overrides: list[str]) -> dict:
-    """A copy of the raw job mapping with each ``KEY=VALUE`` override merged in."""
-    return merge_overrides(JobConfig, raw, overrides)
-
-
 def merge_overrides(root: type, raw: Mapping[str, Any], overrides: list[str]) -> dict:
     """A copy of ``raw`` (the keys of dataclass ``root``) with each ``KEY=VALUE`` merged in."""
     merged = _deep_copy(raw)
@@ -233,5 +228,5 @@ def load_job_config(path: str | Path | None = None, overrides: list[str] | None 
     where = f"{path}: job" if path is not None else "job"
     config = build(JobConfig, raw, where)  # the file alone first, so its errors name the file
     if overrides:
-        config = build(JobConfig, apply_overrides(raw, overrides), "--set")
+        config = build(JobConfig, merge_overrides(JobConfig, raw, overrides), "--set")
     return config

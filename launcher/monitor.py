@@ -58,15 +58,13 @@ class Monitor:
                 row["test_loss"], row["test_accuracy"] = self.evaluate()
                 next_eval = now + self.eval_every_s
             if self.progress is not None:
-                self.progress.update(describe(self._last_stats, row["step"], self.total_steps, now - began,
-                                              self.label),
+                self.progress.update(describe(row, self.total_steps, now - began, self.label),
                                      fraction=min(1.0, row["step"] / max(1, self.total_steps)))
         if self.progress is not None:
             self.progress.close()
         return [reports[i] for i in sorted(reports)]
 
     def _record(self, stats: dict, t: float) -> dict:
-        self._last_stats = stats
         samples = {int(k): v for k, v in stats["samples"].items()}
         dt = max(t - self._last_t, 1e-9)
         per_worker = {w: (n - self._last_samples.get(w, 0)) / dt for w, n in samples.items()}
@@ -82,6 +80,7 @@ class Monitor:
             "worker_samples_per_s": {str(w): v for w, v in sorted(per_worker.items())},
             "loss": sum(losses) / len(losses) if losses else None,
             "staleness_mean": sum(k * v for k, v in hist.items()) / applied if applied else 0.0,
+            "staleness_max": max(hist, default=0),
             "max_clock_gap": stats["max_clock_gap"],
         }
         self._last_samples, self._last_t = samples, t

@@ -13,18 +13,13 @@ from typing import TextIO
 BAR_WIDTH = 24
 
 
-def describe(stats: dict, steps: int, total_steps: int, elapsed_s: float, label: str) -> str:
-    """One progress line from a shard's stats (every push reaches every shard) and the leading step."""
-    samples = sum(stats["samples"].values())
-    losses = list(stats["loss"].values())
-    hist = stats["staleness_histogram"]
-    applied = sum(hist.values())
-    mean_stale = sum(int(k) * v for k, v in hist.items()) / applied if applied else 0.0
-    max_stale = max((int(k) for k in hist), default=0)
-    loss = f"{sum(losses) / len(losses):.4f}" if losses else "-"
+def describe(row: dict, total_steps: int, elapsed_s: float, label: str) -> str:
+    """One progress line from the monitor's latest history row."""
+    loss = f"{row['loss']:.4f}" if row["loss"] is not None else "-"
     return (
-        f"[{label}] step {steps}/{total_steps}  {samples / max(elapsed_s, 1e-9):,.0f} samples/s"
-        f"  loss {loss}  staleness mean {mean_stale:.2f} max {max_stale}  clock gap {stats['max_clock_gap']}"
+        f"[{label}] step {row['step']}/{total_steps}  {row['samples'] / max(elapsed_s, 1e-9):,.0f} samples/s"
+        f"  loss {loss}  staleness mean {row['staleness_mean']:.2f} max {row['staleness_max']}"
+        f"  clock gap {row['max_clock_gap']}"
     )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from protos.codec import CHUNK_BYTES
 from ps.consistency import ConsistencyConfig
 from ps.grpc_security import TLSConfig, new_token
 from ps.grpc_server import start_grpc_server
@@ -37,7 +38,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 0  # 0: any free port, printed once bound
     token_file: str | None = None
-    chunk_bytes: int = 1 << 20
+    chunk_bytes: int = CHUNK_BYTES
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     consistency: ConsistencyConfig = field(default_factory=lambda: ConsistencyConfig(mode="asp"))

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import grpc
 
+from protos.codec import CHUNK_BYTES
+
 from ps.settings import require
 
 METADATA_KEY = "authorization"
@@ -90,7 +92,7 @@ class GrpcConfig:
 
     host: str | None = None  # None: 127.0.0.1 on a one-node cluster, else each node's address
     timeout_s: float = 300.0  # deadline of every call and of every step (which may wait on the bound)
-    chunk_bytes: int = 1 << 20  # payload per chunk; messages stay under the 4 MiB limit
+    chunk_bytes: int = CHUNK_BYTES  # payload per chunk; messages stay under the 4 MiB limit
     tls: TLSConfig | None = None  # mTLS; plaintext (with the bearer token) when absent
 
     def __post_init__(self) -> None:
