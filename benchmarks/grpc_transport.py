@@ -43,10 +43,10 @@ RAW_SERVICE = "bench.Raw"
 # ---- the server process ---------------------------------------------------------------
 
 def _shard(shard_id: int, size: int, workers: list[int]):
-    from ps.consistency import ConsistencyConfig
-    from ps.optimizers import OptimizerConfig
-    from ps.schedules import ScheduleConfig
-    from ps.shard import ParameterShard
+    from rayps.ps.consistency import ConsistencyConfig
+    from rayps.ps.optimizers import OptimizerConfig
+    from rayps.ps.schedules import ScheduleConfig
+    from rayps.ps.shard import ParameterShard
 
     return ParameterShard(shard_id, np.zeros(size, np.float32), workers, OptimizerConfig(name="sgd", lr=1e-3),
                           ScheduleConfig(), ConsistencyConfig(mode="asp"))
@@ -74,7 +74,7 @@ def _raw_handler(payload: bytes, count: int):
 async def _serve(conn, size: int, chunk_bytes: int) -> None:
     import grpc
 
-    from ps.grpc_server import SERVER_OPTIONS, start_grpc_server
+    from rayps.ps.grpc_server import SERVER_OPTIONS, start_grpc_server
 
     big = await start_grpc_server(_shard(0, size, [0, 1]), TOKEN, chunk_bytes=chunk_bytes)
     small = await start_grpc_server(_shard(1, SMALL, [0]), TOKEN, chunk_bytes=chunk_bytes)
@@ -151,9 +151,9 @@ class LoopThread:
 # encoded by protos.codec (payload copied once), parsed with the payload as a view.
 
 async def _push(channel, grad, clock, chunk_bytes, metadata):
-    from protos import ps_pb2
-    from protos.codec import encode_chunks
-    from ps.grpc_server import SERVICE, TENSOR
+    from rayps.protos import ps_pb2
+    from rayps.protos.codec import encode_chunks
+    from rayps.ps.grpc_server import SERVICE, TENSOR
 
     call = channel.stream_unary(f"/{SERVICE}/Push", request_serializer=None,
                                 response_deserializer=ps_pb2.PushReply.FromString)
@@ -163,9 +163,9 @@ async def _push(channel, grad, clock, chunk_bytes, metadata):
 
 
 async def _pull(channel, out, metadata):
-    from protos import ps_pb2
-    from protos.codec import Assembler, parse_chunk
-    from ps.grpc_server import SERVICE, TENSOR
+    from rayps.protos import ps_pb2
+    from rayps.protos.codec import Assembler, parse_chunk
+    from rayps.ps.grpc_server import SERVICE, TENSOR
 
     call = channel.unary_stream(f"/{SERVICE}/Pull", request_serializer=ps_pb2.PullRequest.SerializeToString,
                                 response_deserializer=parse_chunk)
@@ -190,9 +190,9 @@ async def _raw_pull(channel, count: int) -> None:
 
 
 def measure(size: int, chunk_bytes: int, reps: int, addresses, timed: "Timer") -> dict[str, tuple]:
-    from ps.grpc_client import GrpcShardClient
-    from ps.grpc_security import TokenAuth
-    from ps.partition import partition
+    from rayps.ps.grpc_client import GrpcShardClient
+    from rayps.ps.grpc_security import TokenAuth
+    from rayps.ps.partition import partition
 
     big, small, raw = addresses
     nbytes = size * 4
@@ -233,15 +233,15 @@ def measure(size: int, chunk_bytes: int, reps: int, addresses, timed: "Timer") -
 
 
 async def _open(address):
-    from ps.grpc_client import open_channel
+    from rayps.ps.grpc_client import open_channel
 
     return open_channel(address, None)
 
 
 def shard_alone(size: int, chunk_bytes: int, reps: int) -> dict[str, tuple]:
     """The server's own work per push and per pull, without any transport."""
-    from protos.codec import encode_chunks
-    from ps.grpc_server import TENSOR
+    from rayps.protos.codec import encode_chunks
+    from rayps.ps.grpc_server import TENSOR
 
     timed = Timer()
     loop = asyncio.new_event_loop()
@@ -264,7 +264,7 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--chunk-bytes", type=int, default=None, help="default: the protocol's CHUNK_BYTES")
     args = parser.parse_args()
-    from protos.codec import CHUNK_BYTES
+    from rayps.protos.codec import CHUNK_BYTES
 
     chunk_bytes = args.chunk_bytes or CHUNK_BYTES
     size = int(args.mb * 1e6) // 4

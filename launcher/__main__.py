@@ -1,5 +1,5 @@
 import sys
 
-from launcher.cli import main
+from rayps.launcher.cli import main
 
 sys.exit(main())

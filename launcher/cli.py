@@ -15,7 +15,7 @@ import json
 import logging
 import sys
 
-from ps.errors import PSError
+from rayps.ps.errors import PSError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,9 +69,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from launcher.config import load_job_config
-    from launcher.driver import run_job
-    from launcher.progress import ProgressLine
+    from rayps.launcher.config import load_job_config
+    from rayps.launcher.driver import run_job
+    from rayps.launcher.progress import ProgressLine
 
     config = load_job_config(args.config, args.overrides)  # every error surfaces before Ray starts
     result = run_job(config, output=args.output, progress=ProgressLine(), dashboard=not args.no_dashboard)
@@ -88,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from launcher.serve import load_serve_config, serve
+    from rayps.launcher.serve import load_serve_config, serve
 
     flags = {"host": args.host, "port": args.port, "size": args.size, "workers": args.workers,
              "token_file": args.token_file}
@@ -106,12 +106,12 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "serve":
             return _serve(args)
-        from launcher.cluster_cli import COMMANDS
+        from rayps.launcher.cluster_cli import COMMANDS
 
         if args.command in COMMANDS:
             return COMMANDS[args.command](args)
         if args.command == "report":
-            from launcher.report import write_report
+            from rayps.launcher.report import write_report
 
             for path in write_report(args.run_dir):
                 print(path)

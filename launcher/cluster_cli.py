@@ -11,10 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-from launcher.auth import ensure_token
-from launcher.cluster import ClusterFile, down, load_cluster_file, up, write_up_config
-from launcher.config import load_job_config
-from launcher.jobs import Jobs, entrypoint, project_dir, resolve_address
+from rayps.launcher.auth import ensure_token
+from rayps.launcher.cluster import ClusterFile, down, load_cluster_file, up, write_up_config
+from rayps.launcher.config import load_job_config
+from rayps.launcher.jobs import Jobs, entrypoint, project_dir, resolve_address
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -19,12 +19,12 @@ from typing import Any, Mapping
 
 import yaml
 
-from ps.consistency import ConsistencyConfig
-from ps.errors import ConfigError
-from ps.grpc_security import GrpcConfig
-from ps.optimizers import OptimizerConfig
-from ps.schedules import ScheduleConfig
-from ps.settings import build, dataclass_in, number, require
+from rayps.ps.consistency import ConsistencyConfig
+from rayps.ps.errors import ConfigError
+from rayps.ps.grpc_security import GrpcConfig
+from rayps.ps.optimizers import OptimizerConfig
+from rayps.ps.schedules import ScheduleConfig
+from rayps.ps.settings import build, dataclass_in, number, require
 
 TRANSPORTS = ("ray", "grpc")
 
@@ -63,9 +63,9 @@ class DebugConfig:
 class JobConfig:
     """A training job. Strings name things in YAML; the Python API also takes objects."""
 
-    model: Any = "worker.models:mlp"  # 'module:callable' or a callable returning an nn.Module
+    model: Any = "rayps.worker.models:mlp"  # 'module:callable' or a callable returning an nn.Module
     model_args: Mapping[str, Any] = field(default_factory=dict)  # keyword arguments for model
-    data: Any = "worker.datasets:digits"  # any form worker.data.resolve_data takes
+    data: Any = "rayps.worker.datasets:digits"  # any form worker.data.resolve_data takes
     test_data: Any = None  # None: the data's own test split, or a held-out part of train
     loss: Any = "cross_entropy"  # cross_entropy | mse | kl | 'module:callable' | a callable
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)

@@ -22,22 +22,22 @@ import ray
 import torch
 from torch import nn
 
-from launcher.config import JobConfig
-from launcher.local import ensure_ray
-from launcher.monitor import Monitor
-from launcher.placement import check_feasible, server_options, worker_options
-from launcher.progress import ProgressLine
-from launcher.report import write_report
-from launcher.rundir import default_run_dir, write_run_dir
-from ps.grpc_client import GrpcEndpoints
-from ps.grpc_security import new_token
-from ps.grpc_server import ServedShard
-from ps.partition import partition
-from worker.data import DataSource, EpochSharder, resolve_data
-from worker.flat import FlatParams
-from worker.imports import import_object
-from worker.losses import resolve_loss
-from worker.trainer import Worker, WorkerPlan
+from rayps.launcher.config import JobConfig
+from rayps.launcher.local import ensure_ray
+from rayps.launcher.monitor import Monitor
+from rayps.launcher.placement import check_feasible, server_options, worker_options
+from rayps.launcher.progress import ProgressLine
+from rayps.launcher.report import write_report
+from rayps.launcher.rundir import default_run_dir, write_run_dir
+from rayps.ps.grpc_client import GrpcEndpoints
+from rayps.ps.grpc_security import new_token
+from rayps.ps.grpc_server import ServedShard
+from rayps.ps.partition import partition
+from rayps.worker.data import DataSource, EpochSharder, resolve_data
+from rayps.worker.flat import FlatParams
+from rayps.worker.imports import import_object
+from rayps.worker.losses import resolve_loss
+from rayps.worker.trainer import Worker, WorkerPlan
 
 @dataclass
 class JobResult:

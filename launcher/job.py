@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from launcher.config import JobConfig
-from launcher.driver import JobResult, run_job
-from launcher.progress import ProgressLine
-from ps.settings import build
+from rayps.launcher.config import JobConfig
+from rayps.launcher.driver import JobResult, run_job
+from rayps.launcher.progress import ProgressLine
+from rayps.ps.settings import build
 
 
 class Job:

@@ -1,7 +1,7 @@
 """Jobs on a running Ray cluster, through the Ray Jobs API (the dashboard's HTTP port).
 
 ``psctl submit`` uploads the project directory as the job's working_dir
-(without runs/, .git and caches) and runs ``python -m launcher run
+(without runs/, .git and caches) and runs ``python -m rayps run
 cluster.yaml [--set ...]`` there: the same command as a local run, joining
 the cluster through the ``RAY_ADDRESS`` that Ray gives a job's driver.
 
@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-from launcher.auth import Token, find_token
-from launcher.cluster import ClusterFile
-from ps.errors import ClusterError
-from launcher.config import read_job_section
+from rayps.launcher.auth import Token, find_token
+from rayps.launcher.cluster import ClusterFile
+from rayps.ps.errors import ClusterError
+from rayps.launcher.config import read_job_section
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -49,13 +49,13 @@ def project_dir() -> Path:
 
 def entrypoint(config: str | Path | None, working_dir: Path, overrides: Iterable[str] = (),
                output: str | None = None) -> str:
-    """The job's shell command: ``python -m launcher run <config> [--set ...] [--output DIR]``.
+    """The job's shell command: ``python -m rayps run <config> [--set ...] [--output DIR]``.
 
     A config inside ``working_dir`` travels with it and is named by its
     relative path; one outside it is sent as ``--set`` of each top-level
     job key (its Ray part is not needed on the cluster).
     """
-    args = ["python", "-m", "launcher", "run"]
+    args = ["python", "-m", "rayps", "run"]
     if config is not None:
         path = Path(config).resolve()
         if path.is_relative_to(working_dir.resolve()):

@@ -16,8 +16,8 @@ from typing import Callable
 
 import ray
 
-from launcher.progress import ProgressLine, describe
-from ps.errors import JobError
+from rayps.launcher.progress import ProgressLine, describe
+from rayps.ps.errors import JobError
 
 TICK_S = 0.5
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Mapping
 
-from launcher.config import JobConfig
-from ps.errors import JobError
+from rayps.launcher.config import JobConfig
+from rayps.ps.errors import JobError
 
 
 def server_demand(config: JobConfig) -> dict[str, float]:

@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from launcher.config import JobConfig
+from rayps.launcher.config import JobConfig
 
 
 def default_run_dir(config: JobConfig) -> Path:

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from protos.codec import CHUNK_BYTES
-from ps.consistency import ConsistencyConfig
-from ps.grpc_security import TLSConfig, new_token
-from ps.grpc_server import start_grpc_server
-from ps.optimizers import OptimizerConfig
-from ps.schedules import ScheduleConfig
-from ps.settings import build, number, require
-from ps.shard import ParameterShard
+from rayps.protos.codec import CHUNK_BYTES
+from rayps.ps.consistency import ConsistencyConfig
+from rayps.ps.grpc_security import TLSConfig, new_token
+from rayps.ps.grpc_server import start_grpc_server
+from rayps.ps.optimizers import OptimizerConfig
+from rayps.ps.schedules import ScheduleConfig
+from rayps.ps.settings import build, number, require
+from rayps.ps.shard import ParameterShard
 
 INITS = ("zeros", "normal")
 
@@ -60,7 +60,7 @@ class ServeConfig:
 
 
 def load_serve_config(path: str | None, overrides: list[str]) -> ServeConfig:
-    from launcher.config import merge_overrides, read_yaml_mapping
+    from rayps.launcher.config import merge_overrides, read_yaml_mapping
 
     raw = read_yaml_mapping(path) if path else {}
     where = str(path) if path else "serve"

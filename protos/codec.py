@@ -22,7 +22,7 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from protos import ps_pb2
+from rayps.protos import ps_pb2
 
 #: Payload bytes per chunk: well under gRPC's 4 MiB default message limit, and
 #: large enough that per-message overhead is a small share of the time.

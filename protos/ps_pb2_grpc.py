@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos import ps_pb2 as protos_dot_ps__pb2
+from rayps.protos import ps_pb2 as rayps_dot_protos_dot_ps__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protos/ps_pb2_grpc.py depends on'
+        + ' but the generated code in rayps/protos/ps_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,33 +36,33 @@ class ParameterServerStub:
         """
         self.Register = channel.unary_unary(
                 '/rayps.v1.ParameterServer/Register',
-                request_serializer=protos_dot_ps__pb2.RegisterRequest.SerializeToString,
-                response_deserializer=protos_dot_ps__pb2.RegisterReply.FromString,
+                request_serializer=rayps_dot_protos_dot_ps__pb2.RegisterRequest.SerializeToString,
+                response_deserializer=rayps_dot_protos_dot_ps__pb2.RegisterReply.FromString,
                 _registered_method=True)
         self.Push = channel.stream_unary(
                 '/rayps.v1.ParameterServer/Push',
-                request_serializer=protos_dot_ps__pb2.TensorChunk.SerializeToString,
-                response_deserializer=protos_dot_ps__pb2.PushReply.FromString,
+                request_serializer=rayps_dot_protos_dot_ps__pb2.TensorChunk.SerializeToString,
+                response_deserializer=rayps_dot_protos_dot_ps__pb2.PushReply.FromString,
                 _registered_method=True)
         self.Pull = channel.unary_stream(
                 '/rayps.v1.ParameterServer/Pull',
-                request_serializer=protos_dot_ps__pb2.PullRequest.SerializeToString,
-                response_deserializer=protos_dot_ps__pb2.TensorChunk.FromString,
+                request_serializer=rayps_dot_protos_dot_ps__pb2.PullRequest.SerializeToString,
+                response_deserializer=rayps_dot_protos_dot_ps__pb2.TensorChunk.FromString,
                 _registered_method=True)
         self.Step = channel.stream_stream(
                 '/rayps.v1.ParameterServer/Step',
-                request_serializer=protos_dot_ps__pb2.TensorChunk.SerializeToString,
-                response_deserializer=protos_dot_ps__pb2.TensorChunk.FromString,
+                request_serializer=rayps_dot_protos_dot_ps__pb2.TensorChunk.SerializeToString,
+                response_deserializer=rayps_dot_protos_dot_ps__pb2.TensorChunk.FromString,
                 _registered_method=True)
         self.AdvanceClock = channel.unary_unary(
                 '/rayps.v1.ParameterServer/AdvanceClock',
-                request_serializer=protos_dot_ps__pb2.ClockRequest.SerializeToString,
-                response_deserializer=protos_dot_ps__pb2.ClockReply.FromString,
+                request_serializer=rayps_dot_protos_dot_ps__pb2.ClockRequest.SerializeToString,
+                response_deserializer=rayps_dot_protos_dot_ps__pb2.ClockReply.FromString,
                 _registered_method=True)
         self.Stats = channel.unary_unary(
                 '/rayps.v1.ParameterServer/Stats',
-                request_serializer=protos_dot_ps__pb2.StatsRequest.SerializeToString,
-                response_deserializer=protos_dot_ps__pb2.StatsReply.FromString,
+                request_serializer=rayps_dot_protos_dot_ps__pb2.StatsRequest.SerializeToString,
+                response_deserializer=rayps_dot_protos_dot_ps__pb2.StatsReply.FromString,
                 _registered_method=True)
 
 
@@ -122,33 +122,33 @@ def add_ParameterServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Register': grpc.unary_unary_rpc_method_handler(
                     servicer.Register,
-                    request_deserializer=protos_dot_ps__pb2.RegisterRequest.FromString,
-                    response_serializer=protos_dot_ps__pb2.RegisterReply.SerializeToString,
+                    request_deserializer=rayps_dot_protos_dot_ps__pb2.RegisterRequest.FromString,
+                    response_serializer=rayps_dot_protos_dot_ps__pb2.RegisterReply.SerializeToString,
             ),
             'Push': grpc.stream_unary_rpc_method_handler(
                     servicer.Push,
-                    request_deserializer=protos_dot_ps__pb2.TensorChunk.FromString,
-                    response_serializer=protos_dot_ps__pb2.PushReply.SerializeToString,
+                    request_deserializer=rayps_dot_protos_dot_ps__pb2.TensorChunk.FromString,
+                    response_serializer=rayps_dot_protos_dot_ps__pb2.PushReply.SerializeToString,
             ),
             'Pull': grpc.unary_stream_rpc_method_handler(
                     servicer.Pull,
-                    request_deserializer=protos_dot_ps__pb2.PullRequest.FromString,
-                    response_serializer=protos_dot_ps__pb2.TensorChunk.SerializeToString,
+                    request_deserializer=rayps_dot_protos_dot_ps__pb2.PullRequest.FromString,
+                    response_serializer=rayps_dot_protos_dot_ps__pb2.TensorChunk.SerializeToString,
             ),
             'Step': grpc.stream_stream_rpc_method_handler(
                     servicer.Step,
-                    request_deserializer=protos_dot_ps__pb2.TensorChunk.FromString,
-                    response_serializer=protos_dot_ps__pb2.TensorChunk.SerializeToString,
+                    request_deserializer=rayps_dot_protos_dot_ps__pb2.TensorChunk.FromString,
+                    response_serializer=rayps_dot_protos_dot_ps__pb2.TensorChunk.SerializeToString,
             ),
             'AdvanceClock': grpc.unary_unary_rpc_method_handler(
                     servicer.AdvanceClock,
-                    request_deserializer=protos_dot_ps__pb2.ClockRequest.FromString,
-                    response_serializer=protos_dot_ps__pb2.ClockReply.SerializeToString,
+                    request_deserializer=rayps_dot_protos_dot_ps__pb2.ClockRequest.FromString,
+                    response_serializer=rayps_dot_protos_dot_ps__pb2.ClockReply.SerializeToString,
             ),
             'Stats': grpc.unary_unary_rpc_method_handler(
                     servicer.Stats,
-                    request_deserializer=protos_dot_ps__pb2.StatsRequest.FromString,
-                    response_serializer=protos_dot_ps__pb2.StatsReply.SerializeToString,
+                    request_deserializer=rayps_dot_protos_dot_ps__pb2.StatsRequest.FromString,
+                    response_serializer=rayps_dot_protos_dot_ps__pb2.StatsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,8 +176,8 @@ class ParameterServer:
             request,
             target,
             '/rayps.v1.ParameterServer/Register',
-            protos_dot_ps__pb2.RegisterRequest.SerializeToString,
-            protos_dot_ps__pb2.RegisterReply.FromString,
+            rayps_dot_protos_dot_ps__pb2.RegisterRequest.SerializeToString,
+            rayps_dot_protos_dot_ps__pb2.RegisterReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -203,8 +203,8 @@ class ParameterServer:
             request_iterator,
             target,
             '/rayps.v1.ParameterServer/Push',
-            protos_dot_ps__pb2.TensorChunk.SerializeToString,
-            protos_dot_ps__pb2.PushReply.FromString,
+            rayps_dot_protos_dot_ps__pb2.TensorChunk.SerializeToString,
+            rayps_dot_protos_dot_ps__pb2.PushReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -230,8 +230,8 @@ class ParameterServer:
             request,
             target,
             '/rayps.v1.ParameterServer/Pull',
-            protos_dot_ps__pb2.PullRequest.SerializeToString,
-            protos_dot_ps__pb2.TensorChunk.FromString,
+            rayps_dot_protos_dot_ps__pb2.PullRequest.SerializeToString,
+            rayps_dot_protos_dot_ps__pb2.TensorChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -257,8 +257,8 @@ class ParameterServer:
             request_iterator,
             target,
             '/rayps.v1.ParameterServer/Step',
-            protos_dot_ps__pb2.TensorChunk.SerializeToString,
-            protos_dot_ps__pb2.TensorChunk.FromString,
+            rayps_dot_protos_dot_ps__pb2.TensorChunk.SerializeToString,
+            rayps_dot_protos_dot_ps__pb2.TensorChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -284,8 +284,8 @@ class ParameterServer:
             request,
             target,
             '/rayps.v1.ParameterServer/AdvanceClock',
-            protos_dot_ps__pb2.ClockRequest.SerializeToString,
-            protos_dot_ps__pb2.ClockReply.FromString,
+            rayps_dot_protos_dot_ps__pb2.ClockRequest.SerializeToString,
+            rayps_dot_protos_dot_ps__pb2.ClockReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -311,8 +311,8 @@ class ParameterServer:
             request,
             target,
             '/rayps.v1.ParameterServer/Stats',
-            protos_dot_ps__pb2.StatsRequest.SerializeToString,
-            protos_dot_ps__pb2.StatsReply.FromString,
+            rayps_dot_protos_dot_ps__pb2.StatsRequest.SerializeToString,
+            rayps_dot_protos_dot_ps__pb2.StatsReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import ray
 
-from ps.partition import ShardRange
+from rayps.ps.partition import ShardRange
 
 
 class ShardClient:

@@ -26,8 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from ps.errors import PSError
-from ps.settings import number, require
+from rayps.ps.errors import PSError
+from rayps.ps.settings import number, require
 
 MODES = ("asp", "ssp", "bsp")
 

@@ -21,13 +21,13 @@ import grpc
 import msgpack
 import numpy as np
 
-from protos import ps_pb2, ps_pb2_grpc
-from protos.codec import CHUNK_BYTES, Assembler, WireError, encode_chunks, parse_chunk
-from ps.allocator import keep_freed_memory
-from ps.errors import PSError, ShapeError
-from ps.grpc_security import TLSConfig, TokenAuth
-from ps.grpc_server import CHANNEL_OPTIONS, SERVICE, TENSOR
-from ps.partition import ShardRange
+from rayps.protos import ps_pb2, ps_pb2_grpc
+from rayps.protos.codec import CHUNK_BYTES, Assembler, WireError, encode_chunks, parse_chunk
+from rayps.ps.allocator import keep_freed_memory
+from rayps.ps.errors import PSError, ShapeError
+from rayps.ps.grpc_security import TLSConfig, TokenAuth
+from rayps.ps.grpc_server import CHANNEL_OPTIONS, SERVICE, TENSOR
+from rayps.ps.partition import ShardRange
 
 #: A Step stream lives as long as the job; it still has a deadline, as every call does.
 STREAM_DEADLINE_S = 7 * 24 * 3600.0

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import grpc
 
-from protos.codec import CHUNK_BYTES
+from rayps.protos.codec import CHUNK_BYTES
 
-from ps.settings import require
+from rayps.ps.settings import require
 
 METADATA_KEY = "authorization"
 
@@ -96,7 +96,7 @@ class GrpcConfig:
     tls: TLSConfig | None = None  # mTLS; plaintext (with the bearer token) when absent
 
     def __post_init__(self) -> None:
-        from ps.settings import number
+        from rayps.ps.settings import number
 
         number(self.timeout_s, "timeout_s", minimum=0, exclusive=True)
         number(self.chunk_bytes, "chunk_bytes", minimum=4, integer=True)

@@ -22,13 +22,13 @@ import grpc
 import msgpack
 from google.protobuf.message import DecodeError
 
-from protos import ps_pb2
-from protos.codec import CHUNK_BYTES, MAX_MESSAGE_BYTES, Assembler, WireError, encode_chunks, parse_chunk
-from ps.allocator import keep_freed_memory
-from ps.consistency import UnknownWorkerError
-from ps.errors import LeftJobError, OutOfOrderError, ShapeError
-from ps.grpc_security import TLSConfig, TokenAuth
-from ps.shard import ParameterShard
+from rayps.protos import ps_pb2
+from rayps.protos.codec import CHUNK_BYTES, MAX_MESSAGE_BYTES, Assembler, WireError, encode_chunks, parse_chunk
+from rayps.ps.allocator import keep_freed_memory
+from rayps.ps.consistency import UnknownWorkerError
+from rayps.ps.errors import LeftJobError, OutOfOrderError, ShapeError
+from rayps.ps.grpc_security import TLSConfig, TokenAuth
+from rayps.ps.shard import ParameterShard
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ps.errors import ConfigError, ShapeError
-from ps.settings import number, require
+from rayps.ps.errors import ConfigError, ShapeError
+from rayps.ps.settings import number, require
 
 _NAMES = ("adagrad", "adam", "adamw", "sgd")
 _DEFAULT_BETAS = (0.9, 0.999)

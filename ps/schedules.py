@@ -29,8 +29,8 @@ import bisect
 import math
 from dataclasses import dataclass
 
-from ps.errors import ConfigError
-from ps.settings import number, require
+from rayps.ps.errors import ConfigError
+from rayps.ps.settings import number, require
 
 _NAMES = ("constant", "cosine", "piecewise")
 

@@ -13,7 +13,7 @@ import dataclasses
 import typing
 from typing import Any, Mapping, TypeVar
 
-from ps.errors import ConfigError
+from rayps.ps.errors import ConfigError
 
 T = TypeVar("T")
 

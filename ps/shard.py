@@ -21,12 +21,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from protos.layout import DTYPE, all_finite
-from ps.consistency import ClockTable, ConsistencyConfig, ConsistencyPolicy
-from ps.errors import LeftJobError, OutOfOrderError, ShapeError
-from ps.metrics import ShardMetrics
-from ps.optimizers import OptimizerConfig, make_optimizer
-from ps.schedules import ScheduleConfig, make_schedule
+from rayps.protos.layout import DTYPE, all_finite
+from rayps.ps.consistency import ClockTable, ConsistencyConfig, ConsistencyPolicy
+from rayps.ps.errors import LeftJobError, OutOfOrderError, ShapeError
+from rayps.ps.metrics import ShardMetrics
+from rayps.ps.optimizers import OptimizerConfig, make_optimizer
+from rayps.ps.schedules import ScheduleConfig, make_schedule
 
 
 @dataclass
@@ -151,7 +151,7 @@ class ParameterShard:
 
     def where(self) -> dict:
         """The Ray node this shard runs on, for the job's placement report."""
-        from ps.placement_info import this_node
+        from rayps.ps.placement_info import this_node
         return this_node()
 
     def check_worker(self, worker_id: int) -> None:

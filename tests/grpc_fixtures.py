@@ -19,13 +19,13 @@ import msgpack
 import numpy as np
 import pytest
 
-from protos import ps_pb2, ps_pb2_grpc
-from ps.consistency import ConsistencyConfig
-from ps.grpc_security import TLSConfig
-from ps.grpc_server import GrpcShardServer, start_grpc_server
-from ps.optimizers import OptimizerConfig
-from ps.schedules import ScheduleConfig
-from ps.shard import ParameterShard
+from rayps.protos import ps_pb2, ps_pb2_grpc
+from rayps.ps.consistency import ConsistencyConfig
+from rayps.ps.grpc_security import TLSConfig
+from rayps.ps.grpc_server import GrpcShardServer, start_grpc_server
+from rayps.ps.optimizers import OptimizerConfig
+from rayps.ps.schedules import ScheduleConfig
+from rayps.ps.shard import ParameterShard
 
 TOKEN = "tok-" + secrets.token_urlsafe(24)
 AUTH = (("authorization", f"Bearer {TOKEN}"),)

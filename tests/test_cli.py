@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.cli import main
+from rayps.launcher.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY_KEYS = {
@@ -25,7 +25,7 @@ def test_psctl_run_trains_the_default_job_past_the_accuracy_bar(tmp_path):
     out = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run(
-        [sys.executable, "-m", "launcher", "run", "--output", str(out)],
+        [sys.executable, "-m", "rayps", "run", "--output", str(out)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher import auth
-from launcher.auth import Token, ensure_token, find_token
-from launcher.cli import main
-from launcher.cluster import check_ray_config, load_cluster_file, ray_up_config, write_up_config
-from launcher.jobs import entrypoint, resolve_address
-from ps.errors import ConfigError
+from rayps.launcher import auth
+from rayps.launcher.auth import Token, ensure_token, find_token
+from rayps.launcher.cli import main
+from rayps.launcher.cluster import check_ray_config, load_cluster_file, ray_up_config, write_up_config
+from rayps.launcher.jobs import entrypoint, resolve_address
+from rayps.ps.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -259,16 +259,16 @@ def test_ensure_token_reuses_an_existing_token(home):
 
 def test_entrypoint_names_a_config_inside_the_working_dir_and_forwards_overrides(tmp_path):
     command = entrypoint(ROOT / "cluster.yaml", ROOT, ["workers=2", "server_resources={ps_server: 1}"], "/tmp/x y")
-    assert shlex.split(command) == ["python", "-m", "launcher", "run", "cluster.yaml", "--set", "workers=2",
+    assert shlex.split(command) == ["python", "-m", "rayps", "run", "cluster.yaml", "--set", "workers=2",
                                     "--set", "server_resources={ps_server: 1}", "--output", "/tmp/x y"]
 
 
 def test_entrypoint_sends_a_config_outside_the_working_dir_as_overrides(tmp_path):
     path = write(tmp_path, CLUSTER)
     args = shlex.split(entrypoint(path, ROOT, ["epochs=1"]))
-    assert args == ["python", "-m", "launcher", "run", "--set", "workers=3", "--set",
+    assert args == ["python", "-m", "rayps", "run", "--set", "workers=3", "--set",
                     'consistency={"mode": "bsp"}', "--set", "epochs=1"]
-    from launcher.config import load_job_config
+    from rayps.launcher.config import load_job_config
 
     job = load_job_config(None, [a for a in args[4:] if a != "--set"])  # what the job will build
     assert job.workers == 3 and job.consistency.mode == "bsp" and job.epochs == 1

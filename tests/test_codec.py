@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from google.protobuf.message import DecodeError
 
-from protos import ps_pb2
-from protos.codec import (CHUNK_BYTES, MAX_MESSAGE_BYTES, Assembler, ReceivedChunk, WireError, chunks, encode_chunks,
+from rayps.protos import ps_pb2
+from rayps.protos.codec import (CHUNK_BYTES, MAX_MESSAGE_BYTES, Assembler, ReceivedChunk, WireError, chunks, encode_chunks,
                           parse_chunk)
-from protos.layout import all_finite
+from rayps.protos.layout import all_finite
 
 
 def _values(n: int, seed: int = 0) -> np.ndarray:

@@ -6,12 +6,12 @@ import threading
 
 import pytest
 
-from launcher.cli import main
-from launcher.config import DebugConfig, JobConfig, load_job_config
-from ps.consistency import ConsistencyConfig
-from ps.errors import ConfigError
-from ps.optimizers import OptimizerConfig
-from ps.schedules import ScheduleConfig
+from rayps.launcher.cli import main
+from rayps.launcher.config import DebugConfig, JobConfig, load_job_config
+from rayps.ps.consistency import ConsistencyConfig
+from rayps.ps.errors import ConfigError
+from rayps.ps.optimizers import OptimizerConfig
+from rayps.ps.schedules import ScheduleConfig
 
 CLUSTER_YAML = """\
 cluster_name: ps-digits
@@ -314,10 +314,10 @@ class _JobStarts:
 def ray_untouched(monkeypatch):
     """Errors must surface before the driver connects to Ray (which may already be
     running for other tests in this session), so watch the driver, not Ray."""
-    import launcher.driver
+    import rayps.launcher.driver
 
     starts = _JobStarts()
-    monkeypatch.setattr(launcher.driver, "run_job", starts)
+    monkeypatch.setattr(rayps.launcher.driver, "run_job", starts)
     yield starts
     assert starts.calls == 0
 

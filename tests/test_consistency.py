@@ -2,8 +2,8 @@
 
 import pytest
 
-from ps.consistency import ClockTable, ConsistencyConfig, ConsistencyPolicy, UnknownWorkerError
-from ps.errors import ConfigError, PSError
+from rayps.ps.consistency import ClockTable, ConsistencyConfig, ConsistencyPolicy, UnknownWorkerError
+from rayps.ps.errors import ConfigError, PSError
 
 
 def table_with(completed: dict[int, int]) -> ClockTable:

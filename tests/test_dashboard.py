@@ -33,7 +33,7 @@ def test_dashboard_of_a_running_job_lists_shards_and_workers_by_name(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     # A job slowed enough (~12 s of training) to still be running while the browser looks.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "launcher", "run", "--set", "epochs=10",
+        [sys.executable, "-m", "rayps", "run", "--set", "epochs=10",
          "--set", "debug.slow_workers={0: 0.05, 1: 0.05}", "--output", str(tmp_path / "run")],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch.utils.data import IterableDataset, TensorDataset
 
-from ps.errors import ConfigError, ShapeError
-from worker.data import (
+from rayps.ps.errors import ConfigError, ShapeError
+from rayps.worker.data import (
     ArraySource,
     DataSource,
     EpochSharder,

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from ps.errors import ShapeError
-from worker.flat import FlatParams
+from rayps.ps.errors import ShapeError
+from rayps.worker.flat import FlatParams
 
 
 def small_model(seed=0):

@@ -7,9 +7,9 @@ import time
 import numpy as np
 import pytest
 
-from protos import ps_pb2_grpc
-from ps.grpc_client import GrpcShardClient, TransportError
-from ps.partition import ShardRange
+from rayps.protos import ps_pb2_grpc
+from rayps.ps.grpc_client import GrpcShardClient, TransportError
+from rayps.ps.partition import ShardRange
 from tests.grpc_fixtures import APPLIED, CHUNK_VALUES, SIZE, TIMEOUT, TOKEN, Served, gradient, push
 
 pytest_plugins = ["tests.grpc_fixtures"]

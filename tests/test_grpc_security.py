@@ -11,10 +11,10 @@ import grpc
 import numpy as np
 import pytest
 
-from protos import ps_pb2, ps_pb2_grpc
-from ps.grpc_client import GrpcEndpoints, GrpcShardClient
-from ps.grpc_security import TLSConfig, TokenAuth
-from ps.partition import ShardRange
+from rayps.protos import ps_pb2, ps_pb2_grpc
+from rayps.ps.grpc_client import GrpcEndpoints, GrpcShardClient
+from rayps.ps.grpc_security import TLSConfig, TokenAuth
+from rayps.ps.partition import ShardRange
 from tests.grpc_fixtures import (APPLIED, AUTH, CHUNK_VALUES, SIZE, TIMEOUT, TOKEN, Code, assert_params, gradient,
                                  pull, push, stats)
 

@@ -16,12 +16,12 @@ import grpc
 import numpy as np
 import pytest
 
-from protos import ps_pb2, ps_pb2_grpc
-from protos.codec import MAX_MESSAGE_BYTES, encode_chunks
-from ps.consistency import ConsistencyConfig, UnknownWorkerError
-from ps.optimizers import OptimizerConfig
-from ps.schedules import ScheduleConfig
-from ps.shard import ParameterShard
+from rayps.protos import ps_pb2, ps_pb2_grpc
+from rayps.protos.codec import MAX_MESSAGE_BYTES, encode_chunks
+from rayps.ps.consistency import ConsistencyConfig, UnknownWorkerError
+from rayps.ps.optimizers import OptimizerConfig
+from rayps.ps.schedules import ScheduleConfig
+from rayps.ps.shard import ParameterShard
 from tests.grpc_fixtures import (APPLIED, AUTH, CHUNK_VALUES, DUPLICATE, PULL, PUSH, REGISTER, SIZE, TIMEOUT, Code,
                                  assert_params, gradient, pull, push, raw, stats)
 

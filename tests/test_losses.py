@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ps.errors import ConfigError
-from worker.losses import LOSSES, cross_entropy, kl, mse, resolve_loss
+from rayps.ps.errors import ConfigError
+from rayps.worker.losses import LOSSES, cross_entropy, kl, mse, resolve_loss
 
 
 def logits(seed=0, rows=6, classes=5):
@@ -50,7 +50,7 @@ def test_resolve_loss_by_name(name, fn):
 
 def test_resolve_loss_by_module_and_callable():
     assert resolve_loss("torch.nn.functional:l1_loss") is F.l1_loss
-    assert resolve_loss("worker.losses:mse") is mse
+    assert resolve_loss("rayps.worker.losses:mse") is mse
 
 
 def test_resolve_loss_returns_a_callable_unchanged():
@@ -66,8 +66,8 @@ def test_resolve_loss_names_the_choices_for_an_unknown_name():
 
 
 def test_resolve_loss_names_a_module_that_lacks_the_callable():
-    with pytest.raises(ConfigError, match=r"loss \('worker.losses:hinge'\): module 'worker.losses' has no 'hinge'"):
-        resolve_loss("worker.losses:hinge")
+    with pytest.raises(ConfigError, match=r"loss \('rayps.worker.losses:hinge'\): module 'rayps.worker.losses' has no 'hinge'"):
+        resolve_loss("rayps.worker.losses:hinge")
 
 
 def test_builtin_losses_are_exactly_the_three_documented():

@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from launcher import Job
+from rayps.launcher import Job
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

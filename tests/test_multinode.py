@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from launcher.auth import Token, find_token
-from launcher.cli import main
-from ps.errors import ClusterError
-from launcher.jobs import Jobs
+from rayps.launcher.auth import Token, find_token
+from rayps.launcher.cli import main
+from rayps.ps.errors import ClusterError
+from rayps.launcher.jobs import Jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -85,7 +85,7 @@ def test_submit_runs_the_job_with_shards_and_workers_on_the_nodes_the_config_nam
     out = tmp_path / "run"
     began = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "launcher", "submit", str(ROOT / "cluster.yaml"), "--address", cluster["address"],
+        [sys.executable, "-m", "rayps", "submit", str(ROOT / "cluster.yaml"), "--address", cluster["address"],
          "--set", "epochs=2", "--set", "servers=2", "--set", "workers=2",
          "--set", "server_resources={ps_server: 1}", "--set", "worker_resources={ps_worker: 1}",
          "--output", str(out)],

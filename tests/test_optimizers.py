@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from ps.errors import ConfigError, ShapeError
-from ps.optimizers import OptimizerConfig, make_optimizer
-from ps.settings import build
+from rayps.ps.errors import ConfigError, ShapeError
+from rayps.ps.optimizers import OptimizerConfig, make_optimizer
+from rayps.ps.settings import build
 
 SIZE = 257  # odd, so vectorised kernels also run their scalar tails
 STEPS = 20

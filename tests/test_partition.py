@@ -2,9 +2,9 @@
 
 import pytest
 
-from protos.layout import DTYPE, FlatLayout, TensorSpec
-from ps.errors import ConfigError
-from ps.partition import ShardRange, partition
+from rayps.protos.layout import DTYPE, FlatLayout, TensorSpec
+from rayps.ps.errors import ConfigError
+from rayps.ps.partition import ShardRange, partition
 
 
 @pytest.mark.parametrize("numel, servers", [(1, 1), (10, 1), (10, 3), (10, 10), (1001, 7), (4096, 4)])

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from launcher.config import JobConfig
-from launcher.placement import check_feasible, server_options, worker_options
-from ps.errors import ConfigError, JobError
-from ps.settings import build
+from rayps.launcher.config import JobConfig
+from rayps.launcher.placement import check_feasible, server_options, worker_options
+from rayps.ps.errors import ConfigError, JobError
+from rayps.ps.settings import build
 
 
 def node(alive=True, **resources):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from protos.generate import ROOT, STUBS, generate
+from rayps.protos.generate import ROOT, STUBS, generate
 
 
 @pytest.fixture(scope="module")
@@ -23,4 +23,4 @@ def test_generate_writes_every_stub(regenerated):
 def test_committed_stub_equals_the_one_ps_proto_generates(regenerated, name):
     committed = (Path(ROOT) / "protos" / name).read_bytes()
     assert committed == regenerated[name], (
-        f"protos/{name} is stale: run `python -m protos.generate` after editing protos/ps.proto")
+        f"protos/{name} is stale: run `python -m rayps.protos.generate` after editing protos/ps.proto")

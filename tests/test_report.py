@@ -7,9 +7,9 @@ import json
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from launcher import Job
-from launcher.cli import main
-from launcher.report import PLOTS
+from rayps.launcher import Job
+from rayps.launcher.cli import main
+from rayps.launcher.report import PLOTS
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

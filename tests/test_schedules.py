@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.optim import lr_scheduler
 
-from ps.errors import ConfigError
-from ps.schedules import ScheduleConfig, make_schedule
-from ps.settings import build
+from rayps.ps.errors import ConfigError
+from rayps.ps.schedules import ScheduleConfig, make_schedule
+from rayps.ps.settings import build
 
 BASE = 0.1
 

@@ -11,7 +11,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from protos import ps_pb2, ps_pb2_grpc
+from rayps.protos import ps_pb2, ps_pb2_grpc
 
 TIMEOUT = 10
 
@@ -20,7 +20,7 @@ TIMEOUT = 10
 def served(tmp_path):
     token_file = tmp_path / "token"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "launcher", "serve", "--size", "6", "--workers", "1",
+        [sys.executable, "-m", "rayps", "serve", "--size", "6", "--workers", "1",
          "--token-file", str(token_file), "--set", "optimizer={name: sgd, lr: 0.5}"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -68,7 +68,7 @@ def test_psctl_serve_trains_a_shard_for_a_client_holding_only_the_proto(served):
 
 
 def test_psctl_serve_rejects_a_bad_setting_before_binding(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "launcher", "serve", "--set", "consistency.mode=fastest"],
+    proc = subprocess.run([sys.executable, "-m", "rayps", "serve", "--set", "consistency.mode=fastest"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "mode ('fastest') must be one of asp, ssp, bsp" in proc.stderr

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from launcher import Job
-from ps.errors import JobError
-from worker.data import EpochSharder, resolve_data
-from worker.models import mlp
+from rayps.launcher import Job
+from rayps.ps.errors import JobError
+from rayps.worker.data import EpochSharder, resolve_data
+from rayps.worker.models import mlp
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -88,7 +88,7 @@ def test_one_worker_bsp_matches_a_plain_single_process_torch_loop(ray_session, t
 
     torch.manual_seed(seed)
     model = mlp()
-    train = resolve_data("worker.datasets:digits", seed=seed).train
+    train = resolve_data("rayps.worker.datasets:digits", seed=seed).train
     sharder = EpochSharder(len(train), 1, batch, seed)
     total = epochs * sharder.batches_per_epoch
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05, foreach=False)

@@ -13,15 +13,15 @@ import threading
 import numpy as np
 import pytest
 
-from launcher import Job
-from ps.client import ShardClient
-from ps.consistency import ConsistencyConfig
-from ps.grpc_client import GrpcEndpoints
-from ps.grpc_security import new_token
-from ps.grpc_server import ServedShard
-from ps.optimizers import OptimizerConfig
-from ps.partition import partition
-from ps.schedules import ScheduleConfig
+from rayps.launcher import Job
+from rayps.ps.client import ShardClient
+from rayps.ps.consistency import ConsistencyConfig
+from rayps.ps.grpc_client import GrpcEndpoints
+from rayps.ps.grpc_security import new_token
+from rayps.ps.grpc_server import ServedShard
+from rayps.ps.optimizers import OptimizerConfig
+from rayps.ps.partition import partition
+from rayps.ps.schedules import ScheduleConfig
 
 pytestmark = [pytest.mark.ray]
 

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, default_collate
 
-from ps.errors import ConfigError, ShapeError
-from worker.imports import import_object
+from rayps.ps.errors import ConfigError, ShapeError
+from rayps.worker.imports import import_object
 
 
 @runtime_checkable

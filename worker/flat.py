@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from protos.layout import FlatLayout
-from ps.errors import ShapeError
+from rayps.protos.layout import FlatLayout
+from rayps.ps.errors import ShapeError
 
 
 class FlatParams:

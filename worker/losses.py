@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from worker.imports import import_object
+from rayps.worker.imports import import_object
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -44,5 +44,5 @@ def resolve_loss(spec: str | LossFn) -> LossFn:
         return LOSSES[spec]
     if isinstance(spec, str) and ":" in spec:
         return import_object(spec, "loss")
-    from ps.errors import ConfigError
+    from rayps.ps.errors import ConfigError
     raise ConfigError(f"loss ({spec!r}) must be one of {', '.join(LOSSES)} or a 'module:callable'")

@@ -1,4 +1,4 @@
-"""Models the bundled jobs name in YAML (``worker.models:mlp``)."""
+"""Models the bundled jobs name in YAML (``rayps.worker.models:mlp``)."""
 
 from __future__ import annotations
 

@@ -17,14 +17,14 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from ps.client import ShardClient
-from ps.metrics import WorkerMetrics
-from ps.grpc_client import GrpcEndpoints
-from ps.partition import ShardRange
-from ps.placement_info import this_node
-from worker.data import DataSource, EpochSharder
-from worker.flat import FlatParams
-from worker.losses import LossFn
+from rayps.ps.client import ShardClient
+from rayps.ps.metrics import WorkerMetrics
+from rayps.ps.grpc_client import GrpcEndpoints
+from rayps.ps.partition import ShardRange
+from rayps.ps.placement_info import this_node
+from rayps.worker.data import DataSource, EpochSharder
+from rayps.worker.flat import FlatParams
+from rayps.worker.losses import LossFn
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class Worker:
         torch.manual_seed(plan.seed)
         device = "cuda" if plan.use_gpu and torch.cuda.is_available() else "cpu"
         if plan.use_gpu and device == "cpu":
-            from ps.errors import JobError
+            from rayps.ps.errors import JobError
             raise JobError(f"worker-{plan.worker_id} asked for a GPU but torch sees no CUDA device")
         self.model = model_fn()
         self.flat = FlatParams(self.model, device)
