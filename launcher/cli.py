@@ -15,7 +15,7 @@ import json
 import logging
 import sys
 
-from rayps.ps.errors import PSError
+from rayps.errors import PSError
 
 
 def _parser() -> argparse.ArgumentParser:

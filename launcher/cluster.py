@@ -33,7 +33,7 @@ import yaml
 
 from rayps.launcher.auth import AUTH_MODE_ENV, TOKEN_PATH_ENV, Token
 from rayps.launcher.config import JobConfig, load_job_config, read_yaml_mapping
-from rayps.ps.errors import ClusterError, ConfigError
+from rayps.errors import ClusterError, ConfigError
 
 DEFAULT_DASHBOARD_PORT = 8265
 DASHBOARD_HOST = "127.0.0.1"

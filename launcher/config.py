@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import yaml
 
 from rayps.ps.consistency import ConsistencyConfig
-from rayps.ps.errors import ConfigError
+from rayps.errors import ConfigError
 from rayps.ps.grpc_security import GrpcConfig
 from rayps.ps.optimizers import OptimizerConfig
 from rayps.ps.schedules import ScheduleConfig

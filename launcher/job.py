@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rayps.errors import ConfigError
 from rayps.launcher.config import JobConfig
 from rayps.launcher.driver import JobResult, run_job
 from rayps.launcher.progress import ProgressLine
@@ -22,7 +23,7 @@ class Job:
 
     def __init__(self, config: JobConfig | None = None, **kwargs):
         if config is not None and kwargs:
-            raise TypeError("pass either a JobConfig or keyword arguments, not both")
+            raise ConfigError("pass either a JobConfig or keyword arguments, not both")
         self.config = config if config is not None else build(JobConfig, kwargs, "Job")
 
     def run(self, output: str | Path | None = None, progress: bool = True, dashboard: bool = True,

@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 
 from rayps.launcher.auth import Token, find_token
 from rayps.launcher.cluster import ClusterFile
-from rayps.ps.errors import ClusterError
+from rayps.errors import ClusterError
 from rayps.launcher.config import read_job_section
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"

@@ -17,7 +17,7 @@ from typing import Callable
 import ray
 
 from rayps.launcher.progress import ProgressLine, describe
-from rayps.ps.errors import JobError
+from rayps.errors import JobError
 
 TICK_S = 0.5
 

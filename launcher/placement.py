@@ -14,7 +14,7 @@ from collections import Counter
 from typing import Mapping
 
 from rayps.launcher.config import JobConfig
-from rayps.ps.errors import JobError
+from rayps.errors import JobError
 
 
 def server_demand(config: JobConfig) -> dict[str, float]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rayps.ps.errors import ConfigError
+from rayps.errors import ConfigError
 
 PLOTS = ("loss_accuracy.png", "staleness.png", "throughput.png")
 

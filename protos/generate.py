@@ -11,6 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from rayps.errors import PSError
+
 ROOT = Path(__file__).resolve().parents[1]
 STUBS = ("ps_pb2.py", "ps_pb2.pyi", "ps_pb2_grpc.py")
 
@@ -33,7 +35,7 @@ def generate(out_dir: Path) -> list[Path]:
             f"--grpc_python_out={out}", str(include / "rayps" / "protos" / "ps.proto"),
         ])
         if code != 0:
-            raise RuntimeError(f"protoc failed with exit code {code}")
+            raise PSError(f"protoc failed with exit code {code}")
         for name in STUBS:
             shutil.copy(out / "rayps" / "protos" / name, out_dir / name)
     return [out_dir / name for name in STUBS]

@@ -15,6 +15,8 @@ from typing import Iterable
 
 import numpy as np
 
+from rayps.errors import UnknownTensorError
+
 #: Every dense buffer in the system is float32: one dtype means no per-tensor
 #: casts on the hot path and byte lengths that follow from element counts.
 DTYPE = np.dtype(np.float32)
@@ -80,4 +82,4 @@ class FlatLayout:
         for t in self.tensors:
             if t.name == name:
                 return t
-        raise KeyError(f"no tensor named {name!r} in the layout")
+        raise UnknownTensorError(f"no tensor named {name!r} in the layout")

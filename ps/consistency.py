@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from rayps.ps.errors import PSError
+from rayps.errors import PSError
 from rayps.ps.settings import number, require
 
 MODES = ("asp", "ssp", "bsp")

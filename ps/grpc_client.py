@@ -24,7 +24,7 @@ import numpy as np
 from rayps.protos import ps_pb2, ps_pb2_grpc
 from rayps.protos.codec import CHUNK_BYTES, Assembler, WireError, encode_chunks, parse_chunk
 from rayps.ps.allocator import keep_freed_memory
-from rayps.ps.errors import PSError, ShapeError
+from rayps.errors import PSError, ShapeError
 from rayps.ps.grpc_security import TLSConfig, TokenAuth
 from rayps.ps.grpc_server import CHANNEL_OPTIONS, SERVICE, TENSOR
 from rayps.ps.partition import ShardRange

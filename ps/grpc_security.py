@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 
+from rayps.errors import ConfigError
 from rayps.protos.codec import CHUNK_BYTES
 
 from rayps.ps.settings import require
@@ -30,7 +31,7 @@ def new_token() -> str:
 class TokenAuth:
     def __init__(self, token: str):
         if not token:
-            raise ValueError("a bearer token must not be empty")
+            raise ConfigError("a bearer token must not be empty")
         self._expected = f"Bearer {token}".encode()
         self.metadata = ((METADATA_KEY, f"Bearer {token}"),)
 

@@ -26,7 +26,7 @@ from rayps.protos import ps_pb2
 from rayps.protos.codec import CHUNK_BYTES, MAX_MESSAGE_BYTES, Assembler, WireError, encode_chunks, parse_chunk
 from rayps.ps.allocator import keep_freed_memory
 from rayps.ps.consistency import UnknownWorkerError
-from rayps.ps.errors import LeftJobError, OutOfOrderError, ShapeError
+from rayps.errors import LeftJobError, OutOfOrderError, ShapeError
 from rayps.ps.grpc_security import TLSConfig, TokenAuth
 from rayps.ps.shard import ParameterShard
 

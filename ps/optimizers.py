@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rayps.ps.errors import ConfigError, ShapeError
+from rayps.errors import ConfigError, ShapeError
 from rayps.ps.settings import number, require
 
 _NAMES = ("adagrad", "adam", "adamw", "sgd")
@@ -151,7 +151,7 @@ class ServerOptimizer:
         if not params.flags.writeable:
             raise ShapeError("params must be a writable array; the update is applied in place")
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr >= 0:
-            raise ValueError(f"lr ({lr!r}) must be a number >= 0")
+            raise ConfigError(f"lr ({lr!r}) must be a number >= 0")
         if self._writes_grad():  # the rule changes its gradient in place: work on our own copy
             np.copyto(self._grad, grad)
             grad_t = self._grad_t

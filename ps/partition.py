@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rayps.ps.errors import ConfigError
+from rayps.errors import ConfigError
 
 
 @dataclass(frozen=True)

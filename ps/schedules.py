@@ -29,7 +29,7 @@ import bisect
 import math
 from dataclasses import dataclass
 
-from rayps.ps.errors import ConfigError
+from rayps.errors import ConfigError
 from rayps.ps.settings import number, require
 
 _NAMES = ("constant", "cosine", "piecewise")
@@ -119,7 +119,7 @@ class LRSchedule:
     def __call__(self, step: int) -> float:
         """The lr for the update applied after ``step`` updates (step >= 0)."""
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"step ({step!r}) must be an integer >= 0")
+            raise ConfigError(f"step ({step!r}) must be an integer >= 0")
         if step < self.warmup_steps:
             start = self.warmup_start_factor
             return self.base_lr * (start + (1.0 - start) * step / self.warmup_steps)

@@ -13,7 +13,7 @@ import dataclasses
 import typing
 from typing import Any, Mapping, TypeVar
 
-from rayps.ps.errors import ConfigError
+from rayps.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from rayps.protos.layout import DTYPE, all_finite
 from rayps.ps.consistency import ClockTable, ConsistencyConfig, ConsistencyPolicy
-from rayps.ps.errors import LeftJobError, OutOfOrderError, ShapeError
+from rayps.errors import LeftJobError, OutOfOrderError, ShapeError
 from rayps.ps.metrics import ShardMetrics
 from rayps.ps.optimizers import OptimizerConfig, make_optimizer
 from rayps.ps.schedules import ScheduleConfig, make_schedule

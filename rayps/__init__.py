@@ -7,6 +7,7 @@ this one name so that none of them shadows another distribution's package:
 - ``rayps.worker`` (worker/): the training loop, data, flat buffers, losses.
 - ``rayps.ps`` (ps/): the parameter shard, its client, optimizers, consistency.
 - ``rayps.protos`` (protos/): the wire protocol and the flat-buffer layout.
+- ``rayps.errors`` (rayps/errors.py): the error tree, a leaf every layer imports.
 
 Example::
 
@@ -34,7 +35,7 @@ _PUBLIC = {
     "Job": "rayps.launcher.job", "JobConfig": "rayps.launcher.config",
     "load_job_config": "rayps.launcher.config", "JobResult": "rayps.launcher.driver",
     "run_job": "rayps.launcher.driver",
-    **{name: "rayps.ps.errors" for name in ("PSError", "ConfigError", "ShapeError", "JobError", "ClusterError")},
+    **{name: "rayps.errors" for name in ("PSError", "ConfigError", "ShapeError", "JobError", "ClusterError")},
 }
 
 __version__ = "0.1.0"

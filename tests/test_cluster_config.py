@@ -15,7 +15,7 @@ from rayps.launcher.auth import Token, ensure_token, find_token
 from rayps.launcher.cli import main
 from rayps.launcher.cluster import check_ray_config, load_cluster_file, ray_up_config, write_up_config
 from rayps.launcher.jobs import entrypoint, resolve_address
-from rayps.ps.errors import ConfigError
+from rayps.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

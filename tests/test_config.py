@@ -9,7 +9,7 @@ import pytest
 from rayps.launcher.cli import main
 from rayps.launcher.config import DebugConfig, JobConfig, load_job_config
 from rayps.ps.consistency import ConsistencyConfig
-from rayps.ps.errors import ConfigError
+from rayps.errors import ConfigError
 from rayps.ps.optimizers import OptimizerConfig
 from rayps.ps.schedules import ScheduleConfig
 

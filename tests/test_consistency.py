@@ -3,7 +3,7 @@
 import pytest
 
 from rayps.ps.consistency import ClockTable, ConsistencyConfig, ConsistencyPolicy, UnknownWorkerError
-from rayps.ps.errors import ConfigError, PSError
+from rayps.errors import ConfigError, PSError
 
 
 def table_with(completed: dict[int, int]) -> ClockTable:

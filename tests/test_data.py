@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import IterableDataset, TensorDataset
 
-from rayps.ps.errors import ConfigError, ShapeError
+from rayps.errors import ConfigError, ShapeError
 from rayps.worker.data import (
     ArraySource,
     DataSource,

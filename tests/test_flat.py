@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from rayps.ps.errors import ShapeError
+from rayps.errors import ShapeError
 from rayps.worker.flat import FlatParams
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rayps.ps.errors import ConfigError
+from rayps.errors import ConfigError
 from rayps.worker.losses import LOSSES, cross_entropy, kl, mse, resolve_loss
 
 

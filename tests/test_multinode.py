@@ -21,7 +21,7 @@ import pytest
 
 from rayps.launcher.auth import Token, find_token
 from rayps.launcher.cli import main
-from rayps.ps.errors import ClusterError
+from rayps.errors import ClusterError
 from rayps.launcher.jobs import Jobs
 
 ROOT = Path(__file__).resolve().parents[1]

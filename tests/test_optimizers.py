@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from rayps.ps.errors import ConfigError, ShapeError
+from rayps.errors import ConfigError, ShapeError
 from rayps.ps.optimizers import OptimizerConfig, make_optimizer
 from rayps.ps.settings import build
 

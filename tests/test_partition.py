@@ -3,7 +3,7 @@
 import pytest
 
 from rayps.protos.layout import DTYPE, FlatLayout, TensorSpec
-from rayps.ps.errors import ConfigError
+from rayps.errors import ConfigError
 from rayps.ps.partition import ShardRange, partition
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from rayps.launcher.config import JobConfig
 from rayps.launcher.placement import check_feasible, server_options, worker_options
-from rayps.ps.errors import ConfigError, JobError
+from rayps.errors import ConfigError, JobError
 from rayps.ps.settings import build
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.optim import lr_scheduler
 
-from rayps.ps.errors import ConfigError
+from rayps.errors import ConfigError
 from rayps.ps.schedules import ScheduleConfig, make_schedule
 from rayps.ps.settings import build
 

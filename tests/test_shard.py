@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rayps.ps.consistency import ConsistencyConfig, UnknownWorkerError
-from rayps.ps.errors import PSError, ShapeError
+from rayps.errors import PSError, ShapeError
 from rayps.ps.optimizers import OptimizerConfig
 from rayps.ps.schedules import ScheduleConfig
 from rayps.ps.shard import ParameterShard

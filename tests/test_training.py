@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from rayps.launcher import Job
-from rayps.ps.errors import JobError
+from rayps.errors import JobError
 from rayps.worker.data import EpochSharder, resolve_data
 from rayps.worker.models import mlp
 

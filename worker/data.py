@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, default_collate
 
-from rayps.ps.errors import ConfigError, ShapeError
+from rayps.errors import ConfigError, ShapeError
 from rayps.worker.imports import import_object
 
 

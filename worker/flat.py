@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from rayps.protos.layout import FlatLayout
-from rayps.ps.errors import ShapeError
+from rayps.errors import ShapeError
 
 
 class FlatParams:

@@ -44,5 +44,5 @@ def resolve_loss(spec: str | LossFn) -> LossFn:
         return LOSSES[spec]
     if isinstance(spec, str) and ":" in spec:
         return import_object(spec, "loss")
-    from rayps.ps.errors import ConfigError
+    from rayps.errors import ConfigError
     raise ConfigError(f"loss ({spec!r}) must be one of {', '.join(LOSSES)} or a 'module:callable'")

@@ -63,7 +63,7 @@ class Worker:
         torch.manual_seed(plan.seed)
         device = "cuda" if plan.use_gpu and torch.cuda.is_available() else "cpu"
         if plan.use_gpu and device == "cpu":
-            from rayps.ps.errors import JobError
+            from rayps.errors import JobError
             raise JobError(f"worker-{plan.worker_id} asked for a GPU but torch sees no CUDA device")
         self.model = model_fn()
         self.flat = FlatParams(self.model, device)

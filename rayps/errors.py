@@ -31,3 +31,14 @@ class OutOfOrderError(PSError):
 
 class ClusterError(PSError, RuntimeError):
     """Provisioning a Ray cluster, or talking to one, failed."""
+
+
+class TransportError(PSError, ConnectionError):
+    """A shard could not be reached, bound or answered with an error status."""
+
+
+class UnknownTensorError(PSError, KeyError):
+    """A name that no tensor in a layout has."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
