@@ -58,6 +58,8 @@ def run_job(config: JobConfig, output: str | Path | None = None,
     model = model_fn()
     flat = FlatParams(model)
     ranges = partition(flat.numel, config.servers)
+    # Model buffers (BatchNorm statistics): cut across the shards the same way; some may hold none.
+    buffer_ranges = partition(flat.buffers.numel, config.servers, allow_empty=True)
     sharder = EpochSharder(len(splits.train), config.workers, config.batch_size, config.seed)
     steps_per_worker = config.epochs * sharder.batches_per_epoch
     if config.max_steps is not None:
@@ -69,13 +71,14 @@ def run_job(config: JobConfig, output: str | Path | None = None,
     check_feasible(config, ray.nodes())
     run_id = uuid.uuid4().hex[:8]
     namespace = f"rayps-{run_id}"  # actor names are unique per run, not per cluster
-    init = flat.host_params()
+    init, init_buffers, integer = flat.host_params(), flat.buffers.pack(), flat.buffers.integer
     shard_cls = ray.remote(ServedShard)
     shards = [
         shard_cls.options(**server_options(config, r.shard_id, namespace)).remote(
             r.shard_id, init[r.lo:r.hi], list(range(config.workers)),
-            config.optimizer, config.schedule, config.consistency, total_updates, run_id)
-        for r in ranges
+            config.optimizer, config.schedule, config.consistency, total_updates, run_id,
+            init_buffers[b.lo:b.hi], integer[b.lo:b.hi])
+        for r, b in zip(ranges, buffer_ranges)
     ]
     actors = list(shards)
     try:
@@ -84,7 +87,7 @@ def run_job(config: JobConfig, output: str | Path | None = None,
         worker_cls = ray.remote(Worker)
         workers = [
             worker_cls.options(**worker_options(config, w, namespace)).remote(
-                _plan(config, w, run_id), model_fn, loss_fn, train_ref, shards, ranges, endpoints)
+                _plan(config, w, run_id), model_fn, loss_fn, train_ref, shards, ranges, endpoints, buffer_ranges)
             for w in range(config.workers)
         ]
         actors += workers
@@ -93,7 +96,7 @@ def run_job(config: JobConfig, output: str | Path | None = None,
             print(f"Ray dashboard: {dashboard_url}", flush=True)
 
         def evaluate_now():
-            flat.load(np.concatenate([p for p, _ in ray.get([s.pull.remote() for s in shards])]))
+            flat.load(*_merge_pulled(ray.get([s.pull.remote() for s in shards])))
             return evaluate(model, loss_fn, splits.test) if splits.test is not None else (None, None)
 
         monitor = Monitor(workers, shards, steps_per_worker, _label(config), progress,
@@ -107,8 +110,8 @@ def run_job(config: JobConfig, output: str | Path | None = None,
         for actor in actors:
             ray.kill(actor)
 
-    final = np.concatenate([p for p, _ in pulled])
-    flat.load(final)
+    final, final_buffers = _merge_pulled(pulled)
+    flat.load(final, final_buffers)
     test_loss, test_accuracy = evaluate(model, loss_fn, splits.test) if splits.test is not None else (None, None)
     history = monitor.history
     if history:
@@ -121,6 +124,13 @@ def run_job(config: JobConfig, output: str | Path | None = None,
     if report:
         write_report(run_dir)
     return JobResult(summary=summary, params=final, model=model, run_dir=run_dir, history=history)
+
+
+def _merge_pulled(pulled: list) -> tuple[np.ndarray, np.ndarray]:
+    """Every shard's ``pull()`` joined: the flat parameters and the flat merged buffers."""
+    params = np.concatenate([p for p, _, _ in pulled])
+    buffers = [b for _, _, b in pulled if b is not None]
+    return params, np.concatenate(buffers) if buffers else np.zeros(0, np.float64)
 
 
 def _placement(shards, workers) -> dict:

@@ -1,6 +1,7 @@
 """Tensors to and from ``TensorChunk`` messages: the only code that knows the bytes.
 
-A tensor travels as raw little-endian float32 bytes cut into chunks of at most
+A tensor travels as raw little-endian bytes (float32 for parameters and
+gradients, float64 for model buffers) cut into chunks of at most
 ``CHUNK_BYTES`` of payload, so no message nears gRPC's limit whatever the
 model's size. The receiving side assembles chunks into a buffer it allocated
 once and reuses (``Assembler``), checking every chunk before a byte is copied:
@@ -23,19 +24,23 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from rayps.protos import ps_pb2
+from rayps.errors import PSError
 
 #: Payload bytes per chunk: well under gRPC's 4 MiB default message limit, and
 #: large enough that per-message overhead is a small share of the time.
 CHUNK_BYTES = 1 << 20
 WIRE_DTYPE = np.dtype("<f4")
 DTYPE_NAME = "float32"
+#: Model buffers travel as float64: exact for float16/32 statistics and integer counters.
+BUFFER_DTYPE = np.dtype("<f8")
+_DTYPE_NAMES = {WIRE_DTYPE: DTYPE_NAME, BUFFER_DTYPE: "float64"}
 #: The receive limit the servers and clients set: a chunk plus its header fits easily.
 MAX_MESSAGE_BYTES = 4 * CHUNK_BYTES
 #: The key of TensorChunk.data on the wire: field 5, length-delimited.
 _DATA_TAG = 5 << 3 | 2
 
 
-class WireError(Exception):
+class WireError(PSError):
     """A request the protocol rejects; ``code`` is the gRPC status to answer with."""
 
     def __init__(self, code: grpc.StatusCode, message: str, reason: str = "malformed"):
@@ -43,6 +48,9 @@ class WireError(Exception):
         self.code = code
         self.message = message
         self.reason = reason  # the counter this rejection increments in the shard's stats
+
+    def __reduce__(self):  # three arguments, so pickling (between actors) must name them
+        return type(self), (self.code, self.message, self.reason)
 
 
 def chunks(name: str, values: np.ndarray, chunk_bytes: int = CHUNK_BYTES, **header) -> Iterator[ps_pb2.TensorChunk]:
@@ -63,31 +71,35 @@ def chunks(name: str, values: np.ndarray, chunk_bytes: int = CHUNK_BYTES, **head
         lo = hi
 
 
-def encode_chunks(name: str, values: np.ndarray, chunk_bytes: int = CHUNK_BYTES, **header) -> Iterator[bytes]:
+def encode_chunks(name: str, values: np.ndarray, chunk_bytes: int = CHUNK_BYTES, *, wire: np.dtype = WIRE_DTYPE,
+                  **header) -> Iterator[bytes]:
     """The serialized messages of ``chunks(name, values, chunk_bytes, **header)``, payload copied once.
 
     Each message is its other fields, serialized by protobuf, followed by the
     ``data`` field joined straight from ``values``: no intermediate bytes and
     no second copy by a serializer. Protobuf reads fields in any order, so these
     are the same TensorChunk messages as ``chunks`` makes. Encoding the whole
-    tensor before sending (``list(...)``) is a snapshot of it.
+    tensor before sending (``list(...)``) is a snapshot of it. ``wire`` is the
+    dtype on the wire: float32, or float64 for model buffers.
     """
-    flat = np.ascontiguousarray(values, dtype=WIRE_DTYPE).reshape(-1)
-    step = max(1, chunk_bytes // WIRE_DTYPE.itemsize)
+    wire = np.dtype(wire)
+    dtype_name, size = _DTYPE_NAMES[wire], wire.itemsize
+    flat = np.ascontiguousarray(values, dtype=wire).reshape(-1)
+    step = max(1, chunk_bytes // size)
     raw = memoryview(flat).cast("B")
     n = flat.size
     lo = 0
     while True:
         hi = min(n, lo + step)
         if lo == 0:
-            fields = ps_pb2.TensorChunk(name=name, dtype=DTYPE_NAME, shape=[n], last=hi >= n, **header)
+            fields = ps_pb2.TensorChunk(name=name, dtype=dtype_name, shape=[n], last=hi >= n, **header)
         else:
             if lo == step:  # the fields of every chunk after the first, reused
-                fields = ps_pb2.TensorChunk(name=name, dtype=DTYPE_NAME, shape=[n])
+                fields = ps_pb2.TensorChunk(name=name, dtype=dtype_name, shape=[n])
             fields.offset = lo
             fields.last = hi >= n
         head = fields.SerializeToString()
-        payload = raw[lo * 4:hi * 4]
+        payload = raw[lo * size:hi * size]
         yield b"".join((head, _varint(_DATA_TAG), _varint(len(payload)), payload)) if len(payload) else head
         if hi >= n:
             return
@@ -200,14 +212,16 @@ def _data_span(message: bytes) -> tuple[int, int, int] | None:
 
 
 class Assembler:
-    """Receives one named 1-D float32 tensor of a fixed size, chunk by chunk, into a reused buffer."""
+    """Receives one named 1-D tensor of a fixed size and dtype, chunk by chunk, into a reused buffer."""
 
-    def __init__(self, name: str, size: int, buffer: np.ndarray | None = None):
+    def __init__(self, name: str, size: int, buffer: np.ndarray | None = None, wire: np.dtype = WIRE_DTYPE):
         self.name = name
         self.size = size
+        self.wire = np.dtype(wire)
+        self.dtype_name = _DTYPE_NAMES[self.wire]
         # ``buffer`` lets a receiver assemble straight into its own memory (a
         # client's slice of the flat parameter vector): no copy after the last chunk.
-        self.buffer = np.empty(size, dtype=np.float32) if buffer is None else buffer
+        self.buffer = np.empty(size, dtype=self.wire.newbyteorder("=")) if buffer is None else buffer
         self._filled = 0
 
     def reset(self) -> None:
@@ -218,9 +232,9 @@ class Assembler:
         if chunk.name != self.name:
             raise WireError(grpc.StatusCode.NOT_FOUND,
                             f"unknown tensor {chunk.name!r}: this server holds {self.name!r}", "unknown_tensor")
-        if chunk.dtype != DTYPE_NAME:
+        if chunk.dtype != self.dtype_name:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"tensor {self.name!r}: expected dtype {DTYPE_NAME}, got {chunk.dtype!r}", "dtype")
+                            f"tensor {self.name!r}: expected dtype {self.dtype_name}, got {chunk.dtype!r}", "dtype")
         if list(chunk.shape) != [self.size]:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
                             f"tensor {self.name!r}: expected shape [{self.size}], got {list(chunk.shape)}", "shape")
@@ -228,19 +242,20 @@ class Assembler:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
                             f"tensor {self.name!r}: expected a chunk at offset {self._filled}, got offset {chunk.offset}", "offset")
         data = chunk.data  # once: a protobuf message copies its bytes on every read
-        nbytes = len(data)
-        if nbytes % WIRE_DTYPE.itemsize:
+        nbytes, item = len(data), self.wire.itemsize
+        if nbytes % item:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"tensor {self.name!r}: chunk of {nbytes} bytes is not a whole number of float32 values", "byte_length")
-        end = self._filled + nbytes // WIRE_DTYPE.itemsize
+                            f"tensor {self.name!r}: chunk of {nbytes} bytes is not a whole number of"
+                            f" {self.dtype_name} values", "byte_length")
+        end = self._filled + nbytes // item
         if end > self.size:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
                             f"tensor {self.name!r}: chunk ends at element {end}, past the shape [{self.size}]"
-                            f" ({self.size * 4} bytes expected in all)", "byte_length")
+                            f" ({self.size * item} bytes expected in all)", "byte_length")
         if chunk.last and end != self.size:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"tensor {self.name!r}: {end * 4} bytes received for shape [{self.size}],"
-                            f" expected {self.size * 4}", "byte_length")
-        self.buffer[self._filled:end] = np.frombuffer(data, dtype=WIRE_DTYPE)
+                            f"tensor {self.name!r}: {end * item} bytes received for shape [{self.size}],"
+                            f" expected {self.size * item}", "byte_length")
+        self.buffer[self._filled:end] = np.frombuffer(data, dtype=self.wire)
         self._filled = end
         return end == self.size

@@ -103,8 +103,8 @@ class ParameterServerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AdvanceClock(self, request, context):
-        """Advance or leave: a worker that finished (or a driver reporting a dead one)
-        leaves the clock table, so nobody waits for it.
+        """Advance a worker's clock without a gradient, or leave: a worker that
+        finishes leaves the clock table, so nobody waits for it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -20,7 +20,10 @@
   dashboard and Prometheus; no-ops outside Ray.
 - ``this_node`` (placement_info.py): which node an actor runs on.
 - ``build`` (settings.py): strict frozen-dataclass configs from mappings.
-- ``PSError`` and subclasses (errors.py): the error tree.
+- ``BufferTable`` (buffers.py): a shard's slice of the model buffers, each
+  worker's latest report and their merge.
 - ``keep_freed_memory`` (allocator.py): glibc malloc settings that let a process
   streaming large tensors reuse its message buffers instead of faulting in fresh pages.
+
+The error tree every layer raises from is ``rayps.errors``.
 """

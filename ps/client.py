@@ -1,11 +1,20 @@
 """The worker's side of the object-store transport: one client, all shards.
 
 A worker keeps its parameters and gradients in flat numpy buffers. Each step,
-``push_pull`` sends every shard its contiguous slice of the gradient and writes
-the parameters each shard returns into the matching slice of the parameter
-buffer: one Ray call and one contiguous copy per shard per step, all shards in
-flight at once. Only numpy arrays cross the object store (zero-copy reads on
-the shard's side); nothing torch is pickled on this path.
+``push_pull`` sends every shard its contiguous slice of the gradient (and of
+the model buffers, when the model has any) and writes what each shard returns
+into the matching slices: one Ray call and one contiguous copy per shard per
+step, all shards in flight at once. Only numpy arrays cross the object store
+(zero-copy reads on the shard's side); nothing torch is pickled on this path.
+
+The contract every transport keeps (``GrpcShardClient`` too):
+
+- ``register(params_out, buffers_out=None)``: the initial parameters and buffers;
+- ``push_pull(clock, grads, params_out, num_samples, loss, buffers=None, buffers_out=None)``;
+- ``finish()``: leave every shard's clock table.
+
+``buffer_ranges`` cut the float64 buffer vector across the shards as
+``ranges`` cut the parameters; a shard may hold no buffers at all.
 """
 
 from __future__ import annotations
@@ -15,40 +24,47 @@ from typing import Sequence
 import numpy as np
 import ray
 
-from rayps.ps.partition import ShardRange
+from rayps.errors import ConfigError
+from rayps.ps.partition import ShardRange, buffer_slices
 
 
 class ShardClient:
-    def __init__(self, worker_id: int, shards: Sequence, ranges: Sequence[ShardRange]):
+    def __init__(self, worker_id: int, shards: Sequence, ranges: Sequence[ShardRange],
+                 buffer_ranges: Sequence[ShardRange] | None = None):
         if len(shards) != len(ranges):
-            raise ValueError(f"{len(shards)} shard handles for {len(ranges)} ranges")
+            raise ConfigError(f"{len(shards)} shard handles for {len(ranges)} ranges")
         self.worker_id = worker_id
         self._shards = list(shards)
         self._ranges = list(ranges)
+        self._buffer_ranges = list(buffer_ranges) if buffer_ranges else [ShardRange(r.shard_id, 0, 0) for r in ranges]
         self._versions = [0] * len(shards)  # the version of each slice we hold
 
-    def register(self, params_out: np.ndarray) -> None:
-        """Fetch the initial parameters into ``params_out``."""
-        self._receive(params_out, [s.register.remote(self.worker_id) for s in self._shards])
+    def register(self, params_out: np.ndarray, buffers_out: np.ndarray | None = None) -> None:
+        """Fetch the initial parameters into ``params_out`` (and the buffers into ``buffers_out``)."""
+        self._receive(params_out, buffers_out, [s.register.remote(self.worker_id) for s in self._shards])
 
-    def push_pull(self, clock: int, grads: np.ndarray, params_out: np.ndarray,
-                  num_samples: int, loss: float) -> None:
-        """Push the gradient of iteration ``clock``; receive the parameters for the next one.
+    def push_pull(self, clock: int, grads: np.ndarray, params_out: np.ndarray, num_samples: int, loss: float,
+                  buffers: np.ndarray | None = None, buffers_out: np.ndarray | None = None) -> None:
+        """Push the gradient of iteration ``clock`` (and the model's buffers); receive the next parameters.
 
         Blocks for as long as the consistency mode makes this worker wait.
         """
         refs = [
-            shard.push_pull.remote(self.worker_id, clock, grads[r.lo:r.hi], version, num_samples, loss)
-            for shard, r, version in zip(self._shards, self._ranges, self._versions)
+            shard.push_pull.remote(self.worker_id, clock, grads[r.lo:r.hi], version, num_samples, loss, b)
+            for shard, r, version, b in zip(self._shards, self._ranges, self._versions,
+                                            buffer_slices(buffers, self._buffer_ranges))
         ]
-        self._receive(params_out, refs)
+        self._receive(params_out, buffers_out, refs)
 
     def finish(self) -> None:
         """Leave every shard's clock table, so no one waits for this worker."""
         ray.get([s.finish.remote(self.worker_id) for s in self._shards])
 
-    def _receive(self, params_out: np.ndarray, refs: list) -> None:
-        for i, (params, version) in enumerate(ray.get(refs)):
+    def _receive(self, params_out: np.ndarray, buffers_out: np.ndarray | None, refs: list) -> None:
+        for i, (params, version, buffers) in enumerate(ray.get(refs)):
             r = self._ranges[i]
             params_out[r.lo:r.hi] = params
             self._versions[i] = version
+            if buffers is not None and buffers_out is not None:
+                b = self._buffer_ranges[i]
+                buffers_out[b.lo:b.hi] = buffers

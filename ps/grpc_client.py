@@ -1,6 +1,6 @@
 """The worker's side of the gRPC transport: one client, all shards.
 
-Same contract as ``ps.client.ShardClient`` (register, push_pull, finish), so a
+Same contract as ``rayps.ps.client.ShardClient`` (register, push_pull, finish), so a
 worker does not care which transport it has. Underneath, each shard gets one
 persistent ``Step`` stream for the whole job: per step the gradient slice goes
 out in chunks and the next parameters come back in chunks, assembled straight
@@ -22,12 +22,12 @@ import msgpack
 import numpy as np
 
 from rayps.protos import ps_pb2, ps_pb2_grpc
-from rayps.protos.codec import CHUNK_BYTES, Assembler, WireError, encode_chunks, parse_chunk
+from rayps.protos.codec import BUFFER_DTYPE, CHUNK_BYTES, Assembler, WireError, encode_chunks, parse_chunk
 from rayps.ps.allocator import keep_freed_memory
-from rayps.errors import PSError, ShapeError
+from rayps.errors import ConfigError, ShapeError, TransportError
 from rayps.ps.grpc_security import TLSConfig, TokenAuth
-from rayps.ps.grpc_server import CHANNEL_OPTIONS, SERVICE, TENSOR
-from rayps.ps.partition import ShardRange
+from rayps.ps.grpc_server import BUFFERS, CHANNEL_OPTIONS, SERVICE, TENSOR
+from rayps.ps.partition import ShardRange, buffer_slices
 
 #: A Step stream lives as long as the job; it still has a deadline, as every call does.
 STREAM_DEADLINE_S = 7 * 24 * 3600.0
@@ -43,13 +43,10 @@ class GrpcEndpoints:
     timeout_s: float = 300.0
     chunk_bytes: int = CHUNK_BYTES
 
-    def client(self, worker_id: int, ranges: Sequence[ShardRange]) -> "GrpcShardClient":
+    def client(self, worker_id: int, ranges: Sequence[ShardRange],
+               buffer_ranges: Sequence[ShardRange] | None = None) -> "GrpcShardClient":
         return GrpcShardClient(worker_id, self.addresses, ranges, self.token, self.tls,
-                               self.timeout_s, self.chunk_bytes)
-
-
-class TransportError(PSError):
-    """A shard could not be reached or answered with an error status."""
+                               self.timeout_s, self.chunk_bytes, buffer_ranges)
 
 
 class _LoopThread:
@@ -80,12 +77,14 @@ def open_channel(address: str, tls: TLSConfig | None) -> grpc.aio.Channel:
 
 class GrpcShardClient:
     def __init__(self, worker_id: int, addresses: Sequence[str], ranges: Sequence[ShardRange], token: str,
-                 tls: TLSConfig | None = None, timeout_s: float = 300.0, chunk_bytes: int = CHUNK_BYTES):
+                 tls: TLSConfig | None = None, timeout_s: float = 300.0, chunk_bytes: int = CHUNK_BYTES,
+                 buffer_ranges: Sequence[ShardRange] | None = None):
         if len(addresses) != len(ranges):
-            raise ValueError(f"{len(addresses)} shard addresses for {len(ranges)} ranges")
+            raise ConfigError(f"{len(addresses)} shard addresses for {len(ranges)} ranges")
         self.worker_id = worker_id
         self.addresses = list(addresses)
         self._ranges = list(ranges)
+        self._buffer_ranges = list(buffer_ranges) if buffer_ranges else [ShardRange(r.shard_id, 0, 0) for r in ranges]
         self._metadata = TokenAuth(token).metadata
         self._timeout_s = timeout_s
         self._chunk_bytes = chunk_bytes
@@ -107,13 +106,15 @@ class GrpcShardClient:
 
     # ---- the ShardClient contract ------------------------------------------------
 
-    def register(self, params_out: np.ndarray) -> None:
-        self._call(self._register_all(params_out))
+    def register(self, params_out: np.ndarray, buffers_out: np.ndarray | None = None) -> None:
+        self._call(self._register_all(params_out, buffers_out))
 
-    def push_pull(self, clock: int, grads: np.ndarray, params_out: np.ndarray,
-                  num_samples: int, loss: float) -> None:
+    def push_pull(self, clock: int, grads: np.ndarray, params_out: np.ndarray, num_samples: int, loss: float,
+                  buffers: np.ndarray | None = None, buffers_out: np.ndarray | None = None) -> None:
+        sent = buffer_slices(buffers, self._buffer_ranges)
         self._call(_gather(
-            self._step(i, clock, grads, params_out, num_samples, loss) for i in range(len(self._stubs))))
+            self._step(i, clock, grads, params_out, num_samples, loss, sent[i], buffers_out)
+            for i in range(len(self._stubs))))
 
     def finish(self) -> None:
         try:
@@ -137,25 +138,35 @@ class GrpcShardClient:
 
     # ---- per shard ---------------------------------------------------------------
 
-    async def _register_all(self, params_out: np.ndarray) -> None:
+    async def _register_all(self, params_out: np.ndarray, buffers_out: np.ndarray | None) -> None:
         replies = await asyncio.gather(*(
             stub.Register(ps_pb2.RegisterRequest(worker_id=self.worker_id),
                           timeout=self._timeout_s, metadata=self._metadata) for stub in self._stubs))
-        for reply, r, address in zip(replies, self._ranges, self.addresses):
+        for reply, r, b, address in zip(replies, self._ranges, self._buffer_ranges, self.addresses):
             shapes = {t.name: list(t.shape) for t in reply.tensors}
-            if shapes.get(TENSOR) != [r.size]:
-                raise ShapeError(f"shard at {address} holds {shapes}, but this job expects {TENSOR!r} of [{r.size}]")
-        await asyncio.gather(*(self._pull(i, 1, params_out) for i in range(len(self._stubs))))
+            expected = {TENSOR: [r.size], **({BUFFERS: [b.size]} if b.size else {})}
+            if shapes != expected:
+                raise ShapeError(f"shard at {address} holds {shapes}, but this job expects {expected}")
+        await asyncio.gather(*(self._pull(i, 1, params_out, buffers_out) for i in range(len(self._stubs))))
 
-    async def _pull(self, i: int, clock: int, params_out: np.ndarray) -> None:
-        r = self._ranges[i]
-        assembler = Assembler(TENSOR, r.size, params_out[r.lo:r.hi])
+    def _receivers(self, i: int, params_out: np.ndarray, buffers_out: np.ndarray | None) -> list[Assembler]:
+        """What shard ``i``'s pull answer is assembled into: its parameter slice, then its buffer slice."""
+        r, b = self._ranges[i], self._buffer_ranges[i]
+        receivers = [Assembler(TENSOR, r.size, params_out[r.lo:r.hi])]
+        if b.size:
+            out = buffers_out[b.lo:b.hi] if buffers_out is not None else None
+            receivers.append(Assembler(BUFFERS, b.size, out, wire=BUFFER_DTYPE))
+        return receivers
+
+    async def _pull(self, i: int, clock: int, params_out: np.ndarray, buffers_out: np.ndarray | None) -> None:
+        receivers = self._receivers(i, params_out, buffers_out)
         call = self._pull_calls[i](ps_pb2.PullRequest(worker_id=self.worker_id, clock=clock),
                                    timeout=self._timeout_s, metadata=self._metadata)
         async for chunk in call:
-            if chunk.offset == 0:
+            if chunk.offset == 0 and chunk.name == TENSOR:
                 self._versions[i] = chunk.version
-            assembler.add(chunk)
+            if receivers and receivers[0].add(chunk):
+                receivers.pop(0)
 
     async def _leave(self, stub):
         return await stub.AdvanceClock(ps_pb2.ClockRequest(worker_id=self.worker_id, leave=True),
@@ -164,17 +175,17 @@ class GrpcShardClient:
     async def _stats(self, stub):
         return await stub.Stats(ps_pb2.StatsRequest(), timeout=self._timeout_s, metadata=self._metadata)
 
-    async def _step(self, i, clock, grads, params_out, num_samples, loss) -> None:
+    async def _step(self, i, clock, grads, params_out, num_samples, loss, buffers, buffers_out) -> None:
         r = self._ranges[i]
         if self._streams[i] is None:
             self._streams[i] = self._step_calls[i](timeout=STREAM_DEADLINE_S, metadata=self._metadata)
             self._ended[i] = _FirstStatus(self._streams[i])
         stream, ended = self._streams[i], self._ended[i]
         header = dict(worker_id=self.worker_id, clock=clock, pulled_version=self._versions[i],
-                      num_samples=num_samples, loss=loss)
+                      num_samples=num_samples, loss=loss, buffers_follow=buffers is not None)
         try:
-            await _within(self._exchange(stream, i, grads[r.lo:r.hi], params_out[r.lo:r.hi], header),
-                          self._timeout_s)
+            await _within(self._exchange(stream, i, grads[r.lo:r.hi], buffers, header,
+                                         self._receivers(i, params_out, buffers_out)), self._timeout_s)
         except BaseException as e:
             try:
                 error = await self._step_error(i, clock, stream, ended, e)
@@ -209,18 +220,20 @@ class GrpcShardClient:
             return TransportError(f"{where}: bad reply: {e.message}")
         return None
 
-    async def _exchange(self, stream, i, grad, out, header) -> None:
+    async def _exchange(self, stream, i, grad, buffers, header, receivers: list[Assembler]) -> None:
         for chunk in encode_chunks(TENSOR, grad, self._chunk_bytes, **header):
             await stream.write(chunk)
-        assembler = Assembler(TENSOR, out.size, out)
-        while True:
+        if buffers is not None:
+            for chunk in encode_chunks(BUFFERS, buffers, self._chunk_bytes, wire=BUFFER_DTYPE):
+                await stream.write(chunk)
+        while receivers:
             chunk = await stream.read()
             if chunk is grpc.aio.EOF:
                 raise TransportError(f"shard at {self.addresses[i]} closed the stream mid-step")
-            if chunk.offset == 0:
+            if chunk.offset == 0 and chunk.name == TENSOR:
                 self._versions[i] = chunk.version
-            if assembler.add(chunk):
-                return
+            if receivers[0].add(chunk):
+                receivers.pop(0)
 
     async def _close_all(self) -> None:
         for stream in self._streams:

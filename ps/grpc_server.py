@@ -23,10 +23,11 @@ import msgpack
 from google.protobuf.message import DecodeError
 
 from rayps.protos import ps_pb2
-from rayps.protos.codec import CHUNK_BYTES, MAX_MESSAGE_BYTES, Assembler, WireError, encode_chunks, parse_chunk
+from rayps.protos.codec import (BUFFER_DTYPE, CHUNK_BYTES, MAX_MESSAGE_BYTES, Assembler, WireError, encode_chunks,
+                                parse_chunk)
 from rayps.ps.allocator import keep_freed_memory
 from rayps.ps.consistency import UnknownWorkerError
-from rayps.errors import LeftJobError, OutOfOrderError, ShapeError
+from rayps.errors import LeftJobError, OutOfOrderError, ShapeError, TransportError
 from rayps.ps.grpc_security import TLSConfig, TokenAuth
 from rayps.ps.shard import ParameterShard
 
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 SERVICE = "rayps.v1.ParameterServer"
 TENSOR = "dense"
+BUFFERS = "buffers"  # the model buffers' tensor (float64), on shards that hold any
 PROTOCOL = 1
 OUTCOMES = {"applied": ps_pb2.PushReply.APPLIED, "duplicate": ps_pb2.PushReply.DUPLICATE,
             "stale": ps_pb2.PushReply.STALE}
@@ -80,6 +82,7 @@ class ShardServicer:
         self.chunk_bytes = chunk_bytes
         self.closing = False
         self._spare: dict[int, Assembler] = {}  # receive buffers, reused per worker
+        self._spare_buffers: dict[int, Assembler] = {}
 
     # ---- guards -------------------------------------------------------------------
 
@@ -112,10 +115,13 @@ class ShardServicer:
 
     # ---- receiving a gradient -----------------------------------------------------
 
-    async def _read_gradient(self, requests: AsyncIterator) -> tuple[ps_pb2.TensorChunk, Assembler] | None:
-        """Read one whole gradient; None when the stream ends cleanly before one starts."""
-        first = None
-        assembler = None
+    async def _read_gradient(self, requests: AsyncIterator) -> tuple[ps_pb2.TensorChunk, Assembler,
+                                                                     Assembler | None] | None:
+        """Read one whole push: the gradient, then the buffers if the header says they follow.
+
+        None when the stream ends cleanly before a push starts.
+        """
+        first = assembler = None
         async for chunk in requests:
             if isinstance(chunk, _Malformed):
                 raise WireError(grpc.StatusCode.INVALID_ARGUMENT, chunk.message)
@@ -125,19 +131,42 @@ class ShardServicer:
                 assembler = self._spare.pop(chunk.worker_id, None) or Assembler(TENSOR, self.shard.size)
                 assembler.reset()
             if assembler.add(chunk):
-                return first, assembler
-        if first is not None:
-            raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"the stream ended inside tensor {TENSOR!r}: expected {self.shard.size * 4} bytes,"
-                            f" got {assembler._filled * 4}")
-        return None
+                break
+        else:
+            if first is not None:
+                raise self._cut_off(assembler)
+            return None
+        if not first.buffers_follow:
+            return first, assembler, None
+        if not self.shard.buffer_size:
+            raise WireError(grpc.StatusCode.NOT_FOUND,
+                            f"the push says buffers follow, but this shard holds no {BUFFERS!r} tensor",
+                            "unknown_tensor")
+        buffers = (self._spare_buffers.pop(first.worker_id, None)
+                   or Assembler(BUFFERS, self.shard.buffer_size, wire=BUFFER_DTYPE))
+        buffers.reset()
+        async for chunk in requests:
+            if isinstance(chunk, _Malformed):
+                raise WireError(grpc.StatusCode.INVALID_ARGUMENT, chunk.message)
+            if buffers.add(chunk):
+                return first, assembler, buffers
+        raise self._cut_off(buffers)
 
-    def _push(self, first: ps_pb2.TensorChunk, assembler: Assembler) -> str:
+    @staticmethod
+    def _cut_off(assembler: Assembler) -> WireError:
+        item = assembler.wire.itemsize
+        return WireError(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"the stream ended inside tensor {assembler.name!r}: expected {assembler.size * item}"
+                         f" bytes, got {assembler._filled * item}")
+
+    def _push(self, first: ps_pb2.TensorChunk, assembler: Assembler, buffers: Assembler | None) -> str:
         try:
             return self.shard.push(first.worker_id, first.clock, assembler.buffer, first.pulled_version,
-                                   first.num_samples, first.loss)
+                                   first.num_samples, first.loss, None if buffers is None else buffers.buffer)
         finally:
             self._spare[first.worker_id] = assembler
+            if buffers is not None:
+                self._spare_buffers[first.worker_id] = buffers
 
     async def _encoded_params(self, worker_id: int, clock: int, **header) -> list[bytes]:
         """Wait as ``pull_for`` does; then the parameters encoded into reply chunks.
@@ -151,7 +180,9 @@ class ShardServicer:
                 header["push"].version = version
             return list(encode_chunks(TENSOR, params, self.chunk_bytes, version=version, **header))
 
-        encoded, _ = await self.shard.pull_for(worker_id, clock, take=encode)
+        encoded, _, buffers = await self.shard.pull_for(worker_id, clock, take=encode)
+        if buffers is not None:  # the buffers travel after the parameters, as their own tensor
+            encoded += encode_chunks(BUFFERS, buffers, self.chunk_bytes, wire=BUFFER_DTYPE)
         encoded.reverse()  # handed out with pop(), so each chunk is freed once sent
         return encoded
 
@@ -164,7 +195,9 @@ class ShardServicer:
             return ps_pb2.RegisterReply(
                 shard_id=self.shard.shard_id, version=self.shard.version, protocol=PROTOCOL,
                 chunk_bytes=self.chunk_bytes,
-                tensors=[ps_pb2.TensorInfo(name=TENSOR, dtype="float32", shape=[self.shard.size])],
+                tensors=[ps_pb2.TensorInfo(name=TENSOR, dtype="float32", shape=[self.shard.size])] + (
+                    [ps_pb2.TensorInfo(name=BUFFERS, dtype="float64", shape=[self.shard.buffer_size])]
+                    if self.shard.buffer_size else []),
             )
 
     async def Push(self, requests, context):
@@ -250,7 +283,7 @@ async def start_grpc_server(shard: ParameterShard, token: str, host: str = "127.
     where = f"{host}:{port}"
     bound = server.add_secure_port(where, tls.server_credentials()) if tls else server.add_insecure_port(where)
     if not bound:
-        raise OSError(f"could not bind a gRPC server to {where}")
+        raise TransportError(f"could not bind a gRPC server to {where}")
     await server.start()
     address = f"{host}:{bound}"
     log.info("%r serves gRPC on %s (%s)", shard, address, "mTLS" if tls else "plaintext")

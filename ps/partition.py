@@ -10,6 +10,7 @@ shards; nothing on the hot path cares, because only the flat vector moves.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 from rayps.errors import ConfigError
 
@@ -25,11 +26,15 @@ class ShardRange:
         return self.hi - self.lo
 
 
-def partition(numel: int, num_shards: int) -> list[ShardRange]:
-    """Split ``numel`` elements into ``num_shards`` contiguous, byte-balanced ranges."""
+def partition(numel: int, num_shards: int, allow_empty: bool = False) -> list[ShardRange]:
+    """Split ``numel`` elements into ``num_shards`` contiguous, byte-balanced ranges.
+
+    ``allow_empty`` lets some shards hold nothing (model buffers: often fewer
+    values than shards, or none at all).
+    """
     if num_shards < 1:
         raise ConfigError(f"servers ({num_shards}) must be >= 1")
-    if numel < num_shards:
+    if numel < num_shards and not allow_empty:
         raise ConfigError(
             f"servers ({num_shards}) must not exceed the number of parameters ({numel}):"
             " every shard needs at least one element"
@@ -41,3 +46,8 @@ def partition(numel: int, num_shards: int) -> list[ShardRange]:
         ranges.append(ShardRange(i, lo, hi))
         lo = hi
     return ranges
+
+
+def buffer_slices(values, ranges: Sequence[ShardRange]) -> list:
+    """Each shard's slice of ``values`` (model buffers), or None where it holds none or nothing is sent."""
+    return [None if values is None or r.size == 0 else values[r.lo:r.hi] for r in ranges]

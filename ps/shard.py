@@ -22,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from rayps.protos.layout import DTYPE, all_finite
+from rayps.ps.buffers import BufferTable
 from rayps.ps.consistency import ClockTable, ConsistencyConfig, ConsistencyPolicy
 from rayps.errors import LeftJobError, OutOfOrderError, ShapeError
 from rayps.ps.metrics import ShardMetrics
@@ -36,6 +37,7 @@ class _Pending:
     grad: np.ndarray
     num_samples: int
     pulled_version: int
+    buffers: np.ndarray | None  # the worker's model buffers, recorded when the round steps
 
 
 class ParameterShard:
@@ -49,9 +51,13 @@ class ParameterShard:
         consistency: ConsistencyConfig,
         total_updates: int | None = None,
         run_id: str = "",
+        init_buffers: np.ndarray | None = None,
+        buffer_integer: np.ndarray | None = None,
     ):
         self.shard_id = shard_id
         self._params = np.array(init_params, dtype=DTYPE, copy=True).reshape(-1)
+        # This shard's slice of the model's buffers (ps/buffers.py); empty for most models' later shards.
+        self._buffers = BufferTable(init_buffers, buffer_integer)
         self._optimizer = make_optimizer(optimizer, self._params.size)
         self._lr = make_schedule(schedule, optimizer.lr, total_updates)
         self._config = consistency
@@ -74,7 +80,7 @@ class ParameterShard:
         self._loss: dict[int, float] = {}
         self._started = time.monotonic()
         self._metrics = ShardMetrics(shard_id, run_id)
-        self._memory_bytes = self._params.nbytes + sum(
+        self._memory_bytes = self._params.nbytes + self._buffers.nbytes + sum(
             v.nbytes for v in self._optimizer.state_dict().values() if isinstance(v, np.ndarray))
 
     def __repr__(self) -> str:  # the name Ray's dashboard shows for this actor
@@ -82,8 +88,8 @@ class ParameterShard:
 
     # ---- the hot path -------------------------------------------------------------
 
-    async def register(self, worker_id: int) -> tuple[np.ndarray, int]:
-        """A worker's first pull: the current parameters and their version."""
+    async def register(self, worker_id: int) -> tuple[np.ndarray, int, np.ndarray | None]:
+        """A worker's first pull: the current parameters, their version and the merged buffers."""
         self._clocks.completed(worker_id)  # raises for an unknown worker
         return await self._admit(worker_id, 1)
 
@@ -95,18 +101,22 @@ class ParameterShard:
         pulled_version: int,
         num_samples: int,
         loss: float,
-    ) -> tuple[np.ndarray, int]:
+        buffers: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, int, np.ndarray | None]:
         """Push the gradient of iteration ``clock``; return the parameters for iteration clock + 1.
 
         ``pulled_version`` is the version the gradient was computed from, so the
         shard can measure its staleness. A repeated ``(worker_id, clock)`` (a
-        retry) is not applied twice.
+        retry) is not applied twice. ``buffers`` is the worker's slice of its
+        model buffers (float64; None: no report this step). Returns the
+        parameters, their version and the merged buffers (None if this shard
+        holds none).
         """
-        self.push(worker_id, clock, grad, pulled_version, num_samples, loss)
+        self.push(worker_id, clock, grad, pulled_version, num_samples, loss, buffers)
         return await self._admit(worker_id, clock + 1)
 
     def push(self, worker_id: int, clock: int, grad: np.ndarray, pulled_version: int,
-             num_samples: int, loss: float) -> str:
+             num_samples: int, loss: float, buffers: np.ndarray | None = None) -> str:
         """The push half of ``push_pull``: apply or gather, advance the clock; never waits.
 
         Returns the outcome: ``"applied"`` (applied, or gathered into its bsp
@@ -114,6 +124,8 @@ class ParameterShard:
         (bsp backup workers: its round already stepped; dropped and counted).
         """
         self._check_grad(grad)
+        if buffers is not None:
+            self._check_buffers(buffers)
         if not self._clocks.is_live(worker_id):
             self._clocks.completed(worker_id)  # raises for an unknown worker
             raise LeftJobError(f"{self!r}: worker {worker_id} has left the job; its push is refused")
@@ -123,9 +135,12 @@ class ParameterShard:
             return "duplicate"
         outcome = "applied"
         if self._config.mode == "bsp":
-            outcome = self._gather(worker_id, clock, grad, int(num_samples), pulled_version)
+            outcome = self._gather(worker_id, clock, grad, int(num_samples), pulled_version, buffers)
         else:
             self._apply(grad, [self._version - int(pulled_version)])
+            if buffers is not None:
+                self._buffers.report(worker_id, buffers, int(num_samples))
+                self._buffers.merge()
         # after _gather, which refuses a push from the future: a refused push records nothing
         self._samples[worker_id] += int(num_samples)
         self._loss[worker_id] = float(loss)
@@ -143,10 +158,12 @@ class ParameterShard:
         ``take`` reads the parameters out (default: a copy) in the same step as
         the version, before any update can change them: a transport may pass its
         encoder and skip the copy. It must not keep the array it is given.
+        Returns what ``take`` returned, the version and the merged buffers (a
+        copy; None if this shard holds none).
         """
         self._clocks.completed(worker_id)  # raises for an unknown worker
         if clock <= 0:
-            return self._take(take), self._version
+            return self._take(take), self._version, self._buffer_copy()
         return await self._admit(worker_id, clock, take)
 
     def where(self) -> dict:
@@ -177,15 +194,20 @@ class ParameterShard:
     def version(self) -> int:
         return self._version
 
+    @property
+    def buffer_size(self) -> int:
+        """How many model-buffer values this shard holds (float64)."""
+        return self._buffers.size
+
     async def finish(self, worker_id: int) -> None:
         """A worker is done (or dead): it leaves the clock table and nobody waits for it."""
         self._clocks.leave(worker_id)
         self._maybe_step_round()
         self._notify()
 
-    async def pull(self) -> tuple[np.ndarray, int]:
-        """The current parameters, for evaluation and checkpoints (no clock involved)."""
-        return self._params.copy(), self._version
+    async def pull(self) -> tuple[np.ndarray, int, np.ndarray | None]:
+        """The current parameters, their version and merged buffers, for evaluation (no clock involved)."""
+        return self._params.copy(), self._version, self._buffer_copy()
 
     # ---- applying updates ---------------------------------------------------------
 
@@ -205,6 +227,13 @@ class ParameterShard:
             bad = int(np.count_nonzero(~np.isfinite(grad)))  # only on the way out: the count costs a pass
             raise ShapeError(f"{self!r}: gradient holds {bad} NaN or Inf values; gradients must be finite")
 
+    def _check_buffers(self, buffers: object) -> None:
+        try:
+            self._buffers.check(buffers, repr(self))
+        except ShapeError:
+            self.count_rejection("buffers")
+            raise
+
     def _apply(self, grad: np.ndarray, staleness: list[int]) -> None:
         """One optimizer step with ``grad``, made of pushes of the given staleness."""
         lr = self._lr(self._version)
@@ -218,7 +247,8 @@ class ParameterShard:
         self._applied += len(staleness)
         self._staleness.update(staleness)
 
-    def _gather(self, worker_id: int, clock: int, grad: np.ndarray, n: int, pulled_version: int) -> str:
+    def _gather(self, worker_id: int, clock: int, grad: np.ndarray, n: int, pulled_version: int,
+                buffers: np.ndarray | None = None) -> str:
         if clock < self._round_clock:  # its round already stepped without it (backup workers)
             self._dropped += 1
             return "stale"
@@ -228,7 +258,8 @@ class ParameterShard:
                 " is still being gathered; bsp workers must wait for each step"
             )
         # A copy: a transport may reuse its receive buffer before the round steps.
-        self._round[worker_id] = _Pending(grad.copy(), n, pulled_version)
+        self._round[worker_id] = _Pending(grad.copy(), n, pulled_version,
+                                          None if buffers is None else buffers.copy())
         return "applied"
 
     def _maybe_step_round(self) -> None:
@@ -239,7 +270,9 @@ class ParameterShard:
         # and then left must not let the round step without a live worker's gradient.
         if sum(self._clocks.is_live(w) for w in self._round) < self._policy.quorum(self._clocks):
             return
-        pending = list(self._round.values())
+        # In worker order, never arrival order: a bsp run is reproducible bit for bit.
+        workers = sorted(self._round)
+        pending = [self._round[w] for w in workers]
         if len(pending) == 1:  # exactly the worker's gradient: bit-for-bit with one process
             mean = pending[0].grad
         else:  # weighted by samples, so it equals the gradient of the combined batch
@@ -248,6 +281,12 @@ class ParameterShard:
             for p in pending:
                 mean += p.grad * np.float32(p.num_samples / total)
         self._apply(mean, [self._version - p.pulled_version for p in pending])
+        # The round's buffers become visible with its step, so a pull for the next
+        # clock sees exactly this round's reports, whoever pushes next.
+        for w, p in zip(workers, pending):
+            if p.buffers is not None:
+                self._buffers.report(w, p.buffers, p.num_samples)
+        self._buffers.merge()
         self._round.clear()
         self._round_clock += 1
 
@@ -285,7 +324,10 @@ class ParameterShard:
             self._metrics.wait_s.inc(waited, tags={"worker": str(worker_id)})
         if self._clocks.is_live(worker_id):
             self._max_lead = max(self._max_lead, self._policy.lead(self._clocks, clock))
-        return self._take(take), self._version
+        return self._take(take), self._version, self._buffer_copy()
+
+    def _buffer_copy(self) -> np.ndarray | None:
+        return self._buffers.values.copy() if self._buffers.size else None
 
     def _take(self, take: Callable[[np.ndarray], Any] | None):
         # A copy by default, because the buffer changes under the next update while
@@ -299,6 +341,7 @@ class ParameterShard:
         return {
             "shard_id": self.shard_id,
             "size": int(self._params.size),
+            "buffer_size": self._buffers.size,
             "version": self._version,
             "clocks": self._clocks.snapshot(),
             "pushes_applied": self._applied,

@@ -161,11 +161,70 @@ def test_gradients_accumulate_over_two_backwards_like_plain_torch():
     torch.testing.assert_close(flat.grads, expected, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
-def test_non_float32_models_are_rejected(dtype):
+@pytest.mark.parametrize("dtype", [torch.float64])
+def test_parameters_the_shards_cannot_train_are_refused_by_name_and_dtype(dtype):
     model = small_model().to(dtype)
-    with pytest.raises(ShapeError, match=rf"parameter '0.weight' is {dtype}; only float32 models are supported"):
+    with pytest.raises(ShapeError, match=rf"parameter '0.weight' is {dtype}; trained parameters must be float32"):
         FlatParams(model)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_parameters_keep_their_dtype_over_float32_master_weights(dtype):
+    model = small_model().to(dtype)
+    flat = FlatParams(model)
+    assert flat.params.dtype == torch.float32 and flat.numel == 26
+    master = np.linspace(-1, 1, 26, dtype=np.float32)
+    flat.load(master)
+    assert model[0].weight.dtype == dtype  # cast on the way in
+    torch.testing.assert_close(model[0].weight.reshape(-1).float(),
+                               torch.from_numpy(master[:12]).to(dtype).float(), rtol=0, atol=0)
+    flat.zero_grad()
+    x, y = batch()
+    loss_of(model, x.to(dtype), y.to(dtype)).backward()
+    grads = flat.host_grads()  # cast up on the way out
+    assert grads.dtype == np.float32
+    np.testing.assert_array_equal(grads[:12], model[0].weight.grad.reshape(-1).float().numpy())
+    assert np.abs(grads).sum() > 0
+
+
+def test_a_tied_parameter_is_trained_once_and_stays_tied():
+    torch.manual_seed(0)
+    emb, out = nn.Embedding(6, 4), nn.Linear(4, 6, bias=False)
+    out.weight = emb.weight
+    model = nn.Sequential(emb, out)
+    flat = FlatParams(model)
+    assert [t.name for t in flat.layout.tensors] == ["0.weight"] and flat.numel == 24
+    flat.load(np.arange(24, dtype=np.float32))
+    assert model[1].weight is model[0].weight
+    assert float(model[1].weight.detach()[5, 3]) == 23.0
+
+
+def bn_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+
+
+def test_persistent_buffers_pack_into_float64_with_integer_entries_marked():
+    model = bn_model()
+    model.register_buffer("scratch", torch.ones(1000), persistent=False)  # derived: stays on the worker
+    flat = FlatParams(model)
+    names = [(t.name, t.shape) for t in flat.buffers.layout.tensors]
+    assert names == [("1.running_mean", (4,)), ("1.running_var", (4,)), ("1.num_batches_tracked", ())]
+    model.train()
+    model(torch.randn(8, 3))
+    packed = flat.buffers.pack()
+    assert packed.dtype == np.float64 and packed.shape == (9,)
+    np.testing.assert_array_equal(packed[:4], model[1].running_mean.double().numpy())
+    assert packed[8] == 1.0 and flat.buffers.integer.tolist() == [False] * 8 + [True]
+
+
+def test_loading_buffers_sets_them_in_each_buffers_own_dtype():
+    model = bn_model()
+    flat = FlatParams(model)
+    values = np.array([0.5, 1, 2, 3, 4, 5, 6, 7, 41], dtype=np.float64)
+    flat.load(flat.host_params().copy(), values)
+    assert model[1].running_var.tolist() == [4, 5, 6, 7]
+    assert model[1].num_batches_tracked.dtype == torch.int64 and int(model[1].num_batches_tracked) == 41
 
 
 def test_frozen_parameters_stay_out_of_the_flat_buffer():

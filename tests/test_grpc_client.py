@@ -53,7 +53,7 @@ def test_grpc_client_step_refused_raises_transport_error_and_the_next_step_works
             for fragment in fragments + [served.address, "step 2"]:
                 assert fragment in str(caught.value)
         assert (params == -0.5).all()  # no reply came, so nothing was written
-        shard_params, version = loop_thread.run(served.shard.pull())
+        shard_params, version, _ = loop_thread.run(served.shard.pull())
         assert version == 1 and (shard_params == -0.5).all()
         counters = loop_thread.run(served.shard.stats())
         assert (counters["rejected"], counters["clocks"]) == ({reason: REFUSALS}, {0: 1, 1: 0})
@@ -109,7 +109,7 @@ def test_grpc_client_cancels_the_other_shards_steps_when_one_is_refused(serve, l
 
         client.push_pull(1, np.full(2 * SIZE, 2.0, np.float32), params, num_samples=8, loss=1.0)
         assert (params[:SIZE] == -1.0).all()  # 0 - 0.5 * 2: the refused push left no trace
-        expected, _ = loop_thread.run(waits.shard.pull())
+        expected, _, _ = loop_thread.run(waits.shard.pull())
         assert np.array_equal(params[SIZE:], expected)
     finally:
         client.finish()

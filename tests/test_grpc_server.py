@@ -242,7 +242,7 @@ def test_pull_for_hands_take_the_parameters_at_the_version_it_returns():
             seen.append((params.copy(), shard.version))
             return "taken"
 
-        assert await shard.pull_for(0, 0, take=take) == ("taken", 0)  # clock 0: no wait
+        assert await shard.pull_for(0, 0, take=take) == ("taken", 0, None)  # clock 0: no wait; no buffers
         _push(shard, 0, 1, 1.0)
         waiting = asyncio.create_task(shard.pull_for(0, 2, take=take))  # iteration 2 waits for worker 1
         await asyncio.sleep(0.05)
@@ -253,7 +253,7 @@ def test_pull_for_hands_take_the_parameters_at_the_version_it_returns():
         return result, seen
 
     result, seen = asyncio.run(scenario())
-    assert result == ("taken", 2)
+    assert result == ("taken", 2, None)
     assert [version for _, version in seen] == [0, 2]  # once per pull, at the version returned
     np.testing.assert_array_equal(seen[0][0], SMALL)
     np.testing.assert_array_equal(seen[1][0], SMALL - 0.5 * 1.0 - 0.5 * 2.0)
@@ -263,7 +263,7 @@ def test_pull_for_with_the_encoder_as_take_sends_the_parameters_of_its_version()
     async def scenario():
         shard = _small_shard("asp")
         _push(shard, 0, 1, 1.0)
-        encoded, version = await shard.pull_for(0, 2, take=lambda params: list(encode_chunks("dense", params, 8)))
+        encoded, version, _ = await shard.pull_for(0, 2, take=lambda params: list(encode_chunks("dense", params, 8)))
         _push(shard, 1, 1, 2.0)
         return encoded, version
 
@@ -282,7 +282,7 @@ def test_pull_for_by_default_returns_a_copy_that_later_updates_do_not_change():
         _push(shard, 1, 1, 2.0)
         return first, second, await shard.pull()
 
-    (p0, v0), (p1, v1), (now, v_now) = asyncio.run(scenario())
+    (p0, v0, _), (p1, v1, _), (now, v_now, _) = asyncio.run(scenario())
     assert (v0, v1, v_now) == (0, 1, 2)
     np.testing.assert_array_equal(p0, SMALL)
     np.testing.assert_array_equal(p1, SMALL - 0.5)

@@ -36,8 +36,11 @@ def grad(*values):
     return np.array(values, dtype=np.float32)
 
 
-def push(shard, worker, clock, g, pulled_version=0, num_samples=1, loss=0.0):
-    return shard.push_pull(worker, clock, g, pulled_version, num_samples, loss)
+async def push(shard, worker, clock, g, pulled_version=0, num_samples=1, loss=0.0):
+    """push_pull's parameters and version (these shards hold no model buffers)."""
+    params, version, buffers = await shard.push_pull(worker, clock, g, pulled_version, num_samples, loss)
+    assert buffers is None
+    return params, version
 
 
 async def still_waiting(task, timeout=BLOCKED_S):
@@ -60,7 +63,7 @@ def run(coro):
 def test_asp_push_applies_one_sgd_step_and_returns_the_new_version():
     async def scenario():
         shard = make_shard("asp", workers=[0])
-        params, version = await shard.register(0)
+        params, version, _ = await shard.register(0)
         assert version == 0
         np.testing.assert_array_equal(params, INIT)
         return await push(shard, 0, 1, grad(1, 2, -4, 0.5)), await shard.stats()
@@ -103,12 +106,13 @@ def test_asp_never_waits_for_a_slow_worker():
 def test_pull_returns_a_copy_of_the_current_parameters():
     async def scenario():
         shard = make_shard("asp", workers=[0])
-        params, _ = await shard.pull()
+        params, _, _ = await shard.pull()
         params[:] = 99.0
         return await shard.pull()
 
-    params, version = run(scenario())
+    params, version, buffers = run(scenario())
     np.testing.assert_array_equal(params, INIT)
+    assert buffers is None  # this shard holds no model buffers
     assert version == 0
 
 
@@ -120,7 +124,7 @@ def test_staleness_aware_lr_scales_the_step_by_one_over_staleness(aware, third_s
     async def scenario():
         shard = make_shard("asp", workers=[0, 1, 2], staleness_aware_lr=aware)
         for w in range(3):  # staleness 0, 1, 2
-            before, _ = await shard.pull()
+            before, _, _ = await shard.pull()
             after, _ = await push(shard, w, 1, grad(1, 1, 1, 1), pulled_version=0)
             steps = before - after
         return steps, await shard.stats()
@@ -191,7 +195,7 @@ def test_ssp_max_clock_gap_reaches_but_never_exceeds_s(s):
     violations = []
 
     async def worker(shard, me, other, yields_per_step):
-        _, version = await shard.register(me)
+        _, version, _ = await shard.register(me)
         for clock in range(1, iterations + 1):
             for _ in range(yields_per_step):
                 await asyncio.sleep(0)
@@ -240,7 +244,7 @@ def test_push_from_a_worker_that_left_is_refused():
             await push(shard, 1, 1, grad(1, 1, 1, 1))
         return await shard.pull()
 
-    params, version = run(scenario())
+    params, version, _ = run(scenario())
     assert version == 0
     np.testing.assert_array_equal(params, INIT)
 
@@ -276,7 +280,7 @@ def test_bsp_with_one_worker_takes_exactly_the_sgd_step_of_its_gradient():
 
     async def scenario():
         shard = make_shard("bsp", workers=[0], init=init, lr=0.1)
-        _, version = await shard.register(0)
+        _, version, _ = await shard.register(0)
         for clock, g in enumerate(grads, start=1):
             params, version = await asyncio.wait_for(
                 push(shard, 0, clock, g, pulled_version=version, num_samples=7), BLOCKED_S)
@@ -429,7 +433,7 @@ def test_bad_gradient_is_rejected_with_a_clear_error_and_changes_nothing(reason,
         good = await push(shard, 0, 1, grad(2, 2, 2, 2))  # the same clock is still due
         return after_bad, bad_stats, good, await shard.stats()
 
-    (params, version), bad_stats, (good_params, good_version), stats = run(scenario())
+    (params, version, _), bad_stats, (good_params, good_version), stats = run(scenario())
     np.testing.assert_array_equal(params, INIT)
     assert version == 0
     assert bad_stats["clocks"] == {0: 0}
@@ -466,3 +470,57 @@ def test_unknown_worker_id_raises_on_every_call():
     stats = run(scenario())
     assert stats["version"] == 0
     assert stats["clocks"] == {0: 0, 1: 0}
+
+
+# ---- model buffers ------------------------------------------------------------------
+
+
+def buffer_shard(mode, workers=(0, 1)):
+    return ParameterShard(0, INIT, list(workers), OptimizerConfig(name="sgd", lr=LR), ScheduleConfig(),
+                          ConsistencyConfig(mode=mode), init_buffers=np.array([0.0, 1.0, 0.0]),
+                          buffer_integer=np.array([False, False, True]))
+
+
+def test_bsp_buffers_of_a_round_become_visible_with_its_step_and_not_before():
+    async def scenario():
+        shard = buffer_shard("bsp")
+        zero = grad(0, 0, 0, 0)
+        shard.push(0, 1, zero, 0, 1, 0.0, np.array([2.0, 2.0, 5.0]))
+        before = (await shard.pull())[2]  # the round has not stepped: still the initial values
+        shard.push(1, 1, zero, 0, 1, 0.0, np.array([4.0, 6.0, 3.0]))
+        after_round = (await shard.pull())[2]
+        shard.push(1, 2, zero, 1, 1, 0.0, np.array([100.0, 100.0, 100.0]))  # next round, not yet stepped
+        return before, after_round, (await shard.pull())[2]
+
+    before, after_round, still = run(scenario())
+    np.testing.assert_array_equal(before, [0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(after_round, [3.0, 4.0, 5.0])
+    np.testing.assert_array_equal(still, [3.0, 4.0, 5.0])
+
+
+def test_bad_buffers_refuse_the_whole_push_and_change_nothing():
+    async def scenario():
+        shard = buffer_shard("asp", workers=[0])
+        with pytest.raises(ShapeError, match=r"ps-shard-0: buffers shape must be \(3,\), got \(2,\)"):
+            shard.push(0, 1, grad(1, 1, 1, 1), 0, 1, 0.0, np.zeros(2))
+        return await shard.pull(), await shard.stats()
+
+    (params, version, buffers), stats = run(scenario())
+    np.testing.assert_array_equal(params, INIT)  # the gradient beside bad buffers was not applied
+    assert version == 0 and stats["clocks"] == {0: 0}
+    np.testing.assert_array_equal(buffers, [0.0, 1.0, 0.0])
+    assert stats["rejected"] == {"buffers": 1}
+
+
+def test_bsp_sums_a_round_in_worker_order_whatever_order_it_arrived_in():
+    # float32 addition is not associative: these three gradients sum to different
+    # bits in different orders, so only a fixed order makes bsp reproducible.
+    grads = {0: grad(1e8, 1, 3, 0.1), 1: grad(-1e8, 1e-8, 7, 0.2), 2: grad(1, 1e-8, 1e-7, 0.3)}
+
+    async def scenario(order):
+        shard = make_shard("bsp", workers=[0, 1, 2], lr=1.0)
+        for w in order:
+            shard.push(w, 1, grads[w], 0, 1 + w, 0.0)
+        return (await shard.pull())[0].tobytes()
+
+    assert len({run(scenario(order)) for order in ([0, 1, 2], [2, 1, 0], [1, 2, 0])}) == 1

@@ -32,15 +32,21 @@ TRANSPORTS = ["ray", "grpc"]
 class Cluster:
     """Two shard actors over a SIZE-element vector, and a way to make clients of either kind."""
 
-    def __init__(self, ray, transport: str, consistency: ConsistencyConfig, workers: int = 2):
+    def __init__(self, ray, transport: str, consistency: ConsistencyConfig, workers: int = 2, buffers: int = 0):
         self.ray = ray
         self.ranges = partition(SIZE, 2)
         self.init = np.arange(SIZE, dtype=np.float32)
+        # model buffers: `buffers` float64 values, the last one an integer counter (max-merged)
+        self.buffer_ranges = partition(buffers, 2, allow_empty=True) if buffers else None
+        self.init_buffers = np.linspace(0.5, 1.5, buffers)
+        integer = np.arange(buffers) == buffers - 1
         actor = ray.remote(ServedShard).options(num_cpus=0)
         self.shards = [
             actor.remote(r.shard_id, self.init[r.lo:r.hi], list(range(workers)),
-                         OptimizerConfig(name="sgd", lr=0.5), ScheduleConfig(), consistency)
-            for r in self.ranges
+                         OptimizerConfig(name="sgd", lr=0.5), ScheduleConfig(), consistency,
+                         init_buffers=self.init_buffers[b.lo:b.hi] if buffers else None,
+                         buffer_integer=integer[b.lo:b.hi] if buffers else None)
+            for r, b in zip(self.ranges, self.buffer_ranges or [None] * 2)
         ]
         self.endpoints = None
         if transport == "grpc":
@@ -50,8 +56,8 @@ class Cluster:
 
     def client(self, worker_id: int):
         if self.endpoints is not None:
-            return self.endpoints.client(worker_id, self.ranges)
-        return ShardClient(worker_id, self.shards, self.ranges)
+            return self.endpoints.client(worker_id, self.ranges, self.buffer_ranges)
+        return ShardClient(worker_id, self.shards, self.ranges, self.buffer_ranges)
 
     def stats(self) -> list[dict]:
         return self.ray.get([s.stats.remote() for s in self.shards])
@@ -66,8 +72,8 @@ def transport(request):
     return request.param
 
 
-def make(ray_session, transport, **consistency):
-    return Cluster(ray_session, transport, ConsistencyConfig(**consistency))
+def make(ray_session, transport, buffers=0, **consistency):
+    return Cluster(ray_session, transport, ConsistencyConfig(**consistency), buffers=buffers)
 
 
 def in_thread(fn, *args) -> threading.Thread:
@@ -103,6 +109,32 @@ def test_asp_push_pull_applies_one_sgd_step_per_push(ray_session, transport):
         for s in cluster.stats():
             assert s["pushes_applied"] == 2 and s["version"] == 2
             assert s["samples"] == {0: 8} and s["loss"] == {0: 0.25}
+    finally:
+        cluster.close()
+
+
+def test_model_buffers_travel_with_every_step_and_come_back_merged(ray_session, transport):
+    # 5 buffer values over 2 shards (3 + 2): floats are sample-weighted means, the counter a maximum
+    cluster = make(ray_session, transport, buffers=5, mode="asp")
+    try:
+        params = np.empty(SIZE, dtype=np.float32)
+        got = np.full(5, -1.0)
+        first, second = cluster.client(0), cluster.client(1)
+        first.register(params, got)
+        np.testing.assert_array_equal(got, cluster.init_buffers)  # before any report: the driver's values
+        second.register(np.empty(SIZE, dtype=np.float32), np.empty(5))
+        grad = np.zeros(SIZE, dtype=np.float32)
+        first.push_pull(1, grad, params, 1, 0.0, np.array([1.0, 2.0, 3.0, 4.0, 10.0]), got)
+        np.testing.assert_array_equal(got, [1.0, 2.0, 3.0, 4.0, 10.0])
+        second.push_pull(1, grad, params, 3, 0.0, np.array([5.0, 6.0, 7.0, 8.0, 4.0]), got)
+        np.testing.assert_array_equal(got, [4.0, 5.0, 6.0, 7.0, 10.0])  # (1 * a + 3 * b) / 4; max(10, 4)
+        first.push_pull(2, grad, params, 1, 0.0, None, got)  # a step without a report changes nothing
+        np.testing.assert_array_equal(got, [4.0, 5.0, 6.0, 7.0, 10.0])
+        first.finish()
+        second.finish()
+        pulled = cluster.ray.get([s.pull.remote() for s in cluster.shards])
+        np.testing.assert_array_equal(np.concatenate([b for _, _, b in pulled]), [4.0, 5.0, 6.0, 7.0, 10.0])
+        assert [s["buffer_size"] for s in cluster.stats()] == [3, 2]
     finally:
         cluster.close()
 
