@@ -6,6 +6,11 @@
     psctl up CLUSTER_YAML [--dry-run]  /  psctl down CLUSTER_YAML
     psctl submit [CLUSTER_YAML] [--address URL] [--set KEY=VALUE ...] [--output DIR] [--no-wait]
     psctl status [CLUSTER_YAML]  /  psctl logs JOB [CLUSTER_YAML] [--follow]  /  psctl stop JOB [CLUSTER_YAML]
+
+Any failure ends in one line on stderr and a non-zero exit: 2 for an error
+rayps raised on purpose (a bad config, a failed job), 1 for anything else,
+130 for Ctrl-C. Past the config checks, the traceback goes to a log file the
+line names, never to the terminal.
 """
 
 from __future__ import annotations
@@ -13,9 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import tempfile
+import time
+import traceback
 
-from rayps.errors import PSError
+from rayps.errors import ConfigError, PSError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -116,10 +125,51 @@ def main(argv: list[str] | None = None) -> int:
             for path in write_report(args.run_dir):
                 print(path)
             return 0
-    except PSError as e:
+    except ConfigError as e:  # caught before anything started: the line says it all
         print(f"psctl: error: {e}", file=sys.stderr)
         return 2
+    except PSError as e:
+        print(f"psctl: error: {_one_line(e)} (log: {_write_log(e)})", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("psctl: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug, or a library's error we did not foresee: still one line
+        print(f"psctl: error: unexpected {type(e).__name__}: {_one_line(e)} (log: {_write_log(e)})",
+              file=sys.stderr)
+        return 1
     return 1
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
+def _write_log(error: BaseException) -> str:
+    """Write the traceback (and where Ray keeps the actors' logs) to a file; return its path."""
+    folder = os.path.join(tempfile.gettempdir(), "rayps-logs")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"psctl-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
+    with open(path, "w") as log:
+        log.write(f"psctl {' '.join(sys.argv[1:])}\n\n")
+        log.write("".join(traceback.format_exception(type(error), error, error.__traceback__)))
+        ray_logs = _ray_log_dir()
+        if ray_logs:
+            log.write(f"\nthe actors' own logs: {ray_logs}\n")
+    return path
+
+
+def _ray_log_dir() -> str | None:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            from ray._private.worker import _global_node  # no public accessor for the session dir
+            return os.path.join(_global_node.get_session_dir_path(), "logs")
+    except Exception:  # a private API: losing the hint must never hide the error
+        return None
+    return None
 
 
 if __name__ == "__main__":

@@ -5,8 +5,12 @@ shard 0's stats (every push reaches every shard, so one shard sees the whole
 job), redraws the progress line and appends a row to the history; every
 ``eval_every_s`` it also scores the current parameters on the test split. The
 history becomes ``history.jsonl`` in the run directory, the source of the
-report's plots and TensorBoard events. A worker that fails ends the wait at
-once with a JobError naming it.
+report's plots and TensorBoard events.
+
+A failure ends the wait at once with a JobError that names the actor at
+fault. When a shard's process dies, every worker then fails in its push, so
+the monitor asks which actors are gone (shards first) and names the dead one
+(``ps-shard-0 died: ...``) rather than the worker that noticed.
 """
 
 from __future__ import annotations
@@ -15,11 +19,14 @@ import time
 from typing import Callable
 
 import ray
+from ray.exceptions import RayActorError
 
 from rayps.launcher.progress import ProgressLine, describe
 from rayps.errors import JobError
 
 TICK_S = 0.5
+#: How long a liveness probe waits: a dead actor answers at once, a busy one not at all.
+PROBE_S = 2.0
 
 
 class Monitor:
@@ -50,10 +57,13 @@ class Monitor:
                 try:
                     reports[worker_id] = ray.get(ref)
                 except Exception as e:
-                    cause = getattr(e, "cause", None) or e  # the worker's own exception, not Ray's wrapper
-                    raise JobError(f"worker-{worker_id} failed: {type(cause).__name__}: {cause}") from e
+                    raise self._failure(f"worker-{worker_id}", e) from e
             now = time.monotonic()
-            row = self._record(ray.get(self.shards[0].stats.remote()), now - began)
+            try:
+                stats = ray.get(self.shards[0].stats.remote())
+            except RayActorError as e:
+                raise self._failure("ps-shard-0", e) from e
+            row = self._record(stats, now - began)
             if now >= next_eval and pending:
                 row["test_loss"], row["test_accuracy"] = self.evaluate()
                 next_eval = now + self.eval_every_s
@@ -63,6 +73,32 @@ class Monitor:
         if self.progress is not None:
             self.progress.close()
         return [reports[i] for i in sorted(reports)]
+
+    def _failure(self, name: str, error: Exception) -> JobError:
+        """A JobError naming the actor at fault: a dead one if any (shards first), else ``name``."""
+        dead = self._first_dead()
+        if dead is not None:
+            dead_name, died = dead
+            cause = getattr(died, "cause", None) or died
+            first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+            seen = f" (noticed by {name})" if name != dead_name else ""
+            return JobError(f"{dead_name} died{seen}: {type(cause).__name__}: {first_line}")
+        cause = getattr(error, "cause", None) or error  # the worker's own exception, not Ray's wrapper
+        return JobError(f"{name} failed: {type(cause).__name__}: {cause}")
+
+    def _first_dead(self) -> tuple[str, Exception] | None:
+        named = [(f"ps-shard-{i}", s) for i, s in enumerate(self.shards)]
+        named += [(f"worker-{i}", w) for i, w in enumerate(self.workers)]
+        probes = [actor.__ray_ready__.remote() for _, actor in named]
+        ray.wait(probes, num_returns=len(probes), timeout=PROBE_S)
+        for (name, _), probe in zip(named, probes):
+            try:
+                ray.get(probe, timeout=0)
+            except RayActorError as e:
+                return name, e
+            except Exception:  # still busy (a worker inside run) or slow: alive as far as we know
+                continue
+        return None
 
     def _record(self, stats: dict, t: float) -> dict:
         samples = {int(k): v for k, v in stats["samples"].items()}

@@ -8,7 +8,9 @@ and serves their merge:
 
 - floating-point entries: the mean of the reports weighted by the samples of
   the batch each came with (with equal batches, the plain mean);
-- integer entries (``num_batches_tracked``): the maximum.
+- integer entries (``num_batches_tracked``): the maximum. Workers load
+  these back only when they register, so the maximum is the most batches
+  any one worker counted.
 
 A worker that finishes or dies keeps its last report in the merge: its
 statistics stay valid, and the final model carries every worker's. Reports

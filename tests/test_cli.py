@@ -54,3 +54,30 @@ def test_psctl_run_cluster_yaml_applies_command_line_overrides(ray_session, tmp_
     assert config["workers"] == 3 and config["consistency"]["mode"] == "bsp"
     assert config["optimizer"]["name"] == "adam"  # the file's section, untouched by the overrides
     assert "test accuracy" in capsys.readouterr().out
+
+
+def broken_model():
+    raise RuntimeError("this model factory is broken\nsecond line of detail")
+
+
+def test_an_unexpected_failure_is_one_line_with_the_log_that_holds_the_traceback(capsys):
+    code = main(["run", "--set", "model=tests.test_cli:broken_model", "--no-dashboard"])
+    err = capsys.readouterr().err
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("psctl: error: unexpected RuntimeError: this model factory is broken (log: ")
+    log = Path(lines[0].rsplit("(log: ", 1)[1].rstrip(")"))
+    text = log.read_text()
+    assert "Traceback" in text and "second line of detail" in text and "broken_model" in text
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_failed_job_is_one_line_naming_the_worker_with_its_log(ray_session, tmp_path, capsys):
+    code = main(["run", "--set", "loss=tests.test_training:failing_loss", "--set", "epochs=1",
+                 "--output", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("psctl: error: worker-") and "loss exploded on purpose" in err[0]
+    assert Path(err[0].rsplit("(log: ", 1)[1].rstrip(")")).is_file()

@@ -42,6 +42,11 @@ class ModelBuffers:
     BatchNorm's ``num_batches_tracked``), which the shards merge by maximum
     instead of by mean. Non-persistent buffers (not in ``state_dict``) are
     derived values a model rebuilds itself and stay on the worker.
+
+    Integer buffers count what this worker did: a worker takes the merged
+    value when it registers, and after that only the floating-point ones, so
+    the shards' maximum is the most any worker counted (loading the maximum
+    back every step would make a counter race ahead under asp).
     """
 
     def __init__(self, model: nn.Module):
@@ -55,6 +60,7 @@ class ModelBuffers:
         for (_, b), spec in zip(self.named, self.layout.tensors):
             if not b.is_floating_point():
                 self.integer[spec.offset:spec.end] = True
+        self._floating = [(b, spec) for (_, b), spec in zip(self.named, self.layout.tensors) if b.is_floating_point()]
         self.values = np.zeros(self.layout.numel, dtype=np.float64)  # what goes out
         self.received = np.zeros(self.layout.numel, dtype=np.float64)  # what comes in
 
@@ -68,13 +74,17 @@ class ModelBuffers:
             self.values[spec.offset:spec.end] = b.detach().reshape(-1).to("cpu", torch.float64).numpy()
         return self.values
 
-    def unpack(self, flat: np.ndarray | None = None) -> None:
-        """Write ``flat`` (default: ``received``) into the model's buffers, cast to each one's dtype."""
+    def unpack(self, flat: np.ndarray | None = None, floating_only: bool = False) -> None:
+        """Write ``flat`` (default: ``received``) into the model's buffers, cast to each one's dtype.
+
+        ``floating_only`` leaves the integer buffers (this worker's own counts) alone.
+        """
         flat = self.received if flat is None else flat
         if flat.shape != (self.numel,):
             raise ShapeError(f"expected {self.numel} buffer values, got shape {flat.shape}")
+        targets = self._floating if floating_only else [(b, s) for (_, b), s in zip(self.named, self.layout.tensors)]
         with torch.no_grad():
-            for (_, b), spec in zip(self.named, self.layout.tensors):
+            for b, spec in targets:
                 b.copy_(torch.from_numpy(flat[spec.offset:spec.end]).view(b.shape))
 
 
@@ -143,15 +153,18 @@ class FlatParams:
         """A host numpy array to receive parameters into; call ``params_received`` after."""
         return self._host_params.numpy()
 
-    def params_received(self, buffers: bool = False) -> None:
-        """Make the model see what was received: parameters, and (``buffers``) model buffers."""
+    def params_received(self, buffers: bool = False, counters: bool = True) -> None:
+        """Make the model see what was received: parameters, and (``buffers``) model buffers.
+
+        ``counters=False`` keeps the model's integer buffers (see ``ModelBuffers``).
+        """
         if self._host_params is not self.params:
             self.params.copy_(self._host_params, non_blocking=False)
         with torch.no_grad():
             for p, spec in self._cast:
                 p.copy_(self.params[spec.offset:spec.end].view(spec.shape))
         if buffers and self.buffers.numel:
-            self.buffers.unpack()
+            self.buffers.unpack(floating_only=not counters)
 
     def load(self, flat: np.ndarray, buffers: np.ndarray | None = None) -> None:
         """Set the model's trained parameters (and, given, its buffers) from flat vectors."""

@@ -137,7 +137,7 @@ class Worker:
                     sent = time.monotonic()
                     self.client.push_pull(clock, flat.host_grads(), flat.host_params(), len(indices), loss_value,
                                           buffers.pack() if buffers else None, received)
-                    flat.params_received(buffers=True)
+                    flat.params_received(buffers=True, counters=False)
                     samples += len(indices)
                     self._record(time.monotonic() - sent, len(indices), loss_value)
         finally:
