@@ -11,8 +11,10 @@ The update math is the single-tensor path (``foreach=False``) of
 torch ops on ``torch.from_numpy`` views, so results match torch on the same
 gradients and learning rates. All state, including scratch space, is allocated
 once at construction: an optimizer holds up to four extra buffers of ``size``
-float32 values. ``grad`` is copied into scratch space first, so it may be
-read-only and is never modified.
+float32 values. ``grad`` is read in place (it may be read-only, such as a
+zero-copy array from Ray's object store) and is never modified: only a rule
+that writes to its gradient (L2 weight decay, nesterov) first copies it into
+scratch space.
 
 ``state_dict()`` returns copies of the state plus the step count;
 ``load_state_dict`` restores them, and the next ``step`` continues exactly as
