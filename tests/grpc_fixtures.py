@@ -74,12 +74,17 @@ def loop_thread():
 
 @pytest.fixture
 def serve(loop_thread):
-    """serve(mode=..., staleness=..., tls=...) -> Served; every server stops at teardown."""
+    """serve(mode=..., staleness=..., tls=..., buffers=N) -> Served; every server stops at teardown.
+
+    ``buffers``: the shard also holds N model-buffer values (float64, initially 0).
+    """
     servers = []
 
-    def start(mode: str = "asp", staleness: int = 0, tls: TLSConfig | None = None, token: str = TOKEN) -> Served:
+    def start(mode: str = "asp", staleness: int = 0, tls: TLSConfig | None = None, token: str = TOKEN,
+              buffers: int = 0) -> Served:
         shard = ParameterShard(0, np.zeros(SIZE, np.float32), [0, 1], OptimizerConfig(name="sgd", lr=0.5),
-                               ScheduleConfig(), ConsistencyConfig(mode=mode, staleness=staleness))
+                               ScheduleConfig(), ConsistencyConfig(mode=mode, staleness=staleness),
+                               init_buffers=np.zeros(buffers) if buffers else None)
         server = loop_thread.run(start_grpc_server(shard, token, "127.0.0.1", 0, tls, chunk_bytes=CHUNK_VALUES * 4))
         servers.append(server)
         host, port = server.address.rsplit(":", 1)
@@ -180,3 +185,12 @@ def assert_params(stub, value: float, version: int) -> None:
     params, got_version = pull(stub)
     assert got_version == version
     assert (params == np.float32(value)).all(), f"expected all {value}, got {np.unique(params)}"
+
+
+def buffer_chunks(values, dtype: str = "<f8", chunk_values: int = 3) -> list[ps_pb2.TensorChunk]:
+    """Model buffers as the TensorChunks that follow a push's gradient (tensor "buffers", float64)."""
+    data = np.asarray(values, dtype=dtype).reshape(-1)
+    name = {"<f8": "float64", "<f4": "float32"}[dtype]
+    return [ps_pb2.TensorChunk(name="buffers", dtype=name, shape=[data.size], offset=lo,
+                               data=data[lo:lo + chunk_values].tobytes(), last=lo + chunk_values >= data.size)
+            for lo in range(0, data.size, chunk_values)]

@@ -22,7 +22,7 @@ from rayps.ps.consistency import ConsistencyConfig, UnknownWorkerError
 from rayps.ps.optimizers import OptimizerConfig
 from rayps.ps.schedules import ScheduleConfig
 from rayps.ps.shard import ParameterShard
-from tests.grpc_fixtures import (APPLIED, AUTH, CHUNK_VALUES, DUPLICATE, PULL, PUSH, REGISTER, SIZE, TIMEOUT, Code,
+from tests.grpc_fixtures import (APPLIED, buffer_chunks, AUTH, CHUNK_VALUES, DUPLICATE, PULL, PUSH, REGISTER, SIZE, TIMEOUT, Code,
                                  assert_params, gradient, pull, push, raw, stats)
 
 pytest_plugins = ["tests.grpc_fixtures"]
@@ -294,3 +294,64 @@ def test_pull_for_an_unknown_worker_raises_before_take_is_called():
     with pytest.raises(UnknownWorkerError):
         asyncio.run(_small_shard().pull_for(9, 1, take=seen.append))
     assert seen == []
+
+
+# ---- model buffers over the wire -------------------------------------------------------
+
+
+def with_buffers(values, worker_id, clock, buffers, **buffer_kwargs):
+    chunks = gradient(values, worker_id, clock)
+    chunks[0].buffers_follow = True
+    return chunks + buffer_chunks(buffers, **buffer_kwargs)
+
+
+def pull_all(stub, worker_id=0) -> dict[str, np.ndarray]:
+    """Every tensor of a Pull answer, by name, in the order they came."""
+    got: dict[str, list] = {}
+    for chunk in stub.Pull(ps_pb2.PullRequest(worker_id=worker_id), timeout=TIMEOUT, metadata=AUTH):
+        got.setdefault(chunk.name, []).append(np.frombuffer(chunk.data, "<f8" if chunk.dtype == "float64" else "<f4"))
+    return {name: np.concatenate(parts) for name, parts in got.items()}
+
+
+def test_buffers_follow_a_push_and_come_back_after_the_parameters(serve, channels):
+    served = serve(buffers=5)
+    stub = ps_pb2_grpc.ParameterServerStub(channels(served.address))
+    reply = stub.Register(ps_pb2.RegisterRequest(worker_id=0), timeout=TIMEOUT, metadata=AUTH)
+    assert [(t.name, t.dtype, list(t.shape)) for t in reply.tensors] == [
+        ("dense", "float32", [SIZE]), ("buffers", "float64", [5])]
+    assert push(stub, with_buffers(np.ones(SIZE), 0, 1, [1, 2, 3, 4, 5])).outcome == APPLIED
+    assert push(stub, with_buffers(np.ones(SIZE), 1, 1, [3, 4, 5, 6, 7])).outcome == APPLIED
+    got = pull_all(stub)
+    assert list(got) == ["dense", "buffers"]
+    np.testing.assert_array_equal(got["buffers"], [2, 3, 4, 5, 6])  # equal batches: the plain mean
+    assert (got["dense"] == -1.0).all()
+
+
+@pytest.mark.parametrize("make, code, fragment", [
+    (lambda: with_buffers(np.ones(SIZE), 0, 1, [1, 2, 3, 4, 5], dtype="<f4"), Code.INVALID_ARGUMENT,
+     "tensor 'buffers': expected dtype float64, got 'float32'"),
+    (lambda: with_buffers(np.ones(SIZE), 0, 1, [1, 2, np.nan, 4, 5]), Code.INVALID_ARGUMENT,
+     "buffers hold 1 NaN values"),
+    (lambda: with_buffers(np.ones(SIZE), 0, 1, [1, 2, 3, 4, 5, 6]), Code.INVALID_ARGUMENT,
+     "tensor 'buffers': expected shape [5], got [6]"),
+    (lambda: with_buffers(np.ones(SIZE), 0, 1, [1, 2, 3, 4, 5])[:-1], Code.INVALID_ARGUMENT,
+     "the stream ended inside tensor 'buffers': expected 40 bytes, got 24"),
+], ids=["float32", "nan", "too_long", "cut_off"])
+def test_bad_buffers_get_a_clear_status_and_change_nothing(serve, channels, make, code, fragment):
+    served = serve(buffers=5)
+    stub = ps_pb2_grpc.ParameterServerStub(channels(served.address))
+    with pytest.raises(grpc.RpcError) as caught:
+        push(stub, make())
+    assert caught.value.code() == code and fragment in caught.value.details()
+    got = pull_all(stub)
+    assert (got["dense"] == 0).all() and (got["buffers"] == 0).all()  # the gradient beside them was not applied
+    assert stats(stub)["clocks"] == {0: 0, 1: 0}
+    # and the server serves on: the same push, done right, is applied
+    assert push(stub, with_buffers(np.ones(SIZE), 0, 1, [1, 2, 3, 4, 5])).outcome == APPLIED
+
+
+def test_buffers_to_a_shard_that_holds_none_are_refused_as_an_unknown_tensor(stub):
+    with pytest.raises(grpc.RpcError) as caught:
+        push(stub, with_buffers(np.ones(SIZE), 0, 1, [1.0]))
+    assert caught.value.code() == Code.NOT_FOUND and "holds no 'buffers' tensor" in caught.value.details()
+    assert_params(stub, 0.0, 0)
