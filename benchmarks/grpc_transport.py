@@ -74,7 +74,8 @@ def _raw_handler(payload: bytes, count: int):
 async def _serve(conn, size: int, chunk_bytes: int) -> None:
     import grpc
 
-    from rayps.ps.grpc_server import SERVER_OPTIONS, start_grpc_server
+    from rayps.protos.names import SERVER_OPTIONS
+    from rayps.ps.grpc_server import start_grpc_server
 
     big = await start_grpc_server(_shard(0, size, [0, 1]), TOKEN, chunk_bytes=chunk_bytes)
     small = await start_grpc_server(_shard(1, SMALL, [0]), TOKEN, chunk_bytes=chunk_bytes)
@@ -153,7 +154,7 @@ class LoopThread:
 async def _push(channel, grad, clock, chunk_bytes, metadata):
     from rayps.protos import ps_pb2
     from rayps.protos.codec import encode_chunks
-    from rayps.ps.grpc_server import SERVICE, TENSOR
+    from rayps.protos.names import SERVICE, TENSOR
 
     call = channel.stream_unary(f"/{SERVICE}/Push", request_serializer=None,
                                 response_deserializer=ps_pb2.PushReply.FromString)
@@ -165,7 +166,7 @@ async def _push(channel, grad, clock, chunk_bytes, metadata):
 async def _pull(channel, out, metadata):
     from rayps.protos import ps_pb2
     from rayps.protos.codec import Assembler, parse_chunk
-    from rayps.ps.grpc_server import SERVICE, TENSOR
+    from rayps.protos.names import SERVICE, TENSOR
 
     call = channel.unary_stream(f"/{SERVICE}/Pull", request_serializer=ps_pb2.PullRequest.SerializeToString,
                                 response_deserializer=parse_chunk)
@@ -241,7 +242,7 @@ async def _open(address):
 def shard_alone(size: int, chunk_bytes: int, reps: int) -> dict[str, tuple]:
     """The server's own work per push and per pull, without any transport."""
     from rayps.protos.codec import encode_chunks
-    from rayps.ps.grpc_server import TENSOR
+    from rayps.protos.names import TENSOR
 
     timed = Timer()
     loop = asyncio.new_event_loop()

@@ -87,7 +87,16 @@ class JobConfig:
     spread_servers: bool = True  # place shards on different nodes where possible
     eval_every_s: float = 2.0  # evaluate on the test split this often while training (0: only at the end)
     torch_threads: int = 1  # intra-op threads per worker
+    overlap: Any = "auto"  # compute the next step while a push is in flight: true, false, auto (asp, ssp s >= 1)
     debug: DebugConfig = field(default_factory=DebugConfig)
+
+    @property
+    def overlaps(self) -> bool:
+        """Whether workers compute ahead: ``overlap``, with auto on wherever the bound allows it."""
+        if self.overlap == "auto":
+            c = self.consistency
+            return c.mode == "asp" or (c.mode == "ssp" and c.staleness >= 1)
+        return bool(self.overlap)
 
     def __post_init__(self) -> None:
         number(self.servers, "servers", minimum=1, integer=True)
@@ -110,6 +119,12 @@ class JobConfig:
                 require(isinstance(name, str) and name not in ("CPU", "GPU"),
                         f"{key} key {name!r} must name a custom resource (CPU and GPU have their own keys)")
                 number(amount, f"{key}[{name}]", minimum=0)
+        require(self.overlap in (True, False, "auto"), f"overlap ({self.overlap!r}) must be true, false or auto")
+        if self.overlap is True:
+            require(self.consistency.mode != "bsp" and not (
+                self.consistency.mode == "ssp" and self.consistency.staleness == 0),
+                f"overlap: true needs asp or ssp with staleness >= 1, not {self.consistency.mode}"
+                f"{' s=0' if self.consistency.mode == 'ssp' else ''}: computing ahead would break the bound")
         require(self.transport in TRANSPORTS,
                 f"transport ({self.transport!r}) must be one of {', '.join(TRANSPORTS)}")
         require(isinstance(self.model_args, Mapping), f"model_args ({self.model_args!r}) must be a mapping")

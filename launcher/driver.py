@@ -29,6 +29,7 @@ from rayps.launcher.placement import check_feasible, server_options, worker_opti
 from rayps.launcher.progress import ProgressLine
 from rayps.launcher.report import write_report
 from rayps.launcher.rundir import default_run_dir, write_run_dir
+from rayps.ps.client import RayTransport
 from rayps.ps.grpc_client import GrpcEndpoints
 from rayps.ps.grpc_security import new_token
 from rayps.ps.grpc_server import ServedShard
@@ -82,12 +83,12 @@ def run_job(config: JobConfig, output: str | Path | None = None,
     ]
     actors = list(shards)
     try:
-        endpoints = _serve_grpc(config, shards) if config.transport == "grpc" else None
+        transport = _transport(config, shards, tuple(ranges), tuple(buffer_ranges))
         train_ref = ray.put(splits.train)
         worker_cls = ray.remote(Worker)
         workers = [
             worker_cls.options(**worker_options(config, w, namespace)).remote(
-                _plan(config, w, run_id), model_fn, loss_fn, train_ref, shards, ranges, endpoints, buffer_ranges)
+                _plan(config, w, run_id), model_fn, loss_fn, train_ref, transport)
             for w in range(config.workers)
         ]
         actors += workers
@@ -139,7 +140,14 @@ def _placement(shards, workers) -> dict:
     return dict(zip(names, ray.get([a.where.remote() for a in [*shards, *workers]])))
 
 
-def _serve_grpc(config: JobConfig, shards) -> GrpcEndpoints:
+def _transport(config: JobConfig, shards, ranges, buffer_ranges):
+    """The transport spec every worker connects through (ps/transport.py)."""
+    if config.transport == "grpc":
+        return _serve_grpc(config, shards, ranges, buffer_ranges)
+    return RayTransport(tuple(shards), ranges, buffer_ranges)
+
+
+def _serve_grpc(config: JobConfig, shards, ranges, buffer_ranges) -> GrpcEndpoints:
     """Have every shard serve gRPC (port 0) and collect the addresses it bound."""
     g = config.grpc
     host = g.host
@@ -147,7 +155,7 @@ def _serve_grpc(config: JobConfig, shards) -> GrpcEndpoints:
         host = "127.0.0.1"  # one machine: stay on loopback
     token = new_token()  # one per job; it reaches the actors as arguments, never a log line
     addresses = ray.get([s.serve_grpc.remote(token, host, g.tls, g.chunk_bytes) for s in shards])
-    return GrpcEndpoints(tuple(addresses), token, g.tls, g.timeout_s, g.chunk_bytes)
+    return GrpcEndpoints(tuple(addresses), token, g.tls, g.timeout_s, g.chunk_bytes, ranges, buffer_ranges)
 
 
 def _model_factory(config: JobConfig) -> Callable[[], nn.Module]:
@@ -161,6 +169,7 @@ def _plan(config: JobConfig, worker_id: int, run_id: str = "") -> WorkerPlan:
         epochs=config.epochs, max_steps=config.max_steps, seed=config.seed,
         slow_s=float(config.debug.slow_workers.get(worker_id, 0.0)),
         use_gpu=config.num_gpus > 0, torch_threads=config.torch_threads, run_id=run_id,
+        overlap=config.overlaps,
     )
 
 

@@ -38,7 +38,7 @@ class RegisterReply(_message.Message):
     def __init__(self, shard_id: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., version: _Optional[int] = ..., protocol: _Optional[int] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
 
 class TensorChunk(_message.Message):
-    __slots__ = ("name", "dtype", "shape", "offset", "data", "last", "worker_id", "clock", "pulled_version", "num_samples", "loss", "version", "push", "buffers_follow")
+    __slots__ = ("name", "dtype", "shape", "offset", "data", "last", "worker_id", "clock", "pulled_version", "num_samples", "loss", "version", "push", "buffers_follow", "ahead")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class TensorChunk(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PUSH_FIELD_NUMBER: _ClassVar[int]
     BUFFERS_FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    AHEAD_FIELD_NUMBER: _ClassVar[int]
     name: str
     dtype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
@@ -67,7 +68,8 @@ class TensorChunk(_message.Message):
     version: int
     push: PushReply
     buffers_follow: bool
-    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ..., worker_id: _Optional[int] = ..., clock: _Optional[int] = ..., pulled_version: _Optional[int] = ..., num_samples: _Optional[int] = ..., loss: _Optional[float] = ..., version: _Optional[int] = ..., push: _Optional[_Union[PushReply, _Mapping]] = ..., buffers_follow: _Optional[bool] = ...) -> None: ...
+    ahead: int
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ..., worker_id: _Optional[int] = ..., clock: _Optional[int] = ..., pulled_version: _Optional[int] = ..., num_samples: _Optional[int] = ..., loss: _Optional[float] = ..., version: _Optional[int] = ..., push: _Optional[_Union[PushReply, _Mapping]] = ..., buffers_follow: _Optional[bool] = ..., ahead: _Optional[int] = ...) -> None: ...
 
 class PushReply(_message.Message):
     __slots__ = ("outcome", "version")

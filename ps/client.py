@@ -1,4 +1,4 @@
-"""The worker's side of the object-store transport: one client, all shards.
+"""The object-store transport: Ray actor calls, one per shard per step.
 
 A worker keeps its parameters and gradients in flat numpy buffers. Each step,
 ``push_pull`` sends every shard its contiguous slice of the gradient (and of
@@ -6,12 +6,8 @@ the model buffers, when the model has any) and writes what each shard returns
 into the matching slices: one Ray call and one contiguous copy per shard per
 step, all shards in flight at once. Only numpy arrays cross the object store
 (zero-copy reads on the shard's side); nothing torch is pickled on this path.
-
-The contract every transport keeps (``GrpcShardClient`` too):
-
-- ``register(params_out, buffers_out=None)``: the initial parameters and buffers;
-- ``push_pull(clock, grads, params_out, num_samples, loss, buffers=None, buffers_out=None)``;
-- ``finish()``: leave every shard's clock table.
+Ray serializes a call's arguments when it is made, so the gradient may be
+overwritten as soon as ``push_pull_async`` returns.
 
 ``buffer_ranges`` cut the float64 buffer vector across the shards as
 ``ranges`` cut the parameters; a shard may hold no buffers at all.
@@ -19,6 +15,7 @@ The contract every transport keeps (``GrpcShardClient`` too):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -26,9 +23,25 @@ import ray
 
 from rayps.errors import ConfigError
 from rayps.ps.partition import ShardRange, buffer_slices
+from rayps.ps.transport import BlockingPushPull, Pending
 
 
-class ShardClient:
+@dataclass(frozen=True)
+class RayTransport:
+    """The object-store transport's spec: the shard actor handles and how the vectors are cut."""
+
+    shards: tuple
+    ranges: tuple[ShardRange, ...]
+    buffer_ranges: tuple[ShardRange, ...] | None = None
+    name: str = "ray"
+
+    def connect(self, worker_id: int) -> "ShardClient":
+        return ShardClient(worker_id, self.shards, self.ranges, self.buffer_ranges)
+
+
+class ShardClient(BlockingPushPull):
+    name = "ray"
+
     def __init__(self, worker_id: int, shards: Sequence, ranges: Sequence[ShardRange],
                  buffer_ranges: Sequence[ShardRange] | None = None):
         if len(shards) != len(ranges):
@@ -43,18 +56,16 @@ class ShardClient:
         """Fetch the initial parameters into ``params_out`` (and the buffers into ``buffers_out``)."""
         self._receive(params_out, buffers_out, [s.register.remote(self.worker_id) for s in self._shards])
 
-    def push_pull(self, clock: int, grads: np.ndarray, params_out: np.ndarray, num_samples: int, loss: float,
-                  buffers: np.ndarray | None = None, buffers_out: np.ndarray | None = None) -> None:
-        """Push the gradient of iteration ``clock`` (and the model's buffers); receive the next parameters.
-
-        Blocks for as long as the consistency mode makes this worker wait.
-        """
+    def push_pull_async(self, clock: int, grads: np.ndarray, params_out: np.ndarray, num_samples: int,
+                        loss: float, buffers: np.ndarray | None = None, buffers_out: np.ndarray | None = None,
+                        ahead: int = 0) -> Pending:
+        """Push the gradient of iteration ``clock`` (and the model's buffers); receive on ``wait()``."""
         refs = [
-            shard.push_pull.remote(self.worker_id, clock, grads[r.lo:r.hi], version, num_samples, loss, b)
+            shard.push_pull.remote(self.worker_id, clock, grads[r.lo:r.hi], version, num_samples, loss, b, ahead)
             for shard, r, version, b in zip(self._shards, self._ranges, self._versions,
                                             buffer_slices(buffers, self._buffer_ranges))
         ]
-        self._receive(params_out, buffers_out, refs)
+        return Pending(lambda: self._receive(params_out, buffers_out, refs))
 
     def finish(self) -> None:
         """Leave every shard's clock table, so no one waits for this worker."""

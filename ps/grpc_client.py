@@ -26,8 +26,9 @@ from rayps.protos.codec import BUFFER_DTYPE, CHUNK_BYTES, Assembler, WireError, 
 from rayps.ps.allocator import keep_freed_memory
 from rayps.errors import ConfigError, ShapeError, TransportError
 from rayps.ps.grpc_security import TLSConfig, TokenAuth
-from rayps.ps.grpc_server import BUFFERS, CHANNEL_OPTIONS, SERVICE, TENSOR
+from rayps.protos.names import BUFFERS, CHANNEL_OPTIONS, SERVICE, TENSOR
 from rayps.ps.partition import ShardRange, buffer_slices
+from rayps.ps.transport import BlockingPushPull, Pending
 
 #: A Step stream lives as long as the job; it still has a deadline, as every call does.
 STREAM_DEADLINE_S = 7 * 24 * 3600.0
@@ -43,10 +44,18 @@ class GrpcEndpoints:
     timeout_s: float = 300.0
     chunk_bytes: int = CHUNK_BYTES
 
+    ranges: tuple[ShardRange, ...] = ()
+    buffer_ranges: tuple[ShardRange, ...] | None = None
+    name: str = "grpc"
+
     def client(self, worker_id: int, ranges: Sequence[ShardRange],
                buffer_ranges: Sequence[ShardRange] | None = None) -> "GrpcShardClient":
         return GrpcShardClient(worker_id, self.addresses, ranges, self.token, self.tls,
                                self.timeout_s, self.chunk_bytes, buffer_ranges)
+
+    def connect(self, worker_id: int) -> "GrpcShardClient":
+        """The transport seam (ps/transport.py): a client over this job's ranges."""
+        return self.client(worker_id, self.ranges, self.buffer_ranges)
 
 
 class _LoopThread:
@@ -75,7 +84,9 @@ def open_channel(address: str, tls: TLSConfig | None) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(address, tls.channel_credentials(), options=options)
 
 
-class GrpcShardClient:
+class GrpcShardClient(BlockingPushPull):
+    name = "grpc"
+
     def __init__(self, worker_id: int, addresses: Sequence[str], ranges: Sequence[ShardRange], token: str,
                  tls: TLSConfig | None = None, timeout_s: float = 300.0, chunk_bytes: int = CHUNK_BYTES,
                  buffer_ranges: Sequence[ShardRange] | None = None):
@@ -104,17 +115,33 @@ class GrpcShardClient:
     async def _open(self, tls):
         return [open_channel(a, tls) for a in self.addresses]
 
-    # ---- the ShardClient contract ------------------------------------------------
+    # ---- the transport contract (ps/transport.py) ---------------------------------
 
     def register(self, params_out: np.ndarray, buffers_out: np.ndarray | None = None) -> None:
         self._call(self._register_all(params_out, buffers_out))
 
-    def push_pull(self, clock: int, grads: np.ndarray, params_out: np.ndarray, num_samples: int, loss: float,
-                  buffers: np.ndarray | None = None, buffers_out: np.ndarray | None = None) -> None:
+    def push_pull_async(self, clock: int, grads: np.ndarray, params_out: np.ndarray, num_samples: int,
+                        loss: float, buffers: np.ndarray | None = None, buffers_out: np.ndarray | None = None,
+                        ahead: int = 0) -> Pending:
+        if self._loop is None:
+            raise TransportError("the client is closed")
         sent = buffer_slices(buffers, self._buffer_ranges)
-        self._call(_gather(
-            self._step(i, clock, grads, params_out, num_samples, loss, sent[i], buffers_out)
-            for i in range(len(self._stubs))))
+        # Encoded here, in the caller's thread: the chunks are the snapshot, so the
+        # caller may overwrite its gradient as soon as this returns.
+        encoded = [self._encode(i, clock, grads, num_samples, loss, sent[i], ahead) for i in range(len(self._stubs))]
+        future = asyncio.run_coroutine_threadsafe(_gather(
+            self._step(i, clock, encoded[i], params_out, buffers_out) for i in range(len(self._stubs))),
+            self._loop.loop)
+        return Pending(lambda: self._result(future))
+
+    def _encode(self, i, clock, grads, num_samples, loss, buffers, ahead) -> list[bytes]:
+        r = self._ranges[i]
+        header = dict(worker_id=self.worker_id, clock=clock, pulled_version=self._versions[i],
+                      num_samples=num_samples, loss=loss, buffers_follow=buffers is not None, ahead=ahead)
+        chunks = list(encode_chunks(TENSOR, grads[r.lo:r.hi], self._chunk_bytes, **header))
+        if buffers is not None:
+            chunks += encode_chunks(BUFFERS, buffers, self._chunk_bytes, wire=BUFFER_DTYPE)
+        return chunks
 
     def finish(self) -> None:
         try:
@@ -175,17 +202,14 @@ class GrpcShardClient:
     async def _stats(self, stub):
         return await stub.Stats(ps_pb2.StatsRequest(), timeout=self._timeout_s, metadata=self._metadata)
 
-    async def _step(self, i, clock, grads, params_out, num_samples, loss, buffers, buffers_out) -> None:
-        r = self._ranges[i]
+    async def _step(self, i, clock, encoded: list[bytes], params_out, buffers_out) -> None:
         if self._streams[i] is None:
             self._streams[i] = self._step_calls[i](timeout=STREAM_DEADLINE_S, metadata=self._metadata)
             self._ended[i] = _FirstStatus(self._streams[i])
         stream, ended = self._streams[i], self._ended[i]
-        header = dict(worker_id=self.worker_id, clock=clock, pulled_version=self._versions[i],
-                      num_samples=num_samples, loss=loss, buffers_follow=buffers is not None)
         try:
-            await _within(self._exchange(stream, i, grads[r.lo:r.hi], buffers, header,
-                                         self._receivers(i, params_out, buffers_out)), self._timeout_s)
+            await _within(self._exchange(stream, i, encoded, self._receivers(i, params_out, buffers_out)),
+                          self._timeout_s)
         except BaseException as e:
             try:
                 error = await self._step_error(i, clock, stream, ended, e)
@@ -220,12 +244,9 @@ class GrpcShardClient:
             return TransportError(f"{where}: bad reply: {e.message}")
         return None
 
-    async def _exchange(self, stream, i, grad, buffers, header, receivers: list[Assembler]) -> None:
-        for chunk in encode_chunks(TENSOR, grad, self._chunk_bytes, **header):
+    async def _exchange(self, stream, i, encoded: list[bytes], receivers: list[Assembler]) -> None:
+        for chunk in encoded:
             await stream.write(chunk)
-        if buffers is not None:
-            for chunk in encode_chunks(BUFFERS, buffers, self._chunk_bytes, wire=BUFFER_DTYPE):
-                await stream.write(chunk)
         while receivers:
             chunk = await stream.read()
             if chunk is grpc.aio.EOF:
@@ -245,9 +266,14 @@ class GrpcShardClient:
 
     def _call(self, coro):
         if self._loop is None:
+            coro.close()
             raise TransportError("the client is closed")
+        return self._result(asyncio.run_coroutine_threadsafe(coro, self._loop.loop))
+
+    @staticmethod
+    def _result(future):
         try:
-            return self._loop.run(coro)
+            return future.result()
         except grpc.aio.AioRpcError as e:
             raise TransportError(f"{e.code().name}: {e.details()}") from None
 

@@ -23,6 +23,7 @@ import msgpack
 from google.protobuf.message import DecodeError
 
 from rayps.protos import ps_pb2
+from rayps.protos.names import BUFFERS, PROTOCOL, SERVER_OPTIONS, SERVICE, TENSOR
 from rayps.protos.codec import (BUFFER_DTYPE, CHUNK_BYTES, MAX_MESSAGE_BYTES, Assembler, WireError, encode_chunks,
                                 parse_chunk)
 from rayps.ps.allocator import keep_freed_memory
@@ -33,23 +34,8 @@ from rayps.ps.shard import ParameterShard
 
 log = logging.getLogger(__name__)
 
-SERVICE = "rayps.v1.ParameterServer"
-TENSOR = "dense"
-BUFFERS = "buffers"  # the model buffers' tensor (float64), on shards that hold any
-PROTOCOL = 1
 OUTCOMES = {"applied": ps_pb2.PushReply.APPLIED, "duplicate": ps_pb2.PushReply.DUPLICATE,
             "stale": ps_pb2.PushReply.STALE}
-
-#: Keepalive pings find a dead peer within ~20 s even on an idle stream.
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-]
-SERVER_OPTIONS = CHANNEL_OPTIONS + [("grpc.http2.min_ping_interval_without_data_ms", 5_000)]
 
 
 class _Malformed:
@@ -221,8 +207,9 @@ class ShardServicer:
         async with self._statuses(context):
             while (got := await self._read_gradient(requests)) is not None:
                 first = got[0]
+                self.shard.check_ahead(first.ahead)
                 outcome = self._push(*got)
-                encoded = await self._encoded_params(first.worker_id, first.clock + 1,
+                encoded = await self._encoded_params(first.worker_id, first.clock + 1 + first.ahead,
                                                      push=ps_pb2.PushReply(outcome=OUTCOMES[outcome]))
                 while encoded:
                     yield encoded.pop()

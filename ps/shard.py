@@ -102,18 +102,29 @@ class ParameterShard:
         num_samples: int,
         loss: float,
         buffers: np.ndarray | None = None,
+        ahead: int = 0,
     ) -> tuple[np.ndarray, int, np.ndarray | None]:
         """Push the gradient of iteration ``clock``; return the parameters for iteration clock + 1.
 
         ``pulled_version`` is the version the gradient was computed from, so the
         shard can measure its staleness. A repeated ``(worker_id, clock)`` (a
         retry) is not applied twice. ``buffers`` is the worker's slice of its
-        model buffers (float64; None: no report this step). Returns the
-        parameters, their version and the merged buffers (None if this shard
-        holds none).
+        model buffers (float64; None: no report this step). ``ahead``: the
+        worker computes that many iterations before its next push (overlap),
+        so the answer waits until it may begin iteration ``clock + 1 + ahead``.
+        Returns the parameters, their version and the merged buffers (None if
+        this shard holds none).
         """
+        self.check_ahead(ahead)
         self.push(worker_id, clock, grad, pulled_version, num_samples, loss, buffers)
-        return await self._admit(worker_id, clock + 1)
+        return await self._admit(worker_id, clock + 1 + ahead)
+
+    def check_ahead(self, ahead: int) -> None:
+        """Computing ahead is for asp and ssp: a bsp round needs this worker's own next push."""
+        if ahead and self._config.mode == "bsp":
+            raise OutOfOrderError(f"{self!r}: a bsp worker cannot compute ahead of its pull (ahead {ahead})")
+        if ahead < 0:
+            raise OutOfOrderError(f"{self!r}: ahead ({ahead}) must be >= 0")
 
     def push(self, worker_id: int, clock: int, grad: np.ndarray, pulled_version: int,
              num_samples: int, loss: float, buffers: np.ndarray | None = None) -> str:

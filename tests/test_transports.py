@@ -190,6 +190,48 @@ def test_ssp_holds_a_worker_at_the_bound_until_the_slow_one_pushes(ray_session, 
         cluster.close()
 
 
+def test_computing_ahead_is_admitted_one_iteration_further_under_the_bound(ray_session, transport):
+    # ssp s=1: after clock 1, iteration 2 is admitted at once, but a worker that will
+    # compute iteration 3 before its next push (ahead=1) must wait for the slow one.
+    cluster = make(ray_session, transport, mode="ssp", staleness=1)
+    try:
+        fast, slow = cluster.client(0), cluster.client(1)
+        p_fast, p_slow = np.empty(SIZE, np.float32), np.empty(SIZE, np.float32)
+        fast.register(p_fast)
+        slow.register(p_slow)
+        grad = np.ones(SIZE, np.float32)
+        fast.push_pull(1, grad, p_fast, 1, 0.0)  # no wait: iteration 2 is within s of the slow one's 1
+        pending = fast.push_pull_async(2, grad, p_fast, 1, 0.0, ahead=1)
+        grad[:] = 99.0  # the push was read when it was made: overwriting the gradient changes nothing
+        done = threading.Event()
+        t = in_thread(lambda: (pending.wait(), done.set()))
+        assert not done.wait(timeout=1.0), "admitted to iteration 4 with the slow worker still on 1"
+        slow.push_pull(1, np.ones(SIZE, np.float32), p_slow, 1, 0.0)
+        assert not done.wait(timeout=0.5)  # iteration 4 needs the slow worker past iteration 2
+        slow.push_pull(2, np.ones(SIZE, np.float32), p_slow, 1, 0.0)
+        assert done.wait(timeout=20)
+        t.join(timeout=5)
+        np.testing.assert_array_equal(p_fast, cluster.init - 2.0)  # four pushes of 1 at lr 0.5
+        fast.finish()
+        slow.finish()
+        assert max(s["max_clock_gap"] for s in cluster.stats()) <= 1
+    finally:
+        cluster.close()
+
+
+def test_a_bsp_shard_refuses_a_worker_computing_ahead(ray_session, transport):
+    cluster = make(ray_session, transport, mode="bsp")
+    try:
+        client = cluster.client(0)
+        params = np.empty(SIZE, np.float32)
+        client.register(params)
+        with pytest.raises(Exception, match="cannot compute ahead"):
+            client.push_pull(1, np.ones(SIZE, np.float32), params, 1, 0.0, ahead=1)
+        assert [s["version"] for s in cluster.stats()] == [0, 0]
+    finally:
+        cluster.close()
+
+
 def test_a_finished_worker_releases_those_waiting_for_it(ray_session, transport):
     cluster = make(ray_session, transport, mode="bsp")
     try:

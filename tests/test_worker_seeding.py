@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rayps.ps.client import RayTransport
 from rayps.ps.partition import partition
 from rayps.worker.data import ArraySource
 from rayps.worker.losses import resolve_loss
@@ -29,7 +30,7 @@ def make_worker(worker_id: int, seed: int = 3) -> Worker:
     data = ArraySource(np.zeros((16, 8), np.float32), np.zeros(16, np.int64))
     plan = WorkerPlan(worker_id=worker_id, num_workers=2, batch_size=4, epochs=1, seed=seed)
     # A handle per shard is only used once training starts; building a worker calls no shard.
-    return Worker(plan, Frozen, resolve_loss("cross_entropy"), data, [None], partition(18, 1))
+    return Worker(plan, Frozen, resolve_loss("cross_entropy"), data, RayTransport((None,), tuple(partition(18, 1))))
 
 
 def dropout_mask(worker: Worker) -> torch.Tensor:

@@ -149,6 +149,16 @@ class FlatParams:
             self._host_grads.copy_(self.grads)
         return self._host_grads.numpy()
 
+    def receive_buffer(self) -> np.ndarray:
+        """A host array beside the parameters, for pulls that arrive while the model computes."""
+        if not hasattr(self, "_inbox"):
+            self._inbox = np.empty(self.numel, dtype=np.float32)
+        return self._inbox
+
+    def take_received(self) -> None:
+        """Copy what arrived in ``receive_buffer`` into the host parameters (call ``params_received`` after)."""
+        self.host_params()[:] = self._inbox
+
     def host_params(self) -> np.ndarray:
         """A host numpy array to receive parameters into; call ``params_received`` after."""
         return self._host_params.numpy()

@@ -4,7 +4,14 @@
 The whole loop is ``Worker.run``: per step, compute the gradient into the flat
 buffer, then one fused push-pull to every shard (the gradient and the model's
 buffers out, the parameters and merged buffers back), which blocks for as
-long as the consistency mode says.
+long as the consistency mode says. The transport is whatever the driver
+chose (ps/transport.py); the loop never asks which.
+
+Overlap (``WorkerPlan.overlap``, asp and ssp): the push of step t goes out
+without waiting, the worker computes step t + 1 on the parameters it holds,
+and only then waits for step t's answer. Each gradient is then one step
+staler, and the shards admit the worker one iteration further ahead
+(``ahead=1``), so the staleness bound still holds for what it computes.
 
 Randomness: the model is built under the job's seed, exactly as the driver
 builds it, so frozen parameters match everywhere; then the worker reseeds
@@ -19,22 +26,23 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from rayps.ps.client import ShardClient
 from rayps.ps.metrics import WorkerMetrics
-from rayps.ps.grpc_client import GrpcEndpoints
-from rayps.ps.partition import ShardRange
 from rayps.ps.placement_info import this_node
+from rayps.ps.transport import TransportSpec
 from rayps.worker.data import DataSource, EpochSharder
 from rayps.worker.flat import FlatParams
 from rayps.worker.losses import LossFn
 
 log = logging.getLogger(__name__)
+
+#: How often counters and gauges reach Ray's metrics (per step, they cost the hot path ~7%).
+FLUSH_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,7 @@ class WorkerPlan:
     use_gpu: bool = False
     torch_threads: int = 1
     run_id: str = ""  # tags this run's metrics
+    overlap: bool = False  # compute the next step while this one's push and pull are in flight (asp, ssp)
 
 
 class Worker:
@@ -60,10 +69,7 @@ class Worker:
         model_fn: Callable[[], nn.Module],
         loss_fn: LossFn,
         train: DataSource,
-        shards: Sequence,
-        ranges: Sequence[ShardRange],
-        grpc: GrpcEndpoints | None = None,
-        buffer_ranges: Sequence[ShardRange] | None = None,
+        transport: TransportSpec,
     ):
         self.plan = plan
         # Workers share the machine's cores with each other and the shards; one
@@ -80,12 +86,12 @@ class Worker:
         self.loss_fn = loss_fn
         self.train = train
         self.sharder = EpochSharder(len(train), plan.num_workers, plan.batch_size, plan.seed)
-        # The transport: Ray's object store, or gRPC when the job gives endpoints.
-        self.client = (grpc.client(plan.worker_id, ranges, buffer_ranges) if grpc
-                       else ShardClient(plan.worker_id, shards, ranges, buffer_ranges))
-        self.transport = "grpc" if grpc else "ray"
+        self.client = transport.connect(plan.worker_id)
+        self.transport = transport.name
         self.metrics = WorkerMetrics(plan.worker_id, plan.run_id)
         self._window: deque = deque()
+        self._unflushed = {"steps": 0, "bytes": 0, "loss": float("nan")}
+        self._next_flush = 0.0
 
     def __repr__(self) -> str:  # the name Ray's dashboard shows for this actor
         return f"worker-{self.plan.worker_id}"
@@ -95,19 +101,31 @@ class Worker:
         return {**this_node(), "device": str(self.flat.device)}
 
     def _record(self, push_pull_s: float, batch: int, loss: float) -> None:
-        m, now = self.metrics, time.monotonic()
-        m.steps.inc()
-        m.loss.set(loss)
-        m.latency.observe(push_pull_s, tags={"transport": self.transport})
-        moved = self.flat.numel * 4 + self.flat.buffers.numel * 8
-        m.bytes.inc(moved, tags={"direction": "push", "transport": self.transport})
-        m.bytes.inc(moved, tags={"direction": "pull", "transport": self.transport})
+        """Count one step. Counters and gauges go to Ray's metrics a few times a second, not per step."""
+        now = time.monotonic()
+        self.metrics.latency.observe(push_pull_s, tags={"transport": self.transport})
+        pending = self._unflushed
+        pending["steps"] += 1
+        pending["bytes"] += self.flat.numel * 4 + self.flat.buffers.numel * 8
+        pending["loss"] = loss
         self._window.append((now, batch))
+        if now >= self._next_flush:
+            self._flush(now)
+
+    def _flush(self, now: float) -> None:
+        m, pending = self.metrics, self._unflushed
+        if pending["steps"]:
+            m.steps.inc(pending["steps"])
+            m.loss.set(pending["loss"])
+            for direction in ("push", "pull"):
+                m.bytes.inc(pending["bytes"], tags={"direction": direction, "transport": self.transport})
+            pending["steps"] = pending["bytes"] = 0
         while self._window and now - self._window[0][0] > 5.0:  # samples/s over the last 5 s
             self._window.popleft()
-        span = now - self._window[0][0]
+        span = now - self._window[0][0] if self._window else 0.0
         if span > 0:
             m.samples_per_s.set(sum(n for _, n in self._window) / span)
+        self._next_flush = now + FLUSH_S
 
     def run(self) -> dict:
         """Train to the end of the last epoch (or ``max_steps``); return what was done."""
@@ -118,6 +136,9 @@ class Worker:
         self.model.train()
         buffers = flat.buffers if flat.buffers.numel else None  # most models have none: send nothing
         received = buffers.received if buffers else None
+        # With overlap, pulls land beside the parameters being computed on, and are copied in between steps.
+        inbox = flat.receive_buffer() if plan.overlap else flat.host_params()
+        in_flight = None
         try:
             self.client.register(flat.host_params(), received)
             flat.params_received(buffers=True)
@@ -134,13 +155,27 @@ class Worker:
                     loss.backward()
                     clock += 1
                     loss_value = loss.item()
-                    sent = time.monotonic()
-                    self.client.push_pull(clock, flat.host_grads(), flat.host_params(), len(indices), loss_value,
-                                          buffers.pack() if buffers else None, received)
-                    flat.params_received(buffers=True, counters=False)
+                    grads, sent_buffers = flat.host_grads(), buffers.pack() if buffers else None
+                    waited = time.monotonic()
+                    if in_flight is not None:  # overlap: the previous step's answer, then ours goes out
+                        in_flight.wait()
+                        flat.take_received()
+                        flat.params_received(buffers=True, counters=False)
+                    in_flight = self.client.push_pull_async(clock, grads, inbox, len(indices), loss_value,
+                                                            sent_buffers, received, ahead=int(plan.overlap))
+                    if not plan.overlap:
+                        in_flight.wait()
+                        in_flight = None
+                        flat.params_received(buffers=True, counters=False)
                     samples += len(indices)
-                    self._record(time.monotonic() - sent, len(indices), loss_value)
+                    self._record(time.monotonic() - waited, len(indices), loss_value)
+            if in_flight is not None:
+                in_flight.wait()
+                flat.take_received()
+                flat.params_received(buffers=True, counters=False)
+                in_flight = None
         finally:
+            self._flush(time.monotonic())
             # Leave the clock tables even on failure, so the others never wait for us.
             try:
                 self.client.finish()

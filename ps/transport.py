@@ -1,0 +1,83 @@
+"""The transport seam: the one interface a worker sees, whatever carries its bytes.
+
+The driver picks a transport and hands each worker a ``TransportSpec`` (a
+small picklable description: shard handles, addresses, segment names). The
+worker calls ``spec.connect(worker_id)`` once and from then on talks to a
+``Transport``; it never branches on which one it got.
+
+Every ``Transport`` keeps one contract, checked by one suite
+(tests/test_transports.py) against each implementation:
+
+- ``register(params_out, buffers_out=None)``: the initial parameters (and
+  merged model buffers) into the caller's arrays.
+- ``push_pull_async(clock, grads, params_out, num_samples, loss, buffers=None,
+  buffers_out=None, ahead=0) -> Pending``: send the gradient of iteration
+  ``clock`` (and the worker's buffers) to every shard. ``grads`` and
+  ``buffers`` are read before it returns, so the caller may overwrite them at
+  once; ``params_out`` and ``buffers_out`` must be left alone until
+  ``Pending.wait()`` returns, when they hold the parameters for iteration
+  ``clock + 1 + ahead``. ``ahead`` is how many iterations the caller will
+  compute before it waits on the next push: the shards admit it to iteration
+  ``clock + 1 + ahead`` under the consistency bound, so computing ahead never
+  breaks the bound.
+- ``push_pull(...)``: the same, waited on.
+- ``finish()``: leave every shard's clock table, so nobody waits for this worker.
+
+Implementations: ``RayTransport`` (the object store, ps/client.py),
+``GrpcEndpoints`` (ps/grpc_client.py) and ``ShmEndpoints`` (same-node shared
+memory, ps/shm_client.py).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import numpy as np
+
+
+class Pending:
+    """A push-pull in flight; ``wait()`` finishes it (once) and re-raises its error."""
+
+    def __init__(self, finish: Callable[[], None]):
+        self._finish: Callable[[], None] | None = finish
+
+    def wait(self) -> None:
+        finish, self._finish = self._finish, None
+        if finish is not None:
+            finish()
+
+    @property
+    def waited(self) -> bool:
+        return self._finish is None
+
+
+class Transport(Protocol):
+    name: str
+
+    def register(self, params_out: np.ndarray, buffers_out: np.ndarray | None = None) -> None: ...
+
+    def push_pull_async(self, clock: int, grads: np.ndarray, params_out: np.ndarray, num_samples: int,
+                        loss: float, buffers: np.ndarray | None = None, buffers_out: np.ndarray | None = None,
+                        ahead: int = 0) -> Pending: ...
+
+    def push_pull(self, clock: int, grads: np.ndarray, params_out: np.ndarray, num_samples: int, loss: float,
+                  buffers: np.ndarray | None = None, buffers_out: np.ndarray | None = None,
+                  ahead: int = 0) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class TransportSpec(Protocol):
+    """What the driver sends a worker: enough to connect, nothing that must be reopened."""
+
+    name: str
+
+    def connect(self, worker_id: int) -> Transport: ...
+
+
+class BlockingPushPull:
+    """Mixin: ``push_pull`` as ``push_pull_async(...).wait()``."""
+
+    def push_pull(self, clock, grads, params_out, num_samples, loss, buffers=None, buffers_out=None,
+                  ahead: int = 0) -> None:
+        self.push_pull_async(clock, grads, params_out, num_samples, loss, buffers, buffers_out, ahead).wait()
