@@ -26,7 +26,7 @@ from rayps.ps.optimizers import OptimizerConfig
 from rayps.ps.schedules import ScheduleConfig
 from rayps.ps.settings import build, dataclass_in, number, require
 
-TRANSPORTS = ("ray", "grpc")
+TRANSPORTS = ("auto", "shm", "grpc", "ray")
 
 
 class _Loader(yaml.SafeLoader):
@@ -73,7 +73,7 @@ class JobConfig:
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     servers: int = 2
     workers: int = 2
-    transport: str = "ray"  # ray (the object store) | grpc
+    transport: str = "auto"  # auto (shm on one node, else grpc) | shm | grpc | ray (the object store)
     grpc: GrpcConfig = field(default_factory=GrpcConfig)  # used when transport is grpc
     batch_size: int = 32
     epochs: int = 30

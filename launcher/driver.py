@@ -10,6 +10,7 @@ directory, and tear every actor down (also on failure).
 from __future__ import annotations
 
 import functools
+import shutil
 import time
 import uuid
 from collections import Counter
@@ -20,19 +21,21 @@ from typing import Callable
 import numpy as np
 import ray
 import torch
+from ray.exceptions import RayActorError
 from torch import nn
 
 from rayps.launcher.config import JobConfig
 from rayps.launcher.local import ensure_ray
-from rayps.launcher.monitor import Monitor
+from rayps.launcher.monitor import Monitor, name_failure
 from rayps.launcher.placement import check_feasible, server_options, worker_options
 from rayps.launcher.progress import ProgressLine
 from rayps.launcher.report import write_report
 from rayps.launcher.rundir import default_run_dir, write_run_dir
 from rayps.ps.client import RayTransport
+from rayps.ps.shm_client import ShmEndpoints
 from rayps.ps.grpc_client import GrpcEndpoints
 from rayps.ps.grpc_security import new_token
-from rayps.ps.grpc_server import ServedShard
+from rayps.ps.served import ServedShard
 from rayps.ps.partition import partition
 from rayps.worker.data import DataSource, EpochSharder, resolve_data
 from rayps.worker.flat import FlatParams
@@ -82,6 +85,7 @@ def run_job(config: JobConfig, output: str | Path | None = None,
         for r, b in zip(ranges, buffer_ranges)
     ]
     actors = list(shards)
+    transport = None
     try:
         transport = _transport(config, shards, tuple(ranges), tuple(buffer_ranges))
         train_ref = ray.put(splits.train)
@@ -92,7 +96,10 @@ def run_job(config: JobConfig, output: str | Path | None = None,
             for w in range(config.workers)
         ]
         actors += workers
-        placement = _placement(shards, workers)
+        try:
+            placement = _placement(shards, workers)
+        except RayActorError as e:  # an actor died starting up: name it, as the monitor does later
+            raise name_failure(shards, workers, "the job's start", e) from e
         if dashboard_url:
             print(f"Ray dashboard: {dashboard_url}", flush=True)
 
@@ -108,8 +115,12 @@ def run_job(config: JobConfig, output: str | Path | None = None,
         pulled = ray.get([s.pull.remote() for s in shards])
         stats = ray.get([s.stats.remote() for s in shards])
     finally:
+        _stop_serving(shards)
         for actor in actors:
             ray.kill(actor)
+        if isinstance(transport, ShmEndpoints):  # a shard that died could not remove its segment
+            for directory in transport.directories:
+                shutil.rmtree(directory, ignore_errors=True)
 
     final, final_buffers = _merge_pulled(pulled)
     flat.load(final, final_buffers)
@@ -140,11 +151,35 @@ def _placement(shards, workers) -> dict:
     return dict(zip(names, ray.get([a.where.remote() for a in [*shards, *workers]])))
 
 
+def chosen_transport(config: JobConfig, nodes: list[dict]) -> str:
+    """``auto``: shared memory when the job has one node to run on, gRPC streams across nodes."""
+    if config.transport != "auto":
+        return config.transport
+    return "shm" if len([n for n in nodes if n.get("Alive")]) == 1 else "grpc"
+
+
 def _transport(config: JobConfig, shards, ranges, buffer_ranges):
     """The transport spec every worker connects through (ps/transport.py)."""
-    if config.transport == "grpc":
+    name = chosen_transport(config, ray.nodes())
+    if name == "grpc":
         return _serve_grpc(config, shards, ranges, buffer_ranges)
+    if name == "shm":
+        token = new_token()
+        placed = ray.get([s.where.remote() for s in shards])
+        directories = ray.get([s.serve_shm.remote(token, list(range(config.workers))) for s in shards])
+        return ShmEndpoints(tuple(directories), tuple(p["node_id"] for p in placed), token, ranges, buffer_ranges,
+                            config.grpc.timeout_s)
     return RayTransport(tuple(shards), ranges, buffer_ranges)
+
+
+def _stop_serving(shards) -> None:
+    """Ask every shard to close its servers and remove its shared memory; a dead one cannot, and is skipped."""
+    done, _ = ray.wait([s.stop_serving.remote() for s in shards], num_returns=len(shards), timeout=5.0)
+    for ref in done:
+        try:
+            ray.get(ref)
+        except Exception:  # a dead shard's files go with its node's tmpfs; nothing more to do from here
+            pass
 
 
 def _serve_grpc(config: JobConfig, shards, ranges, buffer_ranges) -> GrpcEndpoints:
@@ -222,5 +257,5 @@ def _summary(config, reports, stats, test_loss, test_accuracy, train_s, wall_s) 
         "wall_s": wall_s,
         "workers": config.workers,
         "servers": config.servers,
-        "transport": config.transport,
+        "transport": chosen_transport(config, ray.nodes()),
     }

@@ -76,29 +76,38 @@ class Monitor:
 
     def _failure(self, name: str, error: Exception) -> JobError:
         """A JobError naming the actor at fault: a dead one if any (shards first), else ``name``."""
-        dead = self._first_dead()
-        if dead is not None:
-            dead_name, died = dead
-            cause = getattr(died, "cause", None) or died
-            first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-            seen = f" (noticed by {name})" if name != dead_name else ""
-            return JobError(f"{dead_name} died{seen}: {type(cause).__name__}: {first_line}")
-        cause = getattr(error, "cause", None) or error  # the worker's own exception, not Ray's wrapper
-        return JobError(f"{name} failed: {type(cause).__name__}: {cause}")
+        return name_failure(self.shards, self.workers, name, error)
 
-    def _first_dead(self) -> tuple[str, Exception] | None:
-        named = [(f"ps-shard-{i}", s) for i, s in enumerate(self.shards)]
-        named += [(f"worker-{i}", w) for i, w in enumerate(self.workers)]
-        probes = [actor.__ray_ready__.remote() for _, actor in named]
-        ray.wait(probes, num_returns=len(probes), timeout=PROBE_S)
-        for (name, _), probe in zip(named, probes):
-            try:
-                ray.get(probe, timeout=0)
-            except RayActorError as e:
-                return name, e
-            except Exception:  # still busy (a worker inside run) or slow: alive as far as we know
-                continue
-        return None
+
+def name_failure(shards: list, workers: list, name: str, error: Exception) -> JobError:
+    """A JobError naming the actor at fault: a dead one if any (shards first), else ``name``."""
+    dead = _first_dead(shards, workers)
+    if dead is not None:
+        dead_name, died = dead
+        cause = getattr(died, "cause", None) or died
+        lines = [line for line in str(cause).strip().splitlines() if line.strip()] or [""]
+        what = lines[0]
+        if "creation task" in what and len(lines) > 1:  # its constructor raised: say what it raised
+            what += f" {lines[-1].strip()}"
+        seen = f" (noticed by {name})" if name != dead_name else ""
+        return JobError(f"{dead_name} died{seen}: {type(cause).__name__}: {what}")
+    cause = getattr(error, "cause", None) or error  # the worker's own exception, not Ray's wrapper
+    return JobError(f"{name} failed: {type(cause).__name__}: {cause}")
+
+
+def _first_dead(shards: list, workers: list) -> tuple[str, Exception] | None:
+    named = [(f"ps-shard-{i}", s) for i, s in enumerate(shards)]
+    named += [(f"worker-{i}", w) for i, w in enumerate(workers)]
+    probes = [actor.__ray_ready__.remote() for _, actor in named]
+    ray.wait(probes, num_returns=len(probes), timeout=PROBE_S)
+    for (name, _), probe in zip(named, probes):
+        try:
+            ray.get(probe, timeout=0)
+        except RayActorError as e:
+            return name, e
+        except Exception:  # still busy (a worker inside run) or slow: alive as far as we know
+            continue
+    return None
 
     def _record(self, stats: dict, t: float) -> dict:
         samples = {int(k): v for k, v in stats["samples"].items()}

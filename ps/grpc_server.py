@@ -2,8 +2,8 @@
 
 ``start_grpc_server`` serves one shard with ``grpc.aio`` on the running event
 loop: inside a Ray async actor that is the actor's loop, so gRPC handlers and
-Ray calls interleave on one thread and the shard needs no locks. ``ServedShard``
-is the shard the driver makes an actor; it serves gRPC when asked.
+Ray calls interleave on one thread and the shard needs no locks. The actor
+class that serves it is ``ServedShard`` (ps/served.py).
 
 Every handler first checks the bearer token (UNAUTHENTICATED) and whether the
 server is shutting down (UNAVAILABLE). Requests are parsed by our own
@@ -275,24 +275,3 @@ async def start_grpc_server(shard: ParameterShard, token: str, host: str = "127.
     address = f"{host}:{bound}"
     log.info("%r serves gRPC on %s (%s)", shard, address, "mTLS" if tls else "plaintext")
     return GrpcShardServer(server, servicer, address)
-
-
-class ServedShard(ParameterShard):
-    """The shard actor: a ParameterShard that can also serve gRPC from its own loop."""
-
-    _grpc: GrpcShardServer | None = None
-
-    async def serve_grpc(self, token: str, host: str | None = None, tls: TLSConfig | None = None,
-                         chunk_bytes: int = CHUNK_BYTES) -> str:
-        """Start serving (port 0); return the bound ``host:port`` for workers to dial."""
-        if self._grpc is None:
-            if host is None:  # a multi-node cluster: the address other nodes can reach
-                import ray
-                host = ray.util.get_node_ip_address()
-            self._grpc = await start_grpc_server(self, token, host, 0, tls, chunk_bytes)
-        return self._grpc.address
-
-    async def stop_grpc(self) -> None:
-        if self._grpc is not None:
-            await self._grpc.stop()
-            self._grpc = None

@@ -153,10 +153,12 @@ def test_a_killed_shard_is_named_in_the_error(ray_session, tmp_path):
             for actor in ray.util.list_named_actors(all_namespaces=True):
                 if actor["name"] == "ps-shard-0" and actor["namespace"].startswith("rayps-"):
                     try:
-                        where = ray.get(ray.get_actor("ps-shard-0", actor["namespace"]).where.remote(), timeout=10)
+                        shard = ray.get_actor("ps-shard-0", actor["namespace"])
+                        where = ray.get(shard.where.remote(), timeout=10)
+                        while ray.get(shard.stats.remote(), timeout=10)["pushes_applied"] < 20:
+                            time.sleep(0.05)  # until training is well under way
                     except Exception:
                         continue
-                    time.sleep(1.0)  # well into training
                     os.kill(where["pid"], signal.SIGKILL)
                     killed["pid"] = where["pid"]
                     return

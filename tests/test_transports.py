@@ -1,8 +1,9 @@
-"""One contract, two transports: Ray's object store and gRPC give the same answers.
+"""One contract, three transports: the object store, gRPC and shared memory give the same answers.
 
 Each test runs against real shard actors on the shared Ray instance, once
-through ``ShardClient`` (object store) and once through ``GrpcShardClient``
-(gRPC on 127.0.0.1). Gradients are powers of two and lr is 0.5, so expected
+through ``ShardClient`` (object store), once through ``GrpcShardClient``
+(gRPC on 127.0.0.1) and once through ``ShmShardClient`` (a segment and a Unix
+socket per shard, on this node). Gradients are powers of two and lr is 0.5, so expected
 parameters are exact in float32.
 """
 
@@ -14,19 +15,21 @@ import numpy as np
 import pytest
 
 from rayps.launcher import Job
-from rayps.ps.client import ShardClient
+from rayps.errors import TransportError
+from rayps.ps.client import RayTransport
 from rayps.ps.consistency import ConsistencyConfig
 from rayps.ps.grpc_client import GrpcEndpoints
 from rayps.ps.grpc_security import new_token
-from rayps.ps.grpc_server import ServedShard
+from rayps.ps.served import ServedShard
 from rayps.ps.optimizers import OptimizerConfig
 from rayps.ps.partition import partition
 from rayps.ps.schedules import ScheduleConfig
+from rayps.ps.shm_client import ShmEndpoints
 
 pytestmark = [pytest.mark.ray]
 
 SIZE = 10
-TRANSPORTS = ["ray", "grpc"]
+TRANSPORTS = ["ray", "grpc", "shm"]
 
 
 class Cluster:
@@ -49,20 +52,27 @@ class Cluster:
             for r, b in zip(self.ranges, self.buffer_ranges or [None] * 2)
         ]
         self.endpoints = None
+        token = new_token()
         if transport == "grpc":
-            token = new_token()
             addresses = ray.get([s.serve_grpc.remote(token, "127.0.0.1") for s in self.shards])
-            self.endpoints = GrpcEndpoints(tuple(addresses), token, timeout_s=20.0)
+            self.endpoints = GrpcEndpoints(tuple(addresses), token, timeout_s=20.0, ranges=tuple(self.ranges),
+                                           buffer_ranges=self.buffer_ranges and tuple(self.buffer_ranges))
+        elif transport == "shm":
+            directories = ray.get([s.serve_shm.remote(token, list(range(workers))) for s in self.shards])
+            self.endpoints = ShmEndpoints(tuple(directories), ("",) * 2, token, tuple(self.ranges),
+                                          self.buffer_ranges and tuple(self.buffer_ranges), timeout_s=20.0)
+        else:
+            self.endpoints = RayTransport(tuple(self.shards), tuple(self.ranges),
+                                          self.buffer_ranges and tuple(self.buffer_ranges))
 
     def client(self, worker_id: int):
-        if self.endpoints is not None:
-            return self.endpoints.client(worker_id, self.ranges, self.buffer_ranges)
-        return ShardClient(worker_id, self.shards, self.ranges, self.buffer_ranges)
+        return self.endpoints.connect(worker_id)
 
     def stats(self) -> list[dict]:
         return self.ray.get([s.stats.remote() for s in self.shards])
 
     def close(self) -> None:
+        self.ray.get([s.stop_serving.remote() for s in self.shards])
         for s in self.shards:
             self.ray.kill(s)
 
@@ -269,3 +279,43 @@ def test_default_job_over_grpc_reaches_the_accuracy_bar(ray_session, tmp_path):
     assert s["test_accuracy"] >= 0.95, s
     assert s["max_clock_gap"] <= 2
     assert s["pushes_applied"] == sum(s["steps"].values()) * s["servers"]
+
+
+def test_shared_memory_to_a_shard_on_another_node_is_refused_by_name(ray_session):
+    cluster = Cluster(ray_session, "shm", ConsistencyConfig(mode="asp"))
+    try:
+        elsewhere = ShmEndpoints(cluster.endpoints.directories, ("node-a", "node-b"), cluster.endpoints.token,
+                                 tuple(cluster.ranges))
+        with pytest.raises(TransportError, match=r"transport shm: worker-0 \(node \w+\) cannot reach ps-shard-0"
+                                                 r" \(node node-a\).*use transport grpc across nodes"):
+            elsewhere.connect(0)
+    finally:
+        cluster.close()
+
+
+def test_a_wrong_token_is_refused_before_any_slot_is_touched(ray_session):
+    cluster = Cluster(ray_session, "shm", ConsistencyConfig(mode="asp"))
+    try:
+        forged = ShmEndpoints(cluster.endpoints.directories, ("", ""), "not-the-token", tuple(cluster.ranges))
+        with pytest.raises(TransportError, match="UNAUTHENTICATED: missing or wrong token"):
+            forged.connect(0)
+        assert [s["rejected"] for s in cluster.stats()] == [{"unauthenticated": 1}, {}]  # it stopped at the first
+    finally:
+        cluster.close()
+
+
+def test_a_refused_shared_memory_push_leaves_the_shard_serving(ray_session):
+    cluster = make(ray_session, "shm", mode="asp")
+    try:
+        client = cluster.client(0)
+        params = np.empty(SIZE, np.float32)
+        client.register(params)
+        bad = np.ones(SIZE, np.float32)
+        bad[[3, 8]] = np.nan  # one in each shard's slice, so both refuse
+        with pytest.raises(TransportError, match="INVALID_ARGUMENT: ps-shard-0: gradient holds 1 NaN"):
+            client.push_pull(1, bad, params, 1, 0.0)
+        client.push_pull(1, np.full(SIZE, 2.0, np.float32), params, 1, 0.0)  # the same clock, done right
+        np.testing.assert_array_equal(params, cluster.init - 1.0)
+        client.finish()
+    finally:
+        cluster.close()

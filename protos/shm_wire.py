@@ -1,0 +1,66 @@
+"""The same-node transport's wire: fixed-size messages on a Unix socket, tensors in shared memory.
+
+Each shard owns one shared-memory segment with a slot per worker. A slot holds,
+64-byte aligned, the worker's gradient (float32), the parameters the shard
+answers with (float32), the worker's model buffers (float64) and the merged
+buffers the shard answers with (float64). Only the small messages below cross
+the socket: a request says what is in the slot, and its reply says the answer
+is. The socket message is both the lock and the wake-up, so neither side ever
+reads a region the other may be writing.
+
+Handshake: the client sends ``HELLO`` (token length, worker id) and the token;
+the shard answers ``LAYOUT`` (status, parameter count, buffer count, the slot's
+offset) or an error reply and closes.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+ALIGN = 64
+HELLO = struct.Struct("<II")  # token length, worker id
+LAYOUT = struct.Struct("<BxxxxxxxQQQ")  # status, parameters, buffers, slot offset (32 bytes)
+REQUEST = struct.Struct("<BBxxIQQIfI")  # op, flags, worker, clock, pulled version, samples, loss, ahead
+REPLY = struct.Struct("<BBxxxxxxQ")  # status, outcome, version (16 bytes); then MESSAGE
+MESSAGE = struct.Struct("<I")  # the length of the UTF-8 message that follows (0 when OK)
+
+REGISTER, PUSH_PULL, FINISH = 1, 2, 3
+BUFFERS_FOLLOW = 1  # request flag: the slot's buffer region holds this step's report
+OUTCOMES = ("applied", "duplicate", "stale")
+#: Reply statuses, named as the gRPC transport names the same refusals.
+STATUSES = {0: "OK", 1: "INVALID_ARGUMENT", 2: "NOT_FOUND", 3: "FAILED_PRECONDITION", 4: "UNAUTHENTICATED",
+            5: "INTERNAL"}
+OK, INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, UNAUTHENTICATED, INTERNAL = range(6)
+
+
+def _aligned(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+@dataclass(frozen=True)
+class SlotLayout:
+    """Where one worker's regions lie in a shard's segment (byte offsets from the slot's start)."""
+
+    params: int  # float32 values per region
+    buffers: int  # float64 values per region
+
+    @property
+    def grad_at(self) -> int:
+        return 0
+
+    @property
+    def params_at(self) -> int:
+        return _aligned(self.params * 4)
+
+    @property
+    def buffers_in_at(self) -> int:
+        return 2 * _aligned(self.params * 4)
+
+    @property
+    def buffers_out_at(self) -> int:
+        return self.buffers_in_at + _aligned(self.buffers * 8)
+
+    @property
+    def nbytes(self) -> int:
+        return max(ALIGN, self.buffers_out_at + _aligned(self.buffers * 8))

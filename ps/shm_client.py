@@ -1,0 +1,203 @@
+"""The same-node transport's client: shared memory for the tensors, a Unix socket to wake the shard.
+
+Same contract as every transport (ps/transport.py). Per step and shard: the
+gradient slice is copied into this worker's slot of the shard's segment, one
+36-byte request goes out, and when the reply comes the parameters are copied
+out of the slot: two memory copies and two tiny messages, with no
+serialization and no Ray call. Requests to all shards go out before any reply
+is read, so the shards work at once. Layout and messages: protos/shm_wire.py.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from rayps.errors import ConfigError, TransportError
+from rayps.protos.shm_wire import (BUFFERS_FOLLOW, FINISH, HELLO, LAYOUT, MESSAGE, OK, PUSH_PULL, REGISTER, REPLY, REQUEST,
+                                   STATUSES, SlotLayout)
+from rayps.ps.partition import ShardRange, buffer_slices
+from rayps.ps.transport import BlockingPushPull, Pending
+
+
+@dataclass(frozen=True)
+class ShmEndpoints:
+    """Where each shard's segment and socket are, on which node; what a worker needs to attach."""
+
+    directories: tuple[str, ...]
+    node_ids: tuple[str, ...]
+    token: str = field(repr=False)
+    ranges: tuple[ShardRange, ...] = ()
+    buffer_ranges: tuple[ShardRange, ...] | None = None
+    timeout_s: float = 300.0
+    name: str = "shm"
+
+    def connect(self, worker_id: int) -> "ShmShardClient":
+        return ShmShardClient(worker_id, self.directories, self.ranges, self.token, self.buffer_ranges,
+                              self.timeout_s, self.node_ids)
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        part = sock.recv(n - got)
+        if not part:
+            raise ConnectionError("the shard closed the connection")
+        chunks.append(part)
+        got += len(part)
+    return b"".join(chunks)
+
+
+class _Link:
+    """One shard: the socket, the mapped segment, and numpy views of this worker's slot."""
+
+    def __init__(self, directory: str, worker_id: int, token: str, size: int, buffers: int, timeout_s: float):
+        self.where = directory
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout_s)
+        self.sock.connect(os.path.join(directory, "socket"))
+        raw = token.encode()
+        self.sock.sendall(HELLO.pack(len(raw), worker_id) + raw)
+        head = _recv_exactly(self.sock, REPLY.size)  # a refusal is a REPLY; the layout is 16 bytes longer
+        status = head[0]
+        if status != OK:
+            (length,) = MESSAGE.unpack(_recv_exactly(self.sock, MESSAGE.size))
+            message = _recv_exactly(self.sock, length).decode()
+            self.sock.close()
+            raise TransportError(f"shard at {directory}: {STATUSES.get(status, status)}: {message}")
+        _, params, nbuffers, offset = LAYOUT.unpack(head + _recv_exactly(self.sock, LAYOUT.size - REPLY.size))
+        if (params, nbuffers) != (size, buffers):
+            raise TransportError(f"shard at {directory} holds {params} parameters and {nbuffers} buffer values,"
+                                 f" but this job expects {size} and {buffers}")
+        fd = os.open(os.path.join(directory, "segment"), os.O_RDWR)
+        try:
+            self.map = mmap.mmap(fd, 0)
+        finally:
+            os.close(fd)
+        lay = SlotLayout(size, buffers)
+        view = lambda at, n, dtype: np.ndarray(n, dtype=dtype, buffer=self.map, offset=offset + at)  # noqa: E731
+        self.grad = view(lay.grad_at, size, np.float32)
+        self.params = view(lay.params_at, size, np.float32)
+        self.buffers_in = view(lay.buffers_in_at, buffers, np.float64)
+        self.buffers_out = view(lay.buffers_out_at, buffers, np.float64)
+
+    def send(self, op: int, worker_id: int, clock: int = 0, pulled: int = 0, samples: int = 0, loss: float = 0.0,
+             ahead: int = 0, flags: int = 0) -> None:
+        self.sock.sendall(REQUEST.pack(op, flags, worker_id, clock, pulled, samples, loss, ahead))
+
+    def receive(self, what: str) -> int:
+        """The reply's version; a refusal raises TransportError with the shard's message."""
+        try:
+            status, _, version = REPLY.unpack(_recv_exactly(self.sock, REPLY.size))
+            (length,) = MESSAGE.unpack(_recv_exactly(self.sock, MESSAGE.size))
+            message = _recv_exactly(self.sock, length).decode() if length else ""
+        except socket.timeout:
+            raise TransportError(f"shard at {self.where}, {what}: no answer in time") from None
+        except OSError as e:
+            raise TransportError(f"shard at {self.where}, {what}: {e}") from None
+        if status != OK:
+            raise TransportError(f"shard at {self.where}, {what}: {STATUSES.get(status, status)}: {message}")
+        return version
+
+    def close(self) -> None:
+        self.sock.close()
+        for name in ("grad", "params", "buffers_in", "buffers_out"):
+            setattr(self, name, None)  # views first: a mapping with live views cannot close
+        try:
+            self.map.close()
+        except BufferError:  # a caller still holds a view: the mapping goes when it does
+            pass
+
+
+class ShmShardClient(BlockingPushPull):
+    name = "shm"
+
+    def __init__(self, worker_id: int, directories: Sequence[str], ranges: Sequence[ShardRange], token: str,
+                 buffer_ranges: Sequence[ShardRange] | None = None, timeout_s: float = 300.0,
+                 node_ids: Sequence[str] | None = None):
+        if len(directories) != len(ranges):
+            raise ConfigError(f"{len(directories)} shard directories for {len(ranges)} ranges")
+        self.worker_id = worker_id
+        self._ranges = list(ranges)
+        self._buffer_ranges = list(buffer_ranges) if buffer_ranges else [ShardRange(r.shard_id, 0, 0) for r in ranges]
+        self._check_node(directories, node_ids)
+        self._links: list[_Link] = []
+        try:
+            for d, r, b in zip(directories, self._ranges, self._buffer_ranges):
+                self._links.append(_Link(d, worker_id, token, r.size, b.size, timeout_s))
+        except BaseException:
+            self.close()
+            raise
+        self._versions = [0] * len(self._links)
+
+    def _check_node(self, directories, node_ids) -> None:
+        here = _node_id()
+        for i, directory in enumerate(directories):
+            there = node_ids[i] if node_ids and node_ids[i] else None
+            elsewhere = there is not None and here is not None and there != here
+            if elsewhere or not os.path.exists(os.path.join(directory, "socket")):
+                raise TransportError(
+                    f"transport shm: worker-{self.worker_id} (node {here}) cannot reach ps-shard-{i} (node {there})"
+                    f" through shared memory: {directory} is not on this node; use transport grpc across nodes")
+
+    # ---- the transport contract (ps/transport.py) ---------------------------------
+
+    def register(self, params_out: np.ndarray, buffers_out: np.ndarray | None = None) -> None:
+        for link in self._links:
+            link.send(REGISTER, self.worker_id)
+        self._collect(params_out, buffers_out, "register")
+
+    def push_pull_async(self, clock: int, grads: np.ndarray, params_out: np.ndarray, num_samples: int,
+                        loss: float, buffers: np.ndarray | None = None, buffers_out: np.ndarray | None = None,
+                        ahead: int = 0) -> Pending:
+        sent = buffer_slices(buffers, self._buffer_ranges)
+        for i, (link, r) in enumerate(zip(self._links, self._ranges)):
+            link.grad[:] = grads[r.lo:r.hi]  # the snapshot: the caller may overwrite grads once we return
+            flags = 0
+            if sent[i] is not None:
+                link.buffers_in[:] = sent[i]
+                flags = BUFFERS_FOLLOW
+            link.send(PUSH_PULL, self.worker_id, clock, self._versions[i], num_samples, loss, ahead, flags)
+        return Pending(lambda: self._collect(params_out, buffers_out, f"step {clock}"))
+
+    def finish(self) -> None:
+        try:
+            for link in self._links:
+                link.send(FINISH, self.worker_id)
+            for link in self._links:
+                link.receive("finish")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for link in self._links:
+            link.close()
+        self._links = []
+
+    def _collect(self, params_out: np.ndarray, buffers_out: np.ndarray | None, what: str) -> None:
+        errors = []
+        for i, (link, r, b) in enumerate(zip(self._links, self._ranges, self._buffer_ranges)):
+            try:  # read every reply, so no stale one is left on a socket for the next step
+                self._versions[i] = link.receive(what)
+            except TransportError as e:
+                errors.append(e)
+                continue
+            params_out[r.lo:r.hi] = link.params
+            if b.size and buffers_out is not None:
+                buffers_out[b.lo:b.hi] = link.buffers_out
+        if errors:
+            raise errors[0]
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # outside Ray (a test, a plain client): no node to name
+        return None

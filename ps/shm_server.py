@@ -1,0 +1,166 @@
+"""The same-node transport's server: a shard's shared-memory segment and its Unix socket.
+
+``start_shm_server`` runs on the shard's event loop (inside the Ray actor,
+the actor's own loop), so requests interleave with Ray calls and gRPC on one
+thread and the shard needs no locks. Per step, a worker writes its gradient
+into its slot and sends one ``REQUEST``; the shard applies it straight from
+the slot (no copy), waits as the consistency mode says, writes the
+parameters into the slot and replies. Protocol and layout: protos/shm_wire.py.
+
+Trust: the segment and the socket live in a directory only this user can
+open (0700), and a connection is served only after it presents the job's
+token. A refused request gets a status and a message; the connection and the
+shard keep serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import mmap
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+from rayps.errors import LeftJobError, OutOfOrderError, PSError, ShapeError
+from rayps.protos.shm_wire import (BUFFERS_FOLLOW, FAILED_PRECONDITION, FINISH, HELLO, INTERNAL, INVALID_ARGUMENT,
+                                   LAYOUT, MESSAGE, NOT_FOUND, OK, OUTCOMES, PUSH_PULL, REGISTER, REPLY, REQUEST,
+                                   UNAUTHENTICATED, SlotLayout)
+from rayps.ps.consistency import UnknownWorkerError
+from rayps.ps.shard import ParameterShard
+
+log = logging.getLogger(__name__)
+
+
+def _status(error: Exception) -> int:
+    if isinstance(error, UnknownWorkerError):
+        return NOT_FOUND
+    if isinstance(error, ShapeError):
+        return INVALID_ARGUMENT
+    if isinstance(error, (LeftJobError, OutOfOrderError)):
+        return FAILED_PRECONDITION
+    return INTERNAL
+
+
+def _reply(status: int, version: int = 0, outcome: int = 0, message: str = "") -> bytes:
+    text = message.encode()
+    return REPLY.pack(status, outcome, version) + MESSAGE.pack(len(text)) + text
+
+
+class ShmShardServer:
+    """One shard's segment (a slot per worker) and the socket its workers talk on."""
+
+    def __init__(self, shard: ParameterShard, token: str, worker_ids: list[int], root: str | None = None):
+        self.shard = shard
+        self._token = token.encode()
+        self.layout = SlotLayout(shard.size, shard.buffer_size)
+        self._slots = {int(w): i * self.layout.nbytes for i, w in enumerate(worker_ids)}
+        base = root or ("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir())
+        self.directory = tempfile.mkdtemp(prefix=f"rayps-shard{shard.shard_id}-", dir=base)  # mode 0700
+        self.segment_path = os.path.join(self.directory, "segment")
+        self.socket_path = os.path.join(self.directory, "socket")
+        size = self.layout.nbytes * max(1, len(worker_ids))
+        fd = os.open(self.segment_path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            self._map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_unix_server(self._serve, path=self.socket_path)
+        os.chmod(self.socket_path, 0o600)
+        log.info("%r serves same-node clients in %s", self.shard, self.directory)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    # ---- one worker's connection ----------------------------------------------------
+
+    def _view(self, worker_id: int, at: int, count: int, dtype) -> np.ndarray:
+        return np.ndarray(count, dtype=dtype, buffer=self._map, offset=self._slots[worker_id] + at)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            worker_id = await self._handshake(reader, writer)
+            if worker_id is None:
+                return
+            lay = self.layout
+            grad = self._view(worker_id, lay.grad_at, lay.params, np.float32)
+            params = self._view(worker_id, lay.params_at, lay.params, np.float32)
+            buffers_in = self._view(worker_id, lay.buffers_in_at, lay.buffers, np.float64)
+            buffers_out = self._view(worker_id, lay.buffers_out_at, lay.buffers, np.float64)
+            while True:
+                try:
+                    header = await reader.readexactly(REQUEST.size)
+                except asyncio.IncompleteReadError:
+                    return  # the worker closed (finished, or its process ended)
+                op, flags, who, clock, pulled, samples, loss, ahead = REQUEST.unpack(header)
+                try:
+                    if who != worker_id:
+                        raise UnknownWorkerError(f"this connection is worker {worker_id}'s, not worker {who}'s")
+                    reply = await self._handle(op, flags, worker_id, clock, pulled, samples, loss, ahead,
+                                               grad, params, buffers_in, buffers_out)
+                except PSError as e:
+                    reply = _reply(_status(e), message=str(e).strip("'\""))
+                writer.write(reply)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            return
+        finally:
+            writer.close()
+
+    async def _handshake(self, reader, writer) -> int | None:
+        token_len, worker_id = HELLO.unpack(await reader.readexactly(HELLO.size))
+        token = await reader.readexactly(min(token_len, 1024))
+        if not hmac.compare_digest(token, self._token):
+            self.shard.count_rejection("unauthenticated")
+            writer.write(_reply(UNAUTHENTICATED, message="missing or wrong token"))
+            await writer.drain()
+            return None
+        if worker_id not in self._slots:
+            self.shard.count_rejection("unknown_worker")
+            writer.write(_reply(NOT_FOUND, message=f"unknown worker id {worker_id}"))
+            await writer.drain()
+            return None
+        writer.write(LAYOUT.pack(OK, self.layout.params, self.layout.buffers, self._slots[worker_id]))
+        await writer.drain()
+        return worker_id
+
+    async def _handle(self, op, flags, worker_id, clock, pulled, samples, loss, ahead,
+                      grad, params, buffers_in, buffers_out) -> bytes:
+        def into_slot(values: np.ndarray) -> None:
+            params[:] = values  # inside the shard's step: the snapshot this reply answers with
+
+        if op == REGISTER:
+            _, version, merged = await self.shard.pull_for(worker_id, 1, take=into_slot)
+        elif op == PUSH_PULL:
+            self.shard.check_ahead(ahead)
+            outcome = self.shard.push(worker_id, clock, grad, pulled, samples, loss,
+                                      buffers_in if flags & BUFFERS_FOLLOW else None)
+            _, version, merged = await self.shard.pull_for(worker_id, clock + 1 + ahead, take=into_slot)
+            if merged is not None:
+                buffers_out[:] = merged
+            return _reply(OK, version, OUTCOMES.index(outcome))
+        elif op == FINISH:
+            await self.shard.finish(worker_id)
+            return _reply(OK, self.shard.version)
+        else:
+            raise ShapeError(f"unknown request op {op}")
+        if merged is not None:
+            buffers_out[:] = merged
+        return _reply(OK, version)
+
+
+async def start_shm_server(shard: ParameterShard, token: str, worker_ids: list[int],
+                           root: str | None = None) -> ShmShardServer:
+    server = ShmShardServer(shard, token, worker_ids, root)
+    await server.start()
+    return server
