@@ -79,6 +79,30 @@ class Monitor:
         return name_failure(self.shards, self.workers, name, error)
 
 
+    def _record(self, stats: dict, t: float) -> dict:
+        samples = {int(k): v for k, v in stats["samples"].items()}
+        dt = max(t - self._last_t, 1e-9)
+        per_worker = {w: (n - self._last_samples.get(w, 0)) / dt for w, n in samples.items()}
+        hist = {int(k): v for k, v in stats["staleness_histogram"].items()}
+        applied = sum(hist.values())
+        losses = list(stats["loss"].values())
+        row = {
+            "t": round(t, 3),
+            # the leading worker's step; finished workers leave the clock table, so never go back
+            "step": max(max(stats["clocks"].values(), default=0), self.history[-1]["step"] if self.history else 0),
+            "samples": sum(samples.values()),
+            "samples_per_s": sum(per_worker.values()),
+            "worker_samples_per_s": {str(w): v for w, v in sorted(per_worker.items())},
+            "loss": sum(losses) / len(losses) if losses else None,
+            "staleness_mean": sum(k * v for k, v in hist.items()) / applied if applied else 0.0,
+            "staleness_max": max(hist, default=0),
+            "max_clock_gap": stats["max_clock_gap"],
+        }
+        self._last_samples, self._last_t = samples, t
+        self.history.append(row)
+        return row
+
+
 def name_failure(shards: list, workers: list, name: str, error: Exception) -> JobError:
     """A JobError naming the actor at fault: a dead one if any (shards first), else ``name``."""
     dead = _first_dead(shards, workers)
@@ -108,26 +132,3 @@ def _first_dead(shards: list, workers: list) -> tuple[str, Exception] | None:
         except Exception:  # still busy (a worker inside run) or slow: alive as far as we know
             continue
     return None
-
-    def _record(self, stats: dict, t: float) -> dict:
-        samples = {int(k): v for k, v in stats["samples"].items()}
-        dt = max(t - self._last_t, 1e-9)
-        per_worker = {w: (n - self._last_samples.get(w, 0)) / dt for w, n in samples.items()}
-        hist = {int(k): v for k, v in stats["staleness_histogram"].items()}
-        applied = sum(hist.values())
-        losses = list(stats["loss"].values())
-        row = {
-            "t": round(t, 3),
-            # the leading worker's step; finished workers leave the clock table, so never go back
-            "step": max(max(stats["clocks"].values(), default=0), self.history[-1]["step"] if self.history else 0),
-            "samples": sum(samples.values()),
-            "samples_per_s": sum(per_worker.values()),
-            "worker_samples_per_s": {str(w): v for w, v in sorted(per_worker.items())},
-            "loss": sum(losses) / len(losses) if losses else None,
-            "staleness_mean": sum(k * v for k, v in hist.items()) / applied if applied else 0.0,
-            "staleness_max": max(hist, default=0),
-            "max_clock_gap": stats["max_clock_gap"],
-        }
-        self._last_samples, self._last_t = samples, t
-        self.history.append(row)
-        return row
