@@ -2,6 +2,7 @@
 
     psctl run [CLUSTER_YAML] [--set KEY=VALUE ...] [--output DIR]
     psctl report RUN_DIR
+    psctl bench [--quick] [--output DIR] [--models small,large] [--transports shm,grpc,ray] [--modes asp,bsp,...]
     psctl serve [SERVE_YAML] [--host H] [--port P] [--size N] [--workers N] [--token-file F] [--set KEY=VALUE ...]
     psctl up CLUSTER_YAML [--dry-run]  /  psctl down CLUSTER_YAML
     psctl submit [CLUSTER_YAML] [--address URL] [--set KEY=VALUE ...] [--output DIR] [--no-wait]
@@ -36,6 +37,13 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a job key, e.g. --set consistency.mode=bsp (repeatable)")
     run.add_argument("--output", help="run directory to write (default: runs/<time>-<mode>)")
     run.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
+
+    bench = sub.add_parser("bench", help="rayps side by side with DDP and a Ray-docs-style parameter server")
+    bench.add_argument("--quick", action="store_true", help="the small model, shm, asp and bsp only (CI-sized)")
+    bench.add_argument("--output", help="run directory to write (default: runs/bench-<time>)")
+    bench.add_argument("--models", help="comma-separated: small, large")
+    bench.add_argument("--transports", help="comma-separated: shm, grpc, ray")
+    bench.add_argument("--modes", help="comma-separated: asp, 'ssp s=1', 'ssp s=2', bsp")
 
     report = sub.add_parser("report", help="draw a run directory's plots and TensorBoard events again")
     report.add_argument("run_dir", help="a run directory (holds summary.json and history.jsonl)")
@@ -94,6 +102,26 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from rayps.launcher.bench import MODELS, MODES, run_bench
+
+    def listed(text, allowed, what):
+        if not text:
+            return None
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        for n in names:
+            if n not in allowed:
+                raise ConfigError(f"--{what}: unknown {n!r} (allowed: {', '.join(allowed)})")
+        return names
+
+    out, rows = run_bench(args.quick, args.output, listed(args.models, list(MODELS), "models"),
+                          listed(args.transports, ["shm", "grpc", "ray"], "transports"),
+                          listed(args.modes, list(MODES), "modes"))
+    print((out / "bench.md").read_text(), end="")
+    print(f"run directory: {out}")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -115,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "bench":
+            return _bench(args)
         from rayps.launcher.cluster_cli import COMMANDS
 
         if args.command in COMMANDS:

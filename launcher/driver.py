@@ -253,6 +253,8 @@ def _summary(config, reports, stats, test_loss, test_accuracy, train_s, wall_s) 
         "final_train_loss": {str(r["worker_id"]): r["final_loss"] for r in reports},
         "samples": samples,
         "samples_per_s": samples / train_s if train_s > 0 else None,
+        # after each worker's first tenth of steps; summed, so a worker that finishes early still counts
+        "steady_samples_per_s": sum(r["steady_samples"] / r["steady_s"] for r in reports if r["steady_s"] > 0),
         "train_s": train_s,
         "wall_s": wall_s,
         "workers": config.workers,

@@ -238,6 +238,8 @@ def _read_only_view(array: np.ndarray) -> torch.Tensor:
     that receives one writes to it (``_writes_grad`` decides), so the warning
     is silenced here and nowhere else.
     """
+    if array.flags.writeable:  # shared memory, a gRPC receive buffer: nothing to silence, and that is costly
+        return torch.from_numpy(array)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return torch.from_numpy(array)

@@ -30,6 +30,10 @@ from rayps.ps.optimizers import OptimizerConfig, make_optimizer
 from rayps.ps.schedules import ScheduleConfig, make_schedule
 
 
+#: How often a shard's counters reach Ray's metrics outside the driver's stats() calls.
+METRICS_FLUSH_S = 0.5
+
+
 @dataclass
 class _Pending:
     """A bsp gradient waiting for its clock's round to fill."""
@@ -80,6 +84,8 @@ class ParameterShard:
         self._loss: dict[int, float] = {}
         self._started = time.monotonic()
         self._metrics = ShardMetrics(shard_id, run_id)
+        self._unflushed: Counter = Counter()  # (metric, outcome) -> count not yet sent to Ray's metrics
+        self._next_flush = 0.0
         self._memory_bytes = self._params.nbytes + self._buffers.nbytes + sum(
             v.nbytes for v in self._optimizer.state_dict().values() if isinstance(v, np.ndarray))
 
@@ -142,7 +148,7 @@ class ParameterShard:
             raise LeftJobError(f"{self!r}: worker {worker_id} has left the job; its push is refused")
         if clock <= self._clocks.completed(worker_id):
             self._duplicates += 1
-            self._metrics.pushes.inc(tags={"outcome": "duplicate"})
+            self._unflushed[("pushes", "duplicate")] += 1
             return "duplicate"
         outcome = "applied"
         if self._config.mode == "bsp":
@@ -158,8 +164,9 @@ class ParameterShard:
         self._clocks.advance(worker_id, clock)
         self._maybe_step_round()
         self._notify()
-        self._metrics.pushes.inc(tags={"outcome": outcome})
-        self._report_lag()
+        self._unflushed[("pushes", outcome)] += 1
+        if time.monotonic() >= self._next_flush:
+            self._flush_metrics()
         return outcome
 
     async def pull_for(self, worker_id: int, clock: int, take: Callable[[np.ndarray], Any] | None = None,
@@ -252,7 +259,7 @@ class ParameterShard:
             lr /= max(1, max(staleness))
         self._optimizer.step(self._params, grad, lr)
         self._version += 1
-        self._metrics.updates.inc()
+        self._unflushed[("updates", "")] += 1
         for tau in staleness:
             self._metrics.staleness.observe(tau)
         self._applied += len(staleness)
@@ -303,12 +310,23 @@ class ParameterShard:
 
     # ---- waiting ------------------------------------------------------------------
 
-    def _report_lag(self) -> None:
-        """Each live worker's lag behind the fastest, for the dashboard."""
+    def _flush_metrics(self) -> None:
+        """Counters and each live worker's clock lag to Ray's metrics: a few times a second, not per push.
+
+        (Per push, the calls cost the hot path several percent; the staleness
+        histogram still sees every update, as its counts must match the summary.)
+        """
+        for (name, outcome), n in self._unflushed.items():
+            if n and name == "pushes":
+                self._metrics.pushes.inc(n, tags={"outcome": outcome})
+            elif n:
+                self._metrics.updates.inc(n)
+        self._unflushed.clear()
         clocks = self._clocks.snapshot()
         fastest = max(clocks.values(), default=0)
         for worker, clock in clocks.items():
             self._metrics.clock_lag.set(fastest - clock, tags={"worker": str(worker)})
+        self._next_flush = time.monotonic() + METRICS_FLUSH_S
 
     def _notify(self) -> None:
         """Wake every waiter to re-check its condition (one event per change)."""
@@ -349,6 +367,7 @@ class ParameterShard:
 
     async def stats(self) -> dict:
         self._metrics.memory_bytes.set(self._memory_bytes)  # refreshed whenever the driver looks
+        self._flush_metrics()
         return {
             "shard_id": self.shard_id,
             "size": int(self._params.size),

@@ -127,11 +127,19 @@ class Worker:
             m.samples_per_s.set(sum(n for _, n in self._window) / span)
         self._next_flush = now + FLUSH_S
 
+    def _planned_steps(self) -> int:
+        per_epoch = self.sharder.batches_per_epoch * self.plan.epochs
+        return per_epoch if self.plan.max_steps is None else min(per_epoch, self.plan.max_steps)
+
     def run(self) -> dict:
         """Train to the end of the last epoch (or ``max_steps``); return what was done."""
         plan, flat, device = self.plan, self.flat, self.flat.device
         began = time.monotonic()
         clock = samples = 0
+        # Steady state: time from the end of the first tenth of the planned steps (warm-up: first
+        # calls, allocations, caches) to the end, and the samples trained in between.
+        warmup = max(1, self._planned_steps() // 10)
+        steady_from, steady_samples = None, 0
         loss_value = float("nan")
         self.model.train()
         buffers = flat.buffers if flat.buffers.numel else None  # most models have none: send nothing
@@ -168,6 +176,10 @@ class Worker:
                         in_flight = None
                         flat.params_received(buffers=True, counters=False)
                     samples += len(indices)
+                    if clock == warmup:
+                        steady_from = time.monotonic()
+                    elif steady_from is not None:
+                        steady_samples += len(indices)
                     self._record(time.monotonic() - waited, len(indices), loss_value)
             if in_flight is not None:
                 in_flight.wait()
@@ -187,6 +199,8 @@ class Worker:
             "samples": samples,
             "final_loss": loss_value,
             "wall_s": time.monotonic() - began,
+            "steady_samples": steady_samples,
+            "steady_s": time.monotonic() - steady_from if steady_from is not None else 0.0,
         }
 
 

@@ -1,0 +1,152 @@
+"""``psctl bench``: rayps side by side with its peers on this machine, in one run.
+
+Every row trains the same model on the same synthetic MNIST-shaped data
+(``rayps.worker.datasets:synthetic_mnist``) with the same batch per worker,
+SGD lr 0.01, 2 workers (and 2 shards for rayps), one configuration at a time,
+so no two rows compete for the cores. Each row reports samples/s after its
+first tenth of steps (summed over workers). The peers are in
+launcher/peers.py. Output: a Markdown table on stdout and, in the run
+directory, ``bench.json``, ``bench.md`` and ``bench.png``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rayps.launcher import peers
+from rayps.launcher.config import JobConfig
+from rayps.launcher.driver import run_job
+from rayps.launcher.local import ensure_ray
+from rayps.ps.settings import build
+from rayps.worker.datasets import synthetic_mnist
+from rayps.worker.models import mlp
+
+WORKERS, BATCH, LR = 2, 128, 0.01
+MODELS = {  # name -> (hidden layers, steps per worker in a full run)
+    "small": ((256,), 800),
+    "large": ((3584, 2048), 40),
+}
+MODES = {"asp": {"mode": "asp"}, "ssp s=1": {"mode": "ssp", "staleness": 1},
+         "ssp s=2": {"mode": "ssp", "staleness": 2}, "bsp": {"mode": "bsp"}}
+
+
+@dataclass
+class Row:
+    model: str
+    system: str
+    samples_per_s: float
+    extra: dict = field(default_factory=dict)
+
+
+def _model(hidden) -> functools.partial:
+    return functools.partial(mlp, in_features=784, hidden=list(hidden), num_classes=10)
+
+
+def rayps_row(model: str, hidden, steps: int, transport: str, mode: str, out: Path) -> Row:
+    config = build(JobConfig, {
+        "model": "rayps.worker.models:mlp", "model_args": {"in_features": 784, "hidden": list(hidden)},
+        "data": "rayps.worker.datasets:synthetic_mnist", "optimizer": {"name": "sgd", "lr": LR},
+        "consistency": MODES[mode], "transport": transport, "workers": WORKERS, "servers": 2,
+        "batch_size": BATCH, "epochs": 1000, "max_steps": steps, "eval_every_s": 0,
+    }, "bench")
+    s = run_job(config, output=out / f"{model}-{transport}-{mode.replace(' ', '')}", dashboard=False,
+                report=False).summary
+    return Row(model, f"rayps {mode}, {transport}", s["steady_samples_per_s"],
+               {"max_clock_gap": s["max_clock_gap"], "transport": s["transport"]})
+
+
+def peer_rows(model: str, hidden, steps: int) -> list[Row]:
+    model_fn, data_fn = _model(hidden), synthetic_mnist
+    common = dict(workers=WORKERS, batch=BATCH, lr=LR, steps=steps)
+    return [
+        Row(model, "Ray-docs-style PS, async", peers.raydocs_ps(model_fn, data_fn, sync=False, **common)["samples_per_s"]),
+        Row(model, "Ray-docs-style PS, sync", peers.raydocs_ps(model_fn, data_fn, sync=True, **common)["samples_per_s"]),
+        Row(model, "PyTorch DDP (gloo)", peers.processes(model_fn, data_fn, communicate=True, **common)["samples_per_s"]),
+        Row(model, "no communication (ceiling)",
+            peers.processes(model_fn, data_fn, communicate=False, **common)["samples_per_s"]),
+        Row(model, "single process", peers.processes(model_fn, data_fn, communicate=False,
+                                                     **{**common, "workers": 1})["samples_per_s"]),
+    ]
+
+
+def ratios(rows: list[Row]) -> None:
+    """Each row's ratio to DDP, to the better Ray-docs server and to the ceiling; overhead per step."""
+    for model in {r.model for r in rows}:
+        mine = [r for r in rows if r.model == model]
+        by = {r.system: r.samples_per_s for r in mine}
+        ddp, ceiling = by.get("PyTorch DDP (gloo)"), by.get("no communication (ceiling)")
+        docs = max((v for k, v in by.items() if k.startswith("Ray-docs")), default=None)
+        for r in mine:
+            if ddp:
+                r.extra["x_ddp"] = r.samples_per_s / ddp
+            if docs:
+                r.extra["x_raydocs"] = r.samples_per_s / docs
+            if ceiling and r.samples_per_s:
+                r.extra["x_ceiling"] = r.samples_per_s / ceiling
+                workers = 1 if r.system == "single process" else WORKERS
+                step_ms = 1000 * workers * BATCH / r.samples_per_s
+                r.extra["overhead_ms"] = step_ms - 1000 * WORKERS * BATCH / ceiling
+
+
+def table(rows: list[Row]) -> str:
+    lines = ["| model | system | samples/s | x DDP | x Ray-docs PS | x ceiling | overhead ms/step |",
+             "|---|---|---|---|---|---|---|"]
+    fmt = lambda v, spec: format(v, spec) if v is not None else ""  # noqa: E731
+    for r in rows:
+        e = r.extra
+        lines.append(f"| {r.model} | {r.system} | {r.samples_per_s:,.0f} | {fmt(e.get('x_ddp'), '.2f')}"
+                     f" | {fmt(e.get('x_raydocs'), '.2f')} | {fmt(e.get('x_ceiling'), '.2f')}"
+                     f" | {fmt(e.get('overhead_ms'), '.2f')} |")
+    return "\n".join(lines)
+
+
+def chart(rows: list[Row], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({r.model for r in rows}, key=list(MODELS).index)
+    fig, axes = plt.subplots(len(models), 1, figsize=(9, 1 + 0.35 * len(rows)), squeeze=False)
+    for ax, model in zip(axes[:, 0], models):
+        mine = [r for r in rows if r.model == model]
+        ax.barh([r.system for r in mine], [r.samples_per_s for r in mine],
+                color=["tab:blue" if r.system.startswith("rayps") else "tab:gray" for r in mine])
+        ax.invert_yaxis()
+        ax.set_title(f"{model} MLP: samples/s (2 workers, batch {BATCH})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_bench(quick: bool = False, output: str | Path | None = None, models: list[str] | None = None,
+              transports: list[str] | None = None, modes: list[str] | None = None,
+              steps: int | None = None) -> tuple[Path, list[Row]]:
+    """Every row in turn; ``steps`` (per worker) overrides each model's default, for a short check."""
+    steps_override = steps
+    out = Path(output or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    ensure_ray(dashboard=False)
+    models = models or (["small"] if quick else list(MODELS))
+    transports = transports or (["shm"] if quick else ["shm", "grpc", "ray"])
+    modes = modes or (["asp", "bsp"] if quick else list(MODES))
+    rows: list[Row] = []
+    for model in models:
+        hidden, default_steps = MODELS[model]
+        steps = steps_override or default_steps
+        for transport in transports:
+            for mode in modes:
+                rows.append(rayps_row(model, hidden, steps, transport, mode, out / "jobs"))
+                print(f"  {rows[-1].system}: {rows[-1].samples_per_s:,.0f} samples/s", flush=True)
+        rows += peer_rows(model, hidden, steps)
+        for r in rows[-5:]:
+            print(f"  {r.system}: {r.samples_per_s:,.0f} samples/s", flush=True)
+    ratios(rows)
+    text = table(rows)
+    (out / "bench.md").write_text(text + "\n")
+    (out / "bench.json").write_text(json.dumps([r.__dict__ for r in rows], indent=2))
+    chart(rows, out / "bench.png")
+    return out, rows

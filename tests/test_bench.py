@@ -1,0 +1,30 @@
+"""psctl bench, cut short: every peer runs, and the table, JSON and chart land in the run directory.
+
+Speed itself is never asserted here (2 shared cores make timings noise);
+the benchmark's numbers go into the README from a full run.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rayps.launcher.bench import run_bench
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def test_a_short_bench_measures_every_system_and_writes_its_report(ray_session, tmp_path):
+    out, rows = run_bench(output=tmp_path / "bench", models=["small"], transports=["shm"], modes=["asp"], steps=60)
+    systems = [r.system for r in rows]
+    assert systems == ["rayps asp, shm", "Ray-docs-style PS, async", "Ray-docs-style PS, sync",
+                       "PyTorch DDP (gloo)", "no communication (ceiling)", "single process"]
+    assert all(r.samples_per_s > 0 for r in rows)
+    ddp = rows[3].samples_per_s
+    assert rows[0].extra["x_ddp"] == pytest.approx(rows[0].samples_per_s / ddp)
+    assert rows[0].extra["transport"] == "shm"
+    saved = json.loads((out / "bench.json").read_text())
+    assert [r["system"] for r in saved] == systems
+    assert (out / "bench.md").read_text().count("| small |") == len(rows)
+    assert (out / "bench.png").stat().st_size > 1000
