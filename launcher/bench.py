@@ -92,6 +92,111 @@ def ratios(rows: list[Row]) -> None:
                 r.extra["overhead_ms"] = step_ms - 1000 * WORKERS * BATCH / ceiling
 
 
+#: Straggler scenarios: (name, rayps debug knobs, the same for the peers, rayps configurations to run)
+STRAGGLERS = [
+    ("no stragglers", {}, {}, [("asp", {"mode": "asp"}), ("ssp s=2", {"mode": "ssp", "staleness": 2}),
+                               ("bsp", {"mode": "bsp"})]),
+    ("worker 1 at half speed", {"slowdown": {1: 1.0}}, {"slow": {1: 1.0}},
+     [("asp", {"mode": "asp"}), ("bsp, quorum 1 of 2", {"mode": "bsp", "quorum": 1}),
+      ("ssp s=2", {"mode": "ssp", "staleness": 2})]),
+    ("transient: p 0.1, 3x compute", {"stragglers": {"probability": 0.1, "factor": 3.0}},
+     {"straggle": (0.1, 3.0)},
+     [("ssp s=2", {"mode": "ssp", "staleness": 2}), ("asp", {"mode": "asp"}), ("bsp", {"mode": "bsp"})]),
+]
+# SGD lr 0.01 on the synthetic data: one process needs ~1,600 steps of 128 to reach 1.5
+TARGET_LOSS, STRAGGLER_STEPS = 1.5, 2000
+
+
+def straggler_rows(out: Path, steps: int = STRAGGLER_STEPS, target: float = TARGET_LOSS) -> list[Row]:
+    """Seconds to a target training loss (mean of 10 steps) for the small model, with stragglers."""
+    rows = []
+    for scenario, knobs, peer_knobs, configs in STRAGGLERS:
+        ddp = peers.processes(_model((256,)), synthetic_mnist, WORKERS, BATCH, LR, steps, communicate=True,
+                              target=target, **peer_knobs)
+        rows.append(Row("stragglers", f"{scenario}: PyTorch DDP (gloo)", ddp["samples_per_s"],
+                        {"time_to_target_s": ddp["reached_s"]}))
+        for name, consistency in configs:
+            config = build(JobConfig, {
+                "model": "rayps.worker.models:mlp", "model_args": {"in_features": 784, "hidden": [256]},
+                "data": "rayps.worker.datasets:synthetic_mnist", "optimizer": {"name": "sgd", "lr": LR},
+                "consistency": consistency, "workers": WORKERS, "servers": 2, "batch_size": BATCH,
+                "epochs": 1000, "max_steps": steps, "eval_every_s": 0, "target_loss": target, "debug": knobs,
+            }, "bench")
+            s = run_job(config, output=out / f"straggle-{len(rows)}", dashboard=False, report=False).summary
+            rows.append(Row("stragglers", f"{scenario}: rayps {name}", s["steady_samples_per_s"],
+                            {"time_to_target_s": s["time_to_target_s"]}))
+        for r in rows[-len(configs):]:
+            mine, theirs = r.extra["time_to_target_s"], ddp["reached_s"]
+            if mine and theirs:
+                r.extra["x_ddp_time"] = theirs / mine  # > 1: sooner than DDP
+    return rows
+
+
+def straggler_table(rows: list[Row]) -> str:
+    lines = [f"| scenario: system | seconds to training loss {TARGET_LOSS} | x sooner than DDP | samples/s |",
+             "|---|---|---|---|"]
+    for r in rows:
+        t, x = r.extra.get("time_to_target_s"), r.extra.get("x_ddp_time")
+        lines.append(f"| {r.system} | {'not reached' if t is None else f'{t:.1f}'} | {'' if x is None else f'{x:.2f}'}"
+                     f" | {r.samples_per_s:,.0f} |")
+    return "\n".join(lines)
+
+
+def transport_rows(megabytes: int = 100, repeats: int = 5) -> list[Row]:
+    # (the model field holds "transport"; samples_per_s holds GB/s moved: push and pull bytes over the time)
+    """A push and a pull of ``megabytes`` of float32 through each transport, against memcpy, one run."""
+    import numpy as np
+    import ray
+
+    from rayps.launcher.driver import make_transport
+    from rayps.ps.consistency import ConsistencyConfig
+    from rayps.ps.optimizers import OptimizerConfig
+    from rayps.ps.partition import partition
+    from rayps.ps.schedules import ScheduleConfig
+    from rayps.ps.served import ServedShard
+
+    n = megabytes * (1 << 20) // 4
+    src, dst = np.ones(n, np.float32), np.empty(n, np.float32)
+    copies = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        np.copyto(dst, src)
+        copies.append(time.perf_counter() - began)
+    memcpy_gbs = n * 4 / sorted(copies)[repeats // 2] / 1e9
+    rows = [Row("transport", "memcpy (numpy copyto), one copy", memcpy_gbs, {"ms": 1000 * n * 4 / memcpy_gbs / 1e9})]
+    ranges = tuple(partition(n, 1))
+    for name in ("shm", "grpc", "ray"):
+        shard = ray.remote(ServedShard).options(num_cpus=0).remote(
+            0, np.zeros(n, np.float32), [0], OptimizerConfig(name="sgd", lr=0.01), ScheduleConfig(),
+            ConsistencyConfig(mode="asp"))
+        try:
+            client = make_transport(name, [shard], ranges, None, workers=1).connect(0)
+            params, grads = np.empty(n, np.float32), np.full(n, 1e-3, np.float32)
+            client.register(params)
+            times = []
+            for clock in range(1, repeats + 2):
+                began = time.perf_counter()
+                client.push_pull(clock, grads, params, 1, 0.0)
+                times.append(time.perf_counter() - began)
+            client.finish()
+        finally:
+            ray.get(shard.stop_serving.remote())
+            ray.kill(shard)
+        step = sorted(times[1:])[repeats // 2]  # the first step also opens streams and maps pages
+        gbs = 2 * n * 4 / step / 1e9
+        rows.append(Row("transport", f"push + pull through {name}", gbs,
+                        {"ms": 1000 * step, "x_memcpy": gbs / memcpy_gbs}))
+    return rows
+
+
+def transport_table(rows: list[Row]) -> str:
+    lines = ["| what (each way) | ms | GB/s moved | x memcpy |", "|---|---|---|---|"]
+    for r in rows:
+        x = r.extra.get("x_memcpy")
+        lines.append(f"| {r.system} | {r.extra['ms']:.1f} | {r.samples_per_s:.2f} | {'' if x is None else f'{x:.2f}'} |")
+    return "\n".join(lines)
+
+
 def table(rows: list[Row]) -> str:
     lines = ["| model | system | samples/s | x DDP | x Ray-docs PS | x ceiling | overhead ms/step |",
              "|---|---|---|---|---|---|---|"]
@@ -109,6 +214,7 @@ def chart(rows: list[Row], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if r.model in MODELS]  # straggler and transport rows have their own tables
     models = sorted({r.model for r in rows}, key=list(MODELS).index)
     fig, axes = plt.subplots(len(models), 1, figsize=(9, 1 + 0.35 * len(rows)), squeeze=False)
     for ax, model in zip(axes[:, 0], models):
@@ -124,9 +230,11 @@ def chart(rows: list[Row], path: Path) -> None:
 
 def run_bench(quick: bool = False, output: str | Path | None = None, models: list[str] | None = None,
               transports: list[str] | None = None, modes: list[str] | None = None,
-              steps: int | None = None) -> tuple[Path, list[Row]]:
+              steps: int | None = None, stragglers: bool | None = None,
+              transport_mb: int = 100) -> tuple[Path, list[Row]]:
     """Every row in turn; ``steps`` (per worker) overrides each model's default, for a short check."""
     steps_override = steps
+    stragglers = (not quick) if stragglers is None else stragglers
     out = Path(output or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     ensure_ray(dashboard=False)
@@ -146,6 +254,13 @@ def run_bench(quick: bool = False, output: str | Path | None = None, models: lis
             print(f"  {r.system}: {r.samples_per_s:,.0f} samples/s", flush=True)
     ratios(rows)
     text = table(rows)
+    wire = transport_rows(transport_mb)
+    rows += wire
+    text += "\n\n" + transport_table(wire)
+    if stragglers:
+        late = straggler_rows(out / "jobs")
+        rows += late
+        text += "\n\n" + straggler_table(late)
     (out / "bench.md").write_text(text + "\n")
     (out / "bench.json").write_text(json.dumps([r.__dict__ for r in rows], indent=2))
     chart(rows, out / "bench.png")

@@ -50,13 +50,28 @@ class DebugConfig:
     """Knobs for experiments and tests, off by default."""
 
     slow_workers: Mapping[int, float] = field(default_factory=dict)  # worker id -> extra seconds per step
+    # worker id -> extra time per step as a multiple of that step's compute (1.0: half speed)
+    slowdown: Mapping[int, float] = field(default_factory=dict)
+    # transient stragglers: {probability: p, factor: f}: each step, each worker is held back by
+    # f times its compute time with probability p (seeded by the job's seed and the worker)
+    stragglers: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        require(isinstance(self.slow_workers, Mapping),
-                f"slow_workers ({self.slow_workers!r}) must be a mapping of worker id to seconds")
-        for worker, delay in self.slow_workers.items():
-            number(worker, f"slow_workers key {worker!r}", minimum=0, integer=True)
-            number(delay, f"slow_workers[{worker}]", minimum=0)
+        for key in ("slow_workers", "slowdown"):
+            value = getattr(self, key)
+            require(isinstance(value, Mapping), f"{key} ({value!r}) must be a mapping of worker id to a number")
+            for worker, amount in value.items():
+                number(worker, f"{key} key {worker!r}", minimum=0, integer=True)
+                number(amount, f"{key}[{worker}]", minimum=0)
+        require(isinstance(self.stragglers, Mapping), f"stragglers ({self.stragglers!r}) must be a mapping")
+        if self.stragglers:
+            unknown = sorted(set(map(str, self.stragglers)) - {"probability", "factor"})
+            require(not unknown, f"stragglers: unknown key {unknown[:1]} (allowed: factor, probability)")
+            require(set(self.stragglers) == {"probability", "factor"}, "stragglers needs probability and factor")
+            number(self.stragglers["probability"], "stragglers.probability", minimum=0)
+            require(self.stragglers["probability"] <= 1,
+                    f"stragglers.probability ({self.stragglers['probability']!r}) must be <= 1")
+            number(self.stragglers["factor"], "stragglers.factor", minimum=0)
 
 
 @dataclass(frozen=True)
@@ -87,6 +102,7 @@ class JobConfig:
     spread_servers: bool = True  # place shards on different nodes where possible
     eval_every_s: float = 2.0  # evaluate on the test split this often while training (0: only at the end)
     torch_threads: int = 1  # intra-op threads per worker
+    target_loss: float | None = None  # record when each worker's mean loss of 10 steps first falls below it
     overlap: Any = "auto"  # compute the next step while a push is in flight: true, false, auto (asp, ssp s >= 1)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
@@ -130,9 +146,12 @@ class JobConfig:
         require(isinstance(self.model_args, Mapping), f"model_args ({self.model_args!r}) must be a mapping")
         require(self.model is not None and (callable(self.model) or isinstance(self.model, str)),
                 f"model ({self.model!r}) must be a 'module:callable' string or a callable")
-        for worker in self.debug.slow_workers:
-            require(worker < self.workers,
-                    f"debug.slow_workers names worker {worker}, but the job has workers 0..{self.workers - 1}")
+        for key in ("slow_workers", "slowdown"):
+            for worker in getattr(self.debug, key):
+                require(worker < self.workers,
+                        f"debug.{key} names worker {worker}, but the job has workers 0..{self.workers - 1}")
+        if self.target_loss is not None:
+            number(self.target_loss, "target_loss", minimum=0)
         quorum = self.consistency.quorum
         require(quorum is None or quorum <= self.workers,
                 f"consistency.quorum ({quorum}) must not exceed workers ({self.workers})")

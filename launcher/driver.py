@@ -34,7 +34,7 @@ from rayps.launcher.rundir import default_run_dir, write_run_dir
 from rayps.ps.client import RayTransport
 from rayps.ps.shm_client import ShmEndpoints
 from rayps.ps.grpc_client import GrpcEndpoints
-from rayps.ps.grpc_security import new_token
+from rayps.ps.grpc_security import GrpcConfig, new_token
 from rayps.ps.served import ServedShard
 from rayps.ps.partition import partition
 from rayps.worker.data import DataSource, EpochSharder, resolve_data
@@ -160,15 +160,21 @@ def chosen_transport(config: JobConfig, nodes: list[dict]) -> str:
 
 def _transport(config: JobConfig, shards, ranges, buffer_ranges):
     """The transport spec every worker connects through (ps/transport.py)."""
-    name = chosen_transport(config, ray.nodes())
+    return make_transport(chosen_transport(config, ray.nodes()), shards, ranges, buffer_ranges,
+                          config.workers, config.grpc)
+
+
+def make_transport(name: str, shards, ranges, buffer_ranges, workers: int, grpc: GrpcConfig | None = None):
+    """Have the shards serve transport ``name`` and return the spec workers connect through."""
+    grpc = grpc or GrpcConfig()
     if name == "grpc":
-        return _serve_grpc(config, shards, ranges, buffer_ranges)
+        return _serve_grpc(grpc, shards, ranges, buffer_ranges)
     if name == "shm":
         token = new_token()
         placed = ray.get([s.where.remote() for s in shards])
-        directories = ray.get([s.serve_shm.remote(token, list(range(config.workers))) for s in shards])
+        directories = ray.get([s.serve_shm.remote(token, list(range(workers))) for s in shards])
         return ShmEndpoints(tuple(directories), tuple(p["node_id"] for p in placed), token, ranges, buffer_ranges,
-                            config.grpc.timeout_s)
+                            grpc.timeout_s)
     return RayTransport(tuple(shards), ranges, buffer_ranges)
 
 
@@ -182,9 +188,8 @@ def _stop_serving(shards) -> None:
             pass
 
 
-def _serve_grpc(config: JobConfig, shards, ranges, buffer_ranges) -> GrpcEndpoints:
+def _serve_grpc(g: GrpcConfig, shards, ranges, buffer_ranges) -> GrpcEndpoints:
     """Have every shard serve gRPC (port 0) and collect the addresses it bound."""
-    g = config.grpc
     host = g.host
     if host is None and len([n for n in ray.nodes() if n.get("Alive")]) == 1:
         host = "127.0.0.1"  # one machine: stay on loopback
@@ -203,6 +208,10 @@ def _plan(config: JobConfig, worker_id: int, run_id: str = "") -> WorkerPlan:
         worker_id=worker_id, num_workers=config.workers, batch_size=config.batch_size,
         epochs=config.epochs, max_steps=config.max_steps, seed=config.seed,
         slow_s=float(config.debug.slow_workers.get(worker_id, 0.0)),
+        slowdown=float(config.debug.slowdown.get(worker_id, 0.0)),
+        straggle_p=float(config.debug.stragglers.get("probability", 0.0)),
+        straggle_factor=float(config.debug.stragglers.get("factor", 0.0)),
+        target_loss=config.target_loss,
         use_gpu=config.num_gpus > 0, torch_threads=config.torch_threads, run_id=run_id,
         overlap=config.overlaps,
     )
@@ -255,6 +264,9 @@ def _summary(config, reports, stats, test_loss, test_accuracy, train_s, wall_s) 
         "samples_per_s": samples / train_s if train_s > 0 else None,
         # after each worker's first tenth of steps; summed, so a worker that finishes early still counts
         "steady_samples_per_s": sum(r["steady_samples"] / r["steady_s"] for r in reports if r["steady_s"] > 0),
+        # the first worker whose mean loss over 10 steps fell below target_loss, seconds into its run
+        "time_to_target_s": min((r["reached_target_s"] for r in reports if r["reached_target_s"] is not None),
+                                default=None),
         "train_s": train_s,
         "wall_s": wall_s,
         "workers": config.workers,

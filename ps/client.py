@@ -41,6 +41,7 @@ class RayTransport:
 
 class ShardClient(BlockingPushPull):
     name = "ray"
+    fills_on_wait = True  # ray.get happens in wait()
 
     def __init__(self, worker_id: int, shards: Sequence, ranges: Sequence[ShardRange],
                  buffer_ranges: Sequence[ShardRange] | None = None):

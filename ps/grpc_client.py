@@ -86,6 +86,7 @@ def open_channel(address: str, tls: TLSConfig | None) -> grpc.aio.Channel:
 
 class GrpcShardClient(BlockingPushPull):
     name = "grpc"
+    fills_on_wait = False  # the loop thread assembles chunks into params_out as they arrive
 
     def __init__(self, worker_id: int, addresses: Sequence[str], ranges: Sequence[ShardRange], token: str,
                  tls: TLSConfig | None = None, timeout_s: float = 300.0, chunk_bytes: int = CHUNK_BYTES,

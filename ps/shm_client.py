@@ -116,6 +116,7 @@ class _Link:
 
 class ShmShardClient(BlockingPushPull):
     name = "shm"
+    fills_on_wait = True  # the slots are copied out in wait()
 
     def __init__(self, worker_id: int, directories: Sequence[str], ranges: Sequence[ShardRange], token: str,
                  buffer_ranges: Sequence[ShardRange] | None = None, timeout_s: float = 300.0,

@@ -22,6 +22,7 @@ Every ``Transport`` keeps one contract, checked by one suite
   breaks the bound.
 - ``push_pull(...)``: the same, waited on.
 - ``finish()``: leave every shard's clock table, so nobody waits for this worker.
+- ``fills_on_wait``: whether ``params_out`` is written only inside ``wait()``.
 
 Implementations: ``RayTransport`` (the object store, ps/client.py),
 ``GrpcEndpoints`` (ps/grpc_client.py) and ``ShmEndpoints`` (same-node shared
@@ -53,6 +54,9 @@ class Pending:
 
 class Transport(Protocol):
     name: str
+    #: True when ``params_out`` is written only inside ``Pending.wait()`` (never while the
+    #: caller computes), so an overlapping worker may receive straight into its parameters.
+    fills_on_wait: bool
 
     def register(self, params_out: np.ndarray, buffers_out: np.ndarray | None = None) -> None: ...
 

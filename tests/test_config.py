@@ -12,6 +12,7 @@ from rayps.ps.consistency import ConsistencyConfig
 from rayps.errors import ConfigError
 from rayps.ps.optimizers import OptimizerConfig
 from rayps.ps.schedules import ScheduleConfig
+from rayps.ps.settings import build
 
 CLUSTER_YAML = """\
 cluster_name: ps-digits
@@ -358,7 +359,7 @@ def test_to_dict_round_trips_through_json_for_a_loaded_config(tmp_path):
     data = json.loads(json.dumps(config.to_dict()))
     assert data["optimizer"] == {**data["optimizer"], "name": "adam", "lr": 0.002, "betas": [0.8, 0.99]}
     assert data["consistency"]["staleness"] == 3
-    assert data["debug"] == {"slow_workers": {"0": 0.05}}
+    assert data["debug"] == {"slow_workers": {"0": 0.05}, "slowdown": {}, "stragglers": {}}
     assert data["workers"] == 3
 
 
@@ -384,3 +385,23 @@ def test_to_dict_is_json_serialisable_with_a_callable_that_cannot_be_copied():
 
     data = json.loads(json.dumps(JobConfig(model=Factory()).to_dict()))
     assert data["model"] == "Factory()"
+
+
+@pytest.mark.parametrize("debug, fragment", [
+    ({"stragglers": {"probability": 1.5, "factor": 3}}, "stragglers.probability (1.5) must be <= 1"),
+    ({"stragglers": {"probability": 0.1, "factr": 3}}, "stragglers: unknown key ['factr']"),
+    ({"stragglers": {"probability": 0.1}}, "stragglers needs probability and factor"),
+    ({"slowdown": {0: -1}}, "slowdown[0] (-1) must be >= 0"),
+    ({"slowdown": {5: 1.0}}, "debug.slowdown names worker 5, but the job has workers 0..1"),
+])
+def test_straggler_knobs_are_checked_before_anything_starts(debug, fragment):
+    with pytest.raises(ConfigError) as caught:
+        build(JobConfig, {"debug": debug}, "Job")
+    assert fragment in str(caught.value)
+
+
+def test_overlap_true_is_refused_where_computing_ahead_would_break_the_bound():
+    with pytest.raises(ConfigError, match="overlap: true needs asp or ssp with staleness >= 1, not bsp"):
+        build(JobConfig, {"overlap": True, "consistency": {"mode": "bsp"}}, "Job")
+    assert build(JobConfig, {"consistency": {"mode": "ssp", "staleness": 0}}, "Job").overlaps is False
+    assert build(JobConfig, {"consistency": {"mode": "asp"}}, "Job").overlaps is True

@@ -148,3 +148,16 @@ def test_a_job_asking_for_what_the_cluster_lacks_fails_at_once(ray_session, tmp_
         run(tmp_path, server_resources={"ps_server": 1})
     assert time.monotonic() - began < 30  # not pending forever
     assert not (tmp_path / "run").exists()
+
+
+def test_a_slowed_worker_falls_behind_and_the_time_to_a_target_loss_is_reported(ray_session, tmp_path):
+    s = run(tmp_path, consistency={"mode": "asp"}, max_steps=80, target_loss=1.0,
+            debug={"slowdown": {1: 3.0}, "stragglers": {"probability": 0.2, "factor": 2.0}}).summary
+    assert s["max_clock_gap"] > 5  # worker 1, at a quarter speed, is left behind under asp
+    assert s["time_to_target_s"] is not None and 0 < s["time_to_target_s"] < s["train_s"]
+    assert s["steady_samples_per_s"] > 0
+
+
+def test_a_target_loss_never_reached_is_reported_as_none(ray_session, tmp_path):
+    s = run(tmp_path, max_steps=20, target_loss=1e-6).summary
+    assert s["time_to_target_s"] is None

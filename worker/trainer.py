@@ -56,6 +56,10 @@ class WorkerPlan:
     max_steps: int | None = None  # per worker; None: run every epoch to the end
     seed: int = 0
     slow_s: float = 0.0  # straggler knob: extra seconds per step
+    slowdown: float = 0.0  # straggler knob: extra time per step, as a multiple of its compute
+    straggle_p: float = 0.0  # transient stragglers: the chance a step is held back ...
+    straggle_factor: float = 0.0  # ... by this multiple of its compute time
+    target_loss: float | None = None  # note when the mean loss of the last 10 steps first falls below
     use_gpu: bool = False
     torch_threads: int = 1
     run_id: str = ""  # tags this run's metrics
@@ -127,6 +131,15 @@ class Worker:
             m.samples_per_s.set(sum(n for _, n in self._window) / span)
         self._next_flush = now + FLUSH_S
 
+    def _straggle(self, compute_s: float, rng: np.random.Generator) -> None:
+        """The debug knobs: hold this step back as a slowed or straggling worker would be."""
+        plan = self.plan
+        extra = compute_s * plan.slowdown
+        if plan.straggle_p and rng.random() < plan.straggle_p:
+            extra += compute_s * plan.straggle_factor
+        if extra > 0:
+            time.sleep(extra)
+
     def _planned_steps(self) -> int:
         per_epoch = self.sharder.batches_per_epoch * self.plan.epochs
         return per_epoch if self.plan.max_steps is None else min(per_epoch, self.plan.max_steps)
@@ -140,12 +153,17 @@ class Worker:
         # calls, allocations, caches) to the end, and the samples trained in between.
         warmup = max(1, self._planned_steps() // 10)
         steady_from, steady_samples = None, 0
+        recent: deque = deque(maxlen=10)
+        reached_s = None
+        rng = np.random.default_rng([plan.seed, plan.worker_id, 7])  # the straggler draws, apart from training
         loss_value = float("nan")
         self.model.train()
         buffers = flat.buffers if flat.buffers.numel else None  # most models have none: send nothing
         received = buffers.received if buffers else None
         # With overlap, pulls land beside the parameters being computed on, and are copied in between steps.
-        inbox = flat.receive_buffer() if plan.overlap else flat.host_params()
+        # unless the transport writes them only inside wait() (shm, the object store), between steps.
+        direct = not plan.overlap or self.client.fills_on_wait
+        inbox = flat.host_params() if direct else flat.receive_buffer()
         in_flight = None
         try:
             self.client.register(flat.host_params(), received)
@@ -158,16 +176,23 @@ class Worker:
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     if plan.slow_s:
                         time.sleep(plan.slow_s)
+                    computing = time.monotonic()
                     flat.zero_grad()
                     loss = self.loss_fn(self.model(x), y)
                     loss.backward()
                     clock += 1
                     loss_value = loss.item()
+                    self._straggle(time.monotonic() - computing, rng)
+                    recent.append(loss_value)
+                    if reached_s is None and plan.target_loss is not None and len(recent) == recent.maxlen \
+                            and sum(recent) / len(recent) < plan.target_loss:
+                        reached_s = time.monotonic() - began
                     grads, sent_buffers = flat.host_grads(), buffers.pack() if buffers else None
                     waited = time.monotonic()
                     if in_flight is not None:  # overlap: the previous step's answer, then ours goes out
                         in_flight.wait()
-                        flat.take_received()
+                        if not direct:
+                            flat.take_received()
                         flat.params_received(buffers=True, counters=False)
                     in_flight = self.client.push_pull_async(clock, grads, inbox, len(indices), loss_value,
                                                             sent_buffers, received, ahead=int(plan.overlap))
@@ -183,7 +208,8 @@ class Worker:
                     self._record(time.monotonic() - waited, len(indices), loss_value)
             if in_flight is not None:
                 in_flight.wait()
-                flat.take_received()
+                if not direct:
+                    flat.take_received()
                 flat.params_received(buffers=True, counters=False)
                 in_flight = None
         finally:
@@ -200,6 +226,7 @@ class Worker:
             "final_loss": loss_value,
             "wall_s": time.monotonic() - began,
             "steady_samples": steady_samples,
+            "reached_target_s": reached_s,
             "steady_s": time.monotonic() - steady_from if steady_from is not None else 0.0,
         }
 
