@@ -173,13 +173,19 @@ def test_bsp_steps_once_with_the_sample_weighted_mean_of_both_workers(ray_sessio
         cluster.close()
 
 
+def registered_pair(cluster):
+    """Workers 0 and 1, registered, with their parameter arrays."""
+    fast, slow = cluster.client(0), cluster.client(1)
+    p_fast, p_slow = np.empty(SIZE, np.float32), np.empty(SIZE, np.float32)
+    fast.register(p_fast)
+    slow.register(p_slow)
+    return fast, slow, p_fast, p_slow
+
+
 def test_ssp_holds_a_worker_at_the_bound_until_the_slow_one_pushes(ray_session, transport):
     cluster = make(ray_session, transport, mode="ssp", staleness=0)
     try:
-        fast, slow = cluster.client(0), cluster.client(1)
-        p_fast, p_slow = np.empty(SIZE, np.float32), np.empty(SIZE, np.float32)
-        fast.register(p_fast)
-        slow.register(p_slow)
+        fast, slow, p_fast, p_slow = registered_pair(cluster)
         grad = np.ones(SIZE, np.float32)
         done = threading.Event()
 
@@ -201,14 +207,12 @@ def test_ssp_holds_a_worker_at_the_bound_until_the_slow_one_pushes(ray_session, 
 
 
 def test_computing_ahead_is_admitted_one_iteration_further_under_the_bound(ray_session, transport):
-    # ssp s=1: after clock 1, iteration 2 is admitted at once, but a worker that will
-    # compute iteration 3 before its next push (ahead=1) must wait for the slow one.
+    # ssp s=1: once the slow worker has finished iteration 1, the fast one may begin
+    # iteration 3; but after pushing clock 2 with ahead=1 it will compute iteration 4
+    # before its next push, so its answer must wait until the slow one finishes 2.
     cluster = make(ray_session, transport, mode="ssp", staleness=1)
     try:
-        fast, slow = cluster.client(0), cluster.client(1)
-        p_fast, p_slow = np.empty(SIZE, np.float32), np.empty(SIZE, np.float32)
-        fast.register(p_fast)
-        slow.register(p_slow)
+        fast, slow, p_fast, p_slow = registered_pair(cluster)
         grad = np.ones(SIZE, np.float32)
         fast.push_pull(1, grad, p_fast, 1, 0.0)  # no wait: iteration 2 is within s of the slow one's 1
         pending = fast.push_pull_async(2, grad, p_fast, 1, 0.0, ahead=1)
