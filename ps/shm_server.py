@@ -16,6 +16,7 @@ shard keep serving.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import hmac
 import logging
 import mmap
@@ -60,6 +61,8 @@ class ShmShardServer:
         self._slots = {int(w): i * self.layout.nbytes for i, w in enumerate(worker_ids)}
         base = root or ("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir())
         self.directory = tempfile.mkdtemp(prefix=f"rayps-shard{shard.shard_id}-", dir=base)  # mode 0700
+        # A process that exits without stop() still removes it (a SIGKILLed one cannot: the driver does).
+        atexit.register(shutil.rmtree, self.directory, True)
         self.segment_path = os.path.join(self.directory, "segment")
         self.socket_path = os.path.join(self.directory, "socket")
         size = self.layout.nbytes * max(1, len(worker_ids))
