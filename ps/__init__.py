@@ -1,7 +1,8 @@
 """The parameter server and its client.
 
 - ``ParameterShard`` (shard.py): one range of the flat parameter vector, its
-  optimizer and clock table; the fused ``push_pull`` hot path.
+  optimizer and clock table; the fused ``push_pull`` hot path; ``state_dict`` /
+  ``load_state_dict``, everything a checkpoint of the shard needs.
 - ``ConsistencyConfig``, ``ClockTable``, ``ConsistencyPolicy`` (consistency.py):
   asp / ssp / bsp admission rules, pure logic.
 - ``OptimizerConfig``, ``make_optimizer`` (optimizers.py): SGD, AdaGrad, Adam,

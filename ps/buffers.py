@@ -78,3 +78,19 @@ class BufferTable:
     @property
     def reporters(self) -> list[int]:
         return sorted(self._reports)
+
+    def state_dict(self) -> dict:
+        """The served values, the integer mask and every worker's latest report (copies)."""
+        return {"values": self.values.copy(), "integer": self.integer.copy(),
+                "reports": {w: (v.copy(), n) for w, (v, n) in self._reports.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        values = np.asarray(state["values"], DTYPE)
+        if values.shape != self.values.shape:
+            raise ShapeError(f"buffer state holds {values.size} values; this table holds {self.size}")
+        reports = {int(w): (np.array(v, DTYPE), int(n)) for w, (v, n) in state["reports"].items()}
+        for w, (v, _) in reports.items():
+            if v.shape != self.values.shape:
+                raise ShapeError(f"buffer state: worker {w}'s report has shape {v.shape}, not {self.values.shape}")
+        self.values, self.integer = values.copy(), np.asarray(state["integer"], bool).copy()
+        self._reports = reports

@@ -101,6 +101,17 @@ class ClockTable:
     def snapshot(self) -> dict[int, int]:
         return dict(self._completed)
 
+    def state_dict(self) -> dict:
+        """Every live worker's completed clock and who has left: all a restored table needs."""
+        return {"completed": dict(self._completed), "left": sorted(self._left)}
+
+    def load_state_dict(self, state: dict) -> None:
+        completed = {int(w): int(c) for w, c in state["completed"].items()}
+        left = {int(w) for w in state["left"]}
+        if completed.keys() & left:
+            raise PSError(f"clock state lists workers {sorted(completed.keys() & left)} as both live and left")
+        self._completed, self._left = completed, left
+
 
 class ConsistencyPolicy:
     """Admission rules for one consistency config over one clock table."""

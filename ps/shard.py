@@ -363,6 +363,63 @@ class ParameterShard:
         # Ray may still be serializing this reply.
         return self._params.copy() if take is None else take(self._params)
 
+    # ---- state: what a checkpoint holds ---------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything the shard's future depends on, as copies: parameters, version, optimizer
+        state, model buffers and reports, clocks, the bsp round being gathered, and the counters
+        the summary reports. ``load_state_dict`` on a shard built with the same config resumes
+        exactly where this one stands."""
+        return {
+            "shard_id": self.shard_id,
+            "params": self._params.copy(),
+            "version": self._version,
+            "optimizer": self._optimizer.state_dict(),
+            "buffers": self._buffers.state_dict(),
+            "clocks": self._clocks.state_dict(),
+            "round_clock": self._round_clock,
+            "round": {w: {"grad": p.grad.copy(), "num_samples": p.num_samples, "pulled_version": p.pulled_version,
+                          "buffers": None if p.buffers is None else p.buffers.copy()}
+                      for w, p in self._round.items()},
+            "counters": {
+                "staleness": dict(self._staleness), "rejected": dict(self._rejected), "applied": self._applied,
+                "dropped": self._dropped, "duplicates": self._duplicates, "max_lead": self._max_lead,
+                "wait_s": dict(self._wait_s), "samples": dict(self._samples), "loss": dict(self._loss),
+            },
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a ``state_dict()``; checked whole first, so a bad one changes nothing."""
+        if state.get("shard_id") != self.shard_id:
+            raise ShapeError(f"{self!r}: the state is ps-shard-{state.get('shard_id')}'s")
+        params = state["params"]
+        if not isinstance(params, np.ndarray) or params.dtype != DTYPE or params.shape != self._params.shape:
+            shown = getattr(params, "shape", type(params).__name__)
+            raise ShapeError(f"{self!r}: state parameters ({shown}) must be {DTYPE} of shape {self._params.shape}")
+        for w, p in state["round"].items():
+            if p["grad"].shape != self._params.shape:
+                raise ShapeError(f"{self!r}: the gathered gradient of worker {w} has shape {p['grad'].shape}")
+        # Each part checks itself before it changes anything: try them on copies, then commit.
+        optimizer = make_optimizer(self._optimizer.config, self._params.size)
+        optimizer.load_state_dict(state["optimizer"])
+        buffers = BufferTable(self._buffers.values, self._buffers.integer)
+        buffers.load_state_dict(state["buffers"])
+        clocks = ClockTable([])
+        clocks.load_state_dict(state["clocks"])
+        self._params[:] = params
+        self._optimizer, self._buffers, self._clocks = optimizer, buffers, clocks
+        self._version = int(state["version"])
+        self._round_clock = int(state["round_clock"])
+        self._round = {int(w): _Pending(p["grad"].copy(), int(p["num_samples"]), int(p["pulled_version"]),
+                                        None if p["buffers"] is None else np.array(p["buffers"]))
+                       for w, p in state["round"].items()}
+        c = state["counters"]
+        self._staleness, self._rejected = Counter(c["staleness"]), Counter(c["rejected"])
+        self._applied, self._dropped, self._duplicates = c["applied"], c["dropped"], c["duplicates"]
+        self._max_lead = c["max_lead"]
+        self._wait_s, self._samples, self._loss = Counter(c["wait_s"]), Counter(c["samples"]), dict(c["loss"])
+        self._notify()
+
     # ---- what the driver reads ----------------------------------------------------
 
     async def stats(self) -> dict:
