@@ -21,6 +21,8 @@
   dashboard and Prometheus; no-ops outside Ray.
 - ``this_node`` (placement_info.py): which node an actor runs on.
 - ``build`` (settings.py): strict frozen-dataclass configs from mappings.
+- ``CheckpointStore`` (checkpoint.py): checkpoints on disk, safetensors plus a
+  manifest of sha256s, written atomically; a damaged one is skipped, never loaded.
 - ``BufferTable`` (buffers.py): a shard's slice of the model buffers, each
   worker's latest report and their merge.
 - ``keep_freed_memory`` (allocator.py): glibc malloc settings that let a process
