@@ -95,8 +95,7 @@ class ShardServicer:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(e).strip("'\""))
         except ShapeError as e:  # counted by the shard's own check
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        except (LeftJobError, OutOfOrderError) as e:
-            self.shard.count_rejection("out_of_order")
+        except (LeftJobError, OutOfOrderError) as e:  # counted by the shard
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
 
     # ---- receiving a gradient -----------------------------------------------------

@@ -128,9 +128,9 @@ class ParameterShard:
     def check_ahead(self, ahead: int) -> None:
         """Computing ahead is for asp and ssp: a bsp round needs this worker's own next push."""
         if ahead and self._config.mode == "bsp":
-            raise OutOfOrderError(f"{self!r}: a bsp worker cannot compute ahead of its pull (ahead {ahead})")
+            raise self._out_of_order(f"{self!r}: a bsp worker cannot compute ahead of its pull (ahead {ahead})")
         if ahead < 0:
-            raise OutOfOrderError(f"{self!r}: ahead ({ahead}) must be >= 0")
+            raise self._out_of_order(f"{self!r}: ahead ({ahead}) must be >= 0")
 
     def push(self, worker_id: int, clock: int, grad: np.ndarray, pulled_version: int,
              num_samples: int, loss: float, buffers: np.ndarray | None = None) -> str:
@@ -145,11 +145,18 @@ class ParameterShard:
             self._check_buffers(buffers)
         if not self._clocks.is_live(worker_id):
             self._clocks.completed(worker_id)  # raises for an unknown worker
+            self.count_rejection("out_of_order")
             raise LeftJobError(f"{self!r}: worker {worker_id} has left the job; its push is refused")
-        if clock <= self._clocks.completed(worker_id):
+        completed = self._clocks.completed(worker_id)
+        if clock <= completed:
             self._duplicates += 1
             self._unflushed[("pushes", "duplicate")] += 1
             return "duplicate"
+        if clock != completed + 1:
+            # Recording it would turn every later push at normal clocks into a "duplicate"
+            # that is silently dropped: a clock from the future is a protocol error.
+            raise self._out_of_order(f"{self!r}: worker {worker_id} pushed clock {clock}, but its next clock is"
+                                  f" {completed + 1}; a push's clock may not skip ahead")
         outcome = "applied"
         if self._config.mode == "bsp":
             outcome = self._gather(worker_id, clock, grad, int(num_samples), pulled_version, buffers)
@@ -198,6 +205,11 @@ class ParameterShard:
         self._clocks.advance(worker_id, clock)
         self._maybe_step_round()
         self._notify()
+
+    def _out_of_order(self, message: str) -> OutOfOrderError:
+        """A request out of protocol order, counted (every transport answers it FAILED_PRECONDITION)."""
+        self.count_rejection("out_of_order")
+        return OutOfOrderError(message)
 
     def count_rejection(self, reason: str) -> None:
         """Count a request a transport refused before it reached the shard."""
@@ -271,7 +283,7 @@ class ParameterShard:
             self._dropped += 1
             return "stale"
         if clock > self._round_clock:
-            raise OutOfOrderError(
+            raise self._out_of_order(
                 f"{self!r}: worker {worker_id} pushed clock {clock} while clock {self._round_clock}"
                 " is still being gathered; bsp workers must wait for each step"
             )

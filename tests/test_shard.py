@@ -360,15 +360,33 @@ def test_bsp_round_waits_for_live_workers_after_one_that_pushed_leaves():
 def test_bsp_refuses_a_push_for_a_clock_ahead_of_the_round_and_records_nothing():
     async def scenario():
         shard = make_shard("bsp", workers=[0, 1])
-        with pytest.raises(PSError, match="pushed clock 3 while clock 1 is still being gathered"):
-            await push(shard, 0, 3, grad(1, 1, 1, 1), num_samples=5, loss=2.0)
+        shard.push(0, 1, grad(1, 1, 1, 1), 0, 4, 1.0)  # gathered; the round waits for worker 1
+        with pytest.raises(PSError, match="pushed clock 2 while clock 1 is still being gathered"):
+            shard.push(0, 2, grad(1, 1, 1, 1), 0, 5, 2.0)
         return await shard.stats()
 
     stats = run(scenario())
     assert stats["version"] == 0
-    assert stats["clocks"] == {0: 0, 1: 0}
-    assert stats["samples"] == {}
-    assert stats["loss"] == {}
+    assert stats["clocks"] == {0: 1, 1: 0}
+    assert stats["samples"] == {0: 4}  # the refused push recorded nothing
+    assert stats["loss"] == {0: 1.0}
+
+
+@pytest.mark.parametrize("mode", ["asp", "ssp", "bsp"])
+def test_a_clock_that_skips_ahead_is_refused_and_never_recorded(mode):
+    async def scenario():
+        shard = make_shard(mode, workers=[0, 1])
+        for worker in (0, 1):  # clock 1 done everywhere (under bsp, the round steps)
+            shard.push(worker, 1, grad(1, 1, 1, 1), 0, 1, 0.0)
+        with pytest.raises(PSError, match="worker 0 pushed clock 4611686018427387904, but its next clock is 2"):
+            shard.push(0, 2 ** 62, grad(1, 1, 1, 1), 0, 1, 0.0)
+        stats = await shard.stats()
+        outcome = shard.push(0, 2, grad(1, 1, 1, 1), 1, 1, 0.0)  # the right next clock is still taken
+        return stats, outcome
+
+    stats, outcome = run(scenario())
+    assert stats["clocks"][0] == 1 and stats["rejected"] == {"out_of_order": 1}
+    assert outcome == "applied"
 
 
 # ---- exactly once -------------------------------------------------------------------

@@ -323,3 +323,21 @@ def test_a_refused_shared_memory_push_leaves_the_shard_serving(ray_session):
         client.finish()
     finally:
         cluster.close()
+
+
+def test_a_clock_that_skips_ahead_is_refused_and_the_worker_carries_on(ray_session, transport):
+    cluster = make(ray_session, transport, mode="asp")
+    try:
+        client = cluster.client(0)
+        params = np.empty(SIZE, np.float32)
+        client.register(params)
+        with pytest.raises(Exception, match=r"pushed clock 4611686018427387904, but its next clock is 1") as caught:
+            client.push_pull(2 ** 62, np.ones(SIZE, np.float32), params, 1, 0.0)
+        if transport != "ray":
+            assert "FAILED_PRECONDITION" in str(caught.value)
+        client.push_pull(1, np.full(SIZE, 2.0, np.float32), params, 1, 0.0)  # not a "duplicate": applied
+        np.testing.assert_array_equal(params, cluster.init - 1.0)
+        client.finish()
+        assert [s["rejected"] for s in cluster.stats()] == [{"out_of_order": 1}] * 2
+    finally:
+        cluster.close()
