@@ -173,6 +173,13 @@ def test_bsp_steps_once_with_the_sample_weighted_mean_of_both_workers(ray_sessio
         cluster.close()
 
 
+def registered(cluster, worker_id: int = 0):
+    """One worker's client, registered, and its parameter array."""
+    client, params = cluster.client(worker_id), np.empty(SIZE, np.float32)
+    client.register(params)
+    return client, params
+
+
 def registered_pair(cluster):
     """Workers 0 and 1, registered, with their parameter arrays."""
     fast, slow = cluster.client(0), cluster.client(1)
@@ -236,9 +243,7 @@ def test_computing_ahead_is_admitted_one_iteration_further_under_the_bound(ray_s
 def test_a_bsp_shard_refuses_a_worker_computing_ahead(ray_session, transport):
     cluster = make(ray_session, transport, mode="bsp")
     try:
-        client = cluster.client(0)
-        params = np.empty(SIZE, np.float32)
-        client.register(params)
+        client, params = registered(cluster)
         with pytest.raises(Exception, match="cannot compute ahead"):
             client.push_pull(1, np.ones(SIZE, np.float32), params, 1, 0.0, ahead=1)
         assert [s["version"] for s in cluster.stats()] == [0, 0]
@@ -311,9 +316,7 @@ def test_a_wrong_token_is_refused_before_any_slot_is_touched(ray_session):
 def test_a_refused_shared_memory_push_leaves_the_shard_serving(ray_session):
     cluster = make(ray_session, "shm", mode="asp")
     try:
-        client = cluster.client(0)
-        params = np.empty(SIZE, np.float32)
-        client.register(params)
+        client, params = registered(cluster)
         bad = np.ones(SIZE, np.float32)
         bad[[3, 8]] = np.nan  # one in each shard's slice, so both refuse
         with pytest.raises(TransportError, match="INVALID_ARGUMENT: ps-shard-0: gradient holds 1 NaN"):
@@ -328,9 +331,7 @@ def test_a_refused_shared_memory_push_leaves_the_shard_serving(ray_session):
 def test_a_clock_that_skips_ahead_is_refused_and_the_worker_carries_on(ray_session, transport):
     cluster = make(ray_session, transport, mode="asp")
     try:
-        client = cluster.client(0)
-        params = np.empty(SIZE, np.float32)
-        client.register(params)
+        client, params = registered(cluster)
         with pytest.raises(Exception, match=r"pushed clock 4611686018427387904, but its next clock is 1") as caught:
             client.push_pull(2 ** 62, np.ones(SIZE, np.float32), params, 1, 0.0)
         if transport != "ray":
