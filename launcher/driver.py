@@ -129,6 +129,7 @@ def run_job(config: JobConfig, output: str | Path | None = None,
     if history:
         history[-1].update(test_loss=test_loss, test_accuracy=test_accuracy, t=round(train_s, 3))
     summary = _summary(config, reports, stats, test_loss, test_accuracy, train_s, time.monotonic() - began)
+    summary["transport"] = transport.name  # what auto chose, not what the config said
     summary["dashboard_url"] = dashboard_url
     summary["placement"] = placement
     summary["run_id"] = run_id
@@ -271,5 +272,4 @@ def _summary(config, reports, stats, test_loss, test_accuracy, train_s, wall_s) 
         "wall_s": wall_s,
         "workers": config.workers,
         "servers": config.servers,
-        "transport": chosen_transport(config, ray.nodes()),
     }

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from rayps.worker.pace import StepClock, straggle_s
+
 
 def _batches(x: np.ndarray, y: np.ndarray, rank: int, world: int, batch: int, seed: int):
     """An endless stream of this rank's batches: its share of each epoch's permutation."""
@@ -38,39 +40,10 @@ def _batches(x: np.ndarray, y: np.ndarray, rank: int, world: int, batch: int, se
         epoch += 1
 
 
-class _Clock:
-    """Warm-up, steady-state rate and time to a target loss, for one training loop."""
-
-    def __init__(self, steps: int, target: float | None):
-        self.warmup = max(1, steps // 10)
-        self.target = target
-        self.began = time.monotonic()
-        self.steady_from = None
-        self.samples = 0
-        self.losses: list[float] = []
-        self.reached_s = None
-
-    def step(self, i: int, batch: int, loss: float) -> None:
-        if i == self.warmup:
-            self.steady_from = time.monotonic()
-        elif self.steady_from is not None:
-            self.samples += batch
-        self.losses.append(loss)
-        if self.target is not None and self.reached_s is None and len(self.losses) >= 10 \
-                and float(np.mean(self.losses[-10:])) < self.target:
-            self.reached_s = time.monotonic() - self.began
-
-    def result(self) -> dict:
-        span = time.monotonic() - self.steady_from if self.steady_from else 0.0
-        return {"samples_per_s": self.samples / span if span > 0 else 0.0, "reached_s": self.reached_s}
-
-
 def _delay(rng: np.random.Generator, compute_s: float, slow: float, straggle: tuple[float, float] | None) -> float:
-    """Seconds this step is held back: a persistent slowdown, plus a transient straggle."""
-    extra = compute_s * slow
-    if straggle is not None and rng.random() < straggle[0]:
-        extra += compute_s * straggle[1]
-    return extra
+    """Seconds this step is held back, exactly as a rayps worker with the same knobs is."""
+    probability, factor = straggle if straggle is not None else (0.0, 0.0)
+    return straggle_s(rng, compute_s, slow, probability, factor)
 
 
 def _train_process(rank: int, world: int, model_fn, data_fn, batch: int, lr: float, steps: int, target,
@@ -83,9 +56,9 @@ def _train_process(rank: int, world: int, model_fn, data_fn, batch: int, lr: flo
         model = nn.parallel.DistributedDataParallel(model)
     (x, y), _ = data_fn()["train"], None
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    clock, rng = _Clock(steps, target), np.random.default_rng([seed, rank, 7])
+    clock, rng = StepClock(steps, target), np.random.default_rng([seed, rank, 7])
     stream = _batches(x, y, rank, world, batch, seed)
-    for i in range(1, steps + 1):
+    for _ in range(steps):
         xb, yb = next(stream)
         began = time.monotonic()
         opt.zero_grad()
@@ -95,10 +68,10 @@ def _train_process(rank: int, world: int, model_fn, data_fn, batch: int, lr: flo
         extra = _delay(rng, time.monotonic() - began, slow.get(rank, 0.0), straggle)
         if extra:
             time.sleep(extra)
-        clock.step(i, batch, loss.item())
+        clock.step(batch, loss.item())
     if communicate:
         torch.distributed.destroy_process_group()
-    np.save(out, np.array([clock.result()["samples_per_s"], clock.result()["reached_s"] or np.nan]))
+    np.save(out, np.array([clock.samples_per_s, clock.reached_s or np.nan]))
 
 
 def processes(model_fn, data_fn, workers: int, batch: int, lr: float, steps: int, communicate: bool,
@@ -181,27 +154,27 @@ def raydocs_ps(model_fn, data_fn, workers: int, batch: int, lr: float, steps: in
     ps = ray.remote(DocsParameterServer).options(num_cpus=0).remote(model_fn, lr, seed)
     actors = [ray.remote(DocsWorker).options(num_cpus=0).remote(
         model_fn, data_fn, r, workers, batch, seed, (slow or {}).get(r, 0.0), straggle) for r in range(workers)]
-    clock = _Clock(steps * workers, target)
+    clock = StepClock(steps * workers, target)
     try:
         weights = ps.get_weights.remote()
         if sync:
-            for i in range(1, steps + 1):
+            for _ in range(steps):
                 weights = ps.apply_gradients.remote(*[a.compute_gradients.remote(weights) for a in actors])
                 ray.get(weights)
                 # the loss costs a call per worker: asked for only when a target needs it
                 loss = float(np.mean(ray.get([a.loss.remote() for a in actors]))) if target is not None else 0.0
                 for _ in actors:
-                    clock.step(len(clock.losses) + 1, batch, loss)
+                    clock.step(batch, loss)
         else:
             pending = {a.compute_gradients.remote(weights): a for a in actors}
-            for i in range(1, steps * workers + 1):
+            for _ in range(steps * workers):
                 ready, _ = ray.wait(list(pending))
                 actor = pending.pop(ready[0])
                 weights = ps.apply_gradients.remote(ready[0])
                 pending[actor.compute_gradients.remote(weights)] = actor
-                clock.step(i, batch, ray.get(actor.loss.remote()) if target is not None else 0.0)
+                clock.step(batch, ray.get(actor.loss.remote()) if target is not None else 0.0)
             ray.get(list(pending))
     finally:
         for a in [ps, *actors]:
             ray.kill(a)
-    return clock.result()
+    return {"samples_per_s": clock.samples_per_s, "reached_s": clock.reached_s}

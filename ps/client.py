@@ -22,7 +22,7 @@ import numpy as np
 import ray
 
 from rayps.errors import ConfigError
-from rayps.ps.partition import ShardRange, buffer_slices
+from rayps.ps.partition import ShardRange, buffer_ranges_or_none, buffer_slices
 from rayps.ps.transport import BlockingPushPull, Pending
 
 
@@ -50,7 +50,7 @@ class ShardClient(BlockingPushPull):
         self.worker_id = worker_id
         self._shards = list(shards)
         self._ranges = list(ranges)
-        self._buffer_ranges = list(buffer_ranges) if buffer_ranges else [ShardRange(r.shard_id, 0, 0) for r in ranges]
+        self._buffer_ranges = buffer_ranges_or_none(buffer_ranges, ranges)
         self._versions = [0] * len(shards)  # the version of each slice we hold
 
     def register(self, params_out: np.ndarray, buffers_out: np.ndarray | None = None) -> None:

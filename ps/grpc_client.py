@@ -27,7 +27,7 @@ from rayps.ps.allocator import keep_freed_memory
 from rayps.errors import ConfigError, ShapeError, TransportError
 from rayps.ps.grpc_security import TLSConfig, TokenAuth
 from rayps.protos.names import BUFFERS, CHANNEL_OPTIONS, SERVICE, TENSOR
-from rayps.ps.partition import ShardRange, buffer_slices
+from rayps.ps.partition import ShardRange, buffer_ranges_or_none, buffer_slices
 from rayps.ps.transport import BlockingPushPull, Pending
 
 #: A Step stream lives as long as the job; it still has a deadline, as every call does.
@@ -96,7 +96,7 @@ class GrpcShardClient(BlockingPushPull):
         self.worker_id = worker_id
         self.addresses = list(addresses)
         self._ranges = list(ranges)
-        self._buffer_ranges = list(buffer_ranges) if buffer_ranges else [ShardRange(r.shard_id, 0, 0) for r in ranges]
+        self._buffer_ranges = buffer_ranges_or_none(buffer_ranges, ranges)
         self._metadata = TokenAuth(token).metadata
         self._timeout_s = timeout_s
         self._chunk_bytes = chunk_bytes

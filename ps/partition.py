@@ -48,6 +48,12 @@ def partition(numel: int, num_shards: int, allow_empty: bool = False) -> list[Sh
     return ranges
 
 
+def buffer_ranges_or_none(buffer_ranges: Sequence[ShardRange] | None, ranges: Sequence[ShardRange],
+                          ) -> list[ShardRange]:
+    """``buffer_ranges``, or an empty range per shard when the model has no buffers."""
+    return list(buffer_ranges) if buffer_ranges else [ShardRange(r.shard_id, 0, 0) for r in ranges]
+
+
 def buffer_slices(values, ranges: Sequence[ShardRange]) -> list:
     """Each shard's slice of ``values`` (model buffers), or None where it holds none or nothing is sent."""
     return [None if values is None or r.size == 0 else values[r.lo:r.hi] for r in ranges]

@@ -21,7 +21,7 @@ import numpy as np
 from rayps.errors import ConfigError, TransportError
 from rayps.protos.shm_wire import (BUFFERS_FOLLOW, FINISH, HELLO, LAYOUT, MESSAGE, OK, PUSH_PULL, REGISTER, REPLY, REQUEST,
                                    STATUSES, SlotLayout)
-from rayps.ps.partition import ShardRange, buffer_slices
+from rayps.ps.partition import ShardRange, buffer_ranges_or_none, buffer_slices
 from rayps.ps.transport import BlockingPushPull, Pending
 
 
@@ -125,7 +125,7 @@ class ShmShardClient(BlockingPushPull):
             raise ConfigError(f"{len(directories)} shard directories for {len(ranges)} ranges")
         self.worker_id = worker_id
         self._ranges = list(ranges)
-        self._buffer_ranges = list(buffer_ranges) if buffer_ranges else [ShardRange(r.shard_id, 0, 0) for r in ranges]
+        self._buffer_ranges = buffer_ranges_or_none(buffer_ranges, ranges)
         self._check_node(directories, node_ids)
         self._links: list[_Link] = []
         try:

@@ -47,10 +47,6 @@ class Pending:
         if finish is not None:
             finish()
 
-    @property
-    def waited(self) -> bool:
-        return self._finish is None
-
 
 class Transport(Protocol):
     name: str

@@ -38,6 +38,7 @@ from rayps.ps.transport import TransportSpec
 from rayps.worker.data import DataSource, EpochSharder
 from rayps.worker.flat import FlatParams
 from rayps.worker.losses import LossFn
+from rayps.worker.pace import StepClock, straggle_s
 
 log = logging.getLogger(__name__)
 
@@ -131,14 +132,12 @@ class Worker:
             m.samples_per_s.set(sum(n for _, n in self._window) / span)
         self._next_flush = now + FLUSH_S
 
-    def _straggle(self, compute_s: float, rng: np.random.Generator) -> None:
-        """The debug knobs: hold this step back as a slowed or straggling worker would be."""
-        plan = self.plan
-        extra = compute_s * plan.slowdown
-        if plan.straggle_p and rng.random() < plan.straggle_p:
-            extra += compute_s * plan.straggle_factor
-        if extra > 0:
-            time.sleep(extra)
+    def _land(self, pending, direct: bool) -> None:
+        """Finish a push-pull in flight and make the model see what it brought back."""
+        pending.wait()
+        if not direct:
+            self.flat.take_received()
+        self.flat.params_received(buffers=True, counters=False)
 
     def _planned_steps(self) -> int:
         per_epoch = self.sharder.batches_per_epoch * self.plan.epochs
@@ -149,19 +148,14 @@ class Worker:
         plan, flat, device = self.plan, self.flat, self.flat.device
         began = time.monotonic()
         clock = samples = 0
-        # Steady state: time from the end of the first tenth of the planned steps (warm-up: first
-        # calls, allocations, caches) to the end, and the samples trained in between.
-        warmup = max(1, self._planned_steps() // 10)
-        steady_from, steady_samples = None, 0
-        recent: deque = deque(maxlen=10)
-        reached_s = None
+        pace = StepClock(self._planned_steps(), plan.target_loss)  # steady rate, time to the target loss
         rng = np.random.default_rng([plan.seed, plan.worker_id, 7])  # the straggler draws, apart from training
         loss_value = float("nan")
         self.model.train()
         buffers = flat.buffers if flat.buffers.numel else None  # most models have none: send nothing
         received = buffers.received if buffers else None
-        # With overlap, pulls land beside the parameters being computed on, and are copied in between steps.
-        # unless the transport writes them only inside wait() (shm, the object store), between steps.
+        # With overlap, pulls land beside the parameters being computed on and are copied in between
+        # steps, unless the transport writes them only inside wait() (shm, the object store).
         direct = not plan.overlap or self.client.fills_on_wait
         inbox = flat.host_params() if direct else flat.receive_buffer()
         in_flight = None
@@ -182,35 +176,24 @@ class Worker:
                     loss.backward()
                     clock += 1
                     loss_value = loss.item()
-                    self._straggle(time.monotonic() - computing, rng)
-                    recent.append(loss_value)
-                    if reached_s is None and plan.target_loss is not None and len(recent) == recent.maxlen \
-                            and sum(recent) / len(recent) < plan.target_loss:
-                        reached_s = time.monotonic() - began
+                    held = straggle_s(rng, time.monotonic() - computing, plan.slowdown, plan.straggle_p,
+                                      plan.straggle_factor)
+                    if held > 0:
+                        time.sleep(held)
                     grads, sent_buffers = flat.host_grads(), buffers.pack() if buffers else None
                     waited = time.monotonic()
                     if in_flight is not None:  # overlap: the previous step's answer, then ours goes out
-                        in_flight.wait()
-                        if not direct:
-                            flat.take_received()
-                        flat.params_received(buffers=True, counters=False)
+                        self._land(in_flight, direct)
                     in_flight = self.client.push_pull_async(clock, grads, inbox, len(indices), loss_value,
                                                             sent_buffers, received, ahead=int(plan.overlap))
                     if not plan.overlap:
-                        in_flight.wait()
+                        self._land(in_flight, direct)
                         in_flight = None
-                        flat.params_received(buffers=True, counters=False)
                     samples += len(indices)
-                    if clock == warmup:
-                        steady_from = time.monotonic()
-                    elif steady_from is not None:
-                        steady_samples += len(indices)
+                    pace.step(len(indices), loss_value)
                     self._record(time.monotonic() - waited, len(indices), loss_value)
             if in_flight is not None:
-                in_flight.wait()
-                if not direct:
-                    flat.take_received()
-                flat.params_received(buffers=True, counters=False)
+                self._land(in_flight, direct)
                 in_flight = None
         finally:
             self._flush(time.monotonic())
@@ -225,9 +208,9 @@ class Worker:
             "samples": samples,
             "final_loss": loss_value,
             "wall_s": time.monotonic() - began,
-            "steady_samples": steady_samples,
-            "reached_target_s": reached_s,
-            "steady_s": time.monotonic() - steady_from if steady_from is not None else 0.0,
+            "steady_samples": pace.steady_samples,
+            "reached_target_s": pace.reached_s,
+            "steady_s": pace.steady_s,
         }
 
 
