@@ -46,13 +46,18 @@ def _model(hidden) -> functools.partial:
     return functools.partial(mlp, in_features=784, hidden=list(hidden), num_classes=10)
 
 
-def rayps_row(model: str, hidden, steps: int, transport: str, mode: str, out: Path) -> Row:
-    config = build(JobConfig, {
+def bench_job(hidden, steps: int, consistency: dict, **keys) -> JobConfig:
+    """The rayps job every bench row runs: the MLP, the synthetic data, SGD, 2 workers and 2 shards."""
+    return build(JobConfig, {
         "model": "rayps.worker.models:mlp", "model_args": {"in_features": 784, "hidden": list(hidden)},
         "data": "rayps.worker.datasets:synthetic_mnist", "optimizer": {"name": "sgd", "lr": LR},
-        "consistency": MODES[mode], "transport": transport, "workers": WORKERS, "servers": 2,
-        "batch_size": BATCH, "epochs": 1000, "max_steps": steps, "eval_every_s": 0,
+        "consistency": consistency, "workers": WORKERS, "servers": 2, "batch_size": BATCH,
+        "epochs": 1000, "max_steps": steps, "eval_every_s": 0, **keys,
     }, "bench")
+
+
+def rayps_row(model: str, hidden, steps: int, transport: str, mode: str, out: Path) -> Row:
+    config = bench_job(hidden, steps, MODES[mode], transport=transport)
     s = run_job(config, output=out / f"{model}-{transport}-{mode.replace(' ', '')}", dashboard=False,
                 report=False).summary
     return Row(model, f"rayps {mode}, {transport}", s["steady_samples_per_s"],
@@ -116,12 +121,7 @@ def straggler_rows(out: Path, steps: int = STRAGGLER_STEPS, target: float = TARG
         rows.append(Row("stragglers", f"{scenario}: PyTorch DDP (gloo)", ddp["samples_per_s"],
                         {"time_to_target_s": ddp["reached_s"]}))
         for name, consistency in configs:
-            config = build(JobConfig, {
-                "model": "rayps.worker.models:mlp", "model_args": {"in_features": 784, "hidden": [256]},
-                "data": "rayps.worker.datasets:synthetic_mnist", "optimizer": {"name": "sgd", "lr": LR},
-                "consistency": consistency, "workers": WORKERS, "servers": 2, "batch_size": BATCH,
-                "epochs": 1000, "max_steps": steps, "eval_every_s": 0, "target_loss": target, "debug": knobs,
-            }, "bench")
+            config = bench_job((256,), steps, consistency, target_loss=target, debug=knobs)
             s = run_job(config, output=out / f"straggle-{len(rows)}", dashboard=False, report=False).summary
             rows.append(Row("stragglers", f"{scenario}: rayps {name}", s["steady_samples_per_s"],
                             {"time_to_target_s": s["time_to_target_s"]}))

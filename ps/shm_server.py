@@ -142,24 +142,21 @@ class ShmShardServer:
         def into_slot(values: np.ndarray) -> None:
             params[:] = values  # inside the shard's step: the snapshot this reply answers with
 
-        if op == REGISTER:
-            _, version, merged = await self.shard.pull_for(worker_id, 1, take=into_slot)
-        elif op == PUSH_PULL:
+        if op == FINISH:
+            await self.shard.finish(worker_id)
+            return _reply(OK, self.shard.version)
+        outcome, begins = "applied", 1  # REGISTER: the parameters for iteration 1
+        if op == PUSH_PULL:
             self.shard.check_ahead(ahead)
             outcome = self.shard.push(worker_id, clock, grad, pulled, samples, loss,
                                       buffers_in if flags & BUFFERS_FOLLOW else None)
-            _, version, merged = await self.shard.pull_for(worker_id, clock + 1 + ahead, take=into_slot)
-            if merged is not None:
-                buffers_out[:] = merged
-            return _reply(OK, version, OUTCOMES.index(outcome))
-        elif op == FINISH:
-            await self.shard.finish(worker_id)
-            return _reply(OK, self.shard.version)
-        else:
+            begins = clock + 1 + ahead
+        elif op != REGISTER:
             raise ShapeError(f"unknown request op {op}")
+        _, version, merged = await self.shard.pull_for(worker_id, begins, take=into_slot)
         if merged is not None:
             buffers_out[:] = merged
-        return _reply(OK, version)
+        return _reply(OK, version, OUTCOMES.index(outcome))
 
 
 async def start_shm_server(shard: ParameterShard, token: str, worker_ids: list[int],
