@@ -103,15 +103,17 @@ class JobConfig:
     eval_every_s: float = 2.0  # evaluate on the test split this often while training (0: only at the end)
     torch_threads: int = 1  # intra-op threads per worker
     target_loss: float | None = None  # record when each worker's mean loss of 10 steps first falls below it
-    overlap: Any = "auto"  # compute the next step while a push is in flight: true, false, auto (asp, ssp s >= 1)
+    overlap: Any = "auto"  # compute the next step while a push is in flight: true, false, auto (ssp s >= 1)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     @property
     def overlaps(self) -> bool:
         """Whether workers compute ahead: ``overlap``, with auto on wherever the bound allows it."""
         if self.overlap == "auto":
+            # On where a bound keeps it in check. Under asp it only adds a step of staleness to
+            # every gradient: measured on the digits BatchNorm CNN, ~1.5 points of accuracy.
             c = self.consistency
-            return c.mode == "asp" or (c.mode == "ssp" and c.staleness >= 1)
+            return c.mode == "ssp" and c.staleness >= 1
         return bool(self.overlap)
 
     def __post_init__(self) -> None:

@@ -404,4 +404,6 @@ def test_overlap_true_is_refused_where_computing_ahead_would_break_the_bound():
     with pytest.raises(ConfigError, match="overlap: true needs asp or ssp with staleness >= 1, not bsp"):
         build(JobConfig, {"overlap": True, "consistency": {"mode": "bsp"}}, "Job")
     assert build(JobConfig, {"consistency": {"mode": "ssp", "staleness": 0}}, "Job").overlaps is False
-    assert build(JobConfig, {"consistency": {"mode": "asp"}}, "Job").overlaps is True
+    assert build(JobConfig, {"consistency": {"mode": "asp"}}, "Job").overlaps is False
+    assert build(JobConfig, {"consistency": {"mode": "asp"}, "overlap": True}, "Job").overlaps is True
+    assert build(JobConfig, {"consistency": {"mode": "ssp", "staleness": 2}}, "Job").overlaps is True
