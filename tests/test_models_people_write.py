@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 EPOCHS = 15
 BATCH = 32
-LR = 3e-3  # with 15 epochs, both sides reach the plateau, where one run's noise is smallest
+LR = 1e-3  # with 15 epochs, both sides near the plateau; asp at 3e-3 varied from 0.925 to 0.978
 
 
 class Digits(Dataset):
