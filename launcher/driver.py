@@ -173,7 +173,7 @@ def make_transport(name: str, shards, ranges, buffer_ranges, workers: int, grpc:
     if name == "shm":
         token = new_token()
         placed = ray.get([s.where.remote() for s in shards])
-        directories = ray.get([s.serve_shm.remote(token, list(range(workers))) for s in shards])
+        directories = ray.get([s.serve_shm.remote(token) for s in shards])
         return ShmEndpoints(tuple(directories), tuple(p["node_id"] for p in placed), token, ranges, buffer_ranges,
                             grpc.timeout_s)
     return RayTransport(tuple(shards), ranges, buffer_ranges)

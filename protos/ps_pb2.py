@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15rayps/protos/ps.proto\x12\x08rayps.v1\"$\n\x0fRegisterRequest\x12\x11\n\tworker_id\x18\x01 \x01(\r\"8\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x04\"\x80\x01\n\rRegisterReply\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12%\n\x07tensors\x18\x02 \x03(\x0b\x32\x14.rayps.v1.TensorInfo\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x10\n\x08protocol\x18\x04 \x01(\r\x12\x13\n\x0b\x63hunk_bytes\x18\x05 \x01(\x04\"\x9d\x02\n\x0bTensorChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x04\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x0c\n\x04last\x18\x06 \x01(\x08\x12\x11\n\tworker_id\x18\x07 \x01(\r\x12\r\n\x05\x63lock\x18\x08 \x01(\x04\x12\x16\n\x0epulled_version\x18\t \x01(\x04\x12\x13\n\x0bnum_samples\x18\n \x01(\r\x12\x0c\n\x04loss\x18\x0b \x01(\x02\x12\x0f\n\x07version\x18\x0c \x01(\x04\x12!\n\x04push\x18\r \x01(\x0b\x32\x13.rayps.v1.PushReply\x12\x16\n\x0e\x62uffers_follow\x18\x0e \x01(\x08\x12\r\n\x05\x61head\x18\x0f \x01(\r\"|\n\tPushReply\x12,\n\x07outcome\x18\x01 \x01(\x0e\x32\x1b.rayps.v1.PushReply.Outcome\x12\x0f\n\x07version\x18\x02 \x01(\x04\"0\n\x07Outcome\x12\x0b\n\x07\x41PPLIED\x10\x00\x12\r\n\tDUPLICATE\x10\x01\x12\t\n\x05STALE\x10\x02\"/\n\x0bPullRequest\x12\x11\n\tworker_id\x18\x01 \x01(\r\x12\r\n\x05\x63lock\x18\x02 \x01(\x04\"?\n\x0c\x43lockRequest\x12\x11\n\tworker_id\x18\x01 \x01(\r\x12\r\n\x05\x63lock\x18\x02 \x01(\x04\x12\r\n\x05leave\x18\x03 \x01(\x08\"\x1d\n\nClockReply\x12\x0f\n\x07version\x18\x01 \x01(\x04\"\x0e\n\x0cStatsRequest\"\x1d\n\nStatsReply\x12\x0f\n\x07msgpack\x18\x01 \x01(\x0c\x32\xee\x02\n\x0fParameterServer\x12>\n\x08Register\x12\x19.rayps.v1.RegisterRequest\x1a\x17.rayps.v1.RegisterReply\x12\x34\n\x04Push\x12\x15.rayps.v1.TensorChunk\x1a\x13.rayps.v1.PushReply(\x01\x12\x36\n\x04Pull\x12\x15.rayps.v1.PullRequest\x1a\x15.rayps.v1.TensorChunk0\x01\x12\x38\n\x04Step\x12\x15.rayps.v1.TensorChunk\x1a\x15.rayps.v1.TensorChunk(\x01\x30\x01\x12<\n\x0c\x41\x64vanceClock\x12\x16.rayps.v1.ClockRequest\x1a\x14.rayps.v1.ClockReply\x12\x35\n\x05Stats\x12\x16.rayps.v1.StatsRequest\x1a\x14.rayps.v1.StatsReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15rayps/protos/ps.proto\x12\x08rayps.v1\"9\n\x0fRegisterRequest\x12\x11\n\tworker_id\x18\x01 \x01(\r\x12\x13\n\x0bincarnation\x18\x02 \x01(\r\"8\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x04\"\x9c\x01\n\rRegisterReply\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12%\n\x07tensors\x18\x02 \x03(\x0b\x32\x14.rayps.v1.TensorInfo\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x10\n\x08protocol\x18\x04 \x01(\r\x12\x13\n\x0b\x63hunk_bytes\x18\x05 \x01(\x04\x12\r\n\x05\x63lock\x18\x06 \x01(\x04\x12\x0b\n\x03seq\x18\x07 \x01(\x04\"\xbf\x02\n\x0bTensorChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x04\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x0c\n\x04last\x18\x06 \x01(\x08\x12\x11\n\tworker_id\x18\x07 \x01(\r\x12\r\n\x05\x63lock\x18\x08 \x01(\x04\x12\x16\n\x0epulled_version\x18\t \x01(\x04\x12\x13\n\x0bnum_samples\x18\n \x01(\r\x12\x0c\n\x04loss\x18\x0b \x01(\x02\x12\x0f\n\x07version\x18\x0c \x01(\x04\x12!\n\x04push\x18\r \x01(\x0b\x32\x13.rayps.v1.PushReply\x12\x16\n\x0e\x62uffers_follow\x18\x0e \x01(\x08\x12\r\n\x05\x61head\x18\x0f \x01(\r\x12\x13\n\x0bincarnation\x18\x10 \x01(\r\x12\x0b\n\x03seq\x18\x11 \x01(\x04\"|\n\tPushReply\x12,\n\x07outcome\x18\x01 \x01(\x0e\x32\x1b.rayps.v1.PushReply.Outcome\x12\x0f\n\x07version\x18\x02 \x01(\x04\"0\n\x07Outcome\x12\x0b\n\x07\x41PPLIED\x10\x00\x12\r\n\tDUPLICATE\x10\x01\x12\t\n\x05STALE\x10\x02\"/\n\x0bPullRequest\x12\x11\n\tworker_id\x18\x01 \x01(\r\x12\r\n\x05\x63lock\x18\x02 \x01(\x04\"T\n\x0c\x43lockRequest\x12\x11\n\tworker_id\x18\x01 \x01(\r\x12\r\n\x05\x63lock\x18\x02 \x01(\x04\x12\r\n\x05leave\x18\x03 \x01(\x08\x12\x13\n\x0bincarnation\x18\x04 \x01(\r\"\x1d\n\nClockReply\x12\x0f\n\x07version\x18\x01 \x01(\x04\"\x0e\n\x0cStatsRequest\"\x1d\n\nStatsReply\x12\x0f\n\x07msgpack\x18\x01 \x01(\x0c\x32\xee\x02\n\x0fParameterServer\x12>\n\x08Register\x12\x19.rayps.v1.RegisterRequest\x1a\x17.rayps.v1.RegisterReply\x12\x34\n\x04Push\x12\x15.rayps.v1.TensorChunk\x1a\x13.rayps.v1.PushReply(\x01\x12\x36\n\x04Pull\x12\x15.rayps.v1.PullRequest\x1a\x15.rayps.v1.TensorChunk0\x01\x12\x38\n\x04Step\x12\x15.rayps.v1.TensorChunk\x1a\x15.rayps.v1.TensorChunk(\x01\x30\x01\x12<\n\x0c\x41\x64vanceClock\x12\x16.rayps.v1.ClockRequest\x1a\x14.rayps.v1.ClockReply\x12\x35\n\x05Stats\x12\x16.rayps.v1.StatsRequest\x1a\x14.rayps.v1.StatsReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,27 +32,27 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rayps.protos.ps_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REGISTERREQUEST']._serialized_start=35
-  _globals['_REGISTERREQUEST']._serialized_end=71
-  _globals['_TENSORINFO']._serialized_start=73
-  _globals['_TENSORINFO']._serialized_end=129
-  _globals['_REGISTERREPLY']._serialized_start=132
-  _globals['_REGISTERREPLY']._serialized_end=260
-  _globals['_TENSORCHUNK']._serialized_start=263
-  _globals['_TENSORCHUNK']._serialized_end=548
-  _globals['_PUSHREPLY']._serialized_start=550
-  _globals['_PUSHREPLY']._serialized_end=674
-  _globals['_PUSHREPLY_OUTCOME']._serialized_start=626
-  _globals['_PUSHREPLY_OUTCOME']._serialized_end=674
-  _globals['_PULLREQUEST']._serialized_start=676
-  _globals['_PULLREQUEST']._serialized_end=723
-  _globals['_CLOCKREQUEST']._serialized_start=725
-  _globals['_CLOCKREQUEST']._serialized_end=788
-  _globals['_CLOCKREPLY']._serialized_start=790
-  _globals['_CLOCKREPLY']._serialized_end=819
-  _globals['_STATSREQUEST']._serialized_start=821
-  _globals['_STATSREQUEST']._serialized_end=835
-  _globals['_STATSREPLY']._serialized_start=837
-  _globals['_STATSREPLY']._serialized_end=866
-  _globals['_PARAMETERSERVER']._serialized_start=869
-  _globals['_PARAMETERSERVER']._serialized_end=1235
+  _globals['_REGISTERREQUEST']._serialized_end=92
+  _globals['_TENSORINFO']._serialized_start=94
+  _globals['_TENSORINFO']._serialized_end=150
+  _globals['_REGISTERREPLY']._serialized_start=153
+  _globals['_REGISTERREPLY']._serialized_end=309
+  _globals['_TENSORCHUNK']._serialized_start=312
+  _globals['_TENSORCHUNK']._serialized_end=631
+  _globals['_PUSHREPLY']._serialized_start=633
+  _globals['_PUSHREPLY']._serialized_end=757
+  _globals['_PUSHREPLY_OUTCOME']._serialized_start=709
+  _globals['_PUSHREPLY_OUTCOME']._serialized_end=757
+  _globals['_PULLREQUEST']._serialized_start=759
+  _globals['_PULLREQUEST']._serialized_end=806
+  _globals['_CLOCKREQUEST']._serialized_start=808
+  _globals['_CLOCKREQUEST']._serialized_end=892
+  _globals['_CLOCKREPLY']._serialized_start=894
+  _globals['_CLOCKREPLY']._serialized_end=923
+  _globals['_STATSREQUEST']._serialized_start=925
+  _globals['_STATSREQUEST']._serialized_end=939
+  _globals['_STATSREPLY']._serialized_start=941
+  _globals['_STATSREPLY']._serialized_end=970
+  _globals['_PARAMETERSERVER']._serialized_start=973
+  _globals['_PARAMETERSERVER']._serialized_end=1339
 # @@protoc_insertion_point(module_scope)

@@ -8,10 +8,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("worker_id",)
+    __slots__ = ("worker_id", "incarnation")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
-    def __init__(self, worker_id: _Optional[int] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, worker_id: _Optional[int] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class TensorInfo(_message.Message):
     __slots__ = ("name", "dtype", "shape")
@@ -24,21 +26,25 @@ class TensorInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
-    __slots__ = ("shard_id", "tensors", "version", "protocol", "chunk_bytes")
+    __slots__ = ("shard_id", "tensors", "version", "protocol", "chunk_bytes", "clock", "seq")
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     shard_id: int
     tensors: _containers.RepeatedCompositeFieldContainer[TensorInfo]
     version: int
     protocol: int
     chunk_bytes: int
-    def __init__(self, shard_id: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., version: _Optional[int] = ..., protocol: _Optional[int] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+    clock: int
+    seq: int
+    def __init__(self, shard_id: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., version: _Optional[int] = ..., protocol: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., clock: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class TensorChunk(_message.Message):
-    __slots__ = ("name", "dtype", "shape", "offset", "data", "last", "worker_id", "clock", "pulled_version", "num_samples", "loss", "version", "push", "buffers_follow", "ahead")
+    __slots__ = ("name", "dtype", "shape", "offset", "data", "last", "worker_id", "clock", "pulled_version", "num_samples", "loss", "version", "push", "buffers_follow", "ahead", "incarnation", "seq")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +60,8 @@ class TensorChunk(_message.Message):
     PUSH_FIELD_NUMBER: _ClassVar[int]
     BUFFERS_FOLLOW_FIELD_NUMBER: _ClassVar[int]
     AHEAD_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     name: str
     dtype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
@@ -69,7 +77,9 @@ class TensorChunk(_message.Message):
     push: PushReply
     buffers_follow: bool
     ahead: int
-    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ..., worker_id: _Optional[int] = ..., clock: _Optional[int] = ..., pulled_version: _Optional[int] = ..., num_samples: _Optional[int] = ..., loss: _Optional[float] = ..., version: _Optional[int] = ..., push: _Optional[_Union[PushReply, _Mapping]] = ..., buffers_follow: _Optional[bool] = ..., ahead: _Optional[int] = ...) -> None: ...
+    incarnation: int
+    seq: int
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ..., worker_id: _Optional[int] = ..., clock: _Optional[int] = ..., pulled_version: _Optional[int] = ..., num_samples: _Optional[int] = ..., loss: _Optional[float] = ..., version: _Optional[int] = ..., push: _Optional[_Union[PushReply, _Mapping]] = ..., buffers_follow: _Optional[bool] = ..., ahead: _Optional[int] = ..., incarnation: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class PushReply(_message.Message):
     __slots__ = ("outcome", "version")
@@ -96,14 +106,16 @@ class PullRequest(_message.Message):
     def __init__(self, worker_id: _Optional[int] = ..., clock: _Optional[int] = ...) -> None: ...
 
 class ClockRequest(_message.Message):
-    __slots__ = ("worker_id", "clock", "leave")
+    __slots__ = ("worker_id", "clock", "leave", "incarnation")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     CLOCK_FIELD_NUMBER: _ClassVar[int]
     LEAVE_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
     clock: int
     leave: bool
-    def __init__(self, worker_id: _Optional[int] = ..., clock: _Optional[int] = ..., leave: _Optional[bool] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, worker_id: _Optional[int] = ..., clock: _Optional[int] = ..., leave: _Optional[bool] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class ClockReply(_message.Message):
     __slots__ = ("version",)

@@ -1,6 +1,7 @@
 """The same-node transport's wire: fixed-size messages on a Unix socket, tensors in shared memory.
 
-Each shard owns one shared-memory segment with a slot per worker. A slot holds,
+Each shard owns one shared-memory segment per worker (``segment-<id>``, made
+when that worker first connects, so workers may join mid-job). It holds,
 64-byte aligned, the worker's gradient (float32), the parameters the shard
 answers with (float32), the worker's model buffers (float64) and the merged
 buffers the shard answers with (float64). Only the small messages below cross
@@ -21,8 +22,12 @@ from dataclasses import dataclass
 ALIGN = 64
 HELLO = struct.Struct("<II")  # token length, worker id
 LAYOUT = struct.Struct("<BxxxxxxxQQQ")  # status, parameters, buffers, slot offset (32 bytes)
-REQUEST = struct.Struct("<BBxxIQQIfI")  # op, flags, worker, clock, pulled version, samples, loss, ahead
-REPLY = struct.Struct("<BBxxxxxxQ")  # status, outcome, version (16 bytes); then MESSAGE
+# op, flags, worker, clock, pulled version, samples, loss, ahead, incarnation, seq (REGISTER, FINISH:
+# incarnation only). A push's (worker, incarnation, seq) is applied once (ps/ledger.py).
+REQUEST = struct.Struct("<BBxxIQQIfIIQ")
+# status, outcome, version, and for REGISTER where the worker carries on: its completed clock and
+# last applied seq (32 bytes); then MESSAGE
+REPLY = struct.Struct("<BBxxxxxxQQQ")
 MESSAGE = struct.Struct("<I")  # the length of the UTF-8 message that follows (0 when OK)
 
 REGISTER, PUSH_PULL, FINISH = 1, 2, 3
@@ -30,8 +35,13 @@ BUFFERS_FOLLOW = 1  # request flag: the slot's buffer region holds this step's r
 OUTCOMES = ("applied", "duplicate", "stale")
 #: Reply statuses, named as the gRPC transport names the same refusals.
 STATUSES = {0: "OK", 1: "INVALID_ARGUMENT", 2: "NOT_FOUND", 3: "FAILED_PRECONDITION", 4: "UNAUTHENTICATED",
-            5: "INTERNAL"}
-OK, INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, UNAUTHENTICATED, INTERNAL = range(6)
+            5: "INTERNAL", 6: "ABORTED"}
+OK, INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, UNAUTHENTICATED, INTERNAL, ABORTED = range(7)
+
+
+def segment_name(worker_id: int) -> str:
+    """The file, in a shard's directory, holding one worker's regions."""
+    return f"segment-{worker_id}"
 
 
 def _aligned(n: int) -> int:

@@ -157,8 +157,9 @@ class CheckpointStore:
             shutil.rmtree(self.path(old), ignore_errors=True)
         return final
 
-    def read(self, step: int) -> dict[str, Any]:
-        """The parts of checkpoint ``step``; CorruptCheckpoint if anything does not match its manifest."""
+    def read(self, step: int, only: list[str] | None = None) -> dict[str, Any]:
+        """The parts of checkpoint ``step`` (or just those named in ``only``); CorruptCheckpoint if
+        any file of it does not match its manifest: a cut is whole or not at all."""
         from safetensors.numpy import load
 
         where = self.path(step)
@@ -180,15 +181,17 @@ class CheckpointStore:
                 raise CorruptCheckpoint(f"{where}: {filename} does not match its sha256 in the manifest")
         parts = {}
         for name in names:
+            if only is not None and name not in only:
+                continue
             arrays = load((where / f"{name}.safetensors").read_bytes())
             parts[name] = _decode(json.loads((where / f"{name}.json").read_bytes()), arrays)
         return parts
 
-    def latest(self) -> tuple[int, dict[str, Any]] | None:
+    def latest(self, only: list[str] | None = None) -> tuple[int, dict[str, Any]] | None:
         """The newest checkpoint that reads back whole, and its step; None if there is none."""
         for step in reversed(self.steps()):
             try:
-                return step, self.read(step)
+                return step, self.read(step, only)
             except CorruptCheckpoint as e:
                 log.error("skipping a corrupt checkpoint: %s", e)
         return None

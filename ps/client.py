@@ -35,8 +35,8 @@ class RayTransport:
     buffer_ranges: tuple[ShardRange, ...] | None = None
     name: str = "ray"
 
-    def connect(self, worker_id: int) -> "ShardClient":
-        return ShardClient(worker_id, self.shards, self.ranges, self.buffer_ranges)
+    def connect(self, worker_id: int, incarnation: int = 0) -> "ShardClient":
+        return ShardClient(worker_id, self.shards, self.ranges, self.buffer_ranges, incarnation)
 
 
 class ShardClient(BlockingPushPull):
@@ -44,25 +44,37 @@ class ShardClient(BlockingPushPull):
     fills_on_wait = True  # ray.get happens in wait()
 
     def __init__(self, worker_id: int, shards: Sequence, ranges: Sequence[ShardRange],
-                 buffer_ranges: Sequence[ShardRange] | None = None):
+                 buffer_ranges: Sequence[ShardRange] | None = None, incarnation: int = 0):
         if len(shards) != len(ranges):
             raise ConfigError(f"{len(shards)} shard handles for {len(ranges)} ranges")
         self.worker_id = worker_id
+        self.incarnation = incarnation
+        self._base = 0  # seq = clock - base, so a retried clock carries its seq
         self._shards = list(shards)
         self._ranges = list(ranges)
         self._buffer_ranges = buffer_ranges_or_none(buffer_ranges, ranges)
         self._versions = [0] * len(shards)  # the version of each slice we hold
 
-    def register(self, params_out: np.ndarray, buffers_out: np.ndarray | None = None) -> None:
-        """Fetch the initial parameters into ``params_out`` (and the buffers into ``buffers_out``)."""
-        self._receive(params_out, buffers_out, [s.register.remote(self.worker_id) for s in self._shards])
+    def register(self, params_out: np.ndarray, buffers_out: np.ndarray | None = None) -> int:
+        """Fetch the parameters into ``params_out`` (and the buffers into ``buffers_out``); return the
+        completed clock to carry on from."""
+        positions = ray.get([s.position.remote(self.worker_id) for s in self._shards])
+        clock = max(c for c, _ in positions)
+        self._base = clock - max(q for _, q in positions)
+        self._receive(params_out, buffers_out,
+                      [s.register.remote(self.worker_id, self.incarnation) for s in self._shards])
+        return clock
+
+    def reconnect(self) -> None:
+        """Nothing to reopen: an actor handle reaches a restarted actor by itself."""
 
     def push_pull_async(self, clock: int, grads: np.ndarray, params_out: np.ndarray, num_samples: int,
                         loss: float, buffers: np.ndarray | None = None, buffers_out: np.ndarray | None = None,
                         ahead: int = 0) -> Pending:
         """Push the gradient of iteration ``clock`` (and the model's buffers); receive on ``wait()``."""
         refs = [
-            shard.push_pull.remote(self.worker_id, clock, grads[r.lo:r.hi], version, num_samples, loss, b, ahead)
+            shard.push_pull.remote(self.worker_id, clock, grads[r.lo:r.hi], version, num_samples, loss, b, ahead,
+                                   self.incarnation, clock - self._base)
             for shard, r, version, b in zip(self._shards, self._ranges, self._versions,
                                             buffer_slices(buffers, self._buffer_ranges))
         ]
@@ -70,7 +82,7 @@ class ShardClient(BlockingPushPull):
 
     def finish(self) -> None:
         """Leave every shard's clock table, so no one waits for this worker."""
-        ray.get([s.finish.remote(self.worker_id) for s in self._shards])
+        ray.get([s.finish.remote(self.worker_id, self.incarnation) for s in self._shards])
 
     def _receive(self, params_out: np.ndarray, buffers_out: np.ndarray | None, refs: list) -> None:
         for i, (params, version, buffers) in enumerate(ray.get(refs)):

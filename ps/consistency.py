@@ -81,6 +81,11 @@ class ClockTable:
         if worker_id in self._completed:
             self._completed[worker_id] = max(self._completed[worker_id], clock)
 
+    def join(self, worker_id: int, clock: int) -> None:
+        """(Re)enter the table as live, with ``clock`` completed: a replacement or a worker added mid-job."""
+        self._completed[worker_id] = clock
+        self._left.discard(worker_id)
+
     def leave(self, worker_id: int) -> None:
         """Drop a finished or dead worker from the table."""
         self._check(worker_id)
@@ -130,8 +135,11 @@ class ConsistencyPolicy:
             return self.lead(table, clock) <= self.config.staleness
         return True
 
-    def quorum(self, table: ClockTable) -> int:
-        """How many gradients of a clock a bsp shard waits for before it steps."""
-        live = len(table.live)
+    def quorum(self, table: ClockTable, expected: int | None = None) -> int:
+        """How many gradients of a clock a bsp shard waits for before it steps.
+
+        ``expected``: how many live workers owe this round (a worker that joined after it
+        began owes none); default every live worker."""
+        live = len(table.live) if expected is None else expected
         k = self.config.quorum
         return live if k is None else min(k, live)

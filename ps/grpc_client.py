@@ -49,13 +49,13 @@ class GrpcEndpoints:
     name: str = "grpc"
 
     def client(self, worker_id: int, ranges: Sequence[ShardRange],
-               buffer_ranges: Sequence[ShardRange] | None = None) -> "GrpcShardClient":
+               buffer_ranges: Sequence[ShardRange] | None = None, incarnation: int = 0) -> "GrpcShardClient":
         return GrpcShardClient(worker_id, self.addresses, ranges, self.token, self.tls,
-                               self.timeout_s, self.chunk_bytes, buffer_ranges)
+                               self.timeout_s, self.chunk_bytes, buffer_ranges, incarnation)
 
-    def connect(self, worker_id: int) -> "GrpcShardClient":
+    def connect(self, worker_id: int, incarnation: int = 0) -> "GrpcShardClient":
         """The transport seam (ps/transport.py): a client over this job's ranges."""
-        return self.client(worker_id, self.ranges, self.buffer_ranges)
+        return self.client(worker_id, self.ranges, self.buffer_ranges, incarnation)
 
 
 class _LoopThread:
@@ -90,10 +90,13 @@ class GrpcShardClient(BlockingPushPull):
 
     def __init__(self, worker_id: int, addresses: Sequence[str], ranges: Sequence[ShardRange], token: str,
                  tls: TLSConfig | None = None, timeout_s: float = 300.0, chunk_bytes: int = CHUNK_BYTES,
-                 buffer_ranges: Sequence[ShardRange] | None = None):
+                 buffer_ranges: Sequence[ShardRange] | None = None, incarnation: int = 0):
         if len(addresses) != len(ranges):
             raise ConfigError(f"{len(addresses)} shard addresses for {len(ranges)} ranges")
         self.worker_id = worker_id
+        self.incarnation = incarnation
+        self._base = 0  # seq = clock - base: a retry of a clock carries its seq; Register says the base
+        self._tls = tls
         self.addresses = list(addresses)
         self._ranges = list(ranges)
         self._buffer_ranges = buffer_ranges_or_none(buffer_ranges, ranges)
@@ -104,7 +107,10 @@ class GrpcShardClient(BlockingPushPull):
         self._streams: list = [None] * len(addresses)
         self._ended: list[_FirstStatus | None] = [None] * len(addresses)  # each stream's status
         self._loop = _LoopThread(f"grpc-client-{worker_id}")
-        self._channels = self._loop.run(self._open(tls))
+        self._connect()
+
+    def _connect(self) -> None:
+        self._channels = self._loop.run(self._open(self._tls))
         self._stubs = [ps_pb2_grpc.ParameterServerStub(c) for c in self._channels]
         # The tensor streams skip the generated stubs' serializers: chunks go out
         # already encoded and come in with their payload as a view (protos/codec.py).
@@ -118,8 +124,15 @@ class GrpcShardClient(BlockingPushPull):
 
     # ---- the transport contract (ps/transport.py) ---------------------------------
 
-    def register(self, params_out: np.ndarray, buffers_out: np.ndarray | None = None) -> None:
-        self._call(self._register_all(params_out, buffers_out))
+    def register(self, params_out: np.ndarray, buffers_out: np.ndarray | None = None) -> int:
+        return self._call(self._register_all(params_out, buffers_out))
+
+    def reconnect(self) -> None:
+        """Fresh channels to the same addresses (a restarted shard serves where it served)."""
+        if self._loop is None:
+            raise TransportError("the client is closed")
+        self._loop.run(self._close_all(), timeout=10)
+        self._connect()
 
     def push_pull_async(self, clock: int, grads: np.ndarray, params_out: np.ndarray, num_samples: int,
                         loss: float, buffers: np.ndarray | None = None, buffers_out: np.ndarray | None = None,
@@ -137,7 +150,8 @@ class GrpcShardClient(BlockingPushPull):
 
     def _encode(self, i, clock, grads, num_samples, loss, buffers, ahead) -> list[bytes]:
         r = self._ranges[i]
-        header = dict(worker_id=self.worker_id, clock=clock, pulled_version=self._versions[i],
+        header = dict(worker_id=self.worker_id, incarnation=self.incarnation, seq=clock - self._base,
+                      clock=clock, pulled_version=self._versions[i],
                       num_samples=num_samples, loss=loss, buffers_follow=buffers is not None, ahead=ahead)
         chunks = list(encode_chunks(TENSOR, grads[r.lo:r.hi], self._chunk_bytes, **header))
         if buffers is not None:
@@ -166,16 +180,19 @@ class GrpcShardClient(BlockingPushPull):
 
     # ---- per shard ---------------------------------------------------------------
 
-    async def _register_all(self, params_out: np.ndarray, buffers_out: np.ndarray | None) -> None:
+    async def _register_all(self, params_out: np.ndarray, buffers_out: np.ndarray | None) -> int:
         replies = await asyncio.gather(*(
-            stub.Register(ps_pb2.RegisterRequest(worker_id=self.worker_id),
+            stub.Register(ps_pb2.RegisterRequest(worker_id=self.worker_id, incarnation=self.incarnation),
                           timeout=self._timeout_s, metadata=self._metadata) for stub in self._stubs))
         for reply, r, b, address in zip(replies, self._ranges, self._buffer_ranges, self.addresses):
             shapes = {t.name: list(t.shape) for t in reply.tensors}
             expected = {TENSOR: [r.size], **({BUFFERS: [b.size]} if b.size else {})}
             if shapes != expected:
                 raise ShapeError(f"shard at {address} holds {shapes}, but this job expects {expected}")
-        await asyncio.gather(*(self._pull(i, 1, params_out, buffers_out) for i in range(len(self._stubs))))
+        clock = max(r.clock for r in replies)
+        self._base = clock - max(r.seq for r in replies)
+        await asyncio.gather(*(self._pull(i, clock + 1, params_out, buffers_out) for i in range(len(self._stubs))))
+        return clock
 
     def _receivers(self, i: int, params_out: np.ndarray, buffers_out: np.ndarray | None) -> list[Assembler]:
         """What shard ``i``'s pull answer is assembled into: its parameter slice, then its buffer slice."""
@@ -197,7 +214,8 @@ class GrpcShardClient(BlockingPushPull):
                 receivers.pop(0)
 
     async def _leave(self, stub):
-        return await stub.AdvanceClock(ps_pb2.ClockRequest(worker_id=self.worker_id, leave=True),
+        return await stub.AdvanceClock(ps_pb2.ClockRequest(worker_id=self.worker_id, leave=True,
+                                                           incarnation=self.incarnation),
                                        timeout=self._timeout_s, metadata=self._metadata)
 
     async def _stats(self, stub):

@@ -28,7 +28,7 @@ from rayps.protos.codec import (BUFFER_DTYPE, CHUNK_BYTES, MAX_MESSAGE_BYTES, As
                                 parse_chunk)
 from rayps.ps.allocator import keep_freed_memory
 from rayps.ps.consistency import UnknownWorkerError
-from rayps.errors import LeftJobError, OutOfOrderError, ShapeError, TransportError
+from rayps.errors import LeftJobError, OutOfOrderError, RolledBackError, ShapeError, TransportError
 from rayps.ps.grpc_security import TLSConfig, TokenAuth
 from rayps.ps.shard import ParameterShard
 
@@ -97,6 +97,8 @@ class ShardServicer:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except (LeftJobError, OutOfOrderError) as e:  # counted by the shard
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        except RolledBackError as e:  # retryable: register again
+            await context.abort(grpc.StatusCode.ABORTED, str(e))
 
     # ---- receiving a gradient -----------------------------------------------------
 
@@ -147,7 +149,8 @@ class ShardServicer:
     def _push(self, first: ps_pb2.TensorChunk, assembler: Assembler, buffers: Assembler | None) -> str:
         try:
             return self.shard.push(first.worker_id, first.clock, assembler.buffer, first.pulled_version,
-                                   first.num_samples, first.loss, None if buffers is None else buffers.buffer)
+                                   first.num_samples, first.loss, None if buffers is None else buffers.buffer,
+                                   first.incarnation, first.seq)
         finally:
             self._spare[first.worker_id] = assembler
             if buffers is not None:
@@ -177,7 +180,10 @@ class ShardServicer:
         await self._admit_call(context, request)
         async with self._statuses(context):
             self.shard.check_worker(request.worker_id)
+            self.shard.check_registration(request.worker_id, request.incarnation)
+            clock, seq = self.shard.position(request.worker_id)
             return ps_pb2.RegisterReply(
+                clock=clock, seq=seq,
                 shard_id=self.shard.shard_id, version=self.shard.version, protocol=PROTOCOL,
                 chunk_bytes=self.chunk_bytes,
                 tensors=[ps_pb2.TensorInfo(name=TENSOR, dtype="float32", shape=[self.shard.size])] + (
@@ -191,6 +197,7 @@ class ShardServicer:
             got = await self._read_gradient(requests)
             if got is None:
                 raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"empty push: expected tensor {TENSOR!r}")
+            await self.shard.gate(got[0].worker_id, got[0].clock)
             outcome = self._push(*got)
             return ps_pb2.PushReply(outcome=OUTCOMES[outcome], version=self.shard.version)
 
@@ -207,6 +214,7 @@ class ShardServicer:
             while (got := await self._read_gradient(requests)) is not None:
                 first = got[0]
                 self.shard.check_ahead(first.ahead)
+                await self.shard.gate(first.worker_id, first.clock)
                 outcome = self._push(*got)
                 encoded = await self._encoded_params(first.worker_id, first.clock + 1 + first.ahead,
                                                      push=ps_pb2.PushReply(outcome=OUTCOMES[outcome]))
@@ -217,7 +225,7 @@ class ShardServicer:
         await self._admit_call(context, request)
         async with self._statuses(context):
             if request.leave:
-                await self.shard.finish(request.worker_id)
+                await self.shard.finish(request.worker_id, request.incarnation)
             else:
                 self.shard.advance(request.worker_id, request.clock)
             return ps_pb2.ClockReply(version=self.shard.version)

@@ -4,35 +4,72 @@ The driver makes it a Ray async actor. Ray calls reach it directly (the
 object-store transport); ``serve_grpc`` and ``serve_shm`` start the gRPC and
 same-node servers on the actor's own event loop, so every transport's
 requests interleave on one thread and the shard needs no locks.
+
+Restarts: given a checkpoint directory, a shard restores the newest valid
+checkpoint there by itself as it starts. Ray restarts a dead shard actor with
+the same arguments, so a restarted shard comes back at the job's last
+consistent cut (and a resumed job's shards start from the run it resumes).
+The controller then has it serve again where it served (the same port, the
+same shared-memory directory), so the workers' clients reconnect in place.
 """
 
 from __future__ import annotations
 
+import logging
+
 from rayps.protos.codec import CHUNK_BYTES
+from rayps.ps.checkpoint import CheckpointStore
 from rayps.ps.grpc_security import TLSConfig
 from rayps.ps.grpc_server import GrpcShardServer, start_grpc_server
 from rayps.ps.shard import ParameterShard
 from rayps.ps.shm_server import ShmShardServer, start_shm_server
+
+log = logging.getLogger(__name__)
+
+
+def part_name(shard_id: int) -> str:
+    """A shard's part in a checkpoint."""
+    return f"shard-{shard_id}"
 
 
 class ServedShard(ParameterShard):
     _grpc: GrpcShardServer | None = None
     _shm: ShmShardServer | None = None
 
+    def __init__(self, *args, checkpoints: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.restored_step: int | None = None
+        if checkpoints is not None:
+            found = CheckpointStore(checkpoints).latest(only=[part_name(self.shard_id)])
+            if found is not None:
+                self.restored_step, parts = found
+                self.load_state_dict(parts[part_name(self.shard_id)])
+                log.warning("%r restored checkpoint %d from %s", self, self.restored_step, checkpoints)
+
+    def restored(self) -> int | None:
+        """The checkpoint this life of the shard started from (None: its initial parameters)."""
+        return self.restored_step
+
+    def restore(self, checkpoints: str, step: int) -> None:
+        """Go back to checkpoint ``step`` (the controller rolls every shard back to one cut)."""
+        parts = CheckpointStore(checkpoints).read(step, only=[part_name(self.shard_id)])
+        self.load_state_dict(parts[part_name(self.shard_id)])
+        self.restored_step = step
+
     async def serve_grpc(self, token: str, host: str | None = None, tls: TLSConfig | None = None,
-                         chunk_bytes: int = CHUNK_BYTES) -> str:
-        """Start serving gRPC (port 0); return the bound ``host:port`` for workers to dial."""
+                         chunk_bytes: int = CHUNK_BYTES, port: int = 0) -> str:
+        """Start serving gRPC (port 0: any); return the bound ``host:port`` for workers to dial."""
         if self._grpc is None:
             if host is None:  # a multi-node cluster: the address other nodes can reach
                 import ray
                 host = ray.util.get_node_ip_address()
-            self._grpc = await start_grpc_server(self, token, host, 0, tls, chunk_bytes)
+            self._grpc = await start_grpc_server(self, token, host, port, tls, chunk_bytes)
         return self._grpc.address
 
-    async def serve_shm(self, token: str, worker_ids: list[int]) -> str:
-        """Start the same-node server; return the directory holding its segment and socket."""
+    async def serve_shm(self, token: str, directory: str | None = None) -> str:
+        """Start the same-node server (in ``directory``, default a new one); return its directory."""
         if self._shm is None:
-            self._shm = await start_shm_server(self, token, worker_ids)
+            self._shm = await start_shm_server(self, token, directory=directory)
         return self._shm.directory
 
     async def stop_serving(self) -> None:

@@ -24,7 +24,8 @@ import numpy as np
 from rayps.protos.layout import DTYPE, all_finite
 from rayps.ps.buffers import BufferTable
 from rayps.ps.consistency import ClockTable, ConsistencyConfig, ConsistencyPolicy
-from rayps.errors import LeftJobError, OutOfOrderError, ShapeError
+from rayps.errors import LeftJobError, OutOfOrderError, RolledBackError, ShapeError
+from rayps.ps.ledger import PushLedger
 from rayps.ps.metrics import ShardMetrics
 from rayps.ps.optimizers import OptimizerConfig, make_optimizer
 from rayps.ps.schedules import ScheduleConfig, make_schedule
@@ -57,6 +58,7 @@ class ParameterShard:
         run_id: str = "",
         init_buffers: np.ndarray | None = None,
         buffer_integer: np.ndarray | None = None,
+        audit: bool = False,
     ):
         self.shard_id = shard_id
         self._params = np.array(init_params, dtype=DTYPE, copy=True).reshape(-1)
@@ -67,6 +69,13 @@ class ParameterShard:
         self._config = consistency
         self._policy = ConsistencyPolicy(consistency)
         self._clocks = ClockTable(worker_ids)
+        self._ledger = PushLedger(worker_ids)  # (worker, incarnation, seq) applied: exactly once
+        self._joined_at = {int(w): 0 for w in worker_ids}  # the completed clock each worker (re)joined at
+        self._high = 0  # the highest clock any worker completed: where a worker joins when none is live
+        self._generation = 0  # one more per restore: a waiter from before a rollback is sent to register again
+        self._frozen = False  # a checkpoint's cut: pushes wait at the gate ...
+        self._barrier: dict[int, int] | None = None  # ... except those up to these clocks
+        self._audit: list[tuple[int, int, int]] | None = [] if audit else None  # every applied triple, for tests
         self._version = 0  # optimizer steps applied so far: the global step of the schedule
         self._changed: asyncio.Event | None = None  # made lazily, inside the actor's event loop
         # bsp: the clock whose gradients are being gathered, and those gathered so far
@@ -94,10 +103,38 @@ class ParameterShard:
 
     # ---- the hot path -------------------------------------------------------------
 
-    async def register(self, worker_id: int) -> tuple[np.ndarray, int, np.ndarray | None]:
-        """A worker's first pull: the current parameters, their version and the merged buffers."""
+    async def register(self, worker_id: int, incarnation: int = 0) -> tuple[np.ndarray, int, np.ndarray | None]:
+        """A worker's first pull (and its first after a rollback): the parameters for its next
+        iteration, their version and the merged buffers. ``position`` says which iteration that is."""
+        self.check_registration(worker_id, incarnation)
+        return await self._admit(worker_id, self._clocks.completed(worker_id) + 1)
+
+    def check_registration(self, worker_id: int, incarnation: int) -> None:
+        """Refuse all but the current incarnation; after a rollback, let it push again."""
         self._clocks.completed(worker_id)  # raises for an unknown worker
-        return await self._admit(worker_id, 1)
+        self._ledger.check_incarnation(worker_id, int(incarnation), repr(self))
+        self._ledger.registered(worker_id)
+
+    def position(self, worker_id: int) -> tuple[int, int]:
+        """Where a (re)registering worker carries on: its completed clock and last applied seq."""
+        return self._clocks.completed(worker_id), self._ledger.last_seq(worker_id)
+
+    def join(self, worker_id: int, incarnation: int, clock: int) -> None:
+        """Let ``incarnation`` of ``worker_id`` (a replacement, or a worker added mid-job) join the
+        clock table with ``clock`` completed; the controller picks one clock for every shard."""
+        self._ledger.join(worker_id, incarnation)
+        self._clocks.join(worker_id, clock)
+        self._joined_at[worker_id] = clock
+        self._maybe_step_round()
+        self._notify()
+
+    def frontier(self) -> int:
+        """The completed clock a joining worker should start from on this shard: the round being
+        gathered (bsp) or the slowest live worker (asp, ssp), so it neither blocks nor leads anyone."""
+        if self._config.mode == "bsp":
+            return self._round_clock - 1
+        slowest = self._clocks.min_completed()
+        return self._high if slowest is None else slowest
 
     async def push_pull(
         self,
@@ -109,6 +146,8 @@ class ParameterShard:
         loss: float,
         buffers: np.ndarray | None = None,
         ahead: int = 0,
+        incarnation: int = 0,
+        seq: int = 0,
     ) -> tuple[np.ndarray, int, np.ndarray | None]:
         """Push the gradient of iteration ``clock``; return the parameters for iteration clock + 1.
 
@@ -119,10 +158,11 @@ class ParameterShard:
         worker computes that many iterations before its next push (overlap),
         so the answer waits until it may begin iteration ``clock + 1 + ahead``.
         Returns the parameters, their version and the merged buffers (None if
-        this shard holds none).
+        this shard holds none). ``incarnation`` and ``seq``: see ``push``.
         """
         self.check_ahead(ahead)
-        self.push(worker_id, clock, grad, pulled_version, num_samples, loss, buffers)
+        await self.gate(worker_id, clock)
+        self.push(worker_id, clock, grad, pulled_version, num_samples, loss, buffers, incarnation, seq)
         return await self._admit(worker_id, clock + 1 + ahead)
 
     def check_ahead(self, ahead: int) -> None:
@@ -133,9 +173,13 @@ class ParameterShard:
             raise self._out_of_order(f"{self!r}: ahead ({ahead}) must be >= 0")
 
     def push(self, worker_id: int, clock: int, grad: np.ndarray, pulled_version: int,
-             num_samples: int, loss: float, buffers: np.ndarray | None = None) -> str:
+             num_samples: int, loss: float, buffers: np.ndarray | None = None,
+             incarnation: int = 0, seq: int = 0) -> str:
         """The push half of ``push_pull``: apply or gather, advance the clock; never waits.
 
+        ``(worker_id, incarnation, seq)`` is applied at most once (ps/ledger.py);
+        seq 0 means "the next one" (the clock's place in this incarnation), for
+        callers that count clocks only.
         Returns the outcome: ``"applied"`` (applied, or gathered into its bsp
         round), ``"duplicate"`` (a retry, not applied again) or ``"stale"``
         (bsp backup workers: its round already stepped; dropped and counted).
@@ -148,15 +192,25 @@ class ParameterShard:
             self.count_rejection("out_of_order")
             raise LeftJobError(f"{self!r}: worker {worker_id} has left the job; its push is refused")
         completed = self._clocks.completed(worker_id)
-        if clock <= completed:
+        if clock > completed + 1:
+            # Recording it would turn every later push at normal clocks into a "duplicate"
+            # that is silently dropped: a clock from the future is a protocol error.
+            raise self._out_of_order(f"{self!r}: worker {worker_id} pushed clock {clock}, but its next clock is"
+                                     f" {completed + 1}; a push's clock may not skip ahead")
+        if not seq:
+            seq = clock - self._joined_at.get(worker_id, 0)
+        try:
+            fresh = self._ledger.classify(worker_id, int(incarnation), int(seq), repr(self))
+        except (OutOfOrderError, LeftJobError, RolledBackError):
+            self.count_rejection("out_of_order")
+            raise
+        if fresh == "duplicate":
             self._duplicates += 1
             self._unflushed[("pushes", "duplicate")] += 1
             return "duplicate"
         if clock != completed + 1:
-            # Recording it would turn every later push at normal clocks into a "duplicate"
-            # that is silently dropped: a clock from the future is a protocol error.
-            raise self._out_of_order(f"{self!r}: worker {worker_id} pushed clock {clock}, but its next clock is"
-                                  f" {completed + 1}; a push's clock may not skip ahead")
+            raise self._out_of_order(f"{self!r}: worker {worker_id} pushed a new seq {seq} at clock {clock}, but"
+                                     f" its next clock is {completed + 1}")
         outcome = "applied"
         if self._config.mode == "bsp":
             outcome = self._gather(worker_id, clock, grad, int(num_samples), pulled_version, buffers)
@@ -166,6 +220,10 @@ class ParameterShard:
                 self._buffers.report(worker_id, buffers, int(num_samples))
                 self._buffers.merge()
         # after _gather, which refuses a push from the future: a refused push records nothing
+        self._ledger.record(worker_id, int(seq))
+        if self._audit is not None:
+            self._audit.append((worker_id, int(incarnation), int(seq)))
+        self._high = max(self._high, clock)
         self._samples[worker_id] += int(num_samples)
         self._loss[worker_id] = float(loss)
         self._clocks.advance(worker_id, clock)
@@ -206,6 +264,57 @@ class ParameterShard:
         self._maybe_step_round()
         self._notify()
 
+    # ---- a checkpoint's consistent cut ---------------------------------------------
+
+    async def gate(self, worker_id: int, clock: int) -> None:
+        """Hold a push while a cut is being taken, unless it is one the cut still needs."""
+        while self._frozen and (self._barrier is None or clock > self._barrier.get(worker_id, 0)):
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            await self._changed.wait()
+
+    def freeze(self) -> dict[int, int]:
+        """Begin a cut: hold every push from now on; return each live worker's completed clock."""
+        self._frozen, self._barrier = True, None
+        return self._clocks.snapshot()
+
+    async def cut(self, clocks: dict[int, int], timeout_s: float = 5.0) -> bool:
+        """Let through the held pushes up to ``clocks`` (the highest every shard saw) and wait
+        until this shard has them all, so every shard stands at the same clocks. False if a
+        worker's push never came (it died mid-push) within ``timeout_s``."""
+        self._barrier = {int(w): int(c) for w, c in clocks.items()}
+        self._notify()
+        deadline = time.monotonic() + timeout_s
+
+        def reached() -> bool:
+            return all(not self._clocks.is_live(w) or self._clocks.completed(w) >= c
+                       for w, c in self._barrier.items() if self._ledger.knows(w))
+
+        while not reached():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._changed.wait(), left)
+            except asyncio.TimeoutError:
+                return False
+        return True
+
+    def thaw(self) -> None:
+        """End a cut: the held pushes go on."""
+        self._frozen, self._barrier = False, None
+        self._notify()
+
+    def applied_log(self) -> list[tuple[int, int, int]]:
+        """Every ``(worker, incarnation, seq)`` applied, in order (only with ``audit``)."""
+        return list(self._audit or [])
+
+    def ledger(self) -> dict[int, tuple[int, int]]:
+        """worker -> (incarnation, last applied seq)."""
+        return self._ledger.snapshot()
+
     def _out_of_order(self, message: str) -> OutOfOrderError:
         """A request out of protocol order, counted (every transport answers it FAILED_PRECONDITION)."""
         self.count_rejection("out_of_order")
@@ -229,8 +338,15 @@ class ParameterShard:
         """How many model-buffer values this shard holds (float64)."""
         return self._buffers.size
 
-    async def finish(self, worker_id: int) -> None:
-        """A worker is done (or dead): it leaves the clock table and nobody waits for it."""
+    async def finish(self, worker_id: int, incarnation: int | None = None) -> None:
+        """A worker is done (or dead): it leaves the clock table and nobody waits for it.
+
+        With ``incarnation``, only that life leaves: a late goodbye from a replaced
+        worker must not take its replacement out of the table."""
+        self._clocks.completed(worker_id)  # raises for an unknown worker
+        if incarnation is not None and self._ledger.knows(worker_id) \
+                and int(incarnation) != self._ledger.incarnation(worker_id):
+            return
         self._clocks.leave(worker_id)
         self._maybe_step_round()
         self._notify()
@@ -298,7 +414,9 @@ class ParameterShard:
             return
         # Only live workers' gradients count toward the quorum: a worker that pushed
         # and then left must not let the round step without a live worker's gradient.
-        if sum(self._clocks.is_live(w) for w in self._round) < self._policy.quorum(self._clocks):
+        # A worker that joined after this round began owes it nothing (its first push is a later clock).
+        expected = {w for w in self._clocks.live if self._joined_at.get(w, 0) < self._round_clock}
+        if sum(w in expected for w in self._round) < self._policy.quorum(self._clocks, len(expected)):
             return
         # In worker order, never arrival order: a bsp run is reproducible bit for bit.
         workers = sorted(self._round)
@@ -354,12 +472,16 @@ class ParameterShard:
     async def _admit(self, worker_id: int, clock: int, take: Callable[[np.ndarray], Any] | None = None,
                      ) -> tuple[Any, int]:
         """Wait until ``worker_id`` may begin iteration ``clock``; then hand it the parameters."""
+        generation = self._generation
         if not self._ready(clock):
             began = time.monotonic()
             while not self._ready(clock):
                 if self._changed is None:
                     self._changed = asyncio.Event()
                 await self._changed.wait()
+                if self._generation != generation:  # restored under us: the clock waited for is gone
+                    raise RolledBackError(f"{self!r} was restored from a checkpoint while worker {worker_id}"
+                                          f" waited for iteration {clock}; it must register again")
             waited = time.monotonic() - began
             self._wait_s[worker_id] += waited
             self._metrics.wait_s.inc(waited, tags={"worker": str(worker_id)})
@@ -390,6 +512,9 @@ class ParameterShard:
             "buffers": self._buffers.state_dict(),
             "clocks": self._clocks.state_dict(),
             "round_clock": self._round_clock,
+            "ledger": self._ledger.state_dict(),
+            "joined_at": dict(self._joined_at),
+            "high": self._high,
             "round": {w: {"grad": p.grad.copy(), "num_samples": p.num_samples, "pulled_version": p.pulled_version,
                           "buffers": None if p.buffers is None else p.buffers.copy()}
                       for w, p in self._round.items()},
@@ -418,7 +543,15 @@ class ParameterShard:
         buffers.load_state_dict(state["buffers"])
         clocks = ClockTable([])
         clocks.load_state_dict(state["clocks"])
+        ledger = PushLedger()
+        ledger.load_state_dict(state["ledger"])
         self._params[:] = params
+        # Every worker's clock moved back under it: each registers again before it pushes.
+        ledger.mark_rolled_back()
+        self._ledger, self._generation = ledger, self._generation + 1
+        self._joined_at = {int(w): int(c) for w, c in state["joined_at"].items()}
+        self._high = int(state["high"])
+        self._frozen, self._barrier = False, None
         self._optimizer, self._buffers, self._clocks = optimizer, buffers, clocks
         self._version = int(state["version"])
         self._round_clock = int(state["round_clock"])

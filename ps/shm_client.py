@@ -20,7 +20,7 @@ import numpy as np
 
 from rayps.errors import ConfigError, TransportError
 from rayps.protos.shm_wire import (BUFFERS_FOLLOW, FINISH, HELLO, LAYOUT, MESSAGE, OK, PUSH_PULL, REGISTER, REPLY, REQUEST,
-                                   STATUSES, SlotLayout)
+                                   STATUSES, SlotLayout, segment_name)
 from rayps.ps.partition import ShardRange, buffer_ranges_or_none, buffer_slices
 from rayps.ps.transport import BlockingPushPull, Pending
 
@@ -37,9 +37,9 @@ class ShmEndpoints:
     timeout_s: float = 300.0
     name: str = "shm"
 
-    def connect(self, worker_id: int) -> "ShmShardClient":
+    def connect(self, worker_id: int, incarnation: int = 0) -> "ShmShardClient":
         return ShmShardClient(worker_id, self.directories, self.ranges, self.token, self.buffer_ranges,
-                              self.timeout_s, self.node_ids)
+                              self.timeout_s, self.node_ids, incarnation)
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:
@@ -58,6 +58,7 @@ class _Link:
 
     def __init__(self, directory: str, worker_id: int, token: str, size: int, buffers: int, timeout_s: float):
         self.where = directory
+        self.clock = self.seq = 0  # what the last REGISTER reply said: where this worker carries on
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout_s)
         self.sock.connect(os.path.join(directory, "socket"))
@@ -74,7 +75,7 @@ class _Link:
         if (params, nbuffers) != (size, buffers):
             raise TransportError(f"shard at {directory} holds {params} parameters and {nbuffers} buffer values,"
                                  f" but this job expects {size} and {buffers}")
-        fd = os.open(os.path.join(directory, "segment"), os.O_RDWR)
+        fd = os.open(os.path.join(directory, segment_name(worker_id)), os.O_RDWR)
         try:
             self.map = mmap.mmap(fd, 0)
         finally:
@@ -87,13 +88,13 @@ class _Link:
         self.buffers_out = view(lay.buffers_out_at, buffers, np.float64)
 
     def send(self, op: int, worker_id: int, clock: int = 0, pulled: int = 0, samples: int = 0, loss: float = 0.0,
-             ahead: int = 0, flags: int = 0) -> None:
-        self.sock.sendall(REQUEST.pack(op, flags, worker_id, clock, pulled, samples, loss, ahead))
+             ahead: int = 0, flags: int = 0, incarnation: int = 0, seq: int = 0) -> None:
+        self.sock.sendall(REQUEST.pack(op, flags, worker_id, clock, pulled, samples, loss, ahead, incarnation, seq))
 
     def receive(self, what: str) -> int:
         """The reply's version; a refusal raises TransportError with the shard's message."""
         try:
-            status, _, version = REPLY.unpack(_recv_exactly(self.sock, REPLY.size))
+            status, _, version, self.clock, self.seq = REPLY.unpack(_recv_exactly(self.sock, REPLY.size))
             (length,) = MESSAGE.unpack(_recv_exactly(self.sock, MESSAGE.size))
             message = _recv_exactly(self.sock, length).decode() if length else ""
         except socket.timeout:
@@ -120,21 +121,32 @@ class ShmShardClient(BlockingPushPull):
 
     def __init__(self, worker_id: int, directories: Sequence[str], ranges: Sequence[ShardRange], token: str,
                  buffer_ranges: Sequence[ShardRange] | None = None, timeout_s: float = 300.0,
-                 node_ids: Sequence[str] | None = None):
+                 node_ids: Sequence[str] | None = None, incarnation: int = 0):
         if len(directories) != len(ranges):
             raise ConfigError(f"{len(directories)} shard directories for {len(ranges)} ranges")
         self.worker_id = worker_id
+        self.incarnation = incarnation
+        self._base = 0  # seq = clock - base, so a retried clock carries its seq
         self._ranges = list(ranges)
         self._buffer_ranges = buffer_ranges_or_none(buffer_ranges, ranges)
         self._check_node(directories, node_ids)
+        self._directories, self._token, self._timeout_s = list(directories), token, timeout_s
         self._links: list[_Link] = []
+        self._open()
+        self._versions = [0] * len(self._links)
+
+    def _open(self) -> None:
         try:
-            for d, r, b in zip(directories, self._ranges, self._buffer_ranges):
-                self._links.append(_Link(d, worker_id, token, r.size, b.size, timeout_s))
+            for d, r, b in zip(self._directories, self._ranges, self._buffer_ranges):
+                self._links.append(_Link(d, self.worker_id, self._token, r.size, b.size, self._timeout_s))
         except BaseException:
             self.close()
             raise
-        self._versions = [0] * len(self._links)
+
+    def reconnect(self) -> None:
+        """New connections to the same directories (a restarted shard serves where it served)."""
+        self.close()
+        self._open()
 
     def _check_node(self, directories, node_ids) -> None:
         here = _node_id()
@@ -148,10 +160,13 @@ class ShmShardClient(BlockingPushPull):
 
     # ---- the transport contract (ps/transport.py) ---------------------------------
 
-    def register(self, params_out: np.ndarray, buffers_out: np.ndarray | None = None) -> None:
+    def register(self, params_out: np.ndarray, buffers_out: np.ndarray | None = None) -> int:
         for link in self._links:
-            link.send(REGISTER, self.worker_id)
+            link.send(REGISTER, self.worker_id, incarnation=self.incarnation)
         self._collect(params_out, buffers_out, "register")
+        clock = max(link.clock for link in self._links)
+        self._base = clock - max(link.seq for link in self._links)
+        return clock
 
     def push_pull_async(self, clock: int, grads: np.ndarray, params_out: np.ndarray, num_samples: int,
                         loss: float, buffers: np.ndarray | None = None, buffers_out: np.ndarray | None = None,
@@ -163,13 +178,14 @@ class ShmShardClient(BlockingPushPull):
             if sent[i] is not None:
                 link.buffers_in[:] = sent[i]
                 flags = BUFFERS_FOLLOW
-            link.send(PUSH_PULL, self.worker_id, clock, self._versions[i], num_samples, loss, ahead, flags)
+            link.send(PUSH_PULL, self.worker_id, clock, self._versions[i], num_samples, loss, ahead, flags,
+                      self.incarnation, clock - self._base)
         return Pending(lambda: self._collect(params_out, buffers_out, f"step {clock}"))
 
     def finish(self) -> None:
         try:
             for link in self._links:
-                link.send(FINISH, self.worker_id)
+                link.send(FINISH, self.worker_id, incarnation=self.incarnation)
             for link in self._links:
                 link.receive("finish")
         finally:

@@ -26,10 +26,10 @@ import tempfile
 
 import numpy as np
 
-from rayps.errors import LeftJobError, OutOfOrderError, PSError, ShapeError
-from rayps.protos.shm_wire import (BUFFERS_FOLLOW, FAILED_PRECONDITION, FINISH, HELLO, INTERNAL, INVALID_ARGUMENT,
-                                   LAYOUT, MESSAGE, NOT_FOUND, OK, OUTCOMES, PUSH_PULL, REGISTER, REPLY, REQUEST,
-                                   UNAUTHENTICATED, SlotLayout)
+from rayps.errors import LeftJobError, OutOfOrderError, PSError, RolledBackError, ShapeError
+from rayps.protos.shm_wire import (ABORTED, BUFFERS_FOLLOW, FAILED_PRECONDITION, FINISH, HELLO, INTERNAL,
+                                   INVALID_ARGUMENT, LAYOUT, MESSAGE, NOT_FOUND, OK, OUTCOMES, PUSH_PULL, REGISTER,
+                                   REPLY, REQUEST, UNAUTHENTICATED, SlotLayout, segment_name)
 from rayps.ps.consistency import UnknownWorkerError
 from rayps.ps.shard import ParameterShard
 
@@ -43,36 +43,50 @@ def _status(error: Exception) -> int:
         return INVALID_ARGUMENT
     if isinstance(error, (LeftJobError, OutOfOrderError)):
         return FAILED_PRECONDITION
+    if isinstance(error, RolledBackError):
+        return ABORTED
     return INTERNAL
 
 
-def _reply(status: int, version: int = 0, outcome: int = 0, message: str = "") -> bytes:
+def _reply(status: int, version: int = 0, outcome: int = 0, message: str = "", clock: int = 0, seq: int = 0) -> bytes:
     text = message.encode()
-    return REPLY.pack(status, outcome, version) + MESSAGE.pack(len(text)) + text
+    return REPLY.pack(status, outcome, version, clock, seq) + MESSAGE.pack(len(text)) + text
 
 
 class ShmShardServer:
-    """One shard's segment (a slot per worker) and the socket its workers talk on."""
+    """One shard's directory: a segment per worker, and the socket its workers talk on.
 
-    def __init__(self, shard: ParameterShard, token: str, worker_ids: list[int], root: str | None = None):
+    ``directory``: serve there (a restarted shard serves where its previous life did, so
+    workers reconnect to the same place); default a fresh one under /dev/shm.
+    """
+
+    def __init__(self, shard: ParameterShard, token: str, root: str | None = None, directory: str | None = None):
         self.shard = shard
         self._token = token.encode()
         self.layout = SlotLayout(shard.size, shard.buffer_size)
-        self._slots = {int(w): i * self.layout.nbytes for i, w in enumerate(worker_ids)}
-        base = root or ("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir())
-        self.directory = tempfile.mkdtemp(prefix=f"rayps-shard{shard.shard_id}-", dir=base)  # mode 0700
+        self._maps: dict[int, mmap.mmap] = {}  # worker -> its segment, made at its first connection
+        if directory is None:
+            base = root or ("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir())
+            directory = tempfile.mkdtemp(prefix=f"rayps-shard{shard.shard_id}-", dir=base)  # mode 0700
+        else:  # what a dead life left here is stale: start clean, with the same name
+            shutil.rmtree(directory, ignore_errors=True)
+            os.makedirs(directory, mode=0o700)
+        self.directory = directory
         # A process that exits without stop() still removes it (a SIGKILLed one cannot: the driver does).
         atexit.register(shutil.rmtree, self.directory, True)
-        self.segment_path = os.path.join(self.directory, "segment")
         self.socket_path = os.path.join(self.directory, "socket")
-        size = self.layout.nbytes * max(1, len(worker_ids))
-        fd = os.open(self.segment_path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        try:
-            os.ftruncate(fd, size)
-            self._map = mmap.mmap(fd, size)
-        finally:
-            os.close(fd)
         self._server: asyncio.AbstractServer | None = None
+
+    def _segment(self, worker_id: int) -> mmap.mmap:
+        if worker_id not in self._maps:
+            size = self.layout.nbytes
+            fd = os.open(os.path.join(self.directory, segment_name(worker_id)), os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                os.ftruncate(fd, size)
+                self._maps[worker_id] = mmap.mmap(fd, size)
+            finally:
+                os.close(fd)
+        return self._maps[worker_id]
 
     async def start(self) -> None:
         self._server = await asyncio.start_unix_server(self._serve, path=self.socket_path)
@@ -88,7 +102,7 @@ class ShmShardServer:
     # ---- one worker's connection ----------------------------------------------------
 
     def _view(self, worker_id: int, at: int, count: int, dtype) -> np.ndarray:
-        return np.ndarray(count, dtype=dtype, buffer=self._map, offset=self._slots[worker_id] + at)
+        return np.ndarray(count, dtype=dtype, buffer=self._segment(worker_id), offset=at)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -105,12 +119,12 @@ class ShmShardServer:
                     header = await reader.readexactly(REQUEST.size)
                 except asyncio.IncompleteReadError:
                     return  # the worker closed (finished, or its process ended)
-                op, flags, who, clock, pulled, samples, loss, ahead = REQUEST.unpack(header)
+                op, flags, who, clock, pulled, samples, loss, ahead, incarnation, seq = REQUEST.unpack(header)
                 try:
                     if who != worker_id:
                         raise UnknownWorkerError(f"this connection is worker {worker_id}'s, not worker {who}'s")
                     reply = await self._handle(op, flags, worker_id, clock, pulled, samples, loss, ahead,
-                                               grad, params, buffers_in, buffers_out)
+                                               incarnation, seq, grad, params, buffers_in, buffers_out)
                 except PSError as e:
                     reply = _reply(_status(e), message=str(e).strip("'\""))
                 writer.write(reply)
@@ -128,39 +142,47 @@ class ShmShardServer:
             writer.write(_reply(UNAUTHENTICATED, message="missing or wrong token"))
             await writer.drain()
             return None
-        if worker_id not in self._slots:
+        try:
+            self.shard.check_worker(worker_id)
+        except UnknownWorkerError:
             self.shard.count_rejection("unknown_worker")
             writer.write(_reply(NOT_FOUND, message=f"unknown worker id {worker_id}"))
             await writer.drain()
             return None
-        writer.write(LAYOUT.pack(OK, self.layout.params, self.layout.buffers, self._slots[worker_id]))
+        self._segment(worker_id)
+        writer.write(LAYOUT.pack(OK, self.layout.params, self.layout.buffers, 0))
         await writer.drain()
         return worker_id
 
-    async def _handle(self, op, flags, worker_id, clock, pulled, samples, loss, ahead,
+    async def _handle(self, op, flags, worker_id, clock, pulled, samples, loss, ahead, incarnation, seq,
                       grad, params, buffers_in, buffers_out) -> bytes:
         def into_slot(values: np.ndarray) -> None:
             params[:] = values  # inside the shard's step: the snapshot this reply answers with
 
         if op == FINISH:
-            await self.shard.finish(worker_id)
+            await self.shard.finish(worker_id, incarnation)
             return _reply(OK, self.shard.version)
-        outcome, begins = "applied", 1  # REGISTER: the parameters for iteration 1
+        outcome, position = "applied", (0, 0)
         if op == PUSH_PULL:
             self.shard.check_ahead(ahead)
+            await self.shard.gate(worker_id, clock)
             outcome = self.shard.push(worker_id, clock, grad, pulled, samples, loss,
-                                      buffers_in if flags & BUFFERS_FOLLOW else None)
+                                      buffers_in if flags & BUFFERS_FOLLOW else None, incarnation, seq)
             begins = clock + 1 + ahead
-        elif op != REGISTER:
+        elif op == REGISTER:  # the parameters for the worker's next iteration, and where it carries on
+            self.shard.check_registration(worker_id, incarnation)
+            position = self.shard.position(worker_id)
+            begins = position[0] + 1
+        else:
             raise ShapeError(f"unknown request op {op}")
         _, version, merged = await self.shard.pull_for(worker_id, begins, take=into_slot)
         if merged is not None:
             buffers_out[:] = merged
-        return _reply(OK, version, OUTCOMES.index(outcome))
+        return _reply(OK, version, OUTCOMES.index(outcome), clock=position[0], seq=position[1])
 
 
-async def start_shm_server(shard: ParameterShard, token: str, worker_ids: list[int],
-                           root: str | None = None) -> ShmShardServer:
-    server = ShmShardServer(shard, token, worker_ids, root)
+async def start_shm_server(shard: ParameterShard, token: str, root: str | None = None,
+                           directory: str | None = None) -> ShmShardServer:
+    server = ShmShardServer(shard, token, root, directory)
     await server.start()
     return server

@@ -29,6 +29,14 @@ class OutOfOrderError(PSError):
     """A request came out of protocol order (a bsp push for a clock not yet gathered)."""
 
 
+class RolledBackError(PSError):
+    """A shard was restored from a checkpoint under a worker: it must register again (retryable)."""
+
+
+class StallError(JobError):
+    """No clock advanced for the stall timeout, and the stall policy gave up."""
+
+
 class ClusterError(PSError, RuntimeError):
     """Provisioning a Ray cluster, or talking to one, failed."""
 

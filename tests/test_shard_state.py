@@ -10,7 +10,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from rayps.errors import ConfigError, ShapeError
+from rayps.errors import ConfigError, RolledBackError, ShapeError
 from rayps.ps.consistency import ConsistencyConfig
 from rayps.ps.optimizers import OptimizerConfig
 from rayps.ps.schedules import ScheduleConfig
@@ -45,6 +45,11 @@ def test_a_restored_shard_continues_bit_for_bit_like_the_saved_one(mode):
     saved = original.state_dict()
     restored = make(mode)
     restored.load_state_dict(saved)
+    with pytest.raises(RolledBackError, match="must register again"):  # its clocks moved back under it
+        restored.push(1, 2, np.ones(restored.size, np.float32), 0, 1, 0.0)
+    # register() would wait on worker 0's bsp round, which this synchronous drive steps itself: mark them directly
+    for worker in (0, 1):
+        restored._ledger.registered(worker)
     later = [(1, 2), (0, 3), (1, 3)]
     drive(original, later)
     drive(restored, later)

@@ -58,7 +58,7 @@ class Cluster:
             self.endpoints = GrpcEndpoints(tuple(addresses), token, timeout_s=20.0, ranges=tuple(self.ranges),
                                            buffer_ranges=self.buffer_ranges and tuple(self.buffer_ranges))
         elif transport == "shm":
-            directories = ray.get([s.serve_shm.remote(token, list(range(workers))) for s in self.shards])
+            directories = ray.get([s.serve_shm.remote(token) for s in self.shards])
             self.endpoints = ShmEndpoints(tuple(directories), ("",) * 2, token, tuple(self.ranges),
                                           self.buffer_ranges and tuple(self.buffer_ranges), timeout_s=20.0)
         else:
