@@ -22,6 +22,7 @@ import yaml
 from rayps.ps.consistency import ConsistencyConfig
 from rayps.errors import ConfigError
 from rayps.ps.grpc_security import GrpcConfig
+from rayps.launcher.faults import ChaosConfig, CheckpointConfig, FaultConfig
 from rayps.ps.optimizers import OptimizerConfig
 from rayps.ps.schedules import ScheduleConfig
 from rayps.ps.settings import build, dataclass_in, number, require
@@ -55,8 +56,10 @@ class DebugConfig:
     # transient stragglers: {probability: p, factor: f}: each step, each worker is held back by
     # f times its compute time with probability p (seeded by the job's seed and the worker)
     stragglers: Mapping[str, float] = field(default_factory=dict)
+    audit: bool = False  # shards record every (worker, incarnation, seq) they apply; the summary counts repeats
 
     def __post_init__(self) -> None:
+        require(isinstance(self.audit, bool), f"audit ({self.audit!r}) must be true or false")
         for key in ("slow_workers", "slowdown"):
             value = getattr(self, key)
             require(isinstance(value, Mapping), f"{key} ({value!r}) must be a mapping of worker id to a number")
@@ -105,6 +108,10 @@ class JobConfig:
     target_loss: float | None = None  # record when each worker's mean loss of 10 steps first falls below it
     overlap: Any = "auto"  # compute the next step while a push is in flight: true, false, auto (ssp s >= 1)
     debug: DebugConfig = field(default_factory=DebugConfig)
+    chunk_batches: int | None = None  # batches per unit of the work queue (None: about 8 per worker per epoch)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    fault: FaultConfig = field(default_factory=FaultConfig)
+    chaos: ChaosConfig = field(default_factory=ChaosConfig)
 
     @property
     def overlaps(self) -> bool:
@@ -154,6 +161,9 @@ class JobConfig:
                         f"debug.{key} names worker {worker}, but the job has workers 0..{self.workers - 1}")
         if self.target_loss is not None:
             number(self.target_loss, "target_loss", minimum=0)
+        if self.chunk_batches is not None:
+            number(self.chunk_batches, "chunk_batches", minimum=1, integer=True)
+        self.chaos.check_actors(self.workers, self.servers)
         quorum = self.consistency.quorum
         require(quorum is None or quorum <= self.workers,
                 f"consistency.quorum ({quorum}) must not exceed workers ({self.workers})")

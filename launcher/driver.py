@@ -1,20 +1,25 @@
-"""The job driver: place shard and worker actors, watch them, score the result.
+"""The job driver: place shard and worker actors, hand the watch to the controller, score the result.
 
 ``run_job`` is the whole life of a job, readable top to bottom: resolve the
 model, data and loss; initialise the parameters once and cut them into shard
-ranges; start the shards, then the workers; wait while printing progress;
-pull the final parameters, evaluate on the test split, write the run
-directory, and tear every actor down (also on failure).
+ranges; start the shards (each restores the newest checkpoint of the run
+directory, if it has one: that is ``--resume``), the work queue and the
+transport; write checkpoint 0; let the controller start the workers and keep
+them going (launcher/controller.py); pull the final parameters, evaluate on
+the test split, write the run directory, and tear every actor down. A job
+that fails still writes its run directory, with the error in the summary.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import os
 import shutil
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -24,10 +29,13 @@ import torch
 from ray.exceptions import RayActorError
 from torch import nn
 
+from rayps.launcher.checkpointing import Checkpointer
 from rayps.launcher.config import JobConfig
+from rayps.launcher.controller import Controller
 from rayps.launcher.local import ensure_ray
 from rayps.launcher.monitor import Monitor, name_failure
 from rayps.launcher.placement import check_feasible, server_options, worker_options
+from rayps.launcher.policies import CheckpointSchedule, RestartBudget, StallWatch
 from rayps.launcher.progress import ProgressLine
 from rayps.launcher.report import write_report
 from rayps.launcher.rundir import default_run_dir, write_run_dir
@@ -37,11 +45,18 @@ from rayps.ps.grpc_client import GrpcEndpoints
 from rayps.ps.grpc_security import GrpcConfig, new_token
 from rayps.ps.served import ServedShard
 from rayps.ps.partition import partition
-from rayps.worker.data import DataSource, EpochSharder, resolve_data
+from rayps.worker.chaos import WorkerChaos
+from rayps.worker.coordinator import WorkCoordinator
+from rayps.worker.data import DataSource, resolve_data
 from rayps.worker.flat import FlatParams
 from rayps.worker.imports import import_object
 from rayps.worker.losses import resolve_loss
 from rayps.worker.trainer import Worker, WorkerPlan
+from rayps.worker.workqueue import EpochBatches, WorkQueue, default_chunk_batches
+
+#: Where ``psctl scale`` finds a running job's work queue: ``coordinator-<job>`` in this namespace.
+COORDINATORS = "rayps"
+
 
 @dataclass
 class JobResult:
@@ -52,8 +67,17 @@ class JobResult:
     history: list[dict] = field(default_factory=list)  # the rows of history.jsonl
 
 
+def job_name(run_id: str) -> str:
+    """A running job's name for ``psctl scale``: its Ray job submission id, else its run id."""
+    return os.environ.get("RAY_JOB_SUBMISSION_ID") or run_id
+
+
 def run_job(config: JobConfig, output: str | Path | None = None,
-            progress: ProgressLine | None = None, dashboard: bool = True, report: bool = True) -> JobResult:
+            progress: ProgressLine | None = None, dashboard: bool = True, report: bool = True,
+            on_start: Callable[[str], None] | None = None) -> JobResult:
+    """Run ``config`` to the end. ``output``: the run directory (a new one under runs/ by default);
+    if it holds checkpoints, the job resumes from the newest valid one. ``on_start`` is called
+    with the job's name once its work queue is up (``scale_job`` takes that name)."""
     began = time.monotonic()
     model_fn = _model_factory(config)
     loss_fn = resolve_loss(config.loss)
@@ -64,56 +88,91 @@ def run_job(config: JobConfig, output: str | Path | None = None,
     ranges = partition(flat.numel, config.servers)
     # Model buffers (BatchNorm statistics): cut across the shards the same way; some may hold none.
     buffer_ranges = partition(flat.buffers.numel, config.servers, allow_empty=True)
-    sharder = EpochSharder(len(splits.train), config.workers, config.batch_size, config.seed)
-    steps_per_worker = config.epochs * sharder.batches_per_epoch
+    batches = EpochBatches(len(splits.train), config.workers, config.batch_size, config.seed)
+    steps_per_worker = config.epochs * max(batches.stretches)
     if config.max_steps is not None:
         steps_per_worker = min(steps_per_worker, config.max_steps)
     # The schedule's horizon: one update per push (asp, ssp) or per clock (bsp).
     total_updates = steps_per_worker * (1 if config.consistency.mode == "bsp" else config.workers)
+    chunk = config.chunk_batches or default_chunk_batches(batches.per_epoch, config.workers)
+    queue = WorkQueue(batches.stretches, config.epochs, chunk, config.max_steps,
+                      steal=config.consistency.mode != "bsp")
 
     dashboard_url = ensure_ray(dashboard)
     check_feasible(config, ray.nodes())
+    # From here on the job runs: its directory exists from the start (config first, so a crashed
+    # driver's run can be resumed), and a job that fails still leaves it.
+    run_dir = Path(output) if output else default_run_dir(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
     run_id = uuid.uuid4().hex[:8]
     namespace = f"rayps-{run_id}"  # actor names are unique per run, not per cluster
+    ckpt = config.checkpoint
+    ckpt_root = str(Path(ckpt.dir or run_dir / "checkpoints").resolve()) if ckpt.enabled else None
     init, init_buffers, integer = flat.host_params(), flat.buffers.pack(), flat.buffers.integer
     shard_cls = ray.remote(ServedShard)
     shards = [
-        shard_cls.options(**server_options(config, r.shard_id, namespace)).remote(
+        shard_cls.options(**server_options(config, r.shard_id, namespace),
+                          max_restarts=config.fault.max_restarts if ckpt.enabled else 0).remote(
             r.shard_id, init[r.lo:r.hi], list(range(config.workers)),
             config.optimizer, config.schedule, config.consistency, total_updates, run_id,
-            init_buffers[b.lo:b.hi], integer[b.lo:b.hi])
+            init_buffers[b.lo:b.hi], integer[b.lo:b.hi], audit=config.debug.audit, checkpoints=ckpt_root)
         for r, b in zip(ranges, buffer_ranges)
     ]
-    actors = list(shards)
-    transport = None
+    coordinator = ray.remote(WorkCoordinator).options(
+        name=f"coordinator-{job_name(run_id)}", namespace=COORDINATORS, num_cpus=0).remote(
+        queue, batches, config.workers)
+    actors = [*shards, coordinator]
+    transport = controller = monitor = None
+    placement: dict = {}
     try:
         transport = _transport(config, shards, tuple(ranges), tuple(buffer_ranges))
         train_ref = ray.put(splits.train)
         worker_cls = ray.remote(Worker)
-        workers = [
-            worker_cls.options(**worker_options(config, w, namespace)).remote(
-                _plan(config, w, run_id), model_fn, loss_fn, train_ref, transport)
-            for w in range(config.workers)
-        ]
-        actors += workers
-        try:
-            placement = _placement(shards, workers)
-        except RayActorError as e:  # an actor died starting up: name it, as the monitor does later
-            raise name_failure(shards, workers, "the job's start", e) from e
-        if dashboard_url:
-            print(f"Ray dashboard: {dashboard_url}", flush=True)
+        worker_faults = {"kill": {f.index: f for f in config.chaos.faults("kill") if f.kind == "worker"},
+                         "hang": {f.index: f for f in config.chaos.faults("hang")}}
+
+        def start_worker(worker_id: int, incarnation: int):
+            plan = _plan(config, worker_id, run_id, incarnation,
+                         _chaos(worker_faults, worker_id) if incarnation == 0 else WorkerChaos())
+            actor = worker_cls.options(**worker_options(config, worker_id, namespace, incarnation)).remote(
+                plan, model_fn, loss_fn, train_ref, transport, coordinator)
+            actors.append(actor)
+            return actor
 
         def evaluate_now():
             flat.load(*_merge_pulled(ray.get([s.pull.remote() for s in shards])))
             return evaluate(model, loss_fn, splits.test) if splits.test is not None else (None, None)
 
-        monitor = Monitor(workers, shards, steps_per_worker, _label(config), progress,
-                          evaluate_now, config.eval_every_s)
-        train_began = time.monotonic()
-        reports = monitor.wait()
-        train_s = time.monotonic() - train_began
+        checkpointer = history = None
+        initial = {w: 0 for w in range(config.workers)}
+        if ckpt_root is not None:
+            checkpointer = Checkpointer(ckpt_root, ckpt.keep, CheckpointSchedule(ckpt.every_s, ckpt.every_steps),
+                                        config.to_dict())
+            restored = ray.get(shards[0].life.remote())["restored"]
+            if restored is not None:  # a resumed job: every worker comes back as a new incarnation
+                initial, history = _resume(shards, coordinator, checkpointer, restored, config.workers)
+            checkpointer.take(shards, coordinator, history or [], now=0.0)
+        if on_start is not None:
+            on_start(job_name(run_id))
+        if dashboard_url:
+            print(f"Ray dashboard: {dashboard_url}", flush=True)
+        monitor = Monitor(steps_per_worker, _label(config), progress, evaluate_now, config.eval_every_s, history)
+        controller = Controller(
+            shards, coordinator, start_worker, initial, monitor,
+            RestartBudget(config.fault.max_restarts, can_restore=ckpt.enabled),
+            StallWatch(config.fault.stall_s, config.fault.on_stall), checkpointer,
+            _serve_again(transport, shards, config.grpc),
+            [f for f in config.chaos.faults("kill") if f.kind == "ps-shard"])
+        reports = controller.run(placement)
+        train_s = time.monotonic() - controller.train_began
         pulled = ray.get([s.pull.remote() for s in shards])
         stats = ray.get([s.stats.remote() for s in shards])
+        coverage = ray.get(coordinator.coverage.remote())
+        audit = ray.get([s.applied_log.remote() for s in shards]) if config.debug.audit else None
+    except Exception as error:
+        _write_failed(run_dir, config, error, monitor, controller, began, report)
+        raise
     finally:
         _stop_serving(shards)
         for actor in actors:
@@ -129,14 +188,92 @@ def run_job(config: JobConfig, output: str | Path | None = None,
     if history:
         history[-1].update(test_loss=test_loss, test_accuracy=test_accuracy, t=round(train_s, 3))
     summary = _summary(config, reports, stats, test_loss, test_accuracy, train_s, time.monotonic() - began)
+    summary.update(_recovery_summary(controller, checkpointer, coverage, reports, stats))
+    if audit is not None:
+        summary["applied_twice"] = sum(len(log) - len(set(map(tuple, log))) for log in audit)
     summary["transport"] = transport.name  # what auto chose, not what the config said
     summary["dashboard_url"] = dashboard_url
     summary["placement"] = placement
     summary["run_id"] = run_id
-    run_dir = write_run_dir(Path(output) if output else default_run_dir(config), config, summary, history)
+    summary["job_name"] = job_name(run_id)
+    run_dir = write_run_dir(run_dir, config, summary, history)
     if report:
         write_report(run_dir)
     return JobResult(summary=summary, params=final, model=model, run_dir=run_dir, history=history)
+
+
+def scale_job(name: str, workers: int) -> None:
+    """Ask the running job ``name`` (see ``job_name``) for ``workers`` workers; it adds or removes
+    them without restarting. Call from any process connected to the job's Ray cluster."""
+    from rayps.errors import ConfigError, JobError
+
+    if not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers ({workers!r}) must be an integer >= 1")
+    try:
+        coordinator = ray.get_actor(f"coordinator-{name}", namespace=COORDINATORS)
+    except ValueError:
+        raise JobError(f"no running rayps job named {name!r} on this Ray cluster") from None
+    ray.get(coordinator.set_wanted.remote(workers), timeout=30)
+
+
+def _resume(shards, coordinator, checkpointer: Checkpointer, step: int, workers: int):
+    """The shards restored checkpoint ``step`` by themselves; bring the queue back to it, and
+    let every worker of that time leave, to come back as its next incarnation."""
+    checkpointer.rewind(step, shards, coordinator)
+    ledger = ray.get(shards[0].ledger.remote())
+    for worker in ledger:
+        ray.get([s.finish.remote(worker) for s in shards])
+    initial = {w: ledger[w][0] + 1 if w in ledger else 0 for w in range(workers)}
+    print(f"resuming from checkpoint {step} in {checkpointer.root}", flush=True)
+    return initial, checkpointer.history(step)
+
+
+def _write_failed(run_dir: Path, config: JobConfig, error: Exception, monitor, controller, began, report) -> None:
+    """A failed job still leaves its run directory: the history so far, a summary with the error, plots."""
+    summary = {"error": f"{type(error).__name__}: {error}", "failed": True, "wall_s": time.monotonic() - began,
+               "consistency": config.consistency.mode, "workers": config.workers, "servers": config.servers}
+    if controller is not None:
+        summary.update(_recovery_summary(controller, controller.checkpointer, None, [], None))
+    history = monitor.history if monitor is not None else []
+    try:
+        write_run_dir(run_dir, config, summary, history)
+        if report and history:
+            write_report(run_dir)
+    except Exception:  # noqa: BLE001 - never hide the job's own error behind this one
+        pass
+
+
+def _recovery_summary(controller, checkpointer, coverage, reports, stats) -> dict:
+    counts = controller.counts if controller is not None else Counter()
+    out = {
+        "restarts": dict(controller.budget.restarts) if controller is not None else {},
+        "restored_checkpoint": controller.restored_checkpoint if controller is not None else None,
+        "steps_lost": counts["steps_lost"],
+        "steps_replayed": counts["steps_replayed"],
+        "rollbacks": counts["rollbacks"],
+        "workers_replaced": counts["replaced"],
+        "workers_added": counts["added"],
+        "workers_removed": counts["removed"],
+        "stalls": controller.stall_reports if controller is not None else [],
+        "checkpoints_written": checkpointer.written if checkpointer is not None else 0,
+        "checkpoint_pause_s": round(checkpointer.pause_s, 4) if checkpointer is not None else 0.0,
+        "resyncs": sum(r.get("resyncs", 0) for r in reports),
+    }
+    if stats is not None:
+        out["pushes_duplicate"] = sum(s["duplicates"] for s in stats)
+    if coverage is not None:
+        out["examples_per_epoch"] = coverage["examples_per_epoch"]
+        out["epoch_coverage"] = coverage["ranges"]
+        out["batches_per_epoch"] = coverage["batches_per_epoch"]
+    return out
+
+
+def _chaos(faults: dict, worker_id: int) -> WorkerChaos:
+    kill, hang = faults["kill"].get(worker_id), faults["hang"].get(worker_id)
+    return WorkerChaos(
+        kill_at_step=int(kill.at) if kill is not None and not kill.seconds else None,
+        kill_after_s=kill.at if kill is not None and kill.seconds else None,
+        hang_at_step=int(hang.at) if hang is not None else None)
 
 
 def _merge_pulled(pulled: list) -> tuple[np.ndarray, np.ndarray]:
@@ -146,10 +283,16 @@ def _merge_pulled(pulled: list) -> tuple[np.ndarray, np.ndarray]:
     return params, np.concatenate(buffers) if buffers else np.zeros(0, np.float64)
 
 
-def _placement(shards, workers) -> dict:
-    """Which node each actor landed on, by its dashboard name."""
-    names = [f"ps-shard-{i}" for i in range(len(shards))] + [f"worker-{i}" for i in range(len(workers))]
-    return dict(zip(names, ray.get([a.where.remote() for a in [*shards, *workers]])))
+def _serve_again(transport, shards, grpc: GrpcConfig) -> Callable[[int], None]:
+    """How a restarted shard serves again where it served, so clients reconnect in place."""
+    def serve(i: int) -> None:
+        if isinstance(transport, GrpcEndpoints):
+            host, port = transport.addresses[i].rsplit(":", 1)
+            ray.get(shards[i].serve_grpc.remote(transport.token, host.strip("[]"), grpc.tls, grpc.chunk_bytes,
+                                                int(port)))
+        elif isinstance(transport, ShmEndpoints):
+            ray.get(shards[i].serve_shm.remote(transport.token, transport.directories[i]))
+    return serve
 
 
 def chosen_transport(config: JobConfig, nodes: list[dict]) -> str:
@@ -204,7 +347,8 @@ def _model_factory(config: JobConfig) -> Callable[[], nn.Module]:
     return functools.partial(factory, **config.model_args)
 
 
-def _plan(config: JobConfig, worker_id: int, run_id: str = "") -> WorkerPlan:
+def _plan(config: JobConfig, worker_id: int, run_id: str = "", incarnation: int = 0,
+          chaos: WorkerChaos = WorkerChaos()) -> WorkerPlan:
     return WorkerPlan(
         worker_id=worker_id, num_workers=config.workers, batch_size=config.batch_size,
         epochs=config.epochs, max_steps=config.max_steps, seed=config.seed,
@@ -214,7 +358,8 @@ def _plan(config: JobConfig, worker_id: int, run_id: str = "") -> WorkerPlan:
         straggle_factor=float(config.debug.stragglers.get("factor", 0.0)),
         target_loss=config.target_loss,
         use_gpu=config.num_gpus > 0, torch_threads=config.torch_threads, run_id=run_id,
-        overlap=config.overlaps,
+        overlap=config.overlaps, incarnation=incarnation, chaos=chaos,
+        resync_timeout_s=config.fault.resync_timeout_s,
     )
 
 
@@ -244,8 +389,14 @@ def _summary(config, reports, stats, test_loss, test_accuracy, train_s, wall_s) 
     histogram: Counter = Counter()
     for s in stats:
         histogram.update({int(k): v for k, v in s["staleness_histogram"].items()})
-    samples = sum(r["samples"] for r in reports)
+    # what the shards applied (a dead incarnation's pushes included; a rolled-back stretch not)
+    samples = sum(stats[0]["samples"].values())
     wait_s = {r["worker_id"]: max(s["wait_s"].get(r["worker_id"], 0.0) for s in stats) for r in reports}
+    steps_of_dead = [r for r in reports if r.get("died")]
+    reports = [r for r in reports if not r.get("died")]
+    steps: Counter = Counter()  # per worker id, summed over its incarnations
+    for r in reports + steps_of_dead:
+        steps[r["worker_id"]] += r["steps"]
     return {
         "test_accuracy": test_accuracy,
         "test_loss": test_loss,
@@ -254,7 +405,7 @@ def _summary(config, reports, stats, test_loss, test_accuracy, train_s, wall_s) 
         "quorum": config.consistency.quorum,
         "max_clock_gap": max(s["max_clock_gap"] for s in stats),
         "staleness_histogram": {str(k): histogram[k] for k in sorted(histogram)},
-        "steps": {str(r["worker_id"]): r["steps"] for r in reports},
+        "steps": {str(w): n for w, n in sorted(steps.items())},
         "pushes_applied": sum(s["pushes_applied"] for s in stats),
         "pushes_dropped": sum(s["pushes_dropped"] for s in stats),
         "pushes_rejected": sum(sum(s["rejected"].values()) for s in stats),

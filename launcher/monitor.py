@@ -1,16 +1,16 @@
-"""Watching a running job: progress, a time series of its vital signs, and failures.
+"""Watching a running job: progress, a time series of its vital signs, and naming failures.
 
-``Monitor.wait`` blocks until every worker returns. Twice a second it reads
-shard 0's stats (every push reaches every shard, so one shard sees the whole
-job), redraws the progress line and appends a row to the history; every
-``eval_every_s`` it also scores the current parameters on the test split. The
-history becomes ``history.jsonl`` in the run directory, the source of the
-report's plots and TensorBoard events.
+The controller (launcher/controller.py) calls ``Monitor.tick`` twice a second
+with shard 0's stats (every push reaches every shard, so one shard sees the
+whole job): it redraws the progress line and appends a row to the history;
+every ``eval_every_s`` it also scores the current parameters on the test
+split. The history becomes ``history.jsonl`` in the run directory, the source
+of the report's plots and TensorBoard events.
 
-A failure ends the wait at once with a JobError that names the actor at
-fault. When a shard's process dies, every worker then fails in its push, so
-the monitor asks which actors are gone (shards first) and names the dead one
-(``ps-shard-0 died: ...``) rather than the worker that noticed.
+``name_failure`` turns an error into a JobError naming the actor at fault.
+When a shard's process dies, every worker then fails in its push, so it asks
+which actors are gone (shards first) and names the dead one (``ps-shard-0
+died: ...``) rather than the worker that noticed.
 """
 
 from __future__ import annotations
@@ -30,54 +30,39 @@ PROBE_S = 2.0
 
 
 class Monitor:
-    def __init__(self, workers: list, shards: list, total_steps: int, label: str,
-                 progress: ProgressLine | None = None,
-                 evaluate: Callable[[], tuple[float, float | None]] | None = None, eval_every_s: float = 0.0):
-        self.workers = workers
-        self.shards = shards
+    def __init__(self, total_steps: int, label: str, progress: ProgressLine | None = None,
+                 evaluate: Callable[[], tuple[float, float | None]] | None = None, eval_every_s: float = 0.0,
+                 history: list[dict] | None = None):
         self.total_steps = total_steps
         self.label = label
         self.progress = progress
         self.evaluate = evaluate
         self.eval_every_s = eval_every_s
-        self.history: list[dict] = []
+        self.history: list[dict] = list(history or [])  # a resumed job carries on its history
+        self._t0 = self.history[-1]["t"] if self.history else 0.0
         self._last_samples: dict[int, int] = {}
         self._last_t = 0.0
+        self._next_eval = eval_every_s if eval_every_s and evaluate else float("inf")
 
-    def wait(self) -> list[dict]:
-        """Every worker's report, in worker order."""
-        began = time.monotonic()
-        next_eval = began + self.eval_every_s if self.eval_every_s and self.evaluate else float("inf")
-        pending = {w.run.remote(): i for i, w in enumerate(self.workers)}
-        reports: dict[int, dict] = {}
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=TICK_S)
-            for ref in done:
-                worker_id = pending.pop(ref)
-                try:
-                    reports[worker_id] = ray.get(ref)
-                except Exception as e:
-                    raise self._failure(f"worker-{worker_id}", e) from e
-            now = time.monotonic()
-            try:
-                stats = ray.get(self.shards[0].stats.remote())
-            except RayActorError as e:
-                raise self._failure("ps-shard-0", e) from e
-            row = self._record(stats, now - began)
-            if now >= next_eval and pending:
-                row["test_loss"], row["test_accuracy"] = self.evaluate()
-                next_eval = now + self.eval_every_s
-            if self.progress is not None:
-                self.progress.update(describe(row, self.total_steps, now - began, self.label),
-                                     fraction=min(1.0, row["step"] / max(1, self.total_steps)))
+    def tick(self, stats: dict, t: float) -> dict:
+        """Record one row from shard 0's ``stats``, ``t`` seconds into training."""
+        row = self._record(stats, t)
+        if t >= self._next_eval:
+            row["test_loss"], row["test_accuracy"] = self.evaluate()
+            self._next_eval = t + self.eval_every_s
+        if self.progress is not None:
+            self.progress.update(describe(row, self.total_steps, t, self.label),
+                                 fraction=min(1.0, row["step"] / max(1, self.total_steps)))
+        return row
+
+    def note_stall(self, report: dict) -> None:
+        if self.history:
+            self.history[-1].setdefault("stalls", []).append(
+                {k: report[k] for k in ("worker", "step", "stuck_s", "waiting")})
+
+    def close(self) -> None:
         if self.progress is not None:
             self.progress.close()
-        return [reports[i] for i in sorted(reports)]
-
-    def _failure(self, name: str, error: Exception) -> JobError:
-        """A JobError naming the actor at fault: a dead one if any (shards first), else ``name``."""
-        return name_failure(self.shards, self.workers, name, error)
-
 
     def _record(self, stats: dict, t: float) -> dict:
         samples = {int(k): v for k, v in stats["samples"].items()}
@@ -87,7 +72,7 @@ class Monitor:
         applied = sum(hist.values())
         losses = list(stats["loss"].values())
         row = {
-            "t": round(t, 3),
+            "t": round(self._t0 + t, 3),
             # the leading worker's step; finished workers leave the clock table, so never go back
             "step": max(max(stats["clocks"].values(), default=0), self.history[-1]["step"] if self.history else 0),
             "samples": sum(samples.values()),

@@ -41,10 +41,13 @@ def server_options(config: JobConfig, shard_id: int, namespace: str) -> dict:
     }
 
 
-def worker_options(config: JobConfig, worker_id: int, namespace: str) -> dict:
+def worker_options(config: JobConfig, worker_id: int, namespace: str, incarnation: int = 0) -> dict:
     return {
-        "name": f"worker-{worker_id}",
+        # A replacement is a new actor: a name of its own, as the dead one's may not be free yet.
+        "name": f"worker-{worker_id}" if incarnation == 0 else f"worker-{worker_id}.{incarnation}",
         "namespace": namespace,
+        # Two threads: run() trains in one, and a stall report can still ask for its stack.
+        "max_concurrency": 2,
         "num_cpus": config.worker_cpus,
         "num_gpus": config.num_gpus,
         "resources": dict(config.worker_resources),

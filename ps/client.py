@@ -49,7 +49,7 @@ class ShardClient(BlockingPushPull):
             raise ConfigError(f"{len(shards)} shard handles for {len(ranges)} ranges")
         self.worker_id = worker_id
         self.incarnation = incarnation
-        self._base = 0  # seq = clock - base, so a retried clock carries its seq
+        self.base = 0  # seq = clock - base, so a retried clock carries its seq
         self._shards = list(shards)
         self._ranges = list(ranges)
         self._buffer_ranges = buffer_ranges_or_none(buffer_ranges, ranges)
@@ -60,7 +60,7 @@ class ShardClient(BlockingPushPull):
         completed clock to carry on from."""
         positions = ray.get([s.position.remote(self.worker_id) for s in self._shards])
         clock = max(c for c, _ in positions)
-        self._base = clock - max(q for _, q in positions)
+        self.base = clock - max(q for _, q in positions)
         self._receive(params_out, buffers_out,
                       [s.register.remote(self.worker_id, self.incarnation) for s in self._shards])
         return clock
@@ -74,7 +74,7 @@ class ShardClient(BlockingPushPull):
         """Push the gradient of iteration ``clock`` (and the model's buffers); receive on ``wait()``."""
         refs = [
             shard.push_pull.remote(self.worker_id, clock, grads[r.lo:r.hi], version, num_samples, loss, b, ahead,
-                                   self.incarnation, clock - self._base)
+                                   self.incarnation, clock - self.base)
             for shard, r, version, b in zip(self._shards, self._ranges, self._versions,
                                             buffer_slices(buffers, self._buffer_ranges))
         ]

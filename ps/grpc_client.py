@@ -95,7 +95,7 @@ class GrpcShardClient(BlockingPushPull):
             raise ConfigError(f"{len(addresses)} shard addresses for {len(ranges)} ranges")
         self.worker_id = worker_id
         self.incarnation = incarnation
-        self._base = 0  # seq = clock - base: a retry of a clock carries its seq; Register says the base
+        self.base = 0  # seq = clock - base: a retry of a clock carries its seq; Register says the base
         self._tls = tls
         self.addresses = list(addresses)
         self._ranges = list(ranges)
@@ -150,7 +150,7 @@ class GrpcShardClient(BlockingPushPull):
 
     def _encode(self, i, clock, grads, num_samples, loss, buffers, ahead) -> list[bytes]:
         r = self._ranges[i]
-        header = dict(worker_id=self.worker_id, incarnation=self.incarnation, seq=clock - self._base,
+        header = dict(worker_id=self.worker_id, incarnation=self.incarnation, seq=clock - self.base,
                       clock=clock, pulled_version=self._versions[i],
                       num_samples=num_samples, loss=loss, buffers_follow=buffers is not None, ahead=ahead)
         chunks = list(encode_chunks(TENSOR, grads[r.lo:r.hi], self._chunk_bytes, **header))
@@ -190,7 +190,7 @@ class GrpcShardClient(BlockingPushPull):
             if shapes != expected:
                 raise ShapeError(f"shard at {address} holds {shapes}, but this job expects {expected}")
         clock = max(r.clock for r in replies)
-        self._base = clock - max(r.seq for r in replies)
+        self.base = clock - max(r.seq for r in replies)
         await asyncio.gather(*(self._pull(i, clock + 1, params_out, buffers_out) for i in range(len(self._stubs))))
         return clock
 

@@ -59,18 +59,21 @@ class PushLedger:
             raise OutOfOrderError(f"{shard}: worker {worker_id} incarnation {incarnation} has not joined"
                                   f" (the current one is {current}); a new incarnation joins through the job")
 
+    def must_register(self, worker_id: int) -> bool:
+        return worker_id in self._unregistered
+
     def registered(self, worker_id: int) -> None:
         self._unregistered.discard(worker_id)
 
     def classify(self, worker_id: int, incarnation: int, seq: int, shard: str) -> str:
         """``"new"`` or ``"duplicate"``; raises for a push out of protocol order."""
         self.check_incarnation(worker_id, incarnation, shard)
+        last = self._last[worker_id]
+        if seq <= last:  # even right after a restore: a retry of what the checkpoint holds is still a retry
+            return "duplicate"
         if worker_id in self._unregistered:
             raise RolledBackError(f"{shard} was restored from a checkpoint; worker {worker_id} must register"
                                   " again before it pushes")
-        last = self._last[worker_id]
-        if seq <= last:
-            return "duplicate"
         if seq != last + 1:
             raise OutOfOrderError(f"{shard}: worker {worker_id} incarnation {incarnation} pushed seq {seq}, but"
                                   f" its next seq is {last + 1}; a push's seq may not skip ahead")

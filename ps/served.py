@@ -16,6 +16,7 @@ same shared-memory directory), so the workers' clients reconnect in place.
 from __future__ import annotations
 
 import logging
+import os
 
 from rayps.protos.codec import CHUNK_BYTES
 from rayps.ps.checkpoint import CheckpointStore
@@ -32,13 +33,29 @@ def part_name(shard_id: int) -> str:
     return f"shard-{shard_id}"
 
 
+def _reconstructed() -> bool:
+    try:
+        import warnings
+
+        import ray
+        with warnings.catch_warnings():  # Ray 2.60 warns about an API it calls itself here
+            warnings.simplefilter("ignore")
+            return ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed
+    except Exception:  # noqa: BLE001 - outside an actor: a first life
+        return False
+
+
 class ServedShard(ParameterShard):
     _grpc: GrpcShardServer | None = None
     _shm: ShmShardServer | None = None
 
-    def __init__(self, *args, checkpoints: str | None = None, **kwargs):
+    def __init__(self, *args, checkpoints: str | None = None, crash_after_seq: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.restored_step: int | None = None
+        self._checkpoints = checkpoints
+        # Fault injection for the exactly-once test: after applying this seq (of any worker), checkpoint
+        # and SIGKILL this process before the reply leaves. Only the first life is armed.
+        self._crash_after_seq = crash_after_seq if not _reconstructed() else None
         if checkpoints is not None:
             found = CheckpointStore(checkpoints).latest(only=[part_name(self.shard_id)])
             if found is not None:
@@ -46,15 +63,35 @@ class ServedShard(ParameterShard):
                 self.load_state_dict(parts[part_name(self.shard_id)])
                 log.warning("%r restored checkpoint %d from %s", self, self.restored_step, checkpoints)
 
+    def life(self) -> dict:
+        """Which life of the shard this is: a restart changes the pid."""
+        return {"pid": os.getpid(), "restored": self.restored_step}
+
+    def die(self) -> None:
+        """Chaos: SIGKILL this shard's own process (no cleanup runs; Ray may restart it)."""
+        from rayps.worker.chaos import kill_this_process
+        kill_this_process()
+
+    def push(self, worker_id, clock, grad, pulled_version, num_samples, loss, buffers=None, incarnation=0, seq=0):
+        outcome = super().push(worker_id, clock, grad, pulled_version, num_samples, loss, buffers, incarnation, seq)
+        if self._crash_after_seq is not None and outcome == "applied" \
+                and self._ledger.last_seq(worker_id) >= self._crash_after_seq:
+            CheckpointStore(self._checkpoints).write(0, {part_name(self.shard_id): self.state_dict()})
+            self.die()
+        return outcome
+
     def restored(self) -> int | None:
         """The checkpoint this life of the shard started from (None: its initial parameters)."""
         return self.restored_step
 
-    def restore(self, checkpoints: str, step: int) -> None:
-        """Go back to checkpoint ``step`` (the controller rolls every shard back to one cut)."""
+    def restore(self, checkpoints: str, step: int) -> int:
+        """Go back to checkpoint ``step`` (the controller rolls every shard back to one cut);
+        returns how many optimizer steps that undid."""
         parts = CheckpointStore(checkpoints).read(step, only=[part_name(self.shard_id)])
+        before = self.version
         self.load_state_dict(parts[part_name(self.shard_id)])
         self.restored_step = step
+        return before - self.version
 
     async def serve_grpc(self, token: str, host: str | None = None, tls: TLSConfig | None = None,
                          chunk_bytes: int = CHUNK_BYTES, port: int = 0) -> str:

@@ -192,6 +192,10 @@ class ParameterShard:
             self.count_rejection("out_of_order")
             raise LeftJobError(f"{self!r}: worker {worker_id} has left the job; its push is refused")
         completed = self._clocks.completed(worker_id)
+        if clock > completed and self._ledger.must_register(worker_id):
+            self.count_rejection("rolled_back")
+            raise RolledBackError(f"{self!r} was restored from a checkpoint; worker {worker_id} must register"
+                                  " again before it pushes")
         if clock > completed + 1:
             # Recording it would turn every later push at normal clocks into a "duplicate"
             # that is silently dropped: a clock from the future is a protocol error.
@@ -513,6 +517,7 @@ class ParameterShard:
             "clocks": self._clocks.state_dict(),
             "round_clock": self._round_clock,
             "ledger": self._ledger.state_dict(),
+            "audit": [list(t) for t in self._audit] if self._audit is not None else None,
             "joined_at": dict(self._joined_at),
             "high": self._high,
             "round": {w: {"grad": p.grad.copy(), "num_samples": p.num_samples, "pulled_version": p.pulled_version,
@@ -551,6 +556,8 @@ class ParameterShard:
         self._ledger, self._generation = ledger, self._generation + 1
         self._joined_at = {int(w): int(c) for w, c in state["joined_at"].items()}
         self._high = int(state["high"])
+        if self._audit is not None:  # what the restored state holds was applied; what came after was undone
+            self._audit = [tuple(t) for t in (state.get("audit") or [])]
         self._frozen, self._barrier = False, None
         self._optimizer, self._buffers, self._clocks = optimizer, buffers, clocks
         self._version = int(state["version"])

@@ -126,7 +126,7 @@ class ShmShardClient(BlockingPushPull):
             raise ConfigError(f"{len(directories)} shard directories for {len(ranges)} ranges")
         self.worker_id = worker_id
         self.incarnation = incarnation
-        self._base = 0  # seq = clock - base, so a retried clock carries its seq
+        self.base = 0  # seq = clock - base, so a retried clock carries its seq
         self._ranges = list(ranges)
         self._buffer_ranges = buffer_ranges_or_none(buffer_ranges, ranges)
         self._check_node(directories, node_ids)
@@ -165,7 +165,7 @@ class ShmShardClient(BlockingPushPull):
             link.send(REGISTER, self.worker_id, incarnation=self.incarnation)
         self._collect(params_out, buffers_out, "register")
         clock = max(link.clock for link in self._links)
-        self._base = clock - max(link.seq for link in self._links)
+        self.base = clock - max(link.seq for link in self._links)
         return clock
 
     def push_pull_async(self, clock: int, grads: np.ndarray, params_out: np.ndarray, num_samples: int,
@@ -179,7 +179,7 @@ class ShmShardClient(BlockingPushPull):
                 link.buffers_in[:] = sent[i]
                 flags = BUFFERS_FOLLOW
             link.send(PUSH_PULL, self.worker_id, clock, self._versions[i], num_samples, loss, ahead, flags,
-                      self.incarnation, clock - self._base)
+                      self.incarnation, clock - self.base)
         return Pending(lambda: self._collect(params_out, buffers_out, f"step {clock}"))
 
     def finish(self) -> None:

@@ -144,7 +144,7 @@ def test_frozen_parameters_stay_put_tied_ones_stay_tied_and_bfloat16_trains(ray_
     assert result.params.size == trained
 
 
-def test_a_killed_shard_is_named_in_the_error(ray_session, tmp_path):
+def test_a_killed_shard_past_the_restart_budget_is_named_in_the_error(ray_session, tmp_path):
     killed = {}
 
     def kill_shard_0():
@@ -166,8 +166,8 @@ def test_a_killed_shard_is_named_in_the_error(ray_session, tmp_path):
 
     killer = threading.Thread(target=kill_shard_0, daemon=True)
     killer.start()
-    with pytest.raises(rayps.JobError, match=r"^ps-shard-0 died") as caught:
-        run(tmp_path, epochs=200, debug={"slow_workers": {0: 0.005}})
+    with pytest.raises(rayps.JobError, match=r"^ps-shard-0 died") as caught:  # no restart allowed
+        run(tmp_path, epochs=200, debug={"slow_workers": {0: 0.005}}, fault={"max_restarts": 0})
     killer.join(timeout=10)
     assert killed, "the shard was never found to kill"
     assert "worker-0 failed" not in str(caught.value)

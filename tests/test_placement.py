@@ -29,7 +29,9 @@ def test_shards_ask_for_their_custom_resource_and_spread_with_run_unique_names()
 def test_workers_ask_for_cpus_gpus_and_their_custom_resource():
     options = worker_options(job(worker_cpus=1, num_gpus=0.5, worker_resources={"ps_worker": 1}), 3, "n")
     assert options == {"name": "worker-3", "namespace": "n", "num_cpus": 1, "num_gpus": 0.5,
-                       "resources": {"ps_worker": 1}}
+                       "resources": {"ps_worker": 1}, "max_concurrency": 2}
+    # a replacement is a new actor, under a name of its own
+    assert worker_options(job(), 3, "n", incarnation=2)["name"] == "worker-3.2"
 
 
 def test_a_job_that_fits_passes():

@@ -47,9 +47,9 @@ def test_a_restored_shard_continues_bit_for_bit_like_the_saved_one(mode):
     restored.load_state_dict(saved)
     with pytest.raises(RolledBackError, match="must register again"):  # its clocks moved back under it
         restored.push(1, 2, np.ones(restored.size, np.float32), 0, 1, 0.0)
-    # register() would wait on worker 0's bsp round, which this synchronous drive steps itself: mark them directly
+    # register() would wait on worker 0's bsp round, which this synchronous drive steps itself
     for worker in (0, 1):
-        restored._ledger.registered(worker)
+        restored.check_registration(worker, 0)
     later = [(1, 2), (0, 3), (1, 3)]
     drive(original, later)
     drive(restored, later)

@@ -43,7 +43,12 @@ def test_each_consistency_mode_trains_digits_to_high_accuracy(ray_session, tmp_p
     assert s["test_accuracy"] >= 0.93, s
     assert s["consistency"] == consistency["mode"]
     assert s["staleness_bound"] == bound
-    assert s["steps"] == {"0": 230, "1": 230}  # 1437 examples / 2 workers / 32 per batch, 10 epochs
+    # 1437 examples / 32 per batch, 10 epochs: the work queue hands each worker its shard (23 batches
+    # an epoch); under asp and ssp one that finishes first may take the other's last units
+    assert sum(s["steps"].values()) == 460 and min(s["steps"].values()) >= 200
+    assert s["examples_per_epoch"] == {str(e): 1437 for e in range(10)}
+    if consistency["mode"] == "bsp":
+        assert s["steps"] == {"0": 230, "1": 230}
     assert s["pushes_applied"] == total_pushes(s) and s["pushes_dropped"] == 0
     assert sum(s["staleness_histogram"].values()) == s["pushes_applied"]
     if bound is not None:

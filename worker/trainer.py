@@ -17,12 +17,23 @@ Randomness: the model is built under the job's seed, exactly as the driver
 builds it, so frozen parameters match everywhere; then the worker reseeds
 torch, numpy and ``random`` from ``(seed, worker_id)``, so dropout masks and
 augmentations differ between workers and a run is still reproducible.
+
+Data: the worker leases units of batches from the job's work queue
+(worker/coordinator.py), telling it which push seq carries each unit's first
+batch, so the queue knows exactly what it applied if the worker dies.
+
+Failures: a call that fails because a shard died or was rolled back to a
+checkpoint is retryable. The worker waits for the controller to finish the
+recovery (the coordinator's generation moves on), reconnects, registers again
+(the shards say at which clock it carries on) and leases afresh. An error with
+no recovery behind it is raised as it is.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -32,13 +43,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from rayps.errors import PSError, RolledBackError, TransportError
 from rayps.ps.metrics import WorkerMetrics
 from rayps.ps.placement_info import this_node
 from rayps.ps.transport import TransportSpec
-from rayps.worker.data import DataSource, EpochSharder
+from rayps.worker.chaos import WorkerChaos
+from rayps.worker.coordinator import RESYNC, STOP, WorkCoordinator
+from rayps.worker.data import DataSource
 from rayps.worker.flat import FlatParams
 from rayps.worker.losses import LossFn
 from rayps.worker.pace import StepClock, straggle_s
+from rayps.worker.workqueue import EpochBatches, Unit, WorkQueue, default_chunk_batches
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +80,55 @@ class WorkerPlan:
     torch_threads: int = 1
     run_id: str = ""  # tags this run's metrics
     overlap: bool = False  # compute the next step while this one's push and pull are in flight (asp, ssp)
+    incarnation: int = 0  # 0 for the first life; one more per replacement
+    resync_timeout_s: float = 60.0  # how long a failed call waits for the controller's recovery
+    recovery_grace_s: float = 3.0  # ... and how long for one to begin, before the error is the worker's own
+    chaos: WorkerChaos = WorkerChaos()  # fault injection: SIGKILL or hang at a step
+
+
+class _Resync(Exception):
+    """The coordinator refused a lease: this worker must register again first."""
+
+
+class _LocalWork:
+    """A work queue in this process, for a worker built without a coordinator (tests, one-off use)."""
+
+    def __init__(self, coordinator: WorkCoordinator):
+        self.coordinator = coordinator
+
+    def lease(self, *args):
+        return self.coordinator.lease(*args)
+
+    def result(self, pending):
+        return pending
+
+    def finish(self, *args):
+        self.coordinator.finish(*args)
+
+    def status(self):
+        return self.coordinator.status()
+
+
+class _RemoteWork:
+    """The job's coordinator actor; a lease is asked for ahead of need and collected when needed."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def lease(self, *args):
+        return self.handle.lease.remote(*args)
+
+    def result(self, pending):
+        import ray
+        return ray.get(pending)
+
+    def finish(self, *args):
+        import ray
+        ray.get(self.handle.finish.remote(*args))
+
+    def status(self):
+        import ray
+        return ray.get(self.handle.status.remote())
 
 
 class Worker:
@@ -75,6 +139,7 @@ class Worker:
         loss_fn: LossFn,
         train: DataSource,
         transport: TransportSpec,
+        work=None,
     ):
         self.plan = plan
         # Workers share the machine's cores with each other and the shards; one
@@ -90,8 +155,14 @@ class Worker:
         self.flat = FlatParams(self.model, device)
         self.loss_fn = loss_fn
         self.train = train
-        self.sharder = EpochSharder(len(train), plan.num_workers, plan.batch_size, plan.seed)
-        self.client = transport.connect(plan.worker_id)
+        self.batches = EpochBatches(len(train), plan.num_workers, plan.batch_size, plan.seed)
+        if work is None:
+            chunk = default_chunk_batches(self.batches.per_epoch, plan.num_workers)
+            queue = WorkQueue(self.batches.stretches, plan.epochs, chunk, plan.max_steps)
+            self.work = _LocalWork(WorkCoordinator(queue, self.batches, plan.num_workers))
+        else:
+            self.work = _RemoteWork(work)
+        self.client = transport.connect(plan.worker_id, plan.incarnation)
         self.transport = transport.name
         self.metrics = WorkerMetrics(plan.worker_id, plan.run_id)
         self._window: deque = deque()
@@ -140,14 +211,50 @@ class Worker:
         self.flat.params_received(buffers=True, counters=False)
 
     def _planned_steps(self) -> int:
-        per_epoch = self.sharder.batches_per_epoch * self.plan.epochs
-        return per_epoch if self.plan.max_steps is None else min(per_epoch, self.plan.max_steps)
+        own = self.batches.stretches[self.plan.worker_id] if self.plan.worker_id < len(self.batches.stretches) else 0
+        per_worker = (own or max(self.batches.stretches)) * self.plan.epochs
+        return per_worker if self.plan.max_steps is None else min(per_worker, self.plan.max_steps)
 
-    def run(self) -> dict:
-        """Train to the end of the last epoch (or ``max_steps``); return what was done."""
-        plan, flat, device = self.plan, self.flat, self.flat.device
+    def _sync(self, received) -> None:
+        """(Re)register with every shard: the parameters, and the clock and seq to carry on from."""
+        self.clock = self.acked = self.client.register(self.flat.host_params(), received)
+        self.base = self.client.base
+        self.flat.params_received(buffers=True)
+
+    def _resync(self, error: Exception, received, retryable: tuple) -> None:
+        """After a failed call: wait for the controller's recovery, reconnect and register again."""
+        plan = self.plan
         began = time.monotonic()
-        clock = samples = 0
+        while True:
+            generation, recovering = self.work.status()
+            waited = time.monotonic() - began
+            if generation != self.generation:
+                log.warning("worker-%d resyncs after %s: %s", plan.worker_id, type(error).__name__, error)
+                try:
+                    self.generation = generation
+                    self.client.reconnect()
+                    self._sync(received)
+                    self.resyncs += 1
+                    return
+                except retryable as again:  # rolled back again under us: wait for the next recovery
+                    error = again
+            elif waited > plan.resync_timeout_s or (not recovering and waited > plan.recovery_grace_s):
+                raise error  # nothing is being recovered: the error is this worker's own
+            time.sleep(0.05)
+
+    def _lease(self, first_clock: int):
+        return self.work.lease(self.plan.worker_id, self.plan.incarnation, self.generation,
+                               first_clock - self.base, self.acked - self.base)
+
+    def run(self, generation: int = 0) -> dict:
+        """Train on the units the queue hands out until it has none (or ``max_steps``); return what was done."""
+        import ray.exceptions
+
+        plan, flat, device = self.plan, self.flat, self.flat.device
+        retryable = (TransportError, RolledBackError, ray.exceptions.RayActorError, ConnectionError)
+        began = time.monotonic()
+        self.generation, self.resyncs = generation, 0
+        steps = samples = 0
         pace = StepClock(self._planned_steps(), plan.target_loss)  # steady rate, time to the target loss
         rng = np.random.default_rng([plan.seed, plan.worker_id, 7])  # the straggler draws, apart from training
         loss_value = float("nan")
@@ -159,42 +266,67 @@ class Worker:
         direct = not plan.overlap or self.client.fills_on_wait
         inbox = flat.host_params() if direct else flat.receive_buffer()
         in_flight = None
+        chaos = plan.chaos.arm()
+        self._runner = threading.get_ident()  # whose stack a stall report shows
         try:
-            self.client.register(flat.host_params(), received)
-            flat.params_received(buffers=True)
-            for epoch in range(plan.epochs):
-                for indices in self.sharder.batches(epoch, plan.worker_id):
-                    if plan.max_steps is not None and clock >= plan.max_steps:
+            self._sync(received)
+            upcoming = self._lease(self.clock + 1)
+            while True:
+                try:
+                    leased = self.work.result(upcoming)
+                    if leased == RESYNC:
+                        raise _Resync()
+                    if leased is None or leased == STOP or (plan.max_steps is not None and steps >= plan.max_steps):
                         break
-                    x, y = self.train.batch(indices)
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    if plan.slow_s:
-                        time.sleep(plan.slow_s)
-                    computing = time.monotonic()
-                    flat.zero_grad()
-                    loss = self.loss_fn(self.model(x), y)
-                    loss.backward()
-                    clock += 1
-                    loss_value = loss.item()
-                    held = straggle_s(rng, time.monotonic() - computing, plan.slowdown, plan.straggle_p,
-                                      plan.straggle_factor)
-                    if held > 0:
-                        time.sleep(held)
-                    grads, sent_buffers = flat.host_grads(), buffers.pack() if buffers else None
-                    waited = time.monotonic()
-                    if in_flight is not None:  # overlap: the previous step's answer, then ours goes out
-                        self._land(in_flight, direct)
-                    in_flight = self.client.push_pull_async(clock, grads, inbox, len(indices), loss_value,
-                                                            sent_buffers, received, ahead=int(plan.overlap))
-                    if not plan.overlap:
-                        self._land(in_flight, direct)
-                        in_flight = None
-                    samples += len(indices)
-                    pace.step(len(indices), loss_value)
-                    self._record(time.monotonic() - waited, len(indices), loss_value)
+                    batches = self.batches.batches(Unit(*leased))
+                    # Ask for the next unit now, to start right after this one: the call's latency hides
+                    # behind this unit's steps (one step alone is shorter than a Ray call here).
+                    upcoming = self._lease(self.clock + 1 + len(batches))
+                    for indices in batches:
+                        if plan.max_steps is not None and steps >= plan.max_steps:
+                            break
+                        chaos.before_step(steps + 1)
+                        x, y = self.train.batch(indices)
+                        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                        if plan.slow_s:
+                            time.sleep(plan.slow_s)
+                        computing = time.monotonic()
+                        flat.zero_grad()
+                        loss = self.loss_fn(self.model(x), y)
+                        loss.backward()
+                        loss_value = loss.item()
+                        held = straggle_s(rng, time.monotonic() - computing, plan.slowdown, plan.straggle_p,
+                                          plan.straggle_factor)
+                        if held > 0:
+                            time.sleep(held)
+                        grads, sent_buffers = flat.host_grads(), buffers.pack() if buffers else None
+                        waited = time.monotonic()
+                        if in_flight is not None:  # overlap: the previous step's answer, then ours goes out
+                            self._land(in_flight, direct)
+                            self.acked = self.clock
+                        self.clock += 1
+                        in_flight = self.client.push_pull_async(self.clock, grads, inbox, len(indices), loss_value,
+                                                                sent_buffers, received, ahead=int(plan.overlap))
+                        if not plan.overlap:
+                            self._land(in_flight, direct)
+                            in_flight, self.acked = None, self.clock
+                        steps += 1
+                        samples += len(indices)
+                        pace.step(len(indices), loss_value)
+                        self._record(time.monotonic() - waited, len(indices), loss_value)
+                    else:
+                        continue
+                    break  # max_steps, part way through a unit
+                except (_Resync, *retryable) as e:
+                    in_flight = None
+                    self._resync(e if not isinstance(e, _Resync) else RolledBackError("the job rolled back"),
+                                 received, retryable)
+                    upcoming = self._lease(self.clock + 1)
             if in_flight is not None:
                 self._land(in_flight, direct)
-                in_flight = None
+                in_flight, self.acked = None, self.clock
+            # Everything this worker pushed has landed: its units are done, the rest goes back.
+            self.work.finish(plan.worker_id, plan.incarnation, self.generation, self.acked - self.base)
         finally:
             self._flush(time.monotonic())
             # Leave the clock tables even on failure, so the others never wait for us.
@@ -204,14 +336,27 @@ class Worker:
                 log.warning("worker-%d could not leave the shards' clock tables", plan.worker_id, exc_info=True)
         return {
             "worker_id": plan.worker_id,
-            "steps": clock,
+            "incarnation": plan.incarnation,
+            "steps": steps,
             "samples": samples,
+            "resyncs": self.resyncs,
             "final_loss": loss_value,
             "wall_s": time.monotonic() - began,
             "steady_samples": pace.steady_samples,
             "reached_target_s": pace.reached_s,
             "steady_s": pace.steady_s,
         }
+
+    def stack(self) -> dict:
+        """What this worker is doing right now (for a stall report): its step and its training thread's stack."""
+        import sys
+        import threading
+        import traceback
+
+        frames = sys._current_frames()
+        runner = getattr(self, "_runner", None) or threading.main_thread().ident
+        lines = traceback.format_stack(frames[runner]) if runner in frames else []
+        return {"clock": getattr(self, "clock", 0), "stack": "".join(lines[-8:]), **this_node()}
 
 
 def seed_worker(seed: int, worker_id: int) -> int:
