@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a job key, e.g. --set consistency.mode=bsp (repeatable)")
     run.add_argument("--output", help="run directory to write (default: runs/<time>-<mode>)")
     run.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or crashed job from the newest valid"
+                     " checkpoint in RUN_DIR (its config.json is the job; --set may change it)")
 
     bench = sub.add_parser("bench", help="rayps side by side with DDP and a Ray-docs-style parameter server")
     bench.add_argument("--quick", action="store_true", help="the small model, shm, asp and bsp only (CI-sized)")
@@ -76,10 +78,15 @@ def _parser() -> argparse.ArgumentParser:
     logs = sub.add_parser("logs", help="print a job's logs")
     logs.add_argument("--follow", action="store_true", help="stream until the job ends; exit with its status")
     stop = sub.add_parser("stop", help="stop a job")
-    for p in (logs, stop):
+    scale = sub.add_parser("scale", help="add or remove workers of a running job, without restarting it")
+    scale.add_argument("--workers", type=int, required=True, help="how many workers the job should have")
+    for p in (logs, stop, scale):
         p.add_argument("job", help="submission id, as submit and status print it")
         p.add_argument("config", nargs="?", help="cluster.yaml (for its address)")
-    for p in (submit, status, logs, stop):
+    here = sub.add_parser("scale-here", help="(internal: what `psctl scale` runs on the cluster)")
+    here.add_argument("job")
+    here.add_argument("workers", type=int)
+    for p in (submit, status, logs, stop, scale):
         p.add_argument("--address", help="the cluster's dashboard, e.g. http://127.0.0.1:8265 (default: the"
                        " local-provider head_ip of CLUSTER_YAML, else $RAY_ADDRESS, else http://127.0.0.1:8265)")
     return parser
@@ -90,8 +97,15 @@ def _run(args: argparse.Namespace) -> int:
     from rayps.launcher.driver import run_job
     from rayps.launcher.progress import ProgressLine
 
-    config = load_job_config(args.config, args.overrides)  # every error surfaces before Ray starts
-    result = run_job(config, output=args.output, progress=ProgressLine(), dashboard=not args.no_dashboard)
+    if args.resume:
+        from rayps.launcher.resume import resumed_config
+        if args.config or args.output:
+            raise ConfigError("--resume RUN_DIR takes the job and the run directory from RUN_DIR:"
+                              " give neither a config nor --output")
+        config, output = resumed_config(args.resume, args.overrides), args.resume
+    else:
+        config, output = load_job_config(args.config, args.overrides), args.output  # errors before Ray starts
+    result = run_job(config, output=output, progress=ProgressLine(), dashboard=not args.no_dashboard)
     s = result.summary
     print(json.dumps({k: s[k] for k in ("test_accuracy", "test_loss", "max_clock_gap", "staleness_histogram",
                                         "steps", "pushes_applied", "pushes_dropped", "samples_per_s", "wall_s")},

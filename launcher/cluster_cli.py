@@ -1,4 +1,4 @@
-"""psctl's cluster commands: up, down, submit, status, logs, stop (parsers in cli.py).
+"""psctl's cluster commands: up, down, submit, status, logs, stop, scale (parsers in cli.py).
 
 Each takes the parsed arguments and returns the exit code; errors are
 raised as PSError (ConfigError, ClusterError) for cli.main to print.
@@ -7,10 +7,12 @@ raised as PSError (ConfigError, ClusterError) for cli.main to print.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
 
+from rayps.errors import ConfigError
 from rayps.launcher.auth import ensure_token
 from rayps.launcher.cluster import ClusterFile, down, load_cluster_file, up, write_up_config
 from rayps.launcher.config import load_job_config
@@ -88,8 +90,38 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scale(args: argparse.Namespace) -> int:
+    """Reach the running job's work queue from inside the cluster: a one-line Ray job does it."""
+    if args.workers < 1:
+        raise ConfigError(f"--workers ({args.workers}) must be >= 1")
+    jobs = Jobs(resolve_address(args.address, _cluster(args.config)))
+    status = jobs.status(args.job)
+    if status != "RUNNING":
+        raise ConfigError(f"job {args.job} is {status}, not RUNNING: only a running job can be scaled")
+    command = shlex.join(["python", "-m", "rayps", "scale-here", args.job, str(args.workers)])
+    helper = jobs.submit(command, project_dir(), metadata={"submitted_by": "psctl scale"})
+    deadline = time.monotonic() + 120
+    while (done := jobs.status(helper)) not in ("SUCCEEDED", "FAILED", "STOPPED") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if done != "SUCCEEDED":
+        print(f"psctl: scaling {args.job} failed ({done}): {jobs.logs(helper).strip()}", file=sys.stderr)
+        return 1
+    print(f"{args.job}: asked for {args.workers} workers")
+    return 0
+
+
+def cmd_scale_here(args: argparse.Namespace) -> int:
+    import ray
+
+    from rayps.launcher.driver import scale_job
+
+    ray.init(address="auto", logging_level="ERROR")
+    scale_job(args.job, args.workers)
+    return 0
+
+
 COMMANDS = {"up": cmd_up, "down": cmd_down, "submit": cmd_submit, "status": cmd_status,
-            "logs": cmd_logs, "stop": cmd_stop}
+            "logs": cmd_logs, "stop": cmd_stop, "scale": cmd_scale, "scale-here": cmd_scale_here}
 
 
 def _cluster(config: str | None, overrides: list[str] | None = None) -> ClusterFile | None:
