@@ -66,6 +66,7 @@ class Controller:
         self.reports: dict[int, list[dict]] = {}
         self.lives = [ray.get(s.life.remote(), timeout=CALL_S) for s in shards]
         self.versions = [0] * len(shards)
+        self.last_ledger: dict[int, tuple[int, int]] = {}  # worker -> (incarnation, last seq), as last seen
         self.counts: Counter = Counter()  # steps_lost, steps_replayed, rollbacks, replaced, added, removed
         self.stall_reports: list[dict] = []
         self.restored_checkpoint: int | None = None
@@ -137,6 +138,7 @@ class Controller:
         except (RayActorError, GetTimeoutError):
             return None  # a shard is restarting or gone: _check_shards deals with it next tick
         self.versions = [s["version"] for s in stats]
+        self.last_ledger = _merged([s["ledger"] for s in stats])
         return stats[0]
 
     # ---- workers ----------------------------------------------------------------------
@@ -209,10 +211,11 @@ class Controller:
         # The dead shard's own count died with it: the most any shard undid, or (one shard) what the
         # last stats saw it reach.
         lost = max(undone, default=max(0, self.versions[i] - restored))
-        remaining = ray.get(self.coordinator.progress.remote(), timeout=CALL_S)["remaining"]
         self.checkpointer.rewind(step, self.shards, self.coordinator)
-        # what was done after the cut and must be trained again
-        replayed = ray.get(self.coordinator.progress.remote(), timeout=CALL_S)["remaining"] - remaining
+        # the batches applied after the cut (as last seen), which the queue now hands out again
+        now = _merged(ray.get([s.ledger.remote() for s in self.shards], timeout=CALL_S))
+        replayed = sum(max(0, seq - now[w][1]) for w, (inc, seq) in self.last_ledger.items()
+                       if w in now and now[w][0] == inc)
         self._reconcile()
         self.counts["rollbacks"] += 1
         self.counts["steps_lost"] += lost
@@ -294,6 +297,16 @@ class Controller:
                 ray.get(self.coordinator.remove.remote(worker), timeout=CALL_S)
                 self.counts["removed"] += 1
                 self.say(f"scale: worker-{worker} leaves after its current unit ({wanted} wanted)")
+
+
+def _merged(ledgers: list[dict]) -> dict[int, tuple[int, int]]:
+    """worker -> the newest (incarnation, seq) any shard holds."""
+    out: dict[int, tuple[int, int]] = {}
+    for ledger in ledgers:
+        for w, (inc, seq) in ledger.items():
+            w = int(w)
+            out[w] = max(out.get(w, (inc, seq)), (inc, seq))
+    return out
 
 
 def _cause(error: Exception) -> str:

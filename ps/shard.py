@@ -594,4 +594,5 @@ class ParameterShard:
             "loss": dict(self._loss),
             "uptime_s": time.monotonic() - self._started,
             "memory_bytes": self._memory_bytes,
+            "ledger": {w: list(v) for w, v in self._ledger.snapshot().items()},
         }

@@ -1,0 +1,270 @@
+"""Failures, with real processes killed by SIGKILL: the job recovers, and nothing is applied twice.
+
+Every kill here is of a process this test's job started (an actor's own
+process, through the chaos knobs, or a driver subprocess this test spawned),
+never anything else on the machine; every test has a timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import rayps
+from rayps.launcher.cli import main
+from rayps.launcher.driver import scale_job
+from rayps.ps.checkpoint import CheckpointStore
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+EXAMPLES = 1437  # digits' training split
+SLOW = {"slow_workers": {0: 0.004, 1: 0.004}}  # ~4 s of training: the controller sees the job run
+
+
+def run(tmp_path, name="run", **kwargs):
+    return rayps.Job(**kwargs).run(output=tmp_path / name, progress=False, dashboard=False, report=False)
+
+
+def assert_every_example_once_per_epoch(s, epochs):
+    assert s["examples_per_epoch"] == {str(e): EXAMPLES for e in range(epochs)}
+    assert s["epoch_coverage"] == {str(e): [[0, s["batches_per_epoch"]]] for e in range(epochs)}
+
+
+# ---- a model whose parameters count how often each example's gradient was applied ------------
+
+class Counter(nn.Module):
+    """p[i] goes up by exactly 1 each time example i's gradient is applied (SGD, lr 1)."""
+
+    def __init__(self, n: int = 600):
+        super().__init__()
+        self.p = nn.Parameter(torch.zeros(n))
+
+    def forward(self, x):
+        return self.p[x[:, 0].long()]
+
+
+def counting_job(tmp_path, **kwargs):
+    x = np.arange(600, dtype=np.float32).reshape(-1, 1)
+    data = {"train": (x[:500], np.zeros(500, np.int64)), "test": (x[500:], np.zeros(100, np.int64))}
+    return run(tmp_path, model=Counter, data=data, loss="tests.test_failures:minus_sum",
+               optimizer={"name": "sgd", "lr": 1.0}, servers=1, batch_size=10, epochs=6,
+               eval_every_s=0, debug={"audit": True, "slow_workers": {0: 0.01, 1: 0.01}}, **kwargs)
+
+
+def minus_sum(out, y):
+    return -out.sum()
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("mode", ["asp", "ssp"])
+def test_a_killed_worker_is_replaced_and_every_gradient_is_applied_exactly_once_per_epoch(ray_session, tmp_path,
+                                                                                          mode):
+    result = counting_job(tmp_path, consistency={"mode": mode}, chaos={"kill": ["worker-0@40"]})
+    s = result.summary
+    assert s["restarts"] == {"worker-0": 1} and s["workers_replaced"] == 1
+    assert s["applied_twice"] == 0
+    counts = result.model.p.detach().numpy()
+    assert (counts[:500] == 6).all(), np.unique(counts[:500], return_counts=True)  # 6 epochs, once each
+    assert (counts[500:] == 0).all()
+    assert s["examples_per_epoch"] == {str(e): 500 for e in range(6)}
+
+
+@pytest.mark.timeout(240)
+def test_a_killed_shard_is_restored_and_the_replayed_batches_are_applied_exactly_once(ray_session, tmp_path):
+    result = counting_job(tmp_path, consistency={"mode": "asp"}, chaos={"kill": ["ps-shard-0@60"]},
+                          checkpoint={"every_s": 0.3})
+    s = result.summary
+    assert s["restarts"] == {"ps-shard-0": 1} and s["rollbacks"] == 1
+    assert s["restored_checkpoint"] is not None and s["steps_replayed"] >= 0
+    assert (result.model.p.detach().numpy()[:500] == 6).all()  # the rolled-back stretch was trained again
+    assert s["applied_twice"] == 0
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("mode", ["ssp", "bsp"])
+def test_a_worker_killed_mid_epoch_costs_at_most_two_points_of_accuracy(ray_session, tmp_path, mode):
+    clean = run(tmp_path, "clean", consistency={"mode": mode}, epochs=10).summary
+    s = run(tmp_path, consistency={"mode": mode}, epochs=10, chaos={"kill": ["worker-1@100"]},
+            debug={"audit": True}).summary
+    assert s["test_accuracy"] >= clean["test_accuracy"] - 0.02, (s["test_accuracy"], clean["test_accuracy"])
+    assert s["restarts"] == {"worker-1": 1} and s["applied_twice"] == 0
+    assert_every_example_once_per_epoch(s, 10)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("transport", ["shm", "grpc", "ray"])
+def test_a_killed_shard_restores_its_checkpoint_and_workers_reconnect_on_every_transport(ray_session, tmp_path,
+                                                                                        transport):
+    s = run(tmp_path, transport=transport, epochs=10, checkpoint={"every_s": 0.5},
+            chaos={"kill": ["ps-shard-1@80"]}, debug={"audit": True, **SLOW}).summary
+    assert s["test_accuracy"] >= 0.93, s
+    assert s["restarts"] == {"ps-shard-1": 1} and s["restored_checkpoint"] is not None
+    assert s["resyncs"] >= 2  # both workers registered again and carried on
+    assert s["applied_twice"] == 0
+    assert_every_example_once_per_epoch(s, 10)
+
+
+@pytest.mark.timeout(120)
+def test_a_shard_that_dies_after_applying_and_before_replying_applies_the_retry_once(ray_session, tmp_path):
+    import ray
+
+    from rayps.ps.client import RayTransport
+    from rayps.ps.consistency import ConsistencyConfig
+    from rayps.ps.optimizers import OptimizerConfig
+    from rayps.ps.partition import partition
+    from rayps.ps.schedules import ScheduleConfig
+    from rayps.ps.served import ServedShard
+
+    # Ray retries the task on the restarted actor (at-least-once); the checkpoint it wrote before dying
+    # holds the push, so the retry must be answered as a duplicate, not applied a second time.
+    shard = ray.remote(ServedShard).options(max_restarts=1, max_task_retries=1, num_cpus=0).remote(
+        0, np.zeros(4, np.float32), [0], OptimizerConfig(name="sgd", lr=1.0), ScheduleConfig(),
+        ConsistencyConfig(mode="asp"), checkpoints=str(tmp_path / "ckpt"), crash_after_seq=3)
+    client = RayTransport((shard,), tuple(partition(4, 1))).connect(0)
+    params = np.zeros(4, np.float32)
+    client.register(params)
+    pid = ray.get(shard.life.remote())["pid"]
+    for clock in (1, 2, 3):
+        client.push_pull(clock, np.ones(4, np.float32), params, 1, 0.0)
+    stats = ray.get(shard.stats.remote())
+    assert ray.get(shard.life.remote())["pid"] != pid  # it really died and came back
+    assert (stats["version"], stats["pushes_applied"], stats["duplicates"]) == (3, 3, 1)
+    assert (params == -3).all()
+    assert client.register(params) == 3  # the restored shard says where to carry on
+    for clock in (4, 5):
+        client.push_pull(clock, np.ones(4, np.float32), params, 1, 0.0)
+    assert (params == -5).all() and ray.get(shard.stats.remote())["version"] == 5
+    ray.kill(shard)
+
+
+@pytest.mark.timeout(120)
+def test_a_corrupt_newest_checkpoint_is_skipped_by_a_restarting_shard(tmp_path, caplog):
+    from rayps.ps.consistency import ConsistencyConfig
+    from rayps.ps.optimizers import OptimizerConfig
+    from rayps.ps.schedules import ScheduleConfig
+    from rayps.ps.served import ServedShard
+
+    def shard():
+        return ServedShard(0, np.zeros(4, np.float32), [0], OptimizerConfig(name="sgd", lr=1.0), ScheduleConfig(),
+                           ConsistencyConfig(mode="asp"), checkpoints=str(tmp_path))
+
+    first = shard()
+    store = CheckpointStore(tmp_path)
+    for step in (1, 2):
+        first.push(0, step, np.ones(4, np.float32), 0, 1, 0.0)
+        store.write(step, {"shard-0": first.state_dict()})
+    newest = store.path(2) / "shard-0.safetensors"
+    data = bytearray(newest.read_bytes())
+    data[-1] ^= 0x01  # one flipped bit in a tensor byte
+    newest.write_bytes(bytes(data))
+    with caplog.at_level(logging.ERROR):
+        again = shard()
+    assert again.restored() == 1 and again.version == 1
+    assert "skipping a corrupt checkpoint" in caplog.text and "sha256" in caplog.text
+    (store.path(1) / "shard-0.json").write_text("{")  # and a truncated file in the older one too
+    assert shard().restored() is None
+
+
+@pytest.mark.timeout(120)
+def test_a_process_killed_while_writing_a_checkpoint_leaves_none_that_is_chosen(tmp_path):
+    CheckpointStore(tmp_path).write(1, {"part": {"x": np.ones(3)}})
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import numpy as np, sys; from rayps.ps.checkpoint import CheckpointStore;"
+        "CheckpointStore(sys.argv[1]).write(2, {f'p{i}': {'x': np.ones(8_000_000)} for i in range(40)})"),
+        str(tmp_path)])
+    deadline = time.monotonic() + 60
+    while not any(p.name.startswith(".tmp-") for p in tmp_path.iterdir()):
+        assert time.monotonic() < deadline and writer.poll() is None, "the writer never began"
+        time.sleep(0.01)
+    time.sleep(0.2)
+    os.kill(writer.pid, signal.SIGKILL)  # our own subprocess, mid-write
+    writer.wait(timeout=30)
+    assert CheckpointStore(tmp_path).steps() == [1]
+    step, parts = CheckpointStore(tmp_path).latest()
+    assert step == 1 and (parts["part"]["x"] == 1).all()
+
+
+@pytest.mark.timeout(240)
+def test_a_hung_worker_is_named_by_the_stall_report_in_time_and_replaced(ray_session, tmp_path):
+    s = run(tmp_path, epochs=10, chaos={"hang": ["worker-1@50"]},
+            fault={"stall_s": 1.5, "on_stall": "replace"}, debug=SLOW).summary
+    (stall,) = s["stalls"]
+    assert stall["worker"] == 1 and stall["stuck_s"] <= 1.5 + 1.5  # within T, give or take a tick
+    assert "chaos.py" in stall["stack"] and "sleep" in stall["stack"]  # what it is doing
+    assert stall["pid"] is not None
+    assert s["restarts"] == {"worker-1": 1} and s["test_accuracy"] >= 0.93
+    assert_every_example_once_per_epoch(s, 10)
+
+
+@pytest.mark.timeout(240)
+def test_workers_added_and_removed_while_the_job_runs_keep_exact_epoch_coverage(ray_session, tmp_path):
+    def scale_later(name):
+        def go():
+            time.sleep(1.0)
+            scale_job(name, 3)
+            time.sleep(1.5)
+            scale_job(name, 1)
+        threading.Thread(target=go, daemon=True).start()
+
+    s = rayps.launcher.driver.run_job(
+        rayps.JobConfig(epochs=10, debug=SLOW), output=tmp_path / "run", dashboard=False, report=False,
+        on_start=scale_later).summary
+    assert s["workers_added"] == 1 and s["workers_removed"] == 2
+    assert "2" in s["steps"] and s["steps"]["2"] > 0
+    assert s["test_accuracy"] >= 0.93
+    assert_every_example_once_per_epoch(s, 10)
+
+
+@pytest.mark.timeout(300)
+def test_resume_after_sigkill_of_the_driver_completes_the_job(ray_session, tmp_path):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    driver = subprocess.Popen([sys.executable, "-m", "rayps", "run", "--output", str(run_dir), "--no-dashboard",
+                               "--set", "epochs=10", "--set", "checkpoint.every_s=0.3",
+                               "--set", "debug.slow_workers={0: 0.01, 1: 0.01}"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(CheckpointStore(run_dir / "checkpoints").steps()) < 3:
+            assert time.monotonic() < deadline and driver.poll() is None, "the driver never checkpointed"
+            time.sleep(0.1)
+    finally:
+        os.kill(driver.pid, signal.SIGKILL)  # our own subprocess
+        driver.wait(timeout=30)
+    assert not (run_dir / "summary.json").exists()
+    assert main(["run", "--resume", str(run_dir), "--no-dashboard"]) == 0
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["test_accuracy"] >= 0.93
+    assert_every_example_once_per_epoch(s, 10)
+
+
+@pytest.mark.timeout(120)
+def test_a_spent_restart_budget_exits_non_zero_naming_the_actor(ray_session, tmp_path, capsys):
+    code = main(["run", "--output", str(tmp_path / "run"), "--no-dashboard", "--set", "epochs=10",
+                 "--set", "chaos.kill=worker-0@20", "--set", "fault.max_restarts=0"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "worker-0 died and the job's restart budget is spent (0 of fault.max_restarts=0 used)" in err
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())  # a failed job still leaves its run
+    assert s["failed"] and "restart budget is spent" in s["error"]
+    assert (tmp_path / "run" / "history.jsonl").exists()
+
+
+def test_resume_needs_a_run_directory_with_checkpoints(tmp_path, capsys):
+    assert main(["run", "--resume", str(tmp_path)]) == 2
+    assert "no config.json there" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text(json.dumps({"epochs": 2}))
+    assert main(["run", "--resume", str(tmp_path)]) == 2
+    assert "no checkpoint under" in capsys.readouterr().err
