@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 TICK_S = 0.5
 CALL_S = 10.0  # how long a control call to a live actor may take
+STARTUP_S = 60.0  # how long a new worker may take to push its first gradient before it counts as stalled
 
 
 @dataclass
@@ -44,6 +45,7 @@ class WorkerSlot:
     actor: object
     incarnation: int
     ref: object | None = None  # its run() in flight; None once it returned
+    start_clock: int = 0  # the clock it joined at: until it moves, the worker is still starting
     started: float = field(default_factory=time.monotonic)
 
 
@@ -113,10 +115,10 @@ class Controller:
             raise name_failure(self.shards, [s.actor for s in self.slots.values()], "the job's start", e) from e
         return {name: w for (name, _), w in zip(named, where)}
 
-    def _launch(self, worker_id: int, incarnation: int) -> None:
+    def _launch(self, worker_id: int, incarnation: int, start_clock: int = 0) -> None:
         generation, _ = ray.get(self.coordinator.status.remote(), timeout=CALL_S)
         actor = self.start_worker(worker_id, incarnation)
-        self.slots[worker_id] = WorkerSlot(actor, incarnation, actor.run.remote(generation))
+        self.slots[worker_id] = WorkerSlot(actor, incarnation, actor.run.remote(generation), start_clock)
 
     def _collect(self) -> None:
         running = {slot.ref: w for w, slot in self.slots.items() if slot.ref is not None}
@@ -172,7 +174,7 @@ class Controller:
         """Start ``incarnation`` of ``worker`` at the clock every shard agrees it may start from."""
         frontier = max(ray.get([s.frontier.remote() for s in self.shards], timeout=CALL_S))
         ray.get([s.join.remote(worker, incarnation, frontier) for s in self.shards], timeout=CALL_S)
-        self._launch(worker, incarnation)
+        self._launch(worker, incarnation, frontier)
         log.warning("worker-%d incarnation %d joined at clock %d", worker, incarnation, frontier)
 
     # ---- shards -----------------------------------------------------------------------
@@ -244,10 +246,15 @@ class Controller:
     # ---- stalls, chaos, scaling ---------------------------------------------------------
 
     def _watch_stalls(self, stats: dict) -> None:
-        clocks = {int(w): c for w, c in stats["clocks"].items() if int(w) in self.slots
-                  and self.slots[int(w)].ref is not None}
-        for worker, stuck in self.stalls.observe(time.monotonic(), clocks).items():
-            report = self._stall_report(worker, stuck, clocks)
+        now = time.monotonic()
+        clocks = {int(w): c for w, c in stats["clocks"].items() if self._watched(int(w), c, now)}
+        stalled = self.stalls.observe(now, clocks)
+        if not stalled:
+            return
+        # Under ssp and bsp the others stop too, held by the bound: the one stuck furthest back blocks them.
+        lowest = min(clocks[w] for w in stalled)
+        for worker in [w for w in stalled if clocks[w] == lowest]:
+            report = self._stall_report(worker, stalled[worker], clocks)
             self.stall_reports.append(report)
             self.monitor.note_stall(report)
             self.say(report["text"])
@@ -255,6 +262,13 @@ class Controller:
                 raise StallError(report["text"])
             if self.stalls.action == "replace":
                 ray.kill(self.slots[worker].actor)  # collected as a death next tick, within the budget
+
+    def _watched(self, worker: int, clock: int, now: float) -> bool:
+        """Running, and past its start: building a model and connecting may take longer than stall_s."""
+        slot = self.slots.get(worker)
+        if slot is None or slot.ref is None:
+            return False
+        return clock > slot.start_clock or now - slot.started > STARTUP_S + self.stalls.stall_s
 
     def _stall_report(self, worker: int, stuck: float, clocks: dict[int, int]) -> dict:
         slot = self.slots[worker]
@@ -310,7 +324,11 @@ def _merged(ledgers: list[dict]) -> dict[int, tuple[int, int]]:
 
 
 def _cause(error: Exception) -> str:
+    """One line on what killed an actor: Ray's own messages run to a paragraph."""
     cause = getattr(error, "cause", None) or error
-    lines = [line.strip() for line in str(cause).strip().splitlines() if line.strip()] or [""]
-    detail = next((line for line in lines if "exit detail" in line.lower() or "killed" in line.lower()), "")
-    return f"{type(cause).__name__}: {lines[0]}" + (f" ({detail})" if detail and detail != lines[0] else "")
+    text = " ".join(str(cause).split())
+    for marker in ("Worker exit detail:", "The actor is dead because"):
+        if marker in text:  # the part that says how it died, up to its first full stop
+            text = text[text.index(marker):]
+            break
+    return f"{type(cause).__name__}: {text.split('. ')[0][:200]}"

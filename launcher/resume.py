@@ -34,6 +34,10 @@ def resumed_config(run_dir: str | Path, overrides: list[str] | None = None) -> J
         if isinstance(value, str) and value.startswith("<"):  # the repr of an object the API was given
             raise ConfigError(f"--resume {run_dir}: the job's {key} was a Python object ({value[:60]}), which"
                               " cannot be rebuilt from config.json; resume it with Job(...).run(output=...)")
+    debug = raw.get("debug") or {}
+    for key in ("slow_workers", "slowdown"):  # JSON made their worker ids strings
+        if isinstance(debug.get(key), dict):
+            debug[key] = {int(w) if str(w).isdigit() else w: v for w, v in debug[key].items()}
     if overrides:
         raw = merge_overrides(JobConfig, raw, overrides)
     config = build(JobConfig, raw, str(path))

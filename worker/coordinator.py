@@ -94,7 +94,7 @@ class WorkCoordinator:
         for unit in self.queue.done_units:
             examples[unit.epoch] = examples.get(unit.epoch, 0) + self.batches.examples(unit)
         return {"examples_per_epoch": {str(e): n for e, n in sorted(examples.items())},
-                "ranges": {str(e): r for e, r in self.queue.coverage().items()},
+                "ranges": {str(e): [list(span) for span in r] for e, r in self.queue.coverage().items()},
                 "batches_per_epoch": self.queue.batches_per_epoch,
                 "returned_batches": self.queue.returned}
 
