@@ -46,6 +46,7 @@ class WorkerSlot:
     incarnation: int
     ref: object | None = None  # its run() in flight; None once it returned
     start_clock: int = 0  # the clock it joined at: until it moves, the worker is still starting
+    generation: int = 0  # the work queue's generation it starts in
     started: float = field(default_factory=time.monotonic)
 
 
@@ -53,7 +54,7 @@ class Controller:
     def __init__(self, shards: list, coordinator, start_worker: Callable[[int, int], object], initial: dict[int, int],
                  monitor: Monitor, budget: RestartBudget, stalls: StallWatch,
                  checkpointer: Checkpointer | None, serve_again: Callable[[int], None],
-                 shard_faults: list = (), say: Callable[[str], None] = print):
+                 shard_faults: list = (), say: Callable[[str], None] = print, waits: bool = True):
         self.shards = shards
         self.coordinator = coordinator
         self.start_worker = start_worker
@@ -63,6 +64,7 @@ class Controller:
         self.checkpointer = checkpointer
         self.serve_again = serve_again
         self.shard_faults = list(shard_faults)
+        self.waits = waits  # whether workers wait on each other (ssp, bsp): a stalled one may only be waiting
         self.say = say
         self.slots: dict[int, WorkerSlot] = {}
         self.reports: dict[int, list[dict]] = {}
@@ -83,11 +85,16 @@ class Controller:
         ``placement`` is filled with the node of every shard and initial worker."""
         for w, incarnation in sorted(self._initial.items()):
             if incarnation:
-                self._join(w, incarnation)
+                self._join(w, incarnation, run=False)
             else:
-                self._launch(w, 0)
+                self._launch(w, 0, run=False)
+        # Every actor up before any trains, so the workers start together (as a static job would).
+        where = self._placement()
         if placement is not None:
-            placement.update(self._placement())
+            placement.update(where)
+        for slot in self.slots.values():
+            slot.ref = slot.actor.run.remote(slot.generation)
+            slot.started = time.monotonic()
         began = self.train_began = time.monotonic()  # training time starts once the workers are up
         while any(slot.ref is not None for slot in self.slots.values()):
             self._collect()
@@ -100,7 +107,8 @@ class Controller:
             self._watch_stalls(stats)
             step = row["step"]
             if self.checkpointer is not None and self.checkpointer.due(now, step):
-                self.checkpointer.take(self.shards, self.coordinator, self.monitor.history, now=now)
+                if self.checkpointer.take(self.shards, self.coordinator, self.monitor.history, now=now) is not None:
+                    self.coordinator.record.remote("checkpoint")
             self._fire_chaos(now, step)
             self._follow_scale()
         self.monitor.close()
@@ -115,10 +123,11 @@ class Controller:
             raise name_failure(self.shards, [s.actor for s in self.slots.values()], "the job's start", e) from e
         return {name: w for (name, _), w in zip(named, where)}
 
-    def _launch(self, worker_id: int, incarnation: int, start_clock: int = 0) -> None:
+    def _launch(self, worker_id: int, incarnation: int, start_clock: int = 0, run: bool = True) -> None:
         generation, _ = ray.get(self.coordinator.status.remote(), timeout=CALL_S)
         actor = self.start_worker(worker_id, incarnation)
-        self.slots[worker_id] = WorkerSlot(actor, incarnation, actor.run.remote(generation), start_clock)
+        self.slots[worker_id] = WorkerSlot(actor, incarnation, actor.run.remote(generation) if run else None,
+                                           start_clock, generation)
 
     def _collect(self) -> None:
         running = {slot.ref: w for w, slot in self.slots.items() if slot.ref is not None}
@@ -150,6 +159,7 @@ class Controller:
         name = f"worker-{worker}"
         self.say(f"{name} died (incarnation {slot.incarnation}): {cause}")
         decision = self.budget.on_failure(name, cause)
+        self.coordinator.record.remote("restart", name)
         # It leaves every clock table at once, so nobody waits for it, whatever comes next.
         ray.get([s.finish.remote(worker, slot.incarnation) for s in self.shards], timeout=CALL_S)
         applied = self._applied(worker, slot.incarnation)
@@ -170,19 +180,21 @@ class Controller:
         ledgers = ray.get([s.ledger.remote() for s in self.shards], timeout=CALL_S)
         return max((lg[worker][1] for lg in ledgers if worker in lg and lg[worker][0] == incarnation), default=0)
 
-    def _join(self, worker: int, incarnation: int) -> None:
+    def _join(self, worker: int, incarnation: int, run: bool = True) -> None:
         """Start ``incarnation`` of ``worker`` at the clock every shard agrees it may start from."""
         frontier = max(ray.get([s.frontier.remote() for s in self.shards], timeout=CALL_S))
         ray.get([s.join.remote(worker, incarnation, frontier) for s in self.shards], timeout=CALL_S)
-        self._launch(worker, incarnation, frontier)
+        self._launch(worker, incarnation, frontier, run)
         log.warning("worker-%d incarnation %d joined at clock %d", worker, incarnation, frontier)
 
     # ---- shards -----------------------------------------------------------------------
 
     def _check_shards(self) -> None:
-        for i, shard in enumerate(self.shards):
+        probes = [s.life.remote() for s in self.shards]
+        ray.wait(probes, num_returns=len(probes), timeout=CALL_S)
+        for i, probe in enumerate(probes):
             try:
-                life = ray.get(shard.life.remote(), timeout=CALL_S)
+                life = ray.get(probe, timeout=0)
             except ActorDiedError as e:  # Ray will not restart it (again): the budget is spent
                 decision = self.budget.on_failure(f"ps-shard-{i}", _cause(e))
                 if decision.action == "give_up":
@@ -200,6 +212,7 @@ class Controller:
         cause = f"its process (pid {self.lives[i]['pid']}) died; Ray restarted it as pid {life['pid']}"
         self.say(f"{name} died: {cause}")
         decision = self.budget.on_failure(name, cause)
+        self.coordinator.record.remote("restart", name)
         if decision.action == "give_up":
             raise self.budget.give_up(decision)
         self.lives[i] = life
@@ -247,16 +260,24 @@ class Controller:
 
     def _watch_stalls(self, stats: dict) -> None:
         now = time.monotonic()
-        clocks = {int(w): c for w, c in stats["clocks"].items() if self._watched(int(w), c, now)}
+        running = {int(w): c for w, c in stats["clocks"].items()
+                   if int(w) in self.slots and self.slots[int(w)].ref is not None}
+        clocks = {w: c for w, c in running.items() if self._watched(w, c, now)}
         stalled = self.stalls.observe(now, clocks)
         if not stalled:
             return
-        # Under ssp and bsp the others stop too, held by the bound: the one stuck furthest back blocks them.
-        lowest = min(clocks[w] for w in stalled)
-        for worker in [w for w in stalled if clocks[w] == lowest]:
+        if self.waits:
+            # Under ssp and bsp the others stop too, held by the bound: only the worker furthest back blocks
+            # them (and if that is one still starting, the rest are only waiting for it).
+            lowest = min(running.values())
+            blockers = [w for w in stalled if clocks[w] == lowest]
+        else:
+            blockers = list(stalled)
+        for worker in blockers:
             report = self._stall_report(worker, stalled[worker], clocks)
             self.stall_reports.append(report)
             self.monitor.note_stall(report)
+            self.coordinator.record.remote("stall", f"worker-{worker}", report["stuck_s"])
             self.say(report["text"])
             if self.stalls.action == "fail":
                 raise StallError(report["text"])

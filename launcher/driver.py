@@ -19,21 +19,20 @@ import shutil
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import ray
 import torch
-from ray.exceptions import RayActorError
 from torch import nn
 
 from rayps.launcher.checkpointing import Checkpointer
 from rayps.launcher.config import JobConfig
 from rayps.launcher.controller import Controller
 from rayps.launcher.local import ensure_ray
-from rayps.launcher.monitor import Monitor, name_failure
+from rayps.launcher.monitor import Monitor
 from rayps.launcher.placement import check_feasible, server_options, worker_options
 from rayps.launcher.policies import CheckpointSchedule, RestartBudget, StallWatch
 from rayps.launcher.progress import ProgressLine
@@ -121,7 +120,7 @@ def run_job(config: JobConfig, output: str | Path | None = None,
     ]
     coordinator = ray.remote(WorkCoordinator).options(
         name=f"coordinator-{job_name(run_id)}", namespace=COORDINATORS, num_cpus=0).remote(
-        queue, batches, config.workers)
+        queue, batches, config.workers, run_id)
     actors = [*shards, coordinator]
     transport = controller = monitor = None
     placement: dict = {}
@@ -163,7 +162,8 @@ def run_job(config: JobConfig, output: str | Path | None = None,
             RestartBudget(config.fault.max_restarts, can_restore=ckpt.enabled),
             StallWatch(config.fault.stall_s, config.fault.on_stall), checkpointer,
             _serve_again(transport, shards, config.grpc),
-            [f for f in config.chaos.faults("kill") if f.kind == "ps-shard"])
+            [f for f in config.chaos.faults("kill") if f.kind == "ps-shard"],
+            waits=config.consistency.mode != "asp")
         reports = controller.run(placement)
         train_s = time.monotonic() - controller.train_began
         pulled = ray.get([s.pull.remote() for s in shards])

@@ -27,11 +27,14 @@ class Job:
         self.config = config if config is not None else build(JobConfig, kwargs, "Job")
 
     def run(self, output: str | Path | None = None, progress: bool = True, dashboard: bool = True,
-            report: bool = True) -> JobResult:
+            report: bool = True, on_start=None) -> JobResult:
         """Train to the end (blocks); write the run directory; return the result.
 
         Starts a local single-node Ray instance when none is running. ``report``
-        draws the plots and TensorBoard events into the run directory.
+        draws the plots and TensorBoard events into the run directory. An
+        ``output`` that holds checkpoints of an earlier run of this job resumes
+        it. ``on_start(name)`` is called once the job runs, with the name
+        ``rayps.scale_job(name, workers)`` takes (from another thread or process).
         """
         return run_job(self.config, output=output, progress=ProgressLine() if progress else None,
-                       dashboard=dashboard, report=report)
+                       dashboard=dashboard, report=report, on_start=on_start)

@@ -15,7 +15,6 @@ died: ...``) rather than the worker that noticed.
 
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 import ray
@@ -24,7 +23,6 @@ from ray.exceptions import RayActorError
 from rayps.launcher.progress import ProgressLine, describe
 from rayps.errors import JobError
 
-TICK_S = 0.5
 #: How long a liveness probe waits: a dead actor answers at once, a busy one not at all.
 PROBE_S = 2.0
 

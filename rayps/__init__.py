@@ -34,8 +34,9 @@ if not _os.path.isdir(_os.path.join(_here, "ps")) and all(
 _PUBLIC = {
     "Job": "rayps.launcher.job", "JobConfig": "rayps.launcher.config",
     "load_job_config": "rayps.launcher.config", "JobResult": "rayps.launcher.driver",
-    "run_job": "rayps.launcher.driver",
-    **{name: "rayps.errors" for name in ("PSError", "ConfigError", "ShapeError", "JobError", "ClusterError")},
+    "run_job": "rayps.launcher.driver", "scale_job": "rayps.launcher.driver",
+    **{name: "rayps.errors" for name in ("PSError", "ConfigError", "ShapeError", "JobError", "ClusterError",
+                                         "StallError")},
 }
 
 __version__ = "0.1.0"

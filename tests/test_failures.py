@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,13 +106,13 @@ def test_a_worker_killed_mid_epoch_costs_at_most_two_points_of_accuracy(ray_sess
 @pytest.mark.parametrize("transport", ["shm", "grpc", "ray"])
 def test_a_killed_shard_restores_its_checkpoint_and_workers_reconnect_on_every_transport(ray_session, tmp_path,
                                                                                         transport):
-    s = run(tmp_path, transport=transport, epochs=10, checkpoint={"every_s": 0.5},
-            chaos={"kill": ["ps-shard-1@80"]}, debug={"audit": True, **SLOW}).summary
+    s = run(tmp_path, transport=transport, epochs=8, checkpoint={"every_s": 0.5},
+            chaos={"kill": ["ps-shard-1@70"]}, debug={"audit": True, **SLOW}).summary
     assert s["test_accuracy"] >= 0.93, s
     assert s["restarts"] == {"ps-shard-1": 1} and s["restored_checkpoint"] is not None
-    assert s["resyncs"] >= 2  # both workers registered again and carried on
+    assert s["transport"] == transport and s["resyncs"] >= 2  # both workers registered again, carried on
     assert s["applied_twice"] == 0
-    assert_every_example_once_per_epoch(s, 10)
+    assert_every_example_once_per_epoch(s, 8)
 
 
 @pytest.mark.timeout(120)

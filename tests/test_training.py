@@ -44,8 +44,8 @@ def test_each_consistency_mode_trains_digits_to_high_accuracy(ray_session, tmp_p
     assert s["consistency"] == consistency["mode"]
     assert s["staleness_bound"] == bound
     # 1437 examples / 32 per batch, 10 epochs: the work queue hands each worker its shard (23 batches
-    # an epoch); under asp and ssp one that finishes first may take the other's last units
-    assert sum(s["steps"].values()) == 460 and min(s["steps"].values()) >= 200
+    # an epoch); under asp and ssp one that has nothing left takes the other's last units
+    assert sum(s["steps"].values()) == 460
     assert s["examples_per_epoch"] == {str(e): 1437 for e in range(10)}
     if consistency["mode"] == "bsp":
         assert s["steps"] == {"0": 230, "1": 230}

@@ -94,7 +94,7 @@ def test_the_coordinator_refuses_stale_generations_and_stops_removed_workers():
     assert coordinator.lease(1, 0, 1, 1) == STOP
     assert coordinator.lease(0, 0, 1, 5, 4) == (0, 5, 7)  # worker 1's stretch is anyone's now, first
     coverage = coordinator.coverage()
-    assert coverage["examples_per_epoch"] == {"0": 16} and coverage["ranges"] == {"0": [(0, 4)]}
+    assert coverage["examples_per_epoch"] == {"0": 16} and coverage["ranges"] == {"0": [[0, 4]]}
 
 
 def test_chunk_batches_must_be_positive():

@@ -15,6 +15,7 @@ handed to a worker that will drop it.
 
 from __future__ import annotations
 
+from rayps.ps.metrics import JobMetrics
 from rayps.worker.workqueue import EpochBatches, Unit, WorkQueue
 
 RESYNC = "resync"  # the caller's generation is old: register again first
@@ -22,8 +23,9 @@ STOP = "stop"  # this worker was removed from the job: finish
 
 
 class WorkCoordinator:
-    def __init__(self, queue: WorkQueue, batches: EpochBatches, wanted_workers: int):
+    def __init__(self, queue: WorkQueue, batches: EpochBatches, wanted_workers: int, run_id: str = ""):
         self.queue = queue
+        self._metrics = JobMetrics(run_id)
         self.batches = batches
         self.generation = 0
         self.recovering = False
@@ -77,6 +79,16 @@ class WorkCoordinator:
 
     def load_state_dict(self, state: dict, applied: dict[int, tuple[int, int]]) -> int:
         return self.queue.load_state_dict(state, applied)
+
+    def record(self, event: str, actor: str = "", seconds: float = 0.0) -> None:
+        """The controller's events, to Ray's metrics (the driver is not a process Ray exports from)."""
+        if event == "restart":
+            self._metrics.restarts.inc(tags={"actor": actor})
+        elif event == "stall":
+            self._metrics.stalls.inc(tags={"worker": actor})
+            self._metrics.stall_s.set(seconds, tags={"worker": actor})
+        elif event == "checkpoint":
+            self._metrics.checkpoints.inc()
 
     def set_wanted(self, workers: int) -> None:
         self.wanted = int(workers)

@@ -24,7 +24,6 @@ pixels to float yourself if the model expects floats.
 
 from __future__ import annotations
 
-import math
 import os
 import reprlib
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from torch.utils.data import Dataset, IterableDataset, default_collate
 
 from rayps.errors import ConfigError, ShapeError
 from rayps.worker.imports import import_object
+from rayps.worker.sharder import EpochSharder  # noqa: F401 (re-exported: it was defined here)
 
 
 @runtime_checkable
@@ -275,51 +275,3 @@ def _load_parquet(path: str, label: str, what: str) -> ArraySource:
             raise ConfigError(f"{what} ({path!r}): column {name!r} has {col.null_count} null values")
     x = np.stack([table.column(name).to_numpy().astype(np.float32) for name in features], axis=1)
     return ArraySource(x, table.column(label).to_numpy())
-
-
-class EpochSharder:
-    """Which example indices each worker trains on, epoch by epoch.
-
-    Each epoch's permutation comes from ``np.random.default_rng([seed, epoch])``,
-    so every worker computes the same one without talking to the others. The
-    shards of an epoch are disjoint, cover every example exactly once (no
-    padding by repeats) and differ in size by at most one. Each shard is cut
-    into ``batches_per_epoch`` near-equal batches of at most ``batch_size``;
-    only when ``batch_size`` is 1 and workers' shards differ in size can a
-    shorter shard yield one batch fewer (empty batches are dropped).
-    """
-
-    def __init__(self, num_examples: int, num_workers: int, batch_size: int, seed: int = 0):
-        if num_workers < 1:
-            raise ConfigError(f"num_workers ({num_workers}) must be >= 1")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size ({batch_size}) must be >= 1")
-        if num_workers > num_examples:
-            raise ConfigError(f"num_workers ({num_workers}) must not exceed num_examples ({num_examples})")
-        if seed < 0:
-            raise ConfigError(f"seed ({seed}) must be >= 0")
-        self.num_examples = num_examples
-        self.num_workers = num_workers
-        self.batch_size = batch_size
-        self.seed = seed
-        self._cached: tuple[int, list[np.ndarray]] | None = None
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return math.ceil(math.ceil(self.num_examples / self.num_workers) / self.batch_size)
-
-    def shard(self, epoch: int, worker: int) -> np.ndarray:
-        """This worker's example indices for this epoch, in training order."""
-        if not 0 <= worker < self.num_workers:
-            raise ConfigError(f"worker ({worker}) must be in [0, {self.num_workers})")
-        if epoch < 0:
-            raise ConfigError(f"epoch ({epoch}) must be >= 0")
-        # A worker asks for the same epoch repeatedly; permuting N once per epoch suffices.
-        if self._cached is None or self._cached[0] != epoch:
-            perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
-            self._cached = (epoch, np.array_split(perm, self.num_workers))
-        return self._cached[1][worker]
-
-    def batches(self, epoch: int, worker: int) -> list[np.ndarray]:
-        """This worker's shard for this epoch cut into batches of at most batch_size."""
-        return [b for b in np.array_split(self.shard(epoch, worker), self.batches_per_epoch) if len(b)]

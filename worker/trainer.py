@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rayps.errors import PSError, RolledBackError, TransportError
+from rayps.errors import RolledBackError, TransportError
 from rayps.ps.metrics import WorkerMetrics
 from rayps.ps.placement_info import this_node
 from rayps.ps.transport import TransportSpec

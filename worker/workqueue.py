@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rayps.errors import ConfigError
-from rayps.worker.data import EpochSharder
+from rayps.worker.sharder import EpochSharder
 
 
 @dataclass(frozen=True)
