@@ -28,6 +28,7 @@ from rayps.ps.served import part_name
 log = logging.getLogger(__name__)
 
 CALL_S = 30.0
+CUT_S = 2.0  # how long a cut waits for the pushes it needs before it is abandoned (pushes wait that long)
 
 
 class Checkpointer:
@@ -58,7 +59,7 @@ class Checkpointer:
             for clocks in seen:
                 for worker, clock in clocks.items():
                     cut[int(worker)] = max(cut.get(int(worker), 0), clock)
-            if not all(ray.get([s.cut.remote(cut) for s in shards], timeout=CALL_S)):
+            if not all(ray.get([s.cut.remote(cut, CUT_S) for s in shards], timeout=CALL_S)):
                 self.abandoned += 1
                 log.warning("checkpoint abandoned: a push of the cut %s never reached every shard", cut)
                 return None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 
 from rayps.protos.codec import CHUNK_BYTES
 from rayps.ps.checkpoint import CheckpointStore
@@ -69,8 +70,7 @@ class ServedShard(ParameterShard):
 
     def die(self) -> None:
         """Chaos: SIGKILL this shard's own process (no cleanup runs; Ray may restart it)."""
-        from rayps.worker.chaos import kill_this_process
-        kill_this_process()
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def push(self, worker_id, clock, grad, pulled_version, num_samples, loss, buffers=None, incarnation=0, seq=0):
         outcome = super().push(worker_id, clock, grad, pulled_version, num_samples, loss, buffers, incarnation, seq)

@@ -67,10 +67,8 @@ def minus_sum(out, y):
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("mode", ["asp", "ssp"])
-def test_a_killed_worker_is_replaced_and_every_gradient_is_applied_exactly_once_per_epoch(ray_session, tmp_path,
-                                                                                          mode):
-    result = counting_job(tmp_path, consistency={"mode": mode}, chaos={"kill": ["worker-0@40"]})
+def test_a_killed_worker_is_replaced_and_every_gradient_is_applied_exactly_once_per_epoch(ray_session, tmp_path):
+    result = counting_job(tmp_path, consistency={"mode": "ssp"}, chaos={"kill": ["worker-0@40"]})
     s = result.summary
     assert s["restarts"] == {"worker-0": 1} and s["workers_replaced"] == 1
     assert s["applied_twice"] == 0
@@ -106,13 +104,13 @@ def test_a_worker_killed_mid_epoch_costs_at_most_two_points_of_accuracy(ray_sess
 @pytest.mark.parametrize("transport", ["shm", "grpc", "ray"])
 def test_a_killed_shard_restores_its_checkpoint_and_workers_reconnect_on_every_transport(ray_session, tmp_path,
                                                                                         transport):
-    s = run(tmp_path, transport=transport, epochs=8, checkpoint={"every_s": 0.5},
-            chaos={"kill": ["ps-shard-1@70"]}, debug={"audit": True, **SLOW}).summary
+    s = run(tmp_path, transport=transport, epochs=10, checkpoint={"every_s": 0.5},
+            chaos={"kill": ["ps-shard-1@80"]}, debug={"audit": True, **SLOW}).summary
     assert s["test_accuracy"] >= 0.93, s
     assert s["restarts"] == {"ps-shard-1": 1} and s["restored_checkpoint"] is not None
     assert s["transport"] == transport and s["resyncs"] >= 2  # both workers registered again, carried on
     assert s["applied_twice"] == 0
-    assert_every_example_once_per_epoch(s, 8)
+    assert_every_example_once_per_epoch(s, 10)
 
 
 @pytest.mark.timeout(120)
