@@ -219,7 +219,10 @@ class Controller:
         step = life["restored"]
         if step is None or self.checkpointer is None:
             raise JobError(f"{name} restarted but found no checkpoint to restore")
-        others = [s.restore.remote(self.checkpointer.root, step) for j, s in enumerate(self.shards) if j != i]
+        survivors = [s for j, s in enumerate(self.shards) if j != i]
+        # how far every worker had got before the rollback: the survivors know it best
+        before = _merged([self.last_ledger, *ray.get([s.ledger.remote() for s in survivors], timeout=CALL_S)])
+        others = [s.restore.remote(self.checkpointer.root, step) for s in survivors]
         undone = ray.get(others, timeout=CALL_S)
         self.serve_again(i)
         restored = ray.get(self.shards[i].stats.remote(), timeout=CALL_S)["version"]
@@ -229,7 +232,7 @@ class Controller:
         self.checkpointer.rewind(step, self.shards, self.coordinator)
         # the batches applied after the cut (as last seen), which the queue now hands out again
         now = _merged(ray.get([s.ledger.remote() for s in self.shards], timeout=CALL_S))
-        replayed = sum(max(0, seq - now[w][1]) for w, (inc, seq) in self.last_ledger.items()
+        replayed = sum(max(0, seq - now[w][1]) for w, (inc, seq) in before.items()
                        if w in now and now[w][0] == inc)
         self._reconcile()
         self.counts["rollbacks"] += 1
