@@ -75,6 +75,8 @@ class Controller:
         self.stall_reports: list[dict] = []
         self.restored_checkpoint: int | None = None
         self.removed: set[int] = set()
+        self._silent: dict[int, float] = {}  # shard -> when it first did not answer
+        self._silent_reported: set[int] = set()
         self._wanted = len(initial)
         self._initial = dict(initial)  # worker -> the incarnation it starts as (> 0: resumed, so it joins)
 
@@ -99,7 +101,8 @@ class Controller:
         while any(slot.ref is not None for slot in self.slots.values()):
             self._collect()
             now = time.monotonic() - began
-            self._check_shards()
+            if not self._check_shards():
+                continue  # a shard is restarting or silent: its stats would only wait
             stats = self._stats()
             if stats is None:
                 continue
@@ -111,6 +114,9 @@ class Controller:
                     self.coordinator.record.remote("checkpoint")
             self._fire_chaos(now, step)
             self._follow_scale()
+        stats = self._stats()  # a last row: the history ends where training did
+        if stats is not None:
+            self.monitor.tick(stats, time.monotonic() - began)
         self.monitor.close()
         return [r for w in sorted(self.reports) for r in self.reports[w]]
 
@@ -189,9 +195,11 @@ class Controller:
 
     # ---- shards -----------------------------------------------------------------------
 
-    def _check_shards(self) -> None:
+    def _check_shards(self) -> bool:
+        """Whether every shard answered as the life it was; restarts and silences are dealt with here."""
+        answered = True
         probes = [s.life.remote() for s in self.shards]
-        ray.wait(probes, num_returns=len(probes), timeout=CALL_S)
+        ray.wait(probes, num_returns=len(probes), timeout=min(CALL_S, self.stalls.stall_s))
         for i, probe in enumerate(probes):
             try:
                 life = ray.get(probe, timeout=0)
@@ -200,11 +208,33 @@ class Controller:
                 if decision.action == "give_up":
                     raise self.budget.give_up(decision) from e
                 raise JobError(f"ps-shard-{i} died and Ray cannot restart it: {_cause(e)}") from e
-            except (ActorUnavailableError, GetTimeoutError):
-                ray.get(self.coordinator.begin_recovery.remote(), timeout=CALL_S)  # workers: wait for us
+            except ActorUnavailableError:  # restarting: the workers wait for the recovery
+                ray.get(self.coordinator.begin_recovery.remote(), timeout=CALL_S)
+                answered = False
                 continue
+            except GetTimeoutError:  # alive but not answering: a hung shard stalls everyone
+                self._shard_silent(i)
+                answered = False
+                continue
+            self._silent.pop(i, None)
             if life["pid"] != self.lives[i]["pid"]:
                 self._shard_restarted(i, life)
+        return answered
+
+    def _shard_silent(self, i: int) -> None:
+        since = self._silent.setdefault(i, time.monotonic())
+        stuck = time.monotonic() - since + min(CALL_S, self.stalls.stall_s)
+        if stuck < self.stalls.stall_s or i in self._silent_reported:
+            return
+        self._silent_reported.add(i)
+        text = (f"stall: ps-shard-{i} has not answered for {stuck:.0f} s (pid {self.lives[i]['pid']});"
+                " every worker waits for it")
+        log.error("%s", text)
+        self.say(text)
+        self.stall_reports.append({"shard": i, "stuck_s": round(stuck, 1), "pid": self.lives[i]["pid"],
+                                   "text": text})
+        if self.stalls.action == "fail":
+            raise StallError(text)
 
     def _shard_restarted(self, i: int, life: dict) -> None:
         name = f"ps-shard-{i}"
@@ -310,11 +340,13 @@ class Controller:
                 "pid": doing.get("pid"), "node": doing.get("node_ip"), "stack": doing.get("stack"), "text": text}
 
     def _fire_chaos(self, now: float, step: int) -> None:
-        for fault in list(self.shard_faults):
+        for kind, fault in list(self.shard_faults):
             if (fault.seconds and now >= fault.at) or (not fault.seconds and step >= fault.at):
-                self.shard_faults.remove(fault)
-                self.say(f"chaos: SIGKILL of {fault.actor} at step {step}, {now:.1f} s")
-                self.shards[fault.index].die.remote()
+                self.shard_faults.remove((kind, fault))
+                self.say(f"chaos: {'SIGKILL of' if kind == 'kill' else 'hang of'} {fault.actor} at step {step},"
+                         f" {now:.1f} s")
+                shard = self.shards[fault.index]
+                (shard.die if kind == "kill" else shard.hang).remote()
 
     def _follow_scale(self) -> None:
         """Act on a new ``psctl scale`` request (only a change: workers that finish are not replaced)."""

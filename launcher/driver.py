@@ -129,7 +129,7 @@ def run_job(config: JobConfig, output: str | Path | None = None,
         train_ref = ray.put(splits.train)
         worker_cls = ray.remote(Worker)
         worker_faults = {"kill": {f.index: f for f in config.chaos.faults("kill") if f.kind == "worker"},
-                         "hang": {f.index: f for f in config.chaos.faults("hang")}}
+                         "hang": {f.index: f for f in config.chaos.faults("hang") if f.kind == "worker"}}
 
         def start_worker(worker_id: int, incarnation: int):
             plan = _plan(config, worker_id, run_id, incarnation,
@@ -162,7 +162,7 @@ def run_job(config: JobConfig, output: str | Path | None = None,
             RestartBudget(config.fault.max_restarts, can_restore=ckpt.enabled),
             StallWatch(config.fault.stall_s, config.fault.on_stall), checkpointer,
             _serve_again(transport, shards, config.grpc),
-            [f for f in config.chaos.faults("kill") if f.kind == "ps-shard"],
+            [(kind, f) for kind in ("kill", "hang") for f in config.chaos.faults(kind) if f.kind == "ps-shard"],
             waits=config.consistency.mode != "asp")
         reports = controller.run(placement)
         train_s = time.monotonic() - controller.train_began

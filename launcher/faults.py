@@ -2,7 +2,8 @@
 
 ``checkpoint:`` when to cut a consistent checkpoint and how many to keep;
 ``fault:`` what the controller may do about failures; ``chaos:`` faults to
-inject (a real SIGKILL, or a hang), each written ``ACTOR@WHEN``: the actor is
+inject (a real SIGKILL, or a hang: a worker's loop stops, or a shard stops
+answering), each written ``ACTOR@WHEN``: the actor is
 ``worker-N`` or ``ps-shard-N``; WHEN is a step (``worker-0@40``: just before
 that worker's 40th step; ``ps-shard-1@40``: once any worker pushed clock 40)
 or seconds into training (``ps-shard-0@5s``).
@@ -84,7 +85,7 @@ class ChaosConfig:
     """Faults to inject; see the module docstring."""
 
     kill: tuple = ()  # SIGKILL of the actor's process
-    hang: tuple = ()  # the worker stops making progress (workers only)
+    hang: tuple = ()  # the worker stops making progress; a shard stops answering
 
     def __post_init__(self) -> None:
         for key in ("kill", "hang"):
@@ -97,8 +98,8 @@ class ChaosConfig:
                 parse_fault(text, f"chaos.{key}")
         for text in self.hang:
             fault = parse_fault(text, "chaos.hang")
-            require(fault.kind == "worker" and not fault.seconds,
-                    f"chaos.hang ({text!r}) must be worker-N@STEP: only a worker's loop can hang")
+            require(fault.kind == "ps-shard" or not fault.seconds,
+                    f"chaos.hang ({text!r}): a worker hangs at a step (worker-N@STEP), not after seconds")
 
     def faults(self, key: str) -> list[Fault]:
         return [parse_fault(t, f"chaos.{key}") for t in getattr(self, key)]

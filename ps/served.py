@@ -72,6 +72,11 @@ class ServedShard(ParameterShard):
         """Chaos: SIGKILL this shard's own process (no cleanup runs; Ray may restart it)."""
         os.kill(os.getpid(), signal.SIGKILL)
 
+    def hang(self) -> None:
+        """Chaos: stop answering anything (this blocks the actor's event loop until it is killed)."""
+        import time
+        time.sleep(10**9)
+
     def push(self, worker_id, clock, grad, pulled_version, num_samples, loss, buffers=None, incarnation=0, seq=0):
         outcome = super().push(worker_id, clock, grad, pulled_version, num_samples, loss, buffers, incarnation, seq)
         if self._crash_after_seq is not None and outcome == "applied" \

@@ -205,6 +205,16 @@ def test_a_hung_worker_is_named_by_the_stall_report_in_time_and_replaced(ray_ses
     assert_every_example_once_per_epoch(s, 10)
 
 
+@pytest.mark.timeout(120)
+def test_a_shard_that_stops_answering_is_named_by_the_stall_report(ray_session, tmp_path):
+    with pytest.raises(rayps.StallError, match=r"^stall: ps-shard-0 has not answered for \d+ s \(pid \d+\);"
+                                               " every worker waits for it"):
+        run(tmp_path, epochs=10, chaos={"hang": ["ps-shard-0@50"]}, fault={"stall_s": 1.5, "on_stall": "fail"},
+            debug=SLOW)
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["failed"] and s["stalls"][0]["shard"] == 0
+
+
 @pytest.mark.timeout(240)
 def test_workers_added_and_removed_while_the_job_runs_keep_exact_epoch_coverage(ray_session, tmp_path):
     import ray
