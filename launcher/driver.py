@@ -67,8 +67,9 @@ class JobResult:
 
 
 def job_name(run_id: str) -> str:
-    """A running job's name for ``psctl scale``: its Ray job submission id, else its run id."""
-    return os.environ.get("RAY_JOB_SUBMISSION_ID") or run_id
+    """A running job's name for ``psctl scale``: its submission id (``psctl submit`` hands it over as
+    ``RAYPS_JOB_NAME``), else its run id."""
+    return os.environ.get("RAYPS_JOB_NAME") or run_id
 
 
 def run_job(config: JobConfig, output: str | Path | None = None,

@@ -70,6 +70,10 @@ def entrypoint(config: str | Path | None, working_dir: Path, overrides: Iterable
     return shlex.join(args)
 
 
+#: Where a submitted job's driver learns the name ``psctl scale`` finds it by (launcher/driver.py: job_name).
+JOB_NAME_ENV = "RAYPS_JOB_NAME"
+
+
 class Jobs:
     """The Jobs API of the cluster whose dashboard is at ``address``."""
 
@@ -83,13 +87,21 @@ class Jobs:
         self._client = self._call(lambda: JobSubmissionClient(address, headers=headers))
 
     def submit(self, command: str, working_dir: Path, metadata: dict | None = None) -> str:
-        """Upload ``working_dir`` and start ``command``; return the submission id."""
-        runtime_env = {"working_dir": str(working_dir), "excludes": EXCLUDES}
+        """Upload ``working_dir`` and start ``command``; return the submission id.
+
+        The id is chosen here and also handed to the job as ``RAYPS_JOB_NAME`` (Ray tells a submitted
+        driver nothing of its own id), so a running job is found under it (``psctl scale``)."""
+        import secrets
+
+        submission_id = f"raysubmit_{secrets.token_hex(8)}"
+        runtime_env = {"working_dir": str(working_dir), "excludes": EXCLUDES,
+                       "env_vars": {JOB_NAME_ENV: submission_id}}
         deadline = time.monotonic() + self.agent_wait_s
         while True:
             try:
                 return self._call(lambda: self._client.submit_job(
-                    entrypoint=command, runtime_env=runtime_env, metadata=metadata or {}))
+                    entrypoint=command, runtime_env=runtime_env, metadata=metadata or {},
+                    submission_id=submission_id))
             except ClusterError as e:
                 # A cluster that has just started answers this until its head's job agent is up.
                 if "No available agent" not in str(e) or time.monotonic() > deadline:

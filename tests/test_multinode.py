@@ -134,3 +134,23 @@ def test_status_logs_and_stop_manage_a_running_job(cluster, tmp_path, capsys):
     assert main(["logs", job_id, "--address", address, "--follow"]) == 1  # follows to the end: not SUCCEEDED
     followed = capsys.readouterr()
     assert "hello" in followed.out and f"job {job_id} STOPPED" in followed.err
+
+
+def test_psctl_scale_removes_a_worker_of_a_submitted_job_while_it_runs(cluster, tmp_path, capsys):
+    out = tmp_path / "run"
+    address = cluster["address"]
+    assert main(["submit", str(ROOT / "cluster.yaml"), "--address", address, "--no-wait", "--output", str(out),
+                 "--set", "epochs=30", "--set", "servers=1", "--set", "workers=2",
+                 "--set", "debug.slow_workers={0: 0.01, 1: 0.01}", "--set", "eval_every_s=0"]) == 0
+    job_id = capsys.readouterr().out.split()[1]
+    jobs = Jobs(address)
+    deadline = time.monotonic() + 120
+    while "step" not in jobs.logs(job_id) and time.monotonic() < deadline:  # training under way
+        assert jobs.status(job_id) in ("PENDING", "RUNNING"), jobs.logs(job_id)[-2000:]
+        time.sleep(0.5)
+    assert main(["scale", job_id, "--workers", "1", "--address", address]) == 0
+    assert f"{job_id}: asked for 1 workers" in capsys.readouterr().out
+    assert main(["logs", job_id, "--address", address, "--follow"]) == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["workers_removed"] == 1
+    assert summary["examples_per_epoch"] == {str(e): 1437 for e in range(30)}
