@@ -179,15 +179,18 @@ def test_a_process_killed_while_writing_a_checkpoint_leaves_none_that_is_chosen(
     CheckpointStore(tmp_path).write(1, {"part": {"x": np.ones(3)}})
     writer = subprocess.Popen([sys.executable, "-c", (
         "import numpy as np, sys; from rayps.ps.checkpoint import CheckpointStore;"
-        "CheckpointStore(sys.argv[1]).write(2, {f'p{i}': {'x': np.ones(8_000_000)} for i in range(40)})"),
+        "CheckpointStore(sys.argv[1]).write(2, {f'p{i}': {'x': np.ones(2_000_000)} for i in range(20)})"),
         str(tmp_path)])
     deadline = time.monotonic() + 60
-    while not any(p.name.startswith(".tmp-") for p in tmp_path.iterdir()):
+    def partial():  # a temporary directory holding some of the files already
+        return [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-") and any(p.iterdir())]
+
+    while not partial():
         assert time.monotonic() < deadline and writer.poll() is None, "the writer never began"
-        time.sleep(0.01)
-    time.sleep(0.2)
-    os.kill(writer.pid, signal.SIGKILL)  # our own subprocess, mid-write
+        time.sleep(0.005)
+    os.kill(writer.pid, signal.SIGKILL)  # our own subprocess, mid-write (20 files of 16 MB, each fsynced)
     writer.wait(timeout=30)
+    assert partial(), "the writer was not killed part way"
     assert CheckpointStore(tmp_path).steps() == [1]
     step, parts = CheckpointStore(tmp_path).latest()
     assert step == 1 and (parts["part"]["x"] == 1).all()
