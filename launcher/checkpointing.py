@@ -82,13 +82,18 @@ class Checkpointer:
         """Put the work queue back to checkpoint ``index``, settled against the restored shards'
         ledgers; the batches that must be trained again (replayed)."""
         queue = self.store.read(index, only=["queue"])["queue"]
-        ledgers = ray.get([s.ledger.remote() for s in shards], timeout=CALL_S)
-        applied: dict[int, tuple[int, int]] = {}
-        for ledger in ledgers:
-            for worker, (incarnation, seq) in ledger.items():
-                if worker not in applied or (incarnation, seq) > applied[worker]:
-                    applied[worker] = (incarnation, seq)
+        applied = merged_ledgers(ray.get([s.ledger.remote() for s in shards], timeout=CALL_S))
         return ray.get(coordinator.load_state_dict.remote(queue, applied), timeout=CALL_S)
 
     def history(self, index: int) -> list[dict]:
         return list(self.store.read(index, only=["job"])["job"].get("history", []))
+
+
+def merged_ledgers(ledgers: list[dict]) -> dict[int, tuple[int, int]]:
+    """worker -> the newest (incarnation, seq) any of the shards' ledgers holds."""
+    out: dict[int, tuple[int, int]] = {}
+    for ledger in ledgers:
+        for w, (inc, seq) in ledger.items():
+            w = int(w)
+            out[w] = max(out.get(w, (inc, seq)), (inc, seq))
+    return out

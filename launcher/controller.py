@@ -29,7 +29,7 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
 from rayps.errors import JobError, StallError
-from rayps.launcher.checkpointing import Checkpointer
+from rayps.launcher.checkpointing import Checkpointer, merged_ledgers
 from rayps.launcher.monitor import Monitor, name_failure
 from rayps.launcher.policies import RestartBudget, StallWatch
 
@@ -155,7 +155,7 @@ class Controller:
         except (RayActorError, GetTimeoutError):
             return None  # a shard is restarting or gone: _check_shards deals with it next tick
         self.versions = [s["version"] for s in stats]
-        self.last_ledger = _merged([s["ledger"] for s in stats])
+        self.last_ledger = merged_ledgers([s["ledger"] for s in stats])
         return stats[0]
 
     # ---- workers ----------------------------------------------------------------------
@@ -188,10 +188,15 @@ class Controller:
 
     def _join(self, worker: int, incarnation: int, run: bool = True) -> None:
         """Start ``incarnation`` of ``worker`` at the clock every shard agrees it may start from."""
-        frontier = max(ray.get([s.frontier.remote() for s in self.shards], timeout=CALL_S))
-        ray.get([s.join.remote(worker, incarnation, frontier) for s in self.shards], timeout=CALL_S)
+        frontier = self._join_shards(worker, incarnation)
         self._launch(worker, incarnation, frontier, run)
         log.warning("worker-%d incarnation %d joined at clock %d", worker, incarnation, frontier)
+
+    def _join_shards(self, worker: int, incarnation: int) -> int:
+        """Join ``incarnation`` on every shard at the highest frontier any reports; that clock."""
+        frontier = max(ray.get([s.frontier.remote() for s in self.shards], timeout=CALL_S))
+        ray.get([s.join.remote(worker, incarnation, frontier) for s in self.shards], timeout=CALL_S)
+        return frontier
 
     # ---- shards -----------------------------------------------------------------------
 
@@ -251,7 +256,8 @@ class Controller:
             raise JobError(f"{name} restarted but found no checkpoint to restore")
         survivors = [s for j, s in enumerate(self.shards) if j != i]
         # how far every worker had got before the rollback: the survivors know it best
-        before = _merged([self.last_ledger, *ray.get([s.ledger.remote() for s in survivors], timeout=CALL_S)])
+        survived = ray.get([s.ledger.remote() for s in survivors], timeout=CALL_S)
+        before = merged_ledgers([self.last_ledger, *survived])
         others = [s.restore.remote(self.checkpointer.root, step) for s in survivors]
         undone = ray.get(others, timeout=CALL_S)
         self.serve_again(i)
@@ -261,7 +267,7 @@ class Controller:
         lost = max(undone, default=max(0, self.versions[i] - restored))
         self.checkpointer.rewind(step, self.shards, self.coordinator)
         # the batches applied after the cut (as last seen), which the queue now hands out again
-        now = _merged(ray.get([s.ledger.remote() for s in self.shards], timeout=CALL_S))
+        now = merged_ledgers(ray.get([s.ledger.remote() for s in self.shards], timeout=CALL_S))
         replayed = sum(max(0, seq - now[w][1]) for w, (inc, seq) in before.items()
                        if w in now and now[w][0] == inc)
         self._reconcile()
@@ -284,8 +290,7 @@ class Controller:
                 ray.get([s.finish.remote(w) for s in self.shards], timeout=CALL_S)
                 self._join(w, slot.incarnation + 1)
             elif slot.ref is not None and any(lg.get(w, (None,))[0] != slot.incarnation for lg in ledgers):
-                frontier = max(ray.get([s.frontier.remote() for s in self.shards], timeout=CALL_S))
-                ray.get([s.join.remote(w, slot.incarnation, frontier) for s in self.shards], timeout=CALL_S)
+                self._join_shards(w, slot.incarnation)
             elif slot.ref is None:
                 ray.get([s.finish.remote(w) for s in self.shards], timeout=CALL_S)
 
@@ -367,16 +372,6 @@ class Controller:
                 ray.get(self.coordinator.remove.remote(worker), timeout=CALL_S)
                 self.counts["removed"] += 1
                 self.say(f"scale: worker-{worker} leaves after its current unit ({wanted} wanted)")
-
-
-def _merged(ledgers: list[dict]) -> dict[int, tuple[int, int]]:
-    """worker -> the newest (incarnation, seq) any shard holds."""
-    out: dict[int, tuple[int, int]] = {}
-    for ledger in ledgers:
-        for w, (inc, seq) in ledger.items():
-            w = int(w)
-            out[w] = max(out.get(w, (inc, seq)), (inc, seq))
-    return out
 
 
 def _cause(error: Exception) -> str:
