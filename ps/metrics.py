@@ -36,7 +36,8 @@ class ShardMetrics:
         tags = {"shard": str(shard_id), "run_id": run_id}
         if not _in_ray():
             self.updates = self.pushes = self.staleness = self.rejected = self.wait_s = self.clock_lag = \
-                self.memory_bytes = _Null()
+                self.memory_bytes = self.table_rows = self.table_bytes = self.table_moved = _Null()
+            self._moved: dict = {}
             return
         from ray.util.metrics import Counter, Gauge, Histogram
 
@@ -52,9 +53,27 @@ class ShardMetrics:
                                ("run_id", "shard", "worker"))
         self.memory_bytes = Gauge("rayps_shard_memory_bytes", "Bytes of parameters and optimizer state.",
                                   ("run_id", "shard"))
+        self.table_rows = Gauge("rayps_table_rows", "Rows a sparse table holds on a shard.", ("run_id", "shard", "table"))
+        self.table_bytes = Gauge("rayps_table_bytes", "Bytes a sparse table holds allocated on a shard.",
+                                 ("run_id", "shard", "table"))
+        self.table_moved = Counter("rayps_table_rows_moved", "Sparse rows pulled, pushed, created, evicted, filtered.",
+                                   ("run_id", "shard", "table", "what"))
         for metric in (self.updates, self.pushes, self.staleness, self.rejected, self.wait_s, self.clock_lag,
-                       self.memory_bytes):
+                       self.memory_bytes, self.table_rows, self.table_bytes, self.table_moved):
             metric.set_default_tags(tags)
+        self._moved = {}
+
+    def table_gauges(self, tables: dict) -> None:
+        """Each sparse table's rows and bytes, and what its row counters moved since the last call."""
+        for name, t in tables.items():
+            self.table_rows.set(t["rows"], tags={"table": name})
+            self.table_bytes.set(t["bytes"], tags={"table": name})
+            for what in ("rows_pulled", "rows_pushed", "rows_created", "rows_evicted", "rows_filtered"):
+                now = t.get(what, 0)
+                delta = now - self._moved.get((name, what), 0)
+                if delta > 0:
+                    self.table_moved.inc(delta, tags={"table": name, "what": what.removeprefix("rows_")})
+                self._moved[(name, what)] = now
 
 
 class WorkerMetrics:

@@ -25,6 +25,7 @@ from rayps.ps.buffers import BufferTable
 from rayps.ps.consistency import ClockTable, ConsistencyConfig, ConsistencyPolicy
 from rayps.errors import LeftJobError, OutOfOrderError, RolledBackError, ShapeError
 from rayps.ps.ledger import PushLedger
+from rayps.ps.shard_sparse import SparseMixin
 from rayps.ps.shard_state import CutMixin, StateMixin, PendingGradient
 from rayps.ps.metrics import ShardMetrics
 from rayps.ps.optimizers import OptimizerConfig, make_optimizer
@@ -35,7 +36,7 @@ from rayps.ps.schedules import ScheduleConfig, make_schedule
 METRICS_FLUSH_S = 0.5
 
 
-class ParameterShard(CutMixin, StateMixin):
+class ParameterShard(CutMixin, StateMixin, SparseMixin):
     def __init__(
         self,
         shard_id: int,
@@ -49,6 +50,8 @@ class ParameterShard(CutMixin, StateMixin):
         init_buffers: np.ndarray | None = None,
         buffer_integer: np.ndarray | None = None,
         audit: bool = False,
+        tables: tuple = (),
+        num_shards: int = 1,
     ):
         self.shard_id = shard_id
         self._params = np.array(init_params, dtype=DTYPE, copy=True).reshape(-1)
@@ -85,6 +88,7 @@ class ParameterShard(CutMixin, StateMixin):
         self._metrics = ShardMetrics(shard_id, run_id)
         self._unflushed: Counter = Counter()  # (metric, outcome) -> count not yet sent to Ray's metrics
         self._next_flush = 0.0
+        self._make_tables(tables, num_shards, worker_ids)  # sparse embedding tables (ps/shard_sparse.py)
         self._memory_bytes = self._params.nbytes + self._buffers.nbytes + sum(
             v.nbytes for v in self._optimizer.state_dict().values() if isinstance(v, np.ndarray))
 
@@ -115,6 +119,7 @@ class ParameterShard(CutMixin, StateMixin):
         self._ledger.join(worker_id, incarnation)
         self._clocks.join(worker_id, clock)
         self._joined_at[worker_id] = clock
+        self._tables_join(worker_id, clock)
         self._maybe_step_round()
         self._notify()
 
@@ -299,6 +304,7 @@ class ParameterShard(CutMixin, StateMixin):
                 and int(incarnation) != self._ledger.incarnation(worker_id):
             return
         self._clocks.leave(worker_id)
+        self._tables_leave(worker_id)
         self._maybe_step_round()
         self._notify()
 
@@ -407,6 +413,8 @@ class ParameterShard(CutMixin, StateMixin):
         fastest = max(clocks.values(), default=0)
         for worker, clock in clocks.items():
             self._metrics.clock_lag.set(fastest - clock, tags={"worker": str(worker)})
+        if self._tables:
+            self._metrics.table_gauges(self._tables_stats())
         self._next_flush = time.monotonic() + METRICS_FLUSH_S
 
     def _notify(self) -> None:
@@ -451,7 +459,8 @@ class ParameterShard(CutMixin, StateMixin):
     # ---- what the driver reads ----------------------------------------------------
 
     async def stats(self) -> dict:
-        self._metrics.memory_bytes.set(self._memory_bytes)  # refreshed whenever the driver looks
+        self._metrics.memory_bytes.set(self._memory_bytes)
+        self._metrics.table_gauges(self._tables_stats())  # refreshed whenever the driver looks
         self._flush_metrics()
         return {
             "shard_id": self.shard_id,
@@ -471,4 +480,5 @@ class ParameterShard(CutMixin, StateMixin):
             "uptime_s": time.monotonic() - self._started,
             "memory_bytes": self._memory_bytes,
             "ledger": {w: list(v) for w, v in self._ledger.snapshot().items()},
+            "tables": self._tables_stats(),
         }

@@ -45,7 +45,7 @@ class CutMixin:
     def freeze(self) -> dict[int, int]:
         """Begin a cut: hold every push from now on; return each live worker's completed clock."""
         self._frozen, self._barrier = True, None
-        return self._clocks.snapshot()
+        return self._tables_clocks(self._clocks.snapshot())
 
     async def cut(self, clocks: dict[int, int], timeout_s: float = 5.0) -> bool:
         """Let through the held pushes up to ``clocks`` (the highest every shard saw) and wait
@@ -57,7 +57,8 @@ class CutMixin:
 
         def reached() -> bool:
             return all(not self._clocks.is_live(w) or self._clocks.completed(w) >= c
-                       for w, c in self._barrier.items() if self._ledger.knows(w))
+                       for w, c in self._barrier.items() if self._ledger.knows(w)) \
+                and self._tables_reached(self._barrier)
 
         while not reached():
             left = deadline - time.monotonic()
@@ -98,6 +99,7 @@ class StateMixin:
             "round": {w: {"grad": p.grad.copy(), "num_samples": p.num_samples, "pulled_version": p.pulled_version,
                           "buffers": None if p.buffers is None else p.buffers.copy()}
                       for w, p in self._round.items()},
+            "tables": self._tables_state(),
             "counters": {
                 "staleness": dict(self._staleness), "rejected": dict(self._rejected), "applied": self._applied,
                 "dropped": self._dropped, "duplicates": self._duplicates, "max_lead": self._max_lead,
@@ -125,6 +127,7 @@ class StateMixin:
         clocks.load_state_dict(state["clocks"])
         ledger = PushLedger()
         ledger.load_state_dict(state["ledger"])
+        self._tables_load(state.get("tables"))
         self._params[:] = params
         # Every worker's clock moved back under it: each registers again before it pushes.
         ledger.mark_rolled_back()
