@@ -25,6 +25,7 @@ from rayps.ps.grpc_security import GrpcConfig
 from rayps.launcher.faults import ChaosConfig, CheckpointConfig, FaultConfig
 from rayps.ps.optimizers import OptimizerConfig
 from rayps.ps.schedules import ScheduleConfig
+from rayps.ps.sparse_config import SparseConfig
 from rayps.ps.settings import build, dataclass_in, number, require
 
 TRANSPORTS = ("auto", "shm", "grpc", "ray")
@@ -89,6 +90,7 @@ class JobConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    sparse: SparseConfig = field(default_factory=SparseConfig)  # the model's rayps.Embedding tables
     servers: int = 2
     workers: int = 2
     transport: str = "auto"  # auto (shm on one node, else grpc) | shm | grpc | ray (the object store)

@@ -44,9 +44,11 @@ from rayps.ps.grpc_client import GrpcEndpoints
 from rayps.ps.grpc_security import GrpcConfig, new_token
 from rayps.ps.served import ServedShard
 from rayps.ps.partition import partition
+from rayps.ps.sparse_client import ShardLookups
 from rayps.worker.chaos import WorkerChaos
 from rayps.worker.coordinator import WorkCoordinator
 from rayps.worker.data import DataSource, resolve_data
+from rayps.worker.embedding import bind, sparse_tables
 from rayps.worker.flat import FlatParams
 from rayps.worker.imports import import_object
 from rayps.worker.losses import resolve_loss
@@ -85,6 +87,8 @@ def run_job(config: JobConfig, output: str | Path | None = None,
     torch.manual_seed(config.seed)
     model = model_fn()
     flat = FlatParams(model)
+    shapes = sparse_tables(model)  # rayps.Embedding tables: their rows live on the shards, never here
+    tables = tuple(config.sparse.table_configs(shapes, config.consistency, config.seed))
     ranges = partition(flat.numel, config.servers)
     # Model buffers (BatchNorm statistics): cut across the shards the same way; some may hold none.
     buffer_ranges = partition(flat.buffers.numel, config.servers, allow_empty=True)
@@ -116,9 +120,11 @@ def run_job(config: JobConfig, output: str | Path | None = None,
                           max_restarts=config.fault.max_restarts if ckpt.enabled else 0).remote(
             r.shard_id, init[r.lo:r.hi], list(range(config.workers)),
             config.optimizer, config.schedule, config.consistency, total_updates, run_id,
-            init_buffers[b.lo:b.hi], integer[b.lo:b.hi], audit=config.debug.audit, checkpoints=ckpt_root)
+            init_buffers[b.lo:b.hi], integer[b.lo:b.hi], audit=config.debug.audit, checkpoints=ckpt_root,
+            tables=tables, num_shards=config.servers)
         for r, b in zip(ranges, buffer_ranges)
     ]
+    bind(model, ShardLookups(shards, {t: d for t, (_, d) in shapes.items()}))  # evaluation reads the shards' rows
     coordinator = ray.remote(WorkCoordinator).options(
         name=f"coordinator-{job_name(run_id)}", namespace=COORDINATORS, num_cpus=0).remote(
         queue, batches, config.workers, run_id)
@@ -169,6 +175,11 @@ def run_job(config: JobConfig, output: str | Path | None = None,
         train_s = time.monotonic() - controller.train_began
         pulled = ray.get([s.pull.remote() for s in shards])
         stats = ray.get([s.stats.remote() for s in shards])
+        # Scored while the shards still serve: a sparse model reads its rows from them.
+        final, final_buffers = _merge_pulled(pulled)
+        flat.load(final, final_buffers)
+        test_loss, test_accuracy = evaluate(model, loss_fn, splits.test) if splits.test is not None else (None, None)
+        final_auc = binary_auc(model, splits.test) if splits.test is not None else None
         coverage = ray.get(coordinator.coverage.remote())
         audit = ray.get([s.applied_log.remote() for s in shards]) if config.debug.audit else None
     except Exception as error:
@@ -182,14 +193,18 @@ def run_job(config: JobConfig, output: str | Path | None = None,
             for directory in transport.directories:
                 shutil.rmtree(directory, ignore_errors=True)
 
-    final, final_buffers = _merge_pulled(pulled)
-    flat.load(final, final_buffers)
-    test_loss, test_accuracy = evaluate(model, loss_fn, splits.test) if splits.test is not None else (None, None)
     history = monitor.history
     if history:
         history[-1].update(test_loss=test_loss, test_accuracy=test_accuracy, t=round(train_s, 3))
     summary = _summary(config, reports, stats, test_loss, test_accuracy, train_s, time.monotonic() - began)
     summary.update(_recovery_summary(controller, checkpointer, coverage, reports, stats))
+    summary.update(_sparse_summary(stats, reports))
+    if final_auc is not None:
+        summary["test_auc"] = final_auc
+        reference = getattr(splits.test, "reference", None) or {}
+        if "auc" in reference:  # a generated data set knows the AUC of its true model on this test set
+            summary["reference_auc"] = reference["auc"]
+            summary["auc_ratio"] = final_auc / reference["auc"]
     if audit is not None:
         summary["applied_twice"] = sum(len(log) - len(set(map(tuple, log))) for log in audit)
     summary["transport"] = transport.name  # what auto chose, not what the config said
@@ -384,6 +399,62 @@ def evaluate(model: nn.Module, loss_fn, data: DataSource, batch_size: int = 1024
             correct += int((out.argmax(dim=1) == y).sum())
         seen += len(y)
     return total_loss / seen, (correct / seen if classify else None)
+
+
+@torch.no_grad()
+def binary_auc(model: nn.Module, data: DataSource, batch_size: int = 4096) -> float | None:
+    """ROC AUC of the model's single logit on 0/1 targets (None for any other kind of target)."""
+    model.eval()
+    scores, labels = [], []
+    for lo in range(0, len(data), batch_size):
+        x, y = data.batch(np.arange(lo, min(lo + batch_size, len(data))))
+        out = model(x)
+        if out.numel() != len(y) or y.dtype not in (torch.float32, torch.float64, torch.int64) \
+                or not bool(((y == 0) | (y == 1)).all()):
+            return None
+        scores.append(out.reshape(-1).float().numpy())
+        labels.append(y.reshape(-1).numpy())
+    return roc_auc(np.concatenate(scores), np.concatenate(labels))
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """The probability a random positive scores above a random negative (ties count half)."""
+    positives = labels == 1
+    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
+    if not n_pos or not n_neg:
+        return None
+    ranks = np.empty(len(scores))
+    ranks[np.argsort(scores, kind="stable")] = np.arange(1, len(scores) + 1)
+    _, tie, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ranks = (np.bincount(tie, weights=ranks) / counts)[tie]  # tied scores share their mean rank
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _sparse_summary(stats: list[dict], reports: list[dict]) -> dict:
+    """The sparse tables over every shard: rows and bytes held, rows moved, staleness, waits."""
+    tables: dict = {}
+    for s in stats:
+        for name, t in s.get("tables", {}).items():
+            agg = tables.setdefault(name, {"mode": t["mode"], "rows": 0, "bytes": 0, "rows_per_shard": {},
+                                           "bytes_per_shard": {}, "staleness_histogram": Counter(),
+                                           "max_clock_gap": 0, "updates": {}})
+            agg["rows"] += t["rows"]
+            agg["bytes"] += t["bytes"]
+            agg["rows_per_shard"][str(s["shard_id"])] = t["rows"]
+            agg["bytes_per_shard"][str(s["shard_id"])] = t["bytes"]
+            agg["updates"][str(s["shard_id"])] = t["version"]
+            agg["staleness_histogram"].update({int(k): v for k, v in t["staleness_histogram"].items()})
+            agg["max_clock_gap"] = max(agg["max_clock_gap"], t["max_clock_gap"])
+            for key in ("rows_pulled", "rows_pushed", "rows_created", "rows_evicted", "rows_filtered",
+                        "rows_dropped", "pushes_applied", "pushes_dropped", "duplicates"):
+                agg[key] = agg.get(key, 0) + t.get(key, 0)
+    for agg in tables.values():
+        agg["staleness_histogram"] = {str(k): v for k, v in sorted(agg["staleness_histogram"].items())}
+    if not tables:
+        return {}
+    return {"sparse_tables": tables,
+            "sparse_rows_pulled": sum(r.get("rows_pulled", 0) for r in reports),
+            "sparse_rows_pushed": sum(r.get("rows_pushed", 0) for r in reports)}
 
 
 def _summary(config, reports, stats, test_loss, test_accuracy, train_s, wall_s) -> dict:

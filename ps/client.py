@@ -80,6 +80,22 @@ class ShardClient(BlockingPushPull):
         ]
         return Pending(lambda: self._receive(params_out, buffers_out, refs))
 
+    def sparse_pull(self, table: str, ids_per_shard: list[np.ndarray], clock: int) -> list[np.ndarray | None]:
+        """Each shard's rows of ``table`` for its ids (None where it was asked none), all at once."""
+        asked = [(i, s.sparse_pull.remote(self.worker_id, table, ids, clock, self.incarnation))
+                 for i, (s, ids) in enumerate(zip(self._shards, ids_per_shard)) if len(ids)]
+        out: list[np.ndarray | None] = [None] * len(self._shards)
+        for (i, _), (rows, _version) in zip(asked, ray.get([ref for _, ref in asked])):
+            out[i] = rows
+        return out
+
+    def sparse_push_async(self, table: str, clock: int, ids_per_shard: list[np.ndarray],
+                          grads_per_shard: list[np.ndarray], num_samples: int) -> Pending:
+        """Push ``table``'s row gradients of iteration ``clock`` to every shard; ``wait()`` for the answers."""
+        refs = [s.sparse_push.remote(self.worker_id, table, clock, ids, grads, num_samples, self.incarnation)
+                for s, ids, grads in zip(self._shards, ids_per_shard, grads_per_shard)]
+        return Pending(lambda: ray.get(refs))
+
     def finish(self) -> None:
         """Leave every shard's clock table, so no one waits for this worker."""
         ray.get([s.finish.remote(self.worker_id, self.incarnation) for s in self._shards])

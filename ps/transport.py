@@ -22,6 +22,13 @@ Every ``Transport`` keeps one contract, checked by one suite
   breaks the bound.
 - ``push_pull(...)``: the same, waited on.
 - ``finish()``: leave every shard's clock table, so nobody waits for this worker.
+- ``sparse_pull(table, ids_per_shard, clock) -> list``: each shard's rows of a
+  sparse table for its ids (int64, hashed to it), asked of all at once; None
+  for a shard asked no ids. Waits as the table's consistency mode says for
+  iteration ``clock``. ps/sparse_client.py routes ids and reassembles.
+- ``sparse_push_async(table, clock, ids_per_shard, grads_per_shard,
+  num_samples) -> Pending``: the summed row gradients of iteration ``clock``
+  to every shard (an empty push where there are none); read before it returns.
 - ``fills_on_wait``: whether ``params_out`` is written only inside ``wait()``.
 
 Implementations: ``RayTransport`` (the object store, ps/client.py),
@@ -65,6 +72,11 @@ class Transport(Protocol):
                   ahead: int = 0) -> None: ...
 
     def finish(self) -> None: ...
+
+    def sparse_pull(self, table: str, ids_per_shard: list[np.ndarray], clock: int) -> list: ...
+
+    def sparse_push_async(self, table: str, clock: int, ids_per_shard: list[np.ndarray],
+                          grads_per_shard: list[np.ndarray], num_samples: int) -> Pending: ...
 
 
 class TransportSpec(Protocol):

@@ -2,6 +2,7 @@
 
 - ``cross_entropy``: integer class targets, logits in.
 - ``mse``: float targets of the output's shape.
+- ``bce``: binary targets (0/1 floats), one logit per example in (click models).
 - ``kl``: soft targets (a probability distribution per row), logits in; the
   KL divergence KL(target || softmax(logits)), averaged over the batch, as
   used for distillation.
@@ -29,11 +30,15 @@ def mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(output, target.reshape(output.shape))
 
 
+def bce(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(output.reshape(-1), target.reshape(-1).float())
+
+
 def kl(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.kl_div(F.log_softmax(output, dim=-1), target, reduction="batchmean")
 
 
-LOSSES: dict[str, LossFn] = {"cross_entropy": cross_entropy, "mse": mse, "kl": kl}
+LOSSES: dict[str, LossFn] = {"cross_entropy": cross_entropy, "mse": mse, "bce": bce, "kl": kl}
 
 
 def resolve_loss(spec: str | LossFn) -> LossFn:

@@ -49,7 +49,9 @@ from rayps.ps.placement_info import this_node
 from rayps.ps.transport import TransportSpec
 from rayps.worker.chaos import WorkerChaos
 from rayps.worker.coordinator import RESYNC, STOP, WorkCoordinator
+from rayps.ps.sparse_client import SparseRows
 from rayps.worker.data import DataSource
+from rayps.worker.embedding import bind, forget_rows, row_grads, sparse_tables
 from rayps.worker.flat import FlatParams
 from rayps.worker.losses import LossFn
 from rayps.worker.pace import StepClock, straggle_s
@@ -164,6 +166,12 @@ class Worker:
             self.work = _RemoteWork(work)
         self.client = transport.connect(plan.worker_id, plan.incarnation)
         self.transport = transport.name
+        # Sparse tables (rayps.Embedding): rows are pulled per batch and pushed beside the dense gradient.
+        tables = sparse_tables(self.model)
+        self.sparse = SparseRows(self.client, len(transport.ranges), {t: d for t, (_, d) in tables.items()}) \
+            if tables else None
+        if self.sparse is not None:
+            bind(self.model, self.sparse)
         self.metrics = WorkerMetrics(plan.worker_id, plan.run_id)
         self._window: deque = deque()
         self._unflushed = {"steps": 0, "bytes": 0, "loss": float("nan")}
@@ -291,6 +299,8 @@ class Worker:
                         if plan.slow_s:
                             time.sleep(plan.slow_s)
                         computing = time.monotonic()
+                        if self.sparse is not None:  # the iteration this forward's rows are pulled for
+                            self.sparse.clock = self.clock + 1
                         flat.zero_grad()
                         loss = self.loss_fn(self.model(x), y)
                         loss.backward()
@@ -305,6 +315,8 @@ class Worker:
                             self._land(in_flight, direct)
                             self.acked = self.clock
                         self.clock += 1
+                        if self.sparse is not None:
+                            self.sparse.push(self.clock, row_grads(self.model), len(indices))
                         in_flight = self.client.push_pull_async(self.clock, grads, inbox, len(indices), loss_value,
                                                                 sent_buffers, received, ahead=int(plan.overlap))
                         if not plan.overlap:
@@ -319,12 +331,17 @@ class Worker:
                     break  # max_steps, part way through a unit
                 except (_Resync, *retryable) as e:
                     in_flight = None
+                    if self.sparse is not None:
+                        self.sparse.drop()
+                        forget_rows(self.model)
                     self._resync(e if not isinstance(e, _Resync) else RolledBackError("the job rolled back"),
                                  received, retryable)
                     upcoming = self._lease(self.clock + 1)
             if in_flight is not None:
                 self._land(in_flight, direct)
                 in_flight, self.acked = None, self.clock
+            if self.sparse is not None:
+                self.sparse.flush()
             # Everything this worker pushed has landed: its units are done, the rest goes back.
             self.work.finish(plan.worker_id, plan.incarnation, self.generation, self.acked - self.base)
         finally:
@@ -340,6 +357,8 @@ class Worker:
             "steps": steps,
             "samples": samples,
             "resyncs": self.resyncs,
+            "rows_pulled": self.sparse.rows_pulled if self.sparse is not None else 0,
+            "rows_pushed": self.sparse.rows_pushed if self.sparse is not None else 0,
             "final_loss": loss_value,
             "wall_s": time.monotonic() - began,
             "steady_samples": pace.steady_samples,
