@@ -34,8 +34,9 @@ DTYPE_NAME = "float32"
 #: Model buffers travel as float64: exact for float16/32 statistics and integer counters.
 BUFFER_DTYPE = np.dtype("<f8")
 _DTYPE_NAMES = {WIRE_DTYPE: DTYPE_NAME, BUFFER_DTYPE: "float64"}
-#: The receive limit the servers and clients set: a chunk plus its header fits easily.
-MAX_MESSAGE_BYTES = 4 * CHUNK_BYTES
+#: The receive limit the servers and clients set: a chunk plus its header fits easily, and so does a
+#: sparse push of a large batch (its rows travel in one message: 16 MiB is 260,000 rows of 16 floats).
+MAX_MESSAGE_BYTES = 16 * CHUNK_BYTES
 #: The key of TensorChunk.data on the wire: field 5, length-delimited.
 _DATA_TAG = 5 << 3 | 2
 
@@ -259,3 +260,33 @@ class Assembler:
         self.buffer[self._filled:end] = np.frombuffer(data, dtype=self.wire)
         self._filled = end
         return end == self.size
+
+
+# ---- sparse rows: ids as raw int64, rows as raw float32 --------------------------------
+
+IDS_DTYPE = np.dtype("<i8")
+
+
+def decode_ids(data: bytes) -> np.ndarray:
+    """A sparse request's ids (a read-only view); INVALID_ARGUMENT unless whole int64 values."""
+    if len(data) % IDS_DTYPE.itemsize:
+        raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"ids must be raw int64 values: {len(data)} bytes is not a multiple of 8", "ids_type")
+    return np.frombuffer(data, IDS_DTYPE).astype(np.int64, copy=False)
+
+
+def decode_rows(data: bytes, count: int, dim: int) -> np.ndarray:
+    """``count`` x ``dim`` float32 rows (a read-only view); INVALID_ARGUMENT on any other length."""
+    if dim < 1 or len(data) != count * dim * WIRE_DTYPE.itemsize:
+        raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"rows must be {count} x {dim} raw float32 values ({count * dim * 4} bytes), got"
+                        f" {len(data)} bytes", "rows_shape")
+    return np.frombuffer(data, WIRE_DTYPE).astype(np.float32, copy=False).reshape(count, dim)
+
+
+def check_message_size(nbytes: int, what: str) -> None:
+    """Refuse, before sending, a sparse message over the limit both sides set."""
+    if nbytes > MAX_MESSAGE_BYTES - 4096:
+        from rayps.errors import ShapeError
+        raise ShapeError(f"{what} is {nbytes} bytes, over the {MAX_MESSAGE_BYTES}-byte message limit:"
+                         " use smaller batches")

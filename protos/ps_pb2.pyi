@@ -132,3 +132,49 @@ class StatsReply(_message.Message):
     MSGPACK_FIELD_NUMBER: _ClassVar[int]
     msgpack: bytes
     def __init__(self, msgpack: _Optional[bytes] = ...) -> None: ...
+
+class SparsePullRequest(_message.Message):
+    __slots__ = ("worker_id", "incarnation", "table", "clock", "ids")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    worker_id: int
+    incarnation: int
+    table: str
+    clock: int
+    ids: bytes
+    def __init__(self, worker_id: _Optional[int] = ..., incarnation: _Optional[int] = ..., table: _Optional[str] = ..., clock: _Optional[int] = ..., ids: _Optional[bytes] = ...) -> None: ...
+
+class SparseRows(_message.Message):
+    __slots__ = ("dim", "count", "rows", "version")
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    dim: int
+    count: int
+    rows: bytes
+    version: int
+    def __init__(self, dim: _Optional[int] = ..., count: _Optional[int] = ..., rows: _Optional[bytes] = ..., version: _Optional[int] = ...) -> None: ...
+
+class SparsePushRequest(_message.Message):
+    __slots__ = ("worker_id", "incarnation", "table", "clock", "ids", "grads", "dim", "num_samples")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    GRADS_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    worker_id: int
+    incarnation: int
+    table: str
+    clock: int
+    ids: bytes
+    grads: bytes
+    dim: int
+    num_samples: int
+    def __init__(self, worker_id: _Optional[int] = ..., incarnation: _Optional[int] = ..., table: _Optional[str] = ..., clock: _Optional[int] = ..., ids: _Optional[bytes] = ..., grads: _Optional[bytes] = ..., dim: _Optional[int] = ..., num_samples: _Optional[int] = ...) -> None: ...

@@ -64,6 +64,16 @@ class ParameterServerStub:
                 request_serializer=rayps_dot_protos_dot_ps__pb2.StatsRequest.SerializeToString,
                 response_deserializer=rayps_dot_protos_dot_ps__pb2.StatsReply.FromString,
                 _registered_method=True)
+        self.SparsePull = channel.unary_unary(
+                '/rayps.v1.ParameterServer/SparsePull',
+                request_serializer=rayps_dot_protos_dot_ps__pb2.SparsePullRequest.SerializeToString,
+                response_deserializer=rayps_dot_protos_dot_ps__pb2.SparseRows.FromString,
+                _registered_method=True)
+        self.SparsePush = channel.unary_unary(
+                '/rayps.v1.ParameterServer/SparsePush',
+                request_serializer=rayps_dot_protos_dot_ps__pb2.SparsePushRequest.SerializeToString,
+                response_deserializer=rayps_dot_protos_dot_ps__pb2.PushReply.FromString,
+                _registered_method=True)
 
 
 class ParameterServerServicer:
@@ -117,6 +127,19 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SparsePull(self, request, context):
+        """Sparse tables: rows of a named table by id (ids hashed to shards by id % shards).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SparsePush(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParameterServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -149,6 +172,16 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=rayps_dot_protos_dot_ps__pb2.StatsRequest.FromString,
                     response_serializer=rayps_dot_protos_dot_ps__pb2.StatsReply.SerializeToString,
+            ),
+            'SparsePull': grpc.unary_unary_rpc_method_handler(
+                    servicer.SparsePull,
+                    request_deserializer=rayps_dot_protos_dot_ps__pb2.SparsePullRequest.FromString,
+                    response_serializer=rayps_dot_protos_dot_ps__pb2.SparseRows.SerializeToString,
+            ),
+            'SparsePush': grpc.unary_unary_rpc_method_handler(
+                    servicer.SparsePush,
+                    request_deserializer=rayps_dot_protos_dot_ps__pb2.SparsePushRequest.FromString,
+                    response_serializer=rayps_dot_protos_dot_ps__pb2.PushReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -313,6 +346,60 @@ class ParameterServer:
             '/rayps.v1.ParameterServer/Stats',
             rayps_dot_protos_dot_ps__pb2.StatsRequest.SerializeToString,
             rayps_dot_protos_dot_ps__pb2.StatsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SparsePull(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rayps.v1.ParameterServer/SparsePull',
+            rayps_dot_protos_dot_ps__pb2.SparsePullRequest.SerializeToString,
+            rayps_dot_protos_dot_ps__pb2.SparseRows.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SparsePush(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rayps.v1.ParameterServer/SparsePush',
+            rayps_dot_protos_dot_ps__pb2.SparsePushRequest.SerializeToString,
+            rayps_dot_protos_dot_ps__pb2.PushReply.FromString,
             options,
             channel_credentials,
             insecure,

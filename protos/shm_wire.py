@@ -31,12 +31,21 @@ REPLY = struct.Struct("<BBxxxxxxQQQ")
 MESSAGE = struct.Struct("<I")  # the length of the UTF-8 message that follows (0 when OK)
 
 REGISTER, PUSH_PULL, FINISH = 1, 2, 3
+# Sparse tables: rows travel on the socket itself (their count varies per step), on a connection of
+# their own, so they never wait behind a dense step. After the REQUEST (op, worker, clock, samples,
+# incarnation used): SPARSE, then the table's name (UTF-8), ``count`` int64 ids and, for a push,
+# ``count`` x ``dim`` float32 row gradients. A pull's OK reply is followed by SPARSE_ROWS and the rows.
+SPARSE_PULL, SPARSE_PUSH = 4, 5
+SPARSE = struct.Struct("<IIQ")  # table name length, dim (push), id count
+SPARSE_ROWS = struct.Struct("<QIxxxxQ")  # row count, dim, table version
+#: The most payload one sparse request may carry; a larger one is refused and its connection closed.
+MAX_SPARSE_BYTES = 1 << 28
 BUFFERS_FOLLOW = 1  # request flag: the slot's buffer region holds this step's report
 OUTCOMES = ("applied", "duplicate", "stale")
 #: Reply statuses, named as the gRPC transport names the same refusals.
 STATUSES = {0: "OK", 1: "INVALID_ARGUMENT", 2: "NOT_FOUND", 3: "FAILED_PRECONDITION", 4: "UNAUTHENTICATED",
-            5: "INTERNAL", 6: "ABORTED"}
-OK, INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, UNAUTHENTICATED, INTERNAL, ABORTED = range(7)
+            5: "INTERNAL", 6: "ABORTED", 7: "OUT_OF_RANGE"}
+OK, INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, UNAUTHENTICATED, INTERNAL, ABORTED, OUT_OF_RANGE = range(8)
 
 
 def segment_name(worker_id: int) -> str:

@@ -22,7 +22,8 @@ import msgpack
 import numpy as np
 
 from rayps.protos import ps_pb2, ps_pb2_grpc
-from rayps.protos.codec import BUFFER_DTYPE, CHUNK_BYTES, Assembler, WireError, encode_chunks, parse_chunk
+from rayps.protos.codec import (BUFFER_DTYPE, CHUNK_BYTES, IDS_DTYPE, WIRE_DTYPE, Assembler, WireError,
+                                check_message_size, decode_rows, encode_chunks, parse_chunk)
 from rayps.ps.allocator import keep_freed_memory
 from rayps.errors import ConfigError, ShapeError, TransportError
 from rayps.ps.grpc_security import TLSConfig, TokenAuth
@@ -157,6 +158,40 @@ class GrpcShardClient(BlockingPushPull):
         if buffers is not None:
             chunks += encode_chunks(BUFFERS, buffers, self._chunk_bytes, wire=BUFFER_DTYPE)
         return chunks
+
+    def sparse_pull(self, table: str, ids_per_shard: list[np.ndarray], clock: int) -> list[np.ndarray | None]:
+        requests = []
+        for ids in ids_per_shard:
+            data = np.ascontiguousarray(ids, IDS_DTYPE).tobytes()
+            check_message_size(len(data) * 3, f"a pull of {len(ids)} rows of table {table!r}")
+            requests.append(ps_pb2.SparsePullRequest(worker_id=self.worker_id, incarnation=self.incarnation,
+                                                     table=table, clock=clock, ids=data) if len(ids) else None)
+        return self._call(_gather(self._sparse_pull(stub, r) for stub, r in zip(self._stubs, requests)))
+
+    async def _sparse_pull(self, stub, request) -> np.ndarray | None:
+        if request is None:
+            return None
+        reply = await stub.SparsePull(request, timeout=self._timeout_s, metadata=self._metadata)
+        return decode_rows(reply.rows, reply.count, reply.dim)
+
+    def sparse_push_async(self, table: str, clock: int, ids_per_shard: list[np.ndarray],
+                          grads_per_shard: list[np.ndarray], num_samples: int) -> Pending:
+        if self._loop is None:
+            raise TransportError("the client is closed")
+        requests = []  # built here, in the caller's thread: the bytes are the snapshot
+        for ids, grads in zip(ids_per_shard, grads_per_shard):
+            request = ps_pb2.SparsePushRequest(
+                worker_id=self.worker_id, incarnation=self.incarnation, table=table, clock=clock,
+                ids=np.ascontiguousarray(ids, IDS_DTYPE).tobytes(), grads=np.ascontiguousarray(grads, WIRE_DTYPE).tobytes(),
+                dim=grads.shape[1] if grads.ndim == 2 else 0, num_samples=num_samples)
+            check_message_size(request.ByteSize(), f"a push of {len(ids)} rows of table {table!r}")
+            requests.append(request)
+        future = asyncio.run_coroutine_threadsafe(_gather(
+            self._sparse_push(stub, r) for stub, r in zip(self._stubs, requests)), self._loop.loop)
+        return Pending(lambda: self._result(future))
+
+    async def _sparse_push(self, stub, request):
+        return await stub.SparsePush(request, timeout=self._timeout_s, metadata=self._metadata)
 
     def finish(self) -> None:
         try:

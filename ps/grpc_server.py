@@ -24,13 +24,14 @@ from google.protobuf.message import DecodeError
 
 from rayps.protos import ps_pb2
 from rayps.protos.names import BUFFERS, PROTOCOL, SERVER_OPTIONS, SERVICE, TENSOR
-from rayps.protos.codec import (BUFFER_DTYPE, CHUNK_BYTES, MAX_MESSAGE_BYTES, Assembler, WireError, encode_chunks,
-                                parse_chunk)
+from rayps.protos.codec import (BUFFER_DTYPE, CHUNK_BYTES, Assembler, WireError, decode_ids, decode_rows,
+                                encode_chunks, parse_chunk)
 from rayps.ps.allocator import keep_freed_memory
 from rayps.ps.consistency import UnknownWorkerError
 from rayps.errors import LeftJobError, OutOfOrderError, RolledBackError, ShapeError, TransportError
 from rayps.ps.grpc_security import TLSConfig, TokenAuth
 from rayps.ps.shard import ParameterShard
+from rayps.ps.sparse_table import SparseInputError, UnknownTableError
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,12 @@ class ShardServicer:
         except UnknownWorkerError as e:
             self.shard.count_rejection("unknown_worker")
             await context.abort(grpc.StatusCode.NOT_FOUND, str(e).strip("'\""))
+        except UnknownTableError as e:  # counted by the shard
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(e).strip("'\""))
+        except SparseInputError as e:  # counted by the shard
+            code = grpc.StatusCode.OUT_OF_RANGE if e.reason in ("id_range", "wrong_shard") \
+                else grpc.StatusCode.INVALID_ARGUMENT
+            await context.abort(code, str(e))
         except ShapeError as e:  # counted by the shard's own check
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except (LeftJobError, OutOfOrderError) as e:  # counted by the shard
@@ -230,6 +237,22 @@ class ShardServicer:
                 self.shard.advance(request.worker_id, request.clock)
             return ps_pb2.ClockReply(version=self.shard.version)
 
+    async def SparsePull(self, request, context):
+        await self._admit_call(context, request)
+        async with self._statuses(context):
+            rows, version = await self.shard.sparse_pull(request.worker_id, request.table, decode_ids(request.ids),
+                                                         request.clock, request.incarnation)
+            return ps_pb2.SparseRows(dim=rows.shape[1], count=rows.shape[0], rows=rows.tobytes(), version=version)
+
+    async def SparsePush(self, request, context):
+        await self._admit_call(context, request)
+        async with self._statuses(context):
+            ids = decode_ids(request.ids)
+            grads = decode_rows(request.grads, len(ids), request.dim)
+            outcome = await self.shard.sparse_push(request.worker_id, request.table, request.clock, ids, grads,
+                                                   request.num_samples, request.incarnation)
+            return ps_pb2.PushReply(outcome=OUTCOMES[outcome], version=self.shard.version)
+
     async def Stats(self, request, context):
         await self._admit_call(context, request)
         stats = await self.shard.stats()
@@ -248,6 +271,10 @@ class ShardServicer:
                 self.Step, _parser(P.TensorChunk, parse_chunk), _serialize_chunk),
             "AdvanceClock": grpc.unary_unary_rpc_method_handler(
                 self.AdvanceClock, _parser(P.ClockRequest), P.ClockReply.SerializeToString),
+            "SparsePull": grpc.unary_unary_rpc_method_handler(
+                self.SparsePull, _parser(P.SparsePullRequest), P.SparseRows.SerializeToString),
+            "SparsePush": grpc.unary_unary_rpc_method_handler(
+                self.SparsePush, _parser(P.SparsePushRequest), P.PushReply.SerializeToString),
             "Stats": grpc.unary_unary_rpc_method_handler(
                 self.Stats, _parser(P.StatsRequest), P.StatsReply.SerializeToString),
         }

@@ -20,7 +20,7 @@ import numpy as np
 
 from rayps.errors import ConfigError, TransportError
 from rayps.protos.shm_wire import (BUFFERS_FOLLOW, FINISH, HELLO, LAYOUT, MESSAGE, OK, PUSH_PULL, REGISTER, REPLY, REQUEST,
-                                   STATUSES, SlotLayout, segment_name)
+                                   SPARSE, SPARSE_PULL, SPARSE_PUSH, SPARSE_ROWS, STATUSES, SlotLayout, segment_name)
 from rayps.ps.partition import ShardRange, buffer_ranges_or_none, buffer_slices
 from rayps.ps.transport import BlockingPushPull, Pending
 
@@ -115,6 +115,58 @@ class _Link:
             pass
 
 
+class _SparseLink:
+    """One shard's connection for sparse rows (its own, so rows never queue behind a dense step)."""
+
+    def __init__(self, directory: str, worker_id: int, token: str, timeout_s: float):
+        self.where, self.worker_id = directory, worker_id
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout_s)
+        self.sock.connect(os.path.join(directory, "socket"))
+        raw = token.encode()
+        self.sock.sendall(HELLO.pack(len(raw), worker_id) + raw)
+        head = _recv_exactly(self.sock, REPLY.size)
+        if head[0] != OK:
+            (length,) = MESSAGE.unpack(_recv_exactly(self.sock, MESSAGE.size))
+            message = _recv_exactly(self.sock, length).decode()
+            self.sock.close()
+            raise TransportError(f"shard at {directory}: {STATUSES.get(head[0], head[0])}: {message}")
+        _recv_exactly(self.sock, LAYOUT.size - REPLY.size)
+
+    def send(self, op: int, table: str, clock: int, ids: np.ndarray, grads: np.ndarray | None,
+             samples: int, incarnation: int) -> None:
+        name = table.encode()
+        dim = grads.shape[1] if grads is not None and grads.ndim == 2 else 0
+        parts = [REQUEST.pack(op, 0, self.worker_id, clock, 0, samples, 0.0, 0, incarnation, 0),
+                 SPARSE.pack(len(name), dim, len(ids)), name, np.ascontiguousarray(ids, "<i8").tobytes()]
+        if grads is not None:
+            parts.append(np.ascontiguousarray(grads, "<f4").tobytes())
+        try:
+            self.sock.sendall(b"".join(parts))
+        except OSError as e:
+            raise TransportError(f"shard at {self.where}, table {table!r}: {e}") from None
+
+    def receive(self, what: str, rows: bool) -> np.ndarray | None:
+        try:
+            status, _, _, _, _ = REPLY.unpack(_recv_exactly(self.sock, REPLY.size))
+            (length,) = MESSAGE.unpack(_recv_exactly(self.sock, MESSAGE.size))
+            message = _recv_exactly(self.sock, length).decode() if length else ""
+            if status != OK:
+                raise TransportError(f"shard at {self.where}, {what}: {STATUSES.get(status, status)}: {message}")
+            if not rows:
+                return None
+            count, dim, _ = SPARSE_ROWS.unpack(_recv_exactly(self.sock, SPARSE_ROWS.size))
+            data = _recv_exactly(self.sock, count * dim * 4)
+        except socket.timeout:
+            raise TransportError(f"shard at {self.where}, {what}: no answer in time") from None
+        except OSError as e:
+            raise TransportError(f"shard at {self.where}, {what}: {e}") from None
+        return np.frombuffer(data, "<f4").reshape(count, dim)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class ShmShardClient(BlockingPushPull):
     name = "shm"
     fills_on_wait = True  # the slots are copied out in wait()
@@ -132,6 +184,7 @@ class ShmShardClient(BlockingPushPull):
         self._check_node(directories, node_ids)
         self._directories, self._token, self._timeout_s = list(directories), token, timeout_s
         self._links: list[_Link] = []
+        self._sparse_links: list[_SparseLink] = []  # opened at the first sparse call
         self._open()
         self._versions = [0] * len(self._links)
 
@@ -182,6 +235,45 @@ class ShmShardClient(BlockingPushPull):
                       self.incarnation, clock - self.base)
         return Pending(lambda: self._collect(params_out, buffers_out, f"step {clock}"))
 
+    def _sparse(self) -> list[_SparseLink]:
+        if not self._sparse_links:
+            self._sparse_links = [_SparseLink(d, self.worker_id, self._token, self._timeout_s)
+                                  for d in self._directories]
+        return self._sparse_links
+
+    def sparse_pull(self, table: str, ids_per_shard: list[np.ndarray], clock: int) -> list[np.ndarray | None]:
+        links = self._sparse()
+        asked = [i for i, ids in enumerate(ids_per_shard) if len(ids)]
+        for i in asked:  # every request out before any answer is read: the shards work at once
+            links[i].send(SPARSE_PULL, table, clock, ids_per_shard[i], None, 0, self.incarnation)
+        out: list[np.ndarray | None] = [None] * len(links)
+        errors = []
+        for i in asked:  # read every answer, so none is left on a socket for the next call
+            try:
+                out[i] = links[i].receive(f"pull of table {table!r}", rows=True)
+            except TransportError as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]
+        return out
+
+    def sparse_push_async(self, table: str, clock: int, ids_per_shard: list[np.ndarray],
+                          grads_per_shard: list[np.ndarray], num_samples: int) -> Pending:
+        links = self._sparse()
+        for link, ids, grads in zip(links, ids_per_shard, grads_per_shard):
+            link.send(SPARSE_PUSH, table, clock, ids, grads, num_samples, self.incarnation)
+
+        def collect() -> None:
+            errors = []
+            for link in links:
+                try:
+                    link.receive(f"push of table {table!r} step {clock}", rows=False)
+                except TransportError as e:
+                    errors.append(e)
+            if errors:
+                raise errors[0]
+        return Pending(collect)
+
     def finish(self) -> None:
         try:
             for link in self._links:
@@ -192,9 +284,9 @@ class ShmShardClient(BlockingPushPull):
             self.close()
 
     def close(self) -> None:
-        for link in self._links:
+        for link in self._links + self._sparse_links:
             link.close()
-        self._links = []
+        self._links, self._sparse_links = [], []
 
     def _collect(self, params_out: np.ndarray, buffers_out: np.ndarray | None, what: str) -> None:
         errors = []

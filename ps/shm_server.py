@@ -28,17 +28,21 @@ import numpy as np
 
 from rayps.errors import LeftJobError, OutOfOrderError, PSError, RolledBackError, ShapeError
 from rayps.protos.shm_wire import (ABORTED, BUFFERS_FOLLOW, FAILED_PRECONDITION, FINISH, HELLO, INTERNAL,
-                                   INVALID_ARGUMENT, LAYOUT, MESSAGE, NOT_FOUND, OK, OUTCOMES, PUSH_PULL, REGISTER,
-                                   REPLY, REQUEST, UNAUTHENTICATED, SlotLayout, segment_name)
+                                   INVALID_ARGUMENT, LAYOUT, MAX_SPARSE_BYTES, MESSAGE, NOT_FOUND, OK, OUT_OF_RANGE,
+                                   OUTCOMES, PUSH_PULL, REGISTER, REPLY, REQUEST, SPARSE, SPARSE_PULL, SPARSE_PUSH,
+                                   SPARSE_ROWS, UNAUTHENTICATED, SlotLayout, segment_name)
 from rayps.ps.consistency import UnknownWorkerError
 from rayps.ps.shard import ParameterShard
+from rayps.ps.sparse_table import SparseInputError, UnknownTableError
 
 log = logging.getLogger(__name__)
 
 
 def _status(error: Exception) -> int:
-    if isinstance(error, UnknownWorkerError):
+    if isinstance(error, (UnknownWorkerError, UnknownTableError)):
         return NOT_FOUND
+    if isinstance(error, SparseInputError) and error.reason in ("id_range", "wrong_shard"):
+        return OUT_OF_RANGE
     if isinstance(error, ShapeError):
         return INVALID_ARGUMENT
     if isinstance(error, (LeftJobError, OutOfOrderError)):
@@ -120,6 +124,21 @@ class ShmShardServer:
                 except asyncio.IncompleteReadError:
                     return  # the worker closed (finished, or its process ended)
                 op, flags, who, clock, pulled, samples, loss, ahead, incarnation, seq = REQUEST.unpack(header)
+                if op in (SPARSE_PULL, SPARSE_PUSH):
+                    payload = await self._read_sparse(reader, op)
+                    if payload is None:  # larger than any request may be: the stream cannot be trusted
+                        writer.write(_reply(INVALID_ARGUMENT, message="sparse request over the size limit"))
+                        await writer.drain()
+                        return
+                    try:
+                        if who != worker_id:
+                            raise UnknownWorkerError(f"this connection is worker {worker_id}'s, not worker {who}'s")
+                        reply = await self._sparse(op, worker_id, clock, samples, incarnation, *payload)
+                    except PSError as e:
+                        reply = _reply(_status(e), message=str(e).strip("'\""))
+                    writer.write(reply)
+                    await writer.drain()
+                    continue
                 try:
                     if who != worker_id:
                         raise UnknownWorkerError(f"this connection is worker {worker_id}'s, not worker {who}'s")
@@ -133,6 +152,28 @@ class ShmShardServer:
             return
         finally:
             writer.close()
+
+    @staticmethod
+    async def _read_sparse(reader, op: int):
+        """The rest of a sparse request, read whole before anything is checked (the stream stays in step)."""
+        name_len, dim, count = SPARSE.unpack(await reader.readexactly(SPARSE.size))
+        size = name_len + count * 8 + (count * dim * 4 if op == SPARSE_PUSH else 0)
+        if size > MAX_SPARSE_BYTES:
+            return None
+        name = (await reader.readexactly(name_len)).decode("utf-8", "replace")
+        ids = await reader.readexactly(count * 8)
+        grads = await reader.readexactly(count * dim * 4) if op == SPARSE_PUSH else b""
+        return name, dim, count, ids, grads
+
+    async def _sparse(self, op, worker_id, clock, samples, incarnation, table, dim, count, ids, grads) -> bytes:
+        ids = np.frombuffer(ids, "<i8").astype(np.int64, copy=False)
+        if op == SPARSE_PULL:
+            rows, version = await self.shard.sparse_pull(worker_id, table, ids, clock, incarnation)
+            return _reply(OK, version) + SPARSE_ROWS.pack(rows.shape[0], rows.shape[1], version) + rows.tobytes()
+        grads = np.frombuffer(grads, "<f4").astype(np.float32, copy=False).reshape(count, dim) if dim else \
+            np.zeros((count, 0), np.float32)
+        outcome = await self.shard.sparse_push(worker_id, table, clock, ids, grads, samples, incarnation)
+        return _reply(OK, self.shard.version, OUTCOMES.index(outcome))
 
     async def _handshake(self, reader, writer) -> int | None:
         token_len, worker_id = HELLO.unpack(await reader.readexactly(HELLO.size))

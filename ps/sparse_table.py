@@ -50,6 +50,9 @@ class SparseInputError(ShapeError):
         super().__init__(message)
         self.reason = reason
 
+    def __reduce__(self):  # two arguments, so it crosses between actors intact
+        return type(self), (str(self), self.reason)
+
 
 @dataclass(frozen=True)
 class TableConfig:
