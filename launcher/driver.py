@@ -48,7 +48,7 @@ from rayps.ps.sparse_client import ShardLookups
 from rayps.worker.chaos import WorkerChaos
 from rayps.worker.coordinator import WorkCoordinator
 from rayps.worker.data import DataSource, resolve_data
-from rayps.worker.embedding import bind, sparse_tables
+from rayps.worker.embedding import SavedRows, bind, sparse_tables
 from rayps.worker.flat import FlatParams
 from rayps.worker.imports import import_object
 from rayps.worker.losses import resolve_loss
@@ -89,7 +89,8 @@ def run_job(config: JobConfig, output: str | Path | None = None,
     flat = FlatParams(model)
     shapes = sparse_tables(model)  # rayps.Embedding tables: their rows live on the shards, never here
     tables = tuple(config.sparse.table_configs(shapes, config.consistency, config.seed))
-    ranges = partition(flat.numel, config.servers)
+    # A shard may hold no dense values when the model's weight is in its sparse tables.
+    ranges = partition(flat.numel, config.servers, allow_empty=bool(shapes))
     # Model buffers (BatchNorm statistics): cut across the shards the same way; some may hold none.
     buffer_ranges = partition(flat.buffers.numel, config.servers, allow_empty=True)
     batches = EpochBatches(len(splits.train), config.workers, config.batch_size, config.seed)
@@ -180,6 +181,8 @@ def run_job(config: JobConfig, output: str | Path | None = None,
         flat.load(final, final_buffers)
         test_loss, test_accuracy = evaluate(model, loss_fn, splits.test) if splits.test is not None else (None, None)
         final_auc = binary_auc(model, splits.test) if splits.test is not None else None
+        # The trained rows come home with the model (only rows some batch touched exist at all).
+        saved = {name: _exported(shards, name) for name in shapes}
         coverage = ray.get(coordinator.coverage.remote())
         audit = ray.get([s.applied_log.remote() for s in shards]) if config.debug.audit else None
     except Exception as error:
@@ -213,6 +216,11 @@ def run_job(config: JobConfig, output: str | Path | None = None,
     summary["run_id"] = run_id
     summary["job_name"] = job_name(run_id)
     run_dir = write_run_dir(run_dir, config, summary, history)
+    if saved:
+        bind(model, SavedRows(saved, {t.name: t for t in tables}))
+        (run_dir / "tables").mkdir(exist_ok=True)
+        for name, (ids, rows) in saved.items():  # ids and their trained rows, one file per table
+            np.savez(run_dir / "tables" / f"{name}.npz", ids=ids, rows=rows)
     if report:
         write_report(run_dir)
     return JobResult(summary=summary, params=final, model=model, run_dir=run_dir, history=history)
@@ -290,6 +298,11 @@ def _chaos(faults: dict, worker_id: int) -> WorkerChaos:
         kill_at_step=int(kill.at) if kill is not None and not kill.seconds else None,
         kill_after_s=kill.at if kill is not None and kill.seconds else None,
         hang_at_step=int(hang.at) if hang is not None else None)
+
+
+def _exported(shards, table: str) -> tuple[np.ndarray, np.ndarray]:
+    parts = ray.get([s.sparse_export.remote(table) for s in shards])
+    return np.concatenate([i for i, _ in parts]), np.concatenate([r for _, r in parts])
 
 
 def _merge_pulled(pulled: list) -> tuple[np.ndarray, np.ndarray]:
@@ -493,6 +506,7 @@ def _summary(config, reports, stats, test_loss, test_accuracy, train_s, wall_s) 
                                 default=None),
         "train_s": train_s,
         "wall_s": wall_s,
+        "worker_peak_rss_mb": {str(r["worker_id"]): r.get("peak_rss_mb") for r in reports},
         "workers": config.workers,
         "servers": config.servers,
     }

@@ -124,8 +124,9 @@ class ServerOptimizer:
     name = ""
 
     def __init__(self, config: OptimizerConfig, size: int) -> None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ShapeError(f"optimizer size ({size!r}) must be a positive integer")
+        # 0 is a shard with no dense values: a model whose weights are all in sparse tables
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ShapeError(f"optimizer size ({size!r}) must be a non-negative integer")
         if config.name != self.name:
             raise ConfigError(f"optimizer.name ({config.name!r}) does not match {type(self).__name__}")
         self.config = config

@@ -104,6 +104,11 @@ class SparseMixin:
         t = self._table(table)
         return t.rows(self._checked(t.check_ids, ids))
 
+    async def sparse_export(self, table: str) -> tuple[np.ndarray, np.ndarray]:
+        """Every row this shard holds of ``table``: ids (int64) and values (float32 rows x dim)."""
+        store = self._table(table).store
+        return store.ids[:store.count].copy(), store.weights[:store.count].copy()
+
     # ---- the shard's life, for its tables -------------------------------------------
 
     def _tables_join(self, worker_id: int, clock: int) -> None:

@@ -185,6 +185,7 @@ class ShmShardClient(BlockingPushPull):
         self._directories, self._token, self._timeout_s = list(directories), token, timeout_s
         self._links: list[_Link] = []
         self._sparse_links: list[_SparseLink] = []  # opened at the first sparse call
+        self._sparse_pending: Pending | None = None  # a push whose answers are still on those sockets
         self._open()
         self._versions = [0] * len(self._links)
 
@@ -243,6 +244,7 @@ class ShmShardClient(BlockingPushPull):
 
     def sparse_pull(self, table: str, ids_per_shard: list[np.ndarray], clock: int) -> list[np.ndarray | None]:
         links = self._sparse()
+        self._sparse_answers()  # a push's answers come first on these sockets
         asked = [i for i, ids in enumerate(ids_per_shard) if len(ids)]
         for i in asked:  # every request out before any answer is read: the shards work at once
             links[i].send(SPARSE_PULL, table, clock, ids_per_shard[i], None, 0, self.incarnation)
@@ -260,6 +262,7 @@ class ShmShardClient(BlockingPushPull):
     def sparse_push_async(self, table: str, clock: int, ids_per_shard: list[np.ndarray],
                           grads_per_shard: list[np.ndarray], num_samples: int) -> Pending:
         links = self._sparse()
+        self._sparse_answers()
         for link, ids, grads in zip(links, ids_per_shard, grads_per_shard):
             link.send(SPARSE_PUSH, table, clock, ids, grads, num_samples, self.incarnation)
 
@@ -272,7 +275,14 @@ class ShmShardClient(BlockingPushPull):
                     errors.append(e)
             if errors:
                 raise errors[0]
-        return Pending(collect)
+        self._sparse_pending = Pending(collect)
+        return self._sparse_pending
+
+    def _sparse_answers(self) -> None:
+        """Read the answers of the push still on the sparse sockets (one connection, answers in order)."""
+        pending, self._sparse_pending = self._sparse_pending, None
+        if pending is not None:
+            pending.wait()
 
     def finish(self) -> None:
         try:
@@ -286,7 +296,7 @@ class ShmShardClient(BlockingPushPull):
     def close(self) -> None:
         for link in self._links + self._sparse_links:
             link.close()
-        self._links, self._sparse_links = [], []
+        self._links, self._sparse_links, self._sparse_pending = [], [], None
 
     def _collect(self, params_out: np.ndarray, buffers_out: np.ndarray | None, what: str) -> None:
         errors = []

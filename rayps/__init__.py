@@ -35,6 +35,7 @@ _PUBLIC = {
     "Job": "rayps.launcher.job", "JobConfig": "rayps.launcher.config",
     "load_job_config": "rayps.launcher.config", "JobResult": "rayps.launcher.driver",
     "run_job": "rayps.launcher.driver", "scale_job": "rayps.launcher.driver",
+    "Embedding": "rayps.worker.embedding", "EmbeddingBag": "rayps.worker.embedding",
     **{name: "rayps.errors" for name in ("PSError", "ConfigError", "ShapeError", "JobError", "ClusterError",
                                          "StallError")},
 }

@@ -187,5 +187,5 @@ def test_bad_config_raises_config_error_naming_the_key(kwargs, message):
 
 
 def test_bad_size_raises_shape_error():
-    with pytest.raises(ShapeError, match=r"optimizer size \(0\) must be a positive integer"):
-        make_optimizer(OptimizerConfig(), 0)
+    with pytest.raises(ShapeError, match=r"optimizer size \(-1\) must be a non-negative integer"):
+        make_optimizer(OptimizerConfig(), -1)

@@ -210,6 +210,31 @@ def forget_rows(model: nn.Module) -> None:
         m._touched = []
 
 
+class SavedRows:
+    """Trained rows held in this process (what a job hands back): ``tables`` maps a name to
+    ``(ids, rows)``; an id never trained reads as the shards would have created it."""
+
+    def __init__(self, tables: dict[str, tuple[np.ndarray, np.ndarray]], configs: dict | None = None):
+        self.tables = {}
+        for name, (ids, rows) in tables.items():
+            order = np.argsort(ids)
+            self.tables[name] = (ids[order], rows[order])
+        self.configs = configs or {}  # name -> TableConfig: how an untrained row starts
+
+    def pull(self, table: str, ids: np.ndarray) -> np.ndarray:
+        from rayps.ps.row_store import initial_rows
+        known, rows = self.tables[table]
+        where = np.minimum(np.searchsorted(known, ids), max(len(known) - 1, 0))
+        hit = (known[where] == ids) if len(known) else np.zeros(len(ids), bool)
+        c = self.configs.get(table)
+        dim = rows.shape[1] if rows.ndim == 2 and rows.shape[1] else c.dim
+        out = np.zeros((len(ids), dim), np.float32)
+        out[hit] = rows[where[hit]]
+        if c is not None and not hit.all() and c.min_touches == 1:
+            out[~hit] = initial_rows(ids[~hit], c.dim, c.init, c.init_scale, c.seed, c.name)
+        return out
+
+
 class LocalRows:
     """An in-process row source with the shards' initial values: try a sparse model without a job.
 

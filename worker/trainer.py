@@ -357,6 +357,7 @@ class Worker:
             "steps": steps,
             "samples": samples,
             "resyncs": self.resyncs,
+            "peak_rss_mb": peak_rss_mb(),
             "rows_pulled": self.sparse.rows_pulled if self.sparse is not None else 0,
             "rows_pushed": self.sparse.rows_pushed if self.sparse is not None else 0,
             "final_loss": loss_value,
@@ -376,6 +377,12 @@ class Worker:
         runner = getattr(self, "_runner", None) or threading.main_thread().ident
         lines = traceback.format_stack(frames[runner]) if runner in frames else []
         return {"clock": getattr(self, "clock", 0), "stack": "".join(lines[-8:]), **this_node()}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB."""
+    import resource
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def seed_worker(seed: int, worker_id: int) -> int:
