@@ -110,8 +110,15 @@ def _run(args: argparse.Namespace) -> int:
     print(json.dumps({k: s[k] for k in ("test_accuracy", "test_loss", "max_clock_gap", "staleness_histogram",
                                         "steps", "pushes_applied", "pushes_dropped", "samples_per_s", "wall_s")},
                      indent=2))
+    for name, t in s.get("sparse_tables", {}).items():
+        print(f"sparse table {name!r} ({t['mode']}): {t['rows']:,} rows on the shards, {t['bytes']:,} bytes,"
+              f" {t['rows_pulled']:,} rows pulled, {t['rows_pushed']:,} pushed")
     acc = s["test_accuracy"]
     print(f"test accuracy {acc:.4f}" if acc is not None else f"test loss {s['test_loss']:.4f}")
+    if s.get("test_auc") is not None:
+        reference = s.get("reference_auc")
+        print(f"test AUC {s['test_auc']:.4f}" + (f"; the true click model's AUC {reference:.4f};"
+                                                 f" ratio {s['auc_ratio']:.4f}" if reference else ""))
     print(f"run directory: {result.run_dir}")
     return 0
 

@@ -41,8 +41,8 @@ def _zipf_ids(rng, n: int, vocab: int, exponent: float, permutation: np.ndarray)
     return permutation[np.minimum(ranks, vocab - 1)]
 
 
-def clicks(examples: int = 200_000, test: int = 50_000, fields: int = 8, vocab: int = 100_000,
-           zipf: float = 1.1, factors: int = 4, bias_std: float = 0.6, factor_std: float = 0.35,
+def clicks(examples: int = 600_000, test: int = 50_000, fields: int = 8, vocab: int = 5_000,
+           zipf: float = 1.3, factors: int = 4, bias_std: float = 0.6, factor_std: float = 0.2,
            offset: float = -1.0, seed: int = 0) -> dict:
     """Train and test splits of synthetic clicks; see the module docstring."""
     from rayps.launcher.driver import roc_auc  # the same AUC the job reports
@@ -70,7 +70,7 @@ class DeepFM(nn.Module):
     """Wide (a per-id bias, summed over fields), factorization-machine pairs, and a deep MLP, on one
     logit. Both tables live on the parameter servers; the MLP and the global bias are dense."""
 
-    def __init__(self, num_ids: int = 800_000, fields: int = 8, dim: int = 8, hidden=(64, 32)):
+    def __init__(self, num_ids: int = 40_000, fields: int = 8, dim: int = 8, hidden=(64, 32)):
         super().__init__()
         self.wide = EmbeddingBag(num_ids, 1, mode="sum", table="wide")
         self.deep = Embedding(num_ids, dim, table="deep")
