@@ -5,7 +5,8 @@ Every row trains the same model on the same synthetic MNIST-shaped data
 SGD lr 0.01, 2 workers (and 2 shards for rayps), one configuration at a time,
 so no two rows compete for the cores. Each row reports samples/s after its
 first tenth of steps (summed over workers). The peers are in
-launcher/peers.py. Output: a Markdown table on stdout and, in the run
+launcher/peers.py. The sparse-table rows (launcher/sparse_bench.py) time
+embedding rows per second against torch's sparse EmbeddingBag. Output: a Markdown table on stdout and, in the run
 directory, ``bench.json``, ``bench.md`` and ``bench.png``.
 """
 
@@ -214,7 +215,7 @@ def chart(rows: list[Row], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if r.model in MODELS]  # straggler and transport rows have their own tables
+    rows = [r for r in rows if r.model in MODELS]  # straggler, transport and sparse rows have their own tables
     models = sorted({r.model for r in rows}, key=list(MODELS).index)
     fig, axes = plt.subplots(len(models), 1, figsize=(9, 1 + 0.35 * len(rows)), squeeze=False)
     for ax, model in zip(axes[:, 0], models):
@@ -231,7 +232,7 @@ def chart(rows: list[Row], path: Path) -> None:
 def run_bench(quick: bool = False, output: str | Path | None = None, models: list[str] | None = None,
               transports: list[str] | None = None, modes: list[str] | None = None,
               steps: int | None = None, stragglers: bool | None = None,
-              transport_mb: int = 100) -> tuple[Path, list[Row]]:
+              transport_mb: int = 100, sparse: bool = True, sparse_steps: int | None = None) -> tuple[Path, list[Row]]:
     """Every row in turn; ``steps`` (per worker) overrides each model's default, for a short check."""
     steps_override = steps
     stragglers = (not quick) if stragglers is None else stragglers
@@ -261,6 +262,11 @@ def run_bench(quick: bool = False, output: str | Path | None = None, models: lis
         late = straggler_rows(out / "jobs")
         rows += late
         text += "\n\n" + straggler_table(late)
+    if sparse:  # embedding rows: a 10M x 16 table, against torch's sparse EmbeddingBag in one process
+        from rayps.launcher.sparse_bench import sparse_rows, sparse_table
+        rows_sparse = sparse_rows(out / "jobs", sparse_steps or (100 if quick else 300), transports)
+        rows += rows_sparse
+        text += "\n\n" + sparse_table(rows_sparse)
     (out / "bench.md").write_text(text + "\n")
     (out / "bench.json").write_text(json.dumps([r.__dict__ for r in rows], indent=2))
     chart(rows, out / "bench.png")

@@ -2,7 +2,7 @@
 
     psctl run [CLUSTER_YAML] [--set KEY=VALUE ...] [--output DIR]
     psctl report RUN_DIR
-    psctl bench [--quick] [--output DIR] [--models small,large] [--transports shm,grpc,ray] [--modes asp,bsp,...]
+    psctl bench [--quick] [--output DIR] [--models small,large] [--transports shm,grpc,ray] [--modes asp,bsp,...] [--no-sparse]
     psctl serve [SERVE_YAML] [--host H] [--port P] [--size N] [--workers N] [--token-file F] [--set KEY=VALUE ...]
     psctl up CLUSTER_YAML [--dry-run]  /  psctl down CLUSTER_YAML
     psctl submit [CLUSTER_YAML] [--address URL] [--set KEY=VALUE ...] [--output DIR] [--no-wait]
@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--models", help="comma-separated: small, large")
     bench.add_argument("--transports", help="comma-separated: shm, grpc, ray")
     bench.add_argument("--modes", help="comma-separated: asp, 'ssp s=1', 'ssp s=2', bsp")
+    bench.add_argument("--no-sparse", action="store_true",
+                       help="skip the sparse-table rows (a 10M x 16 embedding table; ~2 GB for the torch baseline)")
 
     report = sub.add_parser("report", help="draw a run directory's plots and TensorBoard events again")
     report.add_argument("run_dir", help="a run directory (holds summary.json and history.jsonl)")
@@ -137,7 +139,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     out, rows = run_bench(args.quick, args.output, listed(args.models, list(MODELS), "models"),
                           listed(args.transports, ["shm", "grpc", "ray"], "transports"),
-                          listed(args.modes, list(MODES), "modes"))
+                          listed(args.modes, list(MODES), "modes"), sparse=not args.no_sparse)
     print((out / "bench.md").read_text(), end="")
     print(f"run directory: {out}")
     return 0

@@ -17,7 +17,9 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 def test_a_short_bench_measures_every_system_and_writes_its_report(ray_session, tmp_path):
     out, rows = run_bench(output=tmp_path / "bench", models=["small"], transports=["shm"], modes=["asp"], steps=60,
-                          stragglers=False, transport_mb=8)
+                          stragglers=False, transport_mb=8,
+                          sparse_steps=40)
+    rows_all = rows
     wire = [r for r in rows if r.model == "transport"]
     assert [r.system for r in wire] == ["memcpy (numpy copyto), one copy", "push + pull through shm",
                                         "push + pull through grpc", "push + pull through ray"]
@@ -35,3 +37,9 @@ def test_a_short_bench_measures_every_system_and_writes_its_report(ray_session, 
     assert (out / "bench.md").read_text().count("| small |") == len(rows)
     assert "push + pull through shm" in (out / "bench.md").read_text()
     assert (out / "bench.png").stat().st_size > 1000
+    sparse = [r for r in rows_all if r.model == "sparse"]
+    assert [r.system for r in sparse] == ["torch EmbeddingBag(sparse) + SparseAdam, one process",
+                                          "rayps, 2 workers x 2 shards, shm"]
+    assert all(r.samples_per_s > 0 for r in sparse) and sparse[1].extra["bytes_per_row"] > 0
+    assert sparse[1].extra["x_single"] == pytest.approx(sparse[1].samples_per_s / sparse[0].samples_per_s)
+    assert "rows/s" in (out / "bench.md").read_text()

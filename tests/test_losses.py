@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from rayps.errors import ConfigError
-from rayps.worker.losses import LOSSES, cross_entropy, kl, mse, resolve_loss
+from rayps.worker.losses import LOSSES, bce, cross_entropy, kl, mse, resolve_loss
 
 
 def logits(seed=0, rows=6, classes=5):
@@ -43,7 +43,12 @@ def test_kl_of_different_distributions_is_positive():
     assert kl(logits(5), torch.softmax(logits(6), dim=-1)).item() > 0.01
 
 
-@pytest.mark.parametrize("name, fn", [("cross_entropy", cross_entropy), ("mse", mse), ("kl", kl)])
+def test_bce_equals_torch_on_one_logit_per_example():
+    logits, target = torch.tensor([[0.3], [-1.2], [2.0]]), torch.tensor([1.0, 0.0, 1.0])
+    assert torch.equal(bce(logits, target), F.binary_cross_entropy_with_logits(logits.reshape(-1), target))
+
+
+@pytest.mark.parametrize("name, fn", [("cross_entropy", cross_entropy), ("mse", mse), ("bce", bce), ("kl", kl)])
 def test_resolve_loss_by_name(name, fn):
     assert resolve_loss(name) is fn
 
@@ -61,7 +66,7 @@ def test_resolve_loss_returns_a_callable_unchanged():
 
 
 def test_resolve_loss_names_the_choices_for_an_unknown_name():
-    with pytest.raises(ConfigError, match=r"loss \('hinge'\) must be one of cross_entropy, mse, kl or a 'module:callable'"):
+    with pytest.raises(ConfigError, match=r"loss \('hinge'\) must be one of cross_entropy, mse, bce, kl or a 'module:callable'"):
         resolve_loss("hinge")
 
 
@@ -70,5 +75,5 @@ def test_resolve_loss_names_a_module_that_lacks_the_callable():
         resolve_loss("rayps.worker.losses:hinge")
 
 
-def test_builtin_losses_are_exactly_the_three_documented():
-    assert sorted(LOSSES) == ["cross_entropy", "kl", "mse"]
+def test_builtin_losses_are_exactly_the_four_documented():
+    assert sorted(LOSSES) == ["bce", "cross_entropy", "kl", "mse"]

@@ -10,9 +10,9 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def readme_example() -> str:
+def readme_example(heading: str = "## Python API") -> str:
     text = README.read_text()
-    section = text.split("## Python API", 1)[1]
+    section = text.split(heading, 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -26,3 +26,14 @@ def test_readme_python_example_trains_to_high_accuracy(ray_session, tmp_path, mo
     assert result.summary["test_accuracy"] >= 0.9
     assert (result.run_dir / "summary.json").is_file()
     assert result.run_dir.is_relative_to(tmp_path)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_readme_sparse_example_trains_near_the_true_click_models_auc(ray_session, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "readme_sparse_example"}
+    exec(compile(readme_example("## Sparse embedding tables"), str(README), "exec"), namespace)
+    s = namespace["result"].summary
+    assert s["test_auc"] >= 0.95 * s["reference_auc"], (s["test_auc"], s["reference_auc"])
+    assert s["sparse_tables"]["deep"]["rows"] > 0 and s["sparse_tables"]["wide"]["rows"] > 0

@@ -41,12 +41,12 @@ def minus_sum(out, y):
     return -out.sum()
 
 
-def counting_job(tmp_path, **kwargs):
+def counting_job(tmp_path, epochs: int = 6, **kwargs):
     x = np.arange(600, dtype=np.int64).reshape(-1, 1)
     data = {"train": (x[:500], np.zeros(500, np.float32)), "test": (x[500:], np.zeros(100, np.float32))}
     kwargs.setdefault("sparse", {"optimizer": {"name": "sgd", "lr": 1.0}, "init": "zeros"})
     return run(tmp_path, model=SparseCounter, data=data, loss="tests.test_sparse_jobs:minus_sum",
-               optimizer={"name": "sgd", "lr": 1.0}, servers=2, batch_size=10, epochs=6, eval_every_s=0,
+               optimizer={"name": "sgd", "lr": 1.0}, servers=2, batch_size=10, epochs=epochs, eval_every_s=0,
                **{"debug": {"audit": True, "slow_workers": {0: 0.01, 1: 0.01}}, **kwargs})
 
 
@@ -131,3 +131,11 @@ class _BagModel(nn.Module):
 
     def forward(self, x):
         return self.head(self.bag(x)).squeeze(1)
+
+
+@pytest.mark.timeout(240)
+def test_a_killed_worker_is_replaced_and_its_row_gradients_are_applied_exactly_once(ray_session, tmp_path):
+    result = counting_job(tmp_path, consistency={"mode": "ssp"}, chaos={"kill": ["worker-0@40"]})
+    s = result.summary
+    assert s["restarts"] == {"worker-0": 1} and s["workers_replaced"] == 1
+    assert (counts(result)[:500] == 6).all(), np.unique(counts(result)[:500], return_counts=True)
