@@ -232,7 +232,8 @@ def chart(rows: list[Row], path: Path) -> None:
 def run_bench(quick: bool = False, output: str | Path | None = None, models: list[str] | None = None,
               transports: list[str] | None = None, modes: list[str] | None = None,
               steps: int | None = None, stragglers: bool | None = None,
-              transport_mb: int = 100, sparse: bool = True, sparse_steps: int | None = None) -> tuple[Path, list[Row]]:
+              transport_mb: int = 100, sparse: bool = True, sparse_steps: int | None = None,
+              sparse_rows_in_table: int | None = None) -> tuple[Path, list[Row]]:
     """Every row in turn; ``steps`` (per worker) overrides each model's default, for a short check."""
     steps_override = steps
     stragglers = (not quick) if stragglers is None else stragglers
@@ -263,8 +264,9 @@ def run_bench(quick: bool = False, output: str | Path | None = None, models: lis
         rows += late
         text += "\n\n" + straggler_table(late)
     if sparse:  # embedding rows: a 10M x 16 table, against torch's sparse EmbeddingBag in one process
-        from rayps.launcher.sparse_bench import sparse_rows, sparse_table
-        rows_sparse = sparse_rows(out / "jobs", sparse_steps or (100 if quick else 300), transports)
+        from rayps.launcher.sparse_bench import ROWS, sparse_rows, sparse_table
+        rows_sparse = sparse_rows(out / "jobs", sparse_steps or (100 if quick else 300), transports,
+                                  sparse_rows_in_table or ROWS)
         rows += rows_sparse
         text += "\n\n" + sparse_table(rows_sparse)
     (out / "bench.md").write_text(text + "\n")

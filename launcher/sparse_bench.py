@@ -54,20 +54,20 @@ class BagModel(nn.Module):
         return self.head(self.bag(x)).squeeze(1)
 
 
-def bench_data(steps: int, workers: int = 2) -> dict:
+def bench_data(steps: int, workers: int = 2, rows: int = ROWS) -> dict:
     n = steps * workers * BAGS
-    x = zipf_ids(n * BAG).reshape(n, BAG)
+    x = zipf_ids(n * BAG, rows).reshape(n, BAG)
     y = np.random.default_rng(1).random(n).astype(np.float32)
     return {"train": (x, y)}
 
 
-def single_process(steps: int) -> dict:
+def single_process(steps: int, rows: int = ROWS) -> dict:
     """The same lookups and updates with torch alone: EmbeddingBag(sparse=True) and SparseAdam."""
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    data = bench_data(steps, workers=1)["train"]
+    data = bench_data(steps, workers=1, rows=rows)["train"]
     x, y = torch.from_numpy(data[0]), torch.from_numpy(data[1])
-    bag = nn.EmbeddingBag(ROWS, DIM, mode="sum", sparse=True)
+    bag = nn.EmbeddingBag(rows, DIM, mode="sum", sparse=True)
     head = nn.Linear(DIM, 1)
     sparse, dense = torch.optim.SparseAdam(bag.parameters(), lr=0.01), torch.optim.Adam(head.parameters(), lr=0.01)
     times = []
@@ -82,11 +82,12 @@ def single_process(steps: int) -> dict:
         dense.step()
         times.append(time.perf_counter() - began)
     steady = times[len(times) // 10:]
-    return {"rows_per_s": BAGS * BAG * len(steady) / sum(steady), "table_bytes": 3 * ROWS * DIM * 4}
+    return {"rows_per_s": BAGS * BAG * len(steady) / sum(steady), "table_bytes": 3 * rows * DIM * 4}
 
 
-def rayps_rows(steps: int, transport: str, out: Path) -> dict:
-    s = rayps.Job(model=functools.partial(BagModel), data=functools.partial(bench_data, steps), loss="mse",
+def rayps_rows(steps: int, transport: str, out: Path, rows: int = ROWS) -> dict:
+    s = rayps.Job(model=functools.partial(BagModel, rows), data=functools.partial(bench_data, steps, rows=rows),
+                  loss="mse",
                   optimizer={"name": "adam", "lr": 0.01},
                   sparse={"optimizer": {"name": "adam", "lr": 0.01}, "init_scale": 0.01, "consistency": {"mode": "asp"}},
                   consistency={"mode": "asp"}, workers=2, servers=2, batch_size=BAGS, epochs=1, eval_every_s=0,
@@ -98,14 +99,14 @@ def rayps_rows(steps: int, transport: str, out: Path) -> dict:
             "unique_per_batch": table["rows_pulled"] / max(1, sum(int(v) for v in s["steps"].values()))}
 
 
-def sparse_rows(out: Path, steps: int = 300, transports=("shm", "grpc", "ray")):
-    """Rows for the bench table: (system, rows/s, extra) each."""
+def sparse_rows(out: Path, steps: int = 300, transports=("shm", "grpc", "ray"), table_rows: int = ROWS):
+    """Rows for the bench table (``table_rows``: smaller for a quick check of the machinery)."""
     from rayps.launcher.bench import Row
-    base = single_process(steps)
+    base = single_process(steps, table_rows)
     rows = [Row("sparse", "torch EmbeddingBag(sparse) + SparseAdam, one process", base["rows_per_s"],
-                {"x_single": 1.0, "bytes_per_row": base["table_bytes"] / ROWS})]
+                {"x_single": 1.0, "bytes_per_row": base["table_bytes"] / table_rows})]
     for name in transports:
-        r = rayps_rows(steps, name, out)
+        r = rayps_rows(steps, name, out, table_rows)
         rows.append(Row("sparse", f"rayps, 2 workers x 2 shards, {r['transport']}", r["rows_per_s"],
                         {"x_single": r["rows_per_s"] / base["rows_per_s"], "bytes_per_row": r["bytes_per_row"],
                          "rows": r["rows"], "unique_per_batch": r["unique_per_batch"]}))

@@ -92,12 +92,12 @@ def test_a_killed_shard_is_restored_and_the_replayed_batches_are_applied_exactly
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("mode", ["ssp", "bsp"])
 def test_a_worker_killed_mid_epoch_costs_at_most_two_points_of_accuracy(ray_session, tmp_path, mode):
-    clean = run(tmp_path, "clean", consistency={"mode": mode}, epochs=10).summary
-    s = run(tmp_path, consistency={"mode": mode}, epochs=10, chaos={"kill": ["worker-1@100"]},
+    clean = run(tmp_path, "clean", consistency={"mode": mode}, epochs=6).summary
+    s = run(tmp_path, consistency={"mode": mode}, epochs=6, chaos={"kill": ["worker-1@60"]},
             debug={"audit": True}).summary
     assert s["test_accuracy"] >= clean["test_accuracy"] - 0.02, (s["test_accuracy"], clean["test_accuracy"])
     assert s["restarts"] == {"worker-1": 1} and s["applied_twice"] == 0
-    assert_every_example_once_per_epoch(s, 10)
+    assert_every_example_once_per_epoch(s, 6)
 
 
 @pytest.mark.timeout(300)

@@ -58,23 +58,3 @@ def test_metrics_on_the_prometheus_endpoint_match_the_job_summary(ray_session, t
         assert value(samples, "ray_rayps_worker_clock_lag", run_id=run, worker=worker) is not None
     assert value(samples, "ray_rayps_shard_pushes_total", run_id=run, outcome="applied") == s["pushes_applied"]
 
-
-def test_sparse_table_metrics_match_the_summary(ray_session, tmp_path):
-    from tests.test_sparse_jobs import counting_job
-
-    s = counting_job(tmp_path, consistency={"mode": "asp"}, epochs=2).summary
-    run, table = s["run_id"], s["sparse_tables"]["count"]
-    port = ray_session.nodes()[0]["MetricsExportPort"]
-    deadline = time.monotonic() + 60
-    while True:
-        samples = scrape(port)
-        pushed = value(samples, "ray_rayps_table_rows_moved_total", run_id=run, table="count", what="pushed")
-        if pushed == table["rows_pushed"]:
-            break
-        assert time.monotonic() < deadline, f"sparse metrics of run {run} never caught up: {pushed}"
-        time.sleep(1)
-    for shard, rows in table["rows_per_shard"].items():
-        assert value(samples, "ray_rayps_table_rows", run_id=run, table="count", shard=shard) == rows
-        assert value(samples, "ray_rayps_table_bytes", run_id=run, table="count", shard=shard) == \
-            table["bytes_per_shard"][shard]
-    assert value(samples, "ray_rayps_table_rows_moved_total", run_id=run, table="count", what="created") == 500

@@ -164,7 +164,7 @@ class Worker:
             self.work = _LocalWork(WorkCoordinator(queue, self.batches, plan.num_workers))
         else:
             self.work = _RemoteWork(work)
-        self.client = transport.connect(plan.worker_id, plan.incarnation)
+        self.client = self._connect(transport)
         self.transport = transport.name
         # Sparse tables (rayps.Embedding): rows are pulled per batch and pushed beside the dense gradient.
         tables = sparse_tables(self.model)
@@ -179,6 +179,19 @@ class Worker:
 
     def __repr__(self) -> str:  # the name Ray's dashboard shows for this actor
         return f"worker-{self.plan.worker_id}"
+
+    def _connect(self, transport: TransportSpec):
+        """Connect to every shard. A replacement may start while a shard restarts (its socket refuses
+        for a moment): it waits for the shard as a worker in flight would, up to resync_timeout_s."""
+        deadline = time.monotonic() + self.plan.resync_timeout_s
+        while True:
+            try:
+                return transport.connect(self.plan.worker_id, self.plan.incarnation)
+            except ConnectionError as e:  # refused or reset: the shard is coming back
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("worker-%d waits for a shard to come back: %s", self.plan.worker_id, e)
+                time.sleep(0.2)
 
     def where(self) -> dict:
         """The Ray node this worker runs on, and the device it trains on."""
