@@ -91,8 +91,7 @@ class SparseMixin:
         await self.gate(worker_id, clock)
         self._check_sparse_caller(worker_id, incarnation)  # a restore may have happened at the gate
         try:
-            outcome = t.push(worker_id, int(clock), ids, grads, int(num_samples), float(t.config.optimizer.lr),
-                             t.config.consistency.staleness_aware_lr)
+            outcome = t.push(worker_id, int(clock), ids, grads, int(num_samples))
         except OutOfOrderError:
             self.count_rejection("out_of_order")
             raise

@@ -218,8 +218,7 @@ class SparseTable:
             out[hit] = values[where[hit]]
         return out
 
-    def push(self, worker_id: int, clock: int, ids: np.ndarray, grads: np.ndarray, num_samples: int,
-             lr: float, staleness_aware: bool = False) -> str:
+    def push(self, worker_id: int, clock: int, ids: np.ndarray, grads: np.ndarray, num_samples: int) -> str:
         """Apply (or gather into the bsp round) one worker's row gradients of iteration ``clock``.
         ``ids`` and ``grads`` are checked; returns the outcome, as a dense push's."""
         completed = self.clocks.completed(worker_id)
@@ -241,14 +240,13 @@ class SparseTable:
             else:
                 self.round[worker_id] = (ids.copy(), grads.copy(), int(num_samples), pulled)
         else:
-            tau = self.version - pulled
-            self._apply(ids, grads, lr / max(1, tau) if staleness_aware else lr, [tau])
+            self._apply(ids, grads, [self.version - pulled])
         self.clocks.advance(worker_id, clock)
         self.counters["rows_pushed"] += len(ids)
-        self.maybe_step_round(lr, staleness_aware)
+        self.maybe_step_round()
         return outcome
 
-    def maybe_step_round(self, lr: float | None = None, staleness_aware: bool = False) -> None:
+    def maybe_step_round(self) -> None:
         if self.mode != "bsp" or not self.round:
             return
         expected = {w for w in self.clocks.live if self.joined_at.get(w, 0) < self.round_clock}
@@ -259,14 +257,15 @@ class SparseTable:
         total = sum(p[2] for p in pending) or 1
         ids = np.concatenate([p[0] for p in pending])
         grads = np.concatenate([p[1] * np.float32(p[2] / total) if len(pending) > 1 else p[1] for p in pending])
-        staleness = [self.version - p[3] for p in pending]
-        lr = self._lr if lr is None else lr
-        self._apply(ids, grads, lr / max(1, max(staleness)) if staleness_aware else lr, staleness)
+        self._apply(ids, grads, [self.version - p[3] for p in pending])
         self.round.clear()
         self.round_clock += 1
 
-    def _apply(self, ids: np.ndarray, grads: np.ndarray, lr: float, staleness: list[int]) -> None:
-        self._lr = lr
+    def _apply(self, ids: np.ndarray, grads: np.ndarray, staleness: list[int]) -> None:
+        """One update of the rows ``ids`` (the table's lr; divided by the staleness if so configured)."""
+        lr = float(self.config.optimizer.lr)
+        if self.config.consistency.staleness_aware_lr:
+            lr /= max(1, max(staleness))
         self.counters["pushes_applied"] += len(staleness)
         self.staleness.update(staleness)
         if len(ids):
@@ -292,8 +291,6 @@ class SparseTable:
         after = self.config.evict_after
         if after is not None and self.version % max(1, after // 4) == 0:
             self.counters["rows_evicted"] += self.store.evict_unseen(self.version - after, self.num_shards)
-
-    _lr = 0.0
 
     # ---- what the driver reads, and checkpoints -------------------------------------
 

@@ -35,5 +35,5 @@ def test_readme_sparse_example_trains_near_the_true_click_models_auc(ray_session
     namespace = {"__name__": "readme_sparse_example"}
     exec(compile(readme_example("## Sparse embedding tables"), str(README), "exec"), namespace)
     s = namespace["result"].summary
-    assert s["test_auc"] >= 0.95 * s["reference_auc"], (s["test_auc"], s["reference_auc"])
+    assert s["test_auc"] >= 0.9 * s["reference_auc"], (s["test_auc"], s["reference_auc"])
     assert s["sparse_tables"]["deep"]["rows"] > 0 and s["sparse_tables"]["wide"]["rows"] > 0

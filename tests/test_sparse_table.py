@@ -34,7 +34,7 @@ def touched_steps(steps: int = 12, rows: int = 20, seed: int = 0):
 def train(t: SparseTable, steps) -> None:
     for clock, (ids, grads) in enumerate(steps, start=1):
         t.rows(ids, worker_id=0)
-        assert t.push(0, clock, ids, grads, 1, t.config.optimizer.lr) == "applied"
+        assert t.push(0, clock, ids, grads, 1) == "applied"
 
 
 def torch_rows(ids_grads, start: np.ndarray, make_opt) -> np.ndarray:
@@ -145,12 +145,12 @@ def test_clocks_duplicates_and_skips():
     t = table(RowOptimizerConfig("sgd"))
     ids, g = np.array([1], np.int64), np.ones((1, DIM), np.float32)
     t.rows(ids, 0)
-    assert t.push(0, 1, ids, g, 1, 0.1) == "applied"
+    assert t.push(0, 1, ids, g, 1) == "applied"
     before = t.rows(ids).copy()
-    assert t.push(0, 1, ids, g, 1, 0.1) == "duplicate"
+    assert t.push(0, 1, ids, g, 1) == "duplicate"
     np.testing.assert_array_equal(t.rows(ids), before)
     with pytest.raises(OutOfOrderError, match="skip ahead"):
-        t.push(0, 3, ids, g, 1, 0.1)
+        t.push(0, 3, ids, g, 1)
 
 
 def test_bsp_table_sums_a_round_weighted_by_samples():
@@ -160,9 +160,9 @@ def test_bsp_table_sums_a_round_weighted_by_samples():
     ids = np.array([2], np.int64)
     t.rows(ids, 0)
     assert not t.ready(2)
-    t.push(0, 1, ids, np.full((1, DIM), 1.0, np.float32), 1, 1.0)
+    t.push(0, 1, ids, np.full((1, DIM), 1.0, np.float32), 1)
     assert t.version == 0 and not t.ready(2)  # waits for worker 1
-    t.push(1, 1, ids, np.full((1, DIM), 4.0, np.float32), 3, 1.0)
+    t.push(1, 1, ids, np.full((1, DIM), 4.0, np.float32), 3)
     assert t.version == 1 and t.ready(2)
     np.testing.assert_allclose(t.rows(ids), -(0.25 * 1 + 0.75 * 4))
 
@@ -172,20 +172,20 @@ def test_frequency_filter_creates_a_row_at_its_nth_touch_and_drops_gradients_bef
     ids = np.array([5], np.int64)
     for clock in (1, 2):
         assert (t.rows(ids, 0) == 0).all() and t.store.count == 0
-        t.push(0, clock, ids, np.ones((1, DIM), np.float32), 1, 0.1)
+        t.push(0, clock, ids, np.ones((1, DIM), np.float32), 1)
     assert t.counters["rows_dropped"] == 2 and t.counters["rows_filtered"] == 2
     np.testing.assert_array_equal(t.rows(ids, 0), initial_rows(ids, DIM, "normal", 0.1, 0, "t"))
     assert t.store.count == 1
 
 
 def test_rows_unseen_for_t_updates_are_evicted():
-    t = table(RowOptimizerConfig("sgd"), evict_after=8)
+    t = table(RowOptimizerConfig("sgd", lr=0.1), evict_after=8)
     cold, hot = np.array([1], np.int64), np.array([2], np.int64)
     t.rows(np.array([1, 2], np.int64), 0)
     g = np.ones((1, DIM), np.float32)
     for clock in range(1, 15):
         t.rows(hot, 0)
-        t.push(0, clock, hot, g, 1, 0.1)
+        t.push(0, clock, hot, g, 1)
     assert t.store.count == 1 and t.counters["rows_evicted"] == 1
     assert t.store.slots(cold)[0] == -1 and t.store.slots(hot)[0] >= 0
     np.testing.assert_allclose(t.rows(hot), initial_rows(hot, DIM, "normal", 0.1, 0, "t") - 1.4, rtol=1e-5)
@@ -200,7 +200,7 @@ def test_state_round_trip_continues_exactly():
     for t in (a, b):
         for clock, (ids, grads) in enumerate(steps[10:], start=11):
             t.rows(ids, 0)
-            t.push(0, clock, ids, grads, 1, 0.05)
+            t.push(0, clock, ids, grads, 1)
     ids = np.arange(20, dtype=np.int64)
     np.testing.assert_array_equal(a.rows(ids), b.rows(ids))
     assert a.store.count == b.store.count

@@ -33,15 +33,20 @@ TRANSPORTS = ["ray", "grpc", "shm"]
 
 
 class SparseCluster:
-    def __init__(self, ray, transport: str, table_mode: ConsistencyConfig, workers: int = 2):
+    """Two shards (dense asp) holding three tables, one per test, so a transport's tests share one cluster:
+    ``emb`` and ``bad`` (asp), and ``held`` (ssp s=0). Each test uses workers of its own."""
+
+    def __init__(self, ray, transport: str, workers: int = 4):
         self.ray = ray
         ranges = partition(4, 2)
-        table = TableConfig("emb", ROWS, DIM, optimizer=RowOptimizerConfig("sgd", lr=0.5), consistency=table_mode,
-                            init="zeros")
+        tables = tuple(TableConfig(name, ROWS, DIM, optimizer=RowOptimizerConfig("sgd", lr=0.5), consistency=mode,
+                                   init="zeros")
+                       for name, mode in (("emb", ConsistencyConfig("asp")), ("bad", ConsistencyConfig("asp")),
+                                          ("held", ConsistencyConfig("ssp", staleness=0))))
         actor = ray.remote(ServedShard).options(num_cpus=0)
         self.shards = [actor.remote(r.shard_id, np.zeros(r.size, np.float32), list(range(workers)),
                                     OptimizerConfig(name="sgd", lr=0.5), ScheduleConfig(), ConsistencyConfig("asp"),
-                                    tables=(table,), num_shards=2) for r in ranges]
+                                    tables=tables, num_shards=2) for r in ranges]
         token = new_token()
         if transport == "grpc":
             addresses = ray.get([s.serve_grpc.remote(token, "127.0.0.1") for s in self.shards])
@@ -52,10 +57,10 @@ class SparseCluster:
         else:
             self.endpoints = RayTransport(tuple(self.shards), tuple(ranges))
 
-    def rows(self, worker_id: int) -> tuple[object, SparseRows]:
+    def rows(self, worker_id: int, table: str) -> tuple[object, SparseRows]:
         client = self.endpoints.connect(worker_id)
         client.register(np.zeros(4, np.float32))
-        return client, SparseRows(client, 2, {"emb": DIM})
+        return client, SparseRows(client, 2, {table: DIM})
 
     def stats(self) -> list[dict]:
         return self.ray.get([s.stats.remote() for s in self.shards])
@@ -66,119 +71,111 @@ class SparseCluster:
             self.ray.kill(s)
 
 
-@pytest.fixture(params=TRANSPORTS)
-def transport(request):
-    return request.param
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def cluster(request, ray_session):
+    made = SparseCluster(ray_session, request.param)
+    made.transport = request.param
+    yield made
+    made.close()
 
 
 def ids(*values) -> np.ndarray:
     return np.array(values, np.int64)
 
 
-def test_rows_are_pulled_from_their_shards_and_pushes_update_only_them(ray_session, transport):
-    cluster = SparseCluster(ray_session, transport, ConsistencyConfig("asp"))
-    try:
-        client, rows = cluster.rows(0)
-        asked = ids(3, 8, 51, 98)  # two on each shard
-        rows.clock = 1
-        np.testing.assert_array_equal(rows.pull("emb", asked), np.zeros((4, DIM), np.float32))
-        grads = np.full((2, DIM), 2.0, np.float32)
-        rows.push(1, {"emb": (ids(8, 51), grads)}, num_samples=8)
-        rows.flush()
-        rows.clock = 2
-        got = rows.pull("emb", asked)
-        np.testing.assert_array_equal(got, [[0] * DIM, [-1] * DIM, [-1] * DIM, [0] * DIM])
-        tables = [s["tables"]["emb"] for s in cluster.stats()]
-        assert [t["rows"] for t in tables] == [2, 2]  # created on first touch, on the shard each hashes to
-        assert sum(t["rows_pushed"] for t in tables) == 2 and sum(t["pushes_applied"] for t in tables) == 2
-        # a retried push of the same clock is a duplicate on every shard, not a second update
-        rows.push(1, {"emb": (ids(8, 51), grads)}, num_samples=8)
-        rows.flush()
-        np.testing.assert_array_equal(rows.pull("emb", ids(8, 51)), np.full((2, DIM), -1.0, np.float32))
-        assert sum(s["tables"]["emb"]["duplicates"] for s in cluster.stats()) == 2
-        client.finish()
-    finally:
-        cluster.close()
+def test_rows_are_pulled_from_their_shards_and_pushes_update_only_them(cluster):
+    client, rows = cluster.rows(0, "emb")
+    asked = ids(3, 8, 51, 98)  # two on each shard
+    rows.clock = 1
+    np.testing.assert_array_equal(rows.pull("emb", asked), np.zeros((4, DIM), np.float32))
+    grads = np.full((2, DIM), 2.0, np.float32)
+    rows.push(1, {"emb": (ids(8, 51), grads)}, num_samples=8)
+    rows.flush()
+    rows.clock = 2
+    got = rows.pull("emb", asked)
+    np.testing.assert_array_equal(got, [[0] * DIM, [-1] * DIM, [-1] * DIM, [0] * DIM])
+    tables = [s["tables"]["emb"] for s in cluster.stats()]
+    assert [t["rows"] for t in tables] == [2, 2]  # created on first touch, on the shard each hashes to
+    assert sum(t["rows_pushed"] for t in tables) == 2 and sum(t["pushes_applied"] for t in tables) == 2
+    # a retried push of the same clock is a duplicate on every shard, not a second update
+    rows.push(1, {"emb": (ids(8, 51), grads)}, num_samples=8)
+    rows.flush()
+    np.testing.assert_array_equal(rows.pull("emb", ids(8, 51)), np.full((2, DIM), -1.0, np.float32))
+    assert sum(s["tables"]["emb"]["duplicates"] for s in cluster.stats()) == 2
+    client.finish()
 
 
 BAD = [
     ("unknown table", lambda c: c.sparse_pull("nope", [ids(2), ids()], 0), "no sparse table 'nope'", "NOT_FOUND"),
-    ("negative id", lambda c: c.sparse_pull("emb", [ids(-2), ids()], 0), "out of range", "OUT_OF_RANGE"),
-    ("id past the end", lambda c: c.sparse_pull("emb", [ids(), ids(101)], 0), "out of range", "OUT_OF_RANGE"),
-    ("id of another shard", lambda c: c.sparse_pull("emb", [ids(3), ids()], 0), "belongs to ps-shard-1",
+    ("negative id", lambda c: c.sparse_pull("bad", [ids(-2), ids()], 0), "out of range", "OUT_OF_RANGE"),
+    ("id past the end", lambda c: c.sparse_pull("bad", [ids(), ids(101)], 0), "out of range", "OUT_OF_RANGE"),
+    ("id of another shard", lambda c: c.sparse_pull("bad", [ids(3), ids()], 0), "belongs to ps-shard-1",
      "OUT_OF_RANGE"),
-    ("wrong dim", lambda c: c.sparse_push_async("emb", 1, [ids(2), ids()],
+    ("wrong dim", lambda c: c.sparse_push_async("bad", 1, [ids(2), ids()],
                                                 [np.ones((1, 3), np.float32), np.zeros((0, 3), np.float32)], 1).wait(),
      "row gradients must be float32 of shape", "INVALID_ARGUMENT"),
-    ("NaN rows", lambda c: c.sparse_push_async("emb", 1, [ids(2), ids()],
+    ("NaN rows", lambda c: c.sparse_push_async("bad", 1, [ids(2), ids()],
                                                [np.full((1, DIM), np.nan, np.float32), np.zeros((0, DIM), np.float32)],
                                                1).wait(), "NaN", "INVALID_ARGUMENT"),
 ]
 
 
-def test_bad_sparse_requests_get_a_clear_status_and_the_shard_serves_on(ray_session, transport):
-    cluster = SparseCluster(ray_session, transport, ConsistencyConfig("asp"))
-    try:
-        client, rows = cluster.rows(0)
-        for case, call, message, status in BAD:
-            with pytest.raises(Exception) as caught:
-                call(client)
-            text = str(caught.value)
-            assert message in text, case
-            if transport != "ray":  # the object store carries the shard's own exception; the wires name a status
-                assert status in text, case
-            first = cluster.stats()[0]["tables"]["emb"]  # every bad part was shard 0's: it changed nothing
-            assert first["rows"] == 0 and first["version"] == 0, case
-        rejected: dict = {}
-        for s in cluster.stats():
-            for reason, n in s["rejected"].items():
-                rejected[reason] = rejected.get(reason, 0) + n
-        assert rejected["unknown_table"] == 1 and rejected["id_range"] == 2 and rejected["non_finite"] == 1
-        assert rejected["wrong_shard"] == 1 and rejected["rows_shape"] >= 1
-        # the same connection serves on: a good push and pull work, and only they changed anything
-        rows.clock = 1
-        rows.pull("emb", ids(2))
-        rows.push(1, {"emb": (ids(2), np.full((1, DIM), 2.0, np.float32))}, num_samples=1)
-        rows.flush()
-        np.testing.assert_array_equal(rows.pull("emb", ids(2)), np.full((1, DIM), -1.0, np.float32))
-        client.finish()
-    finally:
-        cluster.close()
+def test_bad_sparse_requests_get_a_clear_status_and_the_shard_serves_on(cluster):
+    client, rows = cluster.rows(1, "bad")
+    for case, call, message, status in BAD:
+        with pytest.raises(Exception) as caught:
+            call(client)
+        text = str(caught.value)
+        assert message in text, case
+        if cluster.transport != "ray":  # the object store carries the shard's own exception; wires name a status
+            assert status in text, case
+        first = cluster.stats()[0]["tables"]["bad"]  # every bad part was shard 0's: it changed nothing
+        assert first["rows"] == 0 and first["version"] == 0, case
+    rejected: dict = {}
+    for s in cluster.stats():
+        for reason, n in s["rejected"].items():
+            rejected[reason] = rejected.get(reason, 0) + n
+    assert rejected["unknown_table"] == 1 and rejected["id_range"] == 2 and rejected["non_finite"] == 1
+    assert rejected["wrong_shard"] == 1 and rejected["rows_shape"] >= 1
+    # the same connection serves on: a good push and pull work, and only they changed anything
+    rows.clock = 1
+    rows.pull("bad", ids(2))
+    rows.push(1, {"bad": (ids(2), np.full((1, DIM), 2.0, np.float32))}, num_samples=1)
+    rows.flush()
+    np.testing.assert_array_equal(rows.pull("bad", ids(2)), np.full((1, DIM), -1.0, np.float32))
+    client.finish()
 
 
-def test_a_table_keeps_its_own_bound_while_the_dense_table_runs_asp(ray_session, transport):
+def test_a_table_keeps_its_own_bound_while_the_dense_table_runs_asp(cluster):
     """Dense asp, the table ssp s=0: a worker's pull for iteration 2 waits for the other worker's
     sparse push of iteration 1, and no longer."""
-    cluster = SparseCluster(ray_session, transport, ConsistencyConfig("ssp", staleness=0))
-    try:
-        c0, fast = cluster.rows(0)
-        c1, slow = cluster.rows(1)
-        for r in (fast, slow):
-            r.clock = 1
-            r.pull("emb", ids(4))
-        fast.push(1, {"emb": (ids(4), np.full((1, DIM), 2.0, np.float32))}, 1)
-        fast.flush()
-        got = {}
+    cluster.ray.get([s.finish.remote(w) for s in cluster.shards for w in (0, 1)])  # the other tests' workers
+    c0, fast = cluster.rows(2, "held")
+    c1, slow = cluster.rows(3, "held")
+    for r in (fast, slow):
+        r.clock = 1
+        r.pull("held", ids(4))
+    fast.push(1, {"held": (ids(4), np.full((1, DIM), 2.0, np.float32))}, 1)
+    fast.flush()
+    got = {}
 
-        def pull_ahead():
-            fast.clock = 2
-            got["rows"] = fast.pull("emb", ids(4))
-            got["at"] = time.monotonic()
+    def pull_ahead():
+        fast.clock = 2
+        got["rows"] = fast.pull("held", ids(4))
+        got["at"] = time.monotonic()
 
-        t = threading.Thread(target=pull_ahead, daemon=True)
-        t.start()
-        time.sleep(0.5)
-        assert "rows" not in got  # held at the table's bound
-        released = time.monotonic()
-        slow.push(1, {}, 1)  # the slow worker's empty push of iteration 1 releases it
-        slow.flush()
-        t.join(10)
-        assert got["at"] >= released
-        np.testing.assert_array_equal(got["rows"], np.full((1, DIM), -1.0, np.float32))
-        tables = [s["tables"]["emb"] for s in cluster.stats()]
-        assert max(t["max_clock_gap"] for t in tables) == 0
-        assert sum(t["wait_s"].get(0, 0) for t in tables) > 0.3
-        c0.finish()
-        c1.finish()
-    finally:
-        cluster.close()
+    t = threading.Thread(target=pull_ahead, daemon=True)
+    t.start()
+    time.sleep(0.5)
+    assert "rows" not in got  # held at the table's bound
+    released = time.monotonic()
+    slow.push(1, {}, 1)  # the slow worker's empty push of iteration 1 releases it
+    slow.flush()
+    t.join(10)
+    assert got["at"] >= released
+    np.testing.assert_array_equal(got["rows"], np.full((1, DIM), -1.0, np.float32))
+    tables = [s["tables"]["held"] for s in cluster.stats()]
+    assert max(t["max_clock_gap"] for t in tables) == 0
+    assert sum(t["wait_s"].get(2, 0) for t in tables) > 0.3
+    c0.finish()
+    c1.finish()

@@ -260,4 +260,4 @@ class LocalRows:
     def step(self, model: nn.Module, lr: float) -> None:
         for table, (ids, grads) in row_grads(model).items():
             t = self._tables[table]
-            t.push(0, t.clocks.completed(0) + 1, ids, grads, 1, lr)
+            t.push(0, t.clocks.completed(0) + 1, ids, grads * np.float32(lr), 1)
