@@ -47,11 +47,12 @@ from rayps.ps.partition import partition
 from rayps.ps.sparse_client import ShardLookups
 from rayps.worker.chaos import WorkerChaos
 from rayps.worker.coordinator import WorkCoordinator
-from rayps.worker.data import DataSource, resolve_data
+from rayps.worker.data import resolve_data
 from rayps.worker.embedding import SavedRows, bind, sparse_tables
 from rayps.worker.flat import FlatParams
 from rayps.worker.imports import import_object
 from rayps.worker.losses import resolve_loss
+from rayps.worker.scoring import binary_auc, evaluate
 from rayps.worker.trainer import Worker, WorkerPlan
 from rayps.worker.workqueue import EpochBatches, WorkQueue, default_chunk_batches
 
@@ -396,51 +397,6 @@ def _label(config: JobConfig) -> str:
     c = config.consistency
     return {"asp": "asp", "ssp": f"ssp s={c.staleness}",
             "bsp": "bsp" if c.quorum is None else f"bsp {c.quorum}/{config.workers}"}[c.mode]
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loss_fn, data: DataSource, batch_size: int = 1024) -> tuple[float, float | None]:
-    """Mean loss over ``data`` and, for class-index targets, accuracy."""
-    model.eval()
-    total_loss, correct, seen, classify = 0.0, 0, 0, True
-    for lo in range(0, len(data), batch_size):
-        x, y = data.batch(np.arange(lo, min(lo + batch_size, len(data))))
-        out = model(x)
-        total_loss += float(loss_fn(out, y)) * len(y)
-        classify = classify and y.dtype == torch.int64 and out.dim() == 2
-        if classify:
-            correct += int((out.argmax(dim=1) == y).sum())
-        seen += len(y)
-    return total_loss / seen, (correct / seen if classify else None)
-
-
-@torch.no_grad()
-def binary_auc(model: nn.Module, data: DataSource, batch_size: int = 4096) -> float | None:
-    """ROC AUC of the model's single logit on 0/1 targets (None for any other kind of target)."""
-    model.eval()
-    scores, labels = [], []
-    for lo in range(0, len(data), batch_size):
-        x, y = data.batch(np.arange(lo, min(lo + batch_size, len(data))))
-        out = model(x)
-        if out.numel() != len(y) or y.dtype not in (torch.float32, torch.float64, torch.int64) \
-                or not bool(((y == 0) | (y == 1)).all()):
-            return None
-        scores.append(out.reshape(-1).float().numpy())
-        labels.append(y.reshape(-1).numpy())
-    return roc_auc(np.concatenate(scores), np.concatenate(labels))
-
-
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
-    """The probability a random positive scores above a random negative (ties count half)."""
-    positives = labels == 1
-    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
-    if not n_pos or not n_neg:
-        return None
-    ranks = np.empty(len(scores))
-    ranks[np.argsort(scores, kind="stable")] = np.arange(1, len(scores) + 1)
-    _, tie, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    ranks = (np.bincount(tie, weights=ranks) / counts)[tie]  # tied scores share their mean rank
-    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _sparse_summary(stats: list[dict], reports: list[dict]) -> dict:

@@ -25,6 +25,7 @@ from torch import nn
 
 from rayps.worker.data import ArraySource
 from rayps.worker.embedding import Embedding, EmbeddingBag
+from rayps.worker.scoring import roc_auc  # the same AUC the job reports
 
 
 class ReferencedSource(ArraySource):
@@ -45,8 +46,6 @@ def clicks(examples: int = 600_000, test: int = 50_000, fields: int = 8, vocab: 
            zipf: float = 1.3, factors: int = 4, bias_std: float = 0.6, factor_std: float = 0.2,
            offset: float = -1.0, seed: int = 0) -> dict:
     """Train and test splits of synthetic clicks; see the module docstring."""
-    from rayps.launcher.driver import roc_auc  # the same AUC the job reports
-
     rng = np.random.default_rng(seed)
     total = fields * vocab
     w = rng.normal(0, bias_std, total).astype(np.float32)
