@@ -38,8 +38,11 @@ def test_metrics_on_the_prometheus_endpoint_match_the_job_summary(ray_session, t
     deadline = time.monotonic() + 60
     while True:  # the agent exports on an interval: poll until this job's final counts arrive
         samples = scrape(port)
+        # every metric the asserts read, as each reaches the endpoint on its own export
         if (value(samples, "ray_rayps_shard_updates_total", run_id=run, shard="1") == s["optimizer_steps"]["1"]
-                and value(samples, "ray_rayps_worker_steps_total", run_id=run, worker="1") == steps["1"]):
+                and all(value(samples, "ray_rayps_worker_steps_total", run_id=run, worker=w) == n
+                        and value(samples, "ray_rayps_transfer_bytes_total", run_id=run, worker=w,
+                                  direction="push") is not None for w, n in steps.items())):
             break
         assert time.monotonic() < deadline, f"metrics of run {run} never caught up: {samples}"
         time.sleep(1)
