@@ -141,5 +141,7 @@ class SparseMixin:
         state = state or {}
         if set(state) != set(self._tables):
             raise ShapeError(f"{self!r}: the state holds tables {sorted(state)}, this shard {sorted(self._tables)}")
-        for name, s in state.items():  # checked whole by each table before it changes
+        for name, s in state.items():  # every table's shape first, so a bad state changes no table
+            self._tables[name].check_state(s)
+        for name, s in state.items():
             self._tables[name].load_state_dict(s)

@@ -314,12 +314,20 @@ class SparseTable:
             "wait_s": dict(self.wait_s),
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def check_state(self, state: dict) -> None:
+        """Raise ShapeError unless ``state`` is a state of this table (its name, dim and ids)."""
         if state.get("name") != self.config.name:
             raise ShapeError(f"{self!r}: the state is table {state.get('name')!r}'s")
-        weights = state["store"]["weights"]
-        if weights.ndim != 2 or weights.shape[1] != self.config.dim:
-            raise ShapeError(f"{self!r}: stored rows have shape {weights.shape}, dim must be {self.config.dim}")
+        weights, ids = state["store"]["weights"], np.asarray(state["store"]["ids"])
+        if weights.ndim != 2 or weights.shape[1] != self.config.dim or len(ids) != len(weights):
+            raise ShapeError(f"{self!r}: stored rows have shape {weights.shape} for {len(ids)} ids; dim must be"
+                             f" {self.config.dim}")
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.config.num_embeddings
+                         or (ids % self.num_shards != self.shard_id).any()):
+            raise ShapeError(f"{self!r}: the state holds ids that are not this shard's rows")
+
+    def load_state_dict(self, state: dict) -> None:
+        self.check_state(state)
         clocks = ClockTable([])
         clocks.load_state_dict(state["clocks"])
         self.store.load_state_dict(state["store"], self.num_shards)

@@ -204,3 +204,12 @@ def test_state_round_trip_continues_exactly():
     ids = np.arange(20, dtype=np.int64)
     np.testing.assert_array_equal(a.rows(ids), b.rows(ids))
     assert a.store.count == b.store.count
+
+
+def test_a_state_of_another_table_or_shard_is_refused_before_any_table_changes():
+    a = table(RowOptimizerConfig("sgd"), rows=100, shards=2, shard=0)
+    a.rows(np.array([2, 4], np.int64), 0)
+    other_shard = table(RowOptimizerConfig("sgd"), rows=100, shards=2, shard=1)
+    with pytest.raises(ShapeError, match="not this shard's rows"):
+        other_shard.load_state_dict(a.state_dict())
+    assert other_shard.store.count == 0
