@@ -428,20 +428,26 @@ class ParameterShard(CutMixin, StateMixin, SparseMixin):
             return self._round_clock >= clock
         return self._policy.admits(self._clocks, clock)
 
+    async def wait_until(self, ready: Callable[[], bool], worker_id: int, what: str) -> float:
+        """Wait until ``ready()``, re-checked at every change; return the seconds waited. A restore
+        meanwhile ends the wait with RolledBackError: what was waited for is gone."""
+        if ready():
+            return 0.0
+        generation, began = self._generation, time.monotonic()
+        while not ready():
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            await self._changed.wait()
+            if self._generation != generation:
+                raise RolledBackError(f"{self!r} was restored from a checkpoint while worker {worker_id}"
+                                      f" waited for {what}; it must register again")
+        return time.monotonic() - began
+
     async def _admit(self, worker_id: int, clock: int, take: Callable[[np.ndarray], Any] | None = None,
                      ) -> tuple[Any, int]:
         """Wait until ``worker_id`` may begin iteration ``clock``; then hand it the parameters."""
-        generation = self._generation
-        if not self._ready(clock):
-            began = time.monotonic()
-            while not self._ready(clock):
-                if self._changed is None:
-                    self._changed = asyncio.Event()
-                await self._changed.wait()
-                if self._generation != generation:  # restored under us: the clock waited for is gone
-                    raise RolledBackError(f"{self!r} was restored from a checkpoint while worker {worker_id}"
-                                          f" waited for iteration {clock}; it must register again")
-            waited = time.monotonic() - began
+        waited = await self.wait_until(lambda: self._ready(clock), worker_id, f"iteration {clock}")
+        if waited:
             self._wait_s[worker_id] += waited
             self._metrics.wait_s.inc(waited, tags={"worker": str(worker_id)})
         if self._clocks.is_live(worker_id):

@@ -11,9 +11,6 @@ restored meanwhile. Every refusal is counted by reason and changes nothing.
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import numpy as np
 
 from rayps.errors import LeftJobError, OutOfOrderError, RolledBackError, ShapeError
@@ -25,9 +22,6 @@ class SparseMixin:
 
     def _make_tables(self, tables, num_shards: int, worker_ids) -> None:
         self._tables = {t.name: SparseTable(t, self.shard_id, num_shards, worker_ids) for t in tables}
-
-    def table_names(self) -> list[str]:
-        return sorted(self._tables)
 
     def _table(self, name: str) -> SparseTable:
         table = self._tables.get(name)
@@ -42,10 +36,12 @@ class SparseMixin:
         if not self._clocks.is_live(worker_id):
             self.count_rejection("out_of_order")
             raise LeftJobError(f"{self!r}: worker {worker_id} has left the job; its sparse call is refused")
-        if self._ledger.knows(worker_id) and int(incarnation) != self._ledger.incarnation(worker_id):
-            self.count_rejection("out_of_order")
-            raise LeftJobError(f"{self!r}: worker {worker_id} incarnation {incarnation} was replaced by"
-                               f" incarnation {self._ledger.incarnation(worker_id)}")
+        if self._ledger.knows(worker_id):
+            try:  # the dense pushes' rule: only the current incarnation is heard
+                self._ledger.check_incarnation(worker_id, int(incarnation), repr(self))
+            except (LeftJobError, OutOfOrderError):
+                self.count_rejection("out_of_order")
+                raise
         if self._ledger.must_register(worker_id):
             self.count_rejection("rolled_back")
             raise RolledBackError(f"{self!r} was restored from a checkpoint; worker {worker_id} must register"
@@ -66,17 +62,7 @@ class SparseMixin:
         t = self._table(table)
         ids = self._checked(t.check_ids, ids)
         self._check_sparse_caller(worker_id, incarnation)
-        waited = 0.0
-        if not t.ready(clock):
-            generation, began = self._generation, time.monotonic()
-            while not t.ready(clock):
-                if self._changed is None:
-                    self._changed = asyncio.Event()
-                await self._changed.wait()
-                if self._generation != generation:
-                    raise RolledBackError(f"{self!r} was restored from a checkpoint while worker {worker_id}"
-                                          f" waited for table {table!r} iteration {clock}; it must register again")
-            waited = time.monotonic() - began
+        waited = await self.wait_until(lambda: t.ready(clock), worker_id, f"table {table!r} iteration {clock}")
         t.admitted(worker_id, clock, waited)
         return t.rows(ids, worker_id), t.version
 

@@ -198,7 +198,7 @@ class SparseTable:
     def _touch_new(self, missing: np.ndarray) -> np.ndarray:
         """Rows pulled that are not here: created now, or (frequency filter) counted and read as zeros."""
         c = self.config
-        unique, first = np.unique(missing, return_index=True)
+        unique = np.unique(missing)
         create = unique
         if self.touches is not None:
             local = unique // self.num_shards
