@@ -10,6 +10,7 @@ is read, so the shards work at once. Layout and messages: protos/shm_wire.py.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import socket
@@ -53,25 +54,52 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     return b"".join(chunks)
 
 
+@contextlib.contextmanager
+def _answering(where: str, what: str):
+    """A socket that times out or fails while an answer is read: a TransportError naming the call."""
+    try:
+        yield
+    except socket.timeout:
+        raise TransportError(f"shard at {where}, {what}: no answer in time") from None
+    except OSError as e:
+        raise TransportError(f"shard at {where}, {what}: {e}") from None
+
+
+def _answer(sock: socket.socket, where: str, what: str) -> tuple[int, int, int, int]:
+    """Read one REPLY and its message; a refusal raises TransportError with the shard's message.
+    Returns (outcome, version, clock, seq)."""
+    status, outcome, version, clock, seq = REPLY.unpack(_recv_exactly(sock, REPLY.size))
+    (length,) = MESSAGE.unpack(_recv_exactly(sock, MESSAGE.size))
+    message = _recv_exactly(sock, length).decode() if length else ""
+    if status != OK:
+        raise TransportError(f"shard at {where}, {what}: {STATUSES.get(status, status)}: {message}")
+    return outcome, version, clock, seq
+
+
+def _hello(directory: str, worker_id: int, token: str, timeout_s: float) -> tuple[socket.socket, tuple]:
+    """Connect to a shard's socket and present the token; return the socket and the LAYOUT fields."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout_s)
+    sock.connect(os.path.join(directory, "socket"))
+    raw = token.encode()
+    sock.sendall(HELLO.pack(len(raw), worker_id) + raw)
+    head = _recv_exactly(sock, REPLY.size)  # a refusal is a REPLY; the layout is 16 bytes longer
+    status = head[0]
+    if status != OK:
+        (length,) = MESSAGE.unpack(_recv_exactly(sock, MESSAGE.size))
+        message = _recv_exactly(sock, length).decode()
+        sock.close()
+        raise TransportError(f"shard at {directory}: {STATUSES.get(status, status)}: {message}")
+    return sock, LAYOUT.unpack(head + _recv_exactly(sock, LAYOUT.size - REPLY.size))
+
+
 class _Link:
     """One shard: the socket, the mapped segment, and numpy views of this worker's slot."""
 
     def __init__(self, directory: str, worker_id: int, token: str, size: int, buffers: int, timeout_s: float):
         self.where = directory
         self.clock = self.seq = 0  # what the last REGISTER reply said: where this worker carries on
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout_s)
-        self.sock.connect(os.path.join(directory, "socket"))
-        raw = token.encode()
-        self.sock.sendall(HELLO.pack(len(raw), worker_id) + raw)
-        head = _recv_exactly(self.sock, REPLY.size)  # a refusal is a REPLY; the layout is 16 bytes longer
-        status = head[0]
-        if status != OK:
-            (length,) = MESSAGE.unpack(_recv_exactly(self.sock, MESSAGE.size))
-            message = _recv_exactly(self.sock, length).decode()
-            self.sock.close()
-            raise TransportError(f"shard at {directory}: {STATUSES.get(status, status)}: {message}")
-        _, params, nbuffers, offset = LAYOUT.unpack(head + _recv_exactly(self.sock, LAYOUT.size - REPLY.size))
+        self.sock, (_, params, nbuffers, offset) = _hello(directory, worker_id, token, timeout_s)
         if (params, nbuffers) != (size, buffers):
             raise TransportError(f"shard at {directory} holds {params} parameters and {nbuffers} buffer values,"
                                  f" but this job expects {size} and {buffers}")
@@ -93,16 +121,8 @@ class _Link:
 
     def receive(self, what: str) -> int:
         """The reply's version; a refusal raises TransportError with the shard's message."""
-        try:
-            status, _, version, self.clock, self.seq = REPLY.unpack(_recv_exactly(self.sock, REPLY.size))
-            (length,) = MESSAGE.unpack(_recv_exactly(self.sock, MESSAGE.size))
-            message = _recv_exactly(self.sock, length).decode() if length else ""
-        except socket.timeout:
-            raise TransportError(f"shard at {self.where}, {what}: no answer in time") from None
-        except OSError as e:
-            raise TransportError(f"shard at {self.where}, {what}: {e}") from None
-        if status != OK:
-            raise TransportError(f"shard at {self.where}, {what}: {STATUSES.get(status, status)}: {message}")
+        with _answering(self.where, what):
+            _, version, self.clock, self.seq = _answer(self.sock, self.where, what)
         return version
 
     def close(self) -> None:
@@ -120,18 +140,7 @@ class _SparseLink:
 
     def __init__(self, directory: str, worker_id: int, token: str, timeout_s: float):
         self.where, self.worker_id = directory, worker_id
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout_s)
-        self.sock.connect(os.path.join(directory, "socket"))
-        raw = token.encode()
-        self.sock.sendall(HELLO.pack(len(raw), worker_id) + raw)
-        head = _recv_exactly(self.sock, REPLY.size)
-        if head[0] != OK:
-            (length,) = MESSAGE.unpack(_recv_exactly(self.sock, MESSAGE.size))
-            message = _recv_exactly(self.sock, length).decode()
-            self.sock.close()
-            raise TransportError(f"shard at {directory}: {STATUSES.get(head[0], head[0])}: {message}")
-        _recv_exactly(self.sock, LAYOUT.size - REPLY.size)
+        self.sock, _ = _hello(directory, worker_id, token, timeout_s)
 
     def send(self, op: int, table: str, clock: int, ids: np.ndarray, grads: np.ndarray | None,
              samples: int, incarnation: int) -> None:
@@ -147,20 +156,12 @@ class _SparseLink:
             raise TransportError(f"shard at {self.where}, table {table!r}: {e}") from None
 
     def receive(self, what: str, rows: bool) -> np.ndarray | None:
-        try:
-            status, _, _, _, _ = REPLY.unpack(_recv_exactly(self.sock, REPLY.size))
-            (length,) = MESSAGE.unpack(_recv_exactly(self.sock, MESSAGE.size))
-            message = _recv_exactly(self.sock, length).decode() if length else ""
-            if status != OK:
-                raise TransportError(f"shard at {self.where}, {what}: {STATUSES.get(status, status)}: {message}")
+        with _answering(self.where, what):
+            _answer(self.sock, self.where, what)
             if not rows:
                 return None
             count, dim, _ = SPARSE_ROWS.unpack(_recv_exactly(self.sock, SPARSE_ROWS.size))
             data = _recv_exactly(self.sock, count * dim * 4)
-        except socket.timeout:
-            raise TransportError(f"shard at {self.where}, {what}: no answer in time") from None
-        except OSError as e:
-            raise TransportError(f"shard at {self.where}, {what}: {e}") from None
         return np.frombuffer(data, "<f4").reshape(count, dim)
 
     def close(self) -> None:
