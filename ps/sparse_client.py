@@ -31,6 +31,16 @@ def split_by_shard(ids: np.ndarray, num_shards: int) -> tuple[np.ndarray, list[n
     return order, np.split(ids[order], cuts)
 
 
+def rows_by_shard(ids: np.ndarray, num_shards: int, dim: int, ask) -> np.ndarray:
+    """The rows of ``ids`` in their order: ``ask(ids_per_shard)`` returns each shard's rows (None for a
+    shard asked no ids), and they are put back where their ids stood."""
+    order, parts = split_by_shard(ids, num_shards)
+    out = np.empty((len(ids), dim), np.float32)
+    if len(ids):
+        out[order] = np.concatenate([a for a in ask(parts) if a is not None])
+    return out
+
+
 class SparseRows:
     """Pulls and pushes for every sparse table of one worker, over one transport."""
 
@@ -44,10 +54,8 @@ class SparseRows:
 
     def pull(self, table: str, ids: np.ndarray) -> np.ndarray:
         """The rows ``ids`` (unique, int64) of ``table`` for the current iteration."""
-        order, parts = split_by_shard(ids, self.num_shards)
-        answers = self.transport.sparse_pull(table, parts, self.clock)
-        out = np.empty((len(ids), self.dims[table]), np.float32)
-        out[order] = np.concatenate([a for a in answers if a is not None]) if len(ids) else out[:0]
+        out = rows_by_shard(ids, self.num_shards, self.dims[table],
+                            lambda parts: self.transport.sparse_pull(table, parts, self.clock))
         self.rows_pulled += len(ids)
         return out
 
@@ -85,8 +93,5 @@ class ShardLookups:
 
     def pull(self, table: str, ids: np.ndarray) -> np.ndarray:
         import ray
-        order, parts = split_by_shard(ids, len(self.shards))
-        answers = ray.get([s.sparse_lookup.remote(table, p) for s, p in zip(self.shards, parts)])
-        out = np.empty((len(ids), self.dims[table]), np.float32)
-        out[order] = np.concatenate(answers) if len(ids) else out[:0]
-        return out
+        return rows_by_shard(ids, len(self.shards), self.dims[table], lambda parts: ray.get(
+            [s.sparse_lookup.remote(table, p) for s, p in zip(self.shards, parts)]))

@@ -86,6 +86,13 @@ class TableConfig:
                 f" (init 'zeros', not {self.init!r})")
 
 
+def untrained_rows(config: TableConfig, ids: np.ndarray) -> np.ndarray:
+    """How rows no pull created read: as they would start, or zeros behind a frequency filter."""
+    if config.min_touches > 1:
+        return np.zeros((len(ids), config.dim), np.float32)
+    return initial_rows(ids, config.dim, config.init, config.init_scale, config.seed, config.name)
+
+
 class SparseTable:
     def __init__(self, config: TableConfig, shard_id: int, num_shards: int, worker_ids):
         self.config = config
@@ -183,8 +190,7 @@ class SparseTable:
         if absent.any():
             missing = ids[absent]
             if worker_id is None:
-                out[absent] = 0 if self.touches is not None else initial_rows(
-                    missing, c.dim, c.init, c.init_scale, c.seed, c.name)
+                out[absent] = untrained_rows(c, missing)
             else:
                 out[absent] = self._touch_new(missing)
                 slots = store.slots(local)  # those created now

@@ -64,7 +64,7 @@ class _SparseModule(nn.Module):
             raise ShapeError(f"{self!r}: ids must be an integer tensor, got {ids.dtype}")
         if self._source is None:
             raise ConfigError(f"sparse table {self.table!r} is not bound: its rows live on the parameter servers;"
-                              " train the model with rayps.Job, or bind(model, LocalRows()) to try it here")
+                              " train the model with rayps.Job, or LocalRows(model) to try it here")
         flat = ids.detach().reshape(-1).cpu().numpy().astype(np.int64, copy=False)
         if len(flat) and (flat.min() < 0 or flat.max() >= self.num_embeddings):
             bad = int(flat.min() if flat.min() < 0 else flat.max())
@@ -222,7 +222,7 @@ class SavedRows:
         self.configs = configs or {}  # name -> TableConfig: how an untrained row starts
 
     def pull(self, table: str, ids: np.ndarray) -> np.ndarray:
-        from rayps.ps.row_store import initial_rows
+        from rayps.ps.sparse_table import untrained_rows
         known, rows = self.tables[table]
         where = np.minimum(np.searchsorted(known, ids), max(len(known) - 1, 0))
         hit = (known[where] == ids) if len(known) else np.zeros(len(ids), bool)
@@ -230,8 +230,8 @@ class SavedRows:
         dim = rows.shape[1] if rows.ndim == 2 and rows.shape[1] else c.dim
         out = np.zeros((len(ids), dim), np.float32)
         out[hit] = rows[where[hit]]
-        if c is not None and not hit.all() and c.min_touches == 1:
-            out[~hit] = initial_rows(ids[~hit], c.dim, c.init, c.init_scale, c.seed, c.name)
+        if c is not None and not hit.all():
+            out[~hit] = untrained_rows(c, ids[~hit])
         return out
 
 
@@ -240,21 +240,15 @@ class LocalRows:
 
     ``step(model, lr)`` applies plain SGD to the rows of the last backward."""
 
-    def __init__(self, model: nn.Module | None = None, seed: int = 0, init: str = "normal", init_scale: float = 1.0):
+    def __init__(self, model: nn.Module, seed: int = 0, init: str = "normal", init_scale: float = 1.0):
         from rayps.ps.row_optimizers import RowOptimizerConfig
         from rayps.ps.sparse_table import SparseTable, TableConfig
-        self._make = lambda name, n, d: SparseTable(
-            TableConfig(name, n, d, optimizer=RowOptimizerConfig("sgd", lr=1.0), init=init, init_scale=init_scale,
-                        seed=seed), 0, 1, [0])
-        self._tables: dict = {}
-        self._shapes = sparse_tables(model) if model is not None else {}
-        if model is not None:
-            bind(model, self)
+        self._tables = {name: SparseTable(TableConfig(name, n, d, optimizer=RowOptimizerConfig("sgd", lr=1.0),
+                                                      init=init, init_scale=init_scale, seed=seed), 0, 1, [0])
+                        for name, (n, d) in sparse_tables(model).items()}
+        bind(model, self)
 
     def pull(self, table: str, ids: np.ndarray) -> np.ndarray:
-        if table not in self._tables:
-            n, d = self._shapes.get(table, (int(ids.max()) + 1 if len(ids) else 1, None))
-            self._tables[table] = self._make(table, n, d)
         return self._tables[table].rows(ids, worker_id=0)
 
     def step(self, model: nn.Module, lr: float) -> None:
