@@ -52,7 +52,7 @@ from rayps.worker.embedding import SavedRows, bind, sparse_tables
 from rayps.worker.flat import FlatParams
 from rayps.worker.imports import import_object
 from rayps.worker.losses import resolve_loss
-from rayps.worker.scoring import binary_auc, evaluate
+from rayps.worker.scoring import evaluate, score
 from rayps.worker.trainer import Worker, WorkerPlan
 from rayps.worker.workqueue import EpochBatches, WorkQueue, default_chunk_batches
 
@@ -180,8 +180,8 @@ def run_job(config: JobConfig, output: str | Path | None = None,
         # Scored while the shards still serve: a sparse model reads its rows from them.
         final, final_buffers = _merge_pulled(pulled)
         flat.load(final, final_buffers)
-        test_loss, test_accuracy = evaluate(model, loss_fn, splits.test) if splits.test is not None else (None, None)
-        final_auc = binary_auc(model, splits.test) if splits.test is not None else None
+        test_loss, test_accuracy, final_auc = score(model, loss_fn, splits.test) if splits.test is not None \
+            else (None, None, None)
         # The trained rows come home with the model (only rows some batch touched exist at all).
         saved = {name: _exported(shards, name) for name in shapes}
         coverage = ray.get(coordinator.coverage.remote())

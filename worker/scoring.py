@@ -9,11 +9,19 @@ from torch import nn
 from rayps.worker.data import DataSource
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, loss_fn, data: DataSource, batch_size: int = 1024) -> tuple[float, float | None]:
     """Mean loss over ``data`` and, for class-index targets, accuracy."""
+    return score(model, loss_fn, data, batch_size)[:2]
+
+
+@torch.no_grad()
+def score(model: nn.Module, loss_fn, data: DataSource, batch_size: int = 1024,
+          ) -> tuple[float, float | None, float | None]:
+    """One pass over ``data``: the mean loss; accuracy for class-index targets; ROC AUC of the single
+    logit for 0/1 targets (None where the targets are not of that kind)."""
     model.eval()
-    total_loss, correct, seen, classify = 0.0, 0, 0, True
+    total_loss, correct, seen, classify, binary = 0.0, 0, 0, True, True
+    scores, labels = [], []
     for lo in range(0, len(data), batch_size):
         x, y = data.batch(np.arange(lo, min(lo + batch_size, len(data))))
         out = model(x)
@@ -21,24 +29,14 @@ def evaluate(model: nn.Module, loss_fn, data: DataSource, batch_size: int = 1024
         classify = classify and y.dtype == torch.int64 and out.dim() == 2
         if classify:
             correct += int((out.argmax(dim=1) == y).sum())
+        binary = binary and out.numel() == len(y) and y.dtype in (torch.float32, torch.float64, torch.int64) \
+            and bool(((y == 0) | (y == 1)).all())
+        if binary:
+            scores.append(out.reshape(-1).float().numpy())
+            labels.append(y.reshape(-1).numpy())
         seen += len(y)
-    return total_loss / seen, (correct / seen if classify else None)
-
-
-@torch.no_grad()
-def binary_auc(model: nn.Module, data: DataSource, batch_size: int = 4096) -> float | None:
-    """ROC AUC of the model's single logit on 0/1 targets (None for any other kind of target)."""
-    model.eval()
-    scores, labels = [], []
-    for lo in range(0, len(data), batch_size):
-        x, y = data.batch(np.arange(lo, min(lo + batch_size, len(data))))
-        out = model(x)
-        if out.numel() != len(y) or y.dtype not in (torch.float32, torch.float64, torch.int64) \
-                or not bool(((y == 0) | (y == 1)).all()):
-            return None
-        scores.append(out.reshape(-1).float().numpy())
-        labels.append(y.reshape(-1).numpy())
-    return roc_auc(np.concatenate(scores), np.concatenate(labels))
+    auc = roc_auc(np.concatenate(scores), np.concatenate(labels)) if binary and scores else None
+    return total_loss / seen, (correct / seen if classify else None), auc
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
