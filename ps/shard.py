@@ -466,8 +466,7 @@ class ParameterShard(CutMixin, StateMixin, SparseMixin):
 
     async def stats(self) -> dict:
         self._metrics.memory_bytes.set(self._memory_bytes)
-        self._metrics.table_gauges(self._tables_stats())  # refreshed whenever the driver looks
-        self._flush_metrics()
+        self._flush_metrics()  # the tables' gauges too, whenever the driver looks
         return {
             "shard_id": self.shard_id,
             "size": int(self._params.size),
