@@ -79,17 +79,14 @@ class _SparseModule(nn.Module):
             self._touched.append((unique, rows))
         return rows, torch.from_numpy(inverse).to(ids.device).view(ids.shape)
 
-    def row_grads(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """This module's row gradients since the last call (ids unique, summed), then forgets them."""
+    def row_parts(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """This module's (unique ids, row gradients), one pair per forward since the last call, then
+        forgets them (``row_grads`` sums them per table)."""
         touched, self._touched = self._touched, []
         parts = [(u, r.grad.detach().cpu().numpy()) for u, r in touched if r.grad is not None]
         if self.padding_idx is not None:
             parts = [(u[u != self.padding_idx], g[u != self.padding_idx]) for u, g in parts]
-        if not parts:
-            return None
-        if len(parts) == 1:
-            return parts[0]
-        return _summed(np.concatenate([u for u, _ in parts]), np.concatenate([g for _, g in parts]))
+        return parts
 
 
 class Embedding(_SparseModule):
@@ -196,12 +193,11 @@ def row_grads(model: nn.Module) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every table's row gradients of the last backward (duplicate ids summed), then forgotten."""
     per_table: dict[str, list] = {}
     for m in sparse_modules(model):
-        got = m.row_grads()
-        if got is not None:
-            per_table.setdefault(m.table, []).append(got)
+        per_table.setdefault(m.table, []).extend(m.row_parts())
+    # one forward of one module: its ids are unique already; several (calls, or modules sharing a table): summed
     return {t: parts[0] if len(parts) == 1 else _summed(np.concatenate([u for u, _ in parts]),
                                                         np.concatenate([g for _, g in parts]))
-            for t, parts in per_table.items()}
+            for t, parts in per_table.items() if parts}
 
 
 def forget_rows(model: nn.Module) -> None:
