@@ -13,18 +13,17 @@ import time
 import numpy as np
 import pytest
 
-from rayps.ps.client import RayTransport
+from rayps.launcher.driver import make_transport
 from rayps.ps.consistency import ConsistencyConfig
-from rayps.ps.grpc_client import GrpcEndpoints
-from rayps.ps.grpc_security import new_token
+from rayps.ps.grpc_security import GrpcConfig
 from rayps.ps.optimizers import OptimizerConfig
 from rayps.ps.partition import partition
 from rayps.ps.row_optimizers import RowOptimizerConfig
 from rayps.ps.schedules import ScheduleConfig
 from rayps.ps.served import ServedShard
-from rayps.ps.shm_client import ShmEndpoints
 from rayps.ps.sparse_client import SparseRows
 from rayps.ps.sparse_table import TableConfig
+from tests.test_transports import Cluster
 
 pytestmark = [pytest.mark.ray]
 
@@ -32,7 +31,7 @@ ROWS, DIM = 100, 4
 TRANSPORTS = ["ray", "grpc", "shm"]
 
 
-class SparseCluster:
+class SparseCluster(Cluster):  # its stats() and close()
     """Two shards (dense asp) holding three tables, one per test, so a transport's tests share one cluster:
     ``emb`` and ``bad`` (asp), and ``held`` (ssp s=0). Each test uses workers of its own."""
 
@@ -47,28 +46,14 @@ class SparseCluster:
         self.shards = [actor.remote(r.shard_id, np.zeros(r.size, np.float32), list(range(workers)),
                                     OptimizerConfig(name="sgd", lr=0.5), ScheduleConfig(), ConsistencyConfig("asp"),
                                     tables=tables, num_shards=2) for r in ranges]
-        token = new_token()
-        if transport == "grpc":
-            addresses = ray.get([s.serve_grpc.remote(token, "127.0.0.1") for s in self.shards])
-            self.endpoints = GrpcEndpoints(tuple(addresses), token, timeout_s=20.0, ranges=tuple(ranges))
-        elif transport == "shm":
-            directories = ray.get([s.serve_shm.remote(token) for s in self.shards])
-            self.endpoints = ShmEndpoints(tuple(directories), ("",) * 2, token, tuple(ranges), timeout_s=20.0)
-        else:
-            self.endpoints = RayTransport(tuple(self.shards), tuple(ranges))
+        # served and reached the way a job's driver does it
+        self.endpoints = make_transport(transport, self.shards, tuple(ranges), None, workers, GrpcConfig(timeout_s=20.0))
 
     def rows(self, worker_id: int, table: str) -> tuple[object, SparseRows]:
         client = self.endpoints.connect(worker_id)
         client.register(np.zeros(4, np.float32))
         return client, SparseRows(client, 2, {table: DIM})
 
-    def stats(self) -> list[dict]:
-        return self.ray.get([s.stats.remote() for s in self.shards])
-
-    def close(self) -> None:
-        self.ray.get([s.stop_serving.remote() for s in self.shards])
-        for s in self.shards:
-            self.ray.kill(s)
 
 
 @pytest.fixture(scope="module", params=TRANSPORTS)
