@@ -39,10 +39,19 @@ def test_metrics_on_the_prometheus_endpoint_match_the_job_summary(ray_session, t
     while True:  # the agent exports on an interval: poll until this job's final counts arrive
         samples = scrape(port)
         # every metric the asserts read, as each reaches the endpoint on its own export
-        if (value(samples, "ray_rayps_shard_updates_total", run_id=run, shard="1") == s["optimizer_steps"]["1"]
+        arrived = all(value(samples, name, run_id=run, **{key: who}) is not None
+                      for name, key, whom in (
+                          ("ray_rayps_update_staleness_count", "shard", ("0", "1")),
+                          ("ray_rayps_shard_memory_bytes", "shard", ("0", "1")),
+                          ("ray_rayps_push_pull_seconds_count", "worker", steps),
+                          ("ray_rayps_transfer_bytes_total", "worker", steps),
+                          ("ray_rayps_worker_loss", "worker", steps),
+                          ("ray_rayps_worker_clock_lag", "worker", steps))
+                      for who in whom)
+        if arrived and all(value(samples, "ray_rayps_shard_updates_total", run_id=run, shard=sh) ==
+                           s["optimizer_steps"][sh] for sh in ("0", "1")) \
                 and all(value(samples, "ray_rayps_worker_steps_total", run_id=run, worker=w) == n
-                        and value(samples, "ray_rayps_transfer_bytes_total", run_id=run, worker=w,
-                                  direction="push") is not None for w, n in steps.items())):
+                        for w, n in steps.items()):
             break
         assert time.monotonic() < deadline, f"metrics of run {run} never caught up: {samples}"
         time.sleep(1)
