@@ -54,7 +54,7 @@ from rayps.worker.imports import import_object
 from rayps.worker.losses import resolve_loss
 from rayps.worker.scoring import evaluate, score
 from rayps.worker.trainer import Worker, WorkerPlan
-from rayps.worker.workqueue import EpochBatches, WorkQueue, default_chunk_batches
+from rayps.worker.workqueue import WorkQueue, default_chunk_batches, plan_batches
 
 #: Where ``psctl scale`` finds a running job's work queue: ``coordinator-<job>`` in this namespace.
 COORDINATORS = "rayps"
@@ -94,15 +94,17 @@ def run_job(config: JobConfig, output: str | Path | None = None,
     ranges = partition(flat.numel, config.servers, allow_empty=bool(shapes))
     # Model buffers (BatchNorm statistics): cut across the shards the same way; some may hold none.
     buffer_ranges = partition(flat.buffers.numel, config.servers, allow_empty=True)
-    batches = EpochBatches(len(splits.train), config.workers, config.batch_size, config.seed)
+    batches = plan_batches(splits.train, config.workers, config.batch_size, config.seed)
     steps_per_worker = config.epochs * max(batches.stretches)
     if config.max_steps is not None:
         steps_per_worker = min(steps_per_worker, config.max_steps)
     # The schedule's horizon: one update per push (asp, ssp) or per clock (bsp).
     total_updates = steps_per_worker * (1 if config.consistency.mode == "bsp" else config.workers)
-    chunk = config.chunk_batches or default_chunk_batches(batches.per_epoch, config.workers)
+    # Data read in chunks: a unit is one chunk by default (its ends cut the units), so no chunk is read twice.
+    chunk = config.chunk_batches or (batches.per_epoch if batches.chunk_ends is not None
+                                     else default_chunk_batches(batches.per_epoch, config.workers))
     queue = WorkQueue(batches.stretches, config.epochs, chunk, config.max_steps,
-                      steal=config.consistency.mode != "bsp")
+                      steal=config.consistency.mode != "bsp", chunk_ends=batches.chunk_ends)
 
     dashboard_url = ensure_ray(dashboard)
     check_feasible(config, ray.nodes())

@@ -77,3 +77,24 @@ def test_resolve_loss_names_a_module_that_lacks_the_callable():
 
 def test_builtin_losses_are_exactly_the_four_documented():
     assert sorted(LOSSES) == ["bce", "cross_entropy", "kl", "mse"]
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "mse", "bce", "kl"])
+def test_weighted_losses_are_the_batch_mean_of_weight_times_each_examples_loss(name):
+    gen = torch.Generator().manual_seed(7)
+    out = torch.randn(6, 3 if name in ("cross_entropy", "kl") else 1, generator=gen)
+    target = {"cross_entropy": torch.tensor([0, 2, 1, 1, 0, 2]), "mse": torch.randn(6, generator=gen),
+              "bce": torch.tensor([0., 1., 1., 0., 1., 0.]), "kl": torch.softmax(torch.randn(6, 3, generator=gen), -1)}[name]
+    weight = torch.tensor([0.5, 2.0, 1.0, 0.0, 3.0, 1.5])
+    loss = LOSSES[name]
+    per_example = torch.stack([loss(out[i:i + 1], target[i:i + 1]) for i in range(6)])
+    torch.testing.assert_close(loss(out, target, weight=weight), (weight * per_example).mean())
+    # weights of one are the plain loss
+    torch.testing.assert_close(loss(out, target, weight=torch.ones(6)), loss(out, target))
+
+
+def test_takes_weight_tells_a_loss_that_accepts_weights_from_one_that_does_not():
+    from rayps.worker.losses import takes_weight
+    assert takes_weight(cross_entropy)
+    assert takes_weight(lambda out, target, **kw: out.sum())
+    assert not takes_weight(lambda out, target: out.sum())

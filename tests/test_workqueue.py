@@ -106,3 +106,14 @@ def test_epoch_batches_cover_every_example_once_per_epoch():
     batches = EpochBatches(101, 3, 7, seed=1)
     every = np.concatenate(batches.batches(Unit(2, 0, batches.per_epoch)))
     assert sorted(every.tolist()) == list(range(101))
+
+
+def test_units_never_cross_a_chunk_end_so_each_unit_reads_whole_chunks():
+    # one worker, 10 batches an epoch in chunks ending at 3, 4 and 10 (epoch 0) and at 6 (epoch 1)
+    ends = {0: [3, 4, 10], 1: [6, 10]}
+    queue = WorkQueue([10], epochs=2, chunk_batches=5, chunk_ends=lambda e: ends[e])
+    units = []
+    while (unit := queue.lease(0, 0, 1)) is not None:
+        units.append((unit.epoch, unit.lo, unit.hi))
+    assert units == [(0, 0, 3), (0, 3, 4), (0, 4, 9), (0, 9, 10), (1, 0, 5), (1, 5, 6), (1, 6, 10)]
+    assert queue.budget == 20

@@ -8,6 +8,12 @@
   used for distillation.
 
 A ``"module:callable"`` string names any other ``loss(output, target)``.
+
+Per-example weights: a batch may carry a third tensor, each example's weight
+(importance sampling re-weights the loss with it, so the gradient estimates
+the whole data set's, unbiased). The built-in losses take it as ``weight=``
+and return the batch mean of ``weight * loss``; a loss of your own must
+accept ``weight`` too to be used with such data (``takes_weight`` checks).
 """
 
 from __future__ import annotations
@@ -22,20 +28,45 @@ from rayps.worker.imports import import_object
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(output, target)
+def _weighted(per_example: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return (per_example * weight.reshape(-1).to(per_example.dtype)).mean()
 
 
-def mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(output, target.reshape(output.shape))
+def cross_entropy(output: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    if weight is None:
+        return F.cross_entropy(output, target)
+    return _weighted(F.cross_entropy(output, target, reduction="none"), weight)
 
 
-def bce(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(output.reshape(-1), target.reshape(-1).float())
+def mse(output: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    if weight is None:
+        return F.mse_loss(output, target.reshape(output.shape))
+    per_element = F.mse_loss(output, target.reshape(output.shape), reduction="none")
+    return _weighted(per_element.reshape(len(output), -1).mean(dim=1), weight)
 
 
-def kl(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.kl_div(F.log_softmax(output, dim=-1), target, reduction="batchmean")
+def bce(output: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    if weight is None:
+        return F.binary_cross_entropy_with_logits(output.reshape(-1), target.reshape(-1).float())
+    per_example = F.binary_cross_entropy_with_logits(output.reshape(-1), target.reshape(-1).float(), reduction="none")
+    return _weighted(per_example, weight)
+
+
+def kl(output: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    if weight is None:
+        return F.kl_div(F.log_softmax(output, dim=-1), target, reduction="batchmean")
+    return _weighted(F.kl_div(F.log_softmax(output, dim=-1), target, reduction="none").sum(dim=-1), weight)
+
+
+def takes_weight(loss: LossFn) -> bool:
+    """Whether ``loss`` accepts per-example weights as ``weight=``."""
+    import inspect
+
+    try:
+        params = inspect.signature(loss).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: it cannot be told
+        return False
+    return "weight" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 LOSSES: dict[str, LossFn] = {"cross_entropy": cross_entropy, "mse": mse, "bce": bce, "kl": kl}

@@ -55,7 +55,7 @@ from rayps.worker.embedding import bind, forget_rows, row_grads, sparse_tables
 from rayps.worker.flat import FlatParams
 from rayps.worker.losses import LossFn
 from rayps.worker.pace import StepClock, straggle_s
-from rayps.worker.workqueue import EpochBatches, Unit, WorkQueue, default_chunk_batches
+from rayps.worker.workqueue import Unit, WorkQueue, default_chunk_batches, plan_batches
 
 log = logging.getLogger(__name__)
 
@@ -157,10 +157,11 @@ class Worker:
         self.flat = FlatParams(self.model, device)
         self.loss_fn = loss_fn
         self.train = train
-        self.batches = EpochBatches(len(train), plan.num_workers, plan.batch_size, plan.seed)
+        self.batches = plan_batches(train, plan.num_workers, plan.batch_size, plan.seed)
         if work is None:
             chunk = default_chunk_batches(self.batches.per_epoch, plan.num_workers)
-            queue = WorkQueue(self.batches.stretches, plan.epochs, chunk, plan.max_steps)
+            queue = WorkQueue(self.batches.stretches, plan.epochs, chunk, plan.max_steps,
+                              chunk_ends=self.batches.chunk_ends)
             self.work = _LocalWork(WorkCoordinator(queue, self.batches, plan.num_workers))
         else:
             self.work = _RemoteWork(work)
@@ -307,7 +308,8 @@ class Worker:
                         if plan.max_steps is not None and steps >= plan.max_steps:
                             break
                         chaos.before_step(steps + 1)
-                        x, y = self.train.batch(indices)
+                        # A third tensor, when the data has one, is each example's loss weight (importance sampling).
+                        x, y, *weight = self.train.batch(indices)
                         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                         if plan.slow_s:
                             time.sleep(plan.slow_s)
@@ -315,7 +317,8 @@ class Worker:
                         if self.sparse is not None:  # the iteration this forward's rows are pulled for
                             self.sparse.clock = self.clock + 1
                         flat.zero_grad()
-                        loss = self.loss_fn(self.model(x), y)
+                        loss = self.loss_fn(self.model(x), y, weight=weight[0].to(device)) if weight \
+                            else self.loss_fn(self.model(x), y)
                         loss.backward()
                         loss_value = loss.item()
                         held = straggle_s(rng, time.monotonic() - computing, plan.slowdown, plan.straggle_p,

@@ -57,7 +57,16 @@ class Lease:
 
 
 class EpochBatches:
-    """Which example indices each batch of each epoch holds (a worker computes them itself)."""
+    """Which example indices each batch of each epoch holds (a worker computes them itself).
+
+    The plan for data addressed by index: one permutation of every example per
+    epoch. A source read in chunks brings its own plan (``epoch_batches``, see
+    ``plan_batches``) with the same three members: ``stretches``, ``batches``
+    and ``examples``, and ``chunk_ends``, which says where a unit must end so
+    that no unit reads a chunk it does not finish.
+    """
+
+    chunk_ends = None  # any batch may end a unit: the data is in memory
 
     def __init__(self, num_examples: int, num_workers: int, batch_size: int, seed: int = 0):
         self.sharder = EpochSharder(num_examples, num_workers, batch_size, seed)
@@ -79,14 +88,25 @@ class EpochBatches:
         return sum(len(b) for b in self.batches(unit))
 
 
+def plan_batches(source, num_workers: int, batch_size: int, seed: int = 0):
+    """The epoch plan for ``source``: its own (``source.epoch_batches``) when it is read in chunks,
+    else one permutation of every example per epoch."""
+    own = getattr(source, "epoch_batches", None)
+    if own is not None:
+        return own(num_workers, batch_size, seed)
+    return EpochBatches(len(source), num_workers, batch_size, seed)
+
+
 class WorkQueue:
     def __init__(self, stretches: list[int], epochs: int, chunk_batches: int, max_steps: int | None = None,
-                 steal: bool = True):
+                 steal: bool = True, chunk_ends=None):
         """``stretches``: each initial worker's batches per epoch; ``max_steps``: at most this many
         batches of each worker's own stretches are queued (the rest of the data is never used).
         ``steal``: whether a worker that finished its own stretch takes others' units (bsp says
         no: which batches meet in a round would then depend on timing; a worker added mid-job,
-        with no stretch of its own, always may)."""
+        with no stretch of its own, always may). ``chunk_ends``: epoch -> the sorted positions in
+        the batch list where a chunk of the data ends; a unit never crosses one, so each unit
+        reads whole chunks (None: units are cut every ``chunk_batches`` only)."""
         if chunk_batches < 1:
             raise ConfigError(f"chunk_batches ({chunk_batches}) must be >= 1")
         self.batches_per_epoch = sum(stretches)
@@ -98,12 +118,16 @@ class WorkQueue:
             left = epochs * length if max_steps is None else min(max_steps, epochs * length)
             units = self._own[worker] = deque()
             for epoch in range(epochs):
-                for lo in range(start, start + length, chunk_batches):
+                ends = np.asarray(chunk_ends(epoch) if chunk_ends is not None else [], dtype=np.int64)
+                lo = start
+                while lo < start + length and left > 0:
                     hi = min(lo + chunk_batches, start + length, lo + left)
-                    if hi <= lo:
-                        break
+                    later = ends[np.searchsorted(ends, lo, side="right"):]
+                    if len(later):
+                        hi = min(hi, int(later[0]))
                     units.append(Unit(epoch, lo, hi))
                     left -= hi - lo
+                    lo = hi
             start += length
         self.budget = sum(len(u) for units in self._own.values() for u in units)
         self._any: deque[Unit] = deque()  # handed back: for whoever asks first
