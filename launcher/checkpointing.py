@@ -32,8 +32,11 @@ CUT_S = 2.0  # how long a cut waits for the pushes it needs before it is abandon
 
 
 class Checkpointer:
-    def __init__(self, root: str, keep: int, schedule: CheckpointSchedule, config: dict):
+    def __init__(self, root: str, keep: int, schedule: CheckpointSchedule, config: dict,
+                 extra: dict | None = None):
+        """``extra``: parts every checkpoint carries as they are (the job's fitted data state)."""
         self.root = str(root)
+        self.extra = dict(extra or {})
         self.store = CheckpointStore(root, keep)
         self.schedule = schedule
         self.config = config
@@ -71,6 +74,7 @@ class Checkpointer:
         index = self.next_index()
         parts = {part_name(i): state for i, state in enumerate(states)}
         parts["queue"] = queue
+        parts.update(self.extra)
         parts["job"] = {"config": self.config, "clocks": cut, "versions": [s["version"] for s in states],
                         "history": list(history), "written_at": time.time()}
         self.store.write(index, parts)

@@ -7,6 +7,8 @@
     psctl up CLUSTER_YAML [--dry-run]  /  psctl down CLUSTER_YAML
     psctl submit [CLUSTER_YAML] [--address URL] [--set KEY=VALUE ...] [--output DIR] [--no-wait]
     psctl status [CLUSTER_YAML]  /  psctl logs JOB [CLUSTER_YAML] [--follow]  /  psctl stop JOB [CLUSTER_YAML]
+    psctl data profile PATH [--label COL] [--outliers iqr|zscore|none] [--json]
+    psctl data generate OUT --rows N [--files F] [--missing P] [--outliers P]
 
 Any failure ends in one line on stderr and a non-zero exit: 2 for an error
 rayps raised on purpose (a bad config, a failed job), 1 for anything else,
@@ -79,6 +81,27 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("config", nargs="?", help="cluster.yaml (for its address)")
     logs = sub.add_parser("logs", help="print a job's logs")
     logs.add_argument("--follow", action="store_true", help="stream until the job ends; exit with its status")
+    data = sub.add_parser("data", help="profile a data set without training, or write a synthetic one")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    profile = data_sub.add_parser("profile", help="print the quality report of PATH (Parquet or a directory)")
+    profile.add_argument("path")
+    profile.add_argument("--label", default="label")
+    profile.add_argument("--outliers", default="iqr", choices=("iqr", "zscore", "none"),
+                         help="the rule whose outliers are counted (default iqr)")
+    profile.add_argument("--threshold", type=float, default=None)
+    profile.add_argument("--chunk-rows", type=int, default=65536)
+    profile.add_argument("--json", action="store_true", help="print quality.json instead of the table")
+    profile.add_argument("--output", default=None, help="also write quality.json and quality.png here")
+    gen = data_sub.add_parser("generate", help="write a synthetic classification set of Parquet files")
+    gen.add_argument("out")
+    gen.add_argument("--rows", type=int, required=True)
+    gen.add_argument("--features", type=int, default=16)
+    gen.add_argument("--classes", type=int, default=4)
+    gen.add_argument("--files", type=int, default=8)
+    gen.add_argument("--row-group-rows", type=int, default=250_000)
+    gen.add_argument("--missing", type=float, default=0.0, help="fraction of feature cells made null")
+    gen.add_argument("--outliers", type=float, default=0.0, help="fraction of feature cells set far out")
+    gen.add_argument("--seed", type=int, default=0)
     stop = sub.add_parser("stop", help="stop a job")
     scale = sub.add_parser("scale", help="add or remove workers of a running job, without restarting it")
     scale.add_argument("--workers", type=int, required=True, help="how many workers the job should have")
@@ -145,6 +168,37 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data(args: argparse.Namespace) -> int:
+    if args.data_command == "generate":
+        from rayps.launcher.datagen import generate
+
+        truth = generate(args.out, args.rows, args.features, args.classes, args.files, args.row_group_rows,
+                         args.missing, args.outliers, args.seed)
+        print(f"wrote {truth['rows']:,} rows in {truth['files']} files to {args.out} (truth.json beside them)")
+        return 0
+    from pathlib import Path
+
+    from rayps.launcher.data_report import format_report, quality_report, write_quality
+    from rayps.worker.dataconfig import data_config
+    from rayps.worker.pipeline import prepare
+
+    # Profiling only reports: missing values are counted (filled with the mean, so they never count as
+    # outliers too) and outliers are counted at the rule's fences, nothing is dropped or clipped.
+    config = data_config({"path": args.path, "label": args.label, "chunk_rows": args.chunk_rows,
+                          "test_fraction": 0, "quality": {
+                              "missing": {"policy": "mean"},
+                              "outliers": {"rule": args.outliers, "threshold": args.threshold, "policy": "report"}}},
+                         "psctl data profile")
+    prepared = prepare(config, parallel=os.cpu_count() or 2)
+    if args.output:
+        Path(args.output).mkdir(parents=True, exist_ok=True)
+        report = write_quality(Path(args.output), prepared)
+    else:
+        report = quality_report(prepared)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -168,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "data":
+            return _data(args)
         from rayps.launcher.cluster_cli import COMMANDS
 
         if args.command in COMMANDS:

@@ -27,6 +27,7 @@ from rayps.ps.optimizers import OptimizerConfig
 from rayps.ps.schedules import ScheduleConfig
 from rayps.ps.sparse_config import SparseConfig
 from rayps.ps.settings import build, dataclass_in, number, require
+from rayps.worker.dataconfig import data_config, is_pipeline_spec
 
 TRANSPORTS = ("auto", "shm", "grpc", "ray")
 
@@ -84,7 +85,7 @@ class JobConfig:
 
     model: Any = "rayps.worker.models:mlp"  # 'module:callable' or a callable returning an nn.Module
     model_args: Mapping[str, Any] = field(default_factory=dict)  # keyword arguments for model
-    data: Any = "rayps.worker.datasets:digits"  # any form worker.data.resolve_data takes
+    data: Any = "rayps.worker.datasets:digits"  # any form worker.data.resolve_data takes; files: a DataConfig
     test_data: Any = None  # None: the data's own test split, or a held-out part of train
     loss: Any = "cross_entropy"  # cross_entropy | mse | kl | 'module:callable' | a callable
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -126,6 +127,8 @@ class JobConfig:
         return bool(self.overlap)
 
     def __post_init__(self) -> None:
+        if is_pipeline_spec(self.data):  # files read in chunks: the data section is checked now, by key
+            object.__setattr__(self, "data", data_config(self.data, "data"))
         number(self.servers, "servers", minimum=1, integer=True)
         number(self.workers, "workers", minimum=1, integer=True)
         number(self.batch_size, "batch_size", minimum=1, integer=True)

@@ -28,9 +28,11 @@ import ray
 import torch
 from torch import nn
 
+from rayps.errors import ConfigError
 from rayps.launcher.checkpointing import Checkpointer
 from rayps.launcher.config import JobConfig
 from rayps.launcher.controller import Controller
+from rayps.launcher.dataprep import prepare_on_ray, write_data_files
 from rayps.launcher.local import ensure_ray
 from rayps.launcher.monitor import Monitor
 from rayps.launcher.placement import check_feasible, server_options, worker_options
@@ -47,11 +49,12 @@ from rayps.ps.partition import partition
 from rayps.ps.sparse_client import ShardLookups
 from rayps.worker.chaos import WorkerChaos
 from rayps.worker.coordinator import WorkCoordinator
-from rayps.worker.data import resolve_data
+from rayps.worker.data import Splits, resolve_data
+from rayps.worker.dataconfig import DataConfig
 from rayps.worker.embedding import SavedRows, bind, sparse_tables
 from rayps.worker.flat import FlatParams
 from rayps.worker.imports import import_object
-from rayps.worker.losses import resolve_loss
+from rayps.worker.losses import resolve_loss, takes_weight
 from rayps.worker.scoring import evaluate, score
 from rayps.worker.trainer import Worker, WorkerPlan
 from rayps.worker.workqueue import WorkQueue, default_chunk_batches, plan_batches
@@ -67,6 +70,7 @@ class JobResult:
     model: nn.Module  # a model holding the final parameters
     run_dir: Path
     history: list[dict] = field(default_factory=list)  # the rows of history.jsonl
+    transform: object = None  # data read in chunks: the fitted DataTransform the model expects its inputs through
 
 
 def job_name(run_id: str) -> str:
@@ -84,7 +88,18 @@ def run_job(config: JobConfig, output: str | Path | None = None,
     began = time.monotonic()
     model_fn = _model_factory(config)
     loss_fn = resolve_loss(config.loss)
-    splits = resolve_data(config.data, config.test_data, seed=config.seed)
+    ckpt = config.checkpoint
+    prepared = None
+    if isinstance(config.data, DataConfig):  # files read in chunks: statistics passes on Ray first
+        ensure_ray(dashboard)
+        root = Path(output) if output else None
+        prepared = prepare_on_ray(config, _checkpoint_root(config, root) if root else None, root)
+        splits = Splits(prepared.train, prepared.test, prepared)
+    else:
+        splits = resolve_data(config.data, config.test_data, seed=config.seed)
+    if getattr(splits.train, "weighted", False) and not takes_weight(loss_fn):
+        raise ConfigError(f"loss ({config.loss!r}) takes no per-example weights, and the data's sampling "
+                          f"({config.data.sample.method}) weights every example: give it a weight= argument")
     torch.manual_seed(config.seed)
     model = model_fn()
     flat = FlatParams(model)
@@ -113,10 +128,10 @@ def run_job(config: JobConfig, output: str | Path | None = None,
     run_dir = Path(output) if output else default_run_dir(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+    data_summary = write_data_files(run_dir, prepared) if prepared is not None else None
     run_id = uuid.uuid4().hex[:8]
     namespace = f"rayps-{run_id}"  # actor names are unique per run, not per cluster
-    ckpt = config.checkpoint
-    ckpt_root = str(Path(ckpt.dir or run_dir / "checkpoints").resolve()) if ckpt.enabled else None
+    ckpt_root = _checkpoint_root(config, run_dir)
     init, init_buffers, integer = flat.host_params(), flat.buffers.pack(), flat.buffers.integer
     shard_cls = ray.remote(ServedShard)
     shards = [
@@ -158,7 +173,8 @@ def run_job(config: JobConfig, output: str | Path | None = None,
         initial = {w: 0 for w in range(config.workers)}
         if ckpt_root is not None:
             checkpointer = Checkpointer(ckpt_root, ckpt.keep, CheckpointSchedule(ckpt.every_s, ckpt.every_steps),
-                                        config.to_dict())
+                                        config.to_dict(),
+                                        extra={"data": prepared.state()} if prepared is not None else None)
             restored = ray.get(shards[0].life.remote())["restored"]
             if restored is not None:  # a resumed job: every worker comes back as a new incarnation
                 initial, history = _resume(shards, coordinator, checkpointer, restored, config.workers)
@@ -211,6 +227,8 @@ def run_job(config: JobConfig, output: str | Path | None = None,
         if "auc" in reference:  # a generated data set knows the AUC of its true model on this test set
             summary["reference_auc"] = reference["auc"]
             summary["auc_ratio"] = final_auc / reference["auc"]
+    if data_summary is not None:
+        summary["data"] = data_summary
     if audit is not None:
         summary["applied_twice"] = sum(len(log) - len(set(map(tuple, log))) for log in audit)
     summary["transport"] = transport.name  # what auto chose, not what the config said
@@ -226,7 +244,13 @@ def run_job(config: JobConfig, output: str | Path | None = None,
             np.savez(run_dir / "tables" / f"{name}.npz", ids=ids, rows=rows)
     if report:
         write_report(run_dir)
-    return JobResult(summary=summary, params=final, model=model, run_dir=run_dir, history=history)
+    return JobResult(summary=summary, params=final, model=model, run_dir=run_dir, history=history,
+                     transform=prepared.transform if prepared is not None else None)
+
+
+def _checkpoint_root(config: JobConfig, run_dir: Path) -> str | None:
+    ckpt = config.checkpoint
+    return str(Path(ckpt.dir or run_dir / "checkpoints").resolve()) if ckpt.enabled else None
 
 
 def scale_job(name: str, workers: int) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import reprlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, default_collate
 
 from rayps.errors import ConfigError, ShapeError
+from rayps.worker.dataconfig import DataConfig, data_config, is_pipeline_spec
 from rayps.worker.imports import import_object
 from rayps.worker.sharder import EpochSharder  # noqa: F401 (re-exported: it was defined here)
 
@@ -132,6 +133,7 @@ class SubsetSource:
 class Splits:
     train: DataSource
     test: DataSource | None
+    prepared: Any = None  # data read in chunks: the PreparedData (fitted transform, statistics)
 
 
 _short = reprlib.Repr()
@@ -154,6 +156,16 @@ def resolve_data(spec: Any, test: Any = None, *, test_fraction: float = 0.2, see
     """
     if not 0 <= test_fraction < 1:
         raise ConfigError(f"test_fraction ({test_fraction!r}) must be in [0, 1)")
+    if is_pipeline_spec(spec):  # files, read in chunks; the data section sets its own split
+        if test is not None:
+            raise ConfigError("test data for a data section goes in its 'test' key, not the test argument")
+        from rayps.worker.pipeline import prepare
+
+        config = data_config(spec)
+        if not isinstance(spec, DataConfig) and "test_fraction" not in (spec if isinstance(spec, dict) else {}):
+            config = replace(config, test_fraction=test_fraction)
+        prepared = prepare(config, seed)
+        return Splits(prepared.train, prepared.test, prepared)
     resolved = _resolve(spec, "data", splits_allowed=True)
     if isinstance(resolved, Splits):
         train, test_source = resolved.train, resolved.test

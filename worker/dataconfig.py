@@ -182,19 +182,37 @@ class DataConfig:
                 or self.quality.constant == "drop")
 
 
+def _is_path(text: str) -> bool:
+    """A data path, not a "module:callable" name: a .parquet file, a directory, a glob or a URI."""
+    import os
+    import re
+
+    if re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", text):
+        return False
+    return text.endswith(".parquet") or "://" in text or any(c in text for c in "*?[") or os.path.isdir(text)
+
+
 def is_pipeline_spec(spec: Any) -> bool:
-    """Whether a data mapping is for chunked reading: a parquet path, .npy files, or pipeline keys."""
+    """Whether a data spec is for chunked reading: a Parquet path, .npy files, or pipeline keys."""
+    import os
+
+    if isinstance(spec, DataConfig):
+        return True
+    if isinstance(spec, (str, os.PathLike)):
+        return _is_path(os.fspath(spec))
     if not isinstance(spec, Mapping) or "train" in spec:
         return False
     if any(key in spec for key in PIPELINE_KEYS) or "path" in spec:
         return True
-    return "x" in spec and isinstance(spec["x"], str)
+    return "x" in spec and isinstance(spec["x"], (str, os.PathLike))
 
 
 def data_config(spec: Any, where: str = "data") -> DataConfig:
     """``spec`` (a mapping, a DataConfig, or a parquet path) as a checked DataConfig."""
+    import os
+
     if isinstance(spec, DataConfig):
         return spec
-    if isinstance(spec, str):
-        spec = {"path": spec}
+    if isinstance(spec, (str, os.PathLike)):
+        spec = {"path": os.fspath(spec)}
     return build(DataConfig, spec, where)
