@@ -299,7 +299,7 @@ def test_splits_pickle_and_keep_their_examples():
         ("foo.csv", "data ('foo.csv') must be"),
         (42, "data (42) must be"),
         ((1, 2, 3), "data ((1, 2, 3)) must be"),
-        ({"features": "x.npy"}, "data ({'features': 'x.npy'}) must be"),
+        ({"features": "x.npy"}, "data: give either path (Parquet files) or x and y"),
         ("no_such_module_xyz:make", "cannot import module 'no_such_module_xyz'"),
         ("tests.test_data:nope", "has no 'nope'"),
     ],

@@ -160,8 +160,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         require((self.path is None) != (self.x is None),
-                "data: give either path (parquet) or x and y (.npy files or arrays)")
-        require((self.x is None) == (self.y is None), "data: x and y go together")
+                "give either path (Parquet files) or x and y (.npy files or arrays)")
+        require((self.x is None) == (self.y is None), "x and y go together")
         number(self.chunk_rows, "chunk_rows", minimum=1, integer=True)
         number(self.test_fraction, "test_fraction", minimum=0)
         require(self.test_fraction < 1, f"test_fraction ({self.test_fraction!r}) must be < 1")
