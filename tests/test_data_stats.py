@@ -61,7 +61,7 @@ def all_rows(source):
 def test_the_chunks_are_uneven_and_go_to_three_groups(dataset):
     prepared = fitted(dataset[0])
     sizes = sorted({c.rows for c in prepared.train.chunks})
-    assert len(prepared.train.chunks) == 20 and sizes[0] == 34 and sizes[-1] == 200  # 1650 = 4 x 333 + 318; 318 = 200 + 118 ...
+    assert len(prepared.train.chunks) == 20 and sizes[0] == 34 and sizes[-1] == 200  # 900 = 333 + 333 + 234 = ... + 200 + 34
     assert len(groups_of([("train", c) for c in prepared.train.chunks], 3)) == 3
 
 

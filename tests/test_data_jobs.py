@@ -1,0 +1,115 @@
+"""Jobs on Parquet directories read in chunks: defects fixed as reported, exact coverage through a kill,
+memory bounded by chunks, and the profile command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import rayps
+from rayps.launcher.cli import main
+from rayps.launcher.datagen import generate
+from rayps.launcher.dataprep import load_transform, saved_state
+from tests.test_failures import Counter  # noqa: F401 (the model is named by its import path)
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+QUALITY = {"missing": {"policy": "mean"}, "outliers": {"rule": "iqr", "threshold": 5, "policy": "clip"}}
+
+
+def run(tmp_path, name, **kwargs):
+    return rayps.Job(**kwargs).run(output=tmp_path / name, progress=False, dashboard=False, report=False)
+
+
+def classify(tmp_path, name, path, **data):
+    return run(tmp_path, name, data={"path": str(path), "chunk_rows": 4000, "quality": QUALITY,
+                                     "scale": "standard", **data},
+               model_args={"in_features": 8, "hidden": [32], "num_classes": 4}, epochs=2, batch_size=64,
+               eval_every_s=0, optimizer={"name": "adam", "lr": 0.01},
+               consistency={"mode": "bsp"})  # bsp: the two runs differ by their data only, never by timing
+
+
+@pytest.mark.timeout(300)
+def test_injected_missing_values_and_outliers_are_counted_exactly_and_train_as_well_as_clean_data(
+        ray_session, tmp_path):
+    dirty = generate(tmp_path / "dirty", 24_000, features=8, files=3, row_group_rows=5000,
+                     missing=0.01, outliers=0.003, seed=3)
+    generate(tmp_path / "clean", 24_000, features=8, files=3, row_group_rows=5000, seed=3)
+    fixed = classify(tmp_path, "dirty-run", tmp_path / "dirty")
+    clean = classify(tmp_path, "clean-run", tmp_path / "clean")
+    report = json.loads((fixed.run_dir / "quality.json").read_text())
+    for column in dirty["features"]:
+        entry = report["columns"][column]
+        assert entry["missing"] == dirty["missing"][column] and entry["filled"] == dirty["missing"][column]
+        assert entry["outliers"] == dirty["outliers"][column] and entry["clipped"] == dirty["outliers"][column]
+    assert report["rows_read"] == 24_000 and report["dropped"] == {"no_label": 0, "missing": 0, "outliers": 0}
+    assert sum(report["label"]["classes"].values()) == 24_000
+    assert (fixed.run_dir / "quality.png").stat().st_size > 10_000
+    s = fixed.summary["data"]
+    assert s["filled"] == dirty["missing"] and s["clipped"] == dirty["outliers"]
+    acc_fixed, acc_clean = fixed.summary["test_accuracy"], clean.summary["test_accuracy"]
+    assert acc_clean > 0.8 and abs(acc_fixed - acc_clean) <= 0.02, (acc_fixed, acc_clean)
+    # the transform the workers applied comes back with the run, and scores raw rows the same way
+    transform = load_transform(fixed.run_dir)
+    raw = pq.read_table(tmp_path / "dirty" / "part-0000.parquet").slice(0, 500)
+    x = np.stack([raw.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in dirty["features"]], 1)
+    inputs, kept = transform.apply(x)
+    assert kept.all() and np.isfinite(inputs).all() and abs(float(inputs.mean())) < 0.2
+    assert fixed.transform.to_dict() == transform.to_dict()
+
+
+@pytest.mark.timeout(300)
+def test_every_row_is_seen_once_per_epoch_across_workers_when_a_worker_is_killed_mid_epoch(ray_session, tmp_path):
+    ids = np.arange(1000, dtype=np.float32)
+    for i, (lo, hi) in enumerate([(0, 130), (130, 620), (620, 1000)]):  # uneven files, row groups of 150
+        pq.write_table(pa.table({"id": ids[lo:hi], "label": np.zeros(hi - lo, dtype=np.int64)}),
+                       tmp_path / f"ids-{i}.parquet", row_group_size=150)
+    result = run(tmp_path, "run", model="tests.test_failures:Counter", model_args={"n": 1000},
+                 data={"path": str(tmp_path), "features": ["id"], "chunk_rows": 100, "test_fraction": 0},
+                 loss="tests.test_failures:minus_sum", optimizer={"name": "sgd", "lr": 1.0}, servers=1,
+                 batch_size=10, epochs=3, eval_every_s=0, consistency={"mode": "ssp"},
+                 chaos={"kill": ["worker-0@25"]}, debug={"audit": True, "slow_workers": {0: 0.01, 1: 0.01}})
+    s = result.summary
+    assert s["restarts"] == {"worker-0": 1} and s["applied_twice"] == 0
+    counts = result.model.p.detach().numpy()
+    assert (counts == 3).all(), np.unique(counts, return_counts=True)  # 3 epochs, every row once each
+    assert s["examples_per_epoch"] == {str(e): 1000 for e in range(3)}
+    # every checkpoint carries the data state the job would resume with
+    state = saved_state(str(result.run_dir / "checkpoints"), result.run_dir)
+    assert state["kept"]["train"] == json.loads((result.run_dir / "data.json").read_text())["kept"]["train"]
+
+
+@pytest.mark.timeout(300)
+def test_worker_memory_is_bounded_by_its_chunks_not_by_the_data_set(ray_session, tmp_path):
+    generate(tmp_path / "big", 2_000_000, features=16, files=4, row_group_rows=100_000, seed=1)
+    generate(tmp_path / "small", 20_000, features=16, files=4, row_group_rows=5000, seed=1)
+
+    def job(name):
+        return run(tmp_path, name, data={"path": str(tmp_path / name), "chunk_rows": 20_000, "test_fraction": 0},
+                   model_args={"in_features": 16, "num_classes": 4}, max_steps=60, batch_size=64, eval_every_s=0)
+
+    big, small = job("big"), job("small")
+    assert big.summary["data"]["rows_read"] == 2_000_000
+    held_mib = 2_000_000 * 16 * 4 / 2**20  # 122 MiB: the features alone as float32, if a worker held the set
+    for worker, rss in big.summary["worker_peak_rss_mb"].items():
+        extra = rss - small.summary["worker_peak_rss_mb"][worker]
+        assert extra < 48 < held_mib / 2, (worker, rss, extra)  # measured: 25 MiB (a row group's decode)
+
+
+def test_profile_prints_the_report_without_training(tmp_path, capsys):
+    truth = generate(tmp_path / "d", 6000, features=3, files=2, row_group_rows=1000, missing=0.02, outliers=0.01)
+    assert main(["data", "profile", str(tmp_path / "d"), "--json", "--threshold", "5",
+                 "--output", str(tmp_path / "out")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {c: e["missing"] for c, e in report["columns"].items()} == truth["missing"]
+    assert {c: e["outliers"] for c, e in report["columns"].items()} == truth["outliers"]
+    assert (tmp_path / "out" / "quality.json").is_file() and (tmp_path / "out" / "quality.png").is_file()
+    assert main(["data", "profile", str(tmp_path / "d")]) == 0
+    table = capsys.readouterr().out
+    assert "6000 rows in 6 chunks" in table and "f0" in table
+    assert main(["data", "profile", str(tmp_path / "nowhere")]) == 2
+    assert "no such file or directory" in capsys.readouterr().err
