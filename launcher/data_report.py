@@ -125,9 +125,15 @@ def plot_histograms(prepared: PreparedData, report: dict, path: Path) -> Path:
     for ax, name, sketch in zip(axes.ravel(), columns, sketches):
         values = np.concatenate(sketch.levels)
         weights = np.concatenate([np.full(len(lv), 2.0 ** h) for h, lv in enumerate(sketch.levels)])
-        if len(values):
-            ax.hist(values, bins=40, weights=weights, color="#4c72b0")
         entry = report["columns"][name]
+        if len(values):
+            # the bulk of the values, and the fences: a few far outliers would squash it to one bar
+            fences = [f for f in entry.get("fences", []) or [] if f is not None]
+            lo, hi = (min(fences), max(fences)) if len(fences) == 2 else (sketch.quantile(0.001),
+                                                                          sketch.quantile(0.999))
+            pad = 0.05 * (hi - lo)
+            lo, hi = max(values.min(), lo - pad), min(values.max(), hi + pad)
+            ax.hist(values, bins=40, range=(lo, hi) if hi > lo else None, weights=weights, color="#4c72b0")
         for fence in entry.get("fences", []) or []:
             if fence is not None and len(values) and values.min() <= fence <= values.max():
                 ax.axvline(fence, color="#c44e52", linestyle="--", linewidth=1)

@@ -13,7 +13,9 @@ import json
 from pathlib import Path
 
 import ray
+import ray.exceptions
 
+from rayps.errors import PSError
 from rayps.launcher.data_report import summary_part, write_quality
 from rayps.ps.checkpoint import CheckpointStore
 from rayps.worker.pipeline import PreparedData, prepare, summarize_group
@@ -27,7 +29,13 @@ def ray_map(num_cpus: float = 0, resources: dict | None = None):
     task = ray.remote(summarize_group).options(num_cpus=num_cpus, resources=dict(resources or {}))
 
     def run(calls: list[tuple]) -> list:
-        return ray.get([task.remote(*args) for args in calls])
+        try:
+            return ray.get([task.remote(*args) for args in calls])
+        except ray.exceptions.RayTaskError as e:
+            # A bad file is the user's error, named by file, row group and column: say that, not a traceback.
+            if isinstance(e.cause, PSError):
+                raise e.cause from None
+            raise
 
     return run
 

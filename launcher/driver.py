@@ -91,6 +91,8 @@ def run_job(config: JobConfig, output: str | Path | None = None,
     ckpt = config.checkpoint
     prepared = None
     if isinstance(config.data, DataConfig):  # files read in chunks: statistics passes on Ray first
+        if config.test_data is not None:
+            raise ConfigError("test_data does not go with a data section: give its test split as data.test")
         ensure_ray(dashboard)
         root = Path(output) if output else None
         prepared = prepare_on_ray(config, _checkpoint_root(config, root) if root else None, root)
@@ -104,6 +106,8 @@ def run_job(config: JobConfig, output: str | Path | None = None,
     model = model_fn()
     flat = FlatParams(model)
     shapes = sparse_tables(model)  # rayps.Embedding tables: their rows live on the shards, never here
+    if prepared is not None and not shapes:
+        _check_inputs(model, prepared)
     tables = tuple(config.sparse.table_configs(shapes, config.consistency, config.seed))
     # A shard may hold no dense values when the model's weight is in its sparse tables.
     ranges = partition(flat.numel, config.servers, allow_empty=bool(shapes))
@@ -246,6 +250,22 @@ def run_job(config: JobConfig, output: str | Path | None = None,
         write_report(run_dir)
     return JobResult(summary=summary, params=final, model=model, run_dir=run_dir, history=history,
                      transform=prepared.transform if prepared is not None else None)
+
+
+def _check_inputs(model: nn.Module, prepared) -> None:
+    """A model must take what the data transform hands it: say so before any actor starts, with the
+    columns, rather than as a shape error from inside a worker."""
+    columns = prepared.transform.features.out_columns
+    try:
+        with torch.no_grad():
+            model.eval()
+            model(torch.zeros(2, len(columns)))
+    except RuntimeError as e:
+        raise ConfigError(f"the model does not take the {len(columns)} features the data transform hands it "
+                          f"({', '.join(columns[:8])}{', ...' if len(columns) > 8 else ''}): {e}; set model_args "
+                          f"to match (for the bundled mlp: in_features: {len(columns)})") from None
+    finally:
+        model.train()
 
 
 def _checkpoint_root(config: JobConfig, run_dir: Path) -> str | None:

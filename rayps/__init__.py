@@ -36,6 +36,7 @@ _PUBLIC = {
     "load_job_config": "rayps.launcher.config", "JobResult": "rayps.launcher.driver",
     "run_job": "rayps.launcher.driver", "scale_job": "rayps.launcher.driver",
     "Embedding": "rayps.worker.embedding", "EmbeddingBag": "rayps.worker.embedding",
+    "DataConfig": "rayps.worker.dataconfig", "load_transform": "rayps.launcher.dataprep",
     **{name: "rayps.errors" for name in ("PSError", "ConfigError", "ShapeError", "JobError", "ClusterError",
                                          "StallError")},
 }

@@ -14,7 +14,6 @@ import rayps
 from rayps.launcher.cli import main
 from rayps.launcher.datagen import generate
 from rayps.launcher.dataprep import load_transform, saved_state
-from tests.test_failures import Counter  # noqa: F401 (the model is named by its import path)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -113,3 +112,52 @@ def test_profile_prints_the_report_without_training(tmp_path, capsys):
     assert "6000 rows in 6 chunks" in table and "f0" in table
     assert main(["data", "profile", str(tmp_path / "nowhere")]) == 2
     assert "no such file or directory" in capsys.readouterr().err
+
+
+def test_the_passes_as_ray_tasks_fit_what_threads_in_one_process_fit(ray_session, tmp_path):
+    from rayps.launcher.dataprep import ray_map
+    from rayps.worker.dataconfig import data_config
+    from rayps.worker.pipeline import prepare
+
+    generate(tmp_path / "d", 9000, features=4, files=3, row_group_rows=1100, missing=0.01, outliers=0.01)
+    config = data_config({"path": str(tmp_path / "d"), "chunk_rows": 700, "quality": QUALITY,
+                          "scale": "standard", "select": {"method": "mutual_info", "k": 3},
+                          "generate": {"method": "pca", "k": 2}})
+    on_ray = prepare(config, seed=2, parallel=3, map_groups=ray_map())
+    here = prepare(config, seed=2, parallel=3)
+    assert on_ray.passes == here.passes == 2
+    assert on_ray.train.kept == here.train.kept and on_ray.test.kept == here.test.kept
+    for a, b in ((on_ray.transform.to_dict(), here.transform.to_dict()),):
+        assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def test_a_bad_file_fails_the_job_before_training_naming_file_row_group_and_column(ray_session, tmp_path):
+    data = tmp_path / "data"
+    generate(data, 3000, features=3, files=2, row_group_rows=500)
+    bad = data / "part-0001.parquet"
+    meta = pq.ParquetFile(bad).metadata
+    column = meta.row_group(2).column(1)
+    raw = bytearray(bad.read_bytes())
+    start = column.dictionary_page_offset if column.has_dictionary_page else column.data_page_offset
+    raw[start:start + column.total_compressed_size] = b"\xff" * column.total_compressed_size
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(rayps.ConfigError, match=r"part-0001.parquet, row group 2, column 'f1': cannot be read"):
+        run(tmp_path, "run", data={"path": str(data)}, model_args={"in_features": 3, "num_classes": 4})
+    assert not (tmp_path / "run").exists()  # nothing started: no run directory, no training
+
+
+def test_a_resumed_job_uses_the_saved_transform_and_rows_not_a_new_fit(ray_session, tmp_path):
+    data = tmp_path / "data"
+    generate(data, 4000, features=4, files=2, row_group_rows=1000, seed=5)
+    job = {"data": {"path": str(data), "chunk_rows": 1000, "scale": "standard"},
+           "model_args": {"in_features": 4, "num_classes": 4}, "epochs": 1, "batch_size": 100,
+           "eval_every_s": 0, "checkpoint": {"every_steps": 5}}
+    first = run(tmp_path, "run", **job)
+    saved = json.loads((first.run_dir / "transform.json").read_text())
+    # the files' values change (same rows): a new fit would scale differently, a resume must not
+    table = pq.read_table(data / "part-0000.parquet")
+    pq.write_table(table.set_column(0, "f0", pa.array(table.column("f0").to_numpy() * 10 + 3)),
+                   data / "part-0000.parquet", row_group_size=1000)
+    again = run(tmp_path, "run", **job)
+    assert again.transform.to_dict() == saved
+    assert again.summary["data"]["rows"] == first.summary["data"]["rows"]

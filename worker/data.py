@@ -13,8 +13,9 @@ Forms ``resolve_data`` accepts, for ``spec`` and for ``test``:
 - a map-style ``torch.utils.data.Dataset`` whose items are ``(x, y)``;
 - ``{"train": form, "test": form}`` (``test`` optional; only in ``spec``);
 - ``{"x": "x.npy", "y": "y.npy"}`` (numpy files, or arrays);
-- ``"file.parquet"`` or ``{"path": "file.parquet", "label": "label"}``: the
-  label column is ``y``, every other (numeric) column is a float32 feature;
+- a Parquet path (a file, a directory, a glob, a URI) or a data section
+  ``{"path": ..., "label": ..., ...}`` (worker/dataconfig.py): read in
+  chunks, never whole, through the fitted pipeline (worker/pipeline.py);
 - a ``DataSource``, passed through.
 
 Dtypes from arrays: floating -> float32, integer and bool -> int64 (class
@@ -208,8 +209,8 @@ def _resolve(spec: Any, what: str, *, splits_allowed: bool, called: bool = False
         return TorchDatasetSource(spec)
     if isinstance(spec, (str, os.PathLike)):
         path = os.fspath(spec)
-        if path.endswith(".parquet"):
-            return _load_parquet(path, "label", what)
+        if is_pipeline_spec(path):
+            return _chunked({"path": path}, what)
         if ":" in path and not called:
             obj = import_object(path, what)
             # A name may point at data itself (a module-level tuple) as well as at a factory.
@@ -246,7 +247,7 @@ def _resolve_dict(spec: dict, what: str, splits_allowed: bool) -> DataSource | S
             if "y" not in keys:
                 raise ConfigError(f"{what}: 'x' given without 'y'")
             return ArraySource(_load_npy(spec["x"], f"{what}['x']"), _load_npy(spec["y"], f"{what}['y']"))
-        return _load_parquet(os.fspath(spec["path"]), spec.get("label", "label"), what)
+        return _chunked(spec, what)
     raise ConfigError(f"{what} ({_short.repr(spec)}) must be {_FORMS}")
 
 
@@ -262,28 +263,9 @@ def _load_npy(value: Any, what: str) -> np.ndarray:
         raise ConfigError(f"{what} ({os.fspath(value)!r}) is not a numeric .npy file: {e}") from None
 
 
-def _load_parquet(path: str, label: str, what: str) -> ArraySource:
-    import pyarrow as pa  # imported here: only parquet users pay for it
-    import pyarrow.parquet as pq
+def _chunked(spec: dict, what: str) -> DataSource:
+    """A Parquet source inside a train/test form: every row of it, read in chunks (no split of its own)."""
+    from rayps.worker.pipeline import prepare
 
-    if not os.path.isfile(path):
-        raise ConfigError(f"{what} ({path!r}): no such file")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise ConfigError(f"{what} ({path!r}) is not a readable parquet file: {e}") from None
-    if label not in table.column_names:
-        columns = ", ".join(table.column_names)
-        raise ConfigError(f"{what} ({path!r}): label column {label!r} not found (columns: {columns})")
-    features = [name for name in table.column_names if name != label]
-    if not features:
-        raise ConfigError(f"{what} ({path!r}) has no feature columns beside label {label!r}")
-    for name in table.column_names:
-        col = table.column(name)
-        kind = col.type
-        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
-            raise ConfigError(f"{what} ({path!r}): column {name!r} has type {kind}; columns must be numeric")
-        if col.null_count:
-            raise ConfigError(f"{what} ({path!r}): column {name!r} has {col.null_count} null values")
-    x = np.stack([table.column(name).to_numpy().astype(np.float32) for name in features], axis=1)
-    return ArraySource(x, table.column(label).to_numpy())
+    config = data_config({**spec, "test_fraction": 0} if isinstance(spec, dict) else spec, what)
+    return prepare(config).train
