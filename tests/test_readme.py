@@ -37,3 +37,15 @@ def test_readme_sparse_example_trains_near_the_true_click_models_auc(ray_session
     s = namespace["result"].summary
     assert s["test_auc"] >= 0.9 * s["reference_auc"], (s["test_auc"], s["reference_auc"])
     assert s["sparse_tables"]["deep"]["rows"] > 0 and s["sparse_tables"]["wide"]["rows"] > 0
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_readme_data_example_counts_the_injected_defects_and_trains(ray_session, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "readme_data_example"}
+    exec(compile(readme_example("## Data at scale"), str(README), "exec"), namespace)
+    s, truth = namespace["result"].summary, namespace["truth"]
+    assert s["data"]["filled"] == truth["missing"] and s["data"]["clipped"] == truth["outliers"]
+    assert len(s["data"]["features"]["out"]) == 6 and s["test_accuracy"] >= 0.8
+    assert namespace["kept"].all() and namespace["inputs"].shape == (5, 6)
