@@ -264,3 +264,34 @@ def test_missing_values_without_a_policy_fail_naming_the_columns(tmp_path):
                    tmp_path / "m.parquet")
     with pytest.raises(ConfigError, match=r"missing values .* \('a': 1\); set data.quality.missing.policy"):
         fitted(str(tmp_path))
+
+
+def test_files_may_order_their_columns_differently_but_not_hold_different_ones(tmp_path):
+    pq.write_table(pa.table({"a": [1.0, 2.0], "b": [3.0, 4.0], "label": [0, 1]}), tmp_path / "p0.parquet")
+    pq.write_table(pa.table({"b": [5.0, 6.0], "label": [1, 0], "a": [7.0, 8.0]}), tmp_path / "p1.parquet")
+    x = all_rows(fitted(str(tmp_path)).train)[0].numpy()
+    assert x.tolist() == [[1, 3], [2, 4], [7, 5], [8, 6]]  # read by name, in the first file's order
+    pq.write_table(pa.table({"a": [1.0], "c": [2.0], "label": [0]}), tmp_path / "p2.parquet")
+    with pytest.raises(ConfigError, match=r"p2.parquet: columns \['a', 'c'\] differ from the first file's"):
+        fitted(str(tmp_path))
+
+
+def test_sampling_that_needs_classes_or_weights_says_so(tmp_path):
+    pq.write_table(pa.table({"a": [1.0, 2.0, 3.0], "label": [0.5, 1.5, 2.5]}), tmp_path / "r.parquet")
+    with pytest.raises(ConfigError, match="stratified needs class labels"):
+        fitted(str(tmp_path), sample={"method": "stratified", "ratio": 0.5})
+    np.save(tmp_path / "x.npy", np.ones((4, 2)))
+    np.save(tmp_path / "y.npy", np.zeros(4, dtype=np.int64))
+    with pytest.raises(ConfigError, match="importance needs a weight column"):
+        prepare(data_config({"x": str(tmp_path / "x.npy"), "y": str(tmp_path / "y.npy"),
+                             "sample": {"method": "importance", "weight": "w"}}))
+
+
+def test_a_fitted_transform_fills_every_column_so_new_rows_with_holes_still_score(dataset):
+    path, x, _ = dataset
+    transform = fitted(path, quality={"missing": {"policy": "mean"}}, scale="standard").transform
+    rows = x[:3].copy()
+    rows[0, 1] = np.nan  # the train data had no hole here
+    inputs, kept = transform.apply(rows)
+    assert kept.all() and np.isfinite(inputs).all()
+    np.testing.assert_allclose(inputs[0, 1], 0.0, atol=1e-6)  # the mean, standardized

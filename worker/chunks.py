@@ -120,8 +120,8 @@ class ParquetChunks:
             columns = list(features) if features else [n for n in names if n not in (label, weight)]
             if chosen is None:
                 chosen = columns
-            elif columns != chosen and not features:
-                raise DataFileError(f"{file}: columns {columns} differ from the first file's {chosen}")
+            elif set(columns) != set(chosen):  # columns are read by name: their order may differ
+                raise DataFileError(f"{file}: columns {sorted(columns)} differ from the first file's {sorted(chosen)}")
             for name in [*columns, label] + ([weight] if weight else []):
                 kind = schema.field(name).type
                 if not _numeric(kind):

@@ -46,27 +46,27 @@ def fit_fix(config: DataConfig, first: Summary) -> QualityFix:
     missing = missing_counts(first)
     fix = QualityFix(list(columns))
     policy = q.missing.policy
-    if missing.any():
-        if policy == "error":
-            named = ", ".join(f"{c!r}: {int(n)}" for c, n in zip(columns, missing) if n)
-            raise DataQualityError(
-                f"data has missing values (null, NaN or inf) in feature columns ({named}); set "
-                f"data.quality.missing.policy to drop, mean, median or constant")
-        if policy == "drop":
-            fix.drop_missing = True
+    if missing.any() and policy == "error":
+        named = ", ".join(f"{c!r}: {int(n)}" for c, n in zip(columns, missing) if n)
+        raise DataQualityError(
+            f"data has missing values (null, NaN or inf) in feature columns ({named}); set "
+            f"data.quality.missing.policy to drop, mean, median or constant")
+    # The fix holds its rule for every column, also one with nothing missing here: the transform also
+    # serves rows the job never saw (an exported model's inputs).
+    if policy == "drop":
+        fix.drop_missing = True
+    elif policy != "error":
+        if policy == "mean":
+            fill = train.mean.copy()
+        elif policy == "median":
+            fill = train.quantiles(0.5)
         else:
-            if policy == "mean":
-                fill = train.mean.copy()
-            elif policy == "median":
-                fill = train.quantiles(0.5)
-            else:
-                fill = np.full(len(columns), float(q.missing.value))
-            fill[missing == 0] = np.nan  # a column with nothing to fill keeps no fill
-            empty = (train.count == 0) & (missing > 0)
-            if empty.any() and policy != "constant":
-                raise DataQualityError(f"column {columns[int(np.argmax(empty))]!r} has no finite value in the "
-                                       f"train rows to fill with: use policy constant or drop")
-            fix.fill = fill
+            fill = np.full(len(columns), float(q.missing.value))
+        empty = (train.count == 0) & (missing > 0)
+        if empty.any() and policy != "constant":
+            raise DataQualityError(f"column {columns[int(np.argmax(empty))]!r} has no finite value in the "
+                                   f"train rows to fill with: use policy constant or drop")
+        fix.fill = fill
     if q.outliers.rule != "none":
         t = q.outliers.limit
         if q.outliers.rule == "zscore":
@@ -82,9 +82,10 @@ def fit_fix(config: DataConfig, first: Summary) -> QualityFix:
     return fix
 
 
-def fix_changes_rows(fix: QualityFix) -> bool:
-    """Whether the fix can change any value or row (else the first pass's statistics are final)."""
-    return fix.drop_missing or fix.lower is not None or (fix.fill is not None and not np.isnan(fix.fill).all())
+def fix_changes_rows(fix: QualityFix, first: Summary) -> bool:
+    """Whether the fix changes any value or row of this data (else the first pass's statistics are final)."""
+    missing = bool(missing_counts(first).any())
+    return fix.lower is not None or ((fix.drop_missing or fix.fill is not None) and missing)
 
 
 def bin_edges(first: Summary, bins: int) -> list[np.ndarray]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from rayps.errors import ConfigError
 from rayps.worker.chunked import ChunkedSource
 from rayps.worker.chunkprep import TEST, TRAIN, ChunkPlan, summarize
 from rayps.worker.chunks import classifies, open_chunks, open_test_chunks
@@ -82,6 +83,11 @@ def prepare(config: DataConfig, seed: int = 0, parallel: int = 2, map_groups=thr
     readers = {TRAIN: train_reader, TEST: test_reader}
     plan = ChunkPlan(seed=seed, test_fraction=config.test_fraction if test_reader is None else 0.0,
                      classify=classify, sample=config.sample)
+    if config.sample.method == "stratified" and not classify:
+        raise ConfigError(f"sample.method stratified needs class labels, and label {train_reader.label!r} holds "
+                          f"numbers ({train_reader.types.get(train_reader.label, 'float')}): use uniform")
+    if config.sample.method == "importance" and train_reader.weight_column is None:
+        raise ConfigError("sample.method importance needs a weight column in Parquet data (sample.weight)")
     if saved is not None:
         return _restored(config, readers, plan, classify, saved)
     items = [(TRAIN, c) for c in train_reader.chunks] + \
@@ -98,7 +104,7 @@ def prepare(config: DataConfig, seed: int = 0, parallel: int = 2, map_groups=thr
     sample_fit = _sample_fit(config, first)
     passes, final, extra = 1, first, {}
     mutual_info = config.select.method == "mutual_info"
-    if fix_changes_rows(fix) or mutual_info or config.sample.method == "importance":
+    if fix_changes_rows(fix, first) or mutual_info or config.sample.method == "importance":
         extra = {}
         if mutual_info:
             extra = {"edges": bin_edges(first, config.select.bins),
