@@ -295,3 +295,11 @@ def test_a_fitted_transform_fills_every_column_so_new_rows_with_holes_still_scor
     inputs, kept = transform.apply(rows)
     assert kept.all() and np.isfinite(inputs).all()
     np.testing.assert_allclose(inputs[0, 1], 0.0, atol=1e-6)  # the mean, standardized
+
+
+def test_a_test_set_of_its_own_is_read_in_the_train_sets_column_order(tmp_path):
+    pq.write_table(pa.table({"a": [1.0, 2.0, 3.0], "b": [10.0, 20.0, 30.0], "label": [0, 1, 0]}),
+                   tmp_path / "train.parquet")
+    pq.write_table(pa.table({"label": [1, 1], "b": [40.0, 50.0], "a": [4.0, 5.0]}), tmp_path / "test.parquet")
+    prepared = prepare(data_config({"path": str(tmp_path / "train.parquet"), "test": str(tmp_path / "test.parquet")}))
+    assert len(prepared.train) == 3 and all_rows(prepared.test)[0].tolist() == [[4.0, 40.0], [5.0, 50.0]]

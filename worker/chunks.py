@@ -246,8 +246,9 @@ def open_chunks(config) -> ParquetChunks | NpyChunks:
     return NpyChunks(config.x, config.y, config.chunk_rows)
 
 
-def open_test_chunks(config) -> ParquetChunks | NpyChunks | None:
-    """The chunks of a DataConfig's own test data set (``test:`` a path, or an x/y mapping), if any."""
+def open_test_chunks(config, columns: list[str]) -> ParquetChunks | NpyChunks | None:
+    """The chunks of a DataConfig's own test data set (``test:`` a path, or an x/y mapping), if any,
+    read as the train set's ``columns`` in their order (whatever order its files hold them in)."""
     test = config.test
     if test is None:
         return None
@@ -255,7 +256,7 @@ def open_test_chunks(config) -> ParquetChunks | NpyChunks | None:
         if "x" in test:
             return NpyChunks(test["x"], test["y"], config.chunk_rows)
         test = test.get("path")
-    return ParquetChunks(test, config.label, config.features, None, config.chunk_rows)
+    return ParquetChunks(test, config.label, columns, None, config.chunk_rows)
 
 
 def classifies(reader) -> bool:

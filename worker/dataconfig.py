@@ -104,6 +104,9 @@ class SampleConfig:
         number(self.ratio, "sample.ratio", minimum=0, exclusive=True)
         require(self.ratio <= 1, f"sample.ratio ({self.ratio!r}) must be <= 1")
         require(isinstance(self.per_class, Mapping), f"sample.per_class ({self.per_class!r}) must map class to ratio")
+        # JSON (config.json, read back by --resume) keeps mapping keys as strings: "3" is class 3
+        object.__setattr__(self, "per_class", {
+            int(k) if isinstance(k, str) and k.lstrip("-").isdigit() else k: v for k, v in self.per_class.items()})
         for label, ratio in self.per_class.items():
             number(label, f"sample.per_class key {label!r}", integer=True)
             number(ratio, f"sample.per_class[{label}]", minimum=0)

@@ -78,7 +78,8 @@ def prepare(config: DataConfig, seed: int = 0, parallel: int = 2, map_groups=thr
             saved: dict | None = None) -> PreparedData:
     """The job's train and test sources, fitted from the data (or rebuilt from ``saved``, a
     ``PreparedData.state()``, exactly as they were: a resumed job sees the same rows)."""
-    train_reader, test_reader = open_chunks(config), open_test_chunks(config)
+    train_reader = open_chunks(config)
+    test_reader = open_test_chunks(config, train_reader.columns)
     classify = classifies(train_reader)
     readers = {TRAIN: train_reader, TEST: test_reader}
     plan = ChunkPlan(seed=seed, test_fraction=config.test_fraction if test_reader is None else 0.0,
