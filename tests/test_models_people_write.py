@@ -67,7 +67,10 @@ def test_cnn_trains_as_well_as_a_single_process_loop(ray_session, tmp_path, mode
     # asp steps once per worker batch; bsp once per round, on both workers' batches together
     reference = single_process_accuracy(model_args, BATCH * (2 if mode == "bsp" else 1))
     got = result.summary["test_accuracy"]
-    assert got >= reference - 0.02, (got, reference)
+    # bsp is deterministic: 2 points. asp's staleness follows the machine's scheduling: on 2 loaded cores
+    # (CI) this run has scored 0.944, 0.950 and up to 0.978 against one process's 0.972, so 4 points;
+    # a model whose BatchNorm statistics were lost scores near chance (0.1), far below either bar.
+    assert got >= reference - (0.04 if mode == "asp" else 0.02), (got, reference)
     x, y = digits()["test"]
     assert accuracy(result.model, x, y) == got  # the returned model is the one that was scored
     bn = result.model[2]
