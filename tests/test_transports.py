@@ -339,6 +339,12 @@ def test_a_clock_that_skips_ahead_is_refused_and_the_worker_carries_on(ray_sessi
         client.push_pull(1, np.full(SIZE, 2.0, np.float32), params, 1, 0.0)  # not a "duplicate": applied
         np.testing.assert_array_equal(params, cluster.init - 1.0)
         client.finish()
-        assert [s["rejected"] for s in cluster.stats()] == [{"out_of_order": 1}] * 2
+        rejected = [s["rejected"] for s in cluster.stats()]
+        if transport == "grpc":
+            # The first refusal ends the call; gRPC then cancels the request still in flight to the other
+            # shard, which may not have seen it (seen once in CI). No shard applied it (the asserts above).
+            assert {"out_of_order": 1} in rejected and all(r in ({}, {"out_of_order": 1}) for r in rejected)
+        else:  # calls to a shard run in order: the bad push reaches both before the good one
+            assert rejected == [{"out_of_order": 1}] * 2
     finally:
         cluster.close()
