@@ -109,24 +109,55 @@ def check_weights(chunk: Chunk, weight: np.ndarray | None, column: str | None) -
     bad = ~(np.isfinite(weight) & (weight >= 0))
     if bad.any():
         row = int(np.argmax(bad))
-        raise DataFileError(f"{chunk.path}" + (f", row group {chunk.row_group}" if chunk.row_group >= 0 else "")
-                            + f", row {chunk.start + row}, column {column!r}: weight {weight[row]!r} must be "
-                            f"finite and >= 0")
+        raise DataFileError(f"{chunk.place()}, row {chunk.start + row}, column {column!r}: weight "
+                            f"{weight[row]!r} must be finite and >= 0")
+
+
+@dataclass
+class SplitRows:
+    """A chunk's labelled rows as the plan fixes them: which are test rows, which the fix keeps."""
+
+    raw: RawChunk  # the labelled rows as read
+    no_label: int  # rows dropped for having no label
+    is_test: np.ndarray
+    x: np.ndarray  # the fixed features (as read in the first pass)
+    keep: np.ndarray  # rows the fix keeps (first pass: the complete ones)
+
+    @property
+    def train(self) -> np.ndarray:
+        return self.keep & ~self.is_test
+
+
+def split(raw: RawChunk, chunk: Chunk, plan: ChunkPlan, role: str, counts: dict | None = None) -> SplitRows:
+    """The one place that decides a chunk's test and kept rows, for the passes and the reads alike (so
+    what a worker reads is what the passes counted). Without a fix, the rows are as read and the kept
+    ones are those with every feature finite."""
+    raw, no_label = labelled(raw, plan)
+    is_test = test_rows(chunk, len(raw.y), plan, role)
+    if plan.fix is None:
+        x, keep = raw.x, np.isfinite(raw.x).all(axis=1)
+    else:
+        x, keep = plan.fix.apply(raw.x, counts)
+    return SplitRows(raw, no_label, is_test, x, keep)
 
 
 def chunk_rows(raw: RawChunk, chunk: Chunk, plan: ChunkPlan, role: str, rows: str = TRAIN) -> ChunkRows:
     """A chunk's ``rows`` (train: split off, fixed, sampled; test: split off and fixed) of a chunk of
     the ``role`` data set (a test set's chunks hold only test rows)."""
-    raw, _ = labelled(raw, plan)
-    is_test = test_rows(chunk, len(raw.y), plan, role)
-    x, keep = plan.fix.apply(raw.x) if plan.fix is not None else (raw.x, np.ones(len(raw.y), dtype=bool))
+    parts = split(raw, chunk, plan, role)
     if rows == TEST:
-        rows = np.flatnonzero(keep & is_test)
-        return ChunkRows(x[rows], raw.y[rows], None)
-    rows = np.flatnonzero(keep & ~is_test)
-    positions, weight = sample_positions(chunk, raw.y[rows], None if raw.weight is None else raw.weight[rows], plan)
-    rows = rows[positions]
-    return ChunkRows(x[rows], raw.y[rows], weight)
+        picked, weight = np.flatnonzero(parts.keep & parts.is_test), None
+    else:
+        picked, weight = sampled_train(parts, chunk, plan)
+    return ChunkRows(parts.x[picked], parts.raw.y[picked], weight)
+
+
+def sampled_train(parts: SplitRows, chunk: Chunk, plan: ChunkPlan) -> tuple[np.ndarray, np.ndarray | None]:
+    """The train rows sampling keeps (row positions in the chunk) and their loss weights."""
+    rows = np.flatnonzero(parts.train)
+    weight = None if parts.raw.weight is None else parts.raw.weight[rows]
+    positions, weights = sample_positions(chunk, parts.raw.y[rows], weight, plan)
+    return rows[positions], weights
 
 
 def summarize(raw: RawChunk, chunk: Chunk, plan: ChunkPlan, role: str, columns: list[str], *,
@@ -136,11 +167,11 @@ def summarize(raw: RawChunk, chunk: Chunk, plan: ChunkPlan, role: str, columns: 
     and test rows, label counts, the weight total, and moments of the complete train rows. With one:
     the fix's counts over every row, and moments, ranges, class moments and binned counts of the
     fixed train rows."""
-    raw, no_label = labelled(raw, plan)
-    check_weights(chunk, raw.weight, weight_column)
-    is_test = test_rows(chunk, len(raw.y), plan, role)
-    out = Summary(list(columns), label_missing=no_label)
     counts: dict = {}
+    parts = split(raw, chunk, plan, role, counts)
+    raw, is_test, x, keep = parts.raw, parts.is_test, parts.x, parts.keep
+    check_weights(chunk, raw.weight, weight_column)
+    out = Summary(list(columns), label_missing=parts.no_label)
     if plan.fix is None:
         out.train = ColumnProfile.of(raw.x[~is_test], sketch=True, k=sketch_k, seed=chunk.index)
         out.test = ColumnProfile.of(raw.x[is_test], sketch=False)
@@ -149,11 +180,9 @@ def summarize(raw: RawChunk, chunk: Chunk, plan: ChunkPlan, role: str, columns: 
         if not plan.classify:
             out.label_sketch = QuantileSketch(sketch_k, seed=chunk.index)
             out.label_sketch.add(raw.y[~is_test][np.isfinite(raw.y[~is_test])])
-        x, keep = raw.x, np.isfinite(raw.x).all(axis=1)  # moments of the complete rows, for a fix-free job
     else:
-        x, keep = plan.fix.apply(raw.x, counts)
         out.counts = counts
-    train = keep & ~is_test
+    train = parts.train
     if plan.classify:
         out.labels = Counter({int(k): int(v) for k, v in zip(*np.unique(raw.y[~is_test], return_counts=True))})
         out.test_labels = Counter({int(k): int(v) for k, v in zip(*np.unique(raw.y[is_test], return_counts=True))})
@@ -176,7 +205,8 @@ def summarize(raw: RawChunk, chunk: Chunk, plan: ChunkPlan, role: str, columns: 
             for j, e in enumerate(edges):
                 table[j] += np.bincount(np.searchsorted(e, rows[:, j], side="right"), minlength=width)[:width]
             out.bins[int(group)] = table
-    sampled = len(sample_positions(chunk, raw.y[train], None if raw.weight is None else raw.weight[train],
-                                   plan)[0]) if plan.sample.method != "importance" or plan.sample_fit else None
+    # importance sampling cannot count its rows before the first pass has the total weight
+    sampled = len(sampled_train(parts, chunk, plan)[0]) \
+        if plan.sample.method != "importance" or plan.sample_fit else None
     out.kept = {(role, chunk.index): (sampled, int((keep & is_test).sum()))}
     return out

@@ -38,9 +38,12 @@ class Chunk:
     def rows(self) -> int:
         return self.stop - self.start
 
+    def place(self) -> str:
+        """Its file, and its row group for Parquet: how an error names it."""
+        return self.path + (f", row group {self.row_group}" if self.row_group >= 0 else "")
+
     def where(self) -> str:
-        return f"{self.path}" + (f", row group {self.row_group}" if self.row_group >= 0 else "") + \
-            f", rows {self.start}..{self.stop - 1}"
+        return f"{self.place()}, rows {self.start}..{self.stop - 1}"
 
 
 @dataclass
