@@ -16,13 +16,19 @@ def readme_example(heading: str = "## Python API") -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+def run_example(heading: str, tmp_path, monkeypatch) -> dict:
+    """Run a section's Python example in ``tmp_path`` (examples write runs/ and data/ under the working
+    directory); the names it defined."""
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "readme_example"}
+    exec(compile(readme_example(heading), str(README), "exec"), namespace)
+    return namespace
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_readme_python_example_trains_to_high_accuracy(ray_session, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the example writes runs/ under the working directory
-    namespace = {"__name__": "readme_example"}
-    exec(compile(readme_example(), str(README), "exec"), namespace)
-    result = namespace["result"]
+    result = run_example("## Python API", tmp_path, monkeypatch)["result"]
     assert result.summary["test_accuracy"] >= 0.9
     assert (result.run_dir / "summary.json").is_file()
     assert result.run_dir.is_relative_to(tmp_path)
@@ -31,10 +37,7 @@ def test_readme_python_example_trains_to_high_accuracy(ray_session, tmp_path, mo
 @pytest.mark.ray
 @pytest.mark.slow
 def test_readme_sparse_example_trains_near_the_true_click_models_auc(ray_session, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    namespace = {"__name__": "readme_sparse_example"}
-    exec(compile(readme_example("## Sparse embedding tables"), str(README), "exec"), namespace)
-    s = namespace["result"].summary
+    s = run_example("## Sparse embedding tables", tmp_path, monkeypatch)["result"].summary
     assert s["test_auc"] >= 0.9 * s["reference_auc"], (s["test_auc"], s["reference_auc"])
     assert s["sparse_tables"]["deep"]["rows"] > 0 and s["sparse_tables"]["wide"]["rows"] > 0
 
@@ -42,9 +45,7 @@ def test_readme_sparse_example_trains_near_the_true_click_models_auc(ray_session
 @pytest.mark.ray
 @pytest.mark.slow
 def test_readme_data_example_counts_the_injected_defects_and_trains(ray_session, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    namespace = {"__name__": "readme_data_example"}
-    exec(compile(readme_example("## Data at scale"), str(README), "exec"), namespace)
+    namespace = run_example("## Data at scale", tmp_path, monkeypatch)
     s, truth = namespace["result"].summary, namespace["truth"]
     assert s["data"]["filled"] == truth["missing"] and s["data"]["clipped"] == truth["outliers"]
     assert len(s["data"]["features"]["out"]) == 6 and s["test_accuracy"] >= 0.8
