@@ -33,7 +33,9 @@ WIRE_DTYPE = np.dtype("<f4")
 DTYPE_NAME = "float32"
 #: Model buffers travel as float64: exact for float16/32 statistics and integer counters.
 BUFFER_DTYPE = np.dtype("<f8")
-_DTYPE_NAMES = {WIRE_DTYPE: DTYPE_NAME, BUFFER_DTYPE: "float64"}
+#: A compressed gradient's blob (protos/compression.py) travels as raw bytes.
+BLOB_DTYPE = np.dtype("u1")
+_DTYPE_NAMES = {WIRE_DTYPE: DTYPE_NAME, BUFFER_DTYPE: "float64", BLOB_DTYPE: "uint8"}
 #: The receive limit the servers and clients set: a chunk plus its header fits easily, and so does a
 #: sparse push of a large batch (its rows travel in one message: 16 MiB is 260,000 rows of 16 floats).
 MAX_MESSAGE_BYTES = 16 * CHUNK_BYTES

@@ -160,7 +160,7 @@ class SparseRows(_message.Message):
     def __init__(self, dim: _Optional[int] = ..., count: _Optional[int] = ..., rows: _Optional[bytes] = ..., version: _Optional[int] = ...) -> None: ...
 
 class SparsePushRequest(_message.Message):
-    __slots__ = ("worker_id", "incarnation", "table", "clock", "ids", "grads", "dim", "num_samples")
+    __slots__ = ("worker_id", "incarnation", "table", "clock", "ids", "grads", "dim", "num_samples", "codec")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     TABLE_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +169,7 @@ class SparsePushRequest(_message.Message):
     GRADS_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
     incarnation: int
     table: str
@@ -177,4 +178,5 @@ class SparsePushRequest(_message.Message):
     grads: bytes
     dim: int
     num_samples: int
-    def __init__(self, worker_id: _Optional[int] = ..., incarnation: _Optional[int] = ..., table: _Optional[str] = ..., clock: _Optional[int] = ..., ids: _Optional[bytes] = ..., grads: _Optional[bytes] = ..., dim: _Optional[int] = ..., num_samples: _Optional[int] = ...) -> None: ...
+    codec: str
+    def __init__(self, worker_id: _Optional[int] = ..., incarnation: _Optional[int] = ..., table: _Optional[str] = ..., clock: _Optional[int] = ..., ids: _Optional[bytes] = ..., grads: _Optional[bytes] = ..., dim: _Optional[int] = ..., num_samples: _Optional[int] = ..., codec: _Optional[str] = ...) -> None: ...

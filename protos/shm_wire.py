@@ -41,6 +41,9 @@ SPARSE_ROWS = struct.Struct("<QIxxxxQ")  # row count, dim, table version
 #: The most payload one sparse request may carry; a larger one is refused and its connection closed.
 MAX_SPARSE_BYTES = 1 << 28
 BUFFERS_FOLLOW = 1  # request flag: the slot's buffer region holds this step's report
+# request flag: the gradient region (or a sparse push's rows) holds the job's codec's blob, of the size
+# the codec fixes (protos/compression.py), not float32 values
+COMPRESSED = 2
 OUTCOMES = ("applied", "duplicate", "stale")
 #: Reply statuses, named as the gRPC transport names the same refusals.
 STATUSES = {0: "OK", 1: "INVALID_ARGUMENT", 2: "NOT_FOUND", 3: "FAILED_PRECONDITION", 4: "UNAUTHENTICATED",
@@ -69,12 +72,18 @@ class SlotLayout:
         return 0
 
     @property
+    def grad_nbytes(self) -> int:
+        """The gradient region: float32 values, or a compressed push's blob, which is at most 4 bytes longer
+        (top-k's index-value pairs for half a slice of odd length; protos/compression.py)."""
+        return _aligned(self.params * 4 + 4)
+
+    @property
     def params_at(self) -> int:
-        return _aligned(self.params * 4)
+        return self.grad_nbytes
 
     @property
     def buffers_in_at(self) -> int:
-        return 2 * _aligned(self.params * 4)
+        return self.grad_nbytes + _aligned(self.params * 4)
 
     @property
     def buffers_out_at(self) -> int:

@@ -23,7 +23,7 @@ import ray
 
 from rayps.errors import ConfigError
 from rayps.ps.partition import ShardRange, buffer_ranges_or_none, buffer_slices
-from rayps.ps.transport import BlockingPushPull, Pending
+from rayps.ps.transport import BlockingPushPull, Pending, shard_payloads
 
 
 @dataclass(frozen=True)
@@ -73,10 +73,10 @@ class ShardClient(BlockingPushPull):
                         ahead: int = 0) -> Pending:
         """Push the gradient of iteration ``clock`` (and the model's buffers); receive on ``wait()``."""
         refs = [
-            shard.push_pull.remote(self.worker_id, clock, grads[r.lo:r.hi], version, num_samples, loss, b, ahead,
+            shard.push_pull.remote(self.worker_id, clock, payload, version, num_samples, loss, b, ahead,
                                    self.incarnation, clock - self.base)
-            for shard, r, version, b in zip(self._shards, self._ranges, self._versions,
-                                            buffer_slices(buffers, self._buffer_ranges))
+            for shard, payload, version, b in zip(self._shards, shard_payloads(grads, self._ranges), self._versions,
+                                                  buffer_slices(buffers, self._buffer_ranges))
         ]
         return Pending(lambda: self._receive(params_out, buffers_out, refs))
 
@@ -92,7 +92,8 @@ class ShardClient(BlockingPushPull):
     def sparse_push_async(self, table: str, clock: int, ids_per_shard: list[np.ndarray],
                           grads_per_shard: list[np.ndarray], num_samples: int) -> Pending:
         """Push ``table``'s row gradients of iteration ``clock`` to every shard; ``wait()`` for the answers."""
-        refs = [s.sparse_push.remote(self.worker_id, table, clock, ids, grads, num_samples, self.incarnation)
+        refs = [s.sparse_push.remote(self.worker_id, table, clock, ids, getattr(grads, "blob", grads), num_samples,
+                                     self.incarnation)
                 for s, ids, grads in zip(self._shards, ids_per_shard, grads_per_shard)]
         return Pending(lambda: ray.get(refs))
 

@@ -22,14 +22,14 @@ import msgpack
 import numpy as np
 
 from rayps.protos import ps_pb2, ps_pb2_grpc
-from rayps.protos.codec import (BUFFER_DTYPE, CHUNK_BYTES, IDS_DTYPE, WIRE_DTYPE, Assembler, WireError,
+from rayps.protos.codec import (BLOB_DTYPE, BUFFER_DTYPE, CHUNK_BYTES, IDS_DTYPE, WIRE_DTYPE, Assembler, WireError,
                                 check_message_size, decode_rows, encode_chunks, parse_chunk)
 from rayps.ps.allocator import keep_freed_memory
 from rayps.errors import ConfigError, ShapeError, TransportError
 from rayps.ps.grpc_security import TLSConfig, TokenAuth
 from rayps.protos.names import BUFFERS, CHANNEL_OPTIONS, SERVICE, TENSOR
 from rayps.ps.partition import ShardRange, buffer_ranges_or_none, buffer_slices
-from rayps.ps.transport import BlockingPushPull, Pending
+from rayps.ps.transport import BlockingPushPull, EncodedRows, Pending, shard_payloads
 
 #: A Step stream lives as long as the job; it still has a deadline, as every call does.
 STREAM_DEADLINE_S = 7 * 24 * 3600.0
@@ -143,18 +143,21 @@ class GrpcShardClient(BlockingPushPull):
         sent = buffer_slices(buffers, self._buffer_ranges)
         # Encoded here, in the caller's thread: the chunks are the snapshot, so the
         # caller may overwrite its gradient as soon as this returns.
-        encoded = [self._encode(i, clock, grads, num_samples, loss, sent[i], ahead) for i in range(len(self._stubs))]
+        payloads = shard_payloads(grads, self._ranges)
+        encoded = [self._encode(i, clock, payloads[i], num_samples, loss, sent[i], ahead)
+                   for i in range(len(self._stubs))]
         future = asyncio.run_coroutine_threadsafe(_gather(
             self._step(i, clock, encoded[i], params_out, buffers_out) for i in range(len(self._stubs))),
             self._loop.loop)
         return Pending(lambda: self._result(future))
 
-    def _encode(self, i, clock, grads, num_samples, loss, buffers, ahead) -> list[bytes]:
-        r = self._ranges[i]
+    def _encode(self, i, clock, payload, num_samples, loss, buffers, ahead) -> list[bytes]:
         header = dict(worker_id=self.worker_id, incarnation=self.incarnation, seq=clock - self.base,
                       clock=clock, pulled_version=self._versions[i],
                       num_samples=num_samples, loss=loss, buffers_follow=buffers is not None, ahead=ahead)
-        chunks = list(encode_chunks(TENSOR, grads[r.lo:r.hi], self._chunk_bytes, **header))
+        # a compressed gradient travels as its blob: dtype uint8, its own length (protos/compression.py)
+        wire = BLOB_DTYPE if payload.dtype == np.uint8 else WIRE_DTYPE
+        chunks = list(encode_chunks(TENSOR, payload, self._chunk_bytes, wire=wire, **header))
         if buffers is not None:
             chunks += encode_chunks(BUFFERS, buffers, self._chunk_bytes, wire=BUFFER_DTYPE)
         return chunks
@@ -180,10 +183,15 @@ class GrpcShardClient(BlockingPushPull):
             raise TransportError("the client is closed")
         requests = []  # built here, in the caller's thread: the bytes are the snapshot
         for ids, grads in zip(ids_per_shard, grads_per_shard):
+            if isinstance(grads, EncodedRows):  # compressed rows: the blob, its codec named
+                data, dim, codec = grads.blob.tobytes(), grads.dim, grads.codec
+            else:
+                data, dim, codec = (np.ascontiguousarray(grads, WIRE_DTYPE).tobytes(),
+                                    grads.shape[1] if grads.ndim == 2 else 0, "")
             request = ps_pb2.SparsePushRequest(
                 worker_id=self.worker_id, incarnation=self.incarnation, table=table, clock=clock,
-                ids=np.ascontiguousarray(ids, IDS_DTYPE).tobytes(), grads=np.ascontiguousarray(grads, WIRE_DTYPE).tobytes(),
-                dim=grads.shape[1] if grads.ndim == 2 else 0, num_samples=num_samples)
+                ids=np.ascontiguousarray(ids, IDS_DTYPE).tobytes(), grads=data, dim=dim, num_samples=num_samples,
+                codec=codec)
             check_message_size(request.ByteSize(), f"a push of {len(ids)} rows of table {table!r}")
             requests.append(request)
         future = asyncio.run_coroutine_threadsafe(_gather(

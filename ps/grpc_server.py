@@ -19,12 +19,13 @@ import logging
 from typing import AsyncIterator, Callable
 
 import grpc
+import numpy as np
 import msgpack
 from google.protobuf.message import DecodeError
 
 from rayps.protos import ps_pb2
 from rayps.protos.names import BUFFERS, PROTOCOL, SERVER_OPTIONS, SERVICE, TENSOR
-from rayps.protos.codec import (BUFFER_DTYPE, CHUNK_BYTES, Assembler, WireError, decode_ids, decode_rows,
+from rayps.protos.codec import (BLOB_DTYPE, BUFFER_DTYPE, CHUNK_BYTES, Assembler, WireError, decode_ids, decode_rows,
                                 encode_chunks, parse_chunk)
 from rayps.ps.allocator import keep_freed_memory
 from rayps.ps.consistency import UnknownWorkerError
@@ -122,7 +123,12 @@ class ShardServicer:
             if first is None:
                 first = chunk
                 self.shard.check_worker(chunk.worker_id)
-                assembler = self._spare.pop(chunk.worker_id, None) or Assembler(TENSOR, self.shard.size)
+                assembler = self._spare.pop(chunk.worker_id, None)
+                if chunk.dtype == "uint8":  # a compressed gradient: the codec's blob, of its fixed size
+                    if assembler is None or assembler.wire != BLOB_DTYPE:
+                        assembler = Assembler(TENSOR, self.shard.grad_wire_nbytes(), wire=BLOB_DTYPE)
+                elif assembler is None or assembler.wire == BLOB_DTYPE:
+                    assembler = Assembler(TENSOR, self.shard.size)
                 assembler.reset()
             if assembler.add(chunk):
                 break
@@ -248,10 +254,23 @@ class ShardServicer:
         await self._admit_call(context, request)
         async with self._statuses(context):
             ids = decode_ids(request.ids)
-            grads = decode_rows(request.grads, len(ids), request.dim)
+            grads = self._sparse_rows(request, len(ids))
             outcome = await self.shard.sparse_push(request.worker_id, request.table, request.clock, ids, grads,
                                                    request.num_samples, request.incarnation)
             return ps_pb2.PushReply(outcome=OUTCOMES[outcome], version=self.shard.version)
+
+    def _sparse_rows(self, request, count: int) -> np.ndarray:
+        """A push's rows: float32, or the job's codec's blob (the shard decodes it)."""
+        if not request.codec:
+            return decode_rows(request.grads, count, request.dim)
+        if request.codec != self.shard.codec.name:
+            raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"rows compressed with {request.codec!r}, but this"
+                            f" job's codec is {self.shard.codec.name!r}", "codec")
+        expected = self.shard.row_wire_nbytes(count, request.dim)
+        if request.dim < 1 or len(request.grads) != expected:
+            raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"{count} x {request.dim} rows in {request.codec}"
+                            f" are {expected} bytes, got {len(request.grads)}", "rows_shape")
+        return np.frombuffer(request.grads, BLOB_DTYPE)
 
     async def Stats(self, request, context):
         await self._admit_call(context, request)

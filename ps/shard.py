@@ -25,10 +25,12 @@ from rayps.ps.buffers import BufferTable
 from rayps.ps.consistency import ClockTable, ConsistencyConfig, ConsistencyPolicy
 from rayps.errors import LeftJobError, OutOfOrderError, RolledBackError, ShapeError
 from rayps.ps.ledger import PushLedger
+from rayps.ps.shard_codec import CodecMixin
 from rayps.ps.shard_sparse import SparseMixin
 from rayps.ps.shard_state import CutMixin, StateMixin, PendingGradient
 from rayps.ps.metrics import ShardMetrics
 from rayps.ps.optimizers import OptimizerConfig, make_optimizer
+from rayps.protos.compression import Codec
 from rayps.ps.schedules import ScheduleConfig, make_schedule
 
 
@@ -36,7 +38,7 @@ from rayps.ps.schedules import ScheduleConfig, make_schedule
 METRICS_FLUSH_S = 0.5
 
 
-class ParameterShard(CutMixin, StateMixin, SparseMixin):
+class ParameterShard(CutMixin, StateMixin, SparseMixin, CodecMixin):
     def __init__(
         self,
         shard_id: int,
@@ -52,8 +54,10 @@ class ParameterShard(CutMixin, StateMixin, SparseMixin):
         audit: bool = False,
         tables: tuple = (),
         num_shards: int = 1,
+        codec: Codec | None = None,
     ):
         self.shard_id = shard_id
+        self._init_codec(codec)  # how compressed pushes are decoded (ps/shard_codec.py)
         self._params = np.array(init_params, dtype=DTYPE, copy=True).reshape(-1)
         # This shard's slice of the model's buffers (ps/buffers.py); empty for most models' later shards.
         self._buffers = BufferTable(init_buffers, buffer_integer)
@@ -178,7 +182,9 @@ class ParameterShard(CutMixin, StateMixin, SparseMixin):
         Returns the outcome: ``"applied"`` (applied, or gathered into its bsp
         round), ``"duplicate"`` (a retry, not applied again) or ``"stale"``
         (bsp backup workers: its round already stepped; dropped and counted).
+        A compressed push's ``grad`` is its blob (uint8), decoded here first.
         """
+        grad = self._decode_grad(grad)
         self._check_grad(grad)
         if buffers is not None:
             self._check_buffers(buffers)
@@ -486,4 +492,6 @@ class ParameterShard(CutMixin, StateMixin, SparseMixin):
             "memory_bytes": self._memory_bytes,
             "ledger": {w: list(v) for w, v in self._ledger.snapshot().items()},
             "tables": self._tables_stats(),
+            "codec": self._codec.name,
+            "decode_s": round(self._decode_s, 6),
         }

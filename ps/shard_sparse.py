@@ -72,6 +72,7 @@ class SparseMixin:
         table's clocks move on). Returns ``applied``, ``duplicate`` or ``stale``, as a dense push."""
         t = self._table(table)
         ids = self._checked(t.check_ids, ids)
+        grads = self._decode_rows(grads, len(ids), t.config.dim)  # a compressed push's rows (ps/shard_codec.py)
         grads = self._checked(t.check_grads, ids, grads)
         self._check_sparse_caller(worker_id, incarnation)
         await self.gate(worker_id, clock)

@@ -19,11 +19,11 @@ from typing import Sequence
 
 import numpy as np
 
-from rayps.errors import ConfigError, TransportError
-from rayps.protos.shm_wire import (BUFFERS_FOLLOW, FINISH, HELLO, LAYOUT, MESSAGE, OK, PUSH_PULL, REGISTER, REPLY, REQUEST,
+from rayps.errors import ConfigError, ShapeError, TransportError
+from rayps.protos.shm_wire import (BUFFERS_FOLLOW, COMPRESSED, FINISH, HELLO, LAYOUT, MESSAGE, OK, PUSH_PULL, REGISTER, REPLY, REQUEST,
                                    SPARSE, SPARSE_PULL, SPARSE_PUSH, SPARSE_ROWS, STATUSES, SlotLayout, segment_name)
 from rayps.ps.partition import ShardRange, buffer_ranges_or_none, buffer_slices
-from rayps.ps.transport import BlockingPushPull, Pending
+from rayps.ps.transport import BlockingPushPull, EncodedRows, Pending, shard_payloads
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,7 @@ class _Link:
         lay = SlotLayout(size, buffers)
         view = lambda at, n, dtype: np.ndarray(n, dtype=dtype, buffer=self.map, offset=offset + at)  # noqa: E731
         self.grad = view(lay.grad_at, size, np.float32)
+        self.blob = view(lay.grad_at, lay.grad_nbytes, np.uint8)  # the same region, for a compressed push
         self.params = view(lay.params_at, size, np.float32)
         self.buffers_in = view(lay.buffers_in_at, buffers, np.float64)
         self.buffers_out = view(lay.buffers_out_at, buffers, np.float64)
@@ -127,7 +128,7 @@ class _Link:
 
     def close(self) -> None:
         self.sock.close()
-        for name in ("grad", "params", "buffers_in", "buffers_out"):
+        for name in ("grad", "blob", "params", "buffers_in", "buffers_out"):
             setattr(self, name, None)  # views first: a mapping with live views cannot close
         try:
             self.map.close()
@@ -145,11 +146,17 @@ class _SparseLink:
     def send(self, op: int, table: str, clock: int, ids: np.ndarray, grads: np.ndarray | None,
              samples: int, incarnation: int) -> None:
         name = table.encode()
-        dim = grads.shape[1] if grads is not None and grads.ndim == 2 else 0
-        parts = [REQUEST.pack(op, 0, self.worker_id, clock, 0, samples, 0.0, 0, incarnation, 0),
+        flags, rows = 0, None
+        if isinstance(grads, EncodedRows):  # compressed rows: the blob, flagged
+            flags, dim, rows = COMPRESSED, grads.dim, grads.blob.tobytes()
+        else:
+            dim = grads.shape[1] if grads is not None and grads.ndim == 2 else 0
+            if grads is not None:
+                rows = np.ascontiguousarray(grads, "<f4").tobytes()
+        parts = [REQUEST.pack(op, flags, self.worker_id, clock, 0, samples, 0.0, 0, incarnation, 0),
                  SPARSE.pack(len(name), dim, len(ids)), name, np.ascontiguousarray(ids, "<i8").tobytes()]
-        if grads is not None:
-            parts.append(np.ascontiguousarray(grads, "<f4").tobytes())
+        if rows is not None:
+            parts.append(rows)
         try:
             self.sock.sendall(b"".join(parts))
         except OSError as e:
@@ -227,9 +234,17 @@ class ShmShardClient(BlockingPushPull):
                         loss: float, buffers: np.ndarray | None = None, buffers_out: np.ndarray | None = None,
                         ahead: int = 0) -> Pending:
         sent = buffer_slices(buffers, self._buffer_ranges)
-        for i, (link, r) in enumerate(zip(self._links, self._ranges)):
-            link.grad[:] = grads[r.lo:r.hi]  # the snapshot: the caller may overwrite grads once we return
-            flags = 0
+        for i, (link, payload) in enumerate(zip(self._links, shard_payloads(grads, self._ranges))):
+            # the snapshot: the caller may overwrite grads once we return
+            if payload.dtype == np.uint8:  # a compressed push: the codec's blob
+                if payload.size > link.blob.size:
+                    raise ShapeError(f"a compressed push of {payload.size} bytes does not fit shard"
+                                     f" {link.where}'s slot of {link.blob.size}")
+                link.blob[:payload.size] = payload
+                flags = COMPRESSED
+            else:
+                link.grad[:] = payload
+                flags = 0
             if sent[i] is not None:
                 link.buffers_in[:] = sent[i]
                 flags = BUFFERS_FOLLOW

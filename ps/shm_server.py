@@ -27,7 +27,7 @@ import tempfile
 import numpy as np
 
 from rayps.errors import LeftJobError, OutOfOrderError, PSError, RolledBackError, ShapeError
-from rayps.protos.shm_wire import (ABORTED, BUFFERS_FOLLOW, FAILED_PRECONDITION, FINISH, HELLO, INTERNAL,
+from rayps.protos.shm_wire import (ABORTED, BUFFERS_FOLLOW, COMPRESSED, FAILED_PRECONDITION, FINISH, HELLO, INTERNAL,
                                    INVALID_ARGUMENT, LAYOUT, MAX_SPARSE_BYTES, MESSAGE, NOT_FOUND, OK, OUT_OF_RANGE,
                                    OUTCOMES, PUSH_PULL, REGISTER, REPLY, REQUEST, SPARSE, SPARSE_PULL, SPARSE_PUSH,
                                    SPARSE_ROWS, UNAUTHENTICATED, SlotLayout, segment_name)
@@ -115,6 +115,8 @@ class ShmShardServer:
                 return
             lay = self.layout
             grad = self._view(worker_id, lay.grad_at, lay.params, np.float32)
+            # a compressed push's blob lies in the same region, as long as the codec makes it
+            blob = self._view(worker_id, lay.grad_at, self.shard.grad_wire_nbytes(), np.uint8)
             params = self._view(worker_id, lay.params_at, lay.params, np.float32)
             buffers_in = self._view(worker_id, lay.buffers_in_at, lay.buffers, np.float64)
             buffers_out = self._view(worker_id, lay.buffers_out_at, lay.buffers, np.float64)
@@ -125,7 +127,7 @@ class ShmShardServer:
                     return  # the worker closed (finished, or its process ended)
                 op, flags, who, clock, pulled, samples, loss, ahead, incarnation, seq = REQUEST.unpack(header)
                 if op in (SPARSE_PULL, SPARSE_PUSH):
-                    payload = await self._read_sparse(reader, op)
+                    payload = await self._read_sparse(reader, op, flags)
                     if payload is None:  # larger than any request may be: the stream cannot be trusted
                         writer.write(_reply(INVALID_ARGUMENT, message="sparse request over the size limit"))
                         await writer.drain()
@@ -143,7 +145,8 @@ class ShmShardServer:
                     if who != worker_id:
                         raise UnknownWorkerError(f"this connection is worker {worker_id}'s, not worker {who}'s")
                     reply = await self._handle(op, flags, worker_id, clock, pulled, samples, loss, ahead,
-                                               incarnation, seq, grad, params, buffers_in, buffers_out)
+                                               incarnation, seq, blob if flags & COMPRESSED else grad, params,
+                                               buffers_in, buffers_out)
                 except PSError as e:
                     reply = _reply(_status(e), message=str(e).strip("'\""))
                 writer.write(reply)
@@ -153,25 +156,28 @@ class ShmShardServer:
         finally:
             writer.close()
 
-    @staticmethod
-    async def _read_sparse(reader, op: int):
-        """The rest of a sparse request, read whole before anything is checked (the stream stays in step)."""
+    async def _read_sparse(self, reader, op: int, flags: int):
+        """The rest of a sparse request, read whole before anything is checked (the stream stays in step).
+        Compressed rows are as long as the job's codec makes them; the shard decodes them."""
         name_len, dim, count = SPARSE.unpack(await reader.readexactly(SPARSE.size))
-        size = name_len + count * 8 + (count * dim * 4 if op == SPARSE_PUSH else 0)
+        compressed = bool(flags & COMPRESSED) and op == SPARSE_PUSH and dim > 0
+        rows = 0 if op != SPARSE_PUSH else self.shard.row_wire_nbytes(count, dim) if compressed else count * dim * 4
+        size = name_len + count * 8 + rows
         if size > MAX_SPARSE_BYTES:
             return None
         name = (await reader.readexactly(name_len)).decode("utf-8", "replace")
         ids = await reader.readexactly(count * 8)
-        grads = await reader.readexactly(count * dim * 4) if op == SPARSE_PUSH else b""
-        return name, dim, count, ids, grads
+        grads = await reader.readexactly(rows) if rows else b""
+        return name, dim, count, ids, (np.frombuffer(grads, np.uint8) if compressed else grads)
 
     async def _sparse(self, op, worker_id, clock, samples, incarnation, table, dim, count, ids, grads) -> bytes:
         ids = np.frombuffer(ids, "<i8").astype(np.int64, copy=False)
         if op == SPARSE_PULL:
             rows, version = await self.shard.sparse_pull(worker_id, table, ids, clock, incarnation)
             return _reply(OK, version) + SPARSE_ROWS.pack(rows.shape[0], rows.shape[1], version) + rows.tobytes()
-        grads = np.frombuffer(grads, "<f4").astype(np.float32, copy=False).reshape(count, dim) if dim else \
-            np.zeros((count, 0), np.float32)
+        if isinstance(grads, bytes):  # float32 rows (a compressed push's blob is the shard's to decode)
+            grads = np.frombuffer(grads, "<f4").astype(np.float32, copy=False).reshape(count, dim) if dim else \
+                np.zeros((count, 0), np.float32)
         outcome = await self.shard.sparse_push(worker_id, table, clock, ids, grads, samples, incarnation)
         return _reply(OK, self.shard.version, OUTCOMES.index(outcome))
 

@@ -31,6 +31,12 @@ Every ``Transport`` keeps one contract, checked by one suite
   to every shard (an empty push where there are none); read before it returns.
 - ``fills_on_wait``: whether ``params_out`` is written only inside ``wait()``.
 
+Compression (the job's ``compression`` section, ps/compressor.py): ``grads``
+may be an ``Encoded`` (one uint8 blob per shard, protos/compression.py) and a
+sparse push's rows an ``EncodedRows``. A transport carries the blob as it
+would the float32 slice, and the shard decodes it; ``shard_payloads`` gives a
+client each shard's part either way.
+
 Implementations: ``RayTransport`` (the object store, ps/client.py),
 ``GrpcEndpoints`` (ps/grpc_client.py) and ``ShmEndpoints`` (same-node shared
 memory, ps/shm_client.py).
@@ -38,9 +44,37 @@ memory, ps/shm_client.py).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A compressed dense gradient: one blob per shard, in shard order."""
+
+    blobs: tuple[np.ndarray, ...]
+    codec: str
+
+
+@dataclass(frozen=True)
+class EncodedRows:
+    """A compressed sparse push to one shard: ``count`` rows of ``dim`` values as one blob."""
+
+    blob: np.ndarray
+    count: int
+    dim: int
+    codec: str
+
+
+def shard_payloads(grads, ranges) -> list[np.ndarray]:
+    """What each shard is sent of a gradient: its blob when compressed, else its float32 slice."""
+    if isinstance(grads, Encoded):
+        if len(grads.blobs) != len(ranges):
+            raise ValueError(f"{len(grads.blobs)} compressed blobs for {len(ranges)} shards")
+        return list(grads.blobs)
+    return [grads[r.lo:r.hi] for r in ranges]
 
 
 class Pending:
