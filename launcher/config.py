@@ -25,6 +25,7 @@ from rayps.ps.grpc_security import GrpcConfig
 from rayps.launcher.faults import ChaosConfig, CheckpointConfig, FaultConfig
 from rayps.ps.optimizers import OptimizerConfig
 from rayps.ps.schedules import ScheduleConfig
+from rayps.ps.compressor import compression_config
 from rayps.ps.sparse_config import SparseConfig
 from rayps.ps.settings import build, dataclass_in, number, require
 from rayps.worker.dataconfig import data_config, is_pipeline_spec
@@ -92,6 +93,9 @@ class JobConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     sparse: SparseConfig = field(default_factory=SparseConfig)  # the model's rayps.Embedding tables
+    # what workers send each step: a codec name (none | fp16 | bf16 | int8 | topk) or a mapping
+    # {codec, fraction, chunk, error_feedback}; a CompressionConfig once loaded (ps/compressor.py)
+    compression: Any = "none"
     servers: int = 2
     workers: int = 2
     transport: str = "auto"  # auto (shm on one node, else grpc) | shm | grpc | ray (the object store)
@@ -129,6 +133,7 @@ class JobConfig:
     def __post_init__(self) -> None:
         if is_pipeline_spec(self.data):  # files read in chunks: the data section is checked now, by key
             object.__setattr__(self, "data", data_config(self.data, "data"))
+        object.__setattr__(self, "compression", compression_config(self.compression))
         number(self.servers, "servers", minimum=1, integer=True)
         number(self.workers, "workers", minimum=1, integer=True)
         number(self.batch_size, "batch_size", minimum=1, integer=True)

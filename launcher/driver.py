@@ -32,6 +32,7 @@ from rayps.errors import ConfigError
 from rayps.launcher.checkpointing import Checkpointer
 from rayps.launcher.config import JobConfig
 from rayps.launcher.controller import Controller
+from rayps.launcher.wire_summary import compression_summary
 from rayps.launcher.dataprep import prepare_on_ray, write_data_files
 from rayps.launcher.local import ensure_ray
 from rayps.launcher.monitor import Monitor
@@ -144,7 +145,7 @@ def run_job(config: JobConfig, output: str | Path | None = None,
             r.shard_id, init[r.lo:r.hi], list(range(config.workers)),
             config.optimizer, config.schedule, config.consistency, total_updates, run_id,
             init_buffers[b.lo:b.hi], integer[b.lo:b.hi], audit=config.debug.audit, checkpoints=ckpt_root,
-            tables=tables, num_shards=config.servers)
+            tables=tables, num_shards=config.servers, codec=config.compression.make_codec())
         for r, b in zip(ranges, buffer_ranges)
     ]
     bind(model, ShardLookups(shards, {t: d for t, (_, d) in shapes.items()}))  # evaluation reads the shards' rows
@@ -225,6 +226,7 @@ def run_job(config: JobConfig, output: str | Path | None = None,
     summary = _summary(config, reports, stats, test_loss, test_accuracy, train_s, time.monotonic() - began)
     summary.update(_recovery_summary(controller, checkpointer, coverage, reports, stats))
     summary.update(_sparse_summary(stats, reports))
+    summary["compression"] = compression_summary(config.compression, reports, stats)
     if final_auc is not None:
         summary["test_auc"] = final_auc
         reference = getattr(splits.test, "reference", None) or {}
@@ -435,7 +437,7 @@ def _plan(config: JobConfig, worker_id: int, run_id: str = "", incarnation: int 
         target_loss=config.target_loss,
         use_gpu=config.num_gpus > 0, torch_threads=config.torch_threads, run_id=run_id,
         overlap=config.overlaps, incarnation=incarnation, chaos=chaos,
-        resync_timeout_s=config.fault.resync_timeout_s,
+        resync_timeout_s=config.fault.resync_timeout_s, compression=config.compression,
     )
 
 

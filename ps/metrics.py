@@ -80,7 +80,7 @@ class WorkerMetrics:
     def __init__(self, worker_id: int, run_id: str = ""):
         tags = {"worker": str(worker_id), "run_id": run_id}
         if not _in_ray():
-            self.steps = self.samples_per_s = self.loss = self.latency = self.bytes = _Null()
+            self.steps = self.samples_per_s = self.loss = self.latency = self.bytes = self.raw_push_bytes = _Null()
             return
         from ray.util.metrics import Counter, Gauge, Histogram
 
@@ -93,7 +93,10 @@ class WorkerMetrics:
                                  boundaries=LATENCY_BUCKETS_S, tag_keys=("run_id", "worker", "transport"))
         self.bytes = Counter("rayps_transfer_bytes", "Bytes a worker pushed and pulled.",
                              ("run_id", "worker", "direction", "transport"))
-        for metric in (self.steps, self.samples_per_s, self.loss, self.latency, self.bytes):
+        self.raw_push_bytes = Counter("rayps_push_uncompressed_bytes",
+                                      "Bytes a worker's pushes would have been without compression.",
+                                      ("run_id", "worker"))
+        for metric in (self.steps, self.samples_per_s, self.loss, self.latency, self.bytes, self.raw_push_bytes):
             metric.set_default_tags(tags)
 
 

@@ -44,8 +44,9 @@ def rows_by_shard(ids: np.ndarray, num_shards: int, dim: int, ask) -> np.ndarray
 class SparseRows:
     """Pulls and pushes for every sparse table of one worker, over one transport."""
 
-    def __init__(self, transport, num_shards: int, dims: dict[str, int]):
+    def __init__(self, transport, num_shards: int, dims: dict[str, int], compressor=None):
         self.transport = transport
+        self.compressor = compressor  # a ps.compressor.RowCompressor when the job compresses its pushes
         self.num_shards = num_shards
         self.dims = dims
         self.clock = 0  # the iteration the model is computing: what pulls wait for
@@ -66,11 +67,15 @@ class SparseRows:
         pending = []
         for table, dim in self.dims.items():
             ids, rows = grads.get(table, (np.zeros(0, np.int64), np.zeros((0, dim), np.float32)))
+            if self.compressor is not None:  # topk picks the rows to send (and holds the rest)
+                ids, rows = self.compressor.select(table, ids, rows)
             order, id_parts = split_by_shard(ids, self.num_shards)
             sorted_rows = rows[order]
             cuts = np.cumsum([len(p) for p in id_parts])[:-1]
-            pending.append(self.transport.sparse_push_async(table, clock, id_parts, np.split(sorted_rows, cuts),
-                                                            num_samples))
+            row_parts = np.split(sorted_rows, cuts)
+            if self.compressor is not None:
+                row_parts = [self.compressor.encode(part) for part in row_parts]
+            pending.append(self.transport.sparse_push_async(table, clock, id_parts, row_parts, num_samples))
             self.rows_pushed += len(ids)
         self._pushing = Pending(lambda: [p.wait() for p in pending])
 

@@ -49,6 +49,7 @@ from rayps.ps.placement_info import this_node
 from rayps.ps.transport import TransportSpec
 from rayps.worker.chaos import WorkerChaos
 from rayps.worker.coordinator import RESYNC, STOP, WorkCoordinator
+from rayps.ps.compressor import CompressionConfig, CompressionStats, GradCompressor, RowCompressor
 from rayps.ps.sparse_client import SparseRows
 from rayps.worker.data import DataSource
 from rayps.worker.embedding import bind, forget_rows, row_grads, sparse_tables
@@ -86,6 +87,7 @@ class WorkerPlan:
     resync_timeout_s: float = 60.0  # how long a failed call waits for the controller's recovery
     recovery_grace_s: float = 3.0  # ... and how long for one to begin, before the error is the worker's own
     chaos: WorkerChaos = WorkerChaos()  # fault injection: SIGKILL or hang at a step
+    compression: CompressionConfig = CompressionConfig()  # what this worker's pushes are encoded with
 
 
 class _Resync(Exception):
@@ -168,14 +170,19 @@ class Worker:
         self.client = self._connect(transport)
         self.transport = transport.name
         # Sparse tables (rayps.Embedding): rows are pulled per batch and pushed beside the dense gradient.
+        # Compression (ps/compressor.py): blobs per shard instead of float32 slices, the residual kept here.
+        self.wire = CompressionStats()
+        enabled = plan.compression.enabled
+        self.compressor = GradCompressor(plan.compression, transport.ranges, self.wire) if enabled else None
         tables = sparse_tables(self.model)
-        self.sparse = SparseRows(self.client, len(transport.ranges), {t: d for t, (_, d) in tables.items()}) \
+        self.sparse = SparseRows(self.client, len(transport.ranges), {t: d for t, (_, d) in tables.items()},
+                                 RowCompressor(plan.compression, self.wire) if enabled else None) \
             if tables else None
         if self.sparse is not None:
             bind(self.model, self.sparse)
         self.metrics = WorkerMetrics(plan.worker_id, plan.run_id)
         self._window: deque = deque()
-        self._unflushed = {"steps": 0, "bytes": 0, "loss": float("nan")}
+        self._unflushed = {"steps": 0, "bytes": 0, "loss": float("nan"), "sent_mark": 0}
         self._next_flush = 0.0
 
     def __repr__(self) -> str:  # the name Ray's dashboard shows for this actor
@@ -215,8 +222,14 @@ class Worker:
         if pending["steps"]:
             m.steps.inc(pending["steps"])
             m.loss.set(pending["loss"])
-            for direction in ("push", "pull"):
-                m.bytes.inc(pending["bytes"], tags={"direction": direction, "transport": self.transport})
+            # compressed pushes count what went on the wire; the uncompressed size has its own counter
+            sent = pending["bytes"]
+            if self.compressor is not None:
+                sent += self.wire.sent_bytes - pending["sent_mark"] - 4 * self.flat.numel * pending["steps"]
+                pending["sent_mark"] = self.wire.sent_bytes
+            m.bytes.inc(sent, tags={"direction": "push", "transport": self.transport})
+            m.bytes.inc(pending["bytes"], tags={"direction": "pull", "transport": self.transport})
+            m.raw_push_bytes.inc(pending["bytes"])
             pending["steps"] = pending["bytes"] = 0
         while self._window and now - self._window[0][0] > 5.0:  # samples/s over the last 5 s
             self._window.popleft()
@@ -333,6 +346,10 @@ class Worker:
                         self.clock += 1
                         if self.sparse is not None:
                             self.sparse.push(self.clock, row_grads(self.model), len(indices))
+                        if self.compressor is not None:
+                            grads = self.compressor.encode(grads)
+                        else:
+                            self.wire.plain(grads.size)
                         in_flight = self.client.push_pull_async(self.clock, grads, inbox, len(indices), loss_value,
                                                                 sent_buffers, received, ahead=int(plan.overlap))
                         if not plan.overlap:
@@ -377,6 +394,7 @@ class Worker:
             "rows_pulled": self.sparse.rows_pulled if self.sparse is not None else 0,
             "rows_pushed": self.sparse.rows_pushed if self.sparse is not None else 0,
             "final_loss": loss_value,
+            "wire": self.wire.as_dict(),
             "wall_s": time.monotonic() - began,
             "steady_samples": pace.steady_samples,
             "reached_target_s": pace.reached_s,
