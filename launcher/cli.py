@@ -102,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--missing", type=float, default=0.0, help="fraction of feature cells made null")
     gen.add_argument("--outliers", type=float, default=0.0, help="fraction of feature cells set far out")
     gen.add_argument("--seed", type=int, default=0)
+    from rayps.launcher.export_cli import add_parser as add_export
+
+    add_export(sub)
     stop = sub.add_parser("stop", help="stop a job")
     scale = sub.add_parser("scale", help="add or remove workers of a running job, without restarting it")
     scale.add_argument("--workers", type=int, required=True, help="how many workers the job should have")
@@ -224,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
             return _bench(args)
         if args.command == "data":
             return _data(args)
+        if args.command == "export":
+            from rayps.launcher.export_cli import run as export
+
+            return export(args)
         from rayps.launcher.cluster_cli import COMMANDS
 
         if args.command in COMMANDS:

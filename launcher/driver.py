@@ -32,6 +32,7 @@ from rayps.errors import ConfigError
 from rayps.launcher.checkpointing import Checkpointer
 from rayps.launcher.config import JobConfig
 from rayps.launcher.controller import Controller
+from rayps.launcher.exported import save_run_model
 from rayps.launcher.wire_summary import compression_summary
 from rayps.launcher.dataprep import prepare_on_ray, write_data_files
 from rayps.launcher.local import ensure_ray
@@ -243,6 +244,7 @@ def run_job(config: JobConfig, output: str | Path | None = None,
     summary["run_id"] = run_id
     summary["job_name"] = job_name(run_id)
     run_dir = write_run_dir(run_dir, config, summary, history)
+    save_run_model(run_dir, model, config)  # model.safetensors and model.json, what psctl export reads
     if saved:
         bind(model, SavedRows(saved, {t.name: t for t in tables}))
         (run_dir / "tables").mkdir(exist_ok=True)

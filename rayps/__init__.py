@@ -37,6 +37,8 @@ _PUBLIC = {
     "run_job": "rayps.launcher.driver", "scale_job": "rayps.launcher.driver",
     "Embedding": "rayps.worker.embedding", "EmbeddingBag": "rayps.worker.embedding",
     "DataConfig": "rayps.worker.dataconfig", "load_transform": "rayps.launcher.dataprep",
+    "load_model": "rayps.launcher.exported", "export_run": "rayps.launcher.export",
+    "ExportConfig": "rayps.launcher.export_config",
     **{name: "rayps.errors" for name in ("PSError", "ConfigError", "ShapeError", "JobError", "ClusterError",
                                          "StallError")},
 }
