@@ -6,7 +6,8 @@ SGD lr 0.01, 2 workers (and 2 shards for rayps), one configuration at a time,
 so no two rows compete for the cores. Each row reports samples/s after its
 first tenth of steps (summed over workers). The peers are in
 launcher/peers.py. The sparse-table rows (launcher/sparse_bench.py) time
-embedding rows per second against torch's sparse EmbeddingBag. Output: a Markdown table on stdout and, in the run
+embedding rows per second against torch's sparse EmbeddingBag; the compression rows
+(launcher/wire_bench.py) time each codec to a target loss over a 100 Mbit/s link. Output: a Markdown table on stdout and, in the run
 directory, ``bench.json``, ``bench.md`` and ``bench.png``.
 """
 
@@ -233,10 +234,11 @@ def run_bench(quick: bool = False, output: str | Path | None = None, models: lis
               transports: list[str] | None = None, modes: list[str] | None = None,
               steps: int | None = None, stragglers: bool | None = None,
               transport_mb: int = 100, sparse: bool = True, sparse_steps: int | None = None,
-              sparse_rows_in_table: int | None = None) -> tuple[Path, list[Row]]:
+              sparse_rows_in_table: int | None = None, wire: bool | None = None) -> tuple[Path, list[Row]]:
     """Every row in turn; ``steps`` (per worker) overrides each model's default, for a short check."""
     steps_override = steps
     stragglers = (not quick) if stragglers is None else stragglers
+    wire = (not quick) if wire is None else wire
     out = Path(output or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     ensure_ray(dashboard=False)
@@ -269,6 +271,11 @@ def run_bench(quick: bool = False, output: str | Path | None = None, models: lis
                                   sparse_rows_in_table or ROWS)
         rows += rows_sparse
         text += "\n\n" + sparse_table(rows_sparse)
+    if wire:  # gradient compression over a 100 Mbit/s link (launcher/wire_bench.py)
+        from rayps.launcher.wire_bench import wire_rows, wire_table
+        rows_wire = wire_rows(out / "jobs")
+        rows += rows_wire
+        text += "\n\n" + wire_table(rows_wire)
     (out / "bench.md").write_text(text + "\n")
     (out / "bench.json").write_text(json.dumps([r.__dict__ for r in rows], indent=2))
     chart(rows, out / "bench.png")

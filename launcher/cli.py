@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--models", help="comma-separated: small, large")
     bench.add_argument("--transports", help="comma-separated: shm, grpc, ray")
     bench.add_argument("--modes", help="comma-separated: asp, 'ssp s=1', 'ssp s=2', bsp")
+    bench.add_argument("--wire", action=argparse.BooleanOptionalAction, default=None,
+                       help="the compression rows over a 100 Mbit/s link (default: on, off with --quick)")
     bench.add_argument("--no-sparse", action="store_true",
                        help="skip the sparse-table rows (a 10M x 16 embedding table; ~2 GB for the torch baseline)")
 
@@ -165,7 +167,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     out, rows = run_bench(args.quick, args.output, listed(args.models, list(MODELS), "models"),
                           listed(args.transports, ["shm", "grpc", "ray"], "transports"),
-                          listed(args.modes, list(MODES), "modes"), sparse=not args.no_sparse)
+                          listed(args.modes, list(MODES), "modes"), sparse=not args.no_sparse, wire=args.wire)
     print((out / "bench.md").read_text(), end="")
     print(f"run directory: {out}")
     return 0

@@ -60,9 +60,16 @@ class DebugConfig:
     # f times its compute time with probability p (seeded by the job's seed and the worker)
     stragglers: Mapping[str, float] = field(default_factory=dict)
     audit: bool = False  # shards record every (worker, incarnation, seq) they apply; the summary counts repeats
+    # a slow network on one machine: gRPC workers reach the shards through a link of this many Mbit/s
+    # (launcher/throttle.py), shared by all of them, each direction apart
+    link_mbit: float | None = None
+    link_latency_ms: float = 0.0  # one way, added to every chunk on that link
 
     def __post_init__(self) -> None:
         require(isinstance(self.audit, bool), f"audit ({self.audit!r}) must be true or false")
+        if self.link_mbit is not None:
+            number(self.link_mbit, "debug.link_mbit", minimum=0, exclusive=True)
+        number(self.link_latency_ms, "debug.link_latency_ms", minimum=0)
         for key in ("slow_workers", "slowdown"):
             value = getattr(self, key)
             require(isinstance(value, Mapping), f"{key} ({value!r}) must be a mapping of worker id to a number")

@@ -12,6 +12,7 @@ that fails still writes its run directory, with the error in the summary.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -33,6 +34,8 @@ from rayps.launcher.checkpointing import Checkpointer
 from rayps.launcher.config import JobConfig
 from rayps.launcher.controller import Controller
 from rayps.launcher.exported import save_run_model
+from rayps.launcher.throttle import ThrottledLink
+from rayps.protos.compression import Codec
 from rayps.launcher.wire_summary import compression_summary
 from rayps.launcher.dataprep import prepare_on_ray, write_data_files
 from rayps.launcher.local import ensure_ray
@@ -146,7 +149,8 @@ def run_job(config: JobConfig, output: str | Path | None = None,
             r.shard_id, init[r.lo:r.hi], list(range(config.workers)),
             config.optimizer, config.schedule, config.consistency, total_updates, run_id,
             init_buffers[b.lo:b.hi], integer[b.lo:b.hi], audit=config.debug.audit, checkpoints=ckpt_root,
-            tables=tables, num_shards=config.servers, codec=config.compression.make_codec())
+            tables=tables, num_shards=config.servers, codec=config.compression.make_codec(),
+            pull_codec=Codec(config.compression.pull))
         for r, b in zip(ranges, buffer_ranges)
     ]
     bind(model, ShardLookups(shards, {t: d for t, (_, d) in shapes.items()}))  # evaluation reads the shards' rows
@@ -154,10 +158,12 @@ def run_job(config: JobConfig, output: str | Path | None = None,
         name=f"coordinator-{job_name(run_id)}", namespace=COORDINATORS, num_cpus=0).remote(
         queue, batches, config.workers, run_id)
     actors = [*shards, coordinator]
-    transport = controller = monitor = None
+    transport = controller = monitor = link = link_stats = None
     placement: dict = {}
     try:
-        transport = _transport(config, shards, tuple(ranges), tuple(buffer_ranges))
+        transport = served = _transport(config, shards, tuple(ranges), tuple(buffer_ranges))
+        if config.debug.link_mbit is not None:  # a slow network, emulated: workers reach shards through it
+            link, transport = throttled(transport, config.debug.link_mbit, config.debug.link_latency_ms)
         train_ref = ray.put(splits.train)
         worker_cls = ray.remote(Worker)
         worker_faults = {"kill": {f.index: f for f in config.chaos.faults("kill") if f.kind == "worker"},
@@ -194,7 +200,7 @@ def run_job(config: JobConfig, output: str | Path | None = None,
             shards, coordinator, start_worker, initial, monitor,
             RestartBudget(config.fault.max_restarts, can_restore=ckpt.enabled),
             StallWatch(config.fault.stall_s, config.fault.on_stall), checkpointer,
-            _serve_again(transport, shards, config.grpc),
+            _serve_again(served, shards, config.grpc),
             [(kind, f) for kind in ("kill", "hang") for f in config.chaos.faults(kind) if f.kind == "ps-shard"],
             waits=config.consistency.mode != "asp")
         reports = controller.run(placement)
@@ -214,6 +220,9 @@ def run_job(config: JobConfig, output: str | Path | None = None,
         _write_failed(run_dir, config, error, monitor, controller, began, report)
         raise
     finally:
+        if link is not None:
+            link_stats = link.stats()
+            link.close()
         _stop_serving(shards)
         for actor in actors:
             ray.kill(actor)
@@ -227,7 +236,7 @@ def run_job(config: JobConfig, output: str | Path | None = None,
     summary = _summary(config, reports, stats, test_loss, test_accuracy, train_s, time.monotonic() - began)
     summary.update(_recovery_summary(controller, checkpointer, coverage, reports, stats))
     summary.update(_sparse_summary(stats, reports))
-    summary["compression"] = compression_summary(config.compression, reports, stats)
+    summary["compression"] = compression_summary(config.compression, reports, stats, transport.name)
     if final_auc is not None:
         summary["test_auc"] = final_auc
         reference = getattr(splits.test, "reference", None) or {}
@@ -239,6 +248,8 @@ def run_job(config: JobConfig, output: str | Path | None = None,
     if audit is not None:
         summary["applied_twice"] = sum(len(log) - len(set(map(tuple, log))) for log in audit)
     summary["transport"] = transport.name  # what auto chose, not what the config said
+    if link_stats is not None:
+        summary["link"] = link_stats
     summary["dashboard_url"] = dashboard_url
     summary["placement"] = placement
     summary["run_id"] = run_id
@@ -363,6 +374,15 @@ def _merge_pulled(pulled: list) -> tuple[np.ndarray, np.ndarray]:
     return params, np.concatenate(buffers) if buffers else np.zeros(0, np.float64)
 
 
+def throttled(transport, mbit: float, latency_ms: float):
+    """The job's gRPC endpoints behind one bandwidth-limited link (launcher/throttle.py), for benchmarks."""
+    if not isinstance(transport, GrpcEndpoints):
+        raise ConfigError(f"debug.link_mbit emulates a slow network for gRPC; this job's transport is"
+                          f" {transport.name}: set transport: grpc")
+    link = ThrottledLink(mbit, latency_ms)
+    return link, dataclasses.replace(transport, addresses=tuple(link.proxy(a) for a in transport.addresses))
+
+
 def _serve_again(transport, shards, grpc: GrpcConfig) -> Callable[[int], None]:
     """How a restarted shard serves again where it served, so clients reconnect in place."""
     def serve(i: int) -> None:
@@ -384,8 +404,11 @@ def chosen_transport(config: JobConfig, nodes: list[dict]) -> str:
 
 def _transport(config: JobConfig, shards, ranges, buffer_ranges):
     """The transport spec every worker connects through (ps/transport.py)."""
-    return make_transport(chosen_transport(config, ray.nodes()), shards, ranges, buffer_ranges,
+    spec = make_transport(chosen_transport(config, ray.nodes()), shards, ranges, buffer_ranges,
                           config.workers, config.grpc)
+    if isinstance(spec, GrpcEndpoints):  # gRPC pulls may come compressed (fp16, bf16): the clients decode
+        spec = dataclasses.replace(spec, pull=config.compression.pull)
+    return spec
 
 
 def make_transport(name: str, shards, ranges, buffer_ranges, workers: int, grpc: GrpcConfig | None = None):

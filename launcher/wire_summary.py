@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-def compression_summary(config, reports: list[dict], stats: list[dict]) -> dict:
+def compression_summary(config, reports: list[dict], stats: list[dict], transport: str) -> dict:
     """Over every worker's pushes (a dead incarnation's reports carry none): the codec, the dense and
     sparse bytes per step uncompressed and as sent, and the seconds workers spent encoding and shards
     decoding."""
@@ -23,6 +23,11 @@ def compression_summary(config, reports: list[dict], stats: list[dict]) -> dict:
         "encode_ms_per_step": round(1e3 * encode_s / steps, 4) if steps else None,
         "decode_s": round(sum(s.get("decode_s", 0.0) for s in stats), 4),
     }
+    # pulls: float32, or fp16 / bf16 over gRPC (half the bytes; other transports pull float32)
+    pulled = raw / steps if steps else None
+    out["pull"] = config.pull if transport == "grpc" else "none"
+    out["pull_bytes_per_step"] = per_step(raw, steps)
+    out["pull_sent_bytes_per_step"] = None if pulled is None else round(pulled / (2 if out["pull"] != "none" else 1), 1)
     if config.codec == "topk":
         out["fraction"] = config.fraction
     if row_raw:

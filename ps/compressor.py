@@ -40,6 +40,7 @@ class CompressionConfig:
     fraction: float = 0.01  # topk: the share of values (dense) or rows (sparse) sent each step
     chunk: int = INT8_CHUNK  # int8: values per scale on dense pushes
     error_feedback: bool | None = None  # keep what was not sent for the next step; None: on for int8 and topk
+    pull: str = "none"  # what gRPC pulls carry: none | fp16 | bf16 (the shards' master copy stays float32)
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:
@@ -49,6 +50,9 @@ class CompressionConfig:
             raise ConfigError(f"compression.fraction ({self.fraction!r}) must be in (0, 0.5]")
         if isinstance(self.chunk, bool) or not isinstance(self.chunk, int) or self.chunk < 16:
             raise ConfigError(f"compression.chunk ({self.chunk!r}) must be an integer >= 16")
+        if self.pull not in ("none", "fp16", "bf16"):
+            raise ConfigError(f"compression.pull ({self.pull!r}) must be none, fp16 or bf16: a pull is the"
+                              " model a worker computes on, and only a rounding of it is safe")
         if self.error_feedback not in (None, True, False):
             raise ConfigError(f"compression.error_feedback ({self.error_feedback!r}) must be true or false")
 
@@ -75,10 +79,10 @@ def compression_config(value: Any, where: str = "compression") -> CompressionCon
     if isinstance(value, str):
         return CompressionConfig(codec=value)
     if isinstance(value, Mapping):
-        unknown = sorted(set(value) - {"codec", "fraction", "chunk", "error_feedback"})
+        unknown = sorted(set(value) - {"codec", "fraction", "chunk", "error_feedback", "pull"})
         if unknown:
             raise ConfigError(f"{where}: unknown key {unknown[0]!r} (allowed: chunk, codec, error_feedback,"
-                              " fraction)")
+                              " fraction, pull)")
         return CompressionConfig(**dict(value))
     raise ConfigError(f"{where} ({value!r}) must be a codec name ({', '.join(CODECS)}) or a mapping")
 

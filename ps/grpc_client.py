@@ -29,6 +29,7 @@ from rayps.errors import ConfigError, ShapeError, TransportError
 from rayps.ps.grpc_security import TLSConfig, TokenAuth
 from rayps.protos.names import BUFFERS, CHANNEL_OPTIONS, SERVICE, TENSOR
 from rayps.ps.partition import ShardRange, buffer_ranges_or_none, buffer_slices
+from rayps.protos.compression import Codec, CodecError
 from rayps.ps.transport import BlockingPushPull, EncodedRows, Pending, shard_payloads
 
 #: A Step stream lives as long as the job; it still has a deadline, as every call does.
@@ -48,11 +49,12 @@ class GrpcEndpoints:
     ranges: tuple[ShardRange, ...] = ()
     buffer_ranges: tuple[ShardRange, ...] | None = None
     name: str = "grpc"
+    pull: str = "none"  # the codec the shards answer with (none, fp16, bf16; protos/compression.py)
 
     def client(self, worker_id: int, ranges: Sequence[ShardRange],
                buffer_ranges: Sequence[ShardRange] | None = None, incarnation: int = 0) -> "GrpcShardClient":
         return GrpcShardClient(worker_id, self.addresses, ranges, self.token, self.tls,
-                               self.timeout_s, self.chunk_bytes, buffer_ranges, incarnation)
+                               self.timeout_s, self.chunk_bytes, buffer_ranges, incarnation, Codec(self.pull))
 
     def connect(self, worker_id: int, incarnation: int = 0) -> "GrpcShardClient":
         """The transport seam (ps/transport.py): a client over this job's ranges."""
@@ -91,7 +93,8 @@ class GrpcShardClient(BlockingPushPull):
 
     def __init__(self, worker_id: int, addresses: Sequence[str], ranges: Sequence[ShardRange], token: str,
                  tls: TLSConfig | None = None, timeout_s: float = 300.0, chunk_bytes: int = CHUNK_BYTES,
-                 buffer_ranges: Sequence[ShardRange] | None = None, incarnation: int = 0):
+                 buffer_ranges: Sequence[ShardRange] | None = None, incarnation: int = 0,
+                 pull_codec: Codec | None = None):
         if len(addresses) != len(ranges):
             raise ConfigError(f"{len(addresses)} shard addresses for {len(ranges)} ranges")
         self.worker_id = worker_id
@@ -104,6 +107,7 @@ class GrpcShardClient(BlockingPushPull):
         self._metadata = TokenAuth(token).metadata
         self._timeout_s = timeout_s
         self._chunk_bytes = chunk_bytes
+        self._pull_codec = pull_codec or Codec()
         self._versions = [0] * len(addresses)
         self._streams: list = [None] * len(addresses)
         self._ended: list[_FirstStatus | None] = [None] * len(addresses)  # each stream's status
@@ -240,7 +244,8 @@ class GrpcShardClient(BlockingPushPull):
     def _receivers(self, i: int, params_out: np.ndarray, buffers_out: np.ndarray | None) -> list[Assembler]:
         """What shard ``i``'s pull answer is assembled into: its parameter slice, then its buffer slice."""
         r, b = self._ranges[i], self._buffer_ranges[i]
-        receivers = [Assembler(TENSOR, r.size, params_out[r.lo:r.hi])]
+        receivers = [Assembler(TENSOR, r.size, params_out[r.lo:r.hi]) if self._pull_codec.lossless
+                     else _Decoding(TENSOR, self._pull_codec, params_out[r.lo:r.hi])]
         if b.size:
             out = buffers_out[b.lo:b.hi] if buffers_out is not None else None
             receivers.append(Assembler(BUFFERS, b.size, out, wire=BUFFER_DTYPE))
@@ -344,6 +349,23 @@ class GrpcShardClient(BlockingPushPull):
 _FAILED_WRITE = (grpc.StatusCode.INTERNAL, "Internal error from Core")
 #: How long a step's error waits for the shard's status to replace _FAILED_WRITE.
 _STATUS_WAIT_S = 1.0
+
+
+class _Decoding(Assembler):
+    """A compressed pull (fp16, bf16): its blob assembled, then decoded into the caller's slice."""
+
+    def __init__(self, name: str, codec: Codec, out: np.ndarray):
+        super().__init__(name, codec.nbytes(out.size), wire=BLOB_DTYPE)
+        self.codec, self.out = codec, out
+
+    def add(self, chunk) -> bool:
+        done = super().add(chunk)
+        if done:
+            try:
+                self.codec.decode(self.buffer, self.out.size, self.out)
+            except CodecError as e:
+                raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"compressed parameters: {e}") from None
+        return done
 
 
 class _FirstStatus:

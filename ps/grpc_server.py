@@ -179,6 +179,10 @@ class ShardServicer:
             version = self.shard.version
             if "push" in header:  # Step: the push's answer carries the version being sent
                 header["push"].version = version
+            pull = self.shard.pull_codec
+            if not pull.lossless:  # fp16 / bf16 on the wire; the shard's own copy stays float32
+                return list(encode_chunks(TENSOR, pull.encode(params), self.chunk_bytes, wire=BLOB_DTYPE,
+                                          version=version, **header))
             return list(encode_chunks(TENSOR, params, self.chunk_bytes, version=version, **header))
 
         encoded, _, buffers = await self.shard.pull_for(worker_id, clock, take=encode)

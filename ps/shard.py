@@ -55,9 +55,10 @@ class ParameterShard(CutMixin, StateMixin, SparseMixin, CodecMixin):
         tables: tuple = (),
         num_shards: int = 1,
         codec: Codec | None = None,
+        pull_codec: Codec | None = None,
     ):
         self.shard_id = shard_id
-        self._init_codec(codec)  # how compressed pushes are decoded (ps/shard_codec.py)
+        self._init_codec(codec, pull_codec)  # how compressed pushes are decoded (ps/shard_codec.py)
         self._params = np.array(init_params, dtype=DTYPE, copy=True).reshape(-1)
         # This shard's slice of the model's buffers (ps/buffers.py); empty for most models' later shards.
         self._buffers = BufferTable(init_buffers, buffer_integer)

@@ -22,13 +22,19 @@ class CodecMixin:
     _codec: Codec
     _decode_s: float
 
-    def _init_codec(self, codec: Codec | None) -> None:
+    def _init_codec(self, codec: Codec | None, pull: Codec | None = None) -> None:
         self._codec = codec or Codec()
+        # what gRPC pulls carry (fp16 or bf16 where the job says so): a rounded copy, the master stays float32
+        self._pull_codec = pull or Codec()
         self._decode_s = 0.0  # seconds spent decoding compressed pushes
 
     @property
     def codec(self) -> Codec:
         return self._codec
+
+    @property
+    def pull_codec(self) -> Codec:
+        return self._pull_codec
 
     def grad_wire_nbytes(self) -> int:
         """The bytes of this shard's compressed dense gradient (what a receiver of a blob expects)."""

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 def test_a_short_bench_measures_every_system_and_writes_its_report(ray_session, tmp_path):
     out, rows = run_bench(output=tmp_path / "bench", models=["small"], transports=["shm"], modes=["asp"], steps=60,
                           stragglers=False, transport_mb=8,
-                          sparse_steps=20, sparse_rows_in_table=100_000)
+                          sparse_steps=20, sparse_rows_in_table=100_000, wire=False)
     rows_all = rows
     wire = [r for r in rows if r.model == "transport"]
     assert [r.system for r in wire] == ["memcpy (numpy copyto), one copy", "push + pull through shm",
@@ -43,3 +43,22 @@ def test_a_short_bench_measures_every_system_and_writes_its_report(ray_session, 
     assert all(r.samples_per_s > 0 for r in sparse) and sparse[1].extra["bytes_per_row"] > 0
     assert sparse[1].extra["x_single"] == pytest.approx(sparse[1].samples_per_s / sparse[0].samples_per_s)
     assert "rows/s" in (out / "bench.md").read_text()
+
+
+def test_the_compression_rows_send_fewer_bytes_through_the_throttled_link(ray_session, tmp_path):
+    from rayps.launcher.wire_bench import wire_rows, wire_table
+
+    rows = wire_rows(tmp_path, steps=40, mbit=200, codecs=["none", "topk"])
+    assert [r.system for r in rows] == ["none @ 200 Mbit/s", "topk 0.1, pull fp16 @ 200 Mbit/s",
+                                        "topk 0.1, pull float32 @ 200 Mbit/s"]
+    none, topk, topk_f32 = (r.extra for r in rows)
+    assert none["push_sent_bytes"] == none["push_bytes"] == 814_120  # 203,530 float32 parameters
+    assert topk["push_sent_bytes"] == pytest.approx(0.2 * none["push_bytes"], rel=0.01)  # 10%: index + value
+    assert topk["pull_sent_bytes"] == none["pull_sent_bytes"] / 2 == topk_f32["pull_sent_bytes"] / 2
+    # what really crossed the link, per push: the bytes sent plus a little gRPC framing
+    for r in rows:
+        per_push = r.extra["link"]["bytes_up"] / r.extra["steps"]
+        assert r.extra["push_sent_bytes"] <= per_push < 1.03 * r.extra["push_sent_bytes"] + 4096, r.system
+    assert rows[0].extra["link"]["bytes_down"] / rows[0].extra["steps"] > \
+        1.8 * rows[1].extra["link"]["bytes_down"] / rows[1].extra["steps"]
+    assert "| none @ 200 Mbit/s |" in wire_table(rows)
