@@ -39,6 +39,13 @@ class CodecError(ValueError):
     """A blob that is not what its codec says: the wrong size, an index out of range, a bad scale."""
 
 
+def row_codec(codec: "Codec", dim: int) -> "Codec":
+    """The codec of a sparse push's rows (flattened, row after row): int8 scales every max(dim, 64) values,
+    so a row of many values has its own scale and rows of few share one (a 4-byte scale per 1-value row
+    would cost more than the float it replaces)."""
+    return Codec("int8", chunk=max(dim, 64)) if codec.name == "int8" else codec
+
+
 def topk_count(n: int, fraction: float) -> int:
     """How many values top-k sends of a slice of ``n``: at least one, at most half (then it still saves bytes)."""
     if n <= 0:

@@ -9,7 +9,7 @@ receive over T steps equals the sum of the true gradients minus one
 residual, whose size does not grow with T.
 
 ``RowCompressor`` does the same for sparse pushes. ``fp16``, ``bf16`` and
-``int8`` (one scale per row) encode the rows; ``topk`` sends the
+``int8`` (a scale per row, or per 64 values of rows shorter than that) encode the rows; ``topk`` sends the
 ``fraction`` of rows with the largest norms (index-value pairs would cost
 more than a row's own few floats) and keeps the rest, per id, until a later
 step sends them.
@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from rayps.errors import ConfigError
-from rayps.protos.compression import CODECS, INT8_CHUNK, Codec
+from rayps.protos.compression import CODECS, INT8_CHUNK, Codec, row_codec
 from rayps.ps.transport import Encoded, EncodedRows
 
 
@@ -175,7 +175,7 @@ class RowCompressor:
             self.stats.row_sent_bytes += int(rows.nbytes)
             return rows
         count, dim = rows.shape
-        codec = Codec("int8", chunk=max(1, dim)) if self.config.codec == "int8" else self.config.make_codec()
+        codec = row_codec(self.config.make_codec(), dim)
         blob = codec.encode(rows.reshape(-1))
         self.stats.row_sent_bytes += int(blob.size)
         return EncodedRows(blob, count, dim, self.config.codec)

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from rayps.errors import ShapeError
-from rayps.protos.compression import Codec, CodecError
+from rayps.protos.compression import Codec, CodecError, row_codec
 
 
 class CodecMixin:
@@ -41,13 +41,11 @@ class CodecMixin:
         return self._codec.nbytes(self.size)
 
     def row_wire_nbytes(self, count: int, dim: int) -> int:
-        """The bytes of ``count`` compressed rows of ``dim`` values (int8: one scale per row)."""
+        """The bytes of ``count`` compressed rows of ``dim`` values (``row_codec``)."""
         return self._row_codec(dim).nbytes(count * dim)
 
     def _row_codec(self, dim: int) -> Codec:
-        if self._codec.name == "int8":
-            return Codec("int8", chunk=max(1, dim))
-        return self._codec
+        return row_codec(self._codec, dim)
 
     def _decode_grad(self, grad):
         """The float32 gradient a push stands for: a blob decoded, anything else as it came."""

@@ -231,3 +231,31 @@ def test_the_default_job_reaches_the_accuracy_bar_with_compression(ray_session, 
     bound = {"fp16": 0.5, "int8": 0.26, "topk": 0.21}[c["codec"]]
     assert c["dense_sent_bytes_per_step"] <= bound * c["dense_bytes_per_step"], c
     assert c["encode_ms_per_step"] > 0 and c["decode_s"] > 0
+
+
+@pytest.mark.ray
+def test_grpc_pulls_come_back_in_fp16_while_the_shards_keep_float32(ray_session):
+    ranges = partition(10, 2)
+    actor = ray_session.remote(ServedShard).options(num_cpus=0)
+    init = (np.arange(10, dtype=np.float32) + 1) / 3  # not representable in fp16
+    shards = [actor.remote(r.shard_id, init[r.lo:r.hi], [0], OptimizerConfig(name="sgd", lr=0.5), ScheduleConfig(),
+                           ConsistencyConfig("asp"), pull_codec=Codec("fp16")) for r in ranges]
+    try:
+        import dataclasses
+
+        spec = dataclasses.replace(make_transport("grpc", shards, tuple(ranges), None, 1, GrpcConfig(timeout_s=20.0)),
+                                   pull="fp16")
+        client = spec.connect(0)
+        params = np.empty(10, np.float32)
+        client.register(params)
+        np.testing.assert_array_equal(params, init.astype(np.float16).astype(np.float32))
+        client.push_pull(1, np.full(10, 0.25, np.float32), params, 1, 0.0)
+        master = np.concatenate([ray_session.get(s.pull.remote())[0] for s in shards])
+        np.testing.assert_array_equal(master, init - np.float32(0.125))  # float32, unrounded
+        np.testing.assert_array_equal(params, master.astype(np.float16).astype(np.float32))
+        assert not np.array_equal(params, master)
+        client.finish()
+    finally:
+        ray_session.get([s.stop_serving.remote() for s in shards])
+        for s in shards:
+            ray_session.kill(s)

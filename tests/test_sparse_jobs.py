@@ -144,3 +144,17 @@ class _BagModel(nn.Module):
 
     def forward(self, x):
         return self.head(self.bag(x)).squeeze(1)
+
+
+@pytest.mark.timeout(240)
+def test_int8_compressed_row_gradients_over_grpc_apply_every_row_once_per_epoch(ray_session, tmp_path):
+    """Each row's gradient is -1 per epoch: int8 carries it to 1e-6, so every count ends
+    at the number of epochs, through the compressed sparse path of the gRPC wire."""
+    result = counting_job(tmp_path, epochs=3, transport="grpc", compression="int8")
+    s = result.summary
+    c = s["compression"]
+    # 10 one-value rows a push, cut across 2 shards: 10 bytes and a 4-byte scale per shard, against 40
+    assert c["codec"] == "int8" and c["sparse_sent_bytes_per_step"] == pytest.approx(
+        18 / 40 * c["sparse_bytes_per_step"], rel=0.01)
+    np.testing.assert_allclose(counts(result)[:500], 3.0, rtol=1e-5)
+    assert s["applied_twice"] == 0
