@@ -238,7 +238,7 @@ def run_bench(quick: bool = False, output: str | Path | None = None, models: lis
     """Every row in turn; ``steps`` (per worker) overrides each model's default, for a short check."""
     steps_override = steps
     stragglers = (not quick) if stragglers is None else stragglers
-    wire = (not quick) if wire is None else wire
+    compression_rows = (not quick) if wire is None else wire
     out = Path(output or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     ensure_ray(dashboard=False)
@@ -271,7 +271,7 @@ def run_bench(quick: bool = False, output: str | Path | None = None, models: lis
                                   sparse_rows_in_table or ROWS)
         rows += rows_sparse
         text += "\n\n" + sparse_table(rows_sparse)
-    if wire:  # gradient compression over a 100 Mbit/s link (launcher/wire_bench.py)
+    if compression_rows:  # gradient compression over a 100 Mbit/s link (launcher/wire_bench.py)
         from rayps.launcher.wire_bench import wire_rows, wire_table
         rows_wire = wire_rows(out / "jobs")
         rows += rows_wire
