@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 import shutil
 import time
@@ -63,6 +64,8 @@ from rayps.worker.losses import resolve_loss, takes_weight
 from rayps.worker.scoring import evaluate, score
 from rayps.worker.trainer import Worker, WorkerPlan
 from rayps.worker.workqueue import WorkQueue, default_chunk_batches, plan_batches
+
+log = logging.getLogger(__name__)
 
 #: Where ``psctl scale`` finds a running job's work queue: ``coordinator-<job>`` in this namespace.
 COORDINATORS = "rayps"
@@ -255,7 +258,10 @@ def run_job(config: JobConfig, output: str | Path | None = None,
     summary["run_id"] = run_id
     summary["job_name"] = job_name(run_id)
     run_dir = write_run_dir(run_dir, config, summary, history)
-    save_run_model(run_dir, model, config)  # model.safetensors and model.json, what psctl export reads
+    try:  # model.safetensors and model.json, what psctl export reads; a job's result never hangs on it
+        save_run_model(run_dir, model, config)
+    except Exception:  # noqa: BLE001
+        log.warning("could not write the trained model to %s", run_dir, exc_info=True)
     if saved:
         bind(model, SavedRows(saved, {t.name: t for t in tables}))
         (run_dir / "tables").mkdir(exist_ok=True)
@@ -380,7 +386,11 @@ def throttled(transport, mbit: float, latency_ms: float):
         raise ConfigError(f"debug.link_mbit emulates a slow network for gRPC; this job's transport is"
                           f" {transport.name}: set transport: grpc")
     link = ThrottledLink(mbit, latency_ms)
-    return link, dataclasses.replace(transport, addresses=tuple(link.proxy(a) for a in transport.addresses))
+    try:
+        return link, dataclasses.replace(transport, addresses=tuple(link.proxy(a) for a in transport.addresses))
+    except BaseException:
+        link.close()
+        raise
 
 
 def _serve_again(transport, shards, grpc: GrpcConfig) -> Callable[[int], None]:

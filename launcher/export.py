@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
 from rayps.errors import ConfigError
 from rayps.launcher.config import CheckpointConfig, JobConfig
@@ -45,7 +44,7 @@ from rayps.ps.settings import build
 from rayps.worker.data import DataConfig, resolve_data
 from rayps.worker.distill import DistillLoss
 from rayps.worker.embedding import sparse_tables
-from rayps.worker.pruning import filter_prune, magnitude_masks, sparsity_of
+from rayps.worker.pruning import apply_masks, filter_prune, magnitude_masks, sparsity_of
 from rayps.worker.quantize import ENGINE, method_for, quantize
 from rayps.worker.variants import ModelSpec, build_distiller, build_model, state_of
 
@@ -89,7 +88,7 @@ def export_run(run_dir: str | Path, config: ExportConfig = ExportConfig(), outpu
                                        masks={k: v.numpy() for k, v in masks.items()})
             pruned = _train(job, functools.partial(build_model, spec), job.loss, p.finetune_steps, None,
                             out / "_jobs" / "pruned")
-            magnitude_masks_hold(pruned, masks)
+            apply_masks(pruned, masks)  # the gradients held them; exactly zero in the file too
         save("pruned", pruned, base, sparsity=round(sparsity_of(pruned), 4), scope=p.scope,
              finetune_steps=p.finetune_steps)
     if config.filter_prune is not None:
@@ -132,21 +131,14 @@ def export_run(run_dir: str | Path, config: ExportConfig = ExportConfig(), outpu
     return report
 
 
-def magnitude_masks_hold(model, masks) -> None:
-    """Fine-tuning held the masks through the gradients; make the exported weights exactly zero there too."""
-    modules = dict(model.named_modules())
-    with torch.no_grad():
-        for name, mask in masks.items():
-            modules[name].weight.mul_(mask)
-
-
 def _run_job_config(run_dir: Path) -> tuple[JobConfig, dict]:
     if not (run_dir / "config.json").exists():
         raise ConfigError(f"{run_dir} is not a run directory (no config.json)")
     meta = read_meta(run_dir)
     if not meta.get("model"):
-        raise ConfigError(f"{run_dir}: the job's model was a callable with no importable name; export rebuilds"
-                          " models from 'module:callable', so give the job's model that way")
+        raise ConfigError(f"{run_dir}: the job's model was a callable with no importable name, or took"
+                          " arguments that are not plain data; export rebuilds models from 'module:callable' and"
+                          " JSON arguments, so give the job's model that way")
     raw = json.loads((run_dir / "config.json").read_text())
     raw["model"], raw["model_args"] = meta["model"], meta.get("model_args") or {}
     try:

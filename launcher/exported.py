@@ -92,9 +92,16 @@ def save_run_model(run_dir: Path, model: nn.Module, config) -> None:
     arguments; null where the job's model was a callable with no importable name)."""
     from rayps.worker.variants import import_path
 
-    spec = ModelSpec(import_path(config.model) or "", dict(config.model_args))
+    args = dict(config.model_args)
+    try:
+        json.dumps(args)
+        rebuildable = True
+    except TypeError:  # arguments that are objects (a class, an array): no file can name them again
+        from rayps.launcher.config import _plain
+        args, rebuildable = _plain(args), False
+    spec = ModelSpec(import_path(config.model) or "", args)
     save_model(run_dir, model, spec, [])
     meta = json.loads((run_dir / "model.json").read_text())
-    if not spec.model:
+    if not spec.model or not rebuildable:
         meta["model"] = None
     (run_dir / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")

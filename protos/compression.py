@@ -40,10 +40,10 @@ class CodecError(ValueError):
 
 
 def row_codec(codec: "Codec", dim: int) -> "Codec":
-    """The codec of a sparse push's rows (flattened, row after row): int8 scales every max(dim, 64) values,
-    so a row of many values has its own scale and rows of few share one (a 4-byte scale per 1-value row
-    would cost more than the float it replaces)."""
-    return Codec("int8", chunk=max(dim, 64)) if codec.name == "int8" else codec
+    """The codec of a sparse push's rows (flattened, row after row): int8 gives every row its own scale, so
+    no id's update is rounded away beside a larger one's (rows carry no error feedback: an id may not come
+    back). A row of d values then costs d + 4 bytes: int8 saves bytes on rows of more than 1 value."""
+    return Codec("int8", chunk=max(1, dim)) if codec.name == "int8" else codec
 
 
 def topk_count(n: int, fraction: float) -> int:
@@ -123,7 +123,8 @@ def _to_bf16(x: np.ndarray) -> np.ndarray:
     bits = x.view(np.uint32)
     # round to nearest, ties to even: add 0x7FFF plus the bit that becomes the last kept one
     rounded = bits + (np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1)))
-    return (rounded >> 16).astype("<u2")
+    # a NaN's rounding may carry into the exponent (or wrap to 0): it stays a NaN, so the shard refuses it
+    return np.where(np.isnan(x), np.uint32(0x7FC0), rounded >> 16).astype("<u2")
 
 
 def _int8_encode(x: np.ndarray, chunk: int) -> np.ndarray:
@@ -163,11 +164,12 @@ def _topk_decode(raw: np.ndarray, n: int, out: np.ndarray) -> None:
     idx = raw[:4 * k].view("<u4")
     if k and int(idx.max()) >= n:
         raise CodecError(f"a topk blob names index {int(idx.max())} of a slice of {n} values")
+    if k > 1 and bool(np.any(idx[1:] <= idx[:-1])):
+        raise CodecError("a topk blob's indices must ascend, each once")
     out[:] = 0
     out[idx] = raw[4 * k:].view("<f4")
 
 
-def topk_sent(blob: np.ndarray, n: int) -> np.ndarray:
+def topk_sent(blob: np.ndarray) -> np.ndarray:
     """The indices a top-k blob carries (for error feedback: the rest stays with the worker)."""
-    k = blob.size // 8
-    return blob[:4 * k].view("<u4")
+    return blob[:blob.size // 2].view("<u4")

@@ -9,7 +9,7 @@ receive over T steps equals the sum of the true gradients minus one
 residual, whose size does not grow with T.
 
 ``RowCompressor`` does the same for sparse pushes. ``fp16``, ``bf16`` and
-``int8`` (a scale per row, or per 64 values of rows shorter than that) encode the rows; ``topk`` sends the
+``int8`` (a scale per row) encode the rows, with no error feedback (an id may never come back); ``topk`` sends the
 ``fraction`` of rows with the largest norms (index-value pairs would cost
 more than a row's own few floats) and keeps the rest, per id, until a later
 step sends them.
@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from rayps.errors import ConfigError
-from rayps.protos.compression import CODECS, INT8_CHUNK, Codec, row_codec
+from rayps.protos.compression import CODECS, INT8_CHUNK, Codec, row_codec, topk_sent
 from rayps.ps.transport import Encoded, EncodedRows
 
 
@@ -131,7 +131,7 @@ class GradCompressor:
             if self.residual is not None:
                 if self.codec.name == "topk":  # what was sent leaves the residual; the rest stays
                     kept = part.copy()
-                    kept[blob[:blob.size // 2].view("<u4")] = 0
+                    kept[topk_sent(blob)] = 0
                     self.residual[r.lo:r.hi] = kept
                 else:
                     self.residual[r.lo:r.hi] = part - self.codec.decode(blob, part.size)
@@ -142,6 +142,11 @@ class GradCompressor:
         s.sent_bytes += sum(int(b.size) for b in blobs)
         s.encode_s += time.perf_counter() - began
         return Encoded(tuple(blobs), self.codec.name)
+
+    def reset(self) -> None:
+        """Forget the residual: after a rollback the steps it came from are trained again."""
+        if self.residual is not None:
+            self.residual[:] = 0
 
 
 class RowCompressor:
@@ -179,6 +184,10 @@ class RowCompressor:
         blob = codec.encode(rows.reshape(-1))
         self.stats.row_sent_bytes += int(blob.size)
         return EncodedRows(blob, count, dim, self.config.codec)
+
+    def reset(self) -> None:
+        """Forget the held rows (after a rollback, as ``GradCompressor.reset``)."""
+        self._held.clear()
 
     def held_rows(self) -> int:
         return sum(len(ids) for ids, _ in self._held.values())

@@ -247,7 +247,7 @@ class ShmShardClient(BlockingPushPull):
                 flags = 0
             if sent[i] is not None:
                 link.buffers_in[:] = sent[i]
-                flags = BUFFERS_FOLLOW
+                flags |= BUFFERS_FOLLOW  # beside COMPRESSED, when the push is a blob
             link.send(PUSH_PULL, self.worker_id, clock, self._versions[i], num_samples, loss, ahead, flags,
                       self.incarnation, clock - self.base)
         return Pending(lambda: self._collect(params_out, buffers_out, f"step {clock}"))

@@ -61,6 +61,15 @@ def test_each_codec_round_trips_within_its_documented_error(n):
                 assert ax[~sent].max() <= ax[sent].min(), codec
 
 
+def test_a_nan_stays_non_finite_through_every_lossy_codec_so_the_shard_refuses_it():
+    x = np.array([1.0, np.nan, -2.0], np.float32)
+    x.view(np.uint32)[1] = 0xFFFFFFFF  # a NaN whose bf16 rounding would carry into the sign and wrap to 0
+    for codec in (Codec("fp16"), Codec("bf16")):
+        assert not np.all(np.isfinite(codec.decode(codec.encode(x), 3))), codec
+    with pytest.raises(CodecError, match="non-finite scale"):  # int8: the NaN is in its chunk's scale
+        Codec("int8").decode(Codec("int8").encode(x), 3)
+
+
 def test_fp16_saturates_instead_of_overflowing_to_inf():
     y = Codec("fp16").decode(Codec("fp16").encode(np.array([1e6, -1e6, 3.0], np.float32)), 3)
     assert np.all(np.isfinite(y)) and y[0] == 65504.0 and y[1] == -65504.0 and y[2] == 3.0
@@ -73,6 +82,10 @@ def test_a_blob_of_the_wrong_size_or_with_a_bad_index_is_refused_by_name():
     blob[:4] = np.array([99], "<u4").view(np.uint8)
     with pytest.raises(CodecError, match=r"index 99 of a slice of 10"):
         Codec("topk", 0.2).decode(blob, 10)
+    twice = Codec("topk", 0.5).encode(np.arange(4, dtype=np.float32))
+    twice[:8] = np.array([3, 3], "<u4").view(np.uint8)
+    with pytest.raises(CodecError, match="indices must ascend, each once"):
+        Codec("topk", 0.5).decode(twice, 4)
     bad = Codec("int8", chunk=4).encode(np.ones(8, np.float32))
     bad[:4] = np.array([-1.0], "<f4").view(np.uint8)
     with pytest.raises(CodecError, match="negative or non-finite scale"):
@@ -259,3 +272,18 @@ def test_grpc_pulls_come_back_in_fp16_while_the_shards_keep_float32(ray_session)
         ray_session.get([s.stop_serving.remote() for s in shards])
         for s in shards:
             ray_session.kill(s)
+
+
+@pytest.mark.ray
+def test_a_batchnorm_model_trains_with_compressed_pushes_beside_its_buffers(ray_session, tmp_path):
+    """A model with buffers sends them beside each push: over shared memory the shard must still read the
+    compressed gradient as a blob (fp16 read as float32 would be tiny values, applied without a word)."""
+    def run(name, compression):
+        return Job(model="rayps.worker.models:cnn", compression=compression, transport="shm", epochs=4,
+                   optimizer={"name": "adam", "lr": 3e-3}, eval_every_s=0).run(
+            output=tmp_path / name, progress=False, dashboard=False, report=False).summary
+
+    fp16 = run("fp16", "fp16")
+    assert fp16["pushes_rejected"] == 0 and fp16["compression"]["dense_ratio"] == 0.5
+    # 4 epochs of this CNN score 0.63 to 0.82 (uncompressed 0.69 to 0.82); with the blob misread, 0.10
+    assert fp16["test_accuracy"] >= 0.5, fp16["test_accuracy"]

@@ -68,15 +68,21 @@ def sparsity_of(model: nn.Module) -> float:
     return sum(int((m.weight == 0).sum()) for _, m in layers) / max(1, total)
 
 
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Zero the pruned weights (after training, whose gradients held them: exactly zero again)."""
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, mask in masks.items():
+            modules[name].weight.mul_(mask.to(modules[name].weight.device))
+
+
 def hold_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     """Keep pruned weights at zero while training: their gradients are masked, so no optimizer (with fresh
-    state) moves them, and the weights are masked once more now."""
+    state) moves them, and the weights are masked once more now. The model may move to a GPU after."""
+    apply_masks(model, masks)
     modules = dict(model.named_modules())
     for name, mask in masks.items():
-        weight = modules[name].weight
-        with torch.no_grad():
-            weight.mul_(mask)
-        weight.register_hook(lambda grad, mask=mask: grad * mask)
+        modules[name].weight.register_hook(lambda grad, mask=mask: grad * mask.to(grad.device))
 
 
 # ---- filter pruning ------------------------------------------------------------------------------
@@ -116,15 +122,9 @@ def shrink(model: nn.Module, plan: dict) -> nn.Module:
             raise ValueError(f"the pruning plan names module {name!r}, which this model does not have")
         m = modules[name]
         if isinstance(m, NORMS):
-            _set(model, name, type(m)(change["features"], eps=m.eps, momentum=m.momentum, affine=m.affine,
-                                      track_running_stats=m.track_running_stats))
-            continue
-        in_size, out_size = change.get("in", _in_size(m)), change.get("out", m.weight.shape[0])
-        if isinstance(m, nn.Linear):
-            _set(model, name, nn.Linear(in_size, out_size, bias=m.bias is not None))
+            _set(model, name, _norm_like(m, change["features"]))
         else:
-            _set(model, name, type(m)(in_size, out_size, m.kernel_size, m.stride, m.padding, m.dilation,
-                                      m.groups, m.bias is not None, m.padding_mode))
+            _set(model, name, _like(m, change.get("in", _in_size(m)), change.get("out", m.weight.shape[0])))
     return model
 
 
@@ -174,8 +174,7 @@ def _cut_inputs(m: nn.Module, order: torch.Tensor, units: int) -> nn.Module:
 
 
 def _cut_norm(norm: nn.Module, order: torch.Tensor) -> nn.Module:
-    new = type(norm)(len(order), eps=norm.eps, momentum=norm.momentum, affine=norm.affine,
-                     track_running_stats=norm.track_running_stats)
+    new = _norm_like(norm, len(order))
     with torch.no_grad():
         if norm.affine:
             new.weight.copy_(norm.weight[order])
@@ -185,6 +184,11 @@ def _cut_norm(norm: nn.Module, order: torch.Tensor) -> nn.Module:
             new.running_var.copy_(norm.running_var[order])
             new.num_batches_tracked.copy_(norm.num_batches_tracked)
     return new
+
+
+def _norm_like(norm: nn.Module, features: int) -> nn.Module:
+    return type(norm)(features, eps=norm.eps, momentum=norm.momentum, affine=norm.affine,
+                      track_running_stats=norm.track_running_stats)
 
 
 def _like(m: nn.Module, in_size: int, out_size: int) -> nn.Module:

@@ -364,7 +364,12 @@ class Worker:
                     break  # max_steps, part way through a unit
                 except (_Resync, *retryable) as e:
                     in_flight = None
+                    # what error feedback held came from steps a rollback may undo: they are trained again
+                    if self.compressor is not None:
+                        self.compressor.reset()
                     if self.sparse is not None:
+                        if self.sparse.compressor is not None:
+                            self.sparse.compressor.reset()
                         self.sparse.drop()
                         forget_rows(self.model)
                     self._resync(e if not isinstance(e, _Resync) else RolledBackError("the job rolled back"),
