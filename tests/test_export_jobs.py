@@ -13,8 +13,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+from rayps.errors import ConfigError
 from rayps.launcher import Job
+from rayps.launcher.export import export_run
 from rayps.launcher.cli import main
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -85,3 +88,16 @@ def test_each_variant_loads_back_in_a_fresh_process_with_the_reported_accuracy(e
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     for name, row in report["variants"].items():
         assert got[name] == pytest.approx(row["accuracy"], abs=1e-6), name  # float32 mean; 1 row is 2.8e-3
+
+
+def mlp_with(act=torch.nn.ReLU):
+    return torch.nn.Sequential(torch.nn.Linear(64, 16), act(), torch.nn.Linear(16, 10))
+
+
+def test_a_model_taking_objects_finishes_its_job_and_export_says_why_it_cannot(ray_session, tmp_path):
+    result = Job(model="tests.test_export_jobs:mlp_with", model_args={"act": torch.nn.Tanh}, epochs=1,
+                 eval_every_s=0).run(output=tmp_path / "run", progress=False, dashboard=False, report=False)
+    assert result.summary["test_accuracy"] > 0.5
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["model"] is None
+    with pytest.raises(ConfigError, match="arguments that are not plain data"):
+        export_run(tmp_path / "run")
