@@ -14,6 +14,7 @@ data read in chunks) and writes ``RUN_DIR/export/``:
 - ``student/`` (and ``student_hard/``): a smaller model distilled from the
   teacher through the parameter servers (worker/distill.py), and the same
   student trained on hard labels alone for the same steps;
+- ``config.json``: the trained job's configuration;
 - ``report.json``, ``report.md`` and ``report.png`` (launcher/export_report.py):
   accuracy on the job's test split, parameters, bytes on disk and CPU latency
   per batch, each measured on the model as loaded back from its files.
@@ -30,6 +31,7 @@ import dataclasses
 import functools
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -77,6 +79,8 @@ def export_run(run_dir: str | Path, config: ExportConfig = ExportConfig(), outpu
         made[name] = extra
         say(f"export: wrote {out / name}")
 
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(run_dir / "config.json", out / "config.json")  # the job the models came from
     save("teacher", teacher, base)
     if config.prune is not None:
         p = config.prune

@@ -36,6 +36,7 @@ def test_the_run_and_its_export_hold_the_model_its_variants_and_a_report(exporte
     assert (run / "model.safetensors").exists() and json.loads((run / "model.json").read_text())["model"] == \
         "rayps.worker.models:mlp"
     out = run / "export"
+    assert json.loads((out / "config.json").read_text())["model"] == "rayps.worker.models:mlp"
     assert set(report["variants"]) == {"teacher", "pruned", "filter_pruned", "int8", "student", "student_hard"}
     for name in report["variants"]:
         meta = json.loads((out / name / "model.json").read_text())
