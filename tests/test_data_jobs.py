@@ -96,7 +96,9 @@ def test_worker_memory_is_bounded_by_its_chunks_not_by_the_data_set(ray_session,
     held_mib = 2_000_000 * 16 * 4 / 2**20  # 122 MiB: the features alone as float32, if a worker held the set
     for worker, rss in big.summary["worker_peak_rss_mb"].items():
         extra = rss - small.summary["worker_peak_rss_mb"][worker]
-        assert extra < 48 < held_mib / 2, (worker, rss, extra)  # measured: 25 MiB (a row group's decode)
+        # measured 25 to 63 MiB (a row group's decode; a worker's peak also varies with what its process
+        # ran before on a loaded machine); holding the set would add at least its 122 MiB
+        assert extra < 0.75 * held_mib, (worker, rss, extra)
 
 
 def test_profile_prints_the_report_without_training(tmp_path, capsys):
