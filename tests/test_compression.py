@@ -4,6 +4,8 @@ bad blobs refused by name, and the default job past its bar with the lossy codec
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 
 import numpy as np
 import pytest
@@ -169,19 +171,29 @@ def test_a_shard_refuses_a_bad_blob_counts_it_and_changes_nothing():
 DIM = 4
 
 
+@contextlib.contextmanager
+def two_shards(ray_session, init: np.ndarray, **shard_args):
+    """Two served shard actors over ``init`` (SGD lr 0.5, asp, one worker), torn down after."""
+    ranges = partition(len(init), 2)
+    actor = ray_session.remote(ServedShard).options(num_cpus=0)
+    shards = [actor.remote(r.shard_id, init[r.lo:r.hi], [0], OptimizerConfig(name="sgd", lr=0.5), ScheduleConfig(),
+                           ConsistencyConfig("asp"), **shard_args) for r in ranges]
+    try:
+        yield ranges, shards
+    finally:
+        ray_session.get([s.stop_serving.remote() for s in shards])
+        for s in shards:
+            ray_session.kill(s)
+
+
 @pytest.mark.ray
 @pytest.mark.parametrize("transport", ["ray", "grpc", "shm"])
 @pytest.mark.parametrize("codec", ["int8", "topk"])
 def test_compressed_pushes_reach_the_shards_on_every_transport(ray_session, transport, codec):
-    ranges = partition(10, 2)
     table = TableConfig("emb", 100, DIM, optimizer=RowOptimizerConfig("sgd", lr=0.5), consistency=ConsistencyConfig(
         "asp"), init="zeros")
-    make = Codec(codec, fraction=0.2, chunk=16)
-    actor = ray_session.remote(ServedShard).options(num_cpus=0)
-    shards = [actor.remote(r.shard_id, np.zeros(r.size, np.float32), [0], OptimizerConfig(name="sgd", lr=0.5),
-                           ScheduleConfig(), ConsistencyConfig("asp"), tables=(table,), num_shards=2, codec=make)
-              for r in ranges]
-    try:
+    with two_shards(ray_session, np.zeros(10, np.float32), tables=(table,), num_shards=2,
+                    codec=Codec(codec, fraction=0.2, chunk=16)) as (ranges, shards):
         spec = make_transport(transport, shards, tuple(ranges), None, 1, GrpcConfig(timeout_s=20.0))
         client = spec.connect(0)
         params = np.empty(10, np.float32)
@@ -226,10 +238,6 @@ def test_compressed_pushes_reach_the_shards_on_every_transport(ray_session, tran
         assert sum(stats[0]["rejected"].values()) == (1 if transport == "shm" else 2)
         assert stats[0]["version"] == 1  # the refused blob was shard 0's: it applied nothing
         client.finish()
-    finally:
-        ray_session.get([s.stop_serving.remote() for s in shards])
-        for s in shards:
-            ray_session.kill(s)
 
 
 @pytest.mark.ray
@@ -248,14 +256,8 @@ def test_the_default_job_reaches_the_accuracy_bar_with_compression(ray_session, 
 
 @pytest.mark.ray
 def test_grpc_pulls_come_back_in_fp16_while_the_shards_keep_float32(ray_session):
-    ranges = partition(10, 2)
-    actor = ray_session.remote(ServedShard).options(num_cpus=0)
     init = (np.arange(10, dtype=np.float32) + 1) / 3  # not representable in fp16
-    shards = [actor.remote(r.shard_id, init[r.lo:r.hi], [0], OptimizerConfig(name="sgd", lr=0.5), ScheduleConfig(),
-                           ConsistencyConfig("asp"), pull_codec=Codec("fp16")) for r in ranges]
-    try:
-        import dataclasses
-
+    with two_shards(ray_session, init, pull_codec=Codec("fp16")) as (ranges, shards):
         spec = dataclasses.replace(make_transport("grpc", shards, tuple(ranges), None, 1, GrpcConfig(timeout_s=20.0)),
                                    pull="fp16")
         client = spec.connect(0)
@@ -268,10 +270,6 @@ def test_grpc_pulls_come_back_in_fp16_while_the_shards_keep_float32(ray_session)
         np.testing.assert_array_equal(params, master.astype(np.float16).astype(np.float32))
         assert not np.array_equal(params, master)
         client.finish()
-    finally:
-        ray_session.get([s.stop_serving.remote() for s in shards])
-        for s in shards:
-            ray_session.kill(s)
 
 
 @pytest.mark.ray
