@@ -43,7 +43,7 @@ def save_model(directory: Path, model: nn.Module, spec: ModelSpec, example_shape
     else:
         weights = directory / "model.pt"
         torch.save(model.state_dict(), weights)
-    meta = {"format": FORMAT, "model": spec.model, "model_args": dict(spec.model_args),
+    meta = {"format": FORMAT, "model": spec.model or None, "model_args": dict(spec.model_args),
             "filter_plan": {k: dict(v) for k, v in spec.plan.items()}, "quantization": quantization,
             "example_shape": list(example_shape), "weights": weights.name, **(extra or {})}
     (directory / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -99,9 +99,4 @@ def save_run_model(run_dir: Path, model: nn.Module, config) -> None:
     except TypeError:  # arguments that are objects (a class, an array): no file can name them again
         from rayps.launcher.config import _plain
         args, rebuildable = _plain(args), False
-    spec = ModelSpec(import_path(config.model) or "", args)
-    save_model(run_dir, model, spec, [])
-    meta = json.loads((run_dir / "model.json").read_text())
-    if not spec.model or not rebuildable:
-        meta["model"] = None
-    (run_dir / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    save_model(run_dir, model, ModelSpec((import_path(config.model) or "") if rebuildable else "", args), [])

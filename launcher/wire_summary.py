@@ -24,10 +24,9 @@ def compression_summary(config, reports: list[dict], stats: list[dict], transpor
         "decode_s": round(sum(s.get("decode_s", 0.0) for s in stats), 4),
     }
     # pulls: float32, or fp16 / bf16 over gRPC (half the bytes; other transports pull float32)
-    pulled = raw / steps if steps else None
     out["pull"] = config.pull if transport == "grpc" else "none"
     out["pull_bytes_per_step"] = per_step(raw, steps)
-    out["pull_sent_bytes_per_step"] = None if pulled is None else round(pulled / (2 if out["pull"] != "none" else 1), 1)
+    out["pull_sent_bytes_per_step"] = per_step(raw, steps * (2 if out["pull"] != "none" else 1))
     if config.codec == "topk":
         out["fraction"] = config.fraction
     if row_raw:

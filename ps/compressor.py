@@ -20,7 +20,6 @@ float32 and apply it as they would an uncompressed push (ps/shard_codec.py).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -28,7 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from rayps.errors import ConfigError
-from rayps.protos.compression import CODECS, INT8_CHUNK, Codec, row_codec, topk_sent
+from rayps.protos.compression import CODECS, INT8_CHUNK, Codec, row_codec, topk_count, topk_sent
 from rayps.ps.transport import Encoded, EncodedRows
 
 
@@ -168,7 +167,7 @@ class RowCompressor:
             summed = np.zeros((len(all_ids), rows.shape[1]), np.float32)
             np.add.at(summed, where, np.concatenate([held[1], rows]))
             ids, rows = all_ids, summed
-        k = min(len(ids), max(1, math.ceil(self.config.fraction * len(ids)))) if len(ids) else 0
+        k = topk_count(len(ids), self.config.fraction)  # fraction <= 0.5: the same count as a dense slice's
         order = np.argsort(-np.einsum("ij,ij->i", rows, rows), kind="stable")
         send, keep = np.sort(order[:k]), np.sort(order[k:])
         self._held[table] = (ids[keep], rows[keep]) if self.config.feedback else (ids[:0], rows[:0])

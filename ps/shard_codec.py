@@ -42,10 +42,7 @@ class CodecMixin:
 
     def row_wire_nbytes(self, count: int, dim: int) -> int:
         """The bytes of ``count`` compressed rows of ``dim`` values (``row_codec``)."""
-        return self._row_codec(dim).nbytes(count * dim)
-
-    def _row_codec(self, dim: int) -> Codec:
-        return row_codec(self._codec, dim)
+        return row_codec(self._codec, dim).nbytes(count * dim)
 
     def _decode_grad(self, grad):
         """The float32 gradient a push stands for: a blob decoded, anything else as it came."""
@@ -61,7 +58,7 @@ class CodecMixin:
             self.count_rejection("codec")
             raise ShapeError(f"{self!r}: compressed rows sent, but this job's codec ({self._codec.name}) sends"
                              " sparse rows as float32")
-        codec = self._row_codec(dim)
+        codec = row_codec(self._codec, dim)
         return self._decoded(lambda: codec.decode(grads, count * dim).reshape(count, dim), "rows")
 
     def _decoded(self, decode, what: str):

@@ -222,11 +222,11 @@ class Worker:
         if pending["steps"]:
             m.steps.inc(pending["steps"])
             m.loss.set(pending["loss"])
-            # compressed pushes count what went on the wire; the uncompressed size has its own counter
-            sent = pending["bytes"]
-            if self.compressor is not None:
-                sent += self.wire.sent_bytes - pending["sent_mark"] - 4 * self.flat.numel * pending["steps"]
-                pending["sent_mark"] = self.wire.sent_bytes
+            # pushes count what went on the wire (self.wire counts every push, compressed or not); the
+            # uncompressed size has its own counter
+            sent = (pending["bytes"] - 4 * self.flat.numel * pending["steps"]
+                    + self.wire.sent_bytes - pending["sent_mark"])
+            pending["sent_mark"] = self.wire.sent_bytes
             m.bytes.inc(sent, tags={"direction": "push", "transport": self.transport})
             m.bytes.inc(pending["bytes"], tags={"direction": "pull", "transport": self.transport})
             m.raw_push_bytes.inc(pending["bytes"])
