@@ -34,7 +34,6 @@ def cluster():
     import ray._private.utils
     import ray.experimental.internal_kv as internal_kv
     from ray._raylet import AuthenticationTokenLoader, Config
-    from ray.cluster_utils import Cluster
 
     with pytest.MonkeyPatch.context() as env:
         # cluster_utils assumes it owns the process and the machine: it points this process's
@@ -57,28 +56,65 @@ def cluster():
             env.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
             AuthenticationTokenLoader.instance().reset_cache()
         Config.initialize("")  # this process's GCS client (cluster_utils waits for nodes with it) sends it too
-        temp = tempfile.mkdtemp(prefix="rayps-mn-", dir="/tmp")  # short: Ray's unix sockets live here
-        c = Cluster(initialize_head=False, connect=False)
-        node = dict(num_cpus=1, node_ip_address="127.0.0.1")
+        c = temp = None
         try:
-            head = c.add_node(**node, resources={"ps_server": 1}, temp_dir=temp, include_dashboard=True,
-                              dashboard_host="127.0.0.1", dashboard_port=0, dashboard_agent_listen_port=0)
-            # A submitted job's driver finds its cluster through "auto": the address file in the
-            # head's temp dir. Without it, "auto" takes whichever Ray instance on the machine it
-            # sees first (another test's, say); so write it, there and only there.
-            write_ray_address(head.gcs_address, temp)
-            server = c.add_node(**node, resources={"ps_server": 1})
-            worker = c.add_node(**node, resources={"ps_worker": 2})
-            c.wait_for_nodes()
+            failures = []
+            for _ in range(2):  # a dashboard that never answers is Ray's start failing: start once more
+                temp = tempfile.mkdtemp(prefix="rayps-mn-", dir="/tmp")  # short: Ray's unix sockets live here
+                c, nodes = _start_cluster(temp, write_ray_address)
+                why = _dashboard_fails(f"http://{c.webui_url}", temp)
+                if why is None:
+                    break
+                failures.append(why)
+                c.shutdown()
+                shutil.rmtree(temp, ignore_errors=True)
+                c = None
+            else:
+                raise RuntimeError("the test cluster's dashboard never answered:\n" + "\n\n".join(failures))
+            head, server, worker = nodes
             yield {"address": f"http://{c.webui_url}", "ps_server": {head.node_id, server.node_id},
                    "ps_worker": {worker.node_id}}
         finally:
-            c.shutdown()
-            shutil.rmtree(temp, ignore_errors=True)
+            if c is not None:
+                c.shutdown()
+                shutil.rmtree(temp, ignore_errors=True)
             env.undo()
             Config.initialize("")
             if own_token:
                 AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _start_cluster(temp: str, write_ray_address):
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=False, connect=False)
+    node = dict(num_cpus=1, node_ip_address="127.0.0.1")
+    head = c.add_node(**node, resources={"ps_server": 1}, temp_dir=temp, include_dashboard=True,
+                      dashboard_host="127.0.0.1", dashboard_port=0, dashboard_agent_listen_port=0)
+    # A submitted job's driver finds its cluster through "auto": the address file in the
+    # head's temp dir. Without it, "auto" takes whichever Ray instance on the machine it
+    # sees first (another test's, say); so write it, there and only there.
+    write_ray_address(head.gcs_address, temp)
+    server = c.add_node(**node, resources={"ps_server": 1})
+    worker = c.add_node(**node, resources={"ps_worker": 2})
+    c.wait_for_nodes()
+    return c, (head, server, worker)
+
+
+def _dashboard_fails(address: str, temp: str, within_s: float = 60) -> str | None:
+    """None once the Jobs API answers; else what the dashboard's own logs end with."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            Jobs(address).list()
+            return None
+        except ClusterError as e:
+            if time.monotonic() > deadline:
+                logs = sorted(Path(temp).glob("session_*/logs/dashboard.*"))
+                tails = [f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:])
+                         for p in logs if p.suffix in (".log", ".err", ".out")]
+                return f"{address}: {e}\n" + "\n".join(tails)
+        time.sleep(1)
 
 
 def test_submit_runs_the_job_with_shards_and_workers_on_the_nodes_the_config_names(cluster, tmp_path):
