@@ -5,7 +5,7 @@
     psctl bench [--quick] [--output DIR] [--models small,large] [--transports shm,grpc,ray] [--modes asp,bsp,...] [--no-sparse] [--no-wire]
     psctl export RUN_DIR [--all] [--prune S] [--filter-prune KEEP] [--quantize] [--student MODULE:CALLABLE] [--config F]
     psctl serve [SERVE_YAML] [--host H] [--port P] [--size N] [--workers N] [--token-file F] [--set KEY=VALUE ...]
-    psctl up CLUSTER_YAML [--dry-run]  /  psctl down CLUSTER_YAML
+    psctl up CLUSTER_YAML [--dry-run] [--wait S]  /  psctl down CLUSTER_YAML
     psctl submit [CLUSTER_YAML] [--address URL] [--set KEY=VALUE ...] [--output DIR] [--no-wait]
     psctl status [CLUSTER_YAML]  /  psctl logs JOB [CLUSTER_YAML] [--follow]  /  psctl stop JOB [CLUSTER_YAML]
     psctl data profile PATH [--label COL] [--outliers iqr|zscore|none] [--json]
@@ -71,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="provision the Ray cluster of CLUSTER_YAML (ray up) with token auth")
     up.add_argument("config", help="cluster.yaml: a Ray cluster-launcher config plus job:")
     up.add_argument("--dry-run", action="store_true", help="check, write and print the config for ray up; start nothing")
+    up.add_argument("--wait", type=float, default=300, metavar="SECONDS",
+                    help="how long every machine a local-provider file lists may take to join (default 300)")
     sub.add_parser("down", help="tear down the Ray cluster of CLUSTER_YAML (ray down)").add_argument("config")
     submit = sub.add_parser("submit", help="run the job on a running Ray cluster (Jobs API) and stream its logs")
     submit.add_argument("config", nargs="?", help="cluster.yaml whose job: section is run (default: the bundled job)")
@@ -117,6 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     here = sub.add_parser("scale-here", help="(internal: what `psctl scale` runs on the cluster)")
     here.add_argument("job")
     here.add_argument("workers", type=int)
+    nodes_here = sub.add_parser("wait-nodes", help="(internal: what `psctl up` runs on the head)")
+    nodes_here.add_argument("ips", nargs="+")
+    nodes_here.add_argument("--timeout", type=float, default=300)
     for p in (submit, status, logs, stop, scale):
         p.add_argument("--address", help="the cluster's dashboard, e.g. http://127.0.0.1:8265 (default: the"
                        " local-provider head_ip of CLUSTER_YAML, else $RAY_ADDRESS, else http://127.0.0.1:8265)")

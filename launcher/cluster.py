@@ -10,7 +10,10 @@ dotted key (``cluster.yaml: provider.type: expected a string, got 3``).
 node ``RAY_AUTH_MODE=token`` with the token mounted from this machine, and
 the dashboard bound to 127.0.0.1 unless the file binds it elsewhere. ``up``
 and ``down`` write it under ``~/.rayps/clusters/<name>/`` and run
-``ray up -y`` / ``ray down -y`` on it.
+``ray up -y`` / ``ray down -y`` on it. For a local provider that lists its
+machines, ``up`` first checks every one answers over SSH and afterwards
+waits until each has joined (launcher/cluster_nodes.py), and ``down`` also
+stops Ray on the workers, which ``ray down`` leaves running.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import re
 import shlex
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -32,12 +36,16 @@ from typing import Any, Mapping
 import yaml
 
 from rayps.launcher.auth import AUTH_MODE_ENV, TOKEN_PATH_ENV, Token
+from rayps.launcher.cluster_nodes import await_nodes, node_hosts
 from rayps.launcher.config import JobConfig, load_job_config, read_yaml_mapping
+from rayps.launcher.ssh import Ssh, why
 from rayps.errors import ClusterError, ConfigError
 
 DEFAULT_DASHBOARD_PORT = 8265
 DASHBOARD_HOST = "127.0.0.1"
 MAX_ERRORS = 10
+DEFAULT_WAIT_S = 300  # for every machine to join after `ray up`: file mounts, setup commands, `ray start`
+STOP_TIMEOUT_S = 60
 
 
 @dataclass(frozen=True)
@@ -190,6 +198,16 @@ def remote_token_path(cluster_name: str) -> str:
     return f"~/.rayps/{cluster_name}/auth_token"
 
 
+def auth_env(cluster_name: str) -> str:
+    """A shell prefix that turns token auth on with the token psctl mounted on the node.
+
+    Each of Ray's commands runs in its own shell, so each one gets it.
+    """
+    remote = remote_token_path(cluster_name)
+    return (f"export {AUTH_MODE_ENV}=token {TOKEN_PATH_ENV}=\"$HOME\"/"
+            f"{shlex.quote(remote.removeprefix('~/'))} && ")
+
+
 def ray_up_config(config: Mapping[str, Any], token_file: str | Path, base_dir: str | Path | None = None) -> dict:
     """Ray's config with token auth on every node and the dashboard on 127.0.0.1 by default.
 
@@ -202,9 +220,7 @@ def ray_up_config(config: Mapping[str, Any], token_file: str | Path, base_dir: s
     remote = remote_token_path(out["cluster_name"])
     mounts = {dst: _anchor(src, base_dir) for dst, src in (out.get("file_mounts") or {}).items()}
     out["file_mounts"] = {**mounts, remote: str(token_file)}
-    # Each start command runs in its own shell: every one gets the variables.
-    env = (f"export {AUTH_MODE_ENV}=token {TOKEN_PATH_ENV}=\"$HOME\"/"
-           f"{shlex.quote(remote.removeprefix('~/'))} && ")
+    env = auth_env(out["cluster_name"])
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         commands = start_commands(out, key)
         if key.startswith("head"):
@@ -260,18 +276,59 @@ def ray_cli() -> list[str]:
     return [str(beside)] if beside.exists() else [sys.executable, "-m", "ray.scripts.scripts"]
 
 
-def up(cluster: ClusterFile, token: Token, root: str | Path | None = None) -> Path:
-    """`ray up -y` on the written config; return its path; raise ClusterError when Ray fails."""
+def up(cluster: ClusterFile, token: Token, root: str | Path | None = None,
+       wait_s: float = DEFAULT_WAIT_S) -> Path:
+    """`ray up -y` on the written config; return its path; raise ClusterError when Ray fails.
+
+    For a local-provider cluster that lists its machines, every machine must
+    answer over SSH before anything starts, and ``up`` returns only once each
+    has joined the cluster (or raises naming the ones that did not).
+    """
+    hosts = node_hosts(cluster.ray)
+    ssh = Ssh.of(cluster.ray) if hosts else None
+    if ssh is not None:
+        unreachable = ssh.unreachable(hosts)
+        if unreachable:
+            raise ClusterError(f"cannot log in over SSH as {ssh.user}"
+                               f"{' with ' + ssh.key if ssh.key else ''} to {'; '.join(unreachable)}."
+                               " Nothing was started")
     path = write_up_config(cluster, token, root)
-    _run([*ray_cli(), "up", "-y", str(path)], "ray up")
+    env, flags = dict(os.environ), []
+    if hosts:
+        # Ray 2.60's autoscaler v2 (ray up's default) started only one of two worker_ips here and
+        # then reported no pending nodes; v1 starts every listed machine. An explicit setting wins.
+        env.setdefault("RAY_UP_enable_autoscaler_v2", "0")
+        # Up again on a running cluster: sync files and rerun setup, but leave Ray running. The start
+        # commands hold no `ray stop` (it would stop every Ray on the machine), so a restart would
+        # fail on the Ray already there; after `down`, the head is new and Ray starts as usual.
+        flags.append("--no-restart")
+    _run([*ray_cli(), "up", "-y", *flags, str(path)], "ray up", env)
+    if ssh is not None:
+        head = str(cluster.ray["provider"]["head_ip"])
+        print(f"waiting up to {wait_s:g} s for {len(hosts)} nodes to join", flush=True)
+        await_nodes(ssh, head, list(hosts), wait_s, auth_env(cluster.name), str(path))
     return path
 
 
 def down(cluster: ClusterFile, root: str | Path | None = None) -> None:
+    """`ray down -y`, then `ray stop` on every listed worker machine (Ray's down stops the head only)."""
     _run([*ray_cli(), "down", "-y", str(write_down_config(cluster, root))], "ray down")
+    workers = [host for host, role in node_hosts(cluster.ray).items() if role == "worker"]
+    if not workers:
+        return
+    ssh = Ssh.of(cluster.ray)
+    with ThreadPoolExecutor(max_workers=min(16, len(workers))) as pool:
+        results = list(pool.map(lambda host: ssh.run(host, "ray stop", timeout=STOP_TIMEOUT_S), workers))
+    failed = [f"{host}: {why(done)}" for host, done in zip(workers, results) if done.returncode != 0]
+    for host, done in zip(workers, results):
+        if done.returncode == 0:
+            print(f"stopped Ray on {host}")
+    if failed:
+        raise ClusterError(f"the head is down, but `ray stop` failed over SSH on {'; '.join(failed)}:"
+                           " Ray may still run there")
 
 
-def _run(command: list[str], what: str) -> None:
-    code = subprocess.call(command)  # Ray's own progress output goes straight to the terminal
+def _run(command: list[str], what: str, env: dict[str, str] | None = None) -> None:
+    code = subprocess.call(command, env=env)  # Ray's own progress output goes straight to the terminal
     if code != 0:
         raise ClusterError(f"{what} failed (exit {code}): {shlex.join(command)}")

@@ -29,7 +29,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"# {path}  (`ray up -y {path}` would run)")
         print(path.read_text(), end="")
         return 0
-    path = up(cluster, token)
+    path = up(cluster, token, wait_s=args.wait)
     address = resolve_address(None, cluster)
     print(f"cluster {cluster.name!r} is up (Ray config: {path}); dashboard: {address}")
     print(f"run the job: psctl submit {args.config}")
@@ -120,8 +120,15 @@ def cmd_scale_here(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_wait_nodes(args: argparse.Namespace) -> int:
+    from rayps.launcher.cluster_nodes import wait_here
+
+    return wait_here(args.ips, args.timeout)
+
+
 COMMANDS = {"up": cmd_up, "down": cmd_down, "submit": cmd_submit, "status": cmd_status,
-            "logs": cmd_logs, "stop": cmd_stop, "scale": cmd_scale, "scale-here": cmd_scale_here}
+            "logs": cmd_logs, "stop": cmd_stop, "scale": cmd_scale, "scale-here": cmd_scale_here,
+            "wait-nodes": cmd_wait_nodes}
 
 
 def _cluster(config: str | None, overrides: list[str] | None = None) -> ClusterFile | None:
