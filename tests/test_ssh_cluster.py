@@ -96,7 +96,7 @@ def output(done: subprocess.CompletedProcess) -> str:
     return f"exit {done.returncode}\n--- stdout\n{done.stdout[-6000:]}\n--- stderr\n{done.stderr[-4000:]}"
 
 
-def test_up_fails_naming_the_machine_that_does_not_answer_and_starts_nothing(machines):
+def test_up_and_down_name_the_machine_that_does_not_answer_and_up_starts_nothing(machines):
     ns, env, shared = machines
     config = yaml.safe_load(CONFIG.read_text())
     config["provider"]["worker_ips"] = ["127.0.0.2", "127.0.0.9"]  # nothing listens on .9
@@ -112,6 +112,13 @@ def test_up_fails_naming_the_machine_that_does_not_answer_and_starts_nothing(mac
     assert "127.0.0.2" not in message, output(done)  # it answered
     assert time.monotonic() - began < 60
     assert not [p for p in ns.processes() if _is_ray(p)], ns.processes()
+
+    # down on the same file: the machine that answers is stopped, the one that does not is named.
+    done = psctl(ns, env, "down", f"{INSIDE_SHARED}/unreachable.yaml", timeout=120)
+    assert done.returncode == 2, output(done)
+    assert "stopped Ray on 127.0.0.2" in done.stdout, output(done)
+    assert ("the head is down, but `ray stop` failed over SSH on 127.0.0.9: ssh: connect to host 127.0.0.9"
+            " port 22: Connection refused: Ray may still run there") in done.stderr, output(done)
 
 
 def _is_ray(process: str) -> bool:
