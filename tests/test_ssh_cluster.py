@@ -130,6 +130,10 @@ def test_up_submit_status_logs_and_down_on_three_machines_over_ssh(machines, ray
     ns, env, shared = machines
     outside = _session_ray_processes(ray_session)
     assert outside and all(_running(pid) for pid in outside)
+    home = Path.home()
+    written_inside = [home / "rayps", home / ".rayps" / "clusters" / "rayps-ssh", home / "ray_bootstrap_config.yaml",
+                      home / ".rayps" / "rayps-ssh", Path("/tmp/ray/cluster-rayps-ssh.state")]
+    existed = {path: path.exists() for path in written_inside}
 
     began = time.monotonic()
     up = psctl(ns, env, "up", str(CONFIG), timeout=480)
@@ -169,6 +173,14 @@ def test_up_submit_status_logs_and_down_on_three_machines_over_ssh(machines, ray
     signed = ns.run([sys.executable, "-c", probe, f"Authorization: Bearer {token}"], env=env, timeout=30)
     assert signed.stdout.strip() == "200", output(signed)  # the 401 was the token, not a broken server
 
+    # Token auth on every node: each raylet was started with it, at the address the file names.
+    raylets = ns.run(["bash", "-c", "for p in $(pgrep -x raylet); do"
+                      " echo $(tr ' ' '\\n' < /proc/$p/cmdline | tr '\\0' '\\n' | grep -o 'node_ip_address=.*')"
+                      " $(tr '\\0' '\\n' < /proc/$p/environ | grep '^RAY_AUTH_MODE='); done"],
+                     env=env, timeout=30, check=True).stdout.split("\n")
+    assert sorted(line for line in raylets if line) == [
+        f"node_ip_address={ip} RAY_AUTH_MODE=token" for ip in ADDRESSES], raylets
+
     assert [p for p in ns.processes() if _is_ray(p)]  # the cluster was running until now
     down = psctl(ns, env, "down", str(CONFIG), timeout=180)
     assert down.returncode == 0, output(down)
@@ -178,5 +190,6 @@ def test_up_submit_status_logs_and_down_on_three_machines_over_ssh(machines, ray
     assert not left, left
 
     assert all(_running(pid) for pid in outside)  # nothing outside was stopped
+    assert {path: path.exists() for path in written_inside} == existed  # the nodes wrote these inside only
     assert ray_session.get(ray_session.remote(lambda: 42).remote(), timeout=60) == 42
     print(f"psctl up took {up_s:.0f} s; the whole cycle {time.monotonic() - began:.0f} s")
