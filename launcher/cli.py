@@ -121,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     here.add_argument("workers", type=int)
     nodes_here = sub.add_parser("wait-nodes", help="(internal: what `psctl up` runs on the head)")
     nodes_here.add_argument("ips", nargs="+")
-    nodes_here.add_argument("--timeout", type=float, default=300)
+    nodes_here.add_argument("--timeout", type=float, required=True)
     for p in (submit, status, logs, stop, scale):
         p.add_argument("--address", help="the cluster's dashboard, e.g. http://127.0.0.1:8265 (default: the"
                        " local-provider head_ip of CLUSTER_YAML, else $RAY_ADDRESS, else http://127.0.0.1:8265)")

@@ -27,7 +27,6 @@ import re
 import shlex
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -316,13 +315,10 @@ def down(cluster: ClusterFile, root: str | Path | None = None) -> None:
     workers = [host for host, role in node_hosts(cluster.ray).items() if role == "worker"]
     if not workers:
         return
-    ssh = Ssh.of(cluster.ray)
-    with ThreadPoolExecutor(max_workers=min(16, len(workers))) as pool:
-        results = list(pool.map(lambda host: ssh.run(host, "ray stop", timeout=STOP_TIMEOUT_S), workers))
-    failed = [f"{host}: {why(done)}" for host, done in zip(workers, results) if done.returncode != 0]
-    for host, done in zip(workers, results):
-        if done.returncode == 0:
-            print(f"stopped Ray on {host}")
+    done = Ssh.of(cluster.ray).run_all(workers, "ray stop", timeout=STOP_TIMEOUT_S)
+    for host in (h for h, d in done.items() if d.returncode == 0):
+        print(f"stopped Ray on {host}")
+    failed = [f"{host}: {why(d)}" for host, d in done.items() if d.returncode != 0]
     if failed:
         raise ClusterError(f"the head is down, but `ray stop` failed over SSH on {'; '.join(failed)}:"
                            " Ray may still run there")

@@ -50,7 +50,7 @@ def wait_here(expected: list[str], timeout_s: float, list_alive: Callable[[], li
     """Poll until a node has joined at every address in ``expected`` (or as many nodes have); 0 if so."""
     deadline = time.monotonic() + timeout_s
     joined: dict[str, dict] = {}
-    count, error = 0, None
+    error = None
     while True:
         try:
             nodes = list_alive()

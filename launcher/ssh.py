@@ -55,16 +55,16 @@ class Ssh:
         except subprocess.TimeoutExpired:
             return subprocess.CompletedProcess([], 124, "", f"no answer within {timeout:.0f} s")
 
+    def run_all(self, hosts, command: str, timeout: float) -> dict[str, subprocess.CompletedProcess]:
+        """``command`` on every host at once; what each returned, by host."""
+        hosts = list(hosts)
+        with ThreadPoolExecutor(max_workers=min(16, max(1, len(hosts)))) as pool:
+            return dict(zip(hosts, pool.map(lambda host: self.run(host, command, timeout), hosts)))
+
     def unreachable(self, hosts: Mapping[str, str]) -> list[str]:
         """One line per host of ``{host: role}`` that cannot be logged in to, naming it and why."""
-        def check(host: str) -> str | None:
-            done = self.run(host, "true", timeout=CONNECT_TIMEOUT_S + 20)
-            if done.returncode == 0:
-                return None
-            return f"{hosts[host]} {host}: {why(done)}"
-
-        with ThreadPoolExecutor(max_workers=min(16, max(1, len(hosts)))) as pool:
-            return [line for line in pool.map(check, hosts) if line is not None]
+        done = self.run_all(hosts, "true", timeout=CONNECT_TIMEOUT_S + 20)
+        return [f"{hosts[host]} {host}: {why(d)}" for host, d in done.items() if d.returncode != 0]
 
 
 def login_shell(command: str) -> str:
