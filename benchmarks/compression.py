@@ -2,7 +2,7 @@
 
     python benchmarks/compression.py [--mbit 100] [--steps 500] [--codecs none,fp16,bf16,int8,topk]
 
-The rows of ``psctl bench`` that measure compression (launcher/wire_bench.py), alone: the bench's small
+The rows of ``psctl bench`` that measure compression (launcher/bench/wire.py), alone: the bench's small
 model over gRPC, the workers reaching the shards through one throttled link on loopback, run back to
 back on one local Ray instance.
 """
@@ -13,8 +13,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from rayps.launcher.local import ensure_ray
-from rayps.launcher.wire_bench import LINK_MBIT, WIRE_STEPS, wire_rows, wire_table
+from rayps.launcher.job.local import ensure_ray
+from rayps.launcher.bench.wire import LINK_MBIT, WIRE_STEPS, wire_rows, wire_table
 
 
 def main() -> int:

@@ -18,9 +18,9 @@ import statistics
 import sys
 import tempfile
 
-from rayps.launcher.config import load_job_config
-from rayps.launcher.driver import run_job
-from rayps.launcher.local import ensure_ray
+from rayps.launcher.job.config import load_job_config
+from rayps.launcher.job.driver import run_job
+from rayps.launcher.job.local import ensure_ray
 
 BASE = ["debug.slow_workers={0: 0.004, 1: 0.004}", "checkpoint.every_s=1", "eval_every_s=0"]
 ROWS = [

@@ -43,10 +43,10 @@ RAW_SERVICE = "bench.Raw"
 # ---- the server process ---------------------------------------------------------------
 
 def _shard(shard_id: int, size: int, workers: list[int]):
-    from rayps.ps.consistency import ConsistencyConfig
-    from rayps.ps.optimizers import OptimizerConfig
-    from rayps.ps.schedules import ScheduleConfig
-    from rayps.ps.shard import ParameterShard
+    from rayps.ps.core.consistency import ConsistencyConfig
+    from rayps.ps.core.optimizers import OptimizerConfig
+    from rayps.ps.core.schedules import ScheduleConfig
+    from rayps.ps.core.shard import ParameterShard
 
     return ParameterShard(shard_id, np.zeros(size, np.float32), workers, OptimizerConfig(name="sgd", lr=1e-3),
                           ScheduleConfig(), ConsistencyConfig(mode="asp"))
@@ -75,7 +75,7 @@ async def _serve(conn, size: int, chunk_bytes: int) -> None:
     import grpc
 
     from rayps.protos.names import SERVER_OPTIONS
-    from rayps.ps.grpc_server import start_grpc_server
+    from rayps.ps.transport.grpc_server import start_grpc_server
 
     big = await start_grpc_server(_shard(0, size, [0, 1]), TOKEN, chunk_bytes=chunk_bytes)
     small = await start_grpc_server(_shard(1, SMALL, [0]), TOKEN, chunk_bytes=chunk_bytes)
@@ -191,9 +191,9 @@ async def _raw_pull(channel, count: int) -> None:
 
 
 def measure(size: int, chunk_bytes: int, reps: int, addresses, timed: "Timer") -> dict[str, tuple]:
-    from rayps.ps.grpc_client import GrpcShardClient
-    from rayps.ps.grpc_security import TokenAuth
-    from rayps.ps.partition import partition
+    from rayps.ps.transport.grpc_client import GrpcShardClient
+    from rayps.ps.transport.grpc_security import TokenAuth
+    from rayps.ps.core.partition import partition
 
     big, small, raw = addresses
     nbytes = size * 4
@@ -234,7 +234,7 @@ def measure(size: int, chunk_bytes: int, reps: int, addresses, timed: "Timer") -
 
 
 async def _open(address):
-    from rayps.ps.grpc_client import open_channel
+    from rayps.ps.transport.grpc_client import open_channel
 
     return open_channel(address, None)
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 import rayps
-from rayps.launcher.local import ensure_ray
+from rayps.launcher.job.local import ensure_ray
 from rayps.worker.datasets import digits
 from rayps.worker.models import cnn
 

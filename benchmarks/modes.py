@@ -12,9 +12,9 @@ import argparse
 import sys
 import tempfile
 
-from rayps.launcher.config import load_job_config
-from rayps.launcher.driver import run_job
-from rayps.launcher.local import ensure_ray
+from rayps.launcher.job.config import load_job_config
+from rayps.launcher.job.driver import run_job
+from rayps.launcher.job.local import ensure_ray
 
 MODES = [
     ("asp", ["consistency.mode=asp"]),

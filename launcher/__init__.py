@@ -1,22 +1,22 @@
-"""The launcher: how a user starts a job.
+"""The launcher: how a user starts, watches and ships a job.
 
-- ``Job`` (job.py): the Python API, ``Job(model=..., data=...).run()``.
-- ``JobConfig``, ``load_job_config`` (config.py): the job's frozen config tree,
-  from YAML, keyword arguments and ``--set`` overrides.
-- ``run_job``, ``JobResult`` (driver.py): place shard and worker actors, watch
-  them, evaluate, write the run directory.
+- ``job/``: one job's life: the config, the driver (prepare, start, train,
+  summarize), the controller and its policies, checkpointing, progress, the
+  run directory. ``Job`` (job/api.py) is the Python API.
+- ``cluster/``: Ray clusters from cluster.yaml: up, down, SSH machines,
+  submitting jobs and following them.
+- ``bench/``: ``psctl bench``: rayps beside its peers on this machine.
+- ``export/``: ``psctl export``: the trained model as files, and its
+  compressed variants.
+- ``data/``: synthetic data sets and the data quality report.
 - ``psctl`` (cli.py): the command line; ``python -m rayps`` is the same.
+  ``psctl serve`` (serve.py): one shard as a plain gRPC server, outside Ray.
 
-The public API is re-exported by ``rayps`` itself (rayps/__init__.py).
-- ``load_cluster_file``, ``up``, ``down`` (cluster.py): cluster.yaml's Ray half,
-  checked against Ray's schema and handed to ``ray up`` with token auth on.
-- ``Jobs`` (jobs.py): submit, follow, list and stop jobs through the Ray Jobs
-  API; ``find_token`` (auth.py): the token Ray uses, sent with every request;
-  cluster_cli.py: the ``psctl up/down/submit/status/logs/stop`` commands.
+The public API is re-exported by ``rayps`` itself (the root __init__.py).
 """
 
-from rayps.launcher.config import JobConfig, load_job_config
-from rayps.launcher.driver import JobResult, run_job
-from rayps.launcher.job import Job
+from .job.api import Job
+from .job.config import JobConfig, load_job_config
+from .job.driver import JobResult, run_job
 
 __all__ = ["Job", "JobConfig", "JobResult", "load_job_config", "run_job"]

@@ -28,7 +28,7 @@ import tempfile
 import time
 import traceback
 
-from rayps.errors import ConfigError, PSError
+from ..errors import ConfigError, PSError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="any other setting, e.g. --set optimizer.name=sgd --set consistency.mode=ssp")
 
-    # Cluster commands (launcher/cluster_cli.py): Ray's cluster launcher and the Ray Jobs API.
+    # Cluster commands (launcher/cluster/commands.py): Ray's cluster launcher and the Ray Jobs API.
     up = sub.add_parser("up", help="provision the Ray cluster of CLUSTER_YAML (ray up) with token auth")
     up.add_argument("config", help="cluster.yaml: a Ray cluster-launcher config plus job:")
     up.add_argument("--dry-run", action="store_true", help="check, write and print the config for ray up; start nothing")
@@ -107,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--missing", type=float, default=0.0, help="fraction of feature cells made null")
     gen.add_argument("--outliers", type=float, default=0.0, help="fraction of feature cells set far out")
     gen.add_argument("--seed", type=int, default=0)
-    from rayps.launcher.export_cli import add_parser as add_export
+    from .export.cli import add_parser as add_export
 
     add_export(sub)
     stop = sub.add_parser("stop", help="stop a job")
@@ -129,12 +129,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from rayps.launcher.config import load_job_config
-    from rayps.launcher.driver import run_job
-    from rayps.launcher.progress import ProgressLine
+    from .job.config import load_job_config
+    from .job.driver import run_job
+    from .job.progress import ProgressLine
 
     if args.resume:
-        from rayps.launcher.resume import resumed_config
+        from .job.resume import resumed_config
         if args.config or args.output:
             raise ConfigError("--resume RUN_DIR takes the job and the run directory from RUN_DIR:"
                               " give neither a config nor --output")
@@ -160,7 +160,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from rayps.launcher.bench import MODELS, MODES, run_bench
+    from .bench.runner import MODELS, MODES, run_bench
 
     def listed(text, allowed, what):
         if not text:
@@ -181,7 +181,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _data(args: argparse.Namespace) -> int:
     if args.data_command == "generate":
-        from rayps.launcher.datagen import generate
+        from .data.generate import generate
 
         truth = generate(args.out, args.rows, args.features, args.classes, args.files, args.row_group_rows,
                          args.missing, args.outliers, args.seed)
@@ -189,9 +189,9 @@ def _data(args: argparse.Namespace) -> int:
         return 0
     from pathlib import Path
 
-    from rayps.launcher.data_report import format_report, quality_report, write_quality
-    from rayps.worker.dataconfig import data_config
-    from rayps.worker.pipeline import prepare
+    from .data.report import format_report, quality_report, write_quality
+    from ..worker.data.config import data_config
+    from ..worker.data.pipeline import prepare
 
     # Profiling only reports: missing values are counted (filled with the mean, so they never count as
     # outliers too) and outliers are counted at the rule's fences, nothing is dropped or clipped.
@@ -213,7 +213,7 @@ def _data(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from rayps.launcher.serve import load_serve_config, serve
+    from .serve import load_serve_config, serve
 
     flags = {"host": args.host, "port": args.port, "size": args.size, "workers": args.workers,
              "token_file": args.token_file}
@@ -236,15 +236,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "data":
             return _data(args)
         if args.command == "export":
-            from rayps.launcher.export_cli import run as export
+            from .export.cli import run as export
 
             return export(args)
-        from rayps.launcher.cluster_cli import COMMANDS
+        from .cluster.commands import COMMANDS
 
         if args.command in COMMANDS:
             return COMMANDS[args.command](args)
         if args.command == "report":
-            from rayps.launcher.report import write_report
+            from .job.report import write_report
 
             for path in write_report(args.run_dir):
                 print(path)

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from rayps.protos.codec import CHUNK_BYTES
-from rayps.ps.consistency import ConsistencyConfig
-from rayps.ps.grpc_security import TLSConfig, new_token
-from rayps.ps.grpc_server import start_grpc_server
-from rayps.ps.optimizers import OptimizerConfig
-from rayps.ps.schedules import ScheduleConfig
-from rayps.ps.settings import build, number, require
-from rayps.ps.shard import ParameterShard
+from ..protos.codec import CHUNK_BYTES
+from ..ps.core.consistency import ConsistencyConfig
+from ..ps.transport.grpc_security import TLSConfig, new_token
+from ..ps.transport.grpc_server import start_grpc_server
+from ..ps.core.optimizers import OptimizerConfig
+from ..ps.core.schedules import ScheduleConfig
+from ..settings import build, number, require
+from ..ps.core.shard import ParameterShard
 
 INITS = ("zeros", "normal")
 
@@ -60,7 +60,7 @@ class ServeConfig:
 
 
 def load_serve_config(path: str | None, overrides: list[str]) -> ServeConfig:
-    from rayps.launcher.config import merge_overrides, read_yaml_mapping
+    from .job.config import merge_overrides, read_yaml_mapping
 
     raw = read_yaml_mapping(path) if path else {}
     where = str(path) if path else "serve"

@@ -23,8 +23,8 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from rayps.protos import ps_pb2
-from rayps.errors import PSError
+from . import ps_pb2
+from ..errors import PSError
 
 #: Payload bytes per chunk: well under gRPC's 4 MiB default message limit, and
 #: large enough that per-message overhead is a small share of the time.
@@ -289,6 +289,6 @@ def decode_rows(data: bytes, count: int, dim: int) -> np.ndarray:
 def check_message_size(nbytes: int, what: str) -> None:
     """Refuse, before sending, a sparse message over the limit both sides set."""
     if nbytes > MAX_MESSAGE_BYTES - 4096:
-        from rayps.errors import ShapeError
+        from ..errors import ShapeError
         raise ShapeError(f"{what} is {nbytes} bytes, over the {MAX_MESSAGE_BYTES}-byte message limit:"
                          " use smaller batches")

@@ -19,7 +19,7 @@ Layouts (little-endian) and what a round trip costs, for a slice ``x``:
 - ``topk``: k uint32 indices (ascending), then k float32 values, where
   ``k = topk_count(n, fraction)``: the k largest |x| are sent exactly, the
   rest as zero. The worker keeps what it did not send (error feedback,
-  ps/compressor.py), so it is sent later rather than lost.
+  ps/compression/encoding.py), so it is sent later rather than lost.
 """
 
 from __future__ import annotations

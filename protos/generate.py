@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rayps.errors import PSError
+from ..errors import PSError
 
 ROOT = Path(__file__).resolve().parents[1]
 STUBS = ("ps_pb2.py", "ps_pb2.pyi", "ps_pb2_grpc.py")

@@ -15,7 +15,7 @@ from typing import Iterable
 
 import numpy as np
 
-from rayps.errors import UnknownTensorError
+from ..errors import UnknownTensorError
 
 #: Every dense buffer in the system is float32: one dtype means no per-tensor
 #: casts on the hot path and byte lengths that follow from element counts.

@@ -7,7 +7,7 @@ set. Clients and servers import them from here, never from each other.
 
 from __future__ import annotations
 
-from rayps.protos.codec import MAX_MESSAGE_BYTES
+from .codec import MAX_MESSAGE_BYTES
 
 SERVICE = "rayps.v1.ParameterServer"
 PROTOCOL = 1

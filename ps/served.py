@@ -19,12 +19,12 @@ import logging
 import os
 import signal
 
-from rayps.protos.codec import CHUNK_BYTES
-from rayps.ps.checkpoint import CheckpointStore
-from rayps.ps.grpc_security import TLSConfig
-from rayps.ps.grpc_server import GrpcShardServer, start_grpc_server
-from rayps.ps.shard import ParameterShard
-from rayps.ps.shm_server import ShmShardServer, start_shm_server
+from ..protos.codec import CHUNK_BYTES
+from .core.checkpoint import CheckpointStore
+from .transport.grpc_security import TLSConfig
+from .transport.grpc_server import GrpcShardServer, start_grpc_server
+from .core.shard import ParameterShard
+from .transport.shm_server import ShmShardServer, start_shm_server
 
 log = logging.getLogger(__name__)
 

@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 
 from rayps.protos import ps_pb2, ps_pb2_grpc
-from rayps.ps.consistency import ConsistencyConfig
-from rayps.ps.grpc_security import TLSConfig
-from rayps.ps.grpc_server import GrpcShardServer, start_grpc_server
-from rayps.ps.optimizers import OptimizerConfig
-from rayps.ps.schedules import ScheduleConfig
-from rayps.ps.shard import ParameterShard
+from rayps.ps.core.consistency import ConsistencyConfig
+from rayps.ps.transport.grpc_security import TLSConfig
+from rayps.ps.transport.grpc_server import GrpcShardServer, start_grpc_server
+from rayps.ps.core.optimizers import OptimizerConfig
+from rayps.ps.core.schedules import ScheduleConfig
+from rayps.ps.core.shard import ParameterShard
 
 TOKEN = "tok-" + secrets.token_urlsafe(24)
 AUTH = (("authorization", f"Bearer {TOKEN}"),)

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from rayps.launcher.bench import run_bench
+from rayps.launcher.bench.runner import run_bench
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -46,7 +46,7 @@ def test_a_short_bench_measures_every_system_and_writes_its_report(ray_session, 
 
 
 def test_the_compression_rows_send_fewer_bytes_through_the_throttled_link(ray_session, tmp_path):
-    from rayps.launcher.wire_bench import wire_rows, wire_table
+    from rayps.launcher.bench.wire import wire_rows, wire_table
 
     rows = wire_rows(tmp_path, steps=25, mbit=200, codecs=["none", "topk"])
     assert [r.system for r in rows] == ["none @ 200 Mbit/s", "topk 0.1, pull fp16 @ 200 Mbit/s",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rayps.errors import ShapeError
-from rayps.ps.buffers import BufferTable
+from rayps.ps.core.buffers import BufferTable
 
 
 def table():

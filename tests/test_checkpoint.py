@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from rayps.errors import ConfigError
-from rayps.ps.checkpoint import CheckpointStore, CorruptCheckpoint
+from rayps.ps.core.checkpoint import CheckpointStore, CorruptCheckpoint
 from tests.test_shard_state import drive, make
 
 
@@ -63,7 +63,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_with_an_error_and_the_previous_o
         tmp_path, caplog, damage, fragment):
     store = write_three(tmp_path)
     damage(store.path(30))
-    with caplog.at_level(logging.ERROR, logger="rayps.ps.checkpoint"):
+    with caplog.at_level(logging.ERROR, logger="rayps.ps.core.checkpoint"):
         step, parts = store.latest()
     assert step == 20 and parts["job"] == {"step": 20}
     assert fragment in caplog.text and "ckpt-000000000030" in caplog.text
@@ -81,7 +81,7 @@ def zero_tensor_bytes(path):
 
 def test_a_write_cut_off_part_way_is_never_chosen(tmp_path, monkeypatch):
     store = write_three(tmp_path)
-    import rayps.ps.checkpoint as checkpoint
+    import rayps.ps.core.checkpoint as checkpoint
 
     calls = {"n": 0}
     real = checkpoint._write_synced

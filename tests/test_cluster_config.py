@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rayps.launcher import auth
-from rayps.launcher.auth import Token, ensure_token, find_token
+from rayps.launcher.cluster import auth
+from rayps.launcher.cluster.auth import Token, ensure_token, find_token
 from rayps.launcher.cli import main
-from rayps.launcher.cluster import check_ray_config, load_cluster_file, ray_up_config, write_up_config
-from rayps.launcher.jobs import entrypoint, resolve_address
+from rayps.launcher.cluster.provision import check_ray_config, load_cluster_file, ray_up_config, write_up_config
+from rayps.launcher.cluster.jobs import entrypoint, resolve_address
 from rayps.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -268,7 +268,7 @@ def test_entrypoint_sends_a_config_outside_the_working_dir_as_overrides(tmp_path
     args = shlex.split(entrypoint(path, ROOT, ["epochs=1"]))
     assert args == ["python", "-m", "rayps", "run", "--set", "workers=3", "--set",
                     'consistency={"mode": "bsp"}', "--set", "epochs=1"]
-    from rayps.launcher.config import load_job_config
+    from rayps.launcher.job.config import load_job_config
 
     job = load_job_config(None, [a for a in args[4:] if a != "--set"])  # what the job will build
     assert job.workers == 3 and job.consistency.mode == "bsp" and job.epochs == 1

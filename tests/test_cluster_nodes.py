@@ -15,11 +15,11 @@ import pytest
 import yaml
 
 from rayps.errors import ClusterError, ConfigError
-from rayps.launcher import cluster_nodes
-from rayps.launcher.auth import Token
-from rayps.launcher.cluster import load_cluster_file, write_up_config
-from rayps.launcher.cluster_nodes import RESULT_PREFIX, await_nodes, node_hosts, wait_here
-from rayps.launcher.ssh import Ssh, login_shell, why
+from rayps.launcher.cluster import nodes as cluster_nodes
+from rayps.launcher.cluster.auth import Token
+from rayps.launcher.cluster.provision import load_cluster_file, write_up_config
+from rayps.launcher.cluster.nodes import RESULT_PREFIX, await_nodes, node_hosts, wait_here
+from rayps.launcher.cluster.ssh import Ssh, login_shell, why
 
 ROOT = Path(__file__).resolve().parents[1]
 

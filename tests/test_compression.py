@@ -12,21 +12,21 @@ import pytest
 
 from rayps.errors import ConfigError, ShapeError
 from rayps.launcher import Job
-from rayps.launcher.config import JobConfig
-from rayps.launcher.driver import make_transport
+from rayps.launcher.job.config import JobConfig
+from rayps.launcher.job.driver import make_transport
 from rayps.protos.compression import Codec, CodecError, topk_count
-from rayps.ps.compressor import CompressionConfig, GradCompressor, RowCompressor, compression_config
-from rayps.ps.consistency import ConsistencyConfig
-from rayps.ps.grpc_security import GrpcConfig
-from rayps.ps.optimizers import OptimizerConfig
-from rayps.ps.partition import partition
-from rayps.ps.row_optimizers import RowOptimizerConfig
-from rayps.ps.schedules import ScheduleConfig
+from rayps.ps.compression.encoding import CompressionConfig, GradCompressor, RowCompressor, compression_config
+from rayps.ps.core.consistency import ConsistencyConfig
+from rayps.ps.transport.grpc_security import GrpcConfig
+from rayps.ps.core.optimizers import OptimizerConfig
+from rayps.ps.core.partition import partition
+from rayps.ps.sparse.row_optimizers import RowOptimizerConfig
+from rayps.ps.core.schedules import ScheduleConfig
 from rayps.ps.served import ServedShard
-from rayps.ps.shard import ParameterShard
-from rayps.ps.sparse_client import SparseRows
-from rayps.ps.sparse_table import TableConfig
-from rayps.ps.transport import Encoded
+from rayps.ps.core.shard import ParameterShard
+from rayps.ps.sparse.client import SparseRows
+from rayps.ps.sparse.table import TableConfig
+from rayps.ps.transport.contract import Encoded
 
 
 def gradient(n: int, seed: int = 0) -> np.ndarray:

@@ -7,12 +7,12 @@ import threading
 import pytest
 
 from rayps.launcher.cli import main
-from rayps.launcher.config import DebugConfig, JobConfig, load_job_config
-from rayps.ps.consistency import ConsistencyConfig
+from rayps.launcher.job.config import DebugConfig, JobConfig, load_job_config
+from rayps.ps.core.consistency import ConsistencyConfig
 from rayps.errors import ConfigError
-from rayps.ps.optimizers import OptimizerConfig
-from rayps.ps.schedules import ScheduleConfig
-from rayps.ps.settings import build
+from rayps.ps.core.optimizers import OptimizerConfig
+from rayps.ps.core.schedules import ScheduleConfig
+from rayps.settings import build
 
 CLUSTER_YAML = """\
 cluster_name: ps-digits
@@ -315,10 +315,10 @@ class _JobStarts:
 def ray_untouched(monkeypatch):
     """Errors must surface before the driver connects to Ray (which may already be
     running for other tests in this session), so watch the driver, not Ray."""
-    import rayps.launcher.driver
+    import rayps.launcher.job.driver
 
     starts = _JobStarts()
-    monkeypatch.setattr(rayps.launcher.driver, "run_job", starts)
+    monkeypatch.setattr(rayps.launcher.job.driver, "run_job", starts)
     yield starts
     assert starts.calls == 0
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from rayps.ps.consistency import ClockTable, ConsistencyConfig, ConsistencyPolicy, UnknownWorkerError
+from rayps.ps.core.consistency import ClockTable, ConsistencyConfig, ConsistencyPolicy, UnknownWorkerError
 from rayps.errors import ConfigError, PSError
 
 

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import IterableDataset, TensorDataset
 
 from rayps.errors import ConfigError, ShapeError
-from rayps.worker.data import (
+from rayps.worker.data.sources import (
     ArraySource,
     DataSource,
     EpochSharder,

@@ -12,8 +12,8 @@ import pytest
 
 import rayps
 from rayps.launcher.cli import main
-from rayps.launcher.datagen import generate
-from rayps.launcher.dataprep import load_transform, saved_state
+from rayps.launcher.data.generate import generate
+from rayps.launcher.job.dataprep import load_transform, saved_state
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -117,9 +117,9 @@ def test_profile_prints_the_report_without_training(tmp_path, capsys):
 
 
 def test_the_passes_as_ray_tasks_fit_what_threads_in_one_process_fit(ray_session, tmp_path):
-    from rayps.launcher.dataprep import ray_map
-    from rayps.worker.dataconfig import data_config
-    from rayps.worker.pipeline import prepare
+    from rayps.launcher.job.dataprep import ray_map
+    from rayps.worker.data.config import data_config
+    from rayps.worker.data.pipeline import prepare
 
     generate(tmp_path / "d", 9000, features=4, files=3, row_group_rows=1100, missing=0.01, outliers=0.01)
     config = data_config({"path": str(tmp_path / "d"), "chunk_rows": 700, "quality": QUALITY,

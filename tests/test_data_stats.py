@@ -21,10 +21,10 @@ from sklearn.metrics import mutual_info_score
 from sklearn.preprocessing import MinMaxScaler, Normalizer, StandardScaler
 
 from rayps.errors import ConfigError
-from rayps.worker.colstats import Moments, merge_all
-from rayps.worker.dataconfig import data_config
-from rayps.worker.pipeline import groups_of, prepare
-from rayps.worker.sketch import QuantileSketch
+from rayps.worker.data.colstats import Moments, merge_all
+from rayps.worker.data.config import data_config
+from rayps.worker.data.pipeline import groups_of, prepare
+from rayps.worker.data.sketch import QuantileSketch
 
 N, D = 3000, 6
 CUTS = [0, 400, 1300, 1350, 3000]  # four files of 400, 900, 50 and 1650 rows

@@ -10,7 +10,7 @@ from torch import nn
 
 import rayps
 from rayps.errors import ConfigError, ShapeError
-from rayps.worker.embedding import bind, row_grads, sparse_tables
+from rayps.worker.loop.embedding import bind, row_grads, sparse_tables
 
 ROWS, DIM = 30, 4
 

@@ -17,7 +17,7 @@ import torch
 
 from rayps.errors import ConfigError
 from rayps.launcher import Job
-from rayps.launcher.export import export_run
+from rayps.launcher.export.variants import export_run
 from rayps.launcher.cli import main
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -74,7 +74,7 @@ def test_each_variant_loads_back_in_a_fresh_process_with_the_reported_accuracy(e
     script = (
         "import json, sys, numpy as np, torch\n"
         "import rayps\n"
-        "from rayps.worker.data import resolve_data\n"
+        "from rayps.worker.data.sources import resolve_data\n"
         "test = resolve_data('rayps.worker.datasets:digits', seed=0).test\n"
         "x, y = test.batch(np.arange(len(test)))\n"
         "out = {}\n"

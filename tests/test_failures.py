@@ -23,8 +23,8 @@ from torch import nn
 
 import rayps
 from rayps.launcher.cli import main
-from rayps.launcher.driver import scale_job
-from rayps.ps.checkpoint import CheckpointStore
+from rayps.launcher.job.driver import scale_job
+from rayps.ps.core.checkpoint import CheckpointStore
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -118,11 +118,11 @@ def test_a_killed_shard_restores_its_checkpoint_and_workers_reconnect_on_every_t
 def test_a_shard_that_dies_after_applying_and_before_replying_applies_the_retry_once(ray_session, tmp_path):
     import ray
 
-    from rayps.ps.client import RayTransport
-    from rayps.ps.consistency import ConsistencyConfig
-    from rayps.ps.optimizers import OptimizerConfig
-    from rayps.ps.partition import partition
-    from rayps.ps.schedules import ScheduleConfig
+    from rayps.ps.transport.object_store import RayTransport
+    from rayps.ps.core.consistency import ConsistencyConfig
+    from rayps.ps.core.optimizers import OptimizerConfig
+    from rayps.ps.core.partition import partition
+    from rayps.ps.core.schedules import ScheduleConfig
     from rayps.ps.served import ServedShard
 
     # Ray retries the task on the restarted actor (at-least-once); the checkpoint it wrote before dying
@@ -149,9 +149,9 @@ def test_a_shard_that_dies_after_applying_and_before_replying_applies_the_retry_
 
 @pytest.mark.timeout(120)
 def test_a_corrupt_newest_checkpoint_is_skipped_by_a_restarting_shard(tmp_path, caplog):
-    from rayps.ps.consistency import ConsistencyConfig
-    from rayps.ps.optimizers import OptimizerConfig
-    from rayps.ps.schedules import ScheduleConfig
+    from rayps.ps.core.consistency import ConsistencyConfig
+    from rayps.ps.core.optimizers import OptimizerConfig
+    from rayps.ps.core.schedules import ScheduleConfig
     from rayps.ps.served import ServedShard
 
     def shard():
@@ -179,7 +179,7 @@ def test_a_corrupt_newest_checkpoint_is_skipped_by_a_restarting_shard(tmp_path, 
 def test_a_process_killed_while_writing_a_checkpoint_leaves_none_that_is_chosen(tmp_path):
     CheckpointStore(tmp_path).write(1, {"part": {"x": np.ones(3)}})
     writer = subprocess.Popen([sys.executable, "-c", (
-        "import numpy as np, sys; from rayps.ps.checkpoint import CheckpointStore;"
+        "import numpy as np, sys; from rayps.ps.core.checkpoint import CheckpointStore;"
         "CheckpointStore(sys.argv[1]).write(2, {f'p{i}': {'x': np.ones(2_000_000)} for i in range(20)})"),
         str(tmp_path)])
     deadline = time.monotonic() + 60
@@ -238,7 +238,7 @@ def test_workers_added_and_removed_while_the_job_runs_keep_exact_epoch_coverage(
             scale_job(name, 1)
         threading.Thread(target=go, daemon=True).start()
 
-    s = rayps.launcher.driver.run_job(
+    s = rayps.launcher.job.driver.run_job(
         rayps.Job(epochs=10, debug={"slow_workers": {0: 0.01, 1: 0.01}}).config, output=tmp_path / "run",
         dashboard=False, report=False, on_start=scale_later).summary
     assert s["workers_added"] == 1 and s["workers_removed"] == 2

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from rayps.errors import ShapeError
-from rayps.worker.flat import FlatParams
+from rayps.worker.loop.flat import FlatParams
 
 
 def small_model(seed=0):

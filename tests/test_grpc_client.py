@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from rayps.protos import ps_pb2_grpc
-from rayps.ps.grpc_client import GrpcShardClient, TransportError
-from rayps.ps.partition import ShardRange
+from rayps.ps.transport.grpc_client import GrpcShardClient, TransportError
+from rayps.ps.core.partition import ShardRange
 from tests.grpc_fixtures import APPLIED, CHUNK_VALUES, SIZE, TIMEOUT, TOKEN, Served, gradient, push
 
 pytest_plugins = ["tests.grpc_fixtures"]

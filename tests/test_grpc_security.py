@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from rayps.protos import ps_pb2, ps_pb2_grpc
-from rayps.ps.grpc_client import GrpcEndpoints, GrpcShardClient
-from rayps.ps.grpc_security import TLSConfig, TokenAuth
-from rayps.ps.partition import ShardRange
+from rayps.ps.transport.grpc_client import GrpcEndpoints, GrpcShardClient
+from rayps.ps.transport.grpc_security import TLSConfig, TokenAuth
+from rayps.ps.core.partition import ShardRange
 from tests.grpc_fixtures import (APPLIED, AUTH, CHUNK_VALUES, SIZE, TIMEOUT, TOKEN, Code, assert_params, gradient,
                                  pull, push, stats)
 

@@ -18,10 +18,10 @@ import pytest
 
 from rayps.protos import ps_pb2, ps_pb2_grpc
 from rayps.protos.codec import MAX_MESSAGE_BYTES, encode_chunks
-from rayps.ps.consistency import ConsistencyConfig, UnknownWorkerError
-from rayps.ps.optimizers import OptimizerConfig
-from rayps.ps.schedules import ScheduleConfig
-from rayps.ps.shard import ParameterShard
+from rayps.ps.core.consistency import ConsistencyConfig, UnknownWorkerError
+from rayps.ps.core.optimizers import OptimizerConfig
+from rayps.ps.core.schedules import ScheduleConfig
+from rayps.ps.core.shard import ParameterShard
 from tests.grpc_fixtures import (APPLIED, buffer_chunks, AUTH, CHUNK_VALUES, DUPLICATE, PULL, PUSH, REGISTER, SIZE, TIMEOUT, Code,
                                  assert_params, gradient, pull, push, raw, stats)
 

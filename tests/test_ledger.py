@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from rayps.errors import LeftJobError, OutOfOrderError, RolledBackError
-from rayps.ps.consistency import ConsistencyConfig
-from rayps.ps.ledger import PushLedger
-from rayps.ps.optimizers import OptimizerConfig
-from rayps.ps.schedules import ScheduleConfig
-from rayps.ps.shard import ParameterShard
+from rayps.ps.core.consistency import ConsistencyConfig
+from rayps.ps.core.ledger import PushLedger
+from rayps.ps.core.optimizers import OptimizerConfig
+from rayps.ps.core.schedules import ScheduleConfig
+from rayps.ps.core.shard import ParameterShard
 
 
 def shard(mode="asp", workers=(0, 1)):

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from rayps.errors import ConfigError
-from rayps.worker.losses import LOSSES, bce, cross_entropy, kl, mse, resolve_loss
+from rayps.worker.loop.losses import LOSSES, bce, cross_entropy, kl, mse, resolve_loss
 
 
 def logits(seed=0, rows=6, classes=5):
@@ -55,7 +55,7 @@ def test_resolve_loss_by_name(name, fn):
 
 def test_resolve_loss_by_module_and_callable():
     assert resolve_loss("torch.nn.functional:l1_loss") is F.l1_loss
-    assert resolve_loss("rayps.worker.losses:mse") is mse
+    assert resolve_loss("rayps.worker.loop.losses:mse") is mse
 
 
 def test_resolve_loss_returns_a_callable_unchanged():
@@ -71,8 +71,8 @@ def test_resolve_loss_names_the_choices_for_an_unknown_name():
 
 
 def test_resolve_loss_names_a_module_that_lacks_the_callable():
-    with pytest.raises(ConfigError, match=r"loss \('rayps.worker.losses:hinge'\): module 'rayps.worker.losses' has no 'hinge'"):
-        resolve_loss("rayps.worker.losses:hinge")
+    with pytest.raises(ConfigError, match=r"loss \('rayps.worker.loop.losses:hinge'\): module 'rayps.worker.loop.losses' has no 'hinge'"):
+        resolve_loss("rayps.worker.loop.losses:hinge")
 
 
 def test_builtin_losses_are_exactly_the_four_documented():
@@ -94,7 +94,7 @@ def test_weighted_losses_are_the_batch_mean_of_weight_times_each_examples_loss(n
 
 
 def test_takes_weight_tells_a_loss_that_accepts_weights_from_one_that_does_not():
-    from rayps.worker.losses import takes_weight
+    from rayps.worker.loop.losses import takes_weight
     assert takes_weight(cross_entropy)
     assert takes_weight(lambda out, target, **kw: out.sum())
     assert not takes_weight(lambda out, target: out.sum())

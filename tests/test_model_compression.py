@@ -10,15 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from rayps.errors import ConfigError
-from rayps.launcher.export import export_run
-from rayps.launcher.export_config import DistillConfig, ExportConfig, FilterPruneConfig
-from rayps.launcher.exported import load_model, save_model
-from rayps.ps.settings import build
-from rayps.worker.distill import Distiller, DistillLoss
+from rayps.launcher.export.variants import export_run
+from rayps.launcher.export.config import DistillConfig, ExportConfig, FilterPruneConfig
+from rayps.launcher.export.saved import load_model, save_model
+from rayps.settings import build
+from rayps.worker.compress.distill import Distiller, DistillLoss
 from rayps.worker.models import cnn, mlp
-from rayps.worker.pruning import filter_prune, hold_masks, magnitude_masks, shrink, sparsity_of
-from rayps.worker.quantize import ENGINE, quantize
-from rayps.worker.variants import ModelSpec, build_model, import_path, state_of
+from rayps.worker.compress.pruning import filter_prune, hold_masks, magnitude_masks, shrink, sparsity_of
+from rayps.worker.compress.quantize import ENGINE, quantize
+from rayps.worker.compress.variants import ModelSpec, build_model, import_path, state_of
 
 
 def test_global_and_per_layer_magnitude_pruning_reach_the_sparsity_their_own_way():

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from rayps.launcher.auth import Token, find_token
+from rayps.launcher.cluster.auth import Token, find_token
 from rayps.launcher.cli import main
 from rayps.errors import ClusterError
-from rayps.launcher.jobs import Jobs
+from rayps.launcher.cluster.jobs import Jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from rayps.errors import ConfigError, ShapeError
-from rayps.ps.optimizers import OptimizerConfig, make_optimizer
-from rayps.ps.settings import build
+from rayps.ps.core.optimizers import OptimizerConfig, make_optimizer
+from rayps.settings import build
 
 SIZE = 257  # odd, so vectorised kernels also run their scalar tails
 STEPS = 20

@@ -4,7 +4,7 @@ import pytest
 
 from rayps.protos.layout import DTYPE, FlatLayout, TensorSpec
 from rayps.errors import ConfigError
-from rayps.ps.partition import ShardRange, partition
+from rayps.ps.core.partition import ShardRange, partition
 
 
 @pytest.mark.parametrize("numel, servers", [(1, 1), (10, 1), (10, 3), (10, 10), (1001, 7), (4096, 4)])

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from rayps.launcher.config import JobConfig
-from rayps.launcher.placement import check_feasible, server_options, worker_options
+from rayps.launcher.job.config import JobConfig
+from rayps.launcher.job.placement import check_feasible, server_options, worker_options
 from rayps.errors import ConfigError, JobError
-from rayps.ps.settings import build
+from rayps.settings import build
 
 
 def node(alive=True, **resources):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rayps.launcher.policies import CheckpointSchedule, RestartBudget, StallWatch
+from rayps.launcher.job.policies import CheckpointSchedule, RestartBudget, StallWatch
 
 
 def test_the_restart_budget_restarts_and_replaces_until_it_is_spent_then_names_the_actor():

@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from rayps.launcher import Job
 from rayps.launcher.cli import main
-from rayps.launcher.report import PLOTS
+from rayps.launcher.job.report import PLOTS
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

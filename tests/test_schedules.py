@@ -8,8 +8,8 @@ import torch
 from torch.optim import lr_scheduler
 
 from rayps.errors import ConfigError
-from rayps.ps.schedules import ScheduleConfig, make_schedule
-from rayps.ps.settings import build
+from rayps.ps.core.schedules import ScheduleConfig, make_schedule
+from rayps.settings import build
 
 BASE = 0.1
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from rayps.worker.scoring import roc_auc
+from rayps.worker.loop.scoring import roc_auc
 
 
 def test_roc_auc_matches_scikit_learn_with_tied_scores():
@@ -21,9 +21,9 @@ def test_roc_auc_of_one_class_is_undefined():
 def test_one_scoring_pass_gives_loss_and_the_auc_of_binary_targets_or_the_accuracy_of_classes():
     import torch
 
-    from rayps.worker.data import ArraySource
-    from rayps.worker.losses import bce, cross_entropy
-    from rayps.worker.scoring import score
+    from rayps.worker.data.sources import ArraySource
+    from rayps.worker.loop.losses import bce, cross_entropy
+    from rayps.worker.loop.scoring import score
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(3000, 1)).astype(np.float32)

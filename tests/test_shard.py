@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from rayps.ps.consistency import ConsistencyConfig, UnknownWorkerError
+from rayps.ps.core.consistency import ConsistencyConfig, UnknownWorkerError
 from rayps.errors import PSError, ShapeError
-from rayps.ps.optimizers import OptimizerConfig
-from rayps.ps.schedules import ScheduleConfig
-from rayps.ps.shard import ParameterShard
+from rayps.ps.core.optimizers import OptimizerConfig
+from rayps.ps.core.schedules import ScheduleConfig
+from rayps.ps.core.shard import ParameterShard
 
 INIT = np.array([1.0, -2.0, 0.5, 4.0], dtype=np.float32)
 LR = 0.5

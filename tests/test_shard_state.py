@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from rayps.errors import ConfigError, RolledBackError, ShapeError
-from rayps.ps.consistency import ConsistencyConfig
-from rayps.ps.optimizers import OptimizerConfig
-from rayps.ps.schedules import ScheduleConfig
-from rayps.ps.shard import ParameterShard
+from rayps.ps.core.consistency import ConsistencyConfig
+from rayps.ps.core.optimizers import OptimizerConfig
+from rayps.ps.core.schedules import ScheduleConfig
+from rayps.ps.core.shard import ParameterShard
 
 SIZE = 6
 

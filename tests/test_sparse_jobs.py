@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 import rayps
-from rayps.launcher.config import load_job_config
-from rayps.launcher.driver import run_job
+from rayps.launcher.job.config import load_job_config
+from rayps.launcher.job.driver import run_job
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

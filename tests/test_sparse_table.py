@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from rayps.errors import ConfigError, OutOfOrderError, ShapeError
-from rayps.ps.consistency import ConsistencyConfig
-from rayps.ps.row_optimizers import RowOptimizerConfig
-from rayps.ps.row_store import initial_rows
-from rayps.ps.sparse_table import SparseTable, TableConfig
+from rayps.ps.core.consistency import ConsistencyConfig
+from rayps.ps.sparse.row_optimizers import RowOptimizerConfig
+from rayps.ps.sparse.row_store import initial_rows
+from rayps.ps.sparse.table import SparseTable, TableConfig
 
 DIM = 4
 

@@ -13,16 +13,16 @@ import time
 import numpy as np
 import pytest
 
-from rayps.launcher.driver import make_transport
-from rayps.ps.consistency import ConsistencyConfig
-from rayps.ps.grpc_security import GrpcConfig
-from rayps.ps.optimizers import OptimizerConfig
-from rayps.ps.partition import partition
-from rayps.ps.row_optimizers import RowOptimizerConfig
-from rayps.ps.schedules import ScheduleConfig
+from rayps.launcher.job.driver import make_transport
+from rayps.ps.core.consistency import ConsistencyConfig
+from rayps.ps.transport.grpc_security import GrpcConfig
+from rayps.ps.core.optimizers import OptimizerConfig
+from rayps.ps.core.partition import partition
+from rayps.ps.sparse.row_optimizers import RowOptimizerConfig
+from rayps.ps.core.schedules import ScheduleConfig
 from rayps.ps.served import ServedShard
-from rayps.ps.sparse_client import SparseRows
-from rayps.ps.sparse_table import TableConfig
+from rayps.ps.sparse.client import SparseRows
+from rayps.ps.sparse.table import TableConfig
 from tests.test_transports import Cluster
 
 pytestmark = [pytest.mark.ray]

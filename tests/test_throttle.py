@@ -11,7 +11,7 @@ from concurrent import futures
 
 import pytest
 
-from rayps.launcher.throttle import ThrottledLink
+from rayps.launcher.job.throttle import ThrottledLink
 
 
 class _Echo(socketserver.BaseRequestHandler):

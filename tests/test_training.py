@@ -16,7 +16,7 @@ import torch
 
 from rayps.launcher import Job
 from rayps.errors import JobError
-from rayps.worker.data import EpochSharder, resolve_data
+from rayps.worker.data.sources import EpochSharder, resolve_data
 from rayps.worker.models import mlp
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

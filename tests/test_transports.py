@@ -16,15 +16,15 @@ import pytest
 
 from rayps.launcher import Job
 from rayps.errors import TransportError
-from rayps.ps.client import RayTransport
-from rayps.ps.consistency import ConsistencyConfig
-from rayps.ps.grpc_client import GrpcEndpoints
-from rayps.ps.grpc_security import new_token
+from rayps.ps.transport.object_store import RayTransport
+from rayps.ps.core.consistency import ConsistencyConfig
+from rayps.ps.transport.grpc_client import GrpcEndpoints
+from rayps.ps.transport.grpc_security import new_token
 from rayps.ps.served import ServedShard
-from rayps.ps.optimizers import OptimizerConfig
-from rayps.ps.partition import partition
-from rayps.ps.schedules import ScheduleConfig
-from rayps.ps.shm_client import ShmEndpoints
+from rayps.ps.core.optimizers import OptimizerConfig
+from rayps.ps.core.partition import partition
+from rayps.ps.core.schedules import ScheduleConfig
+from rayps.ps.transport.shm_client import ShmEndpoints
 
 pytestmark = [pytest.mark.ray]
 

@@ -22,7 +22,8 @@ import pytest
 from tests.test_readme import readme_example
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("pyproject.toml", "README.md", "rayps", "ps", "worker", "protos", "launcher")
+SOURCES = ("pyproject.toml", "README.md", "__init__.py", "__main__.py", "errors.py", "settings.py", "ps", "worker",
+           "protos", "launcher")
 
 pytestmark = [pytest.mark.slow]
 
@@ -68,14 +69,14 @@ def test_the_wheel_holds_one_top_level_package(wheel):
     assert {n.split("/")[0] for n in names} == {"rayps", "rayps-0.1.0.dist-info"}
     top_level = zipfile.ZipFile(wheel).read("rayps-0.1.0.dist-info/top_level.txt").decode().split()
     assert top_level == ["rayps"]
-    for module in ("rayps/ps/shard.py", "rayps/worker/trainer.py", "rayps/launcher/cli.py",
-                   "rayps/protos/ps_pb2.py", "rayps/protos/ps.proto", "rayps/errors.py"):
+    for module in ("rayps/ps/core/shard.py", "rayps/worker/loop/trainer.py", "rayps/launcher/cli.py",
+                   "rayps/protos/ps_pb2.py", "rayps/protos/ps.proto", "rayps/errors.py", "rayps/settings.py"):
         assert module in names
 
 
 def test_installed_it_imports_as_rayps_and_no_old_name_exists(venv, tmp_path):
     probe = in_venv(venv, (
-        "import importlib.util, rayps, rayps.ps.shard, rayps.worker.trainer\n"
+        "import importlib.util, rayps, rayps.ps.core.shard, rayps.worker.loop.trainer\n"
         "print(rayps.__file__)\n"
         "print(rayps.Job.__module__, rayps.JobConfig.__module__, rayps.JobResult.__module__)\n"
         "print([n for n in ('ps', 'worker', 'protos', 'launcher') if importlib.util.find_spec(n)])\n"
@@ -83,7 +84,7 @@ def test_installed_it_imports_as_rayps_and_no_old_name_exists(venv, tmp_path):
     assert probe.returncode == 0, probe.stderr
     where, modules, old_names = probe.stdout.splitlines()
     assert Path(where).is_relative_to(venv)  # the wheel's copy, not this checkout
-    assert modules == "rayps.launcher.job rayps.launcher.config rayps.launcher.driver"
+    assert modules == "rayps.launcher.job.api rayps.launcher.job.config rayps.launcher.job.driver"
     assert old_names == "[]"
     failed = in_venv(venv, "import ps", tmp_path)
     assert failed.returncode != 0 and "No module named 'ps'" in failed.stderr

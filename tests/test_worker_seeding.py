@@ -6,11 +6,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from rayps.ps.client import RayTransport
-from rayps.ps.partition import partition
-from rayps.worker.data import ArraySource
-from rayps.worker.losses import resolve_loss
-from rayps.worker.trainer import Worker, WorkerPlan
+from rayps.ps.transport.object_store import RayTransport
+from rayps.ps.core.partition import partition
+from rayps.worker.data.sources import ArraySource
+from rayps.worker.loop.losses import resolve_loss
+from rayps.worker.loop.trainer import Worker, WorkerPlan
 
 
 class Frozen(nn.Module):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from rayps.errors import ConfigError
-from rayps.worker.coordinator import RESYNC, STOP, WorkCoordinator
-from rayps.worker.data import EpochSharder
-from rayps.worker.workqueue import EpochBatches, Unit, WorkQueue
+from rayps.worker.queue.coordinator import RESYNC, STOP, WorkCoordinator
+from rayps.worker.data.sources import EpochSharder
+from rayps.worker.queue.workqueue import EpochBatches, Unit, WorkQueue
 
 
 def drain(queue, worker, seq=0, incarnation=0):

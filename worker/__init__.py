@@ -1,14 +1,14 @@
-"""The training side: what a worker actor runs.
+"""The training side: what a worker actor runs, and what it trains on.
 
-- ``Worker``, ``WorkerPlan`` (trainer.py): the training loop.
-- ``FlatParams``, ``ModelBuffers`` (flat.py): a model's trained parameters and
-  gradients as views of one flat buffer (float16/bfloat16 through float32
-  master copies), and its persistent buffers packed into one float64 vector.
-- ``resolve_data``, ``EpochSharder`` and the data sources (data.py): user data
-  in its accepted forms, and per-epoch disjoint worker shards.
-- ``resolve_loss`` (losses.py): cross-entropy, MSE, KL by name.
-- ``mlp``, ``cnn`` (models.py), ``digits`` (datasets.py): bundled models (an MLP; a
-  BatchNorm CNN) and the bundled job's data.
-- ``seed_worker`` (trainer.py): each worker's generators from (seed, worker id).
+- ``loop/``: the worker actor and its step: flat parameter buffers, losses,
+  ``rayps.Embedding`` modules, pacing, fault injection, evaluation scores.
+- ``queue/``: the work queue: units of batches handed out and taken back,
+  the coordinator actor that holds it, per-epoch sharding.
+- ``data/``: the data pipeline: sources and splits, chunked files, the
+  statistics passes, the fitted transform.
+- ``compress/``: model compression after training: pruning, int8
+  quantization, distillation, and variants as data.
+- ``mlp``, ``cnn`` (models.py), ``digits`` (datasets.py), ``ctr.py``: the
+  bundled models and data sets that YAML names.
 - ``import_object`` (imports.py): ``"module:callable"`` names.
 """

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from rayps.worker.data import ArraySource
-from rayps.worker.embedding import Embedding, EmbeddingBag
-from rayps.worker.scoring import roc_auc  # the same AUC the job reports
+from .data.sources import ArraySource
+from .loop.embedding import Embedding, EmbeddingBag
+from .loop.scoring import roc_auc  # the same AUC the job reports
 
 
 class ReferencedSource(ArraySource):

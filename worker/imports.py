@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from rayps.errors import ConfigError
+from ..errors import ConfigError
 
 #: The folders' names before they were installed under rayps: configs written
 #: then (``model: worker.models:mlp``) keep working when no such module exists.

@@ -1,0 +1,180 @@
+"""The systems ``psctl bench`` measures rayps against, written here so anyone can rerun them.
+
+- ``raydocs_ps``: the parameter server a Ray user writes from Ray's docs: one
+  actor holding the model's parameters as a list of numpy arrays, worker
+  actors that compute gradients on the weights they are sent, and a driver
+  that loops over ``ray.wait`` (async) or gathers every worker's gradient
+  before one update (sync).
+- ``ddp``: PyTorch DistributedDataParallel over gloo, one process per worker.
+- ``ceiling``: the same processes training with no communication at all.
+- ``single``: one process.
+
+Each trains the same model on the same data with plain SGD and returns
+samples/s after a warm-up of a tenth of its steps (summed over workers), and,
+given a target loss, the seconds until the mean training loss of the last
+few steps first fell below it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...worker.loop.pace import StepClock, straggle_s
+
+
+def _batches(x: np.ndarray, y: np.ndarray, rank: int, world: int, batch: int, seed: int):
+    """An endless stream of this rank's batches: its share of each epoch's permutation."""
+    epoch = 0
+    while True:
+        perm = np.random.default_rng([seed, epoch]).permutation(len(x))[rank::world]
+        for lo in range(0, len(perm) - batch + 1, batch):
+            idx = perm[lo:lo + batch]
+            yield torch.from_numpy(x[idx]), torch.from_numpy(y[idx])
+        epoch += 1
+
+
+def _delay(rng: np.random.Generator, compute_s: float, slow: float, straggle: tuple[float, float] | None) -> float:
+    """Seconds this step is held back, exactly as a rayps worker with the same knobs is."""
+    probability, factor = straggle if straggle is not None else (0.0, 0.0)
+    return straggle_s(rng, compute_s, slow, probability, factor)
+
+
+def _train_process(rank: int, world: int, model_fn, data_fn, batch: int, lr: float, steps: int, target,
+                   communicate: bool, store: str | None, out: str, slow: dict, straggle, seed: int) -> None:
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    model = model_fn()
+    if communicate:
+        torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+        model = nn.parallel.DistributedDataParallel(model)
+    (x, y), _ = data_fn()["train"], None
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    clock, rng = StepClock(steps, target), np.random.default_rng([seed, rank, 7])
+    stream = _batches(x, y, rank, world, batch, seed)
+    for _ in range(steps):
+        xb, yb = next(stream)
+        began = time.monotonic()
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(xb), yb)
+        loss.backward()
+        opt.step()
+        extra = _delay(rng, time.monotonic() - began, slow.get(rank, 0.0), straggle)
+        if extra:
+            time.sleep(extra)
+        clock.step(batch, loss.item())
+    if communicate:
+        torch.distributed.destroy_process_group()
+    np.save(out, np.array([clock.samples_per_s, clock.reached_s or np.nan]))
+
+
+def processes(model_fn, data_fn, workers: int, batch: int, lr: float, steps: int, communicate: bool,
+              target: float | None = None, slow: dict | None = None, straggle=None, seed: int = 0) -> dict:
+    """DDP (``communicate``) or the no-communication ceiling, one process per worker."""
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = os.path.join(tmp, "store") if communicate else None
+        outs = [os.path.join(tmp, f"rank{r}.npy") for r in range(workers)]
+        procs = [mp.get_context("spawn").Process(target=_train_process, args=(
+            r, workers, model_fn, data_fn, batch, lr, steps, target, communicate, store, outs[r], slow or {},
+            straggle, seed)) for r in range(workers)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=1800)
+        if any(p.exitcode != 0 for p in procs):
+            raise RuntimeError(f"a benchmark process failed: exit codes {[p.exitcode for p in procs]}")
+        results = [np.load(o) for o in outs]
+    reached = [r[1] for r in results]
+    return {"samples_per_s": float(sum(r[0] for r in results)),
+            "reached_s": None if any(np.isnan(reached)) else float(max(reached))}
+
+
+# ---- the Ray-docs-style parameter server ---------------------------------------------------
+
+
+class DocsParameterServer:
+    """One actor, the parameters as a list of numpy arrays, plain SGD on the sum it is sent."""
+
+    def __init__(self, model_fn: Callable[[], nn.Module], lr: float, seed: int):
+        torch.manual_seed(seed)
+        self.weights = [p.detach().numpy().copy() for p in model_fn().parameters()]
+        self.lr = lr
+
+    def apply_gradients(self, *gradients):
+        summed = [np.sum(grads, axis=0) for grads in zip(*gradients)]
+        for w, g in zip(self.weights, summed):
+            w -= self.lr * g
+        return self.weights
+
+    def get_weights(self):
+        return self.weights
+
+
+class DocsWorker:
+    def __init__(self, model_fn, data_fn, rank: int, world: int, batch: int, seed: int, slow: float, straggle):
+        torch.set_num_threads(1)
+        torch.manual_seed(seed)
+        self.model = model_fn()
+        (x, y) = data_fn()["train"]
+        self.stream = _batches(x, y, rank, world, batch, seed)
+        self.rng, self.slow, self.straggle = np.random.default_rng([seed, rank, 7]), slow, straggle
+        self.last_loss = float("nan")
+
+    def compute_gradients(self, weights):
+        began = time.monotonic()
+        for p, w in zip(self.model.parameters(), weights):
+            p.data = torch.from_numpy(np.array(w))
+        xb, yb = next(self.stream)
+        self.model.zero_grad()
+        loss = nn.functional.cross_entropy(self.model(xb), yb)
+        loss.backward()
+        self.last_loss = loss.item()
+        extra = _delay(self.rng, time.monotonic() - began, self.slow, self.straggle)
+        if extra:
+            time.sleep(extra)
+        return [p.grad.numpy() for p in self.model.parameters()]
+
+    def loss(self) -> float:
+        return self.last_loss
+
+
+def raydocs_ps(model_fn, data_fn, workers: int, batch: int, lr: float, steps: int, sync: bool,
+               target: float | None = None, slow: dict | None = None, straggle=None, seed: int = 0) -> dict:
+    """The docs' loop: ``steps`` gradients per worker, async (ray.wait) or sync (all, then one update)."""
+    import ray
+
+    ps = ray.remote(DocsParameterServer).options(num_cpus=0).remote(model_fn, lr, seed)
+    actors = [ray.remote(DocsWorker).options(num_cpus=0).remote(
+        model_fn, data_fn, r, workers, batch, seed, (slow or {}).get(r, 0.0), straggle) for r in range(workers)]
+    clock = StepClock(steps * workers, target)
+    try:
+        weights = ps.get_weights.remote()
+        if sync:
+            for _ in range(steps):
+                weights = ps.apply_gradients.remote(*[a.compute_gradients.remote(weights) for a in actors])
+                ray.get(weights)
+                # the loss costs a call per worker: asked for only when a target needs it
+                loss = float(np.mean(ray.get([a.loss.remote() for a in actors]))) if target is not None else 0.0
+                for _ in actors:
+                    clock.step(batch, loss)
+        else:
+            pending = {a.compute_gradients.remote(weights): a for a in actors}
+            for _ in range(steps * workers):
+                ready, _ = ray.wait(list(pending))
+                actor = pending.pop(ready[0])
+                weights = ps.apply_gradients.remote(ready[0])
+                pending[actor.compute_gradients.remote(weights)] = actor
+                clock.step(batch, ray.get(actor.loss.remote()) if target is not None else 0.0)
+            ray.get(list(pending))
+    finally:
+        for a in [ps, *actors]:
+            ray.kill(a)
+    return {"samples_per_s": clock.samples_per_s, "reached_s": clock.reached_s}

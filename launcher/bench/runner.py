@@ -1,0 +1,282 @@
+"""``psctl bench``: rayps side by side with its peers on this machine, in one run.
+
+Every row trains the same model on the same synthetic MNIST-shaped data
+(``rayps.worker.datasets:synthetic_mnist``) with the same batch per worker,
+SGD lr 0.01, 2 workers (and 2 shards for rayps), one configuration at a time,
+so no two rows compete for the cores. Each row reports samples/s after its
+first tenth of steps (summed over workers). The peers are in
+launcher/bench/peers.py. The sparse-table rows (launcher/bench/sparse.py) time
+embedding rows per second against torch's sparse EmbeddingBag; the compression rows
+(launcher/bench/wire.py) time each codec to a target loss over a 100 Mbit/s link. Output: a Markdown table on stdout and, in the run
+directory, ``bench.json``, ``bench.md`` and ``bench.png``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import peers
+from ..job.config import JobConfig
+from ..job.driver import run_job
+from ..job.local import ensure_ray
+from ...settings import build
+from ...worker.datasets import synthetic_mnist
+from ...worker.models import mlp
+
+WORKERS, BATCH, LR = 2, 128, 0.01
+MODELS = {  # name -> (hidden layers, steps per worker in a full run)
+    "small": ((256,), 800),
+    "large": ((3584, 2048), 40),
+}
+MODES = {"asp": {"mode": "asp"}, "ssp s=1": {"mode": "ssp", "staleness": 1},
+         "ssp s=2": {"mode": "ssp", "staleness": 2}, "bsp": {"mode": "bsp"}}
+
+
+@dataclass
+class Row:
+    model: str
+    system: str
+    samples_per_s: float
+    extra: dict = field(default_factory=dict)
+
+
+def _model(hidden) -> functools.partial:
+    return functools.partial(mlp, in_features=784, hidden=list(hidden), num_classes=10)
+
+
+def bench_job(hidden, steps: int, consistency: dict, **keys) -> JobConfig:
+    """The rayps job every bench row runs: the MLP, the synthetic data, SGD, 2 workers and 2 shards."""
+    return build(JobConfig, {
+        "model": "rayps.worker.models:mlp", "model_args": {"in_features": 784, "hidden": list(hidden)},
+        "data": "rayps.worker.datasets:synthetic_mnist", "optimizer": {"name": "sgd", "lr": LR},
+        "consistency": consistency, "workers": WORKERS, "servers": 2, "batch_size": BATCH,
+        "epochs": 1000, "max_steps": steps, "eval_every_s": 0, **keys,
+    }, "bench")
+
+
+def rayps_row(model: str, hidden, steps: int, transport: str, mode: str, out: Path) -> Row:
+    config = bench_job(hidden, steps, MODES[mode], transport=transport)
+    s = run_job(config, output=out / f"{model}-{transport}-{mode.replace(' ', '')}", dashboard=False,
+                report=False).summary
+    return Row(model, f"rayps {mode}, {transport}", s["steady_samples_per_s"],
+               {"max_clock_gap": s["max_clock_gap"], "transport": s["transport"]})
+
+
+def peer_rows(model: str, hidden, steps: int) -> list[Row]:
+    model_fn, data_fn = _model(hidden), synthetic_mnist
+    common = dict(workers=WORKERS, batch=BATCH, lr=LR, steps=steps)
+    return [
+        Row(model, "Ray-docs-style PS, async", peers.raydocs_ps(model_fn, data_fn, sync=False, **common)["samples_per_s"]),
+        Row(model, "Ray-docs-style PS, sync", peers.raydocs_ps(model_fn, data_fn, sync=True, **common)["samples_per_s"]),
+        Row(model, "PyTorch DDP (gloo)", peers.processes(model_fn, data_fn, communicate=True, **common)["samples_per_s"]),
+        Row(model, "no communication (ceiling)",
+            peers.processes(model_fn, data_fn, communicate=False, **common)["samples_per_s"]),
+        Row(model, "single process", peers.processes(model_fn, data_fn, communicate=False,
+                                                     **{**common, "workers": 1})["samples_per_s"]),
+    ]
+
+
+def ratios(rows: list[Row]) -> None:
+    """Each row's ratio to DDP, to the better Ray-docs server and to the ceiling; overhead per step."""
+    for model in {r.model for r in rows}:
+        mine = [r for r in rows if r.model == model]
+        by = {r.system: r.samples_per_s for r in mine}
+        ddp, ceiling = by.get("PyTorch DDP (gloo)"), by.get("no communication (ceiling)")
+        docs = max((v for k, v in by.items() if k.startswith("Ray-docs")), default=None)
+        for r in mine:
+            if ddp:
+                r.extra["x_ddp"] = r.samples_per_s / ddp
+            if docs:
+                r.extra["x_raydocs"] = r.samples_per_s / docs
+            if ceiling and r.samples_per_s:
+                r.extra["x_ceiling"] = r.samples_per_s / ceiling
+                workers = 1 if r.system == "single process" else WORKERS
+                step_ms = 1000 * workers * BATCH / r.samples_per_s
+                r.extra["overhead_ms"] = step_ms - 1000 * WORKERS * BATCH / ceiling
+
+
+#: Straggler scenarios: (name, rayps debug knobs, the same for the peers, rayps configurations to run)
+STRAGGLERS = [
+    ("no stragglers", {}, {}, [("asp", {"mode": "asp"}), ("ssp s=2", {"mode": "ssp", "staleness": 2}),
+                               ("bsp", {"mode": "bsp"})]),
+    ("worker 1 at half speed", {"slowdown": {1: 1.0}}, {"slow": {1: 1.0}},
+     [("asp", {"mode": "asp"}), ("bsp, quorum 1 of 2", {"mode": "bsp", "quorum": 1}),
+      ("ssp s=2", {"mode": "ssp", "staleness": 2})]),
+    ("transient: p 0.1, 3x compute", {"stragglers": {"probability": 0.1, "factor": 3.0}},
+     {"straggle": (0.1, 3.0)},
+     [("ssp s=2", {"mode": "ssp", "staleness": 2}), ("asp", {"mode": "asp"}), ("bsp", {"mode": "bsp"})]),
+]
+# SGD lr 0.01 on the synthetic data: one process needs ~1,600 steps of 128 to reach 1.5
+TARGET_LOSS, STRAGGLER_STEPS = 1.5, 2000
+
+
+def straggler_rows(out: Path, steps: int = STRAGGLER_STEPS, target: float = TARGET_LOSS) -> list[Row]:
+    """Seconds to a target training loss (mean of 10 steps) for the small model, with stragglers."""
+    rows = []
+    for scenario, knobs, peer_knobs, configs in STRAGGLERS:
+        ddp = peers.processes(_model((256,)), synthetic_mnist, WORKERS, BATCH, LR, steps, communicate=True,
+                              target=target, **peer_knobs)
+        rows.append(Row("stragglers", f"{scenario}: PyTorch DDP (gloo)", ddp["samples_per_s"],
+                        {"time_to_target_s": ddp["reached_s"]}))
+        for name, consistency in configs:
+            config = bench_job((256,), steps, consistency, target_loss=target, debug=knobs)
+            s = run_job(config, output=out / f"straggle-{len(rows)}", dashboard=False, report=False).summary
+            rows.append(Row("stragglers", f"{scenario}: rayps {name}", s["steady_samples_per_s"],
+                            {"time_to_target_s": s["time_to_target_s"]}))
+        for r in rows[-len(configs):]:
+            mine, theirs = r.extra["time_to_target_s"], ddp["reached_s"]
+            if mine and theirs:
+                r.extra["x_ddp_time"] = theirs / mine  # > 1: sooner than DDP
+    return rows
+
+
+def straggler_table(rows: list[Row]) -> str:
+    lines = [f"| scenario: system | seconds to training loss {TARGET_LOSS} | x sooner than DDP | samples/s |",
+             "|---|---|---|---|"]
+    for r in rows:
+        t, x = r.extra.get("time_to_target_s"), r.extra.get("x_ddp_time")
+        lines.append(f"| {r.system} | {'not reached' if t is None else f'{t:.1f}'} | {'' if x is None else f'{x:.2f}'}"
+                     f" | {r.samples_per_s:,.0f} |")
+    return "\n".join(lines)
+
+
+def transport_rows(megabytes: int = 100, repeats: int = 5) -> list[Row]:
+    # (the model field holds "transport"; samples_per_s holds GB/s moved: push and pull bytes over the time)
+    """A push and a pull of ``megabytes`` of float32 through each transport, against memcpy, one run."""
+    import numpy as np
+    import ray
+
+    from ..job.driver import make_transport
+    from ...ps.core.consistency import ConsistencyConfig
+    from ...ps.core.optimizers import OptimizerConfig
+    from ...ps.core.partition import partition
+    from ...ps.core.schedules import ScheduleConfig
+    from ...ps.served import ServedShard
+
+    n = megabytes * (1 << 20) // 4
+    src, dst = np.ones(n, np.float32), np.empty(n, np.float32)
+    copies = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        np.copyto(dst, src)
+        copies.append(time.perf_counter() - began)
+    memcpy_gbs = n * 4 / sorted(copies)[repeats // 2] / 1e9
+    rows = [Row("transport", "memcpy (numpy copyto), one copy", memcpy_gbs, {"ms": 1000 * n * 4 / memcpy_gbs / 1e9})]
+    ranges = tuple(partition(n, 1))
+    for name in ("shm", "grpc", "ray"):
+        shard = ray.remote(ServedShard).options(num_cpus=0).remote(
+            0, np.zeros(n, np.float32), [0], OptimizerConfig(name="sgd", lr=0.01), ScheduleConfig(),
+            ConsistencyConfig(mode="asp"))
+        try:
+            client = make_transport(name, [shard], ranges, None, workers=1).connect(0)
+            params, grads = np.empty(n, np.float32), np.full(n, 1e-3, np.float32)
+            client.register(params)
+            times = []
+            for clock in range(1, repeats + 2):
+                began = time.perf_counter()
+                client.push_pull(clock, grads, params, 1, 0.0)
+                times.append(time.perf_counter() - began)
+            client.finish()
+        finally:
+            ray.get(shard.stop_serving.remote())
+            ray.kill(shard)
+        step = sorted(times[1:])[repeats // 2]  # the first step also opens streams and maps pages
+        gbs = 2 * n * 4 / step / 1e9
+        rows.append(Row("transport", f"push + pull through {name}", gbs,
+                        {"ms": 1000 * step, "x_memcpy": gbs / memcpy_gbs}))
+    return rows
+
+
+def transport_table(rows: list[Row]) -> str:
+    lines = ["| what (each way) | ms | GB/s moved | x memcpy |", "|---|---|---|---|"]
+    for r in rows:
+        x = r.extra.get("x_memcpy")
+        lines.append(f"| {r.system} | {r.extra['ms']:.1f} | {r.samples_per_s:.2f} | {'' if x is None else f'{x:.2f}'} |")
+    return "\n".join(lines)
+
+
+def table(rows: list[Row]) -> str:
+    lines = ["| model | system | samples/s | x DDP | x Ray-docs PS | x ceiling | overhead ms/step |",
+             "|---|---|---|---|---|---|---|"]
+    fmt = lambda v, spec: format(v, spec) if v is not None else ""  # noqa: E731
+    for r in rows:
+        e = r.extra
+        lines.append(f"| {r.model} | {r.system} | {r.samples_per_s:,.0f} | {fmt(e.get('x_ddp'), '.2f')}"
+                     f" | {fmt(e.get('x_raydocs'), '.2f')} | {fmt(e.get('x_ceiling'), '.2f')}"
+                     f" | {fmt(e.get('overhead_ms'), '.2f')} |")
+    return "\n".join(lines)
+
+
+def chart(rows: list[Row], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r.model in MODELS]  # straggler, transport and sparse rows have their own tables
+    models = sorted({r.model for r in rows}, key=list(MODELS).index)
+    fig, axes = plt.subplots(len(models), 1, figsize=(9, 1 + 0.35 * len(rows)), squeeze=False)
+    for ax, model in zip(axes[:, 0], models):
+        mine = [r for r in rows if r.model == model]
+        ax.barh([r.system for r in mine], [r.samples_per_s for r in mine],
+                color=["tab:blue" if r.system.startswith("rayps") else "tab:gray" for r in mine])
+        ax.invert_yaxis()
+        ax.set_title(f"{model} MLP: samples/s (2 workers, batch {BATCH})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_bench(quick: bool = False, output: str | Path | None = None, models: list[str] | None = None,
+              transports: list[str] | None = None, modes: list[str] | None = None,
+              steps: int | None = None, stragglers: bool | None = None,
+              transport_mb: int = 100, sparse: bool = True, sparse_steps: int | None = None,
+              sparse_rows_in_table: int | None = None, wire: bool | None = None) -> tuple[Path, list[Row]]:
+    """Every row in turn; ``steps`` (per worker) overrides each model's default, for a short check."""
+    steps_override = steps
+    stragglers = (not quick) if stragglers is None else stragglers
+    compression_rows = (not quick) if wire is None else wire
+    out = Path(output or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    ensure_ray(dashboard=False)
+    models = models or (["small"] if quick else list(MODELS))
+    transports = transports or (["shm"] if quick else ["shm", "grpc", "ray"])
+    modes = modes or (["asp", "bsp"] if quick else list(MODES))
+    rows: list[Row] = []
+    for model in models:
+        hidden, default_steps = MODELS[model]
+        steps = steps_override or default_steps
+        for transport in transports:
+            for mode in modes:
+                rows.append(rayps_row(model, hidden, steps, transport, mode, out / "jobs"))
+                print(f"  {rows[-1].system}: {rows[-1].samples_per_s:,.0f} samples/s", flush=True)
+        rows += peer_rows(model, hidden, steps)
+        for r in rows[-5:]:
+            print(f"  {r.system}: {r.samples_per_s:,.0f} samples/s", flush=True)
+    ratios(rows)
+    text = table(rows)
+    wire = transport_rows(transport_mb)
+    rows += wire
+    text += "\n\n" + transport_table(wire)
+    if stragglers:
+        late = straggler_rows(out / "jobs")
+        rows += late
+        text += "\n\n" + straggler_table(late)
+    if sparse:  # embedding rows: a 10M x 16 table, against torch's sparse EmbeddingBag in one process
+        from .sparse import ROWS, sparse_rows, sparse_table
+        rows_sparse = sparse_rows(out / "jobs", sparse_steps or (100 if quick else 300), transports,
+                                  sparse_rows_in_table or ROWS)
+        rows += rows_sparse
+        text += "\n\n" + sparse_table(rows_sparse)
+    if compression_rows:  # gradient compression over a 100 Mbit/s link (launcher/bench/wire.py)
+        from .wire import wire_rows, wire_table
+        rows_wire = wire_rows(out / "jobs")
+        rows += rows_wire
+        text += "\n\n" + wire_table(rows_wire)
+    (out / "bench.md").write_text(text + "\n")
+    (out / "bench.json").write_text(json.dumps([r.__dict__ for r in rows], indent=2))
+    chart(rows, out / "bench.png")
+    return out, rows

@@ -1,0 +1,123 @@
+"""The sparse-table rows of ``psctl bench``: embedding rows pulled and pushed per second.
+
+Workload: a 10M x 16 table, batches of 4,096 ids (512 bags of 8, ids drawn
+from a Zipf law with exponent 1.1 over the whole table, seeded), Adam on the
+touched rows, a sum-mode EmbeddingBag followed by a linear head.
+
+- rayps: a real job, 2 workers and 2 shards, through each transport; rows/s is
+  the ids looked up (and their gradients pushed) per second, summed over the
+  workers after their first tenth of steps.
+- the same lookups and updates in one process: ``torch.nn.EmbeddingBag(sparse=
+  True)`` and ``torch.optim.SparseAdam`` (the head on plain Adam), the table
+  whole in memory.
+
+Server memory per row is what the shards hold allocated for the table divided
+by the rows they created: the rows (weights, Adam's two moments, the step
+count, the id, the step last seen) and the index (4 bytes per possible row).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import rayps
+
+ROWS, DIM, BAG, BAGS = 10_000_000, 16, 8, 512  # 512 bags of 8 ids: 4,096 ids per batch
+ZIPF = 1.1
+
+
+def zipf_ids(n: int, rows: int = ROWS, exponent: float = ZIPF, seed: int = 0) -> np.ndarray:
+    """``n`` ids in [0, rows), Zipf-ranked with the ranks shuffled over the ids (numpy, seeded)."""
+    rng = np.random.default_rng(seed)
+    ranks = rng.zipf(exponent, size=n * 2)
+    ranks = ranks[ranks <= rows][:n] - 1
+    while len(ranks) < n:  # the law's tail beyond the table: draw again
+        more = rng.zipf(exponent, size=n)
+        ranks = np.concatenate([ranks, more[more <= rows] - 1])[:n]
+    # a fixed odd multiplier mod rows spreads hot ranks over ids (and so over shards) without a table
+    return (ranks.astype(np.int64) * 2_654_435_761) % rows
+
+
+class BagModel(nn.Module):
+    def __init__(self, rows: int = ROWS, dim: int = DIM):
+        super().__init__()
+        self.bag = rayps.EmbeddingBag(rows, dim, mode="sum", table="bag")
+        self.head = nn.Linear(dim, 1)
+
+    def forward(self, x):
+        return self.head(self.bag(x)).squeeze(1)
+
+
+def bench_data(steps: int, workers: int = 2, rows: int = ROWS) -> dict:
+    n = steps * workers * BAGS
+    x = zipf_ids(n * BAG, rows).reshape(n, BAG)
+    y = np.random.default_rng(1).random(n).astype(np.float32)
+    return {"train": (x, y)}
+
+
+def single_process(steps: int, rows: int = ROWS) -> dict:
+    """The same lookups and updates with torch alone: EmbeddingBag(sparse=True) and SparseAdam."""
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    data = bench_data(steps, workers=1, rows=rows)["train"]
+    x, y = torch.from_numpy(data[0]), torch.from_numpy(data[1])
+    bag = nn.EmbeddingBag(rows, DIM, mode="sum", sparse=True)
+    head = nn.Linear(DIM, 1)
+    sparse, dense = torch.optim.SparseAdam(bag.parameters(), lr=0.01), torch.optim.Adam(head.parameters(), lr=0.01)
+    times = []
+    for step in range(steps):
+        began = time.perf_counter()
+        xb, yb = x[step * BAGS:(step + 1) * BAGS], y[step * BAGS:(step + 1) * BAGS]
+        sparse.zero_grad()
+        dense.zero_grad()
+        loss = nn.functional.mse_loss(head(bag(xb)).squeeze(1), yb)
+        loss.backward()
+        sparse.step()
+        dense.step()
+        times.append(time.perf_counter() - began)
+    steady = times[len(times) // 10:]
+    return {"rows_per_s": BAGS * BAG * len(steady) / sum(steady), "table_bytes": 3 * rows * DIM * 4}
+
+
+def rayps_rows(steps: int, transport: str, out: Path, rows: int = ROWS) -> dict:
+    s = rayps.Job(model=functools.partial(BagModel, rows), data=functools.partial(bench_data, steps, rows=rows),
+                  loss="mse",
+                  optimizer={"name": "adam", "lr": 0.01},
+                  sparse={"optimizer": {"name": "adam", "lr": 0.01}, "init_scale": 0.01, "consistency": {"mode": "asp"}},
+                  consistency={"mode": "asp"}, workers=2, servers=2, batch_size=BAGS, epochs=1, eval_every_s=0,
+                  transport=transport).run(output=out / f"sparse-{transport}", progress=False, dashboard=False,
+                                           report=False).summary
+    table = s["sparse_tables"]["bag"]
+    return {"rows_per_s": s["steady_samples_per_s"] * BAG, "transport": s["transport"], "rows": table["rows"],
+            "bytes": table["bytes"], "bytes_per_row": table["bytes"] / max(1, table["rows"]),
+            "unique_per_batch": table["rows_pulled"] / max(1, sum(int(v) for v in s["steps"].values()))}
+
+
+def sparse_rows(out: Path, steps: int = 300, transports=("shm", "grpc", "ray"), table_rows: int = ROWS):
+    """Rows for the bench table (``table_rows``: smaller for a quick check of the machinery)."""
+    from .runner import Row
+    base = single_process(steps, table_rows)
+    rows = [Row("sparse", "torch EmbeddingBag(sparse) + SparseAdam, one process", base["rows_per_s"],
+                {"x_single": 1.0, "bytes_per_row": base["table_bytes"] / table_rows})]
+    for name in transports:
+        r = rayps_rows(steps, name, out, table_rows)
+        rows.append(Row("sparse", f"rayps, 2 workers x 2 shards, {r['transport']}", r["rows_per_s"],
+                        {"x_single": r["rows_per_s"] / base["rows_per_s"], "bytes_per_row": r["bytes_per_row"],
+                         "rows": r["rows"], "unique_per_batch": r["unique_per_batch"]}))
+        print(f"  {rows[-1].system}: {r['rows_per_s']:,.0f} rows/s", flush=True)
+    return rows
+
+
+def sparse_table(rows) -> str:
+    lines = ["| system (10M x 16 table, 4,096 Zipf ids per batch) | rows/s | x one process | bytes per row held |",
+             "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.system} | {r.samples_per_s:,.0f} | {r.extra['x_single']:.2f} |"
+                     f" {r.extra['bytes_per_row']:,.0f} |")
+    return "\n".join(lines)

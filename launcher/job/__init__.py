@@ -1,0 +1,13 @@
+"""One job's life, from config to run directory.
+
+- ``Job`` (api.py): the Python API; ``JobConfig`` (config.py), with the
+  failure settings in faults.py.
+- ``run_job`` (driver.py): prepare, start, train, summarize.
+- ``Controller`` (controller.py): the watch loop through failures, asking
+  the small policies in policies.py; ``Checkpointer`` (checkpointing.py).
+- placement.py: where actors go; local.py: connecting to Ray.
+- monitor.py, progress.py: history rows and the progress line; report.py,
+  rundir.py: plots and the run directory; wire_summary.py: compression figures.
+- resume.py: ``--resume``; dataprep.py: chunked data prepared on Ray;
+  throttle.py: a slow link emulated on loopback.
+"""

@@ -1,0 +1,103 @@
+"""Checkpointing a running job: a consistent cut of every shard and the data position, and going back to one.
+
+The cut (asp, ssp and bsp alike): every shard is frozen (pushes wait at its
+gate) and says each worker's completed clock; the highest per worker is the
+cut, and each shard lets through exactly the held pushes up to it. Then every
+shard stands at the same clocks, so their states (parameters, optimizer,
+buffers, clocks, push ledger, a bsp round part gathered) and the work queue's
+leases are one consistent picture. The pushes wait only for the copies;
+writing happens after the shards thaw. A worker that dies mid-cut leaves a
+push some shards never get; that cut is abandoned and the next one is tried.
+
+On disk a checkpoint holds ``shard-N`` parts, ``queue`` (the leases, settled
+on restore against the shards' ledgers at the cut) and ``job`` (the config,
+the cut's clocks, the versions, the history so far): see ps/core/checkpoint.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import ray
+
+from .policies import CheckpointSchedule
+from ...ps.core.checkpoint import CheckpointStore
+from ...ps.served import part_name
+
+log = logging.getLogger(__name__)
+
+CALL_S = 30.0
+CUT_S = 2.0  # how long a cut waits for the pushes it needs before it is abandoned (pushes wait that long)
+
+
+class Checkpointer:
+    def __init__(self, root: str, keep: int, schedule: CheckpointSchedule, config: dict,
+                 extra: dict | None = None):
+        """``extra``: parts every checkpoint carries as they are (the job's fitted data state)."""
+        self.root = str(root)
+        self.extra = dict(extra or {})
+        self.store = CheckpointStore(root, keep)
+        self.schedule = schedule
+        self.config = config
+        self.written = 0
+        self.abandoned = 0
+        self.last_step: int | None = None
+        self.pause_s = 0.0  # the longest time pushes waited for a cut
+
+    def due(self, now: float, step: int) -> bool:
+        return self.schedule.due(now, step)
+
+    def next_index(self) -> int:
+        return max(self.store.steps(), default=-1) + 1
+
+    def take(self, shards: list, coordinator, history: list[dict] = (), now: float | None = None) -> int | None:
+        """Cut and write one checkpoint; its index, or None when the cut could not be made."""
+        began = time.monotonic()
+        step = max([r.get("step", 0) for r in history] or [0])
+        self.schedule.taken(began if now is None else now, step)
+        try:
+            seen = ray.get([s.freeze.remote() for s in shards], timeout=CALL_S)
+            cut: dict[int, int] = {}
+            for clocks in seen:
+                for worker, clock in clocks.items():
+                    cut[int(worker)] = max(cut.get(int(worker), 0), clock)
+            if not all(ray.get([s.cut.remote(cut, CUT_S) for s in shards], timeout=CALL_S)):
+                self.abandoned += 1
+                log.warning("checkpoint abandoned: a push of the cut %s never reached every shard", cut)
+                return None
+            states = ray.get([s.state_dict.remote() for s in shards], timeout=CALL_S)
+            queue = ray.get(coordinator.state_dict.remote(), timeout=CALL_S)
+        finally:
+            ray.get([s.thaw.remote() for s in shards], timeout=CALL_S)
+            self.pause_s = max(self.pause_s, time.monotonic() - began)
+        index = self.next_index()
+        parts = {part_name(i): state for i, state in enumerate(states)}
+        parts["queue"] = queue
+        parts.update(self.extra)
+        parts["job"] = {"config": self.config, "clocks": cut, "versions": [s["version"] for s in states],
+                        "history": list(history), "written_at": time.time()}
+        self.store.write(index, parts)
+        self.written += 1
+        self.last_step = index
+        return index
+
+    def rewind(self, index: int, shards: list, coordinator) -> int:
+        """Put the work queue back to checkpoint ``index``, settled against the restored shards'
+        ledgers; the batches that must be trained again (replayed)."""
+        queue = self.store.read(index, only=["queue"])["queue"]
+        applied = merged_ledgers(ray.get([s.ledger.remote() for s in shards], timeout=CALL_S))
+        return ray.get(coordinator.load_state_dict.remote(queue, applied), timeout=CALL_S)
+
+    def history(self, index: int) -> list[dict]:
+        return list(self.store.read(index, only=["job"])["job"].get("history", []))
+
+
+def merged_ledgers(ledgers: list[dict]) -> dict[int, tuple[int, int]]:
+    """worker -> the newest (incarnation, seq) any of the shards' ledgers holds."""
+    out: dict[int, tuple[int, int]] = {}
+    for ledger in ledgers:
+        for w, (inc, seq) in ledger.items():
+            w = int(w)
+            out[w] = max(out.get(w, (inc, seq)), (inc, seq))
+    return out

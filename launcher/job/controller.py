@@ -1,0 +1,385 @@
+"""The controller: the driver's watch loop, which keeps a job alive through failures.
+
+Twice a second it collects finished workers, checks that every shard is the
+same life it was (a Ray restart changes its pid), records a history row,
+looks for stalls, cuts a checkpoint when one is due, fires the chaos knobs
+and follows ``psctl scale``. What to do about a failure or a stall it asks
+small injected policies (launcher/job/policies.py):
+
+- a worker died: it leaves every clock table at once, the work queue takes
+  back what it held but never got applied, and a new incarnation joins at
+  the clock the shards agree on;
+- a shard died: Ray restarts it and it restores the newest valid checkpoint
+  by itself; the controller rolls the other shards and the work queue back
+  to the same cut, has the restarted shard serve where it served, and ends
+  the recovery, on which every worker registers again and carries on;
+- a worker stalled: the report names it, its step, its stack and its node;
+  the stall policy may also replace it or fail the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
+
+from ...errors import JobError, StallError
+from .checkpointing import Checkpointer, merged_ledgers
+from .monitor import Monitor, name_failure
+from .policies import RestartBudget, StallWatch
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.5
+CALL_S = 10.0  # how long a control call to a live actor may take
+STARTUP_S = 60.0  # how long a new worker may take to push its first gradient before it counts as stalled
+
+
+@dataclass
+class WorkerSlot:
+    actor: object
+    incarnation: int
+    ref: object | None = None  # its run() in flight; None once it returned
+    start_clock: int = 0  # the clock it joined at: until it moves, the worker is still starting
+    generation: int = 0  # the work queue's generation it starts in
+    started: float = field(default_factory=time.monotonic)
+
+
+class Controller:
+    def __init__(self, shards: list, coordinator, start_worker: Callable[[int, int], object], initial: dict[int, int],
+                 monitor: Monitor, budget: RestartBudget, stalls: StallWatch,
+                 checkpointer: Checkpointer | None, serve_again: Callable[[int], None],
+                 shard_faults: list = (), say: Callable[[str], None] = print, waits: bool = True):
+        self.shards = shards
+        self.coordinator = coordinator
+        self.start_worker = start_worker
+        self.monitor = monitor
+        self.budget = budget
+        self.stalls = stalls
+        self.checkpointer = checkpointer
+        self.serve_again = serve_again
+        self.shard_faults = list(shard_faults)
+        self.waits = waits  # whether workers wait on each other (ssp, bsp): a stalled one may only be waiting
+        self.say = say
+        self.slots: dict[int, WorkerSlot] = {}
+        self.reports: dict[int, list[dict]] = {}
+        self.lives = [ray.get(s.life.remote(), timeout=CALL_S) for s in shards]
+        self.versions = [0] * len(shards)
+        self.last_ledger: dict[int, tuple[int, int]] = {}  # worker -> (incarnation, last seq), as last seen
+        self.counts: Counter = Counter()  # steps_lost, steps_replayed, rollbacks, replaced, added, removed
+        self.stall_reports: list[dict] = []
+        self.restored_checkpoint: int | None = None
+        self.removed: set[int] = set()
+        self._silent: dict[int, float] = {}  # shard -> when it first did not answer
+        self._silent_reported: set[int] = set()
+        self._wanted = len(initial)
+        self._initial = dict(initial)  # worker -> the incarnation it starts as (> 0: resumed, so it joins)
+
+    # ---- the loop -------------------------------------------------------------------
+
+    def run(self, placement: dict | None = None) -> list[dict]:
+        """Start the workers and keep the job going until every worker is done; their reports.
+        ``placement`` is filled with the node of every shard and initial worker."""
+        for w, incarnation in sorted(self._initial.items()):
+            if incarnation:
+                self._join(w, incarnation, run=False)
+            else:
+                self._launch(w, 0, run=False)
+        # Every actor up before any trains, so the workers start together (as a static job would).
+        where = self._placement()
+        if placement is not None:
+            placement.update(where)
+        for slot in self.slots.values():
+            slot.ref = slot.actor.run.remote(slot.generation)
+            slot.started = time.monotonic()
+        began = self.train_began = time.monotonic()  # training time starts once the workers are up
+        while any(slot.ref is not None for slot in self.slots.values()):
+            self._collect()
+            now = time.monotonic() - began
+            if not self._check_shards():
+                continue  # a shard is restarting or silent: its stats would only wait
+            stats = self._stats()
+            if stats is None:
+                continue
+            row = self.monitor.tick(stats, now)
+            self._watch_stalls(stats)
+            step = row["step"]
+            if self.checkpointer is not None and self.checkpointer.due(now, step):
+                if self.checkpointer.take(self.shards, self.coordinator, self.monitor.history, now=now) is not None:
+                    self.coordinator.record.remote("checkpoint")
+            self._fire_chaos(now, step)
+            self._follow_scale()
+        stats = self._stats()  # a last row: the history ends where training did
+        if stats is not None:
+            self.monitor.tick(stats, time.monotonic() - began)
+        self.monitor.close()
+        return [r for w in sorted(self.reports) for r in self.reports[w]]
+
+    def _placement(self) -> dict:
+        named = [(f"ps-shard-{i}", s) for i, s in enumerate(self.shards)]
+        named += [(f"worker-{w}", slot.actor) for w, slot in sorted(self.slots.items())]
+        try:
+            where = ray.get([actor.where.remote() for _, actor in named], timeout=60)
+        except RayActorError as e:  # an actor died starting up: name it
+            raise name_failure(self.shards, [s.actor for s in self.slots.values()], "the job's start", e) from e
+        return {name: w for (name, _), w in zip(named, where)}
+
+    def _launch(self, worker_id: int, incarnation: int, start_clock: int = 0, run: bool = True) -> None:
+        generation, _ = ray.get(self.coordinator.status.remote(), timeout=CALL_S)
+        actor = self.start_worker(worker_id, incarnation)
+        self.slots[worker_id] = WorkerSlot(actor, incarnation, actor.run.remote(generation) if run else None,
+                                           start_clock, generation)
+
+    def _collect(self) -> None:
+        running = {slot.ref: w for w, slot in self.slots.items() if slot.ref is not None}
+        done, _ = ray.wait(list(running), num_returns=len(running), timeout=TICK_S)
+        for ref in done:
+            worker = running[ref]
+            slot = self.slots[worker]
+            slot.ref = None
+            try:
+                self.reports.setdefault(worker, []).append(ray.get(ref))
+            except RayActorError as e:  # its process is gone: a failure the policy may recover from
+                self._worker_died(worker, slot, e)
+            except Exception as e:  # its own error (bad data, a bug): it would only fail again
+                raise name_failure(self.shards, [s.actor for s in self.slots.values()], f"worker-{worker}", e) from e
+
+    def _stats(self) -> dict | None:
+        try:
+            stats = ray.get([s.stats.remote() for s in self.shards], timeout=CALL_S)
+        except (RayActorError, GetTimeoutError):
+            return None  # a shard is restarting or gone: _check_shards deals with it next tick
+        self.versions = [s["version"] for s in stats]
+        self.last_ledger = merged_ledgers([s["ledger"] for s in stats])
+        return stats[0]
+
+    # ---- workers ----------------------------------------------------------------------
+
+    def _worker_died(self, worker: int, slot: WorkerSlot, error: Exception) -> None:
+        cause = _cause(error)
+        name = f"worker-{worker}"
+        self.say(f"{name} died (incarnation {slot.incarnation}): {cause}")
+        decision = self.budget.on_failure(name, cause)
+        self.coordinator.record.remote("restart", name)
+        # It leaves every clock table at once, so nobody waits for it, whatever comes next.
+        ray.get([s.finish.remote(worker, slot.incarnation) for s in self.shards], timeout=CALL_S)
+        applied = self._applied(worker, slot.incarnation)
+        back = ray.get(self.coordinator.release.remote(worker, {slot.incarnation: applied}), timeout=CALL_S)
+        log.warning("%s: %d of its batches went back to the queue (its pushes up to seq %d were applied)",
+                    name, back, applied)
+        # what it did before it died still counts as its steps
+        self.reports.setdefault(worker, []).append({"worker_id": worker, "incarnation": slot.incarnation,
+                                                    "steps": applied, "samples": 0, "died": True})
+        self.stalls.forget(worker)
+        if decision.action == "give_up":
+            raise self.budget.give_up(decision)
+        self._join(worker, slot.incarnation + 1)
+        self.counts["replaced"] += 1
+
+    def _applied(self, worker: int, incarnation: int) -> int:
+        """The last seq of this incarnation any shard applied (a push that reached some shards is done)."""
+        ledgers = ray.get([s.ledger.remote() for s in self.shards], timeout=CALL_S)
+        return max((lg[worker][1] for lg in ledgers if worker in lg and lg[worker][0] == incarnation), default=0)
+
+    def _join(self, worker: int, incarnation: int, run: bool = True) -> None:
+        """Start ``incarnation`` of ``worker`` at the clock every shard agrees it may start from."""
+        frontier = self._join_shards(worker, incarnation)
+        self._launch(worker, incarnation, frontier, run)
+        log.warning("worker-%d incarnation %d joined at clock %d", worker, incarnation, frontier)
+
+    def _join_shards(self, worker: int, incarnation: int) -> int:
+        """Join ``incarnation`` on every shard at the highest frontier any reports; that clock."""
+        frontier = max(ray.get([s.frontier.remote() for s in self.shards], timeout=CALL_S))
+        ray.get([s.join.remote(worker, incarnation, frontier) for s in self.shards], timeout=CALL_S)
+        return frontier
+
+    # ---- shards -----------------------------------------------------------------------
+
+    def _check_shards(self) -> bool:
+        """Whether every shard answered as the life it was; restarts and silences are dealt with here."""
+        answered = True
+        probes = [s.life.remote() for s in self.shards]
+        ray.wait(probes, num_returns=len(probes), timeout=min(CALL_S, self.stalls.stall_s))
+        for i, probe in enumerate(probes):
+            try:
+                life = ray.get(probe, timeout=0)
+            except ActorDiedError as e:  # Ray will not restart it (again): the budget is spent
+                decision = self.budget.on_failure(f"ps-shard-{i}", _cause(e))
+                if decision.action == "give_up":
+                    raise self.budget.give_up(decision) from e
+                raise JobError(f"ps-shard-{i} died and Ray cannot restart it: {_cause(e)}") from e
+            except ActorUnavailableError:  # restarting: the workers wait for the recovery
+                ray.get(self.coordinator.begin_recovery.remote(), timeout=CALL_S)
+                answered = False
+                continue
+            except GetTimeoutError:  # alive but not answering: a hung shard stalls everyone
+                self._shard_silent(i)
+                answered = False
+                continue
+            self._silent.pop(i, None)
+            if life["pid"] != self.lives[i]["pid"]:
+                self._shard_restarted(i, life)
+        return answered
+
+    def _shard_silent(self, i: int) -> None:
+        since = self._silent.setdefault(i, time.monotonic())
+        stuck = time.monotonic() - since + min(CALL_S, self.stalls.stall_s)
+        if stuck < self.stalls.stall_s or i in self._silent_reported:
+            return
+        self._silent_reported.add(i)
+        text = (f"stall: ps-shard-{i} has not answered for {stuck:.0f} s (pid {self.lives[i]['pid']});"
+                " every worker waits for it")
+        log.error("%s", text)
+        self.say(text)
+        self.stall_reports.append({"shard": i, "stuck_s": round(stuck, 1), "pid": self.lives[i]["pid"],
+                                   "text": text})
+        if self.stalls.action == "fail":
+            raise StallError(text)
+
+    def _shard_restarted(self, i: int, life: dict) -> None:
+        name = f"ps-shard-{i}"
+        ray.get(self.coordinator.begin_recovery.remote(), timeout=CALL_S)
+        cause = f"its process (pid {self.lives[i]['pid']}) died; Ray restarted it as pid {life['pid']}"
+        self.say(f"{name} died: {cause}")
+        decision = self.budget.on_failure(name, cause)
+        self.coordinator.record.remote("restart", name)
+        if decision.action == "give_up":
+            raise self.budget.give_up(decision)
+        self.lives[i] = life
+        step = life["restored"]
+        if step is None or self.checkpointer is None:
+            raise JobError(f"{name} restarted but found no checkpoint to restore")
+        survivors = [s for j, s in enumerate(self.shards) if j != i]
+        # how far every worker had got before the rollback: the survivors know it best
+        survived = ray.get([s.ledger.remote() for s in survivors], timeout=CALL_S)
+        before = merged_ledgers([self.last_ledger, *survived])
+        others = [s.restore.remote(self.checkpointer.root, step) for s in survivors]
+        undone = ray.get(others, timeout=CALL_S)
+        self.serve_again(i)
+        restored = ray.get(self.shards[i].stats.remote(), timeout=CALL_S)["version"]
+        # The dead shard's own count died with it: the most any shard undid, or (one shard) what the
+        # last stats saw it reach.
+        lost = max(undone, default=max(0, self.versions[i] - restored))
+        self.checkpointer.rewind(step, self.shards, self.coordinator)
+        # the batches applied after the cut (as last seen), which the queue now hands out again
+        now = merged_ledgers(ray.get([s.ledger.remote() for s in self.shards], timeout=CALL_S))
+        replayed = sum(max(0, seq - now[w][1]) for w, (inc, seq) in before.items()
+                       if w in now and now[w][0] == inc)
+        self._reconcile()
+        self.counts["rollbacks"] += 1
+        self.counts["steps_lost"] += lost
+        self.counts["steps_replayed"] += replayed
+        self.restored_checkpoint = step
+        self.say(f"{name}: restored checkpoint {step}; every shard rolled back to it, {replayed} batches"
+                 " go round again")
+        ray.get(self.coordinator.end_recovery.remote(), timeout=CALL_S)
+
+    def _reconcile(self) -> None:
+        """After a rollback, make the restored clock tables match the workers that are really there."""
+        ledgers = ray.get([s.ledger.remote() for s in self.shards], timeout=CALL_S)
+        restored = {w for lg in ledgers for w in lg}
+        for w in restored - set(self.slots):  # not running any more (removed): nobody may wait for it
+            ray.get([s.finish.remote(w) for s in self.shards], timeout=CALL_S)
+        for w, slot in self.slots.items():
+            if slot.ref is None and w not in self.removed:  # it had finished: its data after the cut comes back
+                ray.get([s.finish.remote(w) for s in self.shards], timeout=CALL_S)
+                self._join(w, slot.incarnation + 1)
+            elif slot.ref is not None and any(lg.get(w, (None,))[0] != slot.incarnation for lg in ledgers):
+                self._join_shards(w, slot.incarnation)
+            elif slot.ref is None:
+                ray.get([s.finish.remote(w) for s in self.shards], timeout=CALL_S)
+
+    # ---- stalls, chaos, scaling ---------------------------------------------------------
+
+    def _watch_stalls(self, stats: dict) -> None:
+        now = time.monotonic()
+        running = {int(w): c for w, c in stats["clocks"].items()
+                   if int(w) in self.slots and self.slots[int(w)].ref is not None}
+        clocks = {w: c for w, c in running.items() if self._watched(w, c, now)}
+        stalled = self.stalls.observe(now, clocks)
+        if not stalled:
+            return
+        if self.waits:
+            # Under ssp and bsp the others stop too, held by the bound: only the worker furthest back blocks
+            # them (and if that is one still starting, the rest are only waiting for it).
+            lowest = min(running.values())
+            blockers = [w for w in stalled if clocks[w] == lowest]
+        else:
+            blockers = list(stalled)
+        for worker in blockers:
+            report = self._stall_report(worker, stalled[worker], clocks)
+            self.stall_reports.append(report)
+            self.monitor.note_stall(report)
+            self.coordinator.record.remote("stall", f"worker-{worker}", report["stuck_s"])
+            self.say(report["text"])
+            if self.stalls.action == "fail":
+                raise StallError(report["text"])
+            if self.stalls.action == "replace":
+                ray.kill(self.slots[worker].actor)  # collected as a death next tick, within the budget
+
+    def _watched(self, worker: int, clock: int, now: float) -> bool:
+        """Running, and past its start: building a model and connecting may take longer than stall_s."""
+        slot = self.slots.get(worker)
+        if slot is None or slot.ref is None:
+            return False
+        return clock > slot.start_clock or now - slot.started > STARTUP_S + self.stalls.stall_s
+
+    def _stall_report(self, worker: int, stuck: float, clocks: dict[int, int]) -> dict:
+        slot = self.slots[worker]
+        try:
+            doing = ray.get(slot.actor.stack.remote(), timeout=2.0)
+        except Exception as e:  # noqa: BLE001 - a hung process may not even answer this
+            doing = {"stack": f"(no answer: {type(e).__name__})", "clock": clocks.get(worker)}
+        waiting = sorted(w for w, c in clocks.items() if w != worker and c > clocks[worker])
+        text = (f"stall: worker-{worker} has not pushed for {stuck:.0f} s, at step {clocks[worker]}"
+                f" (pid {doing.get('pid')}, node {doing.get('node_ip')})"
+                + (f"; workers {waiting} are ahead of it" if waiting else "")
+                + f". It is in:\n{doing.get('stack', '').rstrip()}")
+        log.error("%s", text)
+        return {"worker": worker, "step": clocks[worker], "stuck_s": round(stuck, 1), "waiting": waiting,
+                "pid": doing.get("pid"), "node": doing.get("node_ip"), "stack": doing.get("stack"), "text": text}
+
+    def _fire_chaos(self, now: float, step: int) -> None:
+        for kind, fault in list(self.shard_faults):
+            if (fault.seconds and now >= fault.at) or (not fault.seconds and step >= fault.at):
+                self.shard_faults.remove((kind, fault))
+                self.say(f"chaos: {'SIGKILL of' if kind == 'kill' else 'hang of'} {fault.actor} at step {step},"
+                         f" {now:.1f} s")
+                shard = self.shards[fault.index]
+                (shard.die if kind == "kill" else shard.hang).remote()
+
+    def _follow_scale(self) -> None:
+        """Act on a new ``psctl scale`` request (only a change: workers that finish are not replaced)."""
+        wanted = ray.get(self.coordinator.get_wanted.remote(), timeout=CALL_S)
+        if wanted == self._wanted:
+            return
+        self._wanted = wanted
+        running = sorted(w for w, s in self.slots.items() if s.ref is not None and w not in self.removed)
+        if wanted > len(running):
+            for _ in range(wanted - len(running)):
+                worker = max(self.slots) + 1
+                self._join(worker, 0)
+                self.counts["added"] += 1
+                self.say(f"scale: worker-{worker} joined ({wanted} wanted)")
+        elif 0 < wanted < len(running):
+            for worker in running[wanted:]:
+                self.removed.add(worker)
+                ray.get(self.coordinator.remove.remote(worker), timeout=CALL_S)
+                self.counts["removed"] += 1
+                self.say(f"scale: worker-{worker} leaves after its current unit ({wanted} wanted)")
+
+
+def _cause(error: Exception) -> str:
+    """One line on what killed an actor: Ray's own messages run to a paragraph."""
+    cause = getattr(error, "cause", None) or error
+    text = " ".join(str(cause).split())
+    for marker in ("Worker exit detail:", "The actor is dead because"):
+        if marker in text:  # the part that says how it died, up to its first full stop
+            text = text[text.index(marker):]
+            break
+    return f"{type(cause).__name__}: {text.split('. ')[0][:200]}"

@@ -1,0 +1,102 @@
+"""The worker's side of sparse tables: route ids to their shards, pull rows, push row gradients.
+
+Rows are hashed to shards by ``id % num_shards`` (ps/sparse/row_store.py). A
+``SparseRows`` splits a batch's unique ids by shard, asks every shard that
+holds some of them at once through the job's transport, and puts the answers
+back in the order asked. Pushes go to *every* shard every step, empty where
+the batch touched none of its rows, so each table's clocks move on
+everywhere. A push is sent without waiting; the next push (or ``flush``)
+waits for it first, so a worker's pushes of one table reach each shard in
+clock order whatever the transport.
+
+Every transport implements the two per-shard calls this uses (ps/transport/contract.py):
+``sparse_pull(table, ids_per_shard, clock)`` and
+``sparse_push_async(table, clock, ids_per_shard, grads_per_shard, num_samples)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..transport.contract import Pending
+
+
+def split_by_shard(ids: np.ndarray, num_shards: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``ids`` grouped by shard: the permutation that groups them, and each shard's ids."""
+    if num_shards == 1:
+        return np.arange(len(ids)), [ids]
+    owner = ids % num_shards
+    order = np.argsort(owner, kind="stable")
+    cuts = np.cumsum(np.bincount(owner, minlength=num_shards))[:-1]
+    return order, np.split(ids[order], cuts)
+
+
+def rows_by_shard(ids: np.ndarray, num_shards: int, dim: int, ask) -> np.ndarray:
+    """The rows of ``ids`` in their order: ``ask(ids_per_shard)`` returns each shard's rows (None for a
+    shard asked no ids), and they are put back where their ids stood."""
+    order, parts = split_by_shard(ids, num_shards)
+    out = np.empty((len(ids), dim), np.float32)
+    if len(ids):
+        out[order] = np.concatenate([a for a in ask(parts) if a is not None])
+    return out
+
+
+class SparseRows:
+    """Pulls and pushes for every sparse table of one worker, over one transport."""
+
+    def __init__(self, transport, num_shards: int, dims: dict[str, int], compressor=None):
+        self.transport = transport
+        self.compressor = compressor  # a ps.compressor.RowCompressor when the job compresses its pushes
+        self.num_shards = num_shards
+        self.dims = dims
+        self.clock = 0  # the iteration the model is computing: what pulls wait for
+        self._pushing: Pending | None = None
+        self.rows_pulled = self.rows_pushed = 0
+
+    def pull(self, table: str, ids: np.ndarray) -> np.ndarray:
+        """The rows ``ids`` (unique, int64) of ``table`` for the current iteration."""
+        out = rows_by_shard(ids, self.num_shards, self.dims[table],
+                            lambda parts: self.transport.sparse_pull(table, parts, self.clock))
+        self.rows_pulled += len(ids)
+        return out
+
+    def push(self, clock: int, grads: dict[str, tuple[np.ndarray, np.ndarray]], num_samples: int) -> None:
+        """Send iteration ``clock``'s row gradients of every table (``{table: (ids, grads)}``; a table
+        absent or empty still gets its empty push on every shard)."""
+        self.flush()
+        pending = []
+        for table, dim in self.dims.items():
+            ids, rows = grads.get(table, (np.zeros(0, np.int64), np.zeros((0, dim), np.float32)))
+            if self.compressor is not None:  # topk picks the rows to send (and holds the rest)
+                ids, rows = self.compressor.select(table, ids, rows)
+            order, id_parts = split_by_shard(ids, self.num_shards)
+            sorted_rows = rows[order]
+            cuts = np.cumsum([len(p) for p in id_parts])[:-1]
+            row_parts = np.split(sorted_rows, cuts)
+            if self.compressor is not None:
+                row_parts = [self.compressor.encode(part) for part in row_parts]
+            pending.append(self.transport.sparse_push_async(table, clock, id_parts, row_parts, num_samples))
+            self.rows_pushed += len(ids)
+        self._pushing = Pending(lambda: [p.wait() for p in pending])
+
+    def flush(self) -> None:
+        """Wait for the push in flight (and raise its error)."""
+        pushing, self._pushing = self._pushing, None
+        if pushing is not None:
+            pushing.wait()
+
+    def drop(self) -> None:
+        """Forget the push in flight (after a failure, when the worker registers again)."""
+        self._pushing = None
+
+
+class ShardLookups:
+    """Rows as the shards hold them now, for evaluation on the driver: no clock, nothing created."""
+
+    def __init__(self, shards: list, dims: dict[str, int]):
+        self.shards, self.dims = shards, dims
+
+    def pull(self, table: str, ids: np.ndarray) -> np.ndarray:
+        import ray
+        return rows_by_shard(ids, len(self.shards), self.dims[table], lambda parts: ray.get(
+            [s.sparse_lookup.remote(table, p) for s, p in zip(self.shards, parts)]))

@@ -1,0 +1,351 @@
+"""One sparse embedding table's part on one shard: rows, row-wise optimizer, clocks and consistency.
+
+A shard (ps/core/shard.py) holds its dense range and any number of these, by name.
+Each table has its own consistency mode, independent of the dense table's
+(for example dense bsp and embeddings ssp, as the largest recommender systems
+run), and keeps its own clock table: every worker pushes every table on every
+shard once per step (an empty push when its batch touched no row there), so a
+table's clocks say exactly which step's sparse gradients it has.
+
+- ``asp``: a push is applied as it arrives.
+- ``ssp(s)``: a pull for iteration t waits until every live worker has pushed
+  this table's iteration t - s - 1.
+- ``bsp``: the pushes of one clock are gathered from every live worker, the
+  sample-weighted sum of their row gradients is applied once, and a pull for
+  iteration t waits for round t - 1.
+
+A push's ``(worker, incarnation, clock)`` is applied at most once: a clock at
+or below the worker's completed one is a duplicate, one that skips ahead is a
+protocol error. Staleness is the table's version when the push is applied
+minus its version when that worker last pulled.
+
+Memory: the frequency filter (``min_touches``) creates a row only once it was
+pulled that many times (until then it reads as zeros and its gradients are
+dropped and counted); eviction (``evict_after``) removes rows no pull or push
+touched in that many of the table's updates, swept every quarter of that.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ...errors import OutOfOrderError, ShapeError
+from ..core.consistency import ClockTable, ConsistencyConfig, ConsistencyPolicy
+from .row_optimizers import RowOptimizerConfig, make_row_optimizer
+from .row_store import INITIALIZERS, RowStore, initial_rows
+from ...settings import number, require
+
+
+class UnknownTableError(ShapeError, KeyError):
+    """A sparse call named a table the shard does not hold."""
+
+
+class SparseInputError(ShapeError):
+    """Ids or row gradients a table refuses; ``reason`` names the check for the shard's counters."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):  # two arguments, so it crosses between actors intact
+        return type(self), (str(self), self.reason)
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    """A sparse table: its shape (from the model's module) and how the shards train it."""
+
+    name: str
+    num_embeddings: int
+    dim: int
+    optimizer: RowOptimizerConfig = field(default_factory=RowOptimizerConfig)
+    consistency: ConsistencyConfig = field(default_factory=lambda: ConsistencyConfig("asp"))
+    init: str = "normal"
+    init_scale: float = 1.0  # normal: the std; uniform: the bound
+    min_touches: int = 1  # the frequency filter: a row is created at its N-th pull
+    evict_after: int | None = None  # drop rows unseen for this many of the table's updates
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.name, str) and self.name != "", f"table name ({self.name!r}) must be a string")
+        number(self.num_embeddings, f"table {self.name!r} num_embeddings", minimum=1, integer=True)
+        number(self.dim, f"table {self.name!r} dim", minimum=1, integer=True)
+        require(self.init in INITIALIZERS, f"table {self.name!r} init ({self.init!r}) must be one of"
+                f" {', '.join(INITIALIZERS)}")
+        number(self.init_scale, f"table {self.name!r} init_scale", minimum=0)
+        number(self.min_touches, f"table {self.name!r} min_touches", minimum=1, integer=True)
+        if self.evict_after is not None:
+            number(self.evict_after, f"table {self.name!r} evict_after", minimum=1, integer=True)
+        require(self.consistency.quorum is None, f"table {self.name!r}: a sparse table has no backup workers"
+                " (quorum)")
+        require(not (self.optimizer.name == "ftrl" and self.init != "zeros"),
+                f"table {self.name!r}: ftrl derives its weights from its state, so it starts at zero"
+                f" (init 'zeros', not {self.init!r})")
+
+
+def untrained_rows(config: TableConfig, ids: np.ndarray) -> np.ndarray:
+    """How rows no pull created read: as they would start, or zeros behind a frequency filter."""
+    if config.min_touches > 1:
+        return np.zeros((len(ids), config.dim), np.float32)
+    return initial_rows(ids, config.dim, config.init, config.init_scale, config.seed, config.name)
+
+
+class SparseTable:
+    def __init__(self, config: TableConfig, shard_id: int, num_shards: int, worker_ids):
+        self.config = config
+        self.shard_id, self.num_shards = shard_id, num_shards
+        self.optimizer = make_row_optimizer(config.optimizer)
+        local_rows = (config.num_embeddings - shard_id + num_shards - 1) // num_shards
+        self.store = RowStore(local_rows, config.dim, self.optimizer._spec())
+        self.touches = np.zeros(local_rows, np.uint16) if config.min_touches > 1 else None
+        self.policy = ConsistencyPolicy(config.consistency)
+        self.clocks = ClockTable(worker_ids)
+        self.joined_at = {int(w): 0 for w in worker_ids}
+        self.round_clock = 1
+        self.round: dict[int, tuple[np.ndarray, np.ndarray, int, int]] = {}
+        self.version = 0
+        self.pulled_at: dict[int, int] = {}
+        self.counters = Counter()
+        self.staleness = Counter()
+        self.max_lead = 0
+        self.wait_s = Counter()
+
+    def __repr__(self) -> str:
+        return f"table {self.config.name!r} on ps-shard-{self.shard_id}"
+
+    @property
+    def mode(self) -> str:
+        return self.config.consistency.mode
+
+    # ---- checks: nothing malformed reaches the state -------------------------------
+
+    def check_ids(self, ids: object) -> np.ndarray:
+        if not isinstance(ids, np.ndarray) or ids.dtype != np.int64 or ids.ndim != 1:
+            shown = f"{ids.dtype} of shape {ids.shape}" if isinstance(ids, np.ndarray) else type(ids).__name__
+            raise SparseInputError(f"{self!r}: ids must be a 1-D int64 array, got {shown}", "ids_type")
+        if len(ids):
+            low, high = int(ids.min()), int(ids.max())
+            if low < 0 or high >= self.config.num_embeddings:
+                bad = low if low < 0 else high
+                raise SparseInputError(f"{self!r}: id {bad} is out of range [0, {self.config.num_embeddings})",
+                                       "id_range")
+            if self.num_shards > 1:
+                wrong = ids[ids % self.num_shards != self.shard_id]
+                if len(wrong):
+                    raise SparseInputError(f"{self!r}: id {int(wrong[0])} belongs to ps-shard-"
+                                           f"{int(wrong[0]) % self.num_shards}, not this one", "wrong_shard")
+        return ids
+
+    def check_grads(self, ids: np.ndarray, grads: object) -> np.ndarray:
+        shape = (len(ids), self.config.dim)
+        if not isinstance(grads, np.ndarray) or grads.dtype != np.float32 or grads.shape != shape:
+            shown = f"{grads.dtype} of shape {grads.shape}" if isinstance(grads, np.ndarray) else type(grads).__name__
+            raise SparseInputError(f"{self!r}: row gradients must be float32 of shape {shape}, got {shown}",
+                                   "rows_shape")
+        if not np.isfinite(grads).all():
+            bad = int(np.count_nonzero(~np.isfinite(grads)))
+            raise SparseInputError(f"{self!r}: row gradients hold {bad} NaN or Inf values; gradients must be"
+                                   " finite", "non_finite")
+        return grads
+
+    # ---- consistency --------------------------------------------------------------
+
+    def ready(self, clock: int) -> bool:
+        if clock <= 0 or self.mode == "asp":
+            return True
+        if self.mode == "bsp":
+            return self.round_clock >= clock
+        return self.policy.admits(self.clocks, clock)
+
+    def admitted(self, worker_id: int, clock: int, waited: float) -> None:
+        if waited:
+            self.wait_s[worker_id] += waited
+        if clock > 0 and self.clocks.is_live(worker_id):
+            self.max_lead = max(self.max_lead, self.policy.lead(self.clocks, clock))
+
+    def join(self, worker_id: int, clock: int) -> None:
+        self.clocks.join(worker_id, clock)
+        self.joined_at[worker_id] = clock
+        self.maybe_step_round()
+
+    def leave(self, worker_id: int) -> None:
+        self.clocks.leave(worker_id)
+        self.maybe_step_round()
+
+    # ---- pulls and pushes ---------------------------------------------------------
+
+    def rows(self, ids: np.ndarray, worker_id: int | None = None) -> np.ndarray:
+        """The rows ``ids`` (checked), created on first touch; a worker's pull counts as a touch, and
+        its version is what that worker's next push is stale against. ``worker_id`` None: a read
+        for evaluation, which creates nothing and counts nothing (absent rows read as they would start)."""
+        store, c = self.store, self.config
+        local = ids // self.num_shards
+        slots = store.slots(local)
+        absent = slots < 0
+        out = np.empty((len(ids), c.dim), np.float32)
+        out[~absent] = store.weights[slots[~absent]]
+        if absent.any():
+            missing = ids[absent]
+            if worker_id is None:
+                out[absent] = untrained_rows(c, missing)
+            else:
+                out[absent] = self._touch_new(missing)
+                slots = store.slots(local)  # those created now
+        if worker_id is not None:
+            seen = slots[slots >= 0]
+            store.last_seen[seen] = self.version
+            self.pulled_at[worker_id] = self.version
+            self.counters["rows_pulled"] += len(ids)
+        return out
+
+    def _touch_new(self, missing: np.ndarray) -> np.ndarray:
+        """Rows pulled that are not here: created now, or (frequency filter) counted and read as zeros."""
+        c = self.config
+        unique = np.unique(missing)
+        create = unique
+        if self.touches is not None:
+            local = unique // self.num_shards
+            counts = np.minimum(self.touches[local].astype(np.int64) + 1, np.iinfo(np.uint16).max)
+            self.touches[local] = counts
+            create = unique[counts >= c.min_touches]
+            self.counters["rows_filtered"] += len(unique) - len(create)
+        values = initial_rows(create, c.dim, c.init, c.init_scale, c.seed, c.name)
+        self.store.create(create // self.num_shards, create, values, self.version)
+        self.counters["rows_created"] += len(create)
+        if self.touches is not None:
+            self.touches[create // self.num_shards] = 0
+        out = np.zeros((len(missing), c.dim), np.float32)
+        if len(create):
+            where = np.searchsorted(create, missing)
+            hit = (where < len(create)) & (create[np.minimum(where, len(create) - 1)] == missing)
+            out[hit] = values[where[hit]]
+        return out
+
+    def push(self, worker_id: int, clock: int, ids: np.ndarray, grads: np.ndarray, num_samples: int) -> str:
+        """Apply (or gather into the bsp round) one worker's row gradients of iteration ``clock``.
+        ``ids`` and ``grads`` are checked; returns the outcome, as a dense push's."""
+        completed = self.clocks.completed(worker_id)
+        if clock <= completed:
+            self.counters["duplicates"] += 1
+            return "duplicate"
+        if clock > completed + 1:
+            raise OutOfOrderError(f"{self!r}: worker {worker_id} pushed clock {clock}, but its next clock is"
+                                  f" {completed + 1}; a push's clock may not skip ahead")
+        pulled = self.pulled_at.get(worker_id, self.version)
+        outcome = "applied"
+        if self.mode == "bsp":
+            if clock < self.round_clock:
+                self.counters["pushes_dropped"] += 1
+                outcome = "stale"
+            elif clock > self.round_clock:
+                raise OutOfOrderError(f"{self!r}: worker {worker_id} pushed clock {clock} while clock"
+                                      f" {self.round_clock} is still being gathered")
+            else:
+                self.round[worker_id] = (ids.copy(), grads.copy(), int(num_samples), pulled)
+        else:
+            self._apply(ids, grads, [self.version - pulled])
+        self.clocks.advance(worker_id, clock)
+        self.counters["rows_pushed"] += len(ids)
+        self.maybe_step_round()
+        return outcome
+
+    def maybe_step_round(self) -> None:
+        if self.mode != "bsp" or not self.round:
+            return
+        expected = {w for w in self.clocks.live if self.joined_at.get(w, 0) < self.round_clock}
+        if not expected <= self.round.keys():
+            return
+        workers = sorted(self.round)  # worker order: a bsp run is reproducible bit for bit
+        pending = [self.round[w] for w in workers]
+        total = sum(p[2] for p in pending) or 1
+        ids = np.concatenate([p[0] for p in pending])
+        grads = np.concatenate([p[1] * np.float32(p[2] / total) if len(pending) > 1 else p[1] for p in pending])
+        self._apply(ids, grads, [self.version - p[3] for p in pending])
+        self.round.clear()
+        self.round_clock += 1
+
+    def _apply(self, ids: np.ndarray, grads: np.ndarray, staleness: list[int]) -> None:
+        """One update of the rows ``ids`` (the table's lr; divided by the staleness if so configured)."""
+        lr = float(self.config.optimizer.lr)
+        if self.config.consistency.staleness_aware_lr:
+            lr /= max(1, max(staleness))
+        self.counters["pushes_applied"] += len(staleness)
+        self.staleness.update(staleness)
+        if len(ids):
+            unique, inverse = np.unique(ids, return_inverse=True)
+            if len(unique) != len(ids):  # duplicate ids (several workers in a bsp round): one row, summed
+                summed = np.zeros((len(unique), grads.shape[1]), np.float32)
+                np.add.at(summed, inverse, grads)
+                ids, grads = unique, summed
+            slots = self.store.slots(ids // self.num_shards)
+            here = slots >= 0
+            if not here.all():  # filtered or evicted since the pull: nothing to update
+                self.counters["rows_dropped"] += int(np.count_nonzero(~here))
+                slots, grads = slots[here], grads[here]
+            store = self.store
+            w = store.weights[slots]
+            state = {k: v[slots] for k, v in store.state.items()}
+            self.optimizer.step(w, grads, state, lr)
+            store.weights[slots] = w
+            for k, v in state.items():
+                store.state[k][slots] = v
+            store.last_seen[slots] = self.version
+        self.version += 1
+        after = self.config.evict_after
+        if after is not None and self.version % max(1, after // 4) == 0:
+            self.counters["rows_evicted"] += self.store.evict_unseen(self.version - after, self.num_shards)
+
+    # ---- what the driver reads, and checkpoints -------------------------------------
+
+    def stats(self) -> dict:
+        return {"rows": self.store.count, "bytes": self.store.nbytes, "row_bytes": self.store.row_bytes,
+                "version": self.version, "mode": self.mode, "clocks": self.clocks.snapshot(),
+                "staleness_histogram": {int(k): v for k, v in sorted(self.staleness.items())},
+                "max_clock_gap": self.max_lead, "wait_s": {int(k): round(v, 4) for k, v in self.wait_s.items()},
+                **{k: int(v) for k, v in self.counters.items()}}
+
+    def state_dict(self) -> dict:
+        touched = np.flatnonzero(self.touches) if self.touches is not None else np.zeros(0, np.int64)
+        return {
+            "name": self.config.name, "store": self.store.state_dict(), "version": self.version,
+            "clocks": self.clocks.state_dict(), "joined_at": dict(self.joined_at), "round_clock": self.round_clock,
+            "round": {w: {"ids": p[0].copy(), "grads": p[1].copy(), "num_samples": p[2], "pulled": p[3]}
+                      for w, p in self.round.items()},
+            "pulled_at": dict(self.pulled_at),
+            "touched": touched, "touches": self.touches[touched].copy() if self.touches is not None else touched,
+            "counters": dict(self.counters), "staleness": dict(self.staleness), "max_lead": self.max_lead,
+            "wait_s": dict(self.wait_s),
+        }
+
+    def check_state(self, state: dict) -> None:
+        """Raise ShapeError unless ``state`` is a state of this table (its name, dim and ids)."""
+        if state.get("name") != self.config.name:
+            raise ShapeError(f"{self!r}: the state is table {state.get('name')!r}'s")
+        weights, ids = state["store"]["weights"], np.asarray(state["store"]["ids"])
+        if weights.ndim != 2 or weights.shape[1] != self.config.dim or len(ids) != len(weights):
+            raise ShapeError(f"{self!r}: stored rows have shape {weights.shape} for {len(ids)} ids; dim must be"
+                             f" {self.config.dim}")
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.config.num_embeddings
+                         or (ids % self.num_shards != self.shard_id).any()):
+            raise ShapeError(f"{self!r}: the state holds ids that are not this shard's rows")
+
+    def load_state_dict(self, state: dict) -> None:
+        self.check_state(state)
+        clocks = ClockTable([])
+        clocks.load_state_dict(state["clocks"])
+        self.store.load_state_dict(state["store"], self.num_shards)
+        self.clocks = clocks
+        self.version = int(state["version"])
+        self.joined_at = {int(w): int(c) for w, c in state["joined_at"].items()}
+        self.round_clock = int(state["round_clock"])
+        self.round = {int(w): (np.array(p["ids"], np.int64), np.array(p["grads"], np.float32),
+                               int(p["num_samples"]), int(p["pulled"])) for w, p in state["round"].items()}
+        self.pulled_at = {int(w): int(v) for w, v in state["pulled_at"].items()}
+        if self.touches is not None:
+            self.touches = np.zeros(self.store.local_rows, np.uint16)
+            self.touches[np.asarray(state["touched"], np.int64)] = state["touches"]
+        self.counters, self.staleness = Counter(state["counters"]), Counter(state["staleness"])
+        self.max_lead, self.wait_s = int(state["max_lead"]), Counter(state["wait_s"])

@@ -1,0 +1,129 @@
+"""The transport seam: the one interface a worker sees, whatever carries its bytes.
+
+The driver picks a transport and hands each worker a ``TransportSpec`` (a
+small picklable description: shard handles, addresses, segment names). The
+worker calls ``spec.connect(worker_id)`` once and from then on talks to a
+``Transport``; it never branches on which one it got.
+
+Every ``Transport`` keeps one contract, checked by one suite
+(tests/test_transports.py) against each implementation:
+
+- ``register(params_out, buffers_out=None)``: the initial parameters (and
+  merged model buffers) into the caller's arrays.
+- ``push_pull_async(clock, grads, params_out, num_samples, loss, buffers=None,
+  buffers_out=None, ahead=0) -> Pending``: send the gradient of iteration
+  ``clock`` (and the worker's buffers) to every shard. ``grads`` and
+  ``buffers`` are read before it returns, so the caller may overwrite them at
+  once; ``params_out`` and ``buffers_out`` must be left alone until
+  ``Pending.wait()`` returns, when they hold the parameters for iteration
+  ``clock + 1 + ahead``. ``ahead`` is how many iterations the caller will
+  compute before it waits on the next push: the shards admit it to iteration
+  ``clock + 1 + ahead`` under the consistency bound, so computing ahead never
+  breaks the bound.
+- ``push_pull(...)``: the same, waited on.
+- ``finish()``: leave every shard's clock table, so nobody waits for this worker.
+- ``sparse_pull(table, ids_per_shard, clock) -> list``: each shard's rows of a
+  sparse table for its ids (int64, hashed to it), asked of all at once; None
+  for a shard asked no ids. Waits as the table's consistency mode says for
+  iteration ``clock``. ps/sparse/client.py routes ids and reassembles.
+- ``sparse_push_async(table, clock, ids_per_shard, grads_per_shard,
+  num_samples) -> Pending``: the summed row gradients of iteration ``clock``
+  to every shard (an empty push where there are none); read before it returns.
+- ``fills_on_wait``: whether ``params_out`` is written only inside ``wait()``.
+
+Compression (the job's ``compression`` section, ps/compression/encoding.py): ``grads``
+may be an ``Encoded`` (one uint8 blob per shard, protos/compression.py) and a
+sparse push's rows an ``EncodedRows``. A transport carries the blob as it
+would the float32 slice, and the shard decodes it; ``shard_payloads`` gives a
+client each shard's part either way.
+
+Implementations: ``RayTransport`` (the object store, ps/transport/object_store.py),
+``GrpcEndpoints`` (ps/transport/grpc_client.py) and ``ShmEndpoints`` (same-node shared
+memory, ps/transport/shm_client.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A compressed dense gradient: one blob per shard, in shard order."""
+
+    blobs: tuple[np.ndarray, ...]
+    codec: str
+
+
+@dataclass(frozen=True)
+class EncodedRows:
+    """A compressed sparse push to one shard: ``count`` rows of ``dim`` values as one blob."""
+
+    blob: np.ndarray
+    count: int
+    dim: int
+    codec: str
+
+
+def shard_payloads(grads, ranges) -> list[np.ndarray]:
+    """What each shard is sent of a gradient: its blob when compressed, else its float32 slice."""
+    if isinstance(grads, Encoded):
+        if len(grads.blobs) != len(ranges):
+            raise ValueError(f"{len(grads.blobs)} compressed blobs for {len(ranges)} shards")
+        return list(grads.blobs)
+    return [grads[r.lo:r.hi] for r in ranges]
+
+
+class Pending:
+    """A push-pull in flight; ``wait()`` finishes it (once) and re-raises its error."""
+
+    def __init__(self, finish: Callable[[], None]):
+        self._finish: Callable[[], None] | None = finish
+
+    def wait(self) -> None:
+        finish, self._finish = self._finish, None
+        if finish is not None:
+            finish()
+
+
+class Transport(Protocol):
+    name: str
+    #: True when ``params_out`` is written only inside ``Pending.wait()`` (never while the
+    #: caller computes), so an overlapping worker may receive straight into its parameters.
+    fills_on_wait: bool
+
+    def register(self, params_out: np.ndarray, buffers_out: np.ndarray | None = None) -> None: ...
+
+    def push_pull_async(self, clock: int, grads: np.ndarray, params_out: np.ndarray, num_samples: int,
+                        loss: float, buffers: np.ndarray | None = None, buffers_out: np.ndarray | None = None,
+                        ahead: int = 0) -> Pending: ...
+
+    def push_pull(self, clock: int, grads: np.ndarray, params_out: np.ndarray, num_samples: int, loss: float,
+                  buffers: np.ndarray | None = None, buffers_out: np.ndarray | None = None,
+                  ahead: int = 0) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def sparse_pull(self, table: str, ids_per_shard: list[np.ndarray], clock: int) -> list: ...
+
+    def sparse_push_async(self, table: str, clock: int, ids_per_shard: list[np.ndarray],
+                          grads_per_shard: list[np.ndarray], num_samples: int) -> Pending: ...
+
+
+class TransportSpec(Protocol):
+    """What the driver sends a worker: enough to connect, nothing that must be reopened."""
+
+    name: str
+
+    def connect(self, worker_id: int) -> Transport: ...
+
+
+class BlockingPushPull:
+    """Mixin: ``push_pull`` as ``push_pull_async(...).wait()``."""
+
+    def push_pull(self, clock, grads, params_out, num_samples, loss, buffers=None, buffers_out=None,
+                  ahead: int = 0) -> None:
+        self.push_pull_async(clock, grads, params_out, num_samples, loss, buffers, buffers_out, ahead).wait()

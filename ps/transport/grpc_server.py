@@ -1,0 +1,334 @@
+"""The gRPC front of a ParameterShard (protos/ps.proto), on the shard's own event loop.
+
+``start_grpc_server`` serves one shard with ``grpc.aio`` on the running event
+loop: inside a Ray async actor that is the actor's loop, so gRPC handlers and
+Ray calls interleave on one thread and the shard needs no locks. The actor
+class that serves it is ``ServedShard`` (ps/served.py).
+
+Every handler first checks the bearer token (UNAUTHENTICATED) and whether the
+server is shutting down (UNAVAILABLE). Requests are parsed by our own
+deserializer, so bytes that are no message of the protocol become a clear
+INVALID_ARGUMENT instead of a gRPC internal error. Every refusal is counted by
+reason in the shard's stats, and none of them changes the shard's state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import AsyncIterator, Callable
+
+import grpc
+import numpy as np
+import msgpack
+from google.protobuf.message import DecodeError
+
+from ...protos import ps_pb2
+from ...protos.names import BUFFERS, PROTOCOL, SERVER_OPTIONS, SERVICE, TENSOR
+from ...protos.codec import (BLOB_DTYPE, BUFFER_DTYPE, CHUNK_BYTES, Assembler, WireError, decode_ids, decode_rows,
+                                encode_chunks, parse_chunk)
+from .allocator import keep_freed_memory
+from ..core.consistency import UnknownWorkerError
+from ...errors import LeftJobError, OutOfOrderError, RolledBackError, ShapeError, TransportError
+from .grpc_security import TLSConfig, TokenAuth
+from ..core.shard import ParameterShard
+from ..sparse.table import SparseInputError, UnknownTableError
+
+log = logging.getLogger(__name__)
+
+OUTCOMES = {"applied": ps_pb2.PushReply.APPLIED, "duplicate": ps_pb2.PushReply.DUPLICATE,
+            "stale": ps_pb2.PushReply.STALE}
+
+
+class _Malformed:
+    """What our deserializer hands a handler for bytes that are not a message."""
+
+    def __init__(self, kind: str, error: Exception):
+        self.message = f"request is not a valid {kind} message: {error}"
+
+
+def _parser(message_cls, from_bytes: Callable[[bytes], object] | None = None) -> Callable[[bytes], object]:
+    from_bytes = from_bytes or message_cls.FromString
+
+    def parse(data: bytes):
+        try:
+            return from_bytes(data)
+        except (DecodeError, ValueError) as e:
+            return _Malformed(message_cls.__name__, e)
+    return parse
+
+
+def _serialize_chunk(chunk) -> bytes:
+    """Chunks leave the handlers already encoded (``encode_chunks``); a message is serialized."""
+    return chunk if isinstance(chunk, bytes) else chunk.SerializeToString()
+
+
+class ShardServicer:
+    def __init__(self, shard: ParameterShard, auth: TokenAuth, chunk_bytes: int = CHUNK_BYTES):
+        self.shard = shard
+        self.auth = auth
+        self.chunk_bytes = chunk_bytes
+        self.closing = False
+        self._spare: dict[int, Assembler] = {}  # receive buffers, reused per worker
+        self._spare_buffers: dict[int, Assembler] = {}
+
+    # ---- guards -------------------------------------------------------------------
+
+    async def _admit_call(self, context, request=None) -> None:
+        if self.closing:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the shard is shutting down")
+        if not self.auth.allows(context.invocation_metadata()):
+            self.shard.count_rejection("unauthenticated")
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+        if isinstance(request, _Malformed):
+            self.shard.count_rejection("malformed")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+
+    @contextlib.asynccontextmanager
+    async def _statuses(self, context):
+        """Map the shard's errors to the protocol's status codes (see ps.proto)."""
+        try:
+            yield
+        except WireError as e:
+            self.shard.count_rejection(e.reason)
+            await context.abort(e.code, e.message)
+        except UnknownWorkerError as e:
+            self.shard.count_rejection("unknown_worker")
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(e).strip("'\""))
+        except UnknownTableError as e:  # counted by the shard
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(e).strip("'\""))
+        except SparseInputError as e:  # counted by the shard
+            code = grpc.StatusCode.OUT_OF_RANGE if e.reason in ("id_range", "wrong_shard") \
+                else grpc.StatusCode.INVALID_ARGUMENT
+            await context.abort(code, str(e))
+        except ShapeError as e:  # counted by the shard's own check
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except (LeftJobError, OutOfOrderError) as e:  # counted by the shard
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        except RolledBackError as e:  # retryable: register again
+            await context.abort(grpc.StatusCode.ABORTED, str(e))
+
+    # ---- receiving a gradient -----------------------------------------------------
+
+    async def _read_gradient(self, requests: AsyncIterator) -> tuple[ps_pb2.TensorChunk, Assembler,
+                                                                     Assembler | None] | None:
+        """Read one whole push: the gradient, then the buffers if the header says they follow.
+
+        None when the stream ends cleanly before a push starts.
+        """
+        first = assembler = None
+        async for chunk in requests:
+            if isinstance(chunk, _Malformed):
+                raise WireError(grpc.StatusCode.INVALID_ARGUMENT, chunk.message)
+            if first is None:
+                first = chunk
+                self.shard.check_worker(chunk.worker_id)
+                assembler = self._spare.pop(chunk.worker_id, None)
+                if chunk.dtype == "uint8":  # a compressed gradient: the codec's blob, of its fixed size
+                    if assembler is None or assembler.wire != BLOB_DTYPE:
+                        assembler = Assembler(TENSOR, self.shard.grad_wire_nbytes(), wire=BLOB_DTYPE)
+                elif assembler is None or assembler.wire == BLOB_DTYPE:
+                    assembler = Assembler(TENSOR, self.shard.size)
+                assembler.reset()
+            if assembler.add(chunk):
+                break
+        else:
+            if first is not None:
+                raise self._cut_off(assembler)
+            return None
+        if not first.buffers_follow:
+            return first, assembler, None
+        if not self.shard.buffer_size:
+            raise WireError(grpc.StatusCode.NOT_FOUND,
+                            f"the push says buffers follow, but this shard holds no {BUFFERS!r} tensor",
+                            "unknown_tensor")
+        buffers = (self._spare_buffers.pop(first.worker_id, None)
+                   or Assembler(BUFFERS, self.shard.buffer_size, wire=BUFFER_DTYPE))
+        buffers.reset()
+        async for chunk in requests:
+            if isinstance(chunk, _Malformed):
+                raise WireError(grpc.StatusCode.INVALID_ARGUMENT, chunk.message)
+            if buffers.add(chunk):
+                return first, assembler, buffers
+        raise self._cut_off(buffers)
+
+    @staticmethod
+    def _cut_off(assembler: Assembler) -> WireError:
+        item = assembler.wire.itemsize
+        return WireError(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"the stream ended inside tensor {assembler.name!r}: expected {assembler.size * item}"
+                         f" bytes, got {assembler._filled * item}")
+
+    def _push(self, first: ps_pb2.TensorChunk, assembler: Assembler, buffers: Assembler | None) -> str:
+        try:
+            return self.shard.push(first.worker_id, first.clock, assembler.buffer, first.pulled_version,
+                                   first.num_samples, first.loss, None if buffers is None else buffers.buffer,
+                                   first.incarnation, first.seq)
+        finally:
+            self._spare[first.worker_id] = assembler
+            if buffers is not None:
+                self._spare_buffers[first.worker_id] = buffers
+
+    async def _encoded_params(self, worker_id: int, clock: int, **header) -> list[bytes]:
+        """Wait as ``pull_for`` does; then the parameters encoded into reply chunks.
+
+        Encoding happens inside the shard's step that reads the parameters, so
+        the encoded chunks are the snapshot: no copy of the parameters first.
+        """
+        def encode(params):
+            version = self.shard.version
+            if "push" in header:  # Step: the push's answer carries the version being sent
+                header["push"].version = version
+            pull = self.shard.pull_codec
+            if not pull.lossless:  # fp16 / bf16 on the wire; the shard's own copy stays float32
+                return list(encode_chunks(TENSOR, pull.encode(params), self.chunk_bytes, wire=BLOB_DTYPE,
+                                          version=version, **header))
+            return list(encode_chunks(TENSOR, params, self.chunk_bytes, version=version, **header))
+
+        encoded, _, buffers = await self.shard.pull_for(worker_id, clock, take=encode)
+        if buffers is not None:  # the buffers travel after the parameters, as their own tensor
+            encoded += encode_chunks(BUFFERS, buffers, self.chunk_bytes, wire=BUFFER_DTYPE)
+        encoded.reverse()  # handed out with pop(), so each chunk is freed once sent
+        return encoded
+
+    # ---- the service --------------------------------------------------------------
+
+    async def Register(self, request, context):
+        await self._admit_call(context, request)
+        async with self._statuses(context):
+            self.shard.check_worker(request.worker_id)
+            self.shard.check_registration(request.worker_id, request.incarnation)
+            clock, seq = self.shard.position(request.worker_id)
+            return ps_pb2.RegisterReply(
+                clock=clock, seq=seq,
+                shard_id=self.shard.shard_id, version=self.shard.version, protocol=PROTOCOL,
+                chunk_bytes=self.chunk_bytes,
+                tensors=[ps_pb2.TensorInfo(name=TENSOR, dtype="float32", shape=[self.shard.size])] + (
+                    [ps_pb2.TensorInfo(name=BUFFERS, dtype="float64", shape=[self.shard.buffer_size])]
+                    if self.shard.buffer_size else []),
+            )
+
+    async def Push(self, requests, context):
+        await self._admit_call(context)
+        async with self._statuses(context):
+            got = await self._read_gradient(requests)
+            if got is None:
+                raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"empty push: expected tensor {TENSOR!r}")
+            await self.shard.gate(got[0].worker_id, got[0].clock)
+            outcome = self._push(*got)
+            return ps_pb2.PushReply(outcome=OUTCOMES[outcome], version=self.shard.version)
+
+    async def Pull(self, request, context):
+        await self._admit_call(context, request)
+        async with self._statuses(context):
+            encoded = await self._encoded_params(request.worker_id, request.clock)
+            while encoded:
+                yield encoded.pop()
+
+    async def Step(self, requests, context):
+        await self._admit_call(context)
+        async with self._statuses(context):
+            while (got := await self._read_gradient(requests)) is not None:
+                first = got[0]
+                self.shard.check_ahead(first.ahead)
+                await self.shard.gate(first.worker_id, first.clock)
+                outcome = self._push(*got)
+                encoded = await self._encoded_params(first.worker_id, first.clock + 1 + first.ahead,
+                                                     push=ps_pb2.PushReply(outcome=OUTCOMES[outcome]))
+                while encoded:
+                    yield encoded.pop()
+
+    async def AdvanceClock(self, request, context):
+        await self._admit_call(context, request)
+        async with self._statuses(context):
+            if request.leave:
+                await self.shard.finish(request.worker_id, request.incarnation)
+            else:
+                self.shard.advance(request.worker_id, request.clock)
+            return ps_pb2.ClockReply(version=self.shard.version)
+
+    async def SparsePull(self, request, context):
+        await self._admit_call(context, request)
+        async with self._statuses(context):
+            rows, version = await self.shard.sparse_pull(request.worker_id, request.table, decode_ids(request.ids),
+                                                         request.clock, request.incarnation)
+            return ps_pb2.SparseRows(dim=rows.shape[1], count=rows.shape[0], rows=rows.tobytes(), version=version)
+
+    async def SparsePush(self, request, context):
+        await self._admit_call(context, request)
+        async with self._statuses(context):
+            ids = decode_ids(request.ids)
+            grads = self._sparse_rows(request, len(ids))
+            outcome = await self.shard.sparse_push(request.worker_id, request.table, request.clock, ids, grads,
+                                                   request.num_samples, request.incarnation)
+            return ps_pb2.PushReply(outcome=OUTCOMES[outcome], version=self.shard.version)
+
+    def _sparse_rows(self, request, count: int) -> np.ndarray:
+        """A push's rows: float32, or the job's codec's blob (the shard decodes it)."""
+        if not request.codec:
+            return decode_rows(request.grads, count, request.dim)
+        if request.codec != self.shard.codec.name:
+            raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"rows compressed with {request.codec!r}, but this"
+                            f" job's codec is {self.shard.codec.name!r}", "codec")
+        expected = self.shard.row_wire_nbytes(count, request.dim)
+        if request.dim < 1 or len(request.grads) != expected:
+            raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"{count} x {request.dim} rows in {request.codec}"
+                            f" are {expected} bytes, got {len(request.grads)}", "rows_shape")
+        return np.frombuffer(request.grads, BLOB_DTYPE)
+
+    async def Stats(self, request, context):
+        await self._admit_call(context, request)
+        stats = await self.shard.stats()
+        return ps_pb2.StatsReply(msgpack=msgpack.packb(stats, use_bin_type=True))
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        P = ps_pb2
+        methods = {
+            "Register": grpc.unary_unary_rpc_method_handler(
+                self.Register, _parser(P.RegisterRequest), P.RegisterReply.SerializeToString),
+            "Push": grpc.stream_unary_rpc_method_handler(
+                self.Push, _parser(P.TensorChunk, parse_chunk), P.PushReply.SerializeToString),
+            "Pull": grpc.unary_stream_rpc_method_handler(
+                self.Pull, _parser(P.PullRequest), _serialize_chunk),
+            "Step": grpc.stream_stream_rpc_method_handler(
+                self.Step, _parser(P.TensorChunk, parse_chunk), _serialize_chunk),
+            "AdvanceClock": grpc.unary_unary_rpc_method_handler(
+                self.AdvanceClock, _parser(P.ClockRequest), P.ClockReply.SerializeToString),
+            "SparsePull": grpc.unary_unary_rpc_method_handler(
+                self.SparsePull, _parser(P.SparsePullRequest), P.SparseRows.SerializeToString),
+            "SparsePush": grpc.unary_unary_rpc_method_handler(
+                self.SparsePush, _parser(P.SparsePushRequest), P.PushReply.SerializeToString),
+            "Stats": grpc.unary_unary_rpc_method_handler(
+                self.Stats, _parser(P.StatsRequest), P.StatsReply.SerializeToString),
+        }
+        return grpc.method_handlers_generic_handler(SERVICE, methods)
+
+
+class GrpcShardServer:
+    """A running gRPC server for one shard; ``stop`` refuses new calls, then closes."""
+
+    def __init__(self, server: grpc.aio.Server, servicer: ShardServicer, address: str):
+        self.server = server
+        self.servicer = servicer
+        self.address = address
+
+    async def stop(self, grace_s: float = 1.0) -> None:
+        self.servicer.closing = True
+        await self.server.stop(grace_s)
+
+
+async def start_grpc_server(shard: ParameterShard, token: str, host: str = "127.0.0.1", port: int = 0,
+                            tls: TLSConfig | None = None, chunk_bytes: int = CHUNK_BYTES) -> GrpcShardServer:
+    """Serve ``shard`` on ``host:port`` (0: any free port) on the running event loop."""
+    keep_freed_memory()  # every chunk is a fresh buffer: reuse freed ones (ps/transport/allocator.py)
+    servicer = ShardServicer(shard, TokenAuth(token), chunk_bytes)
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server.add_generic_rpc_handlers((servicer.handler(),))
+    where = f"{host}:{port}"
+    bound = server.add_secure_port(where, tls.server_credentials()) if tls else server.add_insecure_port(where)
+    if not bound:
+        raise TransportError(f"could not bind a gRPC server to {where}")
+    await server.start()
+    address = f"{host}:{bound}"
+    log.info("%r serves gRPC on %s (%s)", shard, address, "mTLS" if tls else "plaintext")
+    return GrpcShardServer(server, servicer, address)

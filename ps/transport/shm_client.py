@@ -1,0 +1,338 @@
+"""The same-node transport's client: shared memory for the tensors, a Unix socket to wake the shard.
+
+Same contract as every transport (ps/transport/contract.py). Per step and shard: the
+gradient slice is copied into this worker's slot of the shard's segment, one
+36-byte request goes out, and when the reply comes the parameters are copied
+out of the slot: two memory copies and two tiny messages, with no
+serialization and no Ray call. Requests to all shards go out before any reply
+is read, so the shards work at once. Layout and messages: protos/shm_wire.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from ...errors import ConfigError, ShapeError, TransportError
+from ...protos.shm_wire import (BUFFERS_FOLLOW, COMPRESSED, FINISH, HELLO, LAYOUT, MESSAGE, OK, PUSH_PULL, REGISTER, REPLY, REQUEST,
+                                   SPARSE, SPARSE_PULL, SPARSE_PUSH, SPARSE_ROWS, STATUSES, SlotLayout, segment_name)
+from ..core.partition import ShardRange, buffer_ranges_or_none, buffer_slices
+from .contract import BlockingPushPull, EncodedRows, Pending, shard_payloads
+
+
+@dataclass(frozen=True)
+class ShmEndpoints:
+    """Where each shard's segment and socket are, on which node; what a worker needs to attach."""
+
+    directories: tuple[str, ...]
+    node_ids: tuple[str, ...]
+    token: str = field(repr=False)
+    ranges: tuple[ShardRange, ...] = ()
+    buffer_ranges: tuple[ShardRange, ...] | None = None
+    timeout_s: float = 300.0
+    name: str = "shm"
+
+    def connect(self, worker_id: int, incarnation: int = 0) -> "ShmShardClient":
+        return ShmShardClient(worker_id, self.directories, self.ranges, self.token, self.buffer_ranges,
+                              self.timeout_s, self.node_ids, incarnation)
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        part = sock.recv(n - got)
+        if not part:
+            raise ConnectionError("the shard closed the connection")
+        chunks.append(part)
+        got += len(part)
+    return b"".join(chunks)
+
+
+@contextlib.contextmanager
+def _answering(where: str, what: str):
+    """A socket that times out or fails while an answer is read: a TransportError naming the call."""
+    try:
+        yield
+    except socket.timeout:
+        raise TransportError(f"shard at {where}, {what}: no answer in time") from None
+    except OSError as e:
+        raise TransportError(f"shard at {where}, {what}: {e}") from None
+
+
+def _answer(sock: socket.socket, where: str, what: str) -> tuple[int, int, int, int]:
+    """Read one REPLY and its message; a refusal raises TransportError with the shard's message.
+    Returns (outcome, version, clock, seq)."""
+    status, outcome, version, clock, seq = REPLY.unpack(_recv_exactly(sock, REPLY.size))
+    (length,) = MESSAGE.unpack(_recv_exactly(sock, MESSAGE.size))
+    message = _recv_exactly(sock, length).decode() if length else ""
+    if status != OK:
+        raise TransportError(f"shard at {where}, {what}: {STATUSES.get(status, status)}: {message}")
+    return outcome, version, clock, seq
+
+
+def _hello(directory: str, worker_id: int, token: str, timeout_s: float) -> tuple[socket.socket, tuple]:
+    """Connect to a shard's socket and present the token; return the socket and the LAYOUT fields."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout_s)
+    sock.connect(os.path.join(directory, "socket"))
+    raw = token.encode()
+    sock.sendall(HELLO.pack(len(raw), worker_id) + raw)
+    head = _recv_exactly(sock, REPLY.size)  # a refusal is a REPLY; the layout is 16 bytes longer
+    status = head[0]
+    if status != OK:
+        (length,) = MESSAGE.unpack(_recv_exactly(sock, MESSAGE.size))
+        message = _recv_exactly(sock, length).decode()
+        sock.close()
+        raise TransportError(f"shard at {directory}: {STATUSES.get(status, status)}: {message}")
+    return sock, LAYOUT.unpack(head + _recv_exactly(sock, LAYOUT.size - REPLY.size))
+
+
+class _Link:
+    """One shard: the socket, the mapped segment, and numpy views of this worker's slot."""
+
+    def __init__(self, directory: str, worker_id: int, token: str, size: int, buffers: int, timeout_s: float):
+        self.where = directory
+        self.clock = self.seq = 0  # what the last REGISTER reply said: where this worker carries on
+        self.sock, (_, params, nbuffers, offset) = _hello(directory, worker_id, token, timeout_s)
+        if (params, nbuffers) != (size, buffers):
+            raise TransportError(f"shard at {directory} holds {params} parameters and {nbuffers} buffer values,"
+                                 f" but this job expects {size} and {buffers}")
+        fd = os.open(os.path.join(directory, segment_name(worker_id)), os.O_RDWR)
+        try:
+            self.map = mmap.mmap(fd, 0)
+        finally:
+            os.close(fd)
+        lay = SlotLayout(size, buffers)
+        view = lambda at, n, dtype: np.ndarray(n, dtype=dtype, buffer=self.map, offset=offset + at)  # noqa: E731
+        self.grad = view(lay.grad_at, size, np.float32)
+        self.blob = view(lay.grad_at, lay.grad_nbytes, np.uint8)  # the same region, for a compressed push
+        self.params = view(lay.params_at, size, np.float32)
+        self.buffers_in = view(lay.buffers_in_at, buffers, np.float64)
+        self.buffers_out = view(lay.buffers_out_at, buffers, np.float64)
+
+    def send(self, op: int, worker_id: int, clock: int = 0, pulled: int = 0, samples: int = 0, loss: float = 0.0,
+             ahead: int = 0, flags: int = 0, incarnation: int = 0, seq: int = 0) -> None:
+        self.sock.sendall(REQUEST.pack(op, flags, worker_id, clock, pulled, samples, loss, ahead, incarnation, seq))
+
+    def receive(self, what: str) -> int:
+        """The reply's version; a refusal raises TransportError with the shard's message."""
+        with _answering(self.where, what):
+            _, version, self.clock, self.seq = _answer(self.sock, self.where, what)
+        return version
+
+    def close(self) -> None:
+        self.sock.close()
+        for name in ("grad", "blob", "params", "buffers_in", "buffers_out"):
+            setattr(self, name, None)  # views first: a mapping with live views cannot close
+        try:
+            self.map.close()
+        except BufferError:  # a caller still holds a view: the mapping goes when it does
+            pass
+
+
+class _SparseLink:
+    """One shard's connection for sparse rows (its own, so rows never queue behind a dense step)."""
+
+    def __init__(self, directory: str, worker_id: int, token: str, timeout_s: float):
+        self.where, self.worker_id = directory, worker_id
+        self.sock, _ = _hello(directory, worker_id, token, timeout_s)
+
+    def send(self, op: int, table: str, clock: int, ids: np.ndarray, grads: np.ndarray | None,
+             samples: int, incarnation: int) -> None:
+        name = table.encode()
+        flags, rows = 0, None
+        if isinstance(grads, EncodedRows):  # compressed rows: the blob, flagged
+            flags, dim, rows = COMPRESSED, grads.dim, grads.blob.tobytes()
+        else:
+            dim = grads.shape[1] if grads is not None and grads.ndim == 2 else 0
+            if grads is not None:
+                rows = np.ascontiguousarray(grads, "<f4").tobytes()
+        parts = [REQUEST.pack(op, flags, self.worker_id, clock, 0, samples, 0.0, 0, incarnation, 0),
+                 SPARSE.pack(len(name), dim, len(ids)), name, np.ascontiguousarray(ids, "<i8").tobytes()]
+        if rows is not None:
+            parts.append(rows)
+        try:
+            self.sock.sendall(b"".join(parts))
+        except OSError as e:
+            raise TransportError(f"shard at {self.where}, table {table!r}: {e}") from None
+
+    def receive(self, what: str, rows: bool) -> np.ndarray | None:
+        with _answering(self.where, what):
+            _answer(self.sock, self.where, what)
+            if not rows:
+                return None
+            count, dim, _ = SPARSE_ROWS.unpack(_recv_exactly(self.sock, SPARSE_ROWS.size))
+            data = _recv_exactly(self.sock, count * dim * 4)
+        return np.frombuffer(data, "<f4").reshape(count, dim)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class ShmShardClient(BlockingPushPull):
+    name = "shm"
+    fills_on_wait = True  # the slots are copied out in wait()
+
+    def __init__(self, worker_id: int, directories: Sequence[str], ranges: Sequence[ShardRange], token: str,
+                 buffer_ranges: Sequence[ShardRange] | None = None, timeout_s: float = 300.0,
+                 node_ids: Sequence[str] | None = None, incarnation: int = 0):
+        if len(directories) != len(ranges):
+            raise ConfigError(f"{len(directories)} shard directories for {len(ranges)} ranges")
+        self.worker_id = worker_id
+        self.incarnation = incarnation
+        self.base = 0  # seq = clock - base, so a retried clock carries its seq
+        self._ranges = list(ranges)
+        self._buffer_ranges = buffer_ranges_or_none(buffer_ranges, ranges)
+        self._check_node(directories, node_ids)
+        self._directories, self._token, self._timeout_s = list(directories), token, timeout_s
+        self._links: list[_Link] = []
+        self._sparse_links: list[_SparseLink] = []  # opened at the first sparse call
+        self._sparse_pending: Pending | None = None  # a push whose answers are still on those sockets
+        self._open()
+        self._versions = [0] * len(self._links)
+
+    def _open(self) -> None:
+        try:
+            for d, r, b in zip(self._directories, self._ranges, self._buffer_ranges):
+                self._links.append(_Link(d, self.worker_id, self._token, r.size, b.size, self._timeout_s))
+        except BaseException:
+            self.close()
+            raise
+
+    def reconnect(self) -> None:
+        """New connections to the same directories (a restarted shard serves where it served)."""
+        self.close()
+        self._open()
+
+    def _check_node(self, directories, node_ids) -> None:
+        here = _node_id()
+        for i, directory in enumerate(directories):
+            there = node_ids[i] if node_ids and node_ids[i] else None
+            elsewhere = there is not None and here is not None and there != here
+            if elsewhere or not os.path.exists(os.path.join(directory, "socket")):
+                raise TransportError(
+                    f"transport shm: worker-{self.worker_id} (node {here}) cannot reach ps-shard-{i} (node {there})"
+                    f" through shared memory: {directory} is not on this node; use transport grpc across nodes")
+
+    # ---- the transport contract (ps/transport/contract.py) ---------------------------------
+
+    def register(self, params_out: np.ndarray, buffers_out: np.ndarray | None = None) -> int:
+        for link in self._links:
+            link.send(REGISTER, self.worker_id, incarnation=self.incarnation)
+        self._collect(params_out, buffers_out, "register")
+        clock = max(link.clock for link in self._links)
+        self.base = clock - max(link.seq for link in self._links)
+        return clock
+
+    def push_pull_async(self, clock: int, grads: np.ndarray, params_out: np.ndarray, num_samples: int,
+                        loss: float, buffers: np.ndarray | None = None, buffers_out: np.ndarray | None = None,
+                        ahead: int = 0) -> Pending:
+        sent = buffer_slices(buffers, self._buffer_ranges)
+        for i, (link, payload) in enumerate(zip(self._links, shard_payloads(grads, self._ranges))):
+            # the snapshot: the caller may overwrite grads once we return
+            if payload.dtype == np.uint8:  # a compressed push: the codec's blob
+                if payload.size > link.blob.size:
+                    raise ShapeError(f"a compressed push of {payload.size} bytes does not fit shard"
+                                     f" {link.where}'s slot of {link.blob.size}")
+                link.blob[:payload.size] = payload
+                flags = COMPRESSED
+            else:
+                link.grad[:] = payload
+                flags = 0
+            if sent[i] is not None:
+                link.buffers_in[:] = sent[i]
+                flags |= BUFFERS_FOLLOW  # beside COMPRESSED, when the push is a blob
+            link.send(PUSH_PULL, self.worker_id, clock, self._versions[i], num_samples, loss, ahead, flags,
+                      self.incarnation, clock - self.base)
+        return Pending(lambda: self._collect(params_out, buffers_out, f"step {clock}"))
+
+    def _sparse(self) -> list[_SparseLink]:
+        if not self._sparse_links:
+            self._sparse_links = [_SparseLink(d, self.worker_id, self._token, self._timeout_s)
+                                  for d in self._directories]
+        return self._sparse_links
+
+    def sparse_pull(self, table: str, ids_per_shard: list[np.ndarray], clock: int) -> list[np.ndarray | None]:
+        links = self._sparse()
+        self._sparse_answers()  # a push's answers come first on these sockets
+        asked = [i for i, ids in enumerate(ids_per_shard) if len(ids)]
+        for i in asked:  # every request out before any answer is read: the shards work at once
+            links[i].send(SPARSE_PULL, table, clock, ids_per_shard[i], None, 0, self.incarnation)
+        out: list[np.ndarray | None] = [None] * len(links)
+        errors = []
+        for i in asked:  # read every answer, so none is left on a socket for the next call
+            try:
+                out[i] = links[i].receive(f"pull of table {table!r}", rows=True)
+            except TransportError as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]
+        return out
+
+    def sparse_push_async(self, table: str, clock: int, ids_per_shard: list[np.ndarray],
+                          grads_per_shard: list[np.ndarray], num_samples: int) -> Pending:
+        links = self._sparse()
+        self._sparse_answers()
+        for link, ids, grads in zip(links, ids_per_shard, grads_per_shard):
+            link.send(SPARSE_PUSH, table, clock, ids, grads, num_samples, self.incarnation)
+
+        def collect() -> None:
+            errors = []
+            for link in links:
+                try:
+                    link.receive(f"push of table {table!r} step {clock}", rows=False)
+                except TransportError as e:
+                    errors.append(e)
+            if errors:
+                raise errors[0]
+        self._sparse_pending = Pending(collect)
+        return self._sparse_pending
+
+    def _sparse_answers(self) -> None:
+        """Read the answers of the push still on the sparse sockets (one connection, answers in order)."""
+        pending, self._sparse_pending = self._sparse_pending, None
+        if pending is not None:
+            pending.wait()
+
+    def finish(self) -> None:
+        try:
+            for link in self._links:
+                link.send(FINISH, self.worker_id, incarnation=self.incarnation)
+            for link in self._links:
+                link.receive("finish")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for link in self._links + self._sparse_links:
+            link.close()
+        self._links, self._sparse_links, self._sparse_pending = [], [], None
+
+    def _collect(self, params_out: np.ndarray, buffers_out: np.ndarray | None, what: str) -> None:
+        errors = []
+        for i, (link, r, b) in enumerate(zip(self._links, self._ranges, self._buffer_ranges)):
+            try:  # read every reply, so no stale one is left on a socket for the next step
+                self._versions[i] = link.receive(what)
+            except TransportError as e:
+                errors.append(e)
+                continue
+            params_out[r.lo:r.hi] = link.params
+            if b.size and buffers_out is not None:
+                buffers_out[b.lo:b.hi] = link.buffers_out
+        if errors:
+            raise errors[0]
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # outside Ray (a test, a plain client): no node to name
+        return None

@@ -1,0 +1,235 @@
+"""The same-node transport's server: a shard's shared-memory segment and its Unix socket.
+
+``start_shm_server`` runs on the shard's event loop (inside the Ray actor,
+the actor's own loop), so requests interleave with Ray calls and gRPC on one
+thread and the shard needs no locks. Per step, a worker writes its gradient
+into its slot and sends one ``REQUEST``; the shard applies it straight from
+the slot (no copy), waits as the consistency mode says, writes the
+parameters into the slot and replies. Protocol and layout: protos/shm_wire.py.
+
+Trust: the segment and the socket live in a directory only this user can
+open (0700), and a connection is served only after it presents the job's
+token. A refused request gets a status and a message; the connection and the
+shard keep serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import hmac
+import logging
+import mmap
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+from ...errors import LeftJobError, OutOfOrderError, PSError, RolledBackError, ShapeError
+from ...protos.shm_wire import (ABORTED, BUFFERS_FOLLOW, COMPRESSED, FAILED_PRECONDITION, FINISH, HELLO, INTERNAL,
+                                   INVALID_ARGUMENT, LAYOUT, MAX_SPARSE_BYTES, MESSAGE, NOT_FOUND, OK, OUT_OF_RANGE,
+                                   OUTCOMES, PUSH_PULL, REGISTER, REPLY, REQUEST, SPARSE, SPARSE_PULL, SPARSE_PUSH,
+                                   SPARSE_ROWS, UNAUTHENTICATED, SlotLayout, segment_name)
+from ..core.consistency import UnknownWorkerError
+from ..core.shard import ParameterShard
+from ..sparse.table import SparseInputError, UnknownTableError
+
+log = logging.getLogger(__name__)
+
+
+def _status(error: Exception) -> int:
+    if isinstance(error, (UnknownWorkerError, UnknownTableError)):
+        return NOT_FOUND
+    if isinstance(error, SparseInputError) and error.reason in ("id_range", "wrong_shard"):
+        return OUT_OF_RANGE
+    if isinstance(error, ShapeError):
+        return INVALID_ARGUMENT
+    if isinstance(error, (LeftJobError, OutOfOrderError)):
+        return FAILED_PRECONDITION
+    if isinstance(error, RolledBackError):
+        return ABORTED
+    return INTERNAL
+
+
+def _reply(status: int, version: int = 0, outcome: int = 0, message: str = "", clock: int = 0, seq: int = 0) -> bytes:
+    text = message.encode()
+    return REPLY.pack(status, outcome, version, clock, seq) + MESSAGE.pack(len(text)) + text
+
+
+class ShmShardServer:
+    """One shard's directory: a segment per worker, and the socket its workers talk on.
+
+    ``directory``: serve there (a restarted shard serves where its previous life did, so
+    workers reconnect to the same place); default a fresh one under /dev/shm.
+    """
+
+    def __init__(self, shard: ParameterShard, token: str, root: str | None = None, directory: str | None = None):
+        self.shard = shard
+        self._token = token.encode()
+        self.layout = SlotLayout(shard.size, shard.buffer_size)
+        self._maps: dict[int, mmap.mmap] = {}  # worker -> its segment, made at its first connection
+        if directory is None:
+            base = root or ("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir())
+            directory = tempfile.mkdtemp(prefix=f"rayps-shard{shard.shard_id}-", dir=base)  # mode 0700
+        else:  # what a dead life left here is stale: start clean, with the same name
+            shutil.rmtree(directory, ignore_errors=True)
+            os.makedirs(directory, mode=0o700)
+        self.directory = directory
+        # A process that exits without stop() still removes it (a SIGKILLed one cannot: the driver does).
+        atexit.register(shutil.rmtree, self.directory, True)
+        self.socket_path = os.path.join(self.directory, "socket")
+        self._server: asyncio.AbstractServer | None = None
+
+    def _segment(self, worker_id: int) -> mmap.mmap:
+        if worker_id not in self._maps:
+            size = self.layout.nbytes
+            fd = os.open(os.path.join(self.directory, segment_name(worker_id)), os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                os.ftruncate(fd, size)
+                self._maps[worker_id] = mmap.mmap(fd, size)
+            finally:
+                os.close(fd)
+        return self._maps[worker_id]
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_unix_server(self._serve, path=self.socket_path)
+        os.chmod(self.socket_path, 0o600)
+        log.info("%r serves same-node clients in %s", self.shard, self.directory)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    # ---- one worker's connection ----------------------------------------------------
+
+    def _view(self, worker_id: int, at: int, count: int, dtype) -> np.ndarray:
+        return np.ndarray(count, dtype=dtype, buffer=self._segment(worker_id), offset=at)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            worker_id = await self._handshake(reader, writer)
+            if worker_id is None:
+                return
+            lay = self.layout
+            grad = self._view(worker_id, lay.grad_at, lay.params, np.float32)
+            # a compressed push's blob lies in the same region, as long as the codec makes it
+            blob = self._view(worker_id, lay.grad_at, self.shard.grad_wire_nbytes(), np.uint8)
+            params = self._view(worker_id, lay.params_at, lay.params, np.float32)
+            buffers_in = self._view(worker_id, lay.buffers_in_at, lay.buffers, np.float64)
+            buffers_out = self._view(worker_id, lay.buffers_out_at, lay.buffers, np.float64)
+            while True:
+                try:
+                    header = await reader.readexactly(REQUEST.size)
+                except asyncio.IncompleteReadError:
+                    return  # the worker closed (finished, or its process ended)
+                op, flags, who, clock, pulled, samples, loss, ahead, incarnation, seq = REQUEST.unpack(header)
+                if op in (SPARSE_PULL, SPARSE_PUSH):
+                    payload = await self._read_sparse(reader, op, flags)
+                    if payload is None:  # larger than any request may be: the stream cannot be trusted
+                        writer.write(_reply(INVALID_ARGUMENT, message="sparse request over the size limit"))
+                        await writer.drain()
+                        return
+                    try:
+                        if who != worker_id:
+                            raise UnknownWorkerError(f"this connection is worker {worker_id}'s, not worker {who}'s")
+                        reply = await self._sparse(op, worker_id, clock, samples, incarnation, *payload)
+                    except PSError as e:
+                        reply = _reply(_status(e), message=str(e).strip("'\""))
+                    writer.write(reply)
+                    await writer.drain()
+                    continue
+                try:
+                    if who != worker_id:
+                        raise UnknownWorkerError(f"this connection is worker {worker_id}'s, not worker {who}'s")
+                    reply = await self._handle(op, flags, worker_id, clock, pulled, samples, loss, ahead,
+                                               incarnation, seq, blob if flags & COMPRESSED else grad, params,
+                                               buffers_in, buffers_out)
+                except PSError as e:
+                    reply = _reply(_status(e), message=str(e).strip("'\""))
+                writer.write(reply)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            return
+        finally:
+            writer.close()
+
+    async def _read_sparse(self, reader, op: int, flags: int):
+        """The rest of a sparse request, read whole before anything is checked (the stream stays in step).
+        Compressed rows are as long as the job's codec makes them; the shard decodes them."""
+        name_len, dim, count = SPARSE.unpack(await reader.readexactly(SPARSE.size))
+        compressed = bool(flags & COMPRESSED) and op == SPARSE_PUSH and dim > 0
+        rows = 0 if op != SPARSE_PUSH else self.shard.row_wire_nbytes(count, dim) if compressed else count * dim * 4
+        size = name_len + count * 8 + rows
+        if size > MAX_SPARSE_BYTES:
+            return None
+        name = (await reader.readexactly(name_len)).decode("utf-8", "replace")
+        ids = await reader.readexactly(count * 8)
+        grads = await reader.readexactly(rows) if rows else b""
+        return name, dim, count, ids, (np.frombuffer(grads, np.uint8) if compressed else grads)
+
+    async def _sparse(self, op, worker_id, clock, samples, incarnation, table, dim, count, ids, grads) -> bytes:
+        ids = np.frombuffer(ids, "<i8").astype(np.int64, copy=False)
+        if op == SPARSE_PULL:
+            rows, version = await self.shard.sparse_pull(worker_id, table, ids, clock, incarnation)
+            return _reply(OK, version) + SPARSE_ROWS.pack(rows.shape[0], rows.shape[1], version) + rows.tobytes()
+        if isinstance(grads, bytes):  # float32 rows (a compressed push's blob is the shard's to decode)
+            grads = np.frombuffer(grads, "<f4").astype(np.float32, copy=False).reshape(count, dim) if dim else \
+                np.zeros((count, 0), np.float32)
+        outcome = await self.shard.sparse_push(worker_id, table, clock, ids, grads, samples, incarnation)
+        return _reply(OK, self.shard.version, OUTCOMES.index(outcome))
+
+    async def _handshake(self, reader, writer) -> int | None:
+        token_len, worker_id = HELLO.unpack(await reader.readexactly(HELLO.size))
+        token = await reader.readexactly(min(token_len, 1024))
+        if not hmac.compare_digest(token, self._token):
+            self.shard.count_rejection("unauthenticated")
+            writer.write(_reply(UNAUTHENTICATED, message="missing or wrong token"))
+            await writer.drain()
+            return None
+        try:
+            self.shard.check_worker(worker_id)
+        except UnknownWorkerError:
+            self.shard.count_rejection("unknown_worker")
+            writer.write(_reply(NOT_FOUND, message=f"unknown worker id {worker_id}"))
+            await writer.drain()
+            return None
+        self._segment(worker_id)
+        writer.write(LAYOUT.pack(OK, self.layout.params, self.layout.buffers, 0))
+        await writer.drain()
+        return worker_id
+
+    async def _handle(self, op, flags, worker_id, clock, pulled, samples, loss, ahead, incarnation, seq,
+                      grad, params, buffers_in, buffers_out) -> bytes:
+        def into_slot(values: np.ndarray) -> None:
+            params[:] = values  # inside the shard's step: the snapshot this reply answers with
+
+        if op == FINISH:
+            await self.shard.finish(worker_id, incarnation)
+            return _reply(OK, self.shard.version)
+        outcome, position = "applied", (0, 0)
+        if op == PUSH_PULL:
+            self.shard.check_ahead(ahead)
+            await self.shard.gate(worker_id, clock)
+            outcome = self.shard.push(worker_id, clock, grad, pulled, samples, loss,
+                                      buffers_in if flags & BUFFERS_FOLLOW else None, incarnation, seq)
+            begins = clock + 1 + ahead
+        elif op == REGISTER:  # the parameters for the worker's next iteration, and where it carries on
+            self.shard.check_registration(worker_id, incarnation)
+            position = self.shard.position(worker_id)
+            begins = position[0] + 1
+        else:
+            raise ShapeError(f"unknown request op {op}")
+        _, version, merged = await self.shard.pull_for(worker_id, begins, take=into_slot)
+        if merged is not None:
+            buffers_out[:] = merged
+        return _reply(OK, version, OUTCOMES.index(outcome), clock=position[0], seq=position[1])
+
+
+async def start_shm_server(shard: ParameterShard, token: str, root: str | None = None,
+                           directory: str | None = None) -> ShmShardServer:
+    server = ShmShardServer(shard, token, root, directory)
+    await server.start()
+    return server

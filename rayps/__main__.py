@@ -1,7 +1,0 @@
-"""``python -m rayps``: the same command line as ``psctl``."""
-
-import sys
-
-from rayps.launcher.cli import main
-
-sys.exit(main())

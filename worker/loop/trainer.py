@@ -1,0 +1,433 @@
+"""The training loop a worker actor runs: its data shard, its model, the shards.
+
+``Worker`` is a plain class; the driver makes it a Ray actor at one call site.
+The whole loop is ``Worker.run``: per step, compute the gradient into the flat
+buffer, then one fused push-pull to every shard (the gradient and the model's
+buffers out, the parameters and merged buffers back), which blocks for as
+long as the consistency mode says. The transport is whatever the driver
+chose (ps/transport/contract.py); the loop never asks which.
+
+Overlap (``WorkerPlan.overlap``, asp and ssp): the push of step t goes out
+without waiting, the worker computes step t + 1 on the parameters it holds,
+and only then waits for step t's answer. Each gradient is then one step
+staler, and the shards admit the worker one iteration further ahead
+(``ahead=1``), so the staleness bound still holds for what it computes.
+
+Randomness: the model is built under the job's seed, exactly as the driver
+builds it, so frozen parameters match everywhere; then the worker reseeds
+torch, numpy and ``random`` from ``(seed, worker_id)``, so dropout masks and
+augmentations differ between workers and a run is still reproducible.
+
+Data: the worker leases units of batches from the job's work queue
+(worker/queue/coordinator.py), telling it which push seq carries each unit's first
+batch, so the queue knows exactly what it applied if the worker dies.
+
+Failures: a call that fails because a shard died or was rolled back to a
+checkpoint is retryable. The worker waits for the controller to finish the
+recovery (the coordinator's generation moves on), reconnects, registers again
+(the shards say at which clock it carries on) and leases afresh. An error with
+no recovery behind it is raised as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...errors import RolledBackError, TransportError
+from ...ps.core.metrics import WorkerMetrics
+from ...ps.core.placement_info import this_node
+from ...ps.transport.contract import TransportSpec
+from .chaos import WorkerChaos
+from ..queue.coordinator import RESYNC, STOP, WorkCoordinator
+from ...ps.compression.encoding import CompressionConfig, CompressionStats, GradCompressor, RowCompressor
+from ...ps.sparse.client import SparseRows
+from ..data.sources import DataSource
+from .embedding import bind, forget_rows, row_grads, sparse_tables
+from .flat import FlatParams
+from .losses import LossFn
+from .pace import StepClock, straggle_s
+from ..queue.workqueue import Unit, WorkQueue, default_chunk_batches, plan_batches
+
+log = logging.getLogger(__name__)
+
+#: How often counters and gauges reach Ray's metrics (per step, they cost the hot path ~7%).
+FLUSH_S = 0.5
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """What one worker does; built by the driver from the job config."""
+
+    worker_id: int
+    num_workers: int
+    batch_size: int
+    epochs: int
+    max_steps: int | None = None  # per worker; None: run every epoch to the end
+    seed: int = 0
+    slow_s: float = 0.0  # straggler knob: extra seconds per step
+    slowdown: float = 0.0  # straggler knob: extra time per step, as a multiple of its compute
+    straggle_p: float = 0.0  # transient stragglers: the chance a step is held back ...
+    straggle_factor: float = 0.0  # ... by this multiple of its compute time
+    target_loss: float | None = None  # note when the mean loss of the last 10 steps first falls below
+    use_gpu: bool = False
+    torch_threads: int = 1
+    run_id: str = ""  # tags this run's metrics
+    overlap: bool = False  # compute the next step while this one's push and pull are in flight (asp, ssp)
+    incarnation: int = 0  # 0 for the first life; one more per replacement
+    resync_timeout_s: float = 60.0  # how long a failed call waits for the controller's recovery
+    recovery_grace_s: float = 3.0  # ... and how long for one to begin, before the error is the worker's own
+    chaos: WorkerChaos = WorkerChaos()  # fault injection: SIGKILL or hang at a step
+    compression: CompressionConfig = CompressionConfig()  # what this worker's pushes are encoded with
+
+
+class _Resync(Exception):
+    """The coordinator refused a lease: this worker must register again first."""
+
+
+class _LocalWork:
+    """A work queue in this process, for a worker built without a coordinator (tests, one-off use)."""
+
+    def __init__(self, coordinator: WorkCoordinator):
+        self.coordinator = coordinator
+
+    def lease(self, *args):
+        return self.coordinator.lease(*args)
+
+    def result(self, pending):
+        return pending
+
+    def finish(self, *args):
+        self.coordinator.finish(*args)
+
+    def status(self):
+        return self.coordinator.status()
+
+
+class _RemoteWork:
+    """The job's coordinator actor; a lease is asked for ahead of need and collected when needed."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def lease(self, *args):
+        return self.handle.lease.remote(*args)
+
+    def result(self, pending):
+        import ray
+        return ray.get(pending)
+
+    def finish(self, *args):
+        import ray
+        ray.get(self.handle.finish.remote(*args))
+
+    def status(self):
+        import ray
+        return ray.get(self.handle.status.remote())
+
+
+class Worker:
+    def __init__(
+        self,
+        plan: WorkerPlan,
+        model_fn: Callable[[], nn.Module],
+        loss_fn: LossFn,
+        train: DataSource,
+        transport: TransportSpec,
+        work=None,
+    ):
+        self.plan = plan
+        # Workers share the machine's cores with each other and the shards; one
+        # intra-op thread each avoids oversubscription on small hosts.
+        torch.set_num_threads(plan.torch_threads)
+        device = "cuda" if plan.use_gpu and torch.cuda.is_available() else "cpu"
+        if plan.use_gpu and device == "cpu":
+            from ...errors import JobError
+            raise JobError(f"worker-{plan.worker_id} asked for a GPU but torch sees no CUDA device")
+        torch.manual_seed(plan.seed)  # as the driver builds it: frozen parameters come out the same
+        self.model = model_fn()
+        seed_worker(plan.seed, plan.worker_id)
+        self.flat = FlatParams(self.model, device)
+        self.loss_fn = loss_fn
+        self.train = train
+        self.batches = plan_batches(train, plan.num_workers, plan.batch_size, plan.seed)
+        if work is None:
+            chunk = default_chunk_batches(self.batches.per_epoch, plan.num_workers)
+            queue = WorkQueue(self.batches.stretches, plan.epochs, chunk, plan.max_steps,
+                              chunk_ends=self.batches.chunk_ends)
+            self.work = _LocalWork(WorkCoordinator(queue, self.batches, plan.num_workers))
+        else:
+            self.work = _RemoteWork(work)
+        self.client = self._connect(transport)
+        self.transport = transport.name
+        # Sparse tables (rayps.Embedding): rows are pulled per batch and pushed beside the dense gradient.
+        # Compression (ps/compression/encoding.py): blobs per shard instead of float32 slices, the residual kept here.
+        self.wire = CompressionStats()
+        enabled = plan.compression.enabled
+        self.compressor = GradCompressor(plan.compression, transport.ranges, self.wire) if enabled else None
+        tables = sparse_tables(self.model)
+        self.sparse = SparseRows(self.client, len(transport.ranges), {t: d for t, (_, d) in tables.items()},
+                                 RowCompressor(plan.compression, self.wire) if enabled else None) \
+            if tables else None
+        if self.sparse is not None:
+            bind(self.model, self.sparse)
+        self.metrics = WorkerMetrics(plan.worker_id, plan.run_id)
+        self._window: deque = deque()
+        self._unflushed = {"steps": 0, "bytes": 0, "loss": float("nan"), "sent_mark": 0}
+        self._next_flush = 0.0
+
+    def __repr__(self) -> str:  # the name Ray's dashboard shows for this actor
+        return f"worker-{self.plan.worker_id}"
+
+    def _connect(self, transport: TransportSpec):
+        """Connect to every shard. A replacement may start while a shard restarts (its socket refuses
+        for a moment): it waits for the shard as a worker in flight would, up to resync_timeout_s."""
+        deadline = time.monotonic() + self.plan.resync_timeout_s
+        while True:
+            try:
+                return transport.connect(self.plan.worker_id, self.plan.incarnation)
+            except ConnectionError as e:  # refused or reset: the shard is coming back
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("worker-%d waits for a shard to come back: %s", self.plan.worker_id, e)
+                time.sleep(0.2)
+
+    def where(self) -> dict:
+        """The Ray node this worker runs on, and the device it trains on."""
+        return {**this_node(), "device": str(self.flat.device)}
+
+    def _record(self, push_pull_s: float, batch: int, loss: float) -> None:
+        """Count one step. Counters and gauges go to Ray's metrics a few times a second, not per step."""
+        now = time.monotonic()
+        self.metrics.latency.observe(push_pull_s, tags={"transport": self.transport})
+        pending = self._unflushed
+        pending["steps"] += 1
+        pending["bytes"] += self.flat.numel * 4 + self.flat.buffers.numel * 8
+        pending["loss"] = loss
+        self._window.append((now, batch))
+        if now >= self._next_flush:
+            self._flush(now)
+
+    def _flush(self, now: float) -> None:
+        m, pending = self.metrics, self._unflushed
+        if pending["steps"]:
+            m.steps.inc(pending["steps"])
+            m.loss.set(pending["loss"])
+            # pushes count what went on the wire (self.wire counts every push, compressed or not); the
+            # uncompressed size has its own counter
+            sent = (pending["bytes"] - 4 * self.flat.numel * pending["steps"]
+                    + self.wire.sent_bytes - pending["sent_mark"])
+            pending["sent_mark"] = self.wire.sent_bytes
+            m.bytes.inc(sent, tags={"direction": "push", "transport": self.transport})
+            m.bytes.inc(pending["bytes"], tags={"direction": "pull", "transport": self.transport})
+            m.raw_push_bytes.inc(pending["bytes"])
+            pending["steps"] = pending["bytes"] = 0
+        while self._window and now - self._window[0][0] > 5.0:  # samples/s over the last 5 s
+            self._window.popleft()
+        span = now - self._window[0][0] if self._window else 0.0
+        if span > 0:
+            m.samples_per_s.set(sum(n for _, n in self._window) / span)
+        self._next_flush = now + FLUSH_S
+
+    def _land(self, pending, direct: bool) -> None:
+        """Finish a push-pull in flight and make the model see what it brought back."""
+        pending.wait()
+        if not direct:
+            self.flat.take_received()
+        self.flat.params_received(buffers=True, counters=False)
+
+    def _planned_steps(self) -> int:
+        own = self.batches.stretches[self.plan.worker_id] if self.plan.worker_id < len(self.batches.stretches) else 0
+        per_worker = (own or max(self.batches.stretches)) * self.plan.epochs
+        return per_worker if self.plan.max_steps is None else min(per_worker, self.plan.max_steps)
+
+    def _sync(self, received) -> None:
+        """(Re)register with every shard: the parameters, and the clock and seq to carry on from."""
+        self.clock = self.acked = self.client.register(self.flat.host_params(), received)
+        self.base = self.client.base
+        self.flat.params_received(buffers=True)
+
+    def _resync(self, error: Exception, received, retryable: tuple) -> None:
+        """After a failed call: wait for the controller's recovery, reconnect and register again."""
+        plan = self.plan
+        began = time.monotonic()
+        while True:
+            generation, recovering = self.work.status()
+            waited = time.monotonic() - began
+            if generation != self.generation:
+                log.warning("worker-%d resyncs after %s: %s", plan.worker_id, type(error).__name__, error)
+                try:
+                    self.generation = generation
+                    self.client.reconnect()
+                    self._sync(received)
+                    self.resyncs += 1
+                    return
+                except retryable as again:  # rolled back again under us: wait for the next recovery
+                    error = again
+            elif waited > plan.resync_timeout_s or (not recovering and waited > plan.recovery_grace_s):
+                raise error  # nothing is being recovered: the error is this worker's own
+            time.sleep(0.05)
+
+    def _lease(self, first_clock: int):
+        return self.work.lease(self.plan.worker_id, self.plan.incarnation, self.generation,
+                               first_clock - self.base, self.acked - self.base)
+
+    def run(self, generation: int = 0) -> dict:
+        """Train on the units the queue hands out until it has none (or ``max_steps``); return what was done."""
+        import ray.exceptions
+
+        plan, flat, device = self.plan, self.flat, self.flat.device
+        retryable = (TransportError, RolledBackError, ray.exceptions.RayActorError, ConnectionError)
+        began = time.monotonic()
+        self.generation, self.resyncs = generation, 0
+        steps = samples = 0
+        pace = StepClock(self._planned_steps(), plan.target_loss)  # steady rate, time to the target loss
+        rng = np.random.default_rng([plan.seed, plan.worker_id, 7])  # the straggler draws, apart from training
+        loss_value = float("nan")
+        self.model.train()
+        buffers = flat.buffers if flat.buffers.numel else None  # most models have none: send nothing
+        received = buffers.received if buffers else None
+        # With overlap, pulls land beside the parameters being computed on and are copied in between
+        # steps, unless the transport writes them only inside wait() (shm, the object store).
+        direct = not plan.overlap or self.client.fills_on_wait
+        inbox = flat.host_params() if direct else flat.receive_buffer()
+        in_flight = None
+        chaos = plan.chaos.arm()
+        self._runner = threading.get_ident()  # whose stack a stall report shows
+        try:
+            self._sync(received)
+            upcoming = self._lease(self.clock + 1)
+            while True:
+                try:
+                    leased = self.work.result(upcoming)
+                    if leased == RESYNC:
+                        raise _Resync()
+                    if leased is None or leased == STOP or (plan.max_steps is not None and steps >= plan.max_steps):
+                        break
+                    batches = self.batches.batches(Unit(*leased))
+                    # Ask for the next unit now, to start right after this one: the call's latency hides
+                    # behind this unit's steps (one step alone is shorter than a Ray call here).
+                    upcoming = self._lease(self.clock + 1 + len(batches))
+                    for indices in batches:
+                        if plan.max_steps is not None and steps >= plan.max_steps:
+                            break
+                        chaos.before_step(steps + 1)
+                        # A third tensor, when the data has one, is each example's loss weight (importance sampling).
+                        x, y, *weight = self.train.batch(indices)
+                        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                        if plan.slow_s:
+                            time.sleep(plan.slow_s)
+                        computing = time.monotonic()
+                        if self.sparse is not None:  # the iteration this forward's rows are pulled for
+                            self.sparse.clock = self.clock + 1
+                        flat.zero_grad()
+                        loss = self.loss_fn(self.model(x), y, weight=weight[0].to(device)) if weight \
+                            else self.loss_fn(self.model(x), y)
+                        loss.backward()
+                        loss_value = loss.item()
+                        held = straggle_s(rng, time.monotonic() - computing, plan.slowdown, plan.straggle_p,
+                                          plan.straggle_factor)
+                        if held > 0:
+                            time.sleep(held)
+                        grads, sent_buffers = flat.host_grads(), buffers.pack() if buffers else None
+                        waited = time.monotonic()
+                        if in_flight is not None:  # overlap: the previous step's answer, then ours goes out
+                            self._land(in_flight, direct)
+                            self.acked = self.clock
+                        self.clock += 1
+                        if self.sparse is not None:
+                            self.sparse.push(self.clock, row_grads(self.model), len(indices))
+                        if self.compressor is not None:
+                            grads = self.compressor.encode(grads)
+                        else:
+                            self.wire.plain(grads.size)
+                        in_flight = self.client.push_pull_async(self.clock, grads, inbox, len(indices), loss_value,
+                                                                sent_buffers, received, ahead=int(plan.overlap))
+                        if not plan.overlap:
+                            self._land(in_flight, direct)
+                            in_flight, self.acked = None, self.clock
+                        steps += 1
+                        samples += len(indices)
+                        pace.step(len(indices), loss_value)
+                        self._record(time.monotonic() - waited, len(indices), loss_value)
+                    else:
+                        continue
+                    break  # max_steps, part way through a unit
+                except (_Resync, *retryable) as e:
+                    in_flight = None
+                    # what error feedback held came from steps a rollback may undo: they are trained again
+                    if self.compressor is not None:
+                        self.compressor.reset()
+                    if self.sparse is not None:
+                        if self.sparse.compressor is not None:
+                            self.sparse.compressor.reset()
+                        self.sparse.drop()
+                        forget_rows(self.model)
+                    self._resync(e if not isinstance(e, _Resync) else RolledBackError("the job rolled back"),
+                                 received, retryable)
+                    upcoming = self._lease(self.clock + 1)
+            if in_flight is not None:
+                self._land(in_flight, direct)
+                in_flight, self.acked = None, self.clock
+            if self.sparse is not None:
+                self.sparse.flush()
+            # Everything this worker pushed has landed: its units are done, the rest goes back.
+            self.work.finish(plan.worker_id, plan.incarnation, self.generation, self.acked - self.base)
+        finally:
+            self._flush(time.monotonic())
+            # Leave the clock tables even on failure, so the others never wait for us.
+            try:
+                self.client.finish()
+            except Exception:  # the shards may be gone; never mask the error that got us here
+                log.warning("worker-%d could not leave the shards' clock tables", plan.worker_id, exc_info=True)
+        return {
+            "worker_id": plan.worker_id,
+            "incarnation": plan.incarnation,
+            "steps": steps,
+            "samples": samples,
+            "resyncs": self.resyncs,
+            "peak_rss_mb": peak_rss_mb(),
+            "rows_pulled": self.sparse.rows_pulled if self.sparse is not None else 0,
+            "rows_pushed": self.sparse.rows_pushed if self.sparse is not None else 0,
+            "final_loss": loss_value,
+            "wire": self.wire.as_dict(),
+            "wall_s": time.monotonic() - began,
+            "steady_samples": pace.steady_samples,
+            "reached_target_s": pace.reached_s,
+            "steady_s": pace.steady_s,
+        }
+
+    def stack(self) -> dict:
+        """What this worker is doing right now (for a stall report): its step and its training thread's stack."""
+        import sys
+        import threading
+        import traceback
+
+        frames = sys._current_frames()
+        runner = getattr(self, "_runner", None) or threading.main_thread().ident
+        lines = traceback.format_stack(frames[runner]) if runner in frames else []
+        return {"clock": getattr(self, "clock", 0), "stack": "".join(lines[-8:]), **this_node()}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB."""
+    import resource
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def seed_worker(seed: int, worker_id: int) -> int:
+    """Seed torch, numpy and ``random`` for one worker from ``(seed, worker_id)``; return the seed."""
+    derived = int(np.random.SeedSequence([seed, worker_id]).generate_state(1, np.uint64)[0])
+    torch.manual_seed(derived)
+    np.random.seed(derived % 2**32)
+    random.seed(derived)
+    return derived
