@@ -7,7 +7,20 @@ cluster on the machine, and ``ray.shutdown`` ends only what it started.
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import pytest
+
+# The repository's root is the package rayps, so pytest names a test module after the checkout's folder
+# (main.tests.test_training when the checkout is main/). Ray's worker processes, and the job processes
+# tests start, find only the working directory on their path; a folder holding one link, named as the
+# checkout is, lets them import a test's functions and classes by the name pickle gives them.
+_ROOT = Path(__file__).resolve().parents[1]
+_LINKS = Path(tempfile.mkdtemp(prefix="rayps-tests-"))
+(_LINKS / _ROOT.name).symlink_to(_ROOT, target_is_directory=True)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_LINKS), os.environ.get("PYTHONPATH")]))
 
 # Helpers imported by test modules: rewrite their asserts too, as if they sat in the test file.
 pytest.register_assert_rewrite("tests.grpc_fixtures")
@@ -25,3 +38,4 @@ def ray_session():
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
