@@ -50,3 +50,28 @@ class UnknownTensorError(PSError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class UnknownWorkerError(PSError, KeyError):
+    """A call named a worker id the shard was not told about."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownTableError(ShapeError, KeyError):
+    """A sparse call named a table the shard does not hold."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class InputError(ShapeError):
+    """Input a shard refuses before it touches any state; ``reason`` names the check for its counters."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):  # two arguments, so it crosses between actors intact
+        return type(self), (str(self), self.reason)

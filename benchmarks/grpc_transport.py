@@ -46,7 +46,7 @@ def _shard(shard_id: int, size: int, workers: list[int]):
     from rayps.ps.core.consistency import ConsistencyConfig
     from rayps.ps.core.optimizers import OptimizerConfig
     from rayps.ps.core.schedules import ScheduleConfig
-    from rayps.ps.core.shard import ParameterShard
+    from rayps.ps.shard import ParameterShard
 
     return ParameterShard(shard_id, np.zeros(size, np.float32), workers, OptimizerConfig(name="sgd", lr=1e-3),
                           ScheduleConfig(), ConsistencyConfig(mode="asp"))
@@ -243,6 +243,7 @@ def shard_alone(size: int, chunk_bytes: int, reps: int) -> dict[str, tuple]:
     """The server's own work per push and per pull, without any transport."""
     from rayps.protos.codec import encode_chunks
     from rayps.protos.names import TENSOR
+    from rayps.ps.core.step import Step
 
     timed = Timer()
     loop = asyncio.new_event_loop()
@@ -251,7 +252,8 @@ def shard_alone(size: int, chunk_bytes: int, reps: int) -> dict[str, tuple]:
     clock = iter(range(1, 1 << 30))
     encode = functools.partial(encode_chunks, TENSOR, chunk_bytes=chunk_bytes)
     results = timed({
-        "server's push alone (finite check + SGD step)": lambda: shard.push(0, next(clock), grad, 0, 1, 0.0),
+        "server's push alone (finite check + SGD step)":
+            lambda: loop.run_until_complete(shard.push(Step(0, next(clock), grad, 0, 1, 0.0))),
         "server's pull alone (encode the chunks)":
             lambda: loop.run_until_complete(shard.pull_for(0, 0, take=lambda params: list(encode(params)))),
     }, reps)

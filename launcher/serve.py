@@ -23,7 +23,7 @@ from ..ps.transport.grpc_server import start_grpc_server
 from ..ps.core.optimizers import OptimizerConfig
 from ..ps.core.schedules import ScheduleConfig
 from ..settings import build, number, require
-from ..ps.core.shard import ParameterShard
+from ..ps.shard import ParameterShard
 
 INITS = ("zeros", "normal")
 

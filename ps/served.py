@@ -21,9 +21,10 @@ import signal
 
 from ..protos.codec import CHUNK_BYTES
 from .core.checkpoint import CheckpointStore
+from .core.step import Step
+from .shard import ParameterShard
 from .transport.grpc_security import TLSConfig
 from .transport.grpc_server import GrpcShardServer, start_grpc_server
-from .core.shard import ParameterShard
 from .transport.shm_server import ShmShardServer, start_shm_server
 
 log = logging.getLogger(__name__)
@@ -77,10 +78,10 @@ class ServedShard(ParameterShard):
         import time
         time.sleep(10**9)
 
-    def push(self, worker_id, clock, grad, pulled_version, num_samples, loss, buffers=None, incarnation=0, seq=0):
-        outcome = super().push(worker_id, clock, grad, pulled_version, num_samples, loss, buffers, incarnation, seq)
+    async def push(self, step: Step) -> str:
+        outcome = await super().push(step)
         if self._crash_after_seq is not None and outcome == "applied" \
-                and self._ledger.last_seq(worker_id) >= self._crash_after_seq:
+                and self.ledger()[step.worker_id][1] >= self._crash_after_seq:
             CheckpointStore(self._checkpoints).write(0, {part_name(self.shard_id): self.state_dict()})
             self.die()
         return outcome

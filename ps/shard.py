@@ -1,44 +1,60 @@
-"""ParameterShard: one range of the flat parameter vector, its optimizer, its clocks.
+"""ParameterShard: one range of the flat parameters and the tables beside it, and the one entry point of a step.
 
-A plain class: the driver makes it a Ray actor with ``ray.remote`` at one call
-site, and unit tests drive it directly with ``asyncio``. Its public methods are
-coroutines so that, as a Ray async actor, a worker waiting on the consistency
-bound does not block pushes from the others (one event loop, no locks: every
-update runs to completion before the next coroutine resumes).
+A plain class: the driver makes it a Ray actor (ps/served.py), and unit
+tests drive it directly with ``asyncio``. Its public methods are coroutines
+so that, as a Ray async actor, a worker waiting on the consistency bound
+does not block the others' pushes (one event loop, no locks: every update
+runs to completion before the next coroutine resumes).
 
-The hot path is ``push_pull``: apply (or aggregate) one worker's gradient,
-advance its clock, wait until the consistency mode admits its next iteration,
-and return the parameters; one call per step per shard.
+Every transport decodes its request into a ``Step`` (ps/core/step.py) and
+calls ``step``: check how far ahead the worker computes, wait at the
+checkpoint gate, push, wait until the consistency mode admits the worker's
+next iteration, and answer with the parameters. The shard decides who may
+push (a live worker, its current incarnation, registered again after a
+rollback) and counts every refusal by reason; what a push does is asked of
+the parts it holds, each with its own small interface:
+
+- ``DenseTable`` (ps/core/dense.py): the parameters, optimizer, schedule and
+  consistency mode;
+- ``BufferTable`` (ps/core/buffers.py): model buffers and their merge;
+- ``PushLedger`` (ps/core/ledger.py): each ``(worker, incarnation, seq)`` once;
+- ``CheckpointCut`` (ps/core/cut.py): the gate a checkpoint holds pushes at;
+- ``SparseTables`` (ps/sparse/tables.py): embedding tables, each with its own mode;
+- ``ShardDecoder`` (ps/compression/decoding.py): compressed pushes to float32;
+- ``Changes`` (ps/core/changes.py): waking waiters, and ending their waits on a restore.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
 from typing import Any, Callable
 
 import numpy as np
 
-from ...protos.layout import DTYPE, all_finite
-from .buffers import BufferTable
-from .consistency import ClockTable, ConsistencyConfig, ConsistencyPolicy
-from ...errors import LeftJobError, OutOfOrderError, RolledBackError, ShapeError
-from .ledger import PushLedger
-from ..compression.decoding import CodecMixin
-from ..sparse.shard_tables import SparseMixin
-from .shard_state import CutMixin, StateMixin, PendingGradient
-from .metrics import ShardMetrics
-from .optimizers import OptimizerConfig, make_optimizer
-from ...protos.compression import Codec
-from .schedules import ScheduleConfig, make_schedule
-
+from ..errors import InputError, LeftJobError, OutOfOrderError, RolledBackError, ShapeError, UnknownTableError
+from ..protos.compression import Codec
+from .compression.decoding import ShardDecoder
+from .core.buffers import BufferTable
+from .core.changes import Changes
+from .core.consistency import ConsistencyConfig
+from .core.cut import CheckpointCut
+from .core.dense import DenseTable
+from .core.ledger import PushLedger
+from .core.metrics import ShardMetrics
+from .core.optimizers import OptimizerConfig
+from .core.schedules import ScheduleConfig
+from .core.step import Answer, Pulled, Step
+from .sparse.table import SparseTable
+from .sparse.tables import SparseTables
 
 #: How often a shard's counters reach Ray's metrics outside the driver's stats() calls.
 METRICS_FLUSH_S = 0.5
 
+Take = Callable[[np.ndarray], Any]
 
-class ParameterShard(CutMixin, StateMixin, SparseMixin, CodecMixin):
+
+class ParameterShard:
     def __init__(
         self,
         shard_id: int,
@@ -58,217 +74,353 @@ class ParameterShard(CutMixin, StateMixin, SparseMixin, CodecMixin):
         pull_codec: Codec | None = None,
     ):
         self.shard_id = shard_id
-        self._init_codec(codec, pull_codec)  # how compressed pushes are decoded (ps/compression/decoding.py)
-        self._params = np.array(init_params, dtype=DTYPE, copy=True).reshape(-1)
-        # This shard's slice of the model's buffers (ps/core/buffers.py); empty for most models' later shards.
+        where = repr(self)
+        self._metrics = ShardMetrics(shard_id, run_id)
         self._buffers = BufferTable(init_buffers, buffer_integer)
-        self._optimizer = make_optimizer(optimizer, self._params.size)
-        self._lr = make_schedule(schedule, optimizer.lr, total_updates)
-        self._config = consistency
-        self._policy = ConsistencyPolicy(consistency)
-        self._clocks = ClockTable(worker_ids)
+        self._dense = DenseTable(init_params, optimizer, schedule, consistency, total_updates, worker_ids,
+                                 self._buffers, self._metrics, where)
         self._ledger = PushLedger(worker_ids)  # (worker, incarnation, seq) applied: exactly once
-        self._joined_at = {int(w): 0 for w in worker_ids}  # the completed clock each worker (re)joined at
-        self._high = 0  # the highest clock any worker completed: where a worker joins when none is live
-        self._generation = 0  # one more per restore: a waiter from before a rollback is sent to register again
-        self._frozen = False  # a checkpoint's cut: pushes wait at the gate ...
-        self._barrier: dict[int, int] | None = None  # ... except those up to these clocks
+        self._changes = Changes(where)
+        self._cut = CheckpointCut(self._changes)
+        self._tables = SparseTables(tables, shard_id, num_shards, worker_ids, where)
+        self._decoder = ShardDecoder(codec, pull_codec, where)
         self._audit: list[tuple[int, int, int]] | None = [] if audit else None  # every applied triple, for tests
-        self._version = 0  # optimizer steps applied so far: the global step of the schedule
-        self._changed: asyncio.Event | None = None  # made lazily, inside the actor's event loop
-        # bsp: the clock whose gradients are being gathered, and those gathered so far
-        self._round_clock = 1
-        self._round: dict[int, PendingGradient] = {}
         # what the driver reads back
-        self._staleness = Counter()
-        self._rejected = Counter()
-        self._applied = 0
-        self._dropped = 0
+        self._rejected: Counter = Counter()
         self._duplicates = 0
         self._max_lead = 0
-        self._wait_s = Counter()
-        self._samples = Counter()
+        self._wait_s: Counter = Counter()
+        self._samples: Counter = Counter()
         self._loss: dict[int, float] = {}
         self._started = time.monotonic()
-        self._metrics = ShardMetrics(shard_id, run_id)
-        self._unflushed: Counter = Counter()  # (metric, outcome) -> count not yet sent to Ray's metrics
+        self._unflushed: Counter = Counter()  # pushes by outcome not yet sent to Ray's metrics
         self._next_flush = 0.0
-        self._make_tables(tables, num_shards, worker_ids)  # sparse embedding tables (ps/sparse/shard_tables.py)
-        self._memory_bytes = self._params.nbytes + self._buffers.nbytes + sum(
-            v.nbytes for v in self._optimizer.state_dict().values() if isinstance(v, np.ndarray))
+        self._memory_bytes = self._dense.params.nbytes + self._buffers.nbytes + sum(
+            v.nbytes for v in self._dense.optimizer.state_dict().values() if isinstance(v, np.ndarray))
 
     def __repr__(self) -> str:  # the name Ray's dashboard shows for this actor
         return f"ps-shard-{self.shard_id}"
 
-    # ---- the hot path -------------------------------------------------------------
+    @property
+    def _clocks(self):
+        """The job's workers as this shard knows them: the dense range's clock table."""
+        return self._dense.consistency.clocks
 
-    async def register(self, worker_id: int, incarnation: int = 0) -> tuple[np.ndarray, int, np.ndarray | None]:
-        """A worker's first pull (and its first after a rollback): the parameters for its next
-        iteration, their version and the merged buffers. ``position`` says which iteration that is."""
-        self.check_registration(worker_id, incarnation)
-        return await self._admit(worker_id, self._clocks.completed(worker_id) + 1)
+    # ---- the step ---------------------------------------------------------------------
 
-    def check_registration(self, worker_id: int, incarnation: int) -> None:
-        """Refuse all but the current incarnation; after a rollback, let it push again."""
-        self._clocks.completed(worker_id)  # raises for an unknown worker
-        self._ledger.check_incarnation(worker_id, int(incarnation), repr(self))
-        self._ledger.registered(worker_id)
+    async def step(self, step: Step, take: Take | None = None) -> Answer:
+        """Push ``step``'s gradient; answer with the parameters for iteration ``step.answers``.
 
-    def position(self, worker_id: int) -> tuple[int, int]:
-        """Where a (re)registering worker carries on: its completed clock and last applied seq."""
-        return self._clocks.completed(worker_id), self._ledger.last_seq(worker_id)
-
-    def join(self, worker_id: int, incarnation: int, clock: int) -> None:
-        """Let ``incarnation`` of ``worker_id`` (a replacement, or a worker added mid-job) join the
-        clock table with ``clock`` completed; the controller picks one clock for every shard."""
-        self._ledger.join(worker_id, incarnation)
-        self._clocks.join(worker_id, clock)
-        self._joined_at[worker_id] = clock
-        self._tables_join(worker_id, clock)
-        self._maybe_step_round()
-        self._notify()
-
-    def frontier(self) -> int:
-        """The completed clock a joining worker should start from on this shard: the round being
-        gathered (bsp) or the slowest live worker (asp, ssp), so it neither blocks nor leads anyone."""
-        if self._config.mode == "bsp":
-            return self._round_clock - 1
-        slowest = self._clocks.min_completed()
-        return self._high if slowest is None else slowest
-
-    async def push_pull(
-        self,
-        worker_id: int,
-        clock: int,
-        grad: np.ndarray,
-        pulled_version: int,
-        num_samples: int,
-        loss: float,
-        buffers: np.ndarray | None = None,
-        ahead: int = 0,
-        incarnation: int = 0,
-        seq: int = 0,
-    ) -> tuple[np.ndarray, int, np.ndarray | None]:
-        """Push the gradient of iteration ``clock``; return the parameters for iteration clock + 1.
-
-        ``pulled_version`` is the version the gradient was computed from, so the
-        shard can measure its staleness. A repeated ``(worker_id, clock)`` (a
-        retry) is not applied twice. ``buffers`` is the worker's slice of its
-        model buffers (float64; None: no report this step). ``ahead``: the
-        worker computes that many iterations before its next push (overlap),
-        so the answer waits until it may begin iteration ``clock + 1 + ahead``.
-        Returns the parameters, their version and the merged buffers (None if
-        this shard holds none). ``incarnation`` and ``seq``: see ``push``.
+        ``take(params, outcome)`` reads the parameters out (default: a copy) in
+        the same turn of the event loop as their version, before any update can
+        change them: a transport may pass its encoder and skip the copy. It must
+        not keep the array it is given.
         """
-        self.check_ahead(ahead)
-        await self.gate(worker_id, clock)
-        self.push(worker_id, clock, grad, pulled_version, num_samples, loss, buffers, incarnation, seq)
-        return await self._admit(worker_id, clock + 1 + ahead)
+        self.check_ahead(step.worker_id, step.ahead)
+        outcome = await self.push(step)
+        read = None if take is None else (lambda params: take(params, outcome))
+        return Answer(*await self.pull_for(step.worker_id, step.answers, read), outcome)
 
-    def check_ahead(self, ahead: int) -> None:
-        """Computing ahead is for asp and ssp: a bsp round needs this worker's own next push."""
-        if ahead and self._config.mode == "bsp":
-            raise self._out_of_order(f"{self!r}: a bsp worker cannot compute ahead of its pull (ahead {ahead})")
+    def check_ahead(self, worker_id: int, ahead: int) -> None:
+        """Computing ahead only where the mode keeps its bound with it (a bsp round needs the worker's push)."""
         if ahead < 0:
-            raise self._out_of_order(f"{self!r}: ahead ({ahead}) must be >= 0")
+            raise self._refuse("out_of_order", OutOfOrderError(f"{self!r}: ahead ({ahead}) must be >= 0"))
+        if not self._dense.consistency.may_compute_ahead(ahead):
+            mode = self._dense.consistency.config.mode
+            raise self._refuse("out_of_order", OutOfOrderError(
+                f"{self!r}: a {mode} worker cannot compute ahead of its pull (ahead {ahead})"))
 
-    def push(self, worker_id: int, clock: int, grad: np.ndarray, pulled_version: int,
-             num_samples: int, loss: float, buffers: np.ndarray | None = None,
-             incarnation: int = 0, seq: int = 0) -> str:
-        """The push half of ``push_pull``: apply or gather, advance the clock; never waits.
+    async def push(self, step: Step) -> str:
+        """The push half of ``step``: wait at the checkpoint gate, then apply or gather; the outcome
+        (``"applied"``, ``"duplicate"``: a retry, not applied again, or ``"stale"``: its round stepped
+        without it, dropped and counted)."""
+        await self._cut.gate(step.worker_id, step.clock)
+        return self._push_now(step)
 
-        ``(worker_id, incarnation, seq)`` is applied at most once (ps/core/ledger.py);
-        seq 0 means "the next one" (the clock's place in this incarnation), for
-        callers that count clocks only.
-        Returns the outcome: ``"applied"`` (applied, or gathered into its bsp
-        round), ``"duplicate"`` (a retry, not applied again) or ``"stale"``
-        (bsp backup workers: its round already stepped; dropped and counted).
-        A compressed push's ``grad`` is its blob (uint8), decoded here first.
-        """
-        grad = self._decode_grad(grad)
-        self._check_grad(grad)
-        if buffers is not None:
-            self._check_buffers(buffers)
-        if not self._clocks.is_live(worker_id):
-            self._clocks.completed(worker_id)  # raises for an unknown worker
-            self.count_rejection("out_of_order")
-            raise LeftJobError(f"{self!r}: worker {worker_id} has left the job; its push is refused")
-        completed = self._clocks.completed(worker_id)
-        if clock > completed and self._ledger.must_register(worker_id):
-            self.count_rejection("rolled_back")
-            raise RolledBackError(f"{self!r} was restored from a checkpoint; worker {worker_id} must register"
-                                  " again before it pushes")
-        if clock > completed + 1:
+    def _push_now(self, s: Step) -> str:
+        grad = self._checked(self._decoder.grad, s.grad, self._dense.size)
+        self._checked(self._dense.check, grad)
+        if s.buffers is not None:
+            self._check_buffers(s.buffers)
+        worker, completed = s.worker_id, self._clocks.completed(s.worker_id)  # raises for an unknown worker
+        if not self._clocks.is_live(worker):
+            raise self._refuse("out_of_order", LeftJobError(
+                f"{self!r}: worker {worker} has left the job; its push is refused"))
+        if s.clock > completed and self._ledger.must_register(worker):
+            raise self._refuse("rolled_back", RolledBackError(
+                f"{self!r} was restored from a checkpoint; worker {worker} must register again before it pushes"))
+        if s.clock > completed + 1:
             # Recording it would turn every later push at normal clocks into a "duplicate"
             # that is silently dropped: a clock from the future is a protocol error.
-            raise self._out_of_order(f"{self!r}: worker {worker_id} pushed clock {clock}, but its next clock is"
-                                     f" {completed + 1}; a push's clock may not skip ahead")
-        if not seq:
-            seq = clock - self._joined_at.get(worker_id, 0)
+            raise self._refuse("out_of_order", OutOfOrderError(
+                f"{self!r}: worker {worker} pushed clock {s.clock}, but its next clock is {completed + 1};"
+                " a push's clock may not skip ahead"))
+        seq = int(s.seq) or s.clock - self._dense.consistency.joined_at.get(worker, 0)
         try:
-            fresh = self._ledger.classify(worker_id, int(incarnation), int(seq), repr(self))
-        except (OutOfOrderError, LeftJobError, RolledBackError):
-            self.count_rejection("out_of_order")
-            raise
+            fresh = self._ledger.classify(worker, int(s.incarnation), seq, repr(self))
+        except (OutOfOrderError, LeftJobError, RolledBackError) as e:
+            raise self._refuse("out_of_order", e)
         if fresh == "duplicate":
             self._duplicates += 1
-            self._unflushed[("pushes", "duplicate")] += 1
+            self._unflushed["duplicate"] += 1
             return "duplicate"
-        if clock != completed + 1:
-            raise self._out_of_order(f"{self!r}: worker {worker_id} pushed a new seq {seq} at clock {clock}, but"
-                                     f" its next clock is {completed + 1}")
-        outcome = "applied"
-        if self._config.mode == "bsp":
-            outcome = self._gather(worker_id, clock, grad, int(num_samples), pulled_version, buffers)
-        else:
-            self._apply(grad, [self._version - int(pulled_version)])
-            if buffers is not None:
-                self._buffers.report(worker_id, buffers, int(num_samples))
-                self._buffers.merge()
-        # after _gather, which refuses a push from the future: a refused push records nothing
-        self._ledger.record(worker_id, int(seq))
+        if s.clock != completed + 1:
+            raise self._refuse("out_of_order", OutOfOrderError(
+                f"{self!r}: worker {worker} pushed a new seq {seq} at clock {s.clock}, but its next clock is"
+                f" {completed + 1}"))
+        try:
+            outcome = self._dense.push(worker, s.clock, grad, s.pulled_version, s.num_samples, s.buffers)
+        except OutOfOrderError as e:  # a round not yet gathered: nothing was recorded
+            raise self._refuse("out_of_order", e)
+        self._ledger.record(worker, seq)
         if self._audit is not None:
-            self._audit.append((worker_id, int(incarnation), int(seq)))
-        self._high = max(self._high, clock)
-        self._samples[worker_id] += int(num_samples)
-        self._loss[worker_id] = float(loss)
-        self._clocks.advance(worker_id, clock)
-        self._maybe_step_round()
-        self._notify()
-        self._unflushed[("pushes", outcome)] += 1
+            self._audit.append((worker, int(s.incarnation), seq))
+        self._samples[worker] += int(s.num_samples)
+        self._loss[worker] = float(s.loss)
+        self._changed()
+        self._unflushed[outcome] += 1
         if time.monotonic() >= self._next_flush:
             self._flush_metrics()
         return outcome
 
-    async def pull_for(self, worker_id: int, clock: int, take: Callable[[np.ndarray], Any] | None = None,
-                       ) -> tuple[Any, int]:
-        """The pull half: wait until ``worker_id`` may begin iteration ``clock`` (0: no wait).
+    async def pull_for(self, worker_id: int, clock: int, take: Take | None = None) -> Pulled:
+        """The pull half: wait until ``worker_id`` may begin iteration ``clock`` (0: no wait); the parameters
+        as ``take`` read them, their version and the merged buffers (a copy; None where the shard holds none)."""
+        self.check_worker(worker_id)
+        if clock > 0:
+            waited = await self._changes.until(lambda: self._dense.consistency.admits(clock), worker_id,
+                                               f"iteration {clock}")
+            if waited:
+                self._wait_s[worker_id] += waited
+                self._metrics.wait_s.inc(waited, tags={"worker": str(worker_id)})
+            if self._clocks.is_live(worker_id):
+                self._max_lead = max(self._max_lead, self._dense.consistency.lead(clock))
+        return self._answer(take)
 
-        ``take`` reads the parameters out (default: a copy) in the same step as
-        the version, before any update can change them: a transport may pass its
-        encoder and skip the copy. It must not keep the array it is given.
-        Returns what ``take`` returned, the version and the merged buffers (a
-        copy; None if this shard holds none).
-        """
-        self._clocks.completed(worker_id)  # raises for an unknown worker
-        if clock <= 0:
-            return self._take(take), self._version, self._buffer_copy()
-        return await self._admit(worker_id, clock, take)
+    async def pull(self) -> Pulled:
+        """The current parameters, their version and merged buffers, for evaluation (no clock involved)."""
+        return self._answer(None)
 
-    def where(self) -> dict:
-        """The Ray node this shard runs on, for the job's placement report."""
-        from .placement_info import this_node
-        return this_node()
+    def _answer(self, take: Take | None) -> Pulled:
+        # A copy by default: the buffer changes under the next update while Ray may still be serializing it.
+        params = self._dense.params.copy() if take is None else take(self._dense.params)
+        buffers = self._buffers.values.copy() if self._buffers.size else None
+        return Pulled(params, self._dense.version, buffers)
+
+    # ---- workers: who may call, joining and leaving -------------------------------------
 
     def check_worker(self, worker_id: int) -> None:
         """Raise UnknownWorkerError unless ``worker_id`` is part of the job."""
         self._clocks.completed(worker_id)
 
+    def enter(self, worker_id: int, incarnation: int = 0) -> tuple[int, int]:
+        """A worker (re)registers: refuse all but its current incarnation, let it push again after a
+        rollback, and say where it carries on (``position``)."""
+        self.check_worker(worker_id)
+        self._ledger.check_incarnation(worker_id, int(incarnation), repr(self))
+        self._ledger.registered(worker_id)
+        return self.position(worker_id)
+
+    def position(self, worker_id: int) -> tuple[int, int]:
+        """Where a worker carries on: its completed clock and last applied seq."""
+        return self._clocks.completed(worker_id), self._ledger.last_seq(worker_id)
+
+    async def register(self, worker_id: int, incarnation: int = 0, take: Take | None = None,
+                       ) -> tuple[int, int, Pulled]:
+        """``enter``, then the parameters for the worker's next iteration."""
+        clock, seq = self.enter(worker_id, incarnation)
+        return clock, seq, await self.pull_for(worker_id, clock + 1, take)
+
+    def join(self, worker_id: int, incarnation: int, clock: int) -> None:
+        """Let ``incarnation`` of ``worker_id`` (a replacement, or a worker added mid-job) join with
+        ``clock`` completed; the controller picks one clock for every shard."""
+        self._ledger.join(worker_id, incarnation)
+        self._dense.consistency.join(worker_id, clock)
+        self._tables.join(worker_id, clock)
+        self._changed()
+
+    def frontier(self) -> int:
+        """The completed clock a joining worker should start from on this shard (the mode says)."""
+        return self._dense.consistency.frontier()
+
+    async def finish(self, worker_id: int, incarnation: int | None = None) -> None:
+        """A worker is done (or dead): it leaves every clock table and nobody waits for it.
+
+        With ``incarnation``, only that life leaves: a late goodbye from a replaced
+        worker must not take its replacement out of the table."""
+        self.check_worker(worker_id)
+        if incarnation is not None and self._ledger.knows(worker_id) \
+                and int(incarnation) != self._ledger.incarnation(worker_id):
+            return
+        self._dense.consistency.leave(worker_id)
+        self._tables.leave(worker_id)
+        self._changed()
+
     def advance(self, worker_id: int, clock: int) -> None:
         """Advance a worker's clock without a gradient (an iteration it had nothing to push for)."""
         self._clocks.advance(worker_id, clock)
-        self._maybe_step_round()
-        self._notify()
+        self._changed()
+
+    def _changed(self) -> None:
+        """After any change of clocks: step a round that is now complete, and wake every waiter."""
+        self._dense.step_round()
+        self._changes.notify()
+
+    # ---- sparse tables ------------------------------------------------------------------
+
+    async def sparse_pull(self, worker_id: int, table: str, ids: np.ndarray, clock: int = 0,
+                          incarnation: int = 0) -> tuple[np.ndarray, int]:
+        """The rows ``ids`` of ``table`` for iteration ``clock`` (waiting as the table's mode says;
+        0: no wait), created on first touch. Returns the rows (float32, len(ids) x dim) and the
+        table's version on this shard."""
+        t = self._table(table)
+        ids = self._checked(t.check_ids, ids)
+        self._check_sparse_caller(worker_id, incarnation)
+        waited = await self._changes.until(lambda: t.ready(clock), worker_id, f"table {table!r} iteration {clock}")
+        t.admitted(worker_id, clock, waited)
+        return t.rows(ids, worker_id), t.version
+
+    async def sparse_push(self, worker_id: int, table: str, clock: int, ids: np.ndarray, grads: np.ndarray,
+                          num_samples: int = 1, incarnation: int = 0) -> str:
+        """Push the summed row gradients of iteration ``clock`` (every step, also with no ids, so the
+        table's clocks move on). Returns ``applied``, ``duplicate`` or ``stale``, as a dense push."""
+        t = self._table(table)
+        ids = self._checked(t.check_ids, ids)
+        grads = self._checked(self._decoder.rows, grads, len(ids), t.config.dim)
+        grads = self._checked(t.check_grads, ids, grads)
+        self._check_sparse_caller(worker_id, incarnation)
+        await self._cut.gate(worker_id, clock)
+        self._check_sparse_caller(worker_id, incarnation)  # a restore may have happened at the gate
+        try:
+            outcome = t.push(worker_id, int(clock), ids, grads, int(num_samples))
+        except OutOfOrderError as e:
+            raise self._refuse("out_of_order", e)
+        self._changes.notify()
+        return outcome
+
+    async def sparse_lookup(self, table: str, ids: np.ndarray) -> np.ndarray:
+        """The rows ``ids`` as they stand, for evaluation: no clock, no touch, nothing created."""
+        t = self._table(table)
+        return t.rows(self._checked(t.check_ids, ids))
+
+    async def sparse_export(self, table: str) -> tuple[np.ndarray, np.ndarray]:
+        """Every row this shard holds of ``table``: ids (int64) and values (float32 rows x dim)."""
+        store = self._table(table).store
+        return store.ids[:store.count].copy(), store.weights[:store.count].copy()
+
+    def _table(self, name: str) -> SparseTable:
+        try:
+            return self._tables.get(name)
+        except UnknownTableError as e:
+            raise self._refuse("unknown_table", e)
+
+    def _check_sparse_caller(self, worker_id: int, incarnation: int) -> None:
+        """The dense pushes' rules for a sparse call: a live worker, its current incarnation, registered."""
+        self.check_worker(worker_id)
+        if not self._clocks.is_live(worker_id):
+            raise self._refuse("out_of_order", LeftJobError(
+                f"{self!r}: worker {worker_id} has left the job; its sparse call is refused"))
+        if self._ledger.knows(worker_id):
+            try:
+                self._ledger.check_incarnation(worker_id, int(incarnation), repr(self))
+            except (LeftJobError, OutOfOrderError) as e:
+                raise self._refuse("out_of_order", e)
+        if self._ledger.must_register(worker_id):
+            raise self._refuse("rolled_back", RolledBackError(
+                f"{self!r} was restored from a checkpoint; worker {worker_id} must register again before it"
+                " pulls or pushes rows"))
+
+    # ---- refusals -------------------------------------------------------------------------
+
+    def count_rejection(self, reason: str) -> None:
+        """Count a refused request (a transport counts those it refuses before they reach the shard)."""
+        self._rejected[reason] += 1
+        self._metrics.rejected.inc(tags={"reason": reason})
+
+    def _refuse(self, reason: str, error: Exception) -> Exception:
+        self.count_rejection(reason)
+        return error
+
+    def _checked(self, check: Callable, *args):
+        """``check(*args)``, counting the reason of an InputError it raises."""
+        try:
+            return check(*args)
+        except InputError as e:
+            raise self._refuse(e.reason, e)
+
+    def _check_buffers(self, buffers: object) -> None:
+        try:
+            self._buffers.check(buffers, repr(self))
+        except ShapeError as e:
+            raise self._refuse("buffers", e)
+
+    # ---- a checkpoint's cut, and the whole state out and back in --------------------------
+
+    def freeze(self) -> dict[int, int]:
+        """Begin a cut: hold every push from now on; each live worker's completed clock (tables included)."""
+        self._cut.freeze()
+        return self._tables.fold_clocks(self._clocks.snapshot())
+
+    async def cut(self, clocks: dict[int, int], timeout_s: float = 5.0) -> bool:
+        """Let through the held pushes up to ``clocks`` (the highest every shard saw) and wait until this
+        shard has them all. False if a worker's push never came (it died mid-push) within ``timeout_s``."""
+        return await self._cut.cut(clocks, self._reached, timeout_s)
+
+    def _reached(self, barrier: dict[int, int]) -> bool:
+        known = self._ledger.knows
+        return all(not self._clocks.is_live(w) or self._clocks.completed(w) >= c
+                   for w, c in barrier.items() if known(w)) and self._tables.reached(barrier, known)
+
+    def thaw(self) -> None:
+        """End a cut: the held pushes go on."""
+        self._cut.thaw()
+
+    def state_dict(self) -> dict:
+        """Everything the shard's future depends on, as copies: parameters, version, optimizer state,
+        clocks and the round being gathered, model buffers and reports, the push ledger, the sparse tables
+        and the counters the summary reports. ``load_state_dict`` on a shard built with the same config
+        resumes exactly where this one stands."""
+        return {
+            "shard_id": self.shard_id,
+            **self._dense.state_dict(),
+            "buffers": self._buffers.state_dict(),
+            "ledger": self._ledger.state_dict(),
+            "audit": [list(t) for t in self._audit] if self._audit is not None else None,
+            "tables": self._tables.state_dict(),
+            "counters": {**self._dense.counters(), "rejected": dict(self._rejected), "duplicates": self._duplicates,
+                         "max_lead": self._max_lead, "wait_s": dict(self._wait_s), "samples": dict(self._samples),
+                         "loss": dict(self._loss)},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a ``state_dict()``; every part checks it first, so a bad one changes nothing. Afterwards
+        every worker must register again: its clock moved back under it."""
+        if state.get("shard_id") != self.shard_id:
+            raise ShapeError(f"{self!r}: the state is ps-shard-{state.get('shard_id')}'s")
+        self._dense.check_state(state)
+        BufferTable(self._buffers.values, self._buffers.integer).load_state_dict(state["buffers"])
+        ledger = PushLedger()
+        ledger.load_state_dict(state["ledger"])
+        self._tables.check_state(state.get("tables"))
+        c = state["counters"]
+        self._dense.load_state_dict(state, c)
+        self._buffers.load_state_dict(state["buffers"])
+        self._tables.load_state_dict(state.get("tables"))
+        ledger.mark_rolled_back()
+        self._ledger = ledger
+        if self._audit is not None:  # what the restored state holds was applied; what came after was undone
+            self._audit = [tuple(t) for t in (state.get("audit") or [])]
+        self._rejected, self._duplicates, self._max_lead = Counter(c["rejected"]), c["duplicates"], c["max_lead"]
+        self._wait_s, self._samples, self._loss = Counter(c["wait_s"]), Counter(c["samples"]), dict(c["loss"])
+        self._cut.thaw()
+        self._changes.restored()
+
+    # ---- what the driver and the transports read ------------------------------------------
+
+    def where(self) -> dict:
+        """The Ray node this shard runs on, for the job's placement report."""
+        from .core.placement_info import this_node
+        return this_node()
 
     def applied_log(self) -> list[tuple[int, int, int]]:
         """Every ``(worker, incarnation, seq)`` applied, in order (only with ``audit``)."""
@@ -278,131 +430,33 @@ class ParameterShard(CutMixin, StateMixin, SparseMixin, CodecMixin):
         """worker -> (incarnation, last applied seq)."""
         return self._ledger.snapshot()
 
-    def _out_of_order(self, message: str) -> OutOfOrderError:
-        """A request out of protocol order, counted (every transport answers it FAILED_PRECONDITION)."""
-        self.count_rejection("out_of_order")
-        return OutOfOrderError(message)
-
-    def count_rejection(self, reason: str) -> None:
-        """Count a request a transport refused before it reached the shard."""
-        self._rejected[reason] += 1
-        self._metrics.rejected.inc(tags={"reason": reason})
-
     @property
     def size(self) -> int:
-        return int(self._params.size)
+        return self._dense.size
 
     @property
     def version(self) -> int:
-        return self._version
+        return self._dense.version
 
     @property
     def buffer_size(self) -> int:
         """How many model-buffer values this shard holds (float64)."""
         return self._buffers.size
 
-    async def finish(self, worker_id: int, incarnation: int | None = None) -> None:
-        """A worker is done (or dead): it leaves the clock table and nobody waits for it.
+    @property
+    def codec(self) -> Codec:
+        return self._decoder.codec
 
-        With ``incarnation``, only that life leaves: a late goodbye from a replaced
-        worker must not take its replacement out of the table."""
-        self._clocks.completed(worker_id)  # raises for an unknown worker
-        if incarnation is not None and self._ledger.knows(worker_id) \
-                and int(incarnation) != self._ledger.incarnation(worker_id):
-            return
-        self._clocks.leave(worker_id)
-        self._tables_leave(worker_id)
-        self._maybe_step_round()
-        self._notify()
+    @property
+    def pull_codec(self) -> Codec:
+        return self._decoder.pull
 
-    async def pull(self) -> tuple[np.ndarray, int, np.ndarray | None]:
-        """The current parameters, their version and merged buffers, for evaluation (no clock involved)."""
-        return self._params.copy(), self._version, self._buffer_copy()
+    def grad_wire_nbytes(self) -> int:
+        """The bytes of this shard's compressed dense gradient (what a receiver of a blob expects)."""
+        return self._decoder.grad_nbytes(self.size)
 
-    # ---- applying updates ---------------------------------------------------------
-
-    def _check_grad(self, grad: object) -> None:
-        """Reject a malformed gradient before it touches any state."""
-        if not isinstance(grad, np.ndarray):
-            self.count_rejection("type")
-            raise ShapeError(f"{self!r}: gradient must be a numpy array, got {type(grad).__name__}")
-        if grad.dtype != DTYPE:
-            self.count_rejection("dtype")
-            raise ShapeError(f"{self!r}: gradient dtype must be {DTYPE}, got {grad.dtype}")
-        if grad.shape != self._params.shape:
-            self.count_rejection("shape")
-            raise ShapeError(f"{self!r}: gradient shape must be {self._params.shape}, got {grad.shape}")
-        if not all_finite(grad):
-            self.count_rejection("non_finite")
-            bad = int(np.count_nonzero(~np.isfinite(grad)))  # only on the way out: the count costs a pass
-            raise ShapeError(f"{self!r}: gradient holds {bad} NaN or Inf values; gradients must be finite")
-
-    def _check_buffers(self, buffers: object) -> None:
-        try:
-            self._buffers.check(buffers, repr(self))
-        except ShapeError:
-            self.count_rejection("buffers")
-            raise
-
-    def _apply(self, grad: np.ndarray, staleness: list[int]) -> None:
-        """One optimizer step with ``grad``, made of pushes of the given staleness."""
-        lr = self._lr(self._version)
-        if self._config.staleness_aware_lr:
-            lr /= max(1, max(staleness))
-        self._optimizer.step(self._params, grad, lr)
-        self._version += 1
-        self._unflushed[("updates", "")] += 1
-        for tau in staleness:
-            self._metrics.staleness.observe(tau)
-        self._applied += len(staleness)
-        self._staleness.update(staleness)
-
-    def _gather(self, worker_id: int, clock: int, grad: np.ndarray, n: int, pulled_version: int,
-                buffers: np.ndarray | None = None) -> str:
-        if clock < self._round_clock:  # its round already stepped without it (backup workers)
-            self._dropped += 1
-            return "stale"
-        if clock > self._round_clock:
-            raise self._out_of_order(
-                f"{self!r}: worker {worker_id} pushed clock {clock} while clock {self._round_clock}"
-                " is still being gathered; bsp workers must wait for each step"
-            )
-        # A copy: a transport may reuse its receive buffer before the round steps.
-        self._round[worker_id] = PendingGradient(grad.copy(), n, pulled_version,
-                                          None if buffers is None else buffers.copy())
-        return "applied"
-
-    def _maybe_step_round(self) -> None:
-        """bsp: once the round has its quorum, step once with the sample-weighted mean gradient."""
-        if self._config.mode != "bsp" or not self._round:
-            return
-        # Only live workers' gradients count toward the quorum: a worker that pushed
-        # and then left must not let the round step without a live worker's gradient.
-        # A worker that joined after this round began owes it nothing (its first push is a later clock).
-        expected = {w for w in self._clocks.live if self._joined_at.get(w, 0) < self._round_clock}
-        if sum(w in expected for w in self._round) < self._policy.quorum(self._clocks, len(expected)):
-            return
-        # In worker order, never arrival order: a bsp run is reproducible bit for bit.
-        workers = sorted(self._round)
-        pending = [self._round[w] for w in workers]
-        if len(pending) == 1:  # exactly the worker's gradient: bit-for-bit with one process
-            mean = pending[0].grad
-        else:  # weighted by samples, so it equals the gradient of the combined batch
-            total = sum(p.num_samples for p in pending)
-            mean = np.zeros_like(self._params)
-            for p in pending:
-                mean += p.grad * np.float32(p.num_samples / total)
-        self._apply(mean, [self._version - p.pulled_version for p in pending])
-        # The round's buffers become visible with its step, so a pull for the next
-        # clock sees exactly this round's reports, whoever pushes next.
-        for w, p in zip(workers, pending):
-            if p.buffers is not None:
-                self._buffers.report(w, p.buffers, p.num_samples)
-        self._buffers.merge()
-        self._round.clear()
-        self._round_clock += 1
-
-    # ---- waiting ------------------------------------------------------------------
+    def row_wire_nbytes(self, count: int, dim: int) -> int:
+        return self._decoder.row_nbytes(count, dim)
 
     def _flush_metrics(self) -> None:
         """Counters and each live worker's clock lag to Ray's metrics: a few times a second, not per push.
@@ -410,81 +464,36 @@ class ParameterShard(CutMixin, StateMixin, SparseMixin, CodecMixin):
         (Per push, the calls cost the hot path several percent; the staleness
         histogram still sees every update, as its counts must match the summary.)
         """
-        for (name, outcome), n in self._unflushed.items():
-            if n and name == "pushes":
+        for outcome, n in self._unflushed.items():
+            if n:
                 self._metrics.pushes.inc(n, tags={"outcome": outcome})
-            elif n:
-                self._metrics.updates.inc(n)
+        if self._dense.unflushed_updates:
+            self._metrics.updates.inc(self._dense.unflushed_updates)
+            self._dense.unflushed_updates = 0
         self._unflushed.clear()
         clocks = self._clocks.snapshot()
         fastest = max(clocks.values(), default=0)
         for worker, clock in clocks.items():
             self._metrics.clock_lag.set(fastest - clock, tags={"worker": str(worker)})
         if self._tables:
-            self._metrics.table_gauges(self._tables_stats())
+            self._metrics.table_gauges(self._tables.stats())
         self._next_flush = time.monotonic() + METRICS_FLUSH_S
-
-    def _notify(self) -> None:
-        """Wake every waiter to re-check its condition (one event per change)."""
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = None
-
-    def _ready(self, clock: int) -> bool:
-        if self._config.mode == "bsp":
-            return self._round_clock >= clock
-        return self._policy.admits(self._clocks, clock)
-
-    async def wait_until(self, ready: Callable[[], bool], worker_id: int, what: str) -> float:
-        """Wait until ``ready()``, re-checked at every change; return the seconds waited. A restore
-        meanwhile ends the wait with RolledBackError: what was waited for is gone."""
-        if ready():
-            return 0.0
-        generation, began = self._generation, time.monotonic()
-        while not ready():
-            if self._changed is None:
-                self._changed = asyncio.Event()
-            await self._changed.wait()
-            if self._generation != generation:
-                raise RolledBackError(f"{self!r} was restored from a checkpoint while worker {worker_id}"
-                                      f" waited for {what}; it must register again")
-        return time.monotonic() - began
-
-    async def _admit(self, worker_id: int, clock: int, take: Callable[[np.ndarray], Any] | None = None,
-                     ) -> tuple[Any, int]:
-        """Wait until ``worker_id`` may begin iteration ``clock``; then hand it the parameters."""
-        waited = await self.wait_until(lambda: self._ready(clock), worker_id, f"iteration {clock}")
-        if waited:
-            self._wait_s[worker_id] += waited
-            self._metrics.wait_s.inc(waited, tags={"worker": str(worker_id)})
-        if self._clocks.is_live(worker_id):
-            self._max_lead = max(self._max_lead, self._policy.lead(self._clocks, clock))
-        return self._take(take), self._version, self._buffer_copy()
-
-    def _buffer_copy(self) -> np.ndarray | None:
-        return self._buffers.values.copy() if self._buffers.size else None
-
-    def _take(self, take: Callable[[np.ndarray], Any] | None):
-        # A copy by default, because the buffer changes under the next update while
-        # Ray may still be serializing this reply.
-        return self._params.copy() if take is None else take(self._params)
-
-    # ---- what the driver reads ----------------------------------------------------
 
     async def stats(self) -> dict:
         self._metrics.memory_bytes.set(self._memory_bytes)
         self._flush_metrics()  # the tables' gauges too, whenever the driver looks
+        dense = self._dense
         return {
             "shard_id": self.shard_id,
-            "size": int(self._params.size),
+            "size": dense.size,
             "buffer_size": self._buffers.size,
-            "version": self._version,
+            "version": dense.version,
             "clocks": self._clocks.snapshot(),
-            "pushes_applied": self._applied,
-            "pushes_dropped": self._dropped,
+            "pushes_applied": dense.applied,
+            "pushes_dropped": dense.dropped,
             "duplicates": self._duplicates,
             "rejected": dict(self._rejected),
-            "staleness_histogram": {int(k): v for k, v in sorted(self._staleness.items())},
+            "staleness_histogram": {int(k): v for k, v in sorted(dense.staleness.items())},
             "max_clock_gap": self._max_lead,
             "wait_s": {int(k): round(v, 4) for k, v in self._wait_s.items()},
             "samples": dict(self._samples),
@@ -492,7 +501,7 @@ class ParameterShard(CutMixin, StateMixin, SparseMixin, CodecMixin):
             "uptime_s": time.monotonic() - self._started,
             "memory_bytes": self._memory_bytes,
             "ledger": {w: list(v) for w, v in self._ledger.snapshot().items()},
-            "tables": self._tables_stats(),
-            "codec": self._codec.name,
-            "decode_s": round(self._decode_s, 6),
+            "tables": self._tables.stats(),
+            "codec": self._decoder.codec.name,
+            "decode_s": round(self._decoder.decode_s, 6),
         }

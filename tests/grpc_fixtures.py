@@ -25,7 +25,7 @@ from rayps.ps.transport.grpc_security import TLSConfig
 from rayps.ps.transport.grpc_server import GrpcShardServer, start_grpc_server
 from rayps.ps.core.optimizers import OptimizerConfig
 from rayps.ps.core.schedules import ScheduleConfig
-from rayps.ps.core.shard import ParameterShard
+from rayps.ps.shard import ParameterShard
 
 TOKEN = "tok-" + secrets.token_urlsafe(24)
 AUTH = (("authorization", f"Bearer {TOKEN}"),)

@@ -31,7 +31,7 @@ def test_a_shard_state_round_trips_through_disk_and_the_restored_shard_resumes_e
     restored = make("bsp")
     restored.load_state_dict(parts["shard-0"])
     for worker in (0, 1):  # each worker registers again after a restore (register() would wait on the round)
-        restored.check_registration(worker, 0)
+        restored.enter(worker, 0)
     drive(original, [(1, 2), (0, 3), (1, 3)])
     drive(restored, [(1, 2), (0, 3), (1, 3)])
     a, b = asyncio.run(original.pull()), asyncio.run(restored.pull())

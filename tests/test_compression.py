@@ -19,11 +19,12 @@ from rayps.ps.compression.encoding import CompressionConfig, GradCompressor, Row
 from rayps.ps.core.consistency import ConsistencyConfig
 from rayps.ps.transport.grpc_security import GrpcConfig
 from rayps.ps.core.optimizers import OptimizerConfig
+from rayps.ps.core.step import Step
 from rayps.ps.core.partition import partition
 from rayps.ps.sparse.row_optimizers import RowOptimizerConfig
 from rayps.ps.core.schedules import ScheduleConfig
 from rayps.ps.served import ServedShard
-from rayps.ps.core.shard import ParameterShard
+from rayps.ps.shard import ParameterShard
 from rayps.ps.sparse.client import SparseRows
 from rayps.ps.sparse.table import TableConfig
 from rayps.ps.transport.contract import Encoded
@@ -156,9 +157,9 @@ def test_a_shard_refuses_a_bad_blob_counts_it_and_changes_nothing():
     async def go():
         await shard.register(0)
         with pytest.raises(ShapeError, match=r"compressed gradient refused: a int8 blob of 10 values is 22 bytes"):
-            shard.push(0, 1, np.zeros(5, np.uint8), 0, 1, 0.0)
+            await shard.push(Step(0, 1, np.zeros(5, np.uint8), 0, 1, 0.0))
         blob = Codec("int8", chunk=4).encode(np.full(10, 2.0, np.float32))
-        assert shard.push(0, 1, blob, 0, 1, 0.0) == "applied"
+        assert await shard.push(Step(0, 1, blob, 0, 1, 0.0)) == "applied"
         return await shard.stats()
 
     stats = asyncio.run(go())

@@ -7,6 +7,7 @@ never anything else on the machine; every test has a timeout.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -152,6 +153,7 @@ def test_a_corrupt_newest_checkpoint_is_skipped_by_a_restarting_shard(tmp_path, 
     from rayps.ps.core.consistency import ConsistencyConfig
     from rayps.ps.core.optimizers import OptimizerConfig
     from rayps.ps.core.schedules import ScheduleConfig
+    from rayps.ps.core.step import Step
     from rayps.ps.served import ServedShard
 
     def shard():
@@ -161,7 +163,7 @@ def test_a_corrupt_newest_checkpoint_is_skipped_by_a_restarting_shard(tmp_path, 
     first = shard()
     store = CheckpointStore(tmp_path)
     for step in (1, 2):
-        first.push(0, step, np.ones(4, np.float32), 0, 1, 0.0)
+        asyncio.run(first.push(Step(0, step, np.ones(4, np.float32), 0, 1, 0.0)))
         store.write(step, {"shard-0": first.state_dict()})
     newest = store.path(2) / "shard-0.safetensors"
     data = bytearray(newest.read_bytes())

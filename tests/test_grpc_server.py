@@ -18,10 +18,12 @@ import pytest
 
 from rayps.protos import ps_pb2, ps_pb2_grpc
 from rayps.protos.codec import MAX_MESSAGE_BYTES, encode_chunks
-from rayps.ps.core.consistency import ConsistencyConfig, UnknownWorkerError
+from rayps.errors import UnknownWorkerError
+from rayps.ps.core.consistency import ConsistencyConfig
 from rayps.ps.core.optimizers import OptimizerConfig
 from rayps.ps.core.schedules import ScheduleConfig
-from rayps.ps.core.shard import ParameterShard
+from rayps.ps.core.step import Step
+from rayps.ps.shard import ParameterShard
 from tests.grpc_fixtures import (APPLIED, buffer_chunks, AUTH, CHUNK_VALUES, DUPLICATE, PULL, PUSH, REGISTER, SIZE, TIMEOUT, Code,
                                  assert_params, gradient, pull, push, raw, stats)
 
@@ -229,8 +231,8 @@ def _small_shard(mode: str = "ssp", staleness: int = 0) -> ParameterShard:
                           ConsistencyConfig(mode=mode, staleness=staleness))
 
 
-def _push(shard: ParameterShard, worker: int, clock: int, value: float) -> None:
-    shard.push(worker, clock, np.full(SMALL.size, value, np.float32), 0, 1, 0.0)
+async def _push(shard: ParameterShard, worker: int, clock: int, value: float) -> None:
+    await shard.push(Step(worker, clock, np.full(SMALL.size, value, np.float32), 0, 1, 0.0))
 
 
 def test_pull_for_hands_take_the_parameters_at_the_version_it_returns():
@@ -243,13 +245,13 @@ def test_pull_for_hands_take_the_parameters_at_the_version_it_returns():
             return "taken"
 
         assert await shard.pull_for(0, 0, take=take) == ("taken", 0, None)  # clock 0: no wait; no buffers
-        _push(shard, 0, 1, 1.0)
+        await _push(shard, 0, 1, 1.0)
         waiting = asyncio.create_task(shard.pull_for(0, 2, take=take))  # iteration 2 waits for worker 1
         await asyncio.sleep(0.05)
         assert not waiting.done() and len(seen) == 1
-        _push(shard, 1, 1, 2.0)
+        await _push(shard, 1, 1, 2.0)
         result = await asyncio.wait_for(waiting, TIMEOUT)
-        _push(shard, 0, 2, 4.0)  # a later update changes nothing taken before it
+        await _push(shard, 0, 2, 4.0)  # a later update changes nothing taken before it
         return result, seen
 
     result, seen = asyncio.run(scenario())
@@ -262,9 +264,9 @@ def test_pull_for_hands_take_the_parameters_at_the_version_it_returns():
 def test_pull_for_with_the_encoder_as_take_sends_the_parameters_of_its_version():
     async def scenario():
         shard = _small_shard("asp")
-        _push(shard, 0, 1, 1.0)
+        await _push(shard, 0, 1, 1.0)
         encoded, version, _ = await shard.pull_for(0, 2, take=lambda params: list(encode_chunks("dense", params, 8)))
-        _push(shard, 1, 1, 2.0)
+        await _push(shard, 1, 1, 2.0)
         return encoded, version
 
     encoded, version = asyncio.run(scenario())
@@ -277,9 +279,9 @@ def test_pull_for_by_default_returns_a_copy_that_later_updates_do_not_change():
     async def scenario():
         shard = _small_shard("asp")
         first = await shard.pull_for(0, 0)
-        _push(shard, 0, 1, 1.0)
+        await _push(shard, 0, 1, 1.0)
         second = await shard.pull_for(0, 2)
-        _push(shard, 1, 1, 2.0)
+        await _push(shard, 1, 1, 2.0)
         return first, second, await shard.pull()
 
     (p0, v0, _), (p1, v1, _), (now, v_now, _) = asyncio.run(scenario())

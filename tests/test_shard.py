@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from rayps.ps.core.consistency import ConsistencyConfig, UnknownWorkerError
-from rayps.errors import PSError, ShapeError
+from rayps.errors import PSError, ShapeError, UnknownWorkerError
+from rayps.ps.core.consistency import ConsistencyConfig
 from rayps.ps.core.optimizers import OptimizerConfig
 from rayps.ps.core.schedules import ScheduleConfig
-from rayps.ps.core.shard import ParameterShard
+from rayps.ps.core.step import Step
+from rayps.ps.shard import ParameterShard
 
 INIT = np.array([1.0, -2.0, 0.5, 4.0], dtype=np.float32)
 LR = 0.5
@@ -37,10 +38,21 @@ def grad(*values):
 
 
 async def push(shard, worker, clock, g, pulled_version=0, num_samples=1, loss=0.0):
-    """push_pull's parameters and version (these shards hold no model buffers)."""
-    params, version, buffers = await shard.push_pull(worker, clock, g, pulled_version, num_samples, loss)
+    """A step's parameters and version (these shards hold no model buffers)."""
+    params, version, buffers, _ = await shard.step(Step(worker, clock, g, pulled_version, num_samples, loss))
     assert buffers is None
     return params, version
+
+
+async def pushed(shard, worker, clock, g, pulled_version=0, num_samples=1, loss=0.0, buffers=None):
+    """The push half of a step alone: its outcome."""
+    return await shard.push(Step(worker, clock, g, pulled_version, num_samples, loss, buffers))
+
+
+async def registered(shard, worker, incarnation=0):
+    """A worker's registration: its parameters, their version and the merged buffers."""
+    *_, pulled = await shard.register(worker, incarnation)
+    return pulled
 
 
 async def still_waiting(task, timeout=BLOCKED_S):
@@ -63,7 +75,7 @@ def run(coro):
 def test_asp_push_applies_one_sgd_step_and_returns_the_new_version():
     async def scenario():
         shard = make_shard("asp", workers=[0])
-        params, version, _ = await shard.register(0)
+        params, version, _ = await registered(shard, 0)
         assert version == 0
         np.testing.assert_array_equal(params, INIT)
         return await push(shard, 0, 1, grad(1, 2, -4, 0.5)), await shard.stats()
@@ -80,7 +92,7 @@ def test_asp_staleness_histogram_counts_version_minus_pulled_version():
     async def scenario():
         shard = make_shard("asp", workers=[0, 1, 2])
         for w in range(3):
-            await shard.register(w)
+            await registered(shard, w)
         # all three computed from version 0; they land one after another
         results = [await push(shard, w, 1, grad(1, 1, 1, 1), pulled_version=0) for w in range(3)]
         return results, await shard.stats()
@@ -150,8 +162,8 @@ def test_staleness_aware_lr_takes_full_steps_at_staleness_zero_and_one():
 def test_ssp_blocks_pull_until_slowest_catches_up():
     async def scenario():
         shard = make_shard("ssp", workers=[0, 1], staleness=1)
-        await shard.register(0)
-        await shard.register(1)
+        await registered(shard, 0)
+        await registered(shard, 1)
         g = grad(1, 1, 1, 1)
         # worker 1 is in iteration 1, so worker 0 may begin iteration 2 (lead 1) ...
         _, v1 = await asyncio.wait_for(push(shard, 0, 1, g), BLOCKED_S)
@@ -195,7 +207,7 @@ def test_ssp_max_clock_gap_reaches_but_never_exceeds_s(s):
     violations = []
 
     async def worker(shard, me, other, yields_per_step):
-        _, version, _ = await shard.register(me)
+        _, version, _ = await registered(shard, me)
         for clock in range(1, iterations + 1):
             for _ in range(yields_per_step):
                 await asyncio.sleep(0)
@@ -280,7 +292,7 @@ def test_bsp_with_one_worker_takes_exactly_the_sgd_step_of_its_gradient():
 
     async def scenario():
         shard = make_shard("bsp", workers=[0], init=init, lr=0.1)
-        _, version, _ = await shard.register(0)
+        _, version, _ = await registered(shard, 0)
         for clock, g in enumerate(grads, start=1):
             params, version = await asyncio.wait_for(
                 push(shard, 0, clock, g, pulled_version=version, num_samples=7), BLOCKED_S)
@@ -363,9 +375,9 @@ def test_bsp_round_waits_for_live_workers_after_one_that_pushed_leaves():
 def test_bsp_refuses_a_push_for_a_clock_ahead_of_the_round_and_records_nothing():
     async def scenario():
         shard = make_shard("bsp", workers=[0, 1])
-        shard.push(0, 1, grad(1, 1, 1, 1), 0, 4, 1.0)  # gathered; the round waits for worker 1
+        await pushed(shard, 0, 1, grad(1, 1, 1, 1), 0, 4, 1.0)  # gathered; the round waits for worker 1
         with pytest.raises(PSError, match="pushed clock 2 while clock 1 is still being gathered"):
-            shard.push(0, 2, grad(1, 1, 1, 1), 0, 5, 2.0)
+            await pushed(shard, 0, 2, grad(1, 1, 1, 1), 0, 5, 2.0)
         return await shard.stats()
 
     stats = run(scenario())
@@ -380,11 +392,11 @@ def test_a_clock_that_skips_ahead_is_refused_and_never_recorded(mode):
     async def scenario():
         shard = make_shard(mode, workers=[0, 1])
         for worker in (0, 1):  # clock 1 done everywhere (under bsp, the round steps)
-            shard.push(worker, 1, grad(1, 1, 1, 1), 0, 1, 0.0)
+            await pushed(shard, worker, 1, grad(1, 1, 1, 1), 0, 1, 0.0)
         with pytest.raises(PSError, match="worker 0 pushed clock 4611686018427387904, but its next clock is 2"):
-            shard.push(0, 2 ** 62, grad(1, 1, 1, 1), 0, 1, 0.0)
+            await pushed(shard, 0, 2 ** 62, grad(1, 1, 1, 1), 0, 1, 0.0)
         stats = await shard.stats()
-        outcome = shard.push(0, 2, grad(1, 1, 1, 1), 1, 1, 0.0)  # the right next clock is still taken
+        outcome = await pushed(shard, 0, 2, grad(1, 1, 1, 1), 1, 1, 0.0)  # the right next clock is still taken
         return stats, outcome
 
     stats, outcome = run(scenario())
@@ -506,11 +518,11 @@ def test_bsp_buffers_of_a_round_become_visible_with_its_step_and_not_before():
     async def scenario():
         shard = buffer_shard("bsp")
         zero = grad(0, 0, 0, 0)
-        shard.push(0, 1, zero, 0, 1, 0.0, np.array([2.0, 2.0, 5.0]))
+        await pushed(shard, 0, 1, zero, 0, 1, 0.0, np.array([2.0, 2.0, 5.0]))
         before = (await shard.pull())[2]  # the round has not stepped: still the initial values
-        shard.push(1, 1, zero, 0, 1, 0.0, np.array([4.0, 6.0, 3.0]))
+        await pushed(shard, 1, 1, zero, 0, 1, 0.0, np.array([4.0, 6.0, 3.0]))
         after_round = (await shard.pull())[2]
-        shard.push(1, 2, zero, 1, 1, 0.0, np.array([100.0, 100.0, 100.0]))  # next round, not yet stepped
+        await pushed(shard, 1, 2, zero, 1, 1, 0.0, np.array([100.0, 100.0, 100.0]))  # next round, not yet stepped
         return before, after_round, (await shard.pull())[2]
 
     before, after_round, still = run(scenario())
@@ -523,7 +535,7 @@ def test_bad_buffers_refuse_the_whole_push_and_change_nothing():
     async def scenario():
         shard = buffer_shard("asp", workers=[0])
         with pytest.raises(ShapeError, match=r"ps-shard-0: buffers shape must be \(3,\), got \(2,\)"):
-            shard.push(0, 1, grad(1, 1, 1, 1), 0, 1, 0.0, np.zeros(2))
+            await pushed(shard, 0, 1, grad(1, 1, 1, 1), 0, 1, 0.0, np.zeros(2))
         return await shard.pull(), await shard.stats()
 
     (params, version, buffers), stats = run(scenario())
@@ -541,7 +553,7 @@ def test_bsp_sums_a_round_in_worker_order_whatever_order_it_arrived_in():
     async def scenario(order):
         shard = make_shard("bsp", workers=[0, 1, 2], lr=1.0)
         for w in order:
-            shard.push(w, 1, grads[w], 0, 1 + w, 0.0)
+            await pushed(shard, w, 1, grads[w], 0, 1 + w, 0.0)
         return (await shard.pull())[0].tobytes()
 
     assert len({run(scenario(order)) for order in ([0, 1, 2], [2, 1, 0], [1, 2, 0])}) == 1

@@ -14,7 +14,8 @@ from rayps.errors import ConfigError, RolledBackError, ShapeError
 from rayps.ps.core.consistency import ConsistencyConfig
 from rayps.ps.core.optimizers import OptimizerConfig
 from rayps.ps.core.schedules import ScheduleConfig
-from rayps.ps.core.shard import ParameterShard
+from rayps.ps.core.step import Step
+from rayps.ps.shard import ParameterShard
 
 SIZE = 6
 
@@ -35,7 +36,8 @@ def buffers(seed):
 
 def drive(shard, pushes):
     for worker, clock in pushes:
-        shard.push(worker, clock, grad(10 * clock + worker), clock - 1, 8 + worker, 0.5, buffers(clock + worker))
+        asyncio.run(shard.push(Step(worker, clock, grad(10 * clock + worker), clock - 1, 8 + worker, 0.5,
+                                    buffers(clock + worker))))
 
 
 @pytest.mark.parametrize("mode", ["bsp", "asp"])
@@ -46,10 +48,10 @@ def test_a_restored_shard_continues_bit_for_bit_like_the_saved_one(mode):
     restored = make(mode)
     restored.load_state_dict(saved)
     with pytest.raises(RolledBackError, match="must register again"):  # its clocks moved back under it
-        restored.push(1, 2, np.ones(restored.size, np.float32), 0, 1, 0.0)
+        asyncio.run(restored.push(Step(1, 2, np.ones(restored.size, np.float32), 0, 1, 0.0)))
     # register() would wait on worker 0's bsp round, which this synchronous drive steps itself
     for worker in (0, 1):
-        restored.check_registration(worker, 0)
+        restored.enter(worker, 0)
     later = [(1, 2), (0, 3), (1, 3)]
     drive(original, later)
     drive(restored, later)

@@ -69,14 +69,14 @@ def test_the_wheel_holds_one_top_level_package(wheel):
     assert {n.split("/")[0] for n in names} == {"rayps", "rayps-0.1.0.dist-info"}
     top_level = zipfile.ZipFile(wheel).read("rayps-0.1.0.dist-info/top_level.txt").decode().split()
     assert top_level == ["rayps"]
-    for module in ("rayps/ps/core/shard.py", "rayps/worker/loop/trainer.py", "rayps/launcher/cli.py",
+    for module in ("rayps/ps/shard.py", "rayps/worker/loop/trainer.py", "rayps/launcher/cli.py",
                    "rayps/protos/ps_pb2.py", "rayps/protos/ps.proto", "rayps/errors.py", "rayps/settings.py"):
         assert module in names
 
 
 def test_installed_it_imports_as_rayps_and_no_old_name_exists(venv, tmp_path):
     probe = in_venv(venv, (
-        "import importlib.util, rayps, rayps.ps.core.shard, rayps.worker.loop.trainer\n"
+        "import importlib.util, rayps, rayps.ps.shard, rayps.worker.loop.trainer\n"
         "print(rayps.__file__)\n"
         "print(rayps.Job.__module__, rayps.JobConfig.__module__, rayps.JobResult.__module__)\n"
         "print([n for n in ('ps', 'worker', 'protos', 'launcher') if importlib.util.find_spec(n)])\n"

@@ -131,10 +131,9 @@ class JobConfig:
     def overlaps(self) -> bool:
         """Whether workers compute ahead: ``overlap``, with auto on wherever the bound allows it."""
         if self.overlap == "auto":
-            # On where a bound keeps it in check. Under asp it only adds a step of staleness to
-            # every gradient: measured on the digits BatchNorm CNN, ~1.5 points of accuracy.
-            c = self.consistency
-            return c.mode == "ssp" and c.staleness >= 1
+            # The mode says: on where a bound keeps it in check (ssp s >= 1). Under asp it only adds a step
+            # of staleness to every gradient: measured on the digits BatchNorm CNN, ~1.5 points of accuracy.
+            return self.consistency.rules.overlaps_by_default(self.consistency)
         return bool(self.overlap)
 
     def __post_init__(self) -> None:
@@ -163,10 +162,9 @@ class JobConfig:
                 number(amount, f"{key}[{name}]", minimum=0)
         require(self.overlap in (True, False, "auto"), f"overlap ({self.overlap!r}) must be true, false or auto")
         if self.overlap is True:
-            require(self.consistency.mode != "bsp" and not (
-                self.consistency.mode == "ssp" and self.consistency.staleness == 0),
-                f"overlap: true needs asp or ssp with staleness >= 1, not {self.consistency.mode}"
-                f"{' s=0' if self.consistency.mode == 'ssp' else ''}: computing ahead would break the bound")
+            c = self.consistency
+            require(c.rules.computes_ahead(c), f"overlap: true needs asp or ssp with staleness >= 1, not"
+                    f" {c.rules.label(c, self.workers)}: computing ahead would break the bound")
         require(self.transport in TRANSPORTS,
                 f"transport ({self.transport!r}) must be one of {', '.join(TRANSPORTS)}")
         require(isinstance(self.model_args, Mapping), f"model_args ({self.model_args!r}) must be a mapping")

@@ -125,13 +125,13 @@ def run_job(config: JobConfig, output: str | Path | None = None,
     steps_per_worker = config.epochs * max(batches.stretches)
     if config.max_steps is not None:
         steps_per_worker = min(steps_per_worker, config.max_steps)
-    # The schedule's horizon: one update per push (asp, ssp) or per clock (bsp).
-    total_updates = steps_per_worker * (1 if config.consistency.mode == "bsp" else config.workers)
+    # The schedule's horizon: one update per push (asp, ssp) or per clock (bsp): the mode says.
+    total_updates = steps_per_worker * config.consistency.rules.updates_per_clock(config.workers)
     # Data read in chunks: a unit is one chunk by default (its ends cut the units), so no chunk is read twice.
     chunk = config.chunk_batches or (batches.per_epoch if batches.chunk_ends is not None
                                      else default_chunk_batches(batches.per_epoch, config.workers))
     queue = WorkQueue(batches.stretches, config.epochs, chunk, config.max_steps,
-                      steal=config.consistency.mode != "bsp", chunk_ends=batches.chunk_ends)
+                      steal=config.consistency.rules.steals, chunk_ends=batches.chunk_ends)
 
     dashboard_url = ensure_ray(dashboard)
     check_feasible(config, ray.nodes())
@@ -205,7 +205,7 @@ def run_job(config: JobConfig, output: str | Path | None = None,
             StallWatch(config.fault.stall_s, config.fault.on_stall), checkpointer,
             _serve_again(served, shards, config.grpc),
             [(kind, f) for kind in ("kill", "hang") for f in config.chaos.faults(kind) if f.kind == "ps-shard"],
-            waits=config.consistency.mode != "asp")
+            waits=config.consistency.rules.waits)
         reports = controller.run(placement)
         train_s = time.monotonic() - controller.train_began
         pulled = ray.get([s.pull.remote() for s in shards])
@@ -477,9 +477,7 @@ def _plan(config: JobConfig, worker_id: int, run_id: str = "", incarnation: int 
 
 
 def _label(config: JobConfig) -> str:
-    c = config.consistency
-    return {"asp": "asp", "ssp": f"ssp s={c.staleness}",
-            "bsp": "bsp" if c.quorum is None else f"bsp {c.quorum}/{config.workers}"}[c.mode]
+    return config.consistency.rules.label(config.consistency, config.workers)
 
 
 def _sparse_summary(stats: list[dict], reports: list[dict]) -> dict:

@@ -1,18 +1,13 @@
 """One sparse embedding table's part on one shard: rows, row-wise optimizer, clocks and consistency.
 
-A shard (ps/core/shard.py) holds its dense range and any number of these, by name.
+A shard (ps/shard.py) holds its dense range and any number of these, by name.
 Each table has its own consistency mode, independent of the dense table's
 (for example dense bsp and embeddings ssp, as the largest recommender systems
-run), and keeps its own clock table: every worker pushes every table on every
-shard once per step (an empty push when its batch touched no row there), so a
-table's clocks say exactly which step's sparse gradients it has.
-
-- ``asp``: a push is applied as it arrives.
-- ``ssp(s)``: a pull for iteration t waits until every live worker has pushed
-  this table's iteration t - s - 1.
-- ``bsp``: the pushes of one clock are gathered from every live worker, the
-  sample-weighted sum of their row gradients is applied once, and a pull for
-  iteration t waits for round t - 1.
+run), and its own ``Consistency`` (ps/core/consistency.py: the same rules the
+dense range keeps, asked the same way): every worker pushes every table on
+every shard once per step (an empty push when its batch touched no row
+there), so a table's clocks say exactly which step's sparse gradients it has.
+A bsp round applies the sample-weighted sum of its pushes' row gradients once.
 
 A push's ``(worker, incarnation, clock)`` is applied at most once: a clock at
 or below the worker's completed one is a duplicate, one that skips ahead is a
@@ -32,26 +27,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...errors import OutOfOrderError, ShapeError
-from ..core.consistency import ClockTable, ConsistencyConfig, ConsistencyPolicy
+from ...errors import InputError, OutOfOrderError, ShapeError
+from ..core.consistency import Consistency, ConsistencyConfig
 from .row_optimizers import RowOptimizerConfig, make_row_optimizer
 from .row_store import INITIALIZERS, RowStore, initial_rows
 from ...settings import number, require
-
-
-class UnknownTableError(ShapeError, KeyError):
-    """A sparse call named a table the shard does not hold."""
-
-
-class SparseInputError(ShapeError):
-    """Ids or row gradients a table refuses; ``reason`` names the check for the shard's counters."""
-
-    def __init__(self, message: str, reason: str):
-        super().__init__(message)
-        self.reason = reason
-
-    def __reduce__(self):  # two arguments, so it crosses between actors intact
-        return type(self), (str(self), self.reason)
 
 
 @dataclass(frozen=True)
@@ -101,11 +81,7 @@ class SparseTable:
         local_rows = (config.num_embeddings - shard_id + num_shards - 1) // num_shards
         self.store = RowStore(local_rows, config.dim, self.optimizer._spec())
         self.touches = np.zeros(local_rows, np.uint16) if config.min_touches > 1 else None
-        self.policy = ConsistencyPolicy(config.consistency)
-        self.clocks = ClockTable(worker_ids)
-        self.joined_at = {int(w): 0 for w in worker_ids}
-        self.round_clock = 1
-        self.round: dict[int, tuple[np.ndarray, np.ndarray, int, int]] = {}
+        self.consistency = Consistency(config.consistency, worker_ids, repr(self))
         self.version = 0
         self.pulled_at: dict[int, int] = {}
         self.counters = Counter()
@@ -120,22 +96,26 @@ class SparseTable:
     def mode(self) -> str:
         return self.config.consistency.mode
 
+    @property
+    def clocks(self):
+        return self.consistency.clocks
+
     # ---- checks: nothing malformed reaches the state -------------------------------
 
     def check_ids(self, ids: object) -> np.ndarray:
         if not isinstance(ids, np.ndarray) or ids.dtype != np.int64 or ids.ndim != 1:
             shown = f"{ids.dtype} of shape {ids.shape}" if isinstance(ids, np.ndarray) else type(ids).__name__
-            raise SparseInputError(f"{self!r}: ids must be a 1-D int64 array, got {shown}", "ids_type")
+            raise InputError(f"{self!r}: ids must be a 1-D int64 array, got {shown}", "ids_type")
         if len(ids):
             low, high = int(ids.min()), int(ids.max())
             if low < 0 or high >= self.config.num_embeddings:
                 bad = low if low < 0 else high
-                raise SparseInputError(f"{self!r}: id {bad} is out of range [0, {self.config.num_embeddings})",
+                raise InputError(f"{self!r}: id {bad} is out of range [0, {self.config.num_embeddings})",
                                        "id_range")
             if self.num_shards > 1:
                 wrong = ids[ids % self.num_shards != self.shard_id]
                 if len(wrong):
-                    raise SparseInputError(f"{self!r}: id {int(wrong[0])} belongs to ps-shard-"
+                    raise InputError(f"{self!r}: id {int(wrong[0])} belongs to ps-shard-"
                                            f"{int(wrong[0]) % self.num_shards}, not this one", "wrong_shard")
         return ids
 
@@ -143,37 +123,32 @@ class SparseTable:
         shape = (len(ids), self.config.dim)
         if not isinstance(grads, np.ndarray) or grads.dtype != np.float32 or grads.shape != shape:
             shown = f"{grads.dtype} of shape {grads.shape}" if isinstance(grads, np.ndarray) else type(grads).__name__
-            raise SparseInputError(f"{self!r}: row gradients must be float32 of shape {shape}, got {shown}",
+            raise InputError(f"{self!r}: row gradients must be float32 of shape {shape}, got {shown}",
                                    "rows_shape")
         if not np.isfinite(grads).all():
             bad = int(np.count_nonzero(~np.isfinite(grads)))
-            raise SparseInputError(f"{self!r}: row gradients hold {bad} NaN or Inf values; gradients must be"
+            raise InputError(f"{self!r}: row gradients hold {bad} NaN or Inf values; gradients must be"
                                    " finite", "non_finite")
         return grads
 
-    # ---- consistency --------------------------------------------------------------
+    # ---- consistency (ps/core/consistency.py decides; the table asks) ------------------
 
     def ready(self, clock: int) -> bool:
-        if clock <= 0 or self.mode == "asp":
-            return True
-        if self.mode == "bsp":
-            return self.round_clock >= clock
-        return self.policy.admits(self.clocks, clock)
+        return self.consistency.admits(clock)
 
     def admitted(self, worker_id: int, clock: int, waited: float) -> None:
         if waited:
             self.wait_s[worker_id] += waited
         if clock > 0 and self.clocks.is_live(worker_id):
-            self.max_lead = max(self.max_lead, self.policy.lead(self.clocks, clock))
+            self.max_lead = max(self.max_lead, self.consistency.lead(clock))
 
     def join(self, worker_id: int, clock: int) -> None:
-        self.clocks.join(worker_id, clock)
-        self.joined_at[worker_id] = clock
-        self.maybe_step_round()
+        self.consistency.join(worker_id, clock)
+        self.step_round()
 
     def leave(self, worker_id: int) -> None:
-        self.clocks.leave(worker_id)
-        self.maybe_step_round()
+        self.consistency.leave(worker_id)
+        self.step_round()
 
     # ---- pulls and pushes ---------------------------------------------------------
 
@@ -225,7 +200,7 @@ class SparseTable:
         return out
 
     def push(self, worker_id: int, clock: int, ids: np.ndarray, grads: np.ndarray, num_samples: int) -> str:
-        """Apply (or gather into the bsp round) one worker's row gradients of iteration ``clock``.
+        """Apply (or gather into its round) one worker's row gradients of iteration ``clock``.
         ``ids`` and ``grads`` are checked; returns the outcome, as a dense push's."""
         completed = self.clocks.completed(worker_id)
         if clock <= completed:
@@ -235,43 +210,33 @@ class SparseTable:
             raise OutOfOrderError(f"{self!r}: worker {worker_id} pushed clock {clock}, but its next clock is"
                                   f" {completed + 1}; a push's clock may not skip ahead")
         pulled = self.pulled_at.get(worker_id, self.version)
+        action = self.consistency.accept(worker_id, clock, lambda: {
+            "ids": ids.copy(), "grads": grads.copy(), "num_samples": int(num_samples), "pulled": pulled})
         outcome = "applied"
-        if self.mode == "bsp":
-            if clock < self.round_clock:
-                self.counters["pushes_dropped"] += 1
-                outcome = "stale"
-            elif clock > self.round_clock:
-                raise OutOfOrderError(f"{self!r}: worker {worker_id} pushed clock {clock} while clock"
-                                      f" {self.round_clock} is still being gathered")
-            else:
-                self.round[worker_id] = (ids.copy(), grads.copy(), int(num_samples), pulled)
-        else:
+        if action == "late":
+            self.counters["pushes_dropped"] += 1
+            outcome = "stale"
+        elif action == "apply":
             self._apply(ids, grads, [self.version - pulled])
-        self.clocks.advance(worker_id, clock)
         self.counters["rows_pushed"] += len(ids)
-        self.maybe_step_round()
+        self.step_round()
         return outcome
 
-    def maybe_step_round(self) -> None:
-        if self.mode != "bsp" or not self.round:
+    def step_round(self) -> None:
+        """Apply a complete round once: the sample-weighted sum of its row gradients."""
+        taken = self.consistency.take_round()
+        if taken is None:
             return
-        expected = {w for w in self.clocks.live if self.joined_at.get(w, 0) < self.round_clock}
-        if not expected <= self.round.keys():
-            return
-        workers = sorted(self.round)  # worker order: a bsp run is reproducible bit for bit
-        pending = [self.round[w] for w in workers]
-        total = sum(p[2] for p in pending) or 1
-        ids = np.concatenate([p[0] for p in pending])
-        grads = np.concatenate([p[1] * np.float32(p[2] / total) if len(pending) > 1 else p[1] for p in pending])
-        self._apply(ids, grads, [self.version - p[3] for p in pending])
-        self.round.clear()
-        self.round_clock += 1
+        pending = [r for _, r in taken]
+        total = sum(r["num_samples"] for r in pending) or 1
+        ids = np.concatenate([r["ids"] for r in pending])
+        grads = np.concatenate([r["grads"] * np.float32(r["num_samples"] / total) if len(pending) > 1
+                                else r["grads"] for r in pending])
+        self._apply(ids, grads, [self.version - r["pulled"] for r in pending])
 
     def _apply(self, ids: np.ndarray, grads: np.ndarray, staleness: list[int]) -> None:
         """One update of the rows ``ids`` (the table's lr; divided by the staleness if so configured)."""
-        lr = float(self.config.optimizer.lr)
-        if self.config.consistency.staleness_aware_lr:
-            lr /= max(1, max(staleness))
+        lr = self.consistency.lr(float(self.config.optimizer.lr), staleness)
         self.counters["pushes_applied"] += len(staleness)
         self.staleness.update(staleness)
         if len(ids):
@@ -311,9 +276,7 @@ class SparseTable:
         touched = np.flatnonzero(self.touches) if self.touches is not None else np.zeros(0, np.int64)
         return {
             "name": self.config.name, "store": self.store.state_dict(), "version": self.version,
-            "clocks": self.clocks.state_dict(), "joined_at": dict(self.joined_at), "round_clock": self.round_clock,
-            "round": {w: {"ids": p[0].copy(), "grads": p[1].copy(), "num_samples": p[2], "pulled": p[3]}
-                      for w, p in self.round.items()},
+            **self.consistency.state_dict(),
             "pulled_at": dict(self.pulled_at),
             "touched": touched, "touches": self.touches[touched].copy() if self.touches is not None else touched,
             "counters": dict(self.counters), "staleness": dict(self.staleness), "max_lead": self.max_lead,
@@ -334,15 +297,11 @@ class SparseTable:
 
     def load_state_dict(self, state: dict) -> None:
         self.check_state(state)
-        clocks = ClockTable([])
-        clocks.load_state_dict(state["clocks"])
+        consistency = Consistency(self.config.consistency, [], repr(self))
+        consistency.load_state_dict(state)
         self.store.load_state_dict(state["store"], self.num_shards)
-        self.clocks = clocks
+        self.consistency = consistency
         self.version = int(state["version"])
-        self.joined_at = {int(w): int(c) for w, c in state["joined_at"].items()}
-        self.round_clock = int(state["round_clock"])
-        self.round = {int(w): (np.array(p["ids"], np.int64), np.array(p["grads"], np.float32),
-                               int(p["num_samples"]), int(p["pulled"])) for w, p in state["round"].items()}
         self.pulled_at = {int(w): int(v) for w, v in state["pulled_at"].items()}
         if self.touches is not None:
             self.touches = np.zeros(self.store.local_rows, np.uint16)

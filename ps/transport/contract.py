@@ -1,53 +1,56 @@
 """The transport seam: the one interface a worker sees, whatever carries its bytes.
 
 The driver picks a transport and hands each worker a ``TransportSpec`` (a
-small picklable description: shard handles, addresses, segment names). The
-worker calls ``spec.connect(worker_id)`` once and from then on talks to a
-``Transport``; it never branches on which one it got.
+small picklable description: shard handles, addresses, segment names, and how
+the vectors are cut). The worker calls ``spec.connect(worker_id, incarnation)``
+once and from then on talks to a ``Transport``; it never branches on which
+one it got. The two protocols below declare exactly what the worker uses,
+and the contract suite (tests/test_transports.py) checks every transport's
+classes against them and their behaviour against one set of answers.
 
-Every ``Transport`` keeps one contract, checked by one suite
-(tests/test_transports.py) against each implementation:
-
-- ``register(params_out, buffers_out=None)``: the initial parameters (and
-  merged model buffers) into the caller's arrays.
+- ``register(params_out, buffers_out=None) -> clock``: the parameters (and
+  merged model buffers) for the worker's next iteration into the caller's
+  arrays; the completed clock it carries on from. ``base`` then says where
+  its seqs start: a push of clock c carries seq c - base, so a retry of a
+  clock carries its seq (exactly once: ps/core/ledger.py).
 - ``push_pull_async(clock, grads, params_out, num_samples, loss, buffers=None,
   buffers_out=None, ahead=0) -> Pending``: send the gradient of iteration
   ``clock`` (and the worker's buffers) to every shard. ``grads`` and
   ``buffers`` are read before it returns, so the caller may overwrite them at
   once; ``params_out`` and ``buffers_out`` must be left alone until
   ``Pending.wait()`` returns, when they hold the parameters for iteration
-  ``clock + 1 + ahead``. ``ahead`` is how many iterations the caller will
-  compute before it waits on the next push: the shards admit it to iteration
-  ``clock + 1 + ahead`` under the consistency bound, so computing ahead never
-  breaks the bound.
-- ``push_pull(...)``: the same, waited on.
+  ``clock + 1 + ahead``. ``ahead``: how many iterations the caller computes
+  before it waits on the next push (the shards admit it that far under the
+  bound). ``push_pull(...)``: the same, waited on.
+- ``fills_on_wait``: whether ``params_out`` is written only inside ``wait()``.
+- ``reconnect()``: reach the same shards afresh (a restarted shard serves where it served).
 - ``finish()``: leave every shard's clock table, so nobody waits for this worker.
 - ``sparse_pull(table, ids_per_shard, clock) -> list``: each shard's rows of a
   sparse table for its ids (int64, hashed to it), asked of all at once; None
-  for a shard asked no ids. Waits as the table's consistency mode says for
-  iteration ``clock``. ps/sparse/client.py routes ids and reassembles.
+  for a shard asked no ids. Waits as the table's mode says for iteration
+  ``clock``. ps/sparse/client.py routes ids and reassembles.
 - ``sparse_push_async(table, clock, ids_per_shard, grads_per_shard,
   num_samples) -> Pending``: the summed row gradients of iteration ``clock``
   to every shard (an empty push where there are none); read before it returns.
-- ``fills_on_wait``: whether ``params_out`` is written only inside ``wait()``.
 
-Compression (the job's ``compression`` section, ps/compression/encoding.py): ``grads``
-may be an ``Encoded`` (one uint8 blob per shard, protos/compression.py) and a
-sparse push's rows an ``EncodedRows``. A transport carries the blob as it
-would the float32 slice, and the shard decodes it; ``shard_payloads`` gives a
-client each shard's part either way.
+Compression (ps/compression/): ``grads`` may be an ``Encoded`` (one uint8
+blob per shard, protos/compression.py) and a sparse push's rows an
+``EncodedRows``. A transport carries the blob as it would the float32 slice,
+and the shard decodes it; ``shard_payloads`` gives a client each shard's part.
 
-Implementations: ``RayTransport`` (the object store, ps/transport/object_store.py),
-``GrpcEndpoints`` (ps/transport/grpc_client.py) and ``ShmEndpoints`` (same-node shared
-memory, ps/transport/shm_client.py).
+Every client builds on ``ShardClientBase`` (ps/transport/client_base.py):
+``RayTransport`` (ps/transport/object_store.py), ``GrpcEndpoints``
+(ps/transport/grpc_client.py), ``ShmEndpoints`` (ps/transport/shm_client.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
+
+from ..core.partition import ShardRange
 
 
 @dataclass(frozen=True)
@@ -89,41 +92,41 @@ class Pending:
             finish()
 
 
+@runtime_checkable
 class Transport(Protocol):
     name: str
     #: True when ``params_out`` is written only inside ``Pending.wait()`` (never while the
     #: caller computes), so an overlapping worker may receive straight into its parameters.
     fills_on_wait: bool
+    #: seq = clock - base for this worker's pushes (set by ``register``)
+    base: int
 
-    def register(self, params_out: np.ndarray, buffers_out: np.ndarray | None = None) -> None: ...
+    def register(self, params_out: np.ndarray, buffers_out: np.ndarray | None = None) -> int: ...
 
-    def push_pull_async(self, clock: int, grads: np.ndarray, params_out: np.ndarray, num_samples: int,
+    def push_pull_async(self, clock: int, grads: np.ndarray | Encoded, params_out: np.ndarray, num_samples: int,
                         loss: float, buffers: np.ndarray | None = None, buffers_out: np.ndarray | None = None,
                         ahead: int = 0) -> Pending: ...
 
-    def push_pull(self, clock: int, grads: np.ndarray, params_out: np.ndarray, num_samples: int, loss: float,
-                  buffers: np.ndarray | None = None, buffers_out: np.ndarray | None = None,
+    def push_pull(self, clock: int, grads: np.ndarray | Encoded, params_out: np.ndarray, num_samples: int,
+                  loss: float, buffers: np.ndarray | None = None, buffers_out: np.ndarray | None = None,
                   ahead: int = 0) -> None: ...
+
+    def reconnect(self) -> None: ...
 
     def finish(self) -> None: ...
 
     def sparse_pull(self, table: str, ids_per_shard: list[np.ndarray], clock: int) -> list: ...
 
     def sparse_push_async(self, table: str, clock: int, ids_per_shard: list[np.ndarray],
-                          grads_per_shard: list[np.ndarray], num_samples: int) -> Pending: ...
+                          grads_per_shard: list, num_samples: int) -> Pending: ...
 
 
+@runtime_checkable
 class TransportSpec(Protocol):
     """What the driver sends a worker: enough to connect, nothing that must be reopened."""
 
     name: str
+    #: each shard's range of the flat parameters, in shard order
+    ranges: tuple[ShardRange, ...]
 
-    def connect(self, worker_id: int) -> Transport: ...
-
-
-class BlockingPushPull:
-    """Mixin: ``push_pull`` as ``push_pull_async(...).wait()``."""
-
-    def push_pull(self, clock, grads, params_out, num_samples, loss, buffers=None, buffers_out=None,
-                  ahead: int = 0) -> None:
-        self.push_pull_async(clock, grads, params_out, num_samples, loss, buffers, buffers_out, ahead).wait()
+    def connect(self, worker_id: int, incarnation: int = 0) -> Transport: ...

@@ -1,7 +1,7 @@
 """The worker's side of the gRPC transport: one client, all shards.
 
-Same contract as ``rayps.ps.transport.object_store.ShardClient`` (register, push_pull, finish), so a
-worker does not care which transport it has. Underneath, each shard gets one
+The transport contract (ps/transport/contract.py), so a worker does not care
+which transport it has. Underneath, each shard gets one
 persistent ``Step`` stream for the whole job: per step the gradient slice goes
 out in chunks and the next parameters come back in chunks, assembled straight
 into the worker's flat parameter buffer. All shards are driven at once from a
@@ -25,12 +25,14 @@ from ...protos import ps_pb2, ps_pb2_grpc
 from ...protos.codec import (BLOB_DTYPE, BUFFER_DTYPE, CHUNK_BYTES, IDS_DTYPE, WIRE_DTYPE, Assembler, WireError,
                                 check_message_size, decode_rows, encode_chunks, parse_chunk)
 from .allocator import keep_freed_memory
-from ...errors import ConfigError, ShapeError, TransportError
+from ...errors import ShapeError, TransportError
 from .grpc_security import TLSConfig, TokenAuth
 from ...protos.names import BUFFERS, CHANNEL_OPTIONS, SERVICE, TENSOR
-from ..core.partition import ShardRange, buffer_ranges_or_none, buffer_slices
+from ..core.partition import ShardRange
+from ..core.step import Step
 from ...protos.compression import Codec, CodecError
-from .contract import BlockingPushPull, EncodedRows, Pending, shard_payloads
+from .client_base import ShardClientBase
+from .contract import EncodedRows, Pending
 
 #: A Step stream lives as long as the job; it still has a deadline, as every call does.
 STREAM_DEADLINE_S = 7 * 24 * 3600.0
@@ -87,7 +89,7 @@ def open_channel(address: str, tls: TLSConfig | None) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(address, tls.channel_credentials(), options=options)
 
 
-class GrpcShardClient(BlockingPushPull):
+class GrpcShardClient(ShardClientBase):
     name = "grpc"
     fills_on_wait = False  # the loop thread assembles chunks into params_out as they arrive
 
@@ -95,20 +97,13 @@ class GrpcShardClient(BlockingPushPull):
                  tls: TLSConfig | None = None, timeout_s: float = 300.0, chunk_bytes: int = CHUNK_BYTES,
                  buffer_ranges: Sequence[ShardRange] | None = None, incarnation: int = 0,
                  pull_codec: Codec | None = None):
-        if len(addresses) != len(ranges):
-            raise ConfigError(f"{len(addresses)} shard addresses for {len(ranges)} ranges")
-        self.worker_id = worker_id
-        self.incarnation = incarnation
-        self.base = 0  # seq = clock - base: a retry of a clock carries its seq; Register says the base
+        super().__init__(worker_id, ranges, buffer_ranges, incarnation, len(addresses))
         self._tls = tls
         self.addresses = list(addresses)
-        self._ranges = list(ranges)
-        self._buffer_ranges = buffer_ranges_or_none(buffer_ranges, ranges)
         self._metadata = TokenAuth(token).metadata
         self._timeout_s = timeout_s
         self._chunk_bytes = chunk_bytes
         self._pull_codec = pull_codec or Codec()
-        self._versions = [0] * len(addresses)
         self._streams: list = [None] * len(addresses)
         self._ended: list[_FirstStatus | None] = [None] * len(addresses)  # each stream's status
         self._loop = _LoopThread(f"grpc-client-{worker_id}")
@@ -144,26 +139,23 @@ class GrpcShardClient(BlockingPushPull):
                         ahead: int = 0) -> Pending:
         if self._loop is None:
             raise TransportError("the client is closed")
-        sent = buffer_slices(buffers, self._buffer_ranges)
         # Encoded here, in the caller's thread: the chunks are the snapshot, so the
         # caller may overwrite its gradient as soon as this returns.
-        payloads = shard_payloads(grads, self._ranges)
-        encoded = [self._encode(i, clock, payloads[i], num_samples, loss, sent[i], ahead)
-                   for i in range(len(self._stubs))]
+        encoded = [self._encode(step) for step in self.steps(clock, grads, num_samples, loss, buffers, ahead)]
         future = asyncio.run_coroutine_threadsafe(_gather(
             self._step(i, clock, encoded[i], params_out, buffers_out) for i in range(len(self._stubs))),
             self._loop.loop)
         return Pending(lambda: self._result(future))
 
-    def _encode(self, i, clock, payload, num_samples, loss, buffers, ahead) -> list[bytes]:
-        header = dict(worker_id=self.worker_id, incarnation=self.incarnation, seq=clock - self.base,
-                      clock=clock, pulled_version=self._versions[i],
-                      num_samples=num_samples, loss=loss, buffers_follow=buffers is not None, ahead=ahead)
+    def _encode(self, step: Step) -> list[bytes]:
+        header = dict(worker_id=step.worker_id, incarnation=step.incarnation, seq=step.seq, clock=step.clock,
+                      pulled_version=step.pulled_version, num_samples=step.num_samples, loss=step.loss,
+                      buffers_follow=step.buffers is not None, ahead=step.ahead)
         # a compressed gradient travels as its blob: dtype uint8, its own length (protos/compression.py)
-        wire = BLOB_DTYPE if payload.dtype == np.uint8 else WIRE_DTYPE
-        chunks = list(encode_chunks(TENSOR, payload, self._chunk_bytes, wire=wire, **header))
-        if buffers is not None:
-            chunks += encode_chunks(BUFFERS, buffers, self._chunk_bytes, wire=BUFFER_DTYPE)
+        wire = BLOB_DTYPE if step.grad.dtype == np.uint8 else WIRE_DTYPE
+        chunks = list(encode_chunks(TENSOR, step.grad, self._chunk_bytes, wire=wire, **header))
+        if step.buffers is not None:
+            chunks += encode_chunks(BUFFERS, step.buffers, self._chunk_bytes, wire=BUFFER_DTYPE)
         return chunks
 
     def sparse_pull(self, table: str, ids_per_shard: list[np.ndarray], clock: int) -> list[np.ndarray | None]:
@@ -231,19 +223,18 @@ class GrpcShardClient(BlockingPushPull):
         replies = await asyncio.gather(*(
             stub.Register(ps_pb2.RegisterRequest(worker_id=self.worker_id, incarnation=self.incarnation),
                           timeout=self._timeout_s, metadata=self._metadata) for stub in self._stubs))
-        for reply, r, b, address in zip(replies, self._ranges, self._buffer_ranges, self.addresses):
+        for reply, r, b, address in zip(replies, self.ranges, self.buffer_ranges, self.addresses):
             shapes = {t.name: list(t.shape) for t in reply.tensors}
             expected = {TENSOR: [r.size], **({BUFFERS: [b.size]} if b.size else {})}
             if shapes != expected:
                 raise ShapeError(f"shard at {address} holds {shapes}, but this job expects {expected}")
-        clock = max(r.clock for r in replies)
-        self.base = clock - max(r.seq for r in replies)
-        await asyncio.gather(*(self._pull(i, clock + 1, params_out, buffers_out) for i in range(len(self._stubs))))
-        return clock
+        await asyncio.gather(*(self._pull(i, reply.clock + 1, params_out, buffers_out)
+                               for i, reply in enumerate(replies)))
+        return self.carry_on([(reply.clock, reply.seq) for reply in replies])
 
     def _receivers(self, i: int, params_out: np.ndarray, buffers_out: np.ndarray | None) -> list[Assembler]:
         """What shard ``i``'s pull answer is assembled into: its parameter slice, then its buffer slice."""
-        r, b = self._ranges[i], self._buffer_ranges[i]
+        r, b = self.ranges[i], self.buffer_ranges[i]
         receivers = [Assembler(TENSOR, r.size, params_out[r.lo:r.hi]) if self._pull_codec.lossless
                      else _Decoding(TENSOR, self._pull_codec, params_out[r.lo:r.hi])]
         if b.size:
@@ -257,7 +248,7 @@ class GrpcShardClient(BlockingPushPull):
                                    timeout=self._timeout_s, metadata=self._metadata)
         async for chunk in call:
             if chunk.offset == 0 and chunk.name == TENSOR:
-                self._versions[i] = chunk.version
+                self.versions[i] = chunk.version
             if receivers and receivers[0].add(chunk):
                 receivers.pop(0)
 
@@ -319,7 +310,7 @@ class GrpcShardClient(BlockingPushPull):
             if chunk is grpc.aio.EOF:
                 raise TransportError(f"shard at {self.addresses[i]} closed the stream mid-step")
             if chunk.offset == 0 and chunk.name == TENSOR:
-                self._versions[i] = chunk.version
+                self.versions[i] = chunk.version
             if receivers[0].add(chunk):
                 receivers.pop(0)
 

@@ -3,13 +3,15 @@
 ``start_grpc_server`` serves one shard with ``grpc.aio`` on the running event
 loop: inside a Ray async actor that is the actor's loop, so gRPC handlers and
 Ray calls interleave on one thread and the shard needs no locks. The actor
-class that serves it is ``ServedShard`` (ps/served.py).
+class that serves it is ``ServedShard`` (ps/served.py). A push and its pull
+are one ``Step`` (ps/core/step.py) handed to the shard's ``step``.
 
 Every handler first checks the bearer token (UNAUTHENTICATED) and whether the
 server is shutting down (UNAVAILABLE). Requests are parsed by our own
 deserializer, so bytes that are no message of the protocol become a clear
 INVALID_ARGUMENT instead of a gRPC internal error. Every refusal is counted by
-reason in the shard's stats, and none of them changes the shard's state.
+reason in the shard's stats, answered with the status ps/transport/statuses.py
+names, and none of them changes the shard's state.
 """
 
 from __future__ import annotations
@@ -23,21 +25,24 @@ import numpy as np
 import msgpack
 from google.protobuf.message import DecodeError
 
+from typing import TYPE_CHECKING
+
+from ...errors import PSError, TransportError
 from ...protos import ps_pb2
-from ...protos.names import BUFFERS, PROTOCOL, SERVER_OPTIONS, SERVICE, TENSOR
 from ...protos.codec import (BLOB_DTYPE, BUFFER_DTYPE, CHUNK_BYTES, Assembler, WireError, decode_ids, decode_rows,
-                                encode_chunks, parse_chunk)
+                             encode_chunks, parse_chunk)
+from ...protos.names import BUFFERS, PROTOCOL, SERVER_OPTIONS, SERVICE, TENSOR
+from ..core.step import OUTCOMES as STEP_OUTCOMES, Step
 from .allocator import keep_freed_memory
-from ..core.consistency import UnknownWorkerError
-from ...errors import LeftJobError, OutOfOrderError, RolledBackError, ShapeError, TransportError
 from .grpc_security import TLSConfig, TokenAuth
-from ..core.shard import ParameterShard
-from ..sparse.table import SparseInputError, UnknownTableError
+from .statuses import refusal
+
+if TYPE_CHECKING:
+    from ..shard import ParameterShard
 
 log = logging.getLogger(__name__)
 
-OUTCOMES = {"applied": ps_pb2.PushReply.APPLIED, "duplicate": ps_pb2.PushReply.DUPLICATE,
-            "stale": ps_pb2.PushReply.STALE}
+OUTCOMES = dict(zip(STEP_OUTCOMES, (ps_pb2.PushReply.APPLIED, ps_pb2.PushReply.DUPLICATE, ps_pb2.PushReply.STALE)))
 
 
 class _Malformed:
@@ -86,27 +91,17 @@ class ShardServicer:
 
     @contextlib.asynccontextmanager
     async def _statuses(self, context):
-        """Map the shard's errors to the protocol's status codes (see ps.proto)."""
+        """Answer a refusal with its status (ps/transport/statuses.py; protos/ps.proto says what each means)."""
         try:
             yield
         except WireError as e:
             self.shard.count_rejection(e.reason)
             await context.abort(e.code, e.message)
-        except UnknownWorkerError as e:
-            self.shard.count_rejection("unknown_worker")
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(e).strip("'\""))
-        except UnknownTableError as e:  # counted by the shard
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(e).strip("'\""))
-        except SparseInputError as e:  # counted by the shard
-            code = grpc.StatusCode.OUT_OF_RANGE if e.reason in ("id_range", "wrong_shard") \
-                else grpc.StatusCode.INVALID_ARGUMENT
-            await context.abort(code, str(e))
-        except ShapeError as e:  # counted by the shard's own check
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        except (LeftJobError, OutOfOrderError) as e:  # counted by the shard
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
-        except RolledBackError as e:  # retryable: register again
-            await context.abort(grpc.StatusCode.ABORTED, str(e))
+        except PSError as e:
+            status, counted = refusal(e)
+            if counted:
+                self.shard.count_rejection(counted)
+            await context.abort(grpc.StatusCode[status], str(e))
 
     # ---- receiving a gradient -----------------------------------------------------
 
@@ -159,35 +154,39 @@ class ShardServicer:
                          f"the stream ended inside tensor {assembler.name!r}: expected {assembler.size * item}"
                          f" bytes, got {assembler._filled * item}")
 
-    def _push(self, first: ps_pb2.TensorChunk, assembler: Assembler, buffers: Assembler | None) -> str:
-        try:
-            return self.shard.push(first.worker_id, first.clock, assembler.buffer, first.pulled_version,
-                                   first.num_samples, first.loss, None if buffers is None else buffers.buffer,
-                                   first.incarnation, first.seq)
-        finally:
-            self._spare[first.worker_id] = assembler
-            if buffers is not None:
-                self._spare_buffers[first.worker_id] = buffers
+    def _step(self, first: ps_pb2.TensorChunk, assembler: Assembler, buffers: Assembler | None) -> Step:
+        return Step(first.worker_id, first.clock, assembler.buffer, first.pulled_version, first.num_samples,
+                    first.loss, None if buffers is None else buffers.buffer, first.ahead, first.incarnation,
+                    first.seq)
 
-    async def _encoded_params(self, worker_id: int, clock: int, **header) -> list[bytes]:
-        """Wait as ``pull_for`` does; then the parameters encoded into reply chunks.
+    def _reuse(self, step: Step, assembler: Assembler, buffers: Assembler | None) -> None:
+        """The receive buffers go back for the worker's next push (the shard copied what it keeps)."""
+        self._spare[step.worker_id] = assembler
+        if buffers is not None:
+            self._spare_buffers[step.worker_id] = buffers
 
-        Encoding happens inside the shard's step that reads the parameters, so
-        the encoded chunks are the snapshot: no copy of the parameters first.
+    def _encoder(self) -> Callable[..., list[bytes]]:
+        """What the shard's answer reads the parameters out with: the reply chunks themselves.
+
+        Encoding happens in the shard's turn that reads the parameters, so the
+        chunks are the snapshot: no copy of the parameters first.
         """
-        def encode(params):
+        def encode(params, outcome: str | None = None):
             version = self.shard.version
-            if "push" in header:  # Step: the push's answer carries the version being sent
-                header["push"].version = version
+            if outcome is not None:  # a Step: the push's answer rides on the first chunk
+                header["push"] = ps_pb2.PushReply(outcome=OUTCOMES[outcome], version=version)
             pull = self.shard.pull_codec
             if not pull.lossless:  # fp16 / bf16 on the wire; the shard's own copy stays float32
                 return list(encode_chunks(TENSOR, pull.encode(params), self.chunk_bytes, wire=BLOB_DTYPE,
                                           version=version, **header))
             return list(encode_chunks(TENSOR, params, self.chunk_bytes, version=version, **header))
+        header: dict = {}
+        return encode
 
-        encoded, _, buffers = await self.shard.pull_for(worker_id, clock, take=encode)
-        if buffers is not None:  # the buffers travel after the parameters, as their own tensor
-            encoded += encode_chunks(BUFFERS, buffers, self.chunk_bytes, wire=BUFFER_DTYPE)
+    def _reply_chunks(self, answer) -> list[bytes]:
+        encoded = answer.params
+        if answer.buffers is not None:  # the buffers travel after the parameters, as their own tensor
+            encoded += encode_chunks(BUFFERS, answer.buffers, self.chunk_bytes, wire=BUFFER_DTYPE)
         encoded.reverse()  # handed out with pop(), so each chunk is freed once sent
         return encoded
 
@@ -196,9 +195,7 @@ class ShardServicer:
     async def Register(self, request, context):
         await self._admit_call(context, request)
         async with self._statuses(context):
-            self.shard.check_worker(request.worker_id)
-            self.shard.check_registration(request.worker_id, request.incarnation)
-            clock, seq = self.shard.position(request.worker_id)
+            clock, seq = self.shard.enter(request.worker_id, request.incarnation)
             return ps_pb2.RegisterReply(
                 clock=clock, seq=seq,
                 shard_id=self.shard.shard_id, version=self.shard.version, protocol=PROTOCOL,
@@ -214,14 +211,18 @@ class ShardServicer:
             got = await self._read_gradient(requests)
             if got is None:
                 raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"empty push: expected tensor {TENSOR!r}")
-            await self.shard.gate(got[0].worker_id, got[0].clock)
-            outcome = self._push(*got)
+            step = self._step(*got)
+            try:
+                outcome = await self.shard.push(step)
+            finally:
+                self._reuse(step, *got[1:])
             return ps_pb2.PushReply(outcome=OUTCOMES[outcome], version=self.shard.version)
 
     async def Pull(self, request, context):
         await self._admit_call(context, request)
         async with self._statuses(context):
-            encoded = await self._encoded_params(request.worker_id, request.clock)
+            encoded = self._reply_chunks(await self.shard.pull_for(request.worker_id, request.clock,
+                                                                   take=self._encoder()))
             while encoded:
                 yield encoded.pop()
 
@@ -229,12 +230,12 @@ class ShardServicer:
         await self._admit_call(context)
         async with self._statuses(context):
             while (got := await self._read_gradient(requests)) is not None:
-                first = got[0]
-                self.shard.check_ahead(first.ahead)
-                await self.shard.gate(first.worker_id, first.clock)
-                outcome = self._push(*got)
-                encoded = await self._encoded_params(first.worker_id, first.clock + 1 + first.ahead,
-                                                     push=ps_pb2.PushReply(outcome=OUTCOMES[outcome]))
+                step = self._step(*got)
+                try:
+                    answer = await self.shard.step(step, take=self._encoder())
+                finally:
+                    self._reuse(step, *got[1:])
+                encoded = self._reply_chunks(answer)
                 while encoded:
                     yield encoded.pop()
 

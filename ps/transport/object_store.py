@@ -1,16 +1,14 @@
 """The object-store transport: Ray actor calls, one per shard per step.
 
-A worker keeps its parameters and gradients in flat numpy buffers. Each step,
-``push_pull`` sends every shard its contiguous slice of the gradient (and of
-the model buffers, when the model has any) and writes what each shard returns
-into the matching slices: one Ray call and one contiguous copy per shard per
-step, all shards in flight at once. Only numpy arrays cross the object store
-(zero-copy reads on the shard's side); nothing torch is pickled on this path.
-Ray serializes a call's arguments when it is made, so the gradient may be
-overwritten as soon as ``push_pull_async`` returns.
-
-``buffer_ranges`` cut the float64 buffer vector across the shards as
-``ranges`` cut the parameters; a shard may hold no buffers at all.
+A worker keeps its parameters and gradients in flat numpy buffers. Each step
+sends every shard its ``Step`` (its contiguous slice of the gradient, and of
+the model buffers when the model has any) as the argument of one actor call
+to the shard's ``step``, and writes each answer into the matching slices:
+one Ray call and one contiguous copy per shard per step, all shards in
+flight at once. Only numpy arrays cross the object store (zero-copy reads on
+the shard's side); nothing torch is pickled on this path. Ray serializes a
+call's arguments when it is made, so the gradient may be overwritten as soon
+as ``push_pull_async`` returns. The server side is the shard actor itself.
 """
 
 from __future__ import annotations
@@ -21,9 +19,9 @@ from typing import Sequence
 import numpy as np
 import ray
 
-from ...errors import ConfigError
-from ..core.partition import ShardRange, buffer_ranges_or_none, buffer_slices
-from .contract import BlockingPushPull, Pending, shard_payloads
+from ..core.partition import ShardRange
+from .client_base import ShardClientBase
+from .contract import Pending
 
 
 @dataclass(frozen=True)
@@ -39,46 +37,30 @@ class RayTransport:
         return ShardClient(worker_id, self.shards, self.ranges, self.buffer_ranges, incarnation)
 
 
-class ShardClient(BlockingPushPull):
+class ShardClient(ShardClientBase):
     name = "ray"
     fills_on_wait = True  # ray.get happens in wait()
 
     def __init__(self, worker_id: int, shards: Sequence, ranges: Sequence[ShardRange],
                  buffer_ranges: Sequence[ShardRange] | None = None, incarnation: int = 0):
-        if len(shards) != len(ranges):
-            raise ConfigError(f"{len(shards)} shard handles for {len(ranges)} ranges")
-        self.worker_id = worker_id
-        self.incarnation = incarnation
-        self.base = 0  # seq = clock - base, so a retried clock carries its seq
+        super().__init__(worker_id, ranges, buffer_ranges, incarnation, len(shards))
         self._shards = list(shards)
-        self._ranges = list(ranges)
-        self._buffer_ranges = buffer_ranges_or_none(buffer_ranges, ranges)
-        self._versions = [0] * len(shards)  # the version of each slice we hold
 
     def register(self, params_out: np.ndarray, buffers_out: np.ndarray | None = None) -> int:
-        """Fetch the parameters into ``params_out`` (and the buffers into ``buffers_out``); return the
-        completed clock to carry on from."""
-        positions = ray.get([s.position.remote(self.worker_id) for s in self._shards])
-        clock = max(c for c, _ in positions)
-        self.base = clock - max(q for _, q in positions)
-        self._receive(params_out, buffers_out,
-                      [s.register.remote(self.worker_id, self.incarnation) for s in self._shards])
-        return clock
-
-    def reconnect(self) -> None:
-        """Nothing to reopen: an actor handle reaches a restarted actor by itself."""
+        """The parameters into ``params_out`` (and the buffers into ``buffers_out``); the completed clock
+        to carry on from."""
+        registered = ray.get([s.register.remote(self.worker_id, self.incarnation) for s in self._shards])
+        for i, (_, _, answer) in enumerate(registered):
+            self.receive(i, answer.params, answer.version, answer.buffers, params_out, buffers_out)
+        return self.carry_on([(clock, seq) for clock, seq, _ in registered])
 
     def push_pull_async(self, clock: int, grads: np.ndarray, params_out: np.ndarray, num_samples: int,
                         loss: float, buffers: np.ndarray | None = None, buffers_out: np.ndarray | None = None,
                         ahead: int = 0) -> Pending:
         """Push the gradient of iteration ``clock`` (and the model's buffers); receive on ``wait()``."""
-        refs = [
-            shard.push_pull.remote(self.worker_id, clock, payload, version, num_samples, loss, b, ahead,
-                                   self.incarnation, clock - self.base)
-            for shard, payload, version, b in zip(self._shards, shard_payloads(grads, self._ranges), self._versions,
-                                                  buffer_slices(buffers, self._buffer_ranges))
-        ]
-        return Pending(lambda: self._receive(params_out, buffers_out, refs))
+        refs = [shard.step.remote(step) for shard, step in
+                zip(self._shards, self.steps(clock, grads, num_samples, loss, buffers, ahead))]
+        return Pending(lambda: self._receive_all(ray.get(refs), params_out, buffers_out))
 
     def sparse_pull(self, table: str, ids_per_shard: list[np.ndarray], clock: int) -> list[np.ndarray | None]:
         """Each shard's rows of ``table`` for its ids (None where it was asked none), all at once."""
@@ -101,11 +83,6 @@ class ShardClient(BlockingPushPull):
         """Leave every shard's clock table, so no one waits for this worker."""
         ray.get([s.finish.remote(self.worker_id, self.incarnation) for s in self._shards])
 
-    def _receive(self, params_out: np.ndarray, buffers_out: np.ndarray | None, refs: list) -> None:
-        for i, (params, version, buffers) in enumerate(ray.get(refs)):
-            r = self._ranges[i]
-            params_out[r.lo:r.hi] = params
-            self._versions[i] = version
-            if buffers is not None and buffers_out is not None:
-                b = self._buffer_ranges[i]
-                buffers_out[b.lo:b.hi] = buffers
+    def _receive_all(self, answers: list, params_out: np.ndarray, buffers_out: np.ndarray | None) -> None:
+        for i, answer in enumerate(answers):
+            self.receive(i, answer.params, answer.version, answer.buffers, params_out, buffers_out)

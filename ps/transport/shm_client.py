@@ -19,11 +19,12 @@ from typing import Sequence
 
 import numpy as np
 
-from ...errors import ConfigError, ShapeError, TransportError
+from ...errors import ShapeError, TransportError
 from ...protos.shm_wire import (BUFFERS_FOLLOW, COMPRESSED, FINISH, HELLO, LAYOUT, MESSAGE, OK, PUSH_PULL, REGISTER, REPLY, REQUEST,
                                    SPARSE, SPARSE_PULL, SPARSE_PUSH, SPARSE_ROWS, STATUSES, SlotLayout, segment_name)
-from ..core.partition import ShardRange, buffer_ranges_or_none, buffer_slices
-from .contract import BlockingPushPull, EncodedRows, Pending, shard_payloads
+from ..core.partition import ShardRange
+from .client_base import ShardClientBase
+from .contract import EncodedRows, Pending
 
 
 @dataclass(frozen=True)
@@ -175,31 +176,24 @@ class _SparseLink:
         self.sock.close()
 
 
-class ShmShardClient(BlockingPushPull):
+class ShmShardClient(ShardClientBase):
     name = "shm"
     fills_on_wait = True  # the slots are copied out in wait()
 
     def __init__(self, worker_id: int, directories: Sequence[str], ranges: Sequence[ShardRange], token: str,
                  buffer_ranges: Sequence[ShardRange] | None = None, timeout_s: float = 300.0,
                  node_ids: Sequence[str] | None = None, incarnation: int = 0):
-        if len(directories) != len(ranges):
-            raise ConfigError(f"{len(directories)} shard directories for {len(ranges)} ranges")
-        self.worker_id = worker_id
-        self.incarnation = incarnation
-        self.base = 0  # seq = clock - base, so a retried clock carries its seq
-        self._ranges = list(ranges)
-        self._buffer_ranges = buffer_ranges_or_none(buffer_ranges, ranges)
+        super().__init__(worker_id, ranges, buffer_ranges, incarnation, len(directories))
         self._check_node(directories, node_ids)
         self._directories, self._token, self._timeout_s = list(directories), token, timeout_s
         self._links: list[_Link] = []
         self._sparse_links: list[_SparseLink] = []  # opened at the first sparse call
         self._sparse_pending: Pending | None = None  # a push whose answers are still on those sockets
         self._open()
-        self._versions = [0] * len(self._links)
 
     def _open(self) -> None:
         try:
-            for d, r, b in zip(self._directories, self._ranges, self._buffer_ranges):
+            for d, r, b in zip(self._directories, self.ranges, self.buffer_ranges):
                 self._links.append(_Link(d, self.worker_id, self._token, r.size, b.size, self._timeout_s))
         except BaseException:
             self.close()
@@ -226,30 +220,27 @@ class ShmShardClient(BlockingPushPull):
         for link in self._links:
             link.send(REGISTER, self.worker_id, incarnation=self.incarnation)
         self._collect(params_out, buffers_out, "register")
-        clock = max(link.clock for link in self._links)
-        self.base = clock - max(link.seq for link in self._links)
-        return clock
+        return self.carry_on([(link.clock, link.seq) for link in self._links])
 
     def push_pull_async(self, clock: int, grads: np.ndarray, params_out: np.ndarray, num_samples: int,
                         loss: float, buffers: np.ndarray | None = None, buffers_out: np.ndarray | None = None,
                         ahead: int = 0) -> Pending:
-        sent = buffer_slices(buffers, self._buffer_ranges)
-        for i, (link, payload) in enumerate(zip(self._links, shard_payloads(grads, self._ranges))):
-            # the snapshot: the caller may overwrite grads once we return
-            if payload.dtype == np.uint8:  # a compressed push: the codec's blob
-                if payload.size > link.blob.size:
-                    raise ShapeError(f"a compressed push of {payload.size} bytes does not fit shard"
+        for link, step in zip(self._links, self.steps(clock, grads, num_samples, loss, buffers, ahead)):
+            # into the slot: the snapshot, so the caller may overwrite grads once we return
+            if step.grad.dtype == np.uint8:  # a compressed push: the codec's blob
+                if step.grad.size > link.blob.size:
+                    raise ShapeError(f"a compressed push of {step.grad.size} bytes does not fit shard"
                                      f" {link.where}'s slot of {link.blob.size}")
-                link.blob[:payload.size] = payload
+                link.blob[:step.grad.size] = step.grad
                 flags = COMPRESSED
             else:
-                link.grad[:] = payload
+                link.grad[:] = step.grad
                 flags = 0
-            if sent[i] is not None:
-                link.buffers_in[:] = sent[i]
+            if step.buffers is not None:
+                link.buffers_in[:] = step.buffers
                 flags |= BUFFERS_FOLLOW  # beside COMPRESSED, when the push is a blob
-            link.send(PUSH_PULL, self.worker_id, clock, self._versions[i], num_samples, loss, ahead, flags,
-                      self.incarnation, clock - self.base)
+            link.send(PUSH_PULL, self.worker_id, clock, step.pulled_version, num_samples, loss, ahead, flags,
+                      self.incarnation, step.seq)
         return Pending(lambda: self._collect(params_out, buffers_out, f"step {clock}"))
 
     def _sparse(self) -> list[_SparseLink]:
@@ -316,15 +307,13 @@ class ShmShardClient(BlockingPushPull):
 
     def _collect(self, params_out: np.ndarray, buffers_out: np.ndarray | None, what: str) -> None:
         errors = []
-        for i, (link, r, b) in enumerate(zip(self._links, self._ranges, self._buffer_ranges)):
+        for i, link in enumerate(self._links):
             try:  # read every reply, so no stale one is left on a socket for the next step
-                self._versions[i] = link.receive(what)
+                version = link.receive(what)
             except TransportError as e:
                 errors.append(e)
                 continue
-            params_out[r.lo:r.hi] = link.params
-            if b.size and buffers_out is not None:
-                buffers_out[b.lo:b.hi] = link.buffers_out
+            self.receive(i, link.params, version, link.buffers_out, params_out, buffers_out)
         if errors:
             raise errors[0]
 

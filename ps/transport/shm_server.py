@@ -26,30 +26,23 @@ import tempfile
 
 import numpy as np
 
-from ...errors import LeftJobError, OutOfOrderError, PSError, RolledBackError, ShapeError
-from ...protos.shm_wire import (ABORTED, BUFFERS_FOLLOW, COMPRESSED, FAILED_PRECONDITION, FINISH, HELLO, INTERNAL,
-                                   INVALID_ARGUMENT, LAYOUT, MAX_SPARSE_BYTES, MESSAGE, NOT_FOUND, OK, OUT_OF_RANGE,
-                                   OUTCOMES, PUSH_PULL, REGISTER, REPLY, REQUEST, SPARSE, SPARSE_PULL, SPARSE_PUSH,
-                                   SPARSE_ROWS, UNAUTHENTICATED, SlotLayout, segment_name)
-from ..core.consistency import UnknownWorkerError
-from ..core.shard import ParameterShard
-from ..sparse.table import SparseInputError, UnknownTableError
+from typing import TYPE_CHECKING
+
+from ...errors import PSError, ShapeError, UnknownWorkerError
+from ...protos.shm_wire import (BUFFERS_FOLLOW, COMPRESSED, FINISH, HELLO, LAYOUT, MAX_SPARSE_BYTES, MESSAGE, OK,
+                                PUSH_PULL, REGISTER, REPLY, REQUEST, SPARSE, SPARSE_PULL, SPARSE_PUSH, SPARSE_ROWS,
+                                STATUSES, SlotLayout, segment_name)
+from ..core.step import OUTCOMES, Step
+from .statuses import refusal
+
+if TYPE_CHECKING:
+    from ..shard import ParameterShard
 
 log = logging.getLogger(__name__)
 
 
-def _status(error: Exception) -> int:
-    if isinstance(error, (UnknownWorkerError, UnknownTableError)):
-        return NOT_FOUND
-    if isinstance(error, SparseInputError) and error.reason in ("id_range", "wrong_shard"):
-        return OUT_OF_RANGE
-    if isinstance(error, ShapeError):
-        return INVALID_ARGUMENT
-    if isinstance(error, (LeftJobError, OutOfOrderError)):
-        return FAILED_PRECONDITION
-    if isinstance(error, RolledBackError):
-        return ABORTED
-    return INTERNAL
+#: Status names (ps/transport/statuses.py) to this wire's status bytes.
+CODES = {name: code for code, name in STATUSES.items()}
 
 
 def _reply(status: int, version: int = 0, outcome: int = 0, message: str = "", clock: int = 0, seq: int = 0) -> bytes:
@@ -129,7 +122,7 @@ class ShmShardServer:
                 if op in (SPARSE_PULL, SPARSE_PUSH):
                     payload = await self._read_sparse(reader, op, flags)
                     if payload is None:  # larger than any request may be: the stream cannot be trusted
-                        writer.write(_reply(INVALID_ARGUMENT, message="sparse request over the size limit"))
+                        writer.write(_reply(CODES["INVALID_ARGUMENT"], message="sparse request over the size limit"))
                         await writer.drain()
                         return
                     try:
@@ -137,7 +130,7 @@ class ShmShardServer:
                             raise UnknownWorkerError(f"this connection is worker {worker_id}'s, not worker {who}'s")
                         reply = await self._sparse(op, worker_id, clock, samples, incarnation, *payload)
                     except PSError as e:
-                        reply = _reply(_status(e), message=str(e).strip("'\""))
+                        reply = self._refused(e)
                     writer.write(reply)
                     await writer.drain()
                     continue
@@ -148,13 +141,20 @@ class ShmShardServer:
                                                incarnation, seq, blob if flags & COMPRESSED else grad, params,
                                                buffers_in, buffers_out)
                 except PSError as e:
-                    reply = _reply(_status(e), message=str(e).strip("'\""))
+                    reply = self._refused(e)
                 writer.write(reply)
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             return
         finally:
             writer.close()
+
+    def _refused(self, error: PSError) -> bytes:
+        """A refusal's reply: its status (ps/transport/statuses.py) and message; counted where the shard did not."""
+        status, counted = refusal(error)
+        if counted:
+            self.shard.count_rejection(counted)
+        return _reply(CODES[status], message=str(error))
 
     async def _read_sparse(self, reader, op: int, flags: int):
         """The rest of a sparse request, read whole before anything is checked (the stream stays in step).
@@ -186,14 +186,13 @@ class ShmShardServer:
         token = await reader.readexactly(min(token_len, 1024))
         if not hmac.compare_digest(token, self._token):
             self.shard.count_rejection("unauthenticated")
-            writer.write(_reply(UNAUTHENTICATED, message="missing or wrong token"))
+            writer.write(_reply(CODES["UNAUTHENTICATED"], message="missing or wrong token"))
             await writer.drain()
             return None
         try:
             self.shard.check_worker(worker_id)
-        except UnknownWorkerError:
-            self.shard.count_rejection("unknown_worker")
-            writer.write(_reply(NOT_FOUND, message=f"unknown worker id {worker_id}"))
+        except UnknownWorkerError as e:
+            writer.write(self._refused(e))
             await writer.drain()
             return None
         self._segment(worker_id)
@@ -203,28 +202,24 @@ class ShmShardServer:
 
     async def _handle(self, op, flags, worker_id, clock, pulled, samples, loss, ahead, incarnation, seq,
                       grad, params, buffers_in, buffers_out) -> bytes:
-        def into_slot(values: np.ndarray) -> None:
-            params[:] = values  # inside the shard's step: the snapshot this reply answers with
+        def into_slot(values: np.ndarray, outcome: str | None = None) -> None:
+            params[:] = values  # in the shard's turn that reads them: the snapshot this reply answers with
 
         if op == FINISH:
             await self.shard.finish(worker_id, incarnation)
             return _reply(OK, self.shard.version)
-        outcome, position = "applied", (0, 0)
         if op == PUSH_PULL:
-            self.shard.check_ahead(ahead)
-            await self.shard.gate(worker_id, clock)
-            outcome = self.shard.push(worker_id, clock, grad, pulled, samples, loss,
-                                      buffers_in if flags & BUFFERS_FOLLOW else None, incarnation, seq)
-            begins = clock + 1 + ahead
+            step = Step(worker_id, clock, grad, pulled, samples, loss, buffers_in if flags & BUFFERS_FOLLOW else None,
+                        ahead, incarnation, seq)
+            answer, position = await self.shard.step(step, take=into_slot), (0, 0)
         elif op == REGISTER:  # the parameters for the worker's next iteration, and where it carries on
-            self.shard.check_registration(worker_id, incarnation)
-            position = self.shard.position(worker_id)
-            begins = position[0] + 1
+            *position, pulled = await self.shard.register(worker_id, incarnation, take=into_slot)
+            answer = (*pulled, "applied")
         else:
             raise ShapeError(f"unknown request op {op}")
-        _, version, merged = await self.shard.pull_for(worker_id, begins, take=into_slot)
-        if merged is not None:
-            buffers_out[:] = merged
+        _, version, buffers, outcome = answer
+        if buffers is not None:
+            buffers_out[:] = buffers
         return _reply(OK, version, OUTCOMES.index(outcome), clock=position[0], seq=position[1])
 
 

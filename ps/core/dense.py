@@ -1,0 +1,141 @@
+"""A shard's range of the flat parameter vector: the values, their optimizer and schedule, the rules they keep.
+
+``DenseTable`` checks a gradient before it touches anything, asks its
+``Consistency`` (ps/core/consistency.py) what a push does, and then applies
+it at once, keeps it for its round, or drops it as late. A complete round
+steps once with the sample-weighted mean of its gradients, so it equals the
+gradient of the combined batch (and, with one worker, is that worker's
+gradient bit for bit). Model buffers reported with a push (ps/core/buffers.py)
+become visible when its update does.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from ...errors import InputError, ShapeError
+from ...protos.layout import DTYPE, all_finite
+from .buffers import BufferTable
+from .consistency import Consistency, ConsistencyConfig
+from .metrics import ShardMetrics
+from .optimizers import OptimizerConfig, make_optimizer
+from .schedules import ScheduleConfig, make_schedule
+
+
+class DenseTable:
+    def __init__(self, params: np.ndarray, optimizer: OptimizerConfig, schedule: ScheduleConfig,
+                 consistency: ConsistencyConfig, total_updates: int | None, worker_ids, buffers: BufferTable,
+                 metrics: ShardMetrics, where: str):
+        self.where = where
+        self.params = np.array(params, dtype=DTYPE, copy=True).reshape(-1)
+        self.optimizer = make_optimizer(optimizer, self.params.size)
+        self.schedule = make_schedule(schedule, optimizer.lr, total_updates)
+        self.consistency = Consistency(consistency, worker_ids, where)
+        self.buffers = buffers
+        self.metrics = metrics
+        self.version = 0  # optimizer steps applied so far: the global step of the schedule
+        self.staleness: Counter = Counter()  # pushes applied, by staleness
+        self.applied = 0  # pushes applied (a round counts each of its pushes)
+        self.dropped = 0  # pushes dropped as late (backup workers)
+        self.unflushed_updates = 0  # updates not yet counted in Ray's metrics
+
+    @property
+    def size(self) -> int:
+        return int(self.params.size)
+
+    def check(self, grad: object) -> None:
+        """Refuse a malformed gradient before it touches any state (InputError, its reason counted)."""
+        if not isinstance(grad, np.ndarray):
+            raise InputError(f"{self.where}: gradient must be a numpy array, got {type(grad).__name__}", "type")
+        if grad.dtype != DTYPE:
+            raise InputError(f"{self.where}: gradient dtype must be {DTYPE}, got {grad.dtype}", "dtype")
+        if grad.shape != self.params.shape:
+            raise InputError(f"{self.where}: gradient shape must be {self.params.shape}, got {grad.shape}", "shape")
+        if not all_finite(grad):
+            bad = int(np.count_nonzero(~np.isfinite(grad)))  # only on the way out: the count costs a pass
+            raise InputError(f"{self.where}: gradient holds {bad} NaN or Inf values; gradients must be finite",
+                             "non_finite")
+
+    def push(self, worker_id: int, clock: int, grad: np.ndarray, pulled_version: int, num_samples: int,
+             buffers: np.ndarray | None = None) -> str:
+        """A checked, new push of iteration ``clock``: ``"applied"`` (now, or gathered into its round) or
+        ``"stale"`` (its round stepped without it: dropped and counted)."""
+        def record() -> dict:  # copies: a transport may reuse its receive buffers before the round steps
+            return {"grad": grad.copy(), "num_samples": int(num_samples), "pulled_version": int(pulled_version),
+                    "buffers": None if buffers is None else buffers.copy()}
+
+        action = self.consistency.accept(worker_id, clock, record)
+        if action == "late":
+            self.dropped += 1
+            return "stale"
+        if action == "apply":
+            self._apply(grad, [self.version - int(pulled_version)])
+            if buffers is not None:
+                self.buffers.report(worker_id, buffers, int(num_samples))
+                self.buffers.merge()
+        return "applied"
+
+    def step_round(self) -> None:
+        """Step once with a complete round's sample-weighted mean gradient (nothing while it is incomplete)."""
+        taken = self.consistency.take_round()
+        if taken is None:
+            return
+        pending = [r for _, r in taken]
+        if len(pending) == 1:  # exactly the worker's gradient: bit for bit with one process
+            mean = pending[0]["grad"]
+        else:
+            total = sum(r["num_samples"] for r in pending)
+            mean = np.zeros_like(self.params)
+            for r in pending:
+                mean += r["grad"] * np.float32(r["num_samples"] / total)
+        self._apply(mean, [self.version - r["pulled_version"] for r in pending])
+        # The round's buffers become visible with its step, so a pull for the next clock sees exactly
+        # this round's reports, whoever pushes next.
+        for w, r in taken:
+            if r["buffers"] is not None:
+                self.buffers.report(w, r["buffers"], r["num_samples"])
+        self.buffers.merge()
+
+    def _apply(self, grad: np.ndarray, staleness: list[int]) -> None:
+        """One optimizer step with ``grad``, made of pushes of the given staleness."""
+        self.optimizer.step(self.params, grad, self.consistency.lr(self.schedule(self.version), staleness))
+        self.version += 1
+        self.unflushed_updates += 1
+        for tau in staleness:
+            self.metrics.staleness.observe(tau)
+        self.applied += len(staleness)
+        self.staleness.update(staleness)
+
+    # ---- checkpoints ----------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """The values, version, optimizer state and consistency state (clocks, the round being gathered)."""
+        return {"params": self.params.copy(), "version": self.version, "optimizer": self.optimizer.state_dict(),
+                **self.consistency.state_dict()}
+
+    def counters(self) -> dict:
+        return {"staleness": dict(self.staleness), "applied": self.applied, "dropped": self.dropped}
+
+    def check_state(self, state: dict) -> None:
+        """Raise ShapeError unless ``state`` fits this table: the parameters' and gathered gradients' shapes."""
+        params = state["params"]
+        if not isinstance(params, np.ndarray) or params.dtype != DTYPE or params.shape != self.params.shape:
+            shown = getattr(params, "shape", type(params).__name__)
+            raise ShapeError(f"{self.where}: state parameters ({shown}) must be {DTYPE} of shape {self.params.shape}")
+        for w, r in state["round"].items():
+            if r["grad"].shape != self.params.shape:
+                raise ShapeError(f"{self.where}: the gathered gradient of worker {w} has shape {r['grad'].shape}")
+
+    def load_state_dict(self, state: dict, counters: dict) -> None:
+        """Restore a checked ``state_dict()`` and ``counters()`` (``check_state`` first)."""
+        optimizer = make_optimizer(self.optimizer.config, self.params.size)
+        optimizer.load_state_dict(state["optimizer"])  # each part checks itself on a copy first
+        consistency = Consistency(self.consistency.config, [], self.where)
+        consistency.load_state_dict(state)
+        self.params[:] = state["params"]
+        self.optimizer, self.consistency = optimizer, consistency
+        self.version = int(state["version"])
+        self.staleness = Counter(counters["staleness"])
+        self.applied, self.dropped = int(counters["applied"]), int(counters["dropped"])

@@ -1,0 +1,58 @@
+"""One step of one worker on one shard, as every transport hands it to the shard.
+
+Each server (the object store's actor call, gRPC's Step stream, the
+same-node socket) decodes its request into a ``Step`` and calls the shard's
+one entry point, ``ParameterShard.step`` (ps/shard.py): check how far ahead
+it computes, wait at the checkpoint gate, push, then wait until the
+consistency mode admits the worker's next iteration and answer with the
+parameters (an ``Answer``: what it ``Pulled``, and the push's outcome).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+#: A push's outcomes, as every transport reports them (protos/ps.proto: PushReply.Outcome).
+OUTCOMES = ("applied", "duplicate", "stale")
+
+
+@dataclass
+class Step:
+    """A worker's gradient of iteration ``clock`` for one shard, and what it asks back."""
+
+    worker_id: int
+    clock: int
+    grad: np.ndarray  # float32, this shard's slice; or the job's codec's blob (uint8), decoded by the shard
+    pulled_version: int = 0  # the version the gradient was computed from: its staleness is measured against it
+    num_samples: int = 0
+    loss: float = 0.0
+    buffers: np.ndarray | None = None  # the worker's slice of its model buffers (float64); None: no report
+    ahead: int = 0  # iterations it computes before its next push: the answer admits clock + 1 + ahead
+    incarnation: int = 0
+    seq: int = 0  # (worker, incarnation, seq) is applied once; 0: the clock's place in this incarnation
+
+    @property
+    def answers(self) -> int:
+        """The iteration whose parameters the answer carries."""
+        return self.clock + 1 + self.ahead
+
+
+class Pulled(NamedTuple):
+    """The parameters for a worker's next iteration (as ``take`` read them out), their version, and the
+    merged model buffers (None where the shard holds none)."""
+
+    params: Any
+    version: int
+    buffers: np.ndarray | None
+
+
+class Answer(NamedTuple):
+    """What a step answers: what it pulled, and what its push did (one of ``OUTCOMES``)."""
+
+    params: Any
+    version: int
+    buffers: np.ndarray | None
+    outcome: str

@@ -1,0 +1,77 @@
+"""What every transport's client shares: who it is, how the vectors are cut, where it carries on.
+
+A client (ps/transport/object_store.py, grpc_client.py, shm_client.py) turns a
+worker's step into one ``Step`` per shard (``steps``: this shard's slice of
+the gradient or its blob, of the buffers, the version it pulled, the seq),
+sends them its own way, and writes what comes back into the caller's slices
+(``receive``). ``register`` is the same for all: every shard says where the
+worker carries on, and the worker takes the furthest clock.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ...errors import ConfigError
+from ..core.partition import ShardRange, buffer_ranges_or_none, buffer_slices
+from ..core.step import Step
+from .contract import Pending, shard_payloads
+
+
+class ShardClientBase:
+    name = ""
+    fills_on_wait = True
+
+    def __init__(self, worker_id: int, ranges: Sequence[ShardRange], buffer_ranges: Sequence[ShardRange] | None,
+                 incarnation: int, shards: int):
+        if shards != len(ranges):
+            raise ConfigError(f"{shards} shards for {len(ranges)} ranges")
+        self.worker_id = worker_id
+        self.incarnation = incarnation
+        self.base = 0  # seq = clock - base, so a retried clock carries its seq; register sets it
+        self.ranges = list(ranges)
+        self.buffer_ranges = buffer_ranges_or_none(buffer_ranges, ranges)
+        self.versions = [0] * len(ranges)  # the version of each slice we hold: what a push is stale against
+
+    # ---- the contract's shared half (ps/transport/contract.py) ---------------------------
+
+    def push_pull(self, clock, grads, params_out, num_samples, loss, buffers=None, buffers_out=None,
+                  ahead: int = 0) -> None:
+        self.push_pull_async(clock, grads, params_out, num_samples, loss, buffers, buffers_out, ahead).wait()
+
+    def push_pull_async(self, clock, grads, params_out, num_samples, loss, buffers=None, buffers_out=None,
+                        ahead: int = 0) -> Pending:
+        raise NotImplementedError
+
+    def reconnect(self) -> None:
+        """Reach the same shards afresh (a restarted shard serves where it served)."""
+
+    # ---- helpers for the clients ---------------------------------------------------------
+
+    def carry_on(self, positions: Sequence[tuple[int, int]]) -> int:
+        """Every shard's (completed clock, last applied seq) for this worker: the clock it carries on
+        from, with ``base`` set so its next seq follows the last applied."""
+        clock = max(c for c, _ in positions)
+        self.base = clock - max(q for _, q in positions)
+        return clock
+
+    def steps(self, clock: int, grads, num_samples: int, loss: float, buffers: np.ndarray | None = None,
+              ahead: int = 0) -> list[Step]:
+        """Iteration ``clock`` as one Step per shard (slices are views: send or copy them before returning)."""
+        seq = clock - self.base
+        return [Step(self.worker_id, clock, payload, self.versions[i], num_samples, loss, b, ahead,
+                     self.incarnation, seq)
+                for i, (payload, b) in enumerate(zip(shard_payloads(grads, self.ranges),
+                                                     buffer_slices(buffers, self.buffer_ranges)))]
+
+    def receive(self, i: int, params: np.ndarray | None, version: int, buffers: np.ndarray | None,
+                params_out: np.ndarray, buffers_out: np.ndarray | None) -> None:
+        """Shard ``i``'s answer into the caller's slices (``params`` None: already written in place)."""
+        r, b = self.ranges[i], self.buffer_ranges[i]
+        if params is not None:
+            params_out[r.lo:r.hi] = params
+        self.versions[i] = version
+        if buffers is not None and buffers_out is not None and b.size:
+            buffers_out[b.lo:b.hi] = buffers
