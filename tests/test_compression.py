@@ -13,7 +13,7 @@ import pytest
 from rayps.errors import ConfigError, ShapeError
 from rayps.launcher import Job
 from rayps.launcher.job.config import JobConfig
-from rayps.launcher.job.driver import make_transport
+from rayps.launcher.job.transports import make_transport
 from rayps.protos.compression import Codec, CodecError, topk_count
 from rayps.ps.compression.encoding import CompressionConfig, GradCompressor, RowCompressor, compression_config
 from rayps.ps.core.consistency import ConsistencyConfig

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from rayps.launcher.job.driver import make_transport
+from rayps.launcher.job.transports import make_transport
 from rayps.ps.core.consistency import ConsistencyConfig
 from rayps.ps.transport.grpc_security import GrpcConfig
 from rayps.ps.core.optimizers import OptimizerConfig

@@ -150,7 +150,7 @@ def transport_rows(megabytes: int = 100, repeats: int = 5) -> list[Row]:
     import numpy as np
     import ray
 
-    from ..job.driver import make_transport
+    from ..job.transports import make_transport
     from ...ps.core.consistency import ConsistencyConfig
     from ...ps.core.optimizers import OptimizerConfig
     from ...ps.core.partition import partition

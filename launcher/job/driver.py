@@ -1,18 +1,22 @@
-"""The job driver: place shard and worker actors, hand the watch to the controller, score the result.
+"""The job driver: a job's whole life in four steps, each a function that fits a screen.
 
-``run_job`` is the whole life of a job, readable top to bottom: resolve the
-model, data and loss; initialise the parameters once and cut them into shard
-ranges; start the shards (each restores the newest checkpoint of the run
-directory, if it has one: that is ``--resume``), the work queue and the
-transport; write checkpoint 0; let the controller start the workers and keep
-them going (launcher/job/controller.py); pull the final parameters, evaluate on
-the test split, write the run directory, and tear every actor down. A job
-that fails still writes its run directory, with the error in the summary.
+- ``prepare``: resolve the model, data and loss; initialise the parameters
+  once and cut them into shard ranges; plan the work queue. No actor yet.
+- ``start``: the run directory (config first, so a crashed driver's run can
+  be resumed); the shards (each restores the newest checkpoint of the run
+  directory by itself: that is ``--resume``), the work queue and the
+  transport; checkpoint 0.
+- ``train``: the controller starts the workers and keeps them going through
+  failures (launcher/job/controller.py); then the final parameters are
+  pulled and scored on the test split.
+- ``summarize``: summary.json, history, the model and tables, the plots.
+
+Every actor is torn down whatever happens, and a job that fails still writes
+its run directory, with the error in the summary.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -20,10 +24,9 @@ import os
 import shutil
 import time
 import uuid
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import ray
@@ -31,13 +34,26 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError
+from ...protos.compression import Codec
+from ...ps.core.partition import partition
+from ...ps.served import ServedShard
+from ...ps.sparse.client import ShardLookups
+from ...ps.transport.shm_client import ShmEndpoints
+from ...worker.data.config import DataConfig
+from ...worker.data.sources import Splits, resolve_data
+from ...worker.imports import import_object
+from ...worker.loop.chaos import WorkerChaos
+from ...worker.loop.embedding import SavedRows, bind, sparse_tables
+from ...worker.loop.flat import FlatParams
+from ...worker.loop.losses import resolve_loss, takes_weight
+from ...worker.loop.scoring import evaluate, score
+from ...worker.loop.trainer import Worker, WorkerPlan
+from ...worker.queue.coordinator import WorkCoordinator
+from ...worker.queue.workqueue import WorkQueue, default_chunk_batches, plan_batches
+from ..export.saved import save_run_model
 from .checkpointing import Checkpointer
 from .config import JobConfig
 from .controller import Controller
-from ..export.saved import save_run_model
-from .throttle import ThrottledLink
-from ...protos.compression import Codec
-from .wire_summary import compression_summary
 from .dataprep import prepare_on_ray, write_data_files
 from .local import ensure_ray
 from .monitor import Monitor
@@ -46,24 +62,9 @@ from .policies import CheckpointSchedule, RestartBudget, StallWatch
 from .progress import ProgressLine
 from .report import write_report
 from .rundir import default_run_dir, write_run_dir
-from ...ps.transport.object_store import RayTransport
-from ...ps.transport.shm_client import ShmEndpoints
-from ...ps.transport.grpc_client import GrpcEndpoints
-from ...ps.transport.grpc_security import GrpcConfig, new_token
-from ...ps.served import ServedShard
-from ...ps.core.partition import partition
-from ...ps.sparse.client import ShardLookups
-from ...worker.loop.chaos import WorkerChaos
-from ...worker.queue.coordinator import WorkCoordinator
-from ...worker.data.sources import Splits, resolve_data
-from ...worker.data.config import DataConfig
-from ...worker.loop.embedding import SavedRows, bind, sparse_tables
-from ...worker.loop.flat import FlatParams
-from ...worker.imports import import_object
-from ...worker.loop.losses import resolve_loss, takes_weight
-from ...worker.loop.scoring import evaluate, score
-from ...worker.loop.trainer import Worker, WorkerPlan
-from ...worker.queue.workqueue import WorkQueue, default_chunk_batches, plan_batches
+from .summary import job_summary, recovery_summary, sparse_summary
+from .transports import job_transport, serve_again, stop_serving, throttled
+from .wire_summary import compression_summary
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,52 @@ class JobResult:
     transform: object = None  # data read in chunks: the fitted DataTransform the model expects its inputs through
 
 
+@dataclass
+class Plan:
+    """A job before any actor runs: what it trains, on what, cut how."""
+
+    config: JobConfig
+    model_fn: Callable[[], nn.Module]
+    loss_fn: Any
+    splits: Splits
+    prepared: Any  # data read in chunks: the fitted data (launcher/job/dataprep.py); else None
+    model: nn.Module  # built under the job's seed: the initial parameters, and later the trained model
+    flat: FlatParams
+    shapes: dict  # the model's sparse tables: name -> (rows, dim)
+    tables: tuple
+    ranges: list
+    buffer_ranges: list
+    batches: Any
+    steps_per_worker: int
+    total_updates: int
+    queue: WorkQueue
+
+
+@dataclass
+class Run:
+    """A job while it runs: its directory and actors, and what training left."""
+
+    plan: Plan
+    run_dir: Path
+    run_id: str
+    dashboard_url: str | None
+    data_summary: dict | None = None
+    actors: list = field(default_factory=list)  # everything to kill at the end
+    shards: list = field(default_factory=list)
+    coordinator: Any = None
+    transport: Any = None
+    served: Any = None  # the transport the shards serve (behind the throttled link, if any)
+    link: Any = None
+    link_stats: dict | None = None
+    checkpointer: Checkpointer | None = None
+    initial: dict = field(default_factory=dict)  # worker -> the incarnation it starts as
+    history: list | None = None  # a resumed job's history so far
+    monitor: Monitor | None = None
+    controller: Controller | None = None
+    placement: dict = field(default_factory=dict)
+    trained: dict = field(default_factory=dict)  # train's results: reports, stats, scores, rows, coverage
+
+
 def job_name(run_id: str) -> str:
     """A running job's name for ``psctl scale``: its submission id (``psctl submit`` hands it over as
     ``RAYPS_JOB_NAME``), else its run id."""
@@ -94,9 +141,23 @@ def run_job(config: JobConfig, output: str | Path | None = None,
     if it holds checkpoints, the job resumes from the newest valid one. ``on_start`` is called
     with the job's name once its work queue is up (``scale_job`` takes that name)."""
     began = time.monotonic()
+    plan = prepare(config, output, dashboard)
+    run = open_run(plan, output, dashboard)
+    try:
+        start(run, on_start)
+        train(run, progress)
+    except Exception as error:
+        _write_failed(run, error, began, report)
+        raise
+    finally:
+        stop(run)
+    return summarize(run, report, began)
+
+
+def prepare(config: JobConfig, output: str | Path | None, dashboard: bool) -> Plan:
+    """Model, data, loss, the initial parameters cut into shard ranges, and the work queue's plan."""
     model_fn = _model_factory(config)
     loss_fn = resolve_loss(config.loss)
-    ckpt = config.checkpoint
     prepared = None
     if isinstance(config.data, DataConfig):  # files read in chunks: statistics passes on Ray first
         if config.test_data is not None:
@@ -116,161 +177,220 @@ def run_job(config: JobConfig, output: str | Path | None = None,
     shapes = sparse_tables(model)  # rayps.Embedding tables: their rows live on the shards, never here
     if prepared is not None and not shapes:
         _check_inputs(model, prepared)
-    tables = tuple(config.sparse.table_configs(shapes, config.consistency, config.seed))
-    # A shard may hold no dense values when the model's weight is in its sparse tables.
-    ranges = partition(flat.numel, config.servers, allow_empty=bool(shapes))
-    # Model buffers (BatchNorm statistics): cut across the shards the same way; some may hold none.
-    buffer_ranges = partition(flat.buffers.numel, config.servers, allow_empty=True)
     batches = plan_batches(splits.train, config.workers, config.batch_size, config.seed)
     steps_per_worker = config.epochs * max(batches.stretches)
     if config.max_steps is not None:
         steps_per_worker = min(steps_per_worker, config.max_steps)
-    # The schedule's horizon: one update per push (asp, ssp) or per clock (bsp): the mode says.
-    total_updates = steps_per_worker * config.consistency.rules.updates_per_clock(config.workers)
     # Data read in chunks: a unit is one chunk by default (its ends cut the units), so no chunk is read twice.
     chunk = config.chunk_batches or (batches.per_epoch if batches.chunk_ends is not None
                                      else default_chunk_batches(batches.per_epoch, config.workers))
-    queue = WorkQueue(batches.stretches, config.epochs, chunk, config.max_steps,
-                      steal=config.consistency.rules.steals, chunk_ends=batches.chunk_ends)
+    rules = config.consistency.rules
+    return Plan(
+        config, model_fn, loss_fn, splits, prepared, model, flat, shapes,
+        tables=tuple(config.sparse.table_configs(shapes, config.consistency, config.seed)),
+        # A shard may hold no dense values when the model's weight is in its sparse tables; model buffers
+        # (BatchNorm statistics) are cut across the shards the same way, and some may hold none.
+        ranges=partition(flat.numel, config.servers, allow_empty=bool(shapes)),
+        buffer_ranges=partition(flat.buffers.numel, config.servers, allow_empty=True),
+        batches=batches, steps_per_worker=steps_per_worker,
+        # the schedule's horizon: one update per push (asp, ssp) or per clock (bsp): the mode says
+        total_updates=steps_per_worker * rules.updates_per_clock(config.workers),
+        queue=WorkQueue(batches.stretches, config.epochs, chunk, config.max_steps, steal=rules.steals,
+                        chunk_ends=batches.chunk_ends))
 
+
+def open_run(plan: Plan, output: str | Path | None, dashboard: bool) -> Run:
+    """Ray up and able to hold the job; the run directory, with the config first (a crashed driver's run
+    can be resumed from it)."""
+    config = plan.config
     dashboard_url = ensure_ray(dashboard)
     check_feasible(config, ray.nodes())
-    # From here on the job runs: its directory exists from the start (config first, so a crashed
-    # driver's run can be resumed), and a job that fails still leaves it.
     run_dir = Path(output) if output else default_run_dir(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
-    data_summary = write_data_files(run_dir, prepared) if prepared is not None else None
-    run_id = uuid.uuid4().hex[:8]
-    namespace = f"rayps-{run_id}"  # actor names are unique per run, not per cluster
-    ckpt_root = _checkpoint_root(config, run_dir)
-    init, init_buffers, integer = flat.host_params(), flat.buffers.pack(), flat.buffers.integer
+    data_summary = write_data_files(run_dir, plan.prepared) if plan.prepared is not None else None
+    return Run(plan, run_dir, uuid.uuid4().hex[:8], dashboard_url, data_summary)
+
+
+def start(run: Run, on_start: Callable[[str], None] | None) -> None:
+    """The shards, the work queue and the transport; checkpoint 0 (or the one a resumed job restored)."""
+    plan, config = run.plan, run.plan.config
+    namespace = f"rayps-{run.run_id}"  # actor names are unique per run, not per cluster
+    ckpt_root = _checkpoint_root(config, run.run_dir)
+    init, init_buffers, integer = plan.flat.host_params(), plan.flat.buffers.pack(), plan.flat.buffers.integer
     shard_cls = ray.remote(ServedShard)
-    shards = [
+    run.shards = [
         shard_cls.options(**server_options(config, r.shard_id, namespace),
-                          max_restarts=config.fault.max_restarts if ckpt.enabled else 0).remote(
+                          max_restarts=config.fault.max_restarts if config.checkpoint.enabled else 0).remote(
             r.shard_id, init[r.lo:r.hi], list(range(config.workers)),
-            config.optimizer, config.schedule, config.consistency, total_updates, run_id,
+            config.optimizer, config.schedule, config.consistency, plan.total_updates, run.run_id,
             init_buffers[b.lo:b.hi], integer[b.lo:b.hi], audit=config.debug.audit, checkpoints=ckpt_root,
-            tables=tables, num_shards=config.servers, codec=config.compression.make_codec(),
+            tables=plan.tables, num_shards=config.servers, codec=config.compression.make_codec(),
             pull_codec=Codec(config.compression.pull))
-        for r, b in zip(ranges, buffer_ranges)
+        for r, b in zip(plan.ranges, plan.buffer_ranges)
     ]
-    bind(model, ShardLookups(shards, {t: d for t, (_, d) in shapes.items()}))  # evaluation reads the shards' rows
-    coordinator = ray.remote(WorkCoordinator).options(
-        name=f"coordinator-{job_name(run_id)}", namespace=COORDINATORS, num_cpus=0).remote(
-        queue, batches, config.workers, run_id)
-    actors = [*shards, coordinator]
-    transport = controller = monitor = link = link_stats = None
-    placement: dict = {}
-    try:
-        transport = served = _transport(config, shards, tuple(ranges), tuple(buffer_ranges))
-        if config.debug.link_mbit is not None:  # a slow network, emulated: workers reach shards through it
-            link, transport = throttled(transport, config.debug.link_mbit, config.debug.link_latency_ms)
-        train_ref = ray.put(splits.train)
-        worker_cls = ray.remote(Worker)
-        worker_faults = {"kill": {f.index: f for f in config.chaos.faults("kill") if f.kind == "worker"},
-                         "hang": {f.index: f for f in config.chaos.faults("hang") if f.kind == "worker"}}
+    # evaluation reads the shards' rows
+    bind(plan.model, ShardLookups(run.shards, {t: d for t, (_, d) in plan.shapes.items()}))
+    run.coordinator = ray.remote(WorkCoordinator).options(
+        name=f"coordinator-{job_name(run.run_id)}", namespace=COORDINATORS, num_cpus=0).remote(
+        plan.queue, plan.batches, config.workers, run.run_id)
+    run.actors += [*run.shards, run.coordinator]
+    run.transport = run.served = job_transport(config, run.shards, tuple(plan.ranges), tuple(plan.buffer_ranges))
+    if config.debug.link_mbit is not None:  # a slow network, emulated: workers reach shards through it
+        run.link, run.transport = throttled(run.transport, config.debug.link_mbit, config.debug.link_latency_ms)
+    run.initial = {w: 0 for w in range(config.workers)}
+    if ckpt_root is not None:
+        ckpt = config.checkpoint
+        run.checkpointer = Checkpointer(
+            ckpt_root, ckpt.keep, CheckpointSchedule(ckpt.every_s, ckpt.every_steps), config.to_dict(),
+            extra={"data": plan.prepared.state()} if plan.prepared is not None else None)
+        restored = ray.get(run.shards[0].life.remote())["restored"]
+        if restored is not None:  # a resumed job: every worker comes back as a new incarnation
+            run.initial, run.history = _resume(run, restored)
+        run.checkpointer.take(run.shards, run.coordinator, run.history or [], now=0.0)
+    if on_start is not None:
+        on_start(job_name(run.run_id))
+    if run.dashboard_url:
+        print(f"Ray dashboard: {run.dashboard_url}", flush=True)
 
-        def start_worker(worker_id: int, incarnation: int):
-            plan = _plan(config, worker_id, run_id, incarnation,
-                         _chaos(worker_faults, worker_id) if incarnation == 0 else WorkerChaos())
-            actor = worker_cls.options(**worker_options(config, worker_id, namespace, incarnation)).remote(
-                plan, model_fn, loss_fn, train_ref, transport, coordinator)
-            actors.append(actor)
-            return actor
 
-        def evaluate_now():
-            flat.load(*_merge_pulled(ray.get([s.pull.remote() for s in shards])))
-            return evaluate(model, loss_fn, splits.test) if splits.test is not None else (None, None)
+def train(run: Run, progress: ProgressLine | None) -> None:
+    """The controller runs the workers to the end; then the final parameters are pulled and scored."""
+    plan, config, shards = run.plan, run.plan.config, run.shards
+    test = plan.splits.test
 
-        checkpointer = history = None
-        initial = {w: 0 for w in range(config.workers)}
-        if ckpt_root is not None:
-            checkpointer = Checkpointer(ckpt_root, ckpt.keep, CheckpointSchedule(ckpt.every_s, ckpt.every_steps),
-                                        config.to_dict(),
-                                        extra={"data": prepared.state()} if prepared is not None else None)
-            restored = ray.get(shards[0].life.remote())["restored"]
-            if restored is not None:  # a resumed job: every worker comes back as a new incarnation
-                initial, history = _resume(shards, coordinator, checkpointer, restored, config.workers)
-            checkpointer.take(shards, coordinator, history or [], now=0.0)
-        if on_start is not None:
-            on_start(job_name(run_id))
-        if dashboard_url:
-            print(f"Ray dashboard: {dashboard_url}", flush=True)
-        monitor = Monitor(steps_per_worker, _label(config), progress, evaluate_now, config.eval_every_s, history)
-        controller = Controller(
-            shards, coordinator, start_worker, initial, monitor,
-            RestartBudget(config.fault.max_restarts, can_restore=ckpt.enabled),
-            StallWatch(config.fault.stall_s, config.fault.on_stall), checkpointer,
-            _serve_again(served, shards, config.grpc),
-            [(kind, f) for kind in ("kill", "hang") for f in config.chaos.faults(kind) if f.kind == "ps-shard"],
-            waits=config.consistency.rules.waits)
-        reports = controller.run(placement)
-        train_s = time.monotonic() - controller.train_began
-        pulled = ray.get([s.pull.remote() for s in shards])
-        stats = ray.get([s.stats.remote() for s in shards])
-        # Scored while the shards still serve: a sparse model reads its rows from them.
-        final, final_buffers = _merge_pulled(pulled)
-        flat.load(final, final_buffers)
-        test_loss, test_accuracy, final_auc = score(model, loss_fn, splits.test) if splits.test is not None \
-            else (None, None, None)
+    def evaluate_now():
+        plan.flat.load(*_merge_pulled(ray.get([s.pull.remote() for s in shards])))
+        return evaluate(plan.model, plan.loss_fn, test) if test is not None else (None, None)
+
+    run.monitor = Monitor(plan.steps_per_worker, config.consistency.rules.label(config.consistency, config.workers),
+                          progress, evaluate_now, config.eval_every_s, run.history)
+    run.controller = Controller(
+        shards, run.coordinator, _worker_starter(run), run.initial, run.monitor,
+        RestartBudget(config.fault.max_restarts, can_restore=config.checkpoint.enabled),
+        StallWatch(config.fault.stall_s, config.fault.on_stall), run.checkpointer,
+        serve_again(run.served, shards, config.grpc),
+        [(kind, f) for kind in ("kill", "hang") for f in config.chaos.faults(kind) if f.kind == "ps-shard"],
+        waits=config.consistency.rules.waits)
+    reports = run.controller.run(run.placement)
+    train_s = time.monotonic() - run.controller.train_began
+    final, final_buffers = _merge_pulled(ray.get([s.pull.remote() for s in shards]))
+    stats = ray.get([s.stats.remote() for s in shards])
+    # Scored while the shards still serve: a sparse model reads its rows from them.
+    plan.flat.load(final, final_buffers)
+    test_loss, test_accuracy, auc = score(plan.model, plan.loss_fn, test) if test is not None else (None,) * 3
+    run.trained = dict(
+        reports=reports, train_s=train_s, stats=stats, final=final, test_loss=test_loss,
+        test_accuracy=test_accuracy, auc=auc,
         # The trained rows come home with the model (only rows some batch touched exist at all).
-        saved = {name: _exported(shards, name) for name in shapes}
-        coverage = ray.get(coordinator.coverage.remote())
-        audit = ray.get([s.applied_log.remote() for s in shards]) if config.debug.audit else None
-    except Exception as error:
-        _write_failed(run_dir, config, error, monitor, controller, began, report)
-        raise
-    finally:
-        if link is not None:
-            link_stats = link.stats()
-            link.close()
-        _stop_serving(shards)
-        for actor in actors:
-            ray.kill(actor)
-        if isinstance(transport, ShmEndpoints):  # a shard that died could not remove its segment
-            for directory in transport.directories:
-                shutil.rmtree(directory, ignore_errors=True)
+        saved={name: _exported(shards, name) for name in plan.shapes},
+        coverage=ray.get(run.coordinator.coverage.remote()),
+        audit=ray.get([s.applied_log.remote() for s in shards]) if config.debug.audit else None)
 
-    history = monitor.history
+
+def stop(run: Run) -> None:
+    """Every actor down, whatever happened; the shared memory a dead shard could not remove, removed."""
+    if run.link is not None:
+        run.link_stats = run.link.stats()
+        run.link.close()
+    stop_serving(run.shards)
+    for actor in run.actors:
+        ray.kill(actor)
+    if isinstance(run.transport, ShmEndpoints):  # a shard that died could not remove its segment
+        for directory in run.transport.directories:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def summarize(run: Run, report: bool, began: float) -> JobResult:
+    """summary.json and history.jsonl, the trained model and tables, the plots: the run directory."""
+    plan, config, t = run.plan, run.plan.config, run.trained
+    history = run.monitor.history
     if history:
-        history[-1].update(test_loss=test_loss, test_accuracy=test_accuracy, t=round(train_s, 3))
-    summary = _summary(config, reports, stats, test_loss, test_accuracy, train_s, time.monotonic() - began)
-    summary.update(_recovery_summary(controller, checkpointer, coverage, reports, stats))
-    summary.update(_sparse_summary(stats, reports))
-    summary["compression"] = compression_summary(config.compression, reports, stats, transport.name)
-    if final_auc is not None:
-        summary["test_auc"] = final_auc
-        reference = getattr(splits.test, "reference", None) or {}
+        history[-1].update(test_loss=t["test_loss"], test_accuracy=t["test_accuracy"], t=round(t["train_s"], 3))
+    summary = job_summary(config, t["reports"], t["stats"], t["test_loss"], t["test_accuracy"], t["train_s"],
+                          time.monotonic() - began)
+    summary.update(recovery_summary(run.controller, run.checkpointer, t["coverage"], t["reports"], t["stats"]))
+    summary.update(sparse_summary(t["stats"], t["reports"]))
+    summary["compression"] = compression_summary(config.compression, t["reports"], t["stats"], run.transport.name)
+    if t["auc"] is not None:
+        summary["test_auc"] = t["auc"]
+        reference = getattr(plan.splits.test, "reference", None) or {}
         if "auc" in reference:  # a generated data set knows the AUC of its true model on this test set
             summary["reference_auc"] = reference["auc"]
-            summary["auc_ratio"] = final_auc / reference["auc"]
-    if data_summary is not None:
-        summary["data"] = data_summary
-    if audit is not None:
-        summary["applied_twice"] = sum(len(log) - len(set(map(tuple, log))) for log in audit)
-    summary["transport"] = transport.name  # what auto chose, not what the config said
-    if link_stats is not None:
-        summary["link"] = link_stats
-    summary["dashboard_url"] = dashboard_url
-    summary["placement"] = placement
-    summary["run_id"] = run_id
-    summary["job_name"] = job_name(run_id)
-    run_dir = write_run_dir(run_dir, config, summary, history)
+            summary["auc_ratio"] = t["auc"] / reference["auc"]
+    if run.data_summary is not None:
+        summary["data"] = run.data_summary
+    if t["audit"] is not None:
+        summary["applied_twice"] = sum(len(log) - len(set(map(tuple, log))) for log in t["audit"])
+    summary["transport"] = run.transport.name  # what auto chose, not what the config said
+    if run.link_stats is not None:
+        summary["link"] = run.link_stats
+    summary.update(dashboard_url=run.dashboard_url, placement=run.placement, run_id=run.run_id,
+                   job_name=job_name(run.run_id))
+    run_dir = write_run_dir(run.run_dir, config, summary, history)
     try:  # model.safetensors and model.json, what psctl export reads; a job's result never hangs on it
-        save_run_model(run_dir, model, config)
+        save_run_model(run_dir, plan.model, config)
     except Exception:  # noqa: BLE001
         log.warning("could not write the trained model to %s", run_dir, exc_info=True)
-    if saved:
-        bind(model, SavedRows(saved, {t.name: t for t in tables}))
+    if t["saved"]:
+        bind(plan.model, SavedRows(t["saved"], {table.name: table for table in plan.tables}))
         (run_dir / "tables").mkdir(exist_ok=True)
-        for name, (ids, rows) in saved.items():  # ids and their trained rows, one file per table
+        for name, (ids, rows) in t["saved"].items():  # ids and their trained rows, one file per table
             np.savez(run_dir / "tables" / f"{name}.npz", ids=ids, rows=rows)
     if report:
         write_report(run_dir)
-    return JobResult(summary=summary, params=final, model=model, run_dir=run_dir, history=history,
-                     transform=prepared.transform if prepared is not None else None)
+    return JobResult(summary=summary, params=t["final"], model=plan.model, run_dir=run_dir, history=history,
+                     transform=plan.prepared.transform if plan.prepared is not None else None)
+
+
+# ---- the steps' helpers ---------------------------------------------------------------------
+
+
+def _worker_starter(run: Run) -> Callable[[int, int], object]:
+    """How the controller starts incarnation ``i`` of worker ``w`` (the first life gets the chaos knobs)."""
+    plan, config = run.plan, run.plan.config
+    train_ref = ray.put(plan.splits.train)
+    worker_cls = ray.remote(Worker)
+    faults = {"kill": {f.index: f for f in config.chaos.faults("kill") if f.kind == "worker"},
+              "hang": {f.index: f for f in config.chaos.faults("hang") if f.kind == "worker"}}
+
+    def start_worker(worker_id: int, incarnation: int):
+        plan_ = _worker_plan(config, worker_id, run.run_id, incarnation,
+                      _chaos(faults, worker_id) if incarnation == 0 else WorkerChaos())
+        actor = worker_cls.options(**worker_options(config, worker_id, f"rayps-{run.run_id}", incarnation)).remote(
+            plan_, plan.model_fn, plan.loss_fn, train_ref, run.transport, run.coordinator)
+        run.actors.append(actor)
+        return actor
+    return start_worker
+
+
+def _resume(run: Run, step: int) -> tuple[dict, list]:
+    """The shards restored checkpoint ``step`` by themselves; bring the queue back to it, and
+    let every worker of that time leave, to come back as its next incarnation."""
+    shards = run.shards
+    run.checkpointer.rewind(step, shards, run.coordinator)
+    ledger = ray.get(shards[0].ledger.remote())
+    for worker in ledger:
+        ray.get([s.finish.remote(worker) for s in shards])
+    initial = {w: ledger[w][0] + 1 if w in ledger else 0 for w in range(run.plan.config.workers)}
+    print(f"resuming from checkpoint {step} in {run.checkpointer.root}", flush=True)
+    return initial, run.checkpointer.history(step)
+
+
+def _write_failed(run: Run, error: Exception, began: float, report: bool) -> None:
+    """A failed job still leaves its run directory: the history so far, a summary with the error, plots."""
+    config = run.plan.config
+    summary = {"error": f"{type(error).__name__}: {error}", "failed": True, "wall_s": time.monotonic() - began,
+               "consistency": config.consistency.mode, "workers": config.workers, "servers": config.servers}
+    if run.controller is not None:
+        summary.update(recovery_summary(run.controller, run.controller.checkpointer, None, [], None))
+    history = run.monitor.history if run.monitor is not None else []
+    try:
+        write_run_dir(run.run_dir, config, summary, history)
+        if report and history:
+            write_report(run.run_dir)
+    except Exception:  # noqa: BLE001 - never hide the job's own error behind this one
+        pass
 
 
 def _check_inputs(model: nn.Module, prepared) -> None:
@@ -308,58 +428,6 @@ def scale_job(name: str, workers: int) -> None:
     ray.get(coordinator.set_wanted.remote(workers), timeout=30)
 
 
-def _resume(shards, coordinator, checkpointer: Checkpointer, step: int, workers: int):
-    """The shards restored checkpoint ``step`` by themselves; bring the queue back to it, and
-    let every worker of that time leave, to come back as its next incarnation."""
-    checkpointer.rewind(step, shards, coordinator)
-    ledger = ray.get(shards[0].ledger.remote())
-    for worker in ledger:
-        ray.get([s.finish.remote(worker) for s in shards])
-    initial = {w: ledger[w][0] + 1 if w in ledger else 0 for w in range(workers)}
-    print(f"resuming from checkpoint {step} in {checkpointer.root}", flush=True)
-    return initial, checkpointer.history(step)
-
-
-def _write_failed(run_dir: Path, config: JobConfig, error: Exception, monitor, controller, began, report) -> None:
-    """A failed job still leaves its run directory: the history so far, a summary with the error, plots."""
-    summary = {"error": f"{type(error).__name__}: {error}", "failed": True, "wall_s": time.monotonic() - began,
-               "consistency": config.consistency.mode, "workers": config.workers, "servers": config.servers}
-    if controller is not None:
-        summary.update(_recovery_summary(controller, controller.checkpointer, None, [], None))
-    history = monitor.history if monitor is not None else []
-    try:
-        write_run_dir(run_dir, config, summary, history)
-        if report and history:
-            write_report(run_dir)
-    except Exception:  # noqa: BLE001 - never hide the job's own error behind this one
-        pass
-
-
-def _recovery_summary(controller, checkpointer, coverage, reports, stats) -> dict:
-    counts = controller.counts if controller is not None else Counter()
-    out = {
-        "restarts": dict(controller.budget.restarts) if controller is not None else {},
-        "restored_checkpoint": controller.restored_checkpoint if controller is not None else None,
-        "steps_lost": counts["steps_lost"],
-        "steps_replayed": counts["steps_replayed"],
-        "rollbacks": counts["rollbacks"],
-        "workers_replaced": counts["replaced"],
-        "workers_added": counts["added"],
-        "workers_removed": counts["removed"],
-        "stalls": controller.stall_reports if controller is not None else [],
-        "checkpoints_written": checkpointer.written if checkpointer is not None else 0,
-        "checkpoint_pause_s": round(checkpointer.pause_s, 4) if checkpointer is not None else 0.0,
-        "resyncs": sum(r.get("resyncs", 0) for r in reports),
-    }
-    if stats is not None:
-        out["pushes_duplicate"] = sum(s["duplicates"] for s in stats)
-    if coverage is not None:
-        out["examples_per_epoch"] = coverage["examples_per_epoch"]
-        out["epoch_coverage"] = coverage["ranges"]
-        out["batches_per_epoch"] = coverage["batches_per_epoch"]
-    return out
-
-
 def _chaos(faults: dict, worker_id: int) -> WorkerChaos:
     kill, hang = faults["kill"].get(worker_id), faults["hang"].get(worker_id)
     return WorkerChaos(
@@ -380,87 +448,12 @@ def _merge_pulled(pulled: list) -> tuple[np.ndarray, np.ndarray]:
     return params, np.concatenate(buffers) if buffers else np.zeros(0, np.float64)
 
 
-def throttled(transport, mbit: float, latency_ms: float):
-    """The job's gRPC endpoints behind one bandwidth-limited link (launcher/job/throttle.py), for benchmarks."""
-    if not isinstance(transport, GrpcEndpoints):
-        raise ConfigError(f"debug.link_mbit emulates a slow network for gRPC; this job's transport is"
-                          f" {transport.name}: set transport: grpc")
-    link = ThrottledLink(mbit, latency_ms)
-    try:
-        return link, dataclasses.replace(transport, addresses=tuple(link.proxy(a) for a in transport.addresses))
-    except BaseException:
-        link.close()
-        raise
-
-
-def _serve_again(transport, shards, grpc: GrpcConfig) -> Callable[[int], None]:
-    """How a restarted shard serves again where it served, so clients reconnect in place."""
-    def serve(i: int) -> None:
-        if isinstance(transport, GrpcEndpoints):
-            host, port = transport.addresses[i].rsplit(":", 1)
-            ray.get(shards[i].serve_grpc.remote(transport.token, host.strip("[]"), grpc.tls, grpc.chunk_bytes,
-                                                int(port)))
-        elif isinstance(transport, ShmEndpoints):
-            ray.get(shards[i].serve_shm.remote(transport.token, transport.directories[i]))
-    return serve
-
-
-def chosen_transport(config: JobConfig, nodes: list[dict]) -> str:
-    """``auto``: shared memory when the job has one node to run on, gRPC streams across nodes."""
-    if config.transport != "auto":
-        return config.transport
-    return "shm" if len([n for n in nodes if n.get("Alive")]) == 1 else "grpc"
-
-
-def _transport(config: JobConfig, shards, ranges, buffer_ranges):
-    """The transport spec every worker connects through (ps/transport/contract.py)."""
-    spec = make_transport(chosen_transport(config, ray.nodes()), shards, ranges, buffer_ranges,
-                          config.workers, config.grpc)
-    if isinstance(spec, GrpcEndpoints):  # gRPC pulls may come compressed (fp16, bf16): the clients decode
-        spec = dataclasses.replace(spec, pull=config.compression.pull)
-    return spec
-
-
-def make_transport(name: str, shards, ranges, buffer_ranges, workers: int, grpc: GrpcConfig | None = None):
-    """Have the shards serve transport ``name`` and return the spec workers connect through."""
-    grpc = grpc or GrpcConfig()
-    if name == "grpc":
-        return _serve_grpc(grpc, shards, ranges, buffer_ranges)
-    if name == "shm":
-        token = new_token()
-        placed = ray.get([s.where.remote() for s in shards])
-        directories = ray.get([s.serve_shm.remote(token) for s in shards])
-        return ShmEndpoints(tuple(directories), tuple(p["node_id"] for p in placed), token, ranges, buffer_ranges,
-                            grpc.timeout_s)
-    return RayTransport(tuple(shards), ranges, buffer_ranges)
-
-
-def _stop_serving(shards) -> None:
-    """Ask every shard to close its servers and remove its shared memory; a dead one cannot, and is skipped."""
-    done, _ = ray.wait([s.stop_serving.remote() for s in shards], num_returns=len(shards), timeout=5.0)
-    for ref in done:
-        try:
-            ray.get(ref)
-        except Exception:  # a dead shard's files go with its node's tmpfs; nothing more to do from here
-            pass
-
-
-def _serve_grpc(g: GrpcConfig, shards, ranges, buffer_ranges) -> GrpcEndpoints:
-    """Have every shard serve gRPC (port 0) and collect the addresses it bound."""
-    host = g.host
-    if host is None and len([n for n in ray.nodes() if n.get("Alive")]) == 1:
-        host = "127.0.0.1"  # one machine: stay on loopback
-    token = new_token()  # one per job; it reaches the actors as arguments, never a log line
-    addresses = ray.get([s.serve_grpc.remote(token, host, g.tls, g.chunk_bytes) for s in shards])
-    return GrpcEndpoints(tuple(addresses), token, g.tls, g.timeout_s, g.chunk_bytes, ranges, buffer_ranges)
-
-
 def _model_factory(config: JobConfig) -> Callable[[], nn.Module]:
     factory = import_object(config.model, "model") if isinstance(config.model, str) else config.model
     return functools.partial(factory, **config.model_args)
 
 
-def _plan(config: JobConfig, worker_id: int, run_id: str = "", incarnation: int = 0,
+def _worker_plan(config: JobConfig, worker_id: int, run_id: str = "", incarnation: int = 0,
           chaos: WorkerChaos = WorkerChaos()) -> WorkerPlan:
     return WorkerPlan(
         worker_id=worker_id, num_workers=config.workers, batch_size=config.batch_size,
@@ -474,76 +467,3 @@ def _plan(config: JobConfig, worker_id: int, run_id: str = "", incarnation: int 
         overlap=config.overlaps, incarnation=incarnation, chaos=chaos,
         resync_timeout_s=config.fault.resync_timeout_s, compression=config.compression,
     )
-
-
-def _label(config: JobConfig) -> str:
-    return config.consistency.rules.label(config.consistency, config.workers)
-
-
-def _sparse_summary(stats: list[dict], reports: list[dict]) -> dict:
-    """The sparse tables over every shard: rows and bytes held, rows moved, staleness, waits."""
-    tables: dict = {}
-    for s in stats:
-        for name, t in s.get("tables", {}).items():
-            agg = tables.setdefault(name, {"mode": t["mode"], "rows": 0, "bytes": 0, "rows_per_shard": {},
-                                           "bytes_per_shard": {}, "staleness_histogram": Counter(),
-                                           "max_clock_gap": 0, "updates": {}})
-            agg["rows"] += t["rows"]
-            agg["bytes"] += t["bytes"]
-            agg["rows_per_shard"][str(s["shard_id"])] = t["rows"]
-            agg["bytes_per_shard"][str(s["shard_id"])] = t["bytes"]
-            agg["updates"][str(s["shard_id"])] = t["version"]
-            agg["staleness_histogram"].update({int(k): v for k, v in t["staleness_histogram"].items()})
-            agg["max_clock_gap"] = max(agg["max_clock_gap"], t["max_clock_gap"])
-            for key in ("rows_pulled", "rows_pushed", "rows_created", "rows_evicted", "rows_filtered",
-                        "rows_dropped", "pushes_applied", "pushes_dropped", "duplicates"):
-                agg[key] = agg.get(key, 0) + t.get(key, 0)
-    for agg in tables.values():
-        agg["staleness_histogram"] = {str(k): v for k, v in sorted(agg["staleness_histogram"].items())}
-    if not tables:
-        return {}
-    return {"sparse_tables": tables,
-            "sparse_rows_pulled": sum(r.get("rows_pulled", 0) for r in reports),
-            "sparse_rows_pushed": sum(r.get("rows_pushed", 0) for r in reports)}
-
-
-def _summary(config, reports, stats, test_loss, test_accuracy, train_s, wall_s) -> dict:
-    histogram: Counter = Counter()
-    for s in stats:
-        histogram.update({int(k): v for k, v in s["staleness_histogram"].items()})
-    # what the shards applied (a dead incarnation's pushes included; a rolled-back stretch not)
-    samples = sum(stats[0]["samples"].values())
-    wait_s = {r["worker_id"]: max(s["wait_s"].get(r["worker_id"], 0.0) for s in stats) for r in reports}
-    steps_of_dead = [r for r in reports if r.get("died")]
-    reports = [r for r in reports if not r.get("died")]
-    steps: Counter = Counter()  # per worker id, summed over its incarnations
-    for r in reports + steps_of_dead:
-        steps[r["worker_id"]] += r["steps"]
-    return {
-        "test_accuracy": test_accuracy,
-        "test_loss": test_loss,
-        "consistency": config.consistency.mode,
-        "staleness_bound": config.consistency.bound,
-        "quorum": config.consistency.quorum,
-        "max_clock_gap": max(s["max_clock_gap"] for s in stats),
-        "staleness_histogram": {str(k): histogram[k] for k in sorted(histogram)},
-        "steps": {str(w): n for w, n in sorted(steps.items())},
-        "pushes_applied": sum(s["pushes_applied"] for s in stats),
-        "pushes_dropped": sum(s["pushes_dropped"] for s in stats),
-        "pushes_rejected": sum(sum(s["rejected"].values()) for s in stats),
-        "optimizer_steps": {str(s["shard_id"]): s["version"] for s in stats},
-        "wait_s": {str(k): round(v, 3) for k, v in wait_s.items()},
-        "final_train_loss": {str(r["worker_id"]): r["final_loss"] for r in reports},
-        "samples": samples,
-        "samples_per_s": samples / train_s if train_s > 0 else None,
-        # after each worker's first tenth of steps; summed, so a worker that finishes early still counts
-        "steady_samples_per_s": sum(r["steady_samples"] / r["steady_s"] for r in reports if r["steady_s"] > 0),
-        # the first worker whose mean loss over 10 steps fell below target_loss, seconds into its run
-        "time_to_target_s": min((r["reached_target_s"] for r in reports if r["reached_target_s"] is not None),
-                                default=None),
-        "train_s": train_s,
-        "wall_s": wall_s,
-        "worker_peak_rss_mb": {str(r["worker_id"]): r.get("peak_rss_mb") for r in reports},
-        "workers": config.workers,
-        "servers": config.servers,
-    }

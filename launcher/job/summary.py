@@ -1,0 +1,104 @@
+"""What summary.json says of a finished (or failed) job: training, recovery, sparse tables.
+
+Every figure comes from what the shards counted (their stats), what the
+workers reported when they finished, and what the controller did; nothing is
+estimated.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+
+def sparse_summary(stats: list[dict], reports: list[dict]) -> dict:
+    """The sparse tables over every shard: rows and bytes held, rows moved, staleness, waits."""
+    tables: dict = {}
+    for s in stats:
+        for name, t in s.get("tables", {}).items():
+            agg = tables.setdefault(name, {"mode": t["mode"], "rows": 0, "bytes": 0, "rows_per_shard": {},
+                                           "bytes_per_shard": {}, "staleness_histogram": Counter(),
+                                           "max_clock_gap": 0, "updates": {}})
+            agg["rows"] += t["rows"]
+            agg["bytes"] += t["bytes"]
+            agg["rows_per_shard"][str(s["shard_id"])] = t["rows"]
+            agg["bytes_per_shard"][str(s["shard_id"])] = t["bytes"]
+            agg["updates"][str(s["shard_id"])] = t["version"]
+            agg["staleness_histogram"].update({int(k): v for k, v in t["staleness_histogram"].items()})
+            agg["max_clock_gap"] = max(agg["max_clock_gap"], t["max_clock_gap"])
+            for key in ("rows_pulled", "rows_pushed", "rows_created", "rows_evicted", "rows_filtered",
+                        "rows_dropped", "pushes_applied", "pushes_dropped", "duplicates"):
+                agg[key] = agg.get(key, 0) + t.get(key, 0)
+    for agg in tables.values():
+        agg["staleness_histogram"] = {str(k): v for k, v in sorted(agg["staleness_histogram"].items())}
+    if not tables:
+        return {}
+    return {"sparse_tables": tables,
+            "sparse_rows_pulled": sum(r.get("rows_pulled", 0) for r in reports),
+            "sparse_rows_pushed": sum(r.get("rows_pushed", 0) for r in reports)}
+
+
+def job_summary(config, reports, stats, test_loss, test_accuracy, train_s, wall_s) -> dict:
+    histogram: Counter = Counter()
+    for s in stats:
+        histogram.update({int(k): v for k, v in s["staleness_histogram"].items()})
+    # what the shards applied (a dead incarnation's pushes included; a rolled-back stretch not)
+    samples = sum(stats[0]["samples"].values())
+    wait_s = {r["worker_id"]: max(s["wait_s"].get(r["worker_id"], 0.0) for s in stats) for r in reports}
+    steps_of_dead = [r for r in reports if r.get("died")]
+    reports = [r for r in reports if not r.get("died")]
+    steps: Counter = Counter()  # per worker id, summed over its incarnations
+    for r in reports + steps_of_dead:
+        steps[r["worker_id"]] += r["steps"]
+    return {
+        "test_accuracy": test_accuracy,
+        "test_loss": test_loss,
+        "consistency": config.consistency.mode,
+        "staleness_bound": config.consistency.bound,
+        "quorum": config.consistency.quorum,
+        "max_clock_gap": max(s["max_clock_gap"] for s in stats),
+        "staleness_histogram": {str(k): histogram[k] for k in sorted(histogram)},
+        "steps": {str(w): n for w, n in sorted(steps.items())},
+        "pushes_applied": sum(s["pushes_applied"] for s in stats),
+        "pushes_dropped": sum(s["pushes_dropped"] for s in stats),
+        "pushes_rejected": sum(sum(s["rejected"].values()) for s in stats),
+        "optimizer_steps": {str(s["shard_id"]): s["version"] for s in stats},
+        "wait_s": {str(k): round(v, 3) for k, v in wait_s.items()},
+        "final_train_loss": {str(r["worker_id"]): r["final_loss"] for r in reports},
+        "samples": samples,
+        "samples_per_s": samples / train_s if train_s > 0 else None,
+        # after each worker's first tenth of steps; summed, so a worker that finishes early still counts
+        "steady_samples_per_s": sum(r["steady_samples"] / r["steady_s"] for r in reports if r["steady_s"] > 0),
+        # the first worker whose mean loss over 10 steps fell below target_loss, seconds into its run
+        "time_to_target_s": min((r["reached_target_s"] for r in reports if r["reached_target_s"] is not None),
+                                default=None),
+        "train_s": train_s,
+        "wall_s": wall_s,
+        "worker_peak_rss_mb": {str(r["worker_id"]): r.get("peak_rss_mb") for r in reports},
+        "workers": config.workers,
+        "servers": config.servers,
+    }
+
+
+def recovery_summary(controller, checkpointer, coverage, reports, stats) -> dict:
+    counts = controller.counts if controller is not None else Counter()
+    out = {
+        "restarts": dict(controller.budget.restarts) if controller is not None else {},
+        "restored_checkpoint": controller.restored_checkpoint if controller is not None else None,
+        "steps_lost": counts["steps_lost"],
+        "steps_replayed": counts["steps_replayed"],
+        "rollbacks": counts["rollbacks"],
+        "workers_replaced": counts["replaced"],
+        "workers_added": counts["added"],
+        "workers_removed": counts["removed"],
+        "stalls": controller.stall_reports if controller is not None else [],
+        "checkpoints_written": checkpointer.written if checkpointer is not None else 0,
+        "checkpoint_pause_s": round(checkpointer.pause_s, 4) if checkpointer is not None else 0.0,
+        "resyncs": sum(r.get("resyncs", 0) for r in reports),
+    }
+    if stats is not None:
+        out["pushes_duplicate"] = sum(s["duplicates"] for s in stats)
+    if coverage is not None:
+        out["examples_per_epoch"] = coverage["examples_per_epoch"]
+        out["epoch_coverage"] = coverage["ranges"]
+        out["batches_per_epoch"] = coverage["batches_per_epoch"]
+    return out
