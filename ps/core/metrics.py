@@ -1,9 +1,9 @@
-"""Metrics for the Ray dashboard and each node's Prometheus endpoint (``ray.util.metrics``).
+"""A shard's metrics for the Ray dashboard and each node's Prometheus endpoint (``ray.util.metrics``).
 
-Shards and workers record what a person watching a job asks about: updates
-and their staleness, pushes by outcome and rejections by reason, time spent
-held by the consistency bound, each worker's clock lag, steps, samples/s,
-loss, push-pull latency and bytes, memory per shard. Every name starts with
+A shard records what a person watching a job asks about: updates and their
+staleness, pushes by outcome and rejections by reason, time spent held by the
+consistency bound, each worker's clock lag, memory, its sparse tables. (The
+worker's own are in worker/loop/metrics.py, the job's in worker/queue/metrics.py.) Every name starts with
 ``rayps_`` and carries a ``run_id`` tag (the run's id), so runs stay apart in
 Prometheus. Outside a Ray worker process (unit tests of the plain classes)
 the recorders do nothing, so the domain classes never need a cluster.
@@ -12,10 +12,9 @@ the recorders do nothing, so the domain classes never need a cluster.
 from __future__ import annotations
 
 STALENESS_BUCKETS = [0.5, 1.5, 2.5, 3.5, 4.5, 8.5, 16.5, 32.5, 64.5]
-LATENCY_BUCKETS_S = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
 
 
-def _in_ray() -> bool:
+def in_ray() -> bool:
     try:
         import ray
     except ImportError:  # pragma: no cover - ray is a dependency
@@ -23,7 +22,7 @@ def _in_ray() -> bool:
     return ray.is_initialized()
 
 
-class _Null:
+class NullMetric:
     """Stands in for every metric when not running under Ray."""
 
     def inc(self, *args, **kwargs) -> None: ...
@@ -34,9 +33,9 @@ class _Null:
 class ShardMetrics:
     def __init__(self, shard_id: int, run_id: str = ""):
         tags = {"shard": str(shard_id), "run_id": run_id}
-        if not _in_ray():
+        if not in_ray():
             self.updates = self.pushes = self.staleness = self.rejected = self.wait_s = self.clock_lag = \
-                self.memory_bytes = self.table_rows = self.table_bytes = self.table_moved = _Null()
+                self.memory_bytes = self.table_rows = self.table_bytes = self.table_moved = NullMetric()
             self._moved: dict = {}
             return
         from ray.util.metrics import Counter, Gauge, Histogram
@@ -74,48 +73,3 @@ class ShardMetrics:
                 if delta > 0:
                     self.table_moved.inc(delta, tags={"table": name, "what": what.removeprefix("rows_")})
                 self._moved[(name, what)] = now
-
-
-class WorkerMetrics:
-    def __init__(self, worker_id: int, run_id: str = ""):
-        tags = {"worker": str(worker_id), "run_id": run_id}
-        if not _in_ray():
-            self.steps = self.samples_per_s = self.loss = self.latency = self.bytes = self.raw_push_bytes = _Null()
-            return
-        from ray.util.metrics import Counter, Gauge, Histogram
-
-        self.steps = Counter("rayps_worker_steps", "Training steps a worker completed.", ("run_id", "worker"))
-        self.samples_per_s = Gauge("rayps_worker_samples_per_second", "A worker's recent training throughput.",
-                                   ("run_id", "worker"))
-        self.loss = Gauge("rayps_worker_loss", "A worker's latest training loss.", ("run_id", "worker"))
-        self.latency = Histogram("rayps_push_pull_seconds",
-                                 "Seconds per fused push-pull (transfer and any wait on the bound).",
-                                 boundaries=LATENCY_BUCKETS_S, tag_keys=("run_id", "worker", "transport"))
-        self.bytes = Counter("rayps_transfer_bytes", "Bytes a worker pushed and pulled.",
-                             ("run_id", "worker", "direction", "transport"))
-        self.raw_push_bytes = Counter("rayps_push_uncompressed_bytes",
-                                      "Bytes a worker's pushes would have been without compression.",
-                                      ("run_id", "worker"))
-        for metric in (self.steps, self.samples_per_s, self.loss, self.latency, self.bytes, self.raw_push_bytes):
-            metric.set_default_tags(tags)
-
-
-
-
-class JobMetrics:
-    """What the controller does about failures, recorded by the job's work-queue actor (a Ray process)."""
-
-    def __init__(self, run_id: str = ""):
-        if not _in_ray():
-            self.restarts = self.stalls = self.checkpoints = self.stall_s = _Null()
-            return
-        from ray.util.metrics import Counter, Gauge
-
-        self.restarts = Counter("rayps_restarts", "Shard restarts and worker replacements, by actor.",
-                                ("run_id", "actor"))
-        self.stalls = Counter("rayps_stalls", "Stall reports, by the worker that blocked.", ("run_id", "worker"))
-        self.stall_s = Gauge("rayps_stalled_seconds", "How long the last stalled worker had not pushed.",
-                             ("run_id", "worker"))
-        self.checkpoints = Counter("rayps_checkpoints", "Consistent checkpoints written.", ("run_id",))
-        for metric in (self.restarts, self.stalls, self.stall_s, self.checkpoints):
-            metric.set_default_tags({"run_id": run_id})

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from ...errors import RolledBackError, TransportError
-from ...ps.core.metrics import WorkerMetrics
+from .metrics import WorkerMetrics
 from ...ps.core.placement_info import this_node
 from ...ps.transport.contract import TransportSpec
 from .chaos import WorkerChaos
@@ -238,25 +238,177 @@ class Worker:
             m.samples_per_s.set(sum(n for _, n in self._window) / span)
         self._next_flush = now + FLUSH_S
 
-    def _land(self, pending, direct: bool) -> None:
-        """Finish a push-pull in flight and make the model see what it brought back."""
-        pending.wait()
-        if not direct:
+    # ---- the loop ---------------------------------------------------------------------
+
+    def run(self, generation: int = 0) -> dict:
+        """Train on the units the queue hands out until it has none (or ``max_steps``); return what was done."""
+        self._begin(generation)
+        try:
+            self._sync()
+            self._upcoming = self._lease(self.clock + 1)
+            while True:
+                try:
+                    unit = self._next_unit()
+                    if unit is None:
+                        break
+                    for indices in unit:
+                        if self._reached_max_steps():
+                            break
+                        self._step(indices)
+                except self._retryable as e:  # a shard died or the job rolled back: carry on after recovery
+                    self._recover(e)
+            self._land()
+            if self.sparse is not None:
+                self.sparse.flush()
+            # Everything this worker pushed has landed: its units are done, the rest goes back.
+            self.work.finish(self.plan.worker_id, self.plan.incarnation, self.generation, self.acked - self.base)
+        finally:
+            self._flush(time.monotonic())
+            # Leave the clock tables even on failure, so the others never wait for us.
+            try:
+                self.client.finish()
+            except Exception:  # the shards may be gone; never mask the error that got us here
+                log.warning("worker-%d could not leave the shards' clock tables", self.plan.worker_id, exc_info=True)
+        return self._report()
+
+    def _step(self, indices) -> None:
+        """One step: the batch's gradient into the flat buffer, pushed to every shard, the answer landed
+        (with overlap: the previous step's answer lands, and this one's is left in flight)."""
+        plan, flat, device = self.plan, self.flat, self.flat.device
+        self._chaos.before_step(self.steps + 1)
+        # A third tensor, when the data has one, is each example's loss weight (importance sampling).
+        x, y, *weight = self.train.batch(indices)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if plan.slow_s:
+            time.sleep(plan.slow_s)
+        computing = time.monotonic()
+        if self.sparse is not None:  # the iteration this forward's rows are pulled for
+            self.sparse.clock = self.clock + 1
+        flat.zero_grad()
+        output = self.model(x)
+        loss = self.loss_fn(output, y, weight=weight[0].to(device)) if weight else self.loss_fn(output, y)
+        loss.backward()
+        self.loss_value = loss.item()
+        held = straggle_s(self._rng, time.monotonic() - computing, plan.slowdown, plan.straggle_p,
+                          plan.straggle_factor)
+        if held > 0:
+            time.sleep(held)
+        grads, buffers = flat.host_grads(), self._buffers.pack() if self._buffers else None
+        waited = time.monotonic()
+        self._land()  # overlap: the previous step's answer first, then ours goes out
+        self.clock += 1
+        if self.sparse is not None:
+            self.sparse.push(self.clock, row_grads(self.model), len(indices))
+        if self.compressor is not None:
+            grads = self.compressor.encode(grads)
+        else:
+            self.wire.plain(grads.size)
+        self._in_flight = self.client.push_pull_async(self.clock, grads, self._inbox, len(indices), self.loss_value,
+                                                      buffers, self._received, ahead=int(plan.overlap))
+        if not plan.overlap:
+            self._land()
+        self.steps += 1
+        self.samples += len(indices)
+        self._pace.step(len(indices), self.loss_value)
+        self._record(time.monotonic() - waited, len(indices), self.loss_value)
+
+    def _begin(self, generation: int) -> None:
+        """The run's state: counters, the receive buffers, how the answers land."""
+        import ray.exceptions
+
+        plan, flat = self.plan, self.flat
+        self._retryable = (_Resync, TransportError, RolledBackError, ray.exceptions.RayActorError, ConnectionError)
+        self._began = time.monotonic()
+        self.generation, self.resyncs = generation, 0
+        self.steps = self.samples = 0
+        self.loss_value = float("nan")
+        self._pace = StepClock(self._planned_steps(), plan.target_loss)  # steady rate, time to the target loss
+        self._rng = np.random.default_rng([plan.seed, plan.worker_id, 7])  # straggler draws, apart from training
+        self.model.train()
+        self._buffers = flat.buffers if flat.buffers.numel else None  # most models have none: send nothing
+        self._received = self._buffers.received if self._buffers else None
+        # With overlap, pulls land beside the parameters being computed on and are copied in between
+        # steps, unless the transport writes them only inside wait() (shm, the object store).
+        self._direct = not plan.overlap or self.client.fills_on_wait
+        self._inbox = flat.host_params() if self._direct else flat.receive_buffer()
+        self._in_flight = None
+        self._chaos = plan.chaos.arm()
+        self._runner = threading.get_ident()  # whose stack a stall report shows
+
+    def _next_unit(self) -> list | None:
+        """The next leased unit's batches, asking now for the one after it (the call's latency hides behind
+        this unit's steps; one step alone is shorter than a Ray call here); None when there is none."""
+        if self._reached_max_steps():
+            return None
+        leased = self.work.result(self._upcoming)
+        if leased == RESYNC:
+            raise _Resync()
+        if leased is None or leased == STOP:
+            return None
+        batches = self.batches.batches(Unit(*leased))
+        self._upcoming = self._lease(self.clock + 1 + len(batches))
+        return batches
+
+    def _reached_max_steps(self) -> bool:
+        return self.plan.max_steps is not None and self.steps >= self.plan.max_steps
+
+    def _land(self) -> None:
+        """Finish the push-pull in flight (if any) and make the model see what it brought back."""
+        if self._in_flight is None:
+            return
+        self._in_flight.wait()
+        self._in_flight, self.acked = None, self.clock
+        if not self._direct:
             self.flat.take_received()
         self.flat.params_received(buffers=True, counters=False)
+
+    def _recover(self, error: Exception) -> None:
+        """After a failed call: forget what was in flight, wait for the controller's recovery, register again."""
+        self._in_flight = None
+        # what error feedback held came from steps a rollback may undo: they are trained again
+        if self.compressor is not None:
+            self.compressor.reset()
+        if self.sparse is not None:
+            if self.sparse.compressor is not None:
+                self.sparse.compressor.reset()
+            self.sparse.drop()
+            forget_rows(self.model)
+        self._resync(error if not isinstance(error, _Resync) else RolledBackError("the job rolled back"))
+        self._upcoming = self._lease(self.clock + 1)
+
+    def _report(self) -> dict:
+        sparse = self.sparse
+        return {
+            "worker_id": self.plan.worker_id,
+            "incarnation": self.plan.incarnation,
+            "steps": self.steps,
+            "samples": self.samples,
+            "resyncs": self.resyncs,
+            "peak_rss_mb": peak_rss_mb(),
+            "rows_pulled": sparse.rows_pulled if sparse is not None else 0,
+            "rows_pushed": sparse.rows_pushed if sparse is not None else 0,
+            "final_loss": self.loss_value,
+            "wire": self.wire.as_dict(),
+            "wall_s": time.monotonic() - self._began,
+            "steady_samples": self._pace.steady_samples,
+            "reached_target_s": self._pace.reached_s,
+            "steady_s": self._pace.steady_s,
+        }
+
+    # ---- registering, recovering, leasing ----------------------------------------------
 
     def _planned_steps(self) -> int:
         own = self.batches.stretches[self.plan.worker_id] if self.plan.worker_id < len(self.batches.stretches) else 0
         per_worker = (own or max(self.batches.stretches)) * self.plan.epochs
         return per_worker if self.plan.max_steps is None else min(per_worker, self.plan.max_steps)
 
-    def _sync(self, received) -> None:
+    def _sync(self) -> None:
         """(Re)register with every shard: the parameters, and the clock and seq to carry on from."""
-        self.clock = self.acked = self.client.register(self.flat.host_params(), received)
+        self.clock = self.acked = self.client.register(self.flat.host_params(), self._received)
         self.base = self.client.base
         self.flat.params_received(buffers=True)
 
-    def _resync(self, error: Exception, received, retryable: tuple) -> None:
+    def _resync(self, error: Exception) -> None:
         """After a failed call: wait for the controller's recovery, reconnect and register again."""
         plan = self.plan
         began = time.monotonic()
@@ -268,10 +420,10 @@ class Worker:
                 try:
                     self.generation = generation
                     self.client.reconnect()
-                    self._sync(received)
+                    self._sync()
                     self.resyncs += 1
                     return
-                except retryable as again:  # rolled back again under us: wait for the next recovery
+                except self._retryable as again:  # rolled back again under us: wait for the next recovery
                     error = again
             elif waited > plan.resync_timeout_s or (not recovering and waited > plan.recovery_grace_s):
                 raise error  # nothing is being recovered: the error is this worker's own
@@ -280,131 +432,6 @@ class Worker:
     def _lease(self, first_clock: int):
         return self.work.lease(self.plan.worker_id, self.plan.incarnation, self.generation,
                                first_clock - self.base, self.acked - self.base)
-
-    def run(self, generation: int = 0) -> dict:
-        """Train on the units the queue hands out until it has none (or ``max_steps``); return what was done."""
-        import ray.exceptions
-
-        plan, flat, device = self.plan, self.flat, self.flat.device
-        retryable = (TransportError, RolledBackError, ray.exceptions.RayActorError, ConnectionError)
-        began = time.monotonic()
-        self.generation, self.resyncs = generation, 0
-        steps = samples = 0
-        pace = StepClock(self._planned_steps(), plan.target_loss)  # steady rate, time to the target loss
-        rng = np.random.default_rng([plan.seed, plan.worker_id, 7])  # the straggler draws, apart from training
-        loss_value = float("nan")
-        self.model.train()
-        buffers = flat.buffers if flat.buffers.numel else None  # most models have none: send nothing
-        received = buffers.received if buffers else None
-        # With overlap, pulls land beside the parameters being computed on and are copied in between
-        # steps, unless the transport writes them only inside wait() (shm, the object store).
-        direct = not plan.overlap or self.client.fills_on_wait
-        inbox = flat.host_params() if direct else flat.receive_buffer()
-        in_flight = None
-        chaos = plan.chaos.arm()
-        self._runner = threading.get_ident()  # whose stack a stall report shows
-        try:
-            self._sync(received)
-            upcoming = self._lease(self.clock + 1)
-            while True:
-                try:
-                    leased = self.work.result(upcoming)
-                    if leased == RESYNC:
-                        raise _Resync()
-                    if leased is None or leased == STOP or (plan.max_steps is not None and steps >= plan.max_steps):
-                        break
-                    batches = self.batches.batches(Unit(*leased))
-                    # Ask for the next unit now, to start right after this one: the call's latency hides
-                    # behind this unit's steps (one step alone is shorter than a Ray call here).
-                    upcoming = self._lease(self.clock + 1 + len(batches))
-                    for indices in batches:
-                        if plan.max_steps is not None and steps >= plan.max_steps:
-                            break
-                        chaos.before_step(steps + 1)
-                        # A third tensor, when the data has one, is each example's loss weight (importance sampling).
-                        x, y, *weight = self.train.batch(indices)
-                        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                        if plan.slow_s:
-                            time.sleep(plan.slow_s)
-                        computing = time.monotonic()
-                        if self.sparse is not None:  # the iteration this forward's rows are pulled for
-                            self.sparse.clock = self.clock + 1
-                        flat.zero_grad()
-                        loss = self.loss_fn(self.model(x), y, weight=weight[0].to(device)) if weight \
-                            else self.loss_fn(self.model(x), y)
-                        loss.backward()
-                        loss_value = loss.item()
-                        held = straggle_s(rng, time.monotonic() - computing, plan.slowdown, plan.straggle_p,
-                                          plan.straggle_factor)
-                        if held > 0:
-                            time.sleep(held)
-                        grads, sent_buffers = flat.host_grads(), buffers.pack() if buffers else None
-                        waited = time.monotonic()
-                        if in_flight is not None:  # overlap: the previous step's answer, then ours goes out
-                            self._land(in_flight, direct)
-                            self.acked = self.clock
-                        self.clock += 1
-                        if self.sparse is not None:
-                            self.sparse.push(self.clock, row_grads(self.model), len(indices))
-                        if self.compressor is not None:
-                            grads = self.compressor.encode(grads)
-                        else:
-                            self.wire.plain(grads.size)
-                        in_flight = self.client.push_pull_async(self.clock, grads, inbox, len(indices), loss_value,
-                                                                sent_buffers, received, ahead=int(plan.overlap))
-                        if not plan.overlap:
-                            self._land(in_flight, direct)
-                            in_flight, self.acked = None, self.clock
-                        steps += 1
-                        samples += len(indices)
-                        pace.step(len(indices), loss_value)
-                        self._record(time.monotonic() - waited, len(indices), loss_value)
-                    else:
-                        continue
-                    break  # max_steps, part way through a unit
-                except (_Resync, *retryable) as e:
-                    in_flight = None
-                    # what error feedback held came from steps a rollback may undo: they are trained again
-                    if self.compressor is not None:
-                        self.compressor.reset()
-                    if self.sparse is not None:
-                        if self.sparse.compressor is not None:
-                            self.sparse.compressor.reset()
-                        self.sparse.drop()
-                        forget_rows(self.model)
-                    self._resync(e if not isinstance(e, _Resync) else RolledBackError("the job rolled back"),
-                                 received, retryable)
-                    upcoming = self._lease(self.clock + 1)
-            if in_flight is not None:
-                self._land(in_flight, direct)
-                in_flight, self.acked = None, self.clock
-            if self.sparse is not None:
-                self.sparse.flush()
-            # Everything this worker pushed has landed: its units are done, the rest goes back.
-            self.work.finish(plan.worker_id, plan.incarnation, self.generation, self.acked - self.base)
-        finally:
-            self._flush(time.monotonic())
-            # Leave the clock tables even on failure, so the others never wait for us.
-            try:
-                self.client.finish()
-            except Exception:  # the shards may be gone; never mask the error that got us here
-                log.warning("worker-%d could not leave the shards' clock tables", plan.worker_id, exc_info=True)
-        return {
-            "worker_id": plan.worker_id,
-            "incarnation": plan.incarnation,
-            "steps": steps,
-            "samples": samples,
-            "resyncs": self.resyncs,
-            "peak_rss_mb": peak_rss_mb(),
-            "rows_pulled": self.sparse.rows_pulled if self.sparse is not None else 0,
-            "rows_pushed": self.sparse.rows_pushed if self.sparse is not None else 0,
-            "final_loss": loss_value,
-            "wire": self.wire.as_dict(),
-            "wall_s": time.monotonic() - began,
-            "steady_samples": pace.steady_samples,
-            "reached_target_s": pace.reached_s,
-            "steady_s": pace.steady_s,
-        }
 
     def stack(self) -> dict:
         """What this worker is doing right now (for a stall report): its step and its training thread's stack."""

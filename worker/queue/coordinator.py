@@ -15,7 +15,7 @@ handed to a worker that will drop it.
 
 from __future__ import annotations
 
-from ...ps.core.metrics import JobMetrics
+from .metrics import JobMetrics
 from .workqueue import EpochBatches, Unit, WorkQueue
 
 RESYNC = "resync"  # the caller's generation is old: register again first
