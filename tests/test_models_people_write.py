@@ -85,7 +85,8 @@ def test_one_worker_bsp_matches_a_single_process_loop_in_parameters_and_buffers(
                  epochs=epochs, batch_size=batch, consistency={"mode": "bsp"},
                  optimizer={"name": "adam", "lr": 1e-3})
 
-    from rayps.worker.data.sources import EpochSharder, resolve_data
+    from rayps.worker.data.sources import resolve_data
+    from rayps.worker.queue.sharder import EpochSharder
     torch.manual_seed(seed)
     model = cnn()
     train = resolve_data("rayps.worker.datasets:digits", seed=seed).train

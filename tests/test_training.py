@@ -16,7 +16,8 @@ import torch
 
 from rayps.launcher import Job
 from rayps.errors import JobError
-from rayps.worker.data.sources import EpochSharder, resolve_data
+from rayps.worker.data.sources import resolve_data
+from rayps.worker.queue.sharder import EpochSharder
 from rayps.worker.models import mlp
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

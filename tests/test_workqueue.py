@@ -7,7 +7,7 @@ import pytest
 
 from rayps.errors import ConfigError
 from rayps.worker.queue.coordinator import RESYNC, STOP, WorkCoordinator
-from rayps.worker.data.sources import EpochSharder
+from rayps.worker.queue.sharder import EpochSharder
 from rayps.worker.queue.workqueue import EpochBatches, Unit, WorkQueue
 
 

@@ -13,50 +13,15 @@ directory, ``bench.json``, ``bench.md`` and ``bench.png``.
 
 from __future__ import annotations
 
-import functools
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import peers
-from ..job.config import JobConfig
+from .rows import BATCH, LR, MODELS, MODES, WORKERS, Row, bench_job, model_fn
 from ..job.driver import run_job
 from ..job.local import ensure_ray
-from ...settings import build
 from ...worker.datasets import synthetic_mnist
-from ...worker.models import mlp
-
-WORKERS, BATCH, LR = 2, 128, 0.01
-MODELS = {  # name -> (hidden layers, steps per worker in a full run)
-    "small": ((256,), 800),
-    "large": ((3584, 2048), 40),
-}
-MODES = {"asp": {"mode": "asp"}, "ssp s=1": {"mode": "ssp", "staleness": 1},
-         "ssp s=2": {"mode": "ssp", "staleness": 2}, "bsp": {"mode": "bsp"}}
-
-
-@dataclass
-class Row:
-    model: str
-    system: str
-    samples_per_s: float
-    extra: dict = field(default_factory=dict)
-
-
-def _model(hidden) -> functools.partial:
-    return functools.partial(mlp, in_features=784, hidden=list(hidden), num_classes=10)
-
-
-def bench_job(hidden, steps: int, consistency: dict, **keys) -> JobConfig:
-    """The rayps job every bench row runs: the MLP, the synthetic data, SGD, 2 workers and 2 shards."""
-    return build(JobConfig, {
-        "model": "rayps.worker.models:mlp", "model_args": {"in_features": 784, "hidden": list(hidden)},
-        "data": "rayps.worker.datasets:synthetic_mnist", "optimizer": {"name": "sgd", "lr": LR},
-        "consistency": consistency, "workers": WORKERS, "servers": 2, "batch_size": BATCH,
-        "epochs": 1000, "max_steps": steps, "eval_every_s": 0, **keys,
-    }, "bench")
-
 
 def rayps_row(model: str, hidden, steps: int, transport: str, mode: str, out: Path) -> Row:
     config = bench_job(hidden, steps, MODES[mode], transport=transport)
@@ -67,15 +32,15 @@ def rayps_row(model: str, hidden, steps: int, transport: str, mode: str, out: Pa
 
 
 def peer_rows(model: str, hidden, steps: int) -> list[Row]:
-    model_fn, data_fn = _model(hidden), synthetic_mnist
+    net, data_fn = model_fn(hidden), synthetic_mnist
     common = dict(workers=WORKERS, batch=BATCH, lr=LR, steps=steps)
     return [
-        Row(model, "Ray-docs-style PS, async", peers.raydocs_ps(model_fn, data_fn, sync=False, **common)["samples_per_s"]),
-        Row(model, "Ray-docs-style PS, sync", peers.raydocs_ps(model_fn, data_fn, sync=True, **common)["samples_per_s"]),
-        Row(model, "PyTorch DDP (gloo)", peers.processes(model_fn, data_fn, communicate=True, **common)["samples_per_s"]),
+        Row(model, "Ray-docs-style PS, async", peers.raydocs_ps(net, data_fn, sync=False, **common)["samples_per_s"]),
+        Row(model, "Ray-docs-style PS, sync", peers.raydocs_ps(net, data_fn, sync=True, **common)["samples_per_s"]),
+        Row(model, "PyTorch DDP (gloo)", peers.processes(net, data_fn, communicate=True, **common)["samples_per_s"]),
         Row(model, "no communication (ceiling)",
-            peers.processes(model_fn, data_fn, communicate=False, **common)["samples_per_s"]),
-        Row(model, "single process", peers.processes(model_fn, data_fn, communicate=False,
+            peers.processes(net, data_fn, communicate=False, **common)["samples_per_s"]),
+        Row(model, "single process", peers.processes(net, data_fn, communicate=False,
                                                      **{**common, "workers": 1})["samples_per_s"]),
     ]
 
@@ -118,7 +83,7 @@ def straggler_rows(out: Path, steps: int = STRAGGLER_STEPS, target: float = TARG
     """Seconds to a target training loss (mean of 10 steps) for the small model, with stragglers."""
     rows = []
     for scenario, knobs, peer_knobs, configs in STRAGGLERS:
-        ddp = peers.processes(_model((256,)), synthetic_mnist, WORKERS, BATCH, LR, steps, communicate=True,
+        ddp = peers.processes(model_fn((256,)), synthetic_mnist, WORKERS, BATCH, LR, steps, communicate=True,
                               target=target, **peer_knobs)
         rows.append(Row("stragglers", f"{scenario}: PyTorch DDP (gloo)", ddp["samples_per_s"],
                         {"time_to_target_s": ddp["reached_s"]}))

@@ -26,7 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-import rayps
+from ..job.api import Job
+from ...worker.loop.embedding import EmbeddingBag
+from .rows import Row
 
 ROWS, DIM, BAG, BAGS = 10_000_000, 16, 8, 512  # 512 bags of 8 ids: 4,096 ids per batch
 ZIPF = 1.1
@@ -47,7 +49,7 @@ def zipf_ids(n: int, rows: int = ROWS, exponent: float = ZIPF, seed: int = 0) ->
 class BagModel(nn.Module):
     def __init__(self, rows: int = ROWS, dim: int = DIM):
         super().__init__()
-        self.bag = rayps.EmbeddingBag(rows, dim, mode="sum", table="bag")
+        self.bag = EmbeddingBag(rows, dim, mode="sum", table="bag")
         self.head = nn.Linear(dim, 1)
 
     def forward(self, x):
@@ -86,7 +88,7 @@ def single_process(steps: int, rows: int = ROWS) -> dict:
 
 
 def rayps_rows(steps: int, transport: str, out: Path, rows: int = ROWS) -> dict:
-    s = rayps.Job(model=functools.partial(BagModel, rows), data=functools.partial(bench_data, steps, rows=rows),
+    s = Job(model=functools.partial(BagModel, rows), data=functools.partial(bench_data, steps, rows=rows),
                   loss="mse",
                   optimizer={"name": "adam", "lr": 0.01},
                   sparse={"optimizer": {"name": "adam", "lr": 0.01}, "init_scale": 0.01, "consistency": {"mode": "asp"}},
@@ -101,7 +103,6 @@ def rayps_rows(steps: int, transport: str, out: Path, rows: int = ROWS) -> dict:
 
 def sparse_rows(out: Path, steps: int = 300, transports=("shm", "grpc", "ray"), table_rows: int = ROWS):
     """Rows for the bench table (``table_rows``: smaller for a quick check of the machinery)."""
-    from .runner import Row
     base = single_process(steps, table_rows)
     rows = [Row("sparse", "torch EmbeddingBag(sparse) + SparseAdam, one process", base["rows_per_s"],
                 {"x_single": 1.0, "bytes_per_row": base["table_bytes"] / table_rows})]

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..job.driver import run_job
+from .rows import Row, bench_job
 
 #: (row name, the job's compression section)
 CODECS = [
@@ -31,7 +32,6 @@ LINK_MBIT, WIRE_STEPS, WIRE_TARGET, WIRE_LR = 100.0, 500, 1.5, 0.1
 
 def wire_rows(out: Path, steps: int = WIRE_STEPS, mbit: float = LINK_MBIT, target: float = WIRE_TARGET,
               codecs: list[str] | None = None) -> list:
-    from .runner import Row, bench_job
 
     rows = []
     for name, compression in CODECS:

@@ -37,7 +37,6 @@ from torch.utils.data import Dataset, IterableDataset, default_collate
 from ...errors import ConfigError, ShapeError
 from .config import DataConfig, data_config, is_pipeline_spec
 from ..imports import import_object
-from ..queue.sharder import EpochSharder  # noqa: F401 (re-exported: it was defined here)
 
 
 @runtime_checkable
