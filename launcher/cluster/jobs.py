@@ -3,7 +3,10 @@
 ``psctl submit`` uploads the project directory as the job's working_dir
 (without runs/, .git and caches) and runs ``python -m rayps run
 cluster.yaml [--set ...]`` there: the same command as a local run, joining
-the cluster through the ``RAY_ADDRESS`` that Ray gives a job's driver.
+the cluster through the ``RAY_ADDRESS`` that Ray gives a job's driver. The
+package psctl runs from travels as the job's ``rayps`` module (Ray's
+py_modules), so the driver and every actor of the job run the code that
+submitted it, not the copy each node installed at ``psctl up``.
 
 ``Jobs`` wraps ``ray.job_submission.JobSubmissionClient``: it sends the
 auth token (``launcher.auth``) as ``Authorization: Bearer ...`` and turns
@@ -16,6 +19,8 @@ import asyncio
 import json
 import os
 import shlex
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -70,6 +75,23 @@ def entrypoint(config: str | Path | None, working_dir: Path, overrides: Iterable
     return shlex.join(args)
 
 
+#: The package this launcher runs from (a checkout's root, or site-packages/rayps): its modules and four folders.
+PACKAGE = Path(__file__).resolve().parents[2]
+PACKAGE_PARTS = ("ps", "worker", "protos", "launcher")
+
+
+def package_copy(package: Path, into: Path) -> Path:
+    """The package at ``package`` copied into ``into/rayps`` (a folder named as the module it is, which
+    is what Ray's py_modules ships); that folder."""
+    target = into / "rayps"
+    target.mkdir()
+    for module in package.glob("*.py"):
+        shutil.copy(module, target / module.name)
+    for part in PACKAGE_PARTS:
+        shutil.copytree(package / part, target / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return target
+
+
 #: Where a submitted job's driver learns the name ``psctl scale`` finds it by (launcher/job/driver.py: job_name).
 JOB_NAME_ENV = "RAYPS_JOB_NAME"
 
@@ -94,19 +116,21 @@ class Jobs:
         import secrets
 
         submission_id = f"raysubmit_{secrets.token_hex(8)}"
-        runtime_env = {"working_dir": str(working_dir), "excludes": EXCLUDES,
-                       "env_vars": {JOB_NAME_ENV: submission_id}}
-        deadline = time.monotonic() + self.agent_wait_s
-        while True:
-            try:
-                return self._call(lambda: self._client.submit_job(
-                    entrypoint=command, runtime_env=runtime_env, metadata=metadata or {},
-                    submission_id=submission_id))
-            except ClusterError as e:
-                # A cluster that has just started answers this until its head's job agent is up.
-                if "No available agent" not in str(e) or time.monotonic() > deadline:
-                    raise
-                time.sleep(1.0)
+        with tempfile.TemporaryDirectory(prefix="rayps-submit-") as staging:
+            runtime_env = {"working_dir": str(working_dir), "excludes": EXCLUDES,
+                           "py_modules": [str(package_copy(PACKAGE, Path(staging)))],
+                           "env_vars": {JOB_NAME_ENV: submission_id}}
+            deadline = time.monotonic() + self.agent_wait_s
+            while True:
+                try:
+                    return self._call(lambda: self._client.submit_job(
+                        entrypoint=command, runtime_env=runtime_env, metadata=metadata or {},
+                        submission_id=submission_id))
+                except ClusterError as e:
+                    # A cluster that has just started answers this until its head's job agent is up.
+                    if "No available agent" not in str(e) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(1.0)
 
     def follow(self, job_id: str, echo: Callable[[str], None], poll_s: float = 0.5) -> str:
         """Stream the job's logs to ``echo`` until it ends; return its final status."""
