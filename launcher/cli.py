@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -173,7 +174,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     out, rows = run_bench(args.quick, args.output, listed(args.models, list(MODELS), "models"),
                           listed(args.transports, ["shm", "grpc", "ray"], "transports"),
-                          listed(args.modes, list(MODES), "modes"), sparse=not args.no_sparse, wire=args.wire)
+                          listed(args.modes, list(MODES), "modes"), sparse=not args.no_sparse, wire=args.wire,
+                          command=shlex.join(["psctl", *args.argv]))  # bench.json says what made its rows
     print((out / "bench.md").read_text(), end="")
     print(f"run directory: {out}")
     return 0
@@ -226,6 +228,7 @@ def _serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if args.command == "run":
             return _run(args)

@@ -1,4 +1,8 @@
-"""The README's Python example runs as written and trains."""
+"""The Python examples of the README and the docs pages run as written and train to what they promise.
+
+tests/test_docs.py runs every other code block; the examples here are checked
+for the values a reader would look at.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +11,26 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+SPARSE = ROOT / "docs" / "sparse.md"
+DATA = ROOT / "docs" / "data.md"
+#: The examples checked here, by page and heading (tests/test_docs.py leaves them to these tests).
+CHECKED = ((README, "## Python API"), (SPARSE, "# Sparse embedding tables"), (DATA, "## The data section"))
 
 
-def readme_example(heading: str = "## Python API") -> str:
-    text = README.read_text()
-    section = text.split(heading, 1)[1]
+def readme_example(heading: str = "## Python API", page: Path = README) -> str:
+    """The first Python block after ``heading`` on ``page``."""
+    section = ("\n" + page.read_text()).split(f"\n{heading}\n", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def run_example(heading: str, tmp_path, monkeypatch) -> dict:
+def run_example(heading: str, tmp_path, monkeypatch, page: Path = README) -> dict:
     """Run a section's Python example in ``tmp_path`` (examples write runs/ and data/ under the working
     directory); the names it defined."""
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": "readme_example"}
-    exec(compile(readme_example(heading), str(README), "exec"), namespace)
+    exec(compile(readme_example(heading, page), str(page), "exec"), namespace)
     return namespace
 
 
@@ -36,16 +45,16 @@ def test_readme_python_example_trains_to_high_accuracy(ray_session, tmp_path, mo
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_readme_sparse_example_trains_near_the_true_click_models_auc(ray_session, tmp_path, monkeypatch):
-    s = run_example("## Sparse embedding tables", tmp_path, monkeypatch)["result"].summary
+def test_the_sparse_example_trains_near_the_true_click_models_auc(ray_session, tmp_path, monkeypatch):
+    s = run_example("# Sparse embedding tables", tmp_path, monkeypatch, SPARSE)["result"].summary
     assert s["test_auc"] >= 0.9 * s["reference_auc"], (s["test_auc"], s["reference_auc"])
     assert s["sparse_tables"]["deep"]["rows"] > 0 and s["sparse_tables"]["wide"]["rows"] > 0
 
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_readme_data_example_counts_the_injected_defects_and_trains(ray_session, tmp_path, monkeypatch):
-    namespace = run_example("## Data at scale", tmp_path, monkeypatch)
+def test_the_data_example_counts_the_injected_defects_and_trains(ray_session, tmp_path, monkeypatch):
+    namespace = run_example("## The data section", tmp_path, monkeypatch, DATA)
     s, truth = namespace["result"].summary, namespace["truth"]
     assert s["data"]["filled"] == truth["missing"] and s["data"]["clipped"] == truth["outliers"]
     assert len(s["data"]["features"]["out"]) == 6 and s["test_accuracy"] >= 0.8

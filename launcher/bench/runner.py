@@ -8,12 +8,15 @@ first tenth of steps (summed over workers). The peers are in
 launcher/bench/peers.py. The sparse-table rows (launcher/bench/sparse.py) time
 embedding rows per second against torch's sparse EmbeddingBag; the compression rows
 (launcher/bench/wire.py) time each codec to a target loss over a 100 Mbit/s link. Output: a Markdown table on stdout and, in the run
-directory, ``bench.json``, ``bench.md`` and ``bench.png``.
+directory, ``bench.json`` (the rows, with the command, commit and date that made them:
+``bench_record``; launcher/bench/tables.py renders its tables again), ``bench.md`` and ``bench.png``.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -199,8 +202,13 @@ def run_bench(quick: bool = False, output: str | Path | None = None, models: lis
               transports: list[str] | None = None, modes: list[str] | None = None,
               steps: int | None = None, stragglers: bool | None = None,
               transport_mb: int = 100, sparse: bool = True, sparse_steps: int | None = None,
-              sparse_rows_in_table: int | None = None, wire: bool | None = None) -> tuple[Path, list[Row]]:
-    """Every row in turn; ``steps`` (per worker) overrides each model's default, for a short check."""
+              sparse_rows_in_table: int | None = None, wire: bool | None = None,
+              command: str | None = None) -> tuple[Path, list[Row]]:
+    """Every row in turn; ``steps`` (per worker) overrides each model's default, for a short check.
+    ``command``: the command line bench.json records (psctl passes its own; None: this call)."""
+    if command is None:  # called from Python: the call, with the arguments that differ from the defaults
+        command = _call_text(run_bench, locals())
+    began = time.gmtime()
     steps_override = steps
     stragglers = (not quick) if stragglers is None else stragglers
     compression_rows = (not quick) if wire is None else wire
@@ -242,6 +250,38 @@ def run_bench(quick: bool = False, output: str | Path | None = None, models: lis
         rows += rows_wire
         text += "\n\n" + wire_table(rows_wire)
     (out / "bench.md").write_text(text + "\n")
-    (out / "bench.json").write_text(json.dumps([r.__dict__ for r in rows], indent=2))
+    (out / "bench.json").write_text(json.dumps(bench_record(rows, command, began), indent=2))
     chart(rows, out / "bench.png")
     return out, rows
+
+
+def bench_record(rows: list[Row], command: str, began: time.struct_time | None = None) -> dict:
+    """What bench.json holds: the rows, and which command at which commit made them on which date
+    (UTC), so a number in the docs can say where it came from."""
+    return {"command": command, "commit": checkout_commit(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", began or time.gmtime()),
+            "rows": [r.__dict__ for r in rows]}
+
+
+def checkout_commit() -> str | None:
+    """``git rev-parse --short HEAD`` of the checkout this package runs from; None when it runs from an
+    installed copy (no checkout of its own, or one that belongs to another repository)."""
+    root = Path(__file__).resolve().parents[2]  # launcher/bench/runner.py -> the repository's root
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):  # no git on this machine
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if top is None or Path(top).resolve() != root:
+        return None
+    return git("rev-parse", "--short", "HEAD")
+
+
+def _call_text(function, arguments: dict) -> str:
+    defaults = {k: p.default for k, p in inspect.signature(function).parameters.items()}
+    given = ", ".join(f"{k}={v!r}" for k, v in arguments.items() if k in defaults and v != defaults[k])
+    return f"{function.__name__}({given})"
