@@ -39,3 +39,14 @@ def ray_session():
     yield ray
     ray.shutdown()
 
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory):
+    """One ``psctl run`` of the default job, in its own process, for every test of what a newcomer sees
+    (tests/default_run.py)."""
+    from tests.default_run import DefaultRun
+
+    run = DefaultRun(tmp_path_factory.mktemp("default-run"))
+    yield run
+    run.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -117,31 +116,6 @@ def _dashboard_fails(address: str, temp: str, within_s: float = 60) -> str | Non
         time.sleep(1)
 
 
-def test_submit_runs_the_job_with_shards_and_workers_on_the_nodes_the_config_names(cluster, tmp_path):
-    out = tmp_path / "run"
-    began = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "rayps", "submit", str(ROOT / "cluster.yaml"), "--address", cluster["address"],
-         "--set", "epochs=2", "--set", "servers=2", "--set", "workers=2",
-         "--set", "server_resources={ps_server: 1}", "--set", "worker_resources={ps_worker: 1}",
-         "--output", str(out)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=180,
-    )
-    log = proc.stdout[-4000:] + proc.stderr[-3000:]
-    assert proc.returncode == 0, log
-    assert "submitted raysubmit_" in proc.stdout and "SUCCEEDED" in proc.stdout, log
-    assert f"run directory: {out}" in proc.stdout, log  # the job's own output, streamed back
-    summary = json.loads((out / "summary.json").read_text())
-    placement = summary["placement"]
-    # One ps_server unit per node and one per shard: the two shards sit on the two server nodes.
-    assert {placement[f"ps-shard-{i}"]["node_id"] for i in range(2)} == cluster["ps_server"]
-    assert {placement[f"worker-{i}"]["node_id"] for i in range(2)} == cluster["ps_worker"]
-    assert all(p["node_ip"] == "127.0.0.1" for p in placement.values())
-    assert summary["servers"] == 2 and summary["workers"] == 2
-    assert summary["test_accuracy"] > 0.5  # two epochs of digits: trained, not random (0.1)
-    print(f"submitted job took {time.monotonic() - began:.1f} s")
-
-
 def test_the_cluster_refuses_requests_without_its_token(cluster):
     import requests
 
@@ -172,13 +146,20 @@ def test_status_logs_and_stop_manage_a_running_job(cluster, tmp_path, capsys):
     assert "hello" in followed.out and f"job {job_id} STOPPED" in followed.err
 
 
-def test_psctl_scale_removes_a_worker_of_a_submitted_job_while_it_runs(cluster, tmp_path, capsys):
+def test_a_submitted_job_runs_on_the_nodes_the_config_names_and_psctl_scale_removes_a_worker_while_it_runs(
+        cluster, tmp_path, capsys):
+    """One submission for both claims: where the actors are placed, and scaling a job that runs."""
     out = tmp_path / "run"
     address = cluster["address"]
+    began = time.monotonic()
     assert main(["submit", str(ROOT / "cluster.yaml"), "--address", address, "--no-wait", "--output", str(out),
-                 "--set", "epochs=30", "--set", "servers=1", "--set", "workers=2",
-                 "--set", "debug.slow_workers={0: 0.01, 1: 0.01}", "--set", "eval_every_s=0"]) == 0
-    job_id = capsys.readouterr().out.split()[1]
+                 "--set", "epochs=30", "--set", "servers=2", "--set", "workers=2",
+                 "--set", "server_resources={ps_server: 1}", "--set", "worker_resources={ps_worker: 1}",
+                 # slowed, so it still runs when the scale request (itself a short Ray job) reaches it
+                 "--set", "debug.slow_workers={0: 0.03, 1: 0.03}", "--set", "eval_every_s=0"]) == 0
+    submitted = capsys.readouterr().out
+    assert submitted.startswith("submitted raysubmit_"), submitted
+    job_id = submitted.split()[1]
     jobs = Jobs(address)
     deadline = time.monotonic() + 120
     while "step" not in jobs.logs(job_id) and time.monotonic() < deadline:  # training under way
@@ -187,6 +168,16 @@ def test_psctl_scale_removes_a_worker_of_a_submitted_job_while_it_runs(cluster, 
     assert main(["scale", job_id, "--workers", "1", "--address", address]) == 0
     assert f"{job_id}: asked for 1 workers" in capsys.readouterr().out
     assert main(["logs", job_id, "--address", address, "--follow"]) == 0, capsys.readouterr().err
+    followed = capsys.readouterr()
+    assert f"run directory: {out}" in followed.out and f"job {job_id} SUCCEEDED" in followed.out, followed
     summary = json.loads((out / "summary.json").read_text())
+    placement = summary["placement"]
+    # One ps_server unit per node and one per shard: the two shards sit on the two server nodes.
+    assert {placement[f"ps-shard-{i}"]["node_id"] for i in range(2)} == cluster["ps_server"]
+    assert {placement[f"worker-{i}"]["node_id"] for i in range(2)} == cluster["ps_worker"]
+    assert all(p["node_ip"] == "127.0.0.1" for p in placement.values())
+    assert summary["servers"] == 2 and summary["workers"] == 2
+    assert summary["test_accuracy"] > 0.5  # trained, not random (0.1)
     assert summary["workers_removed"] == 1
     assert summary["examples_per_epoch"] == {str(e): 1437 for e in range(30)}
+    print(f"submitted job took {time.monotonic() - began:.1f} s")

@@ -7,22 +7,22 @@ import json
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rayps.launcher import Job
 from rayps.launcher.cli import main
 from rayps.launcher.job.report import PLOTS
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_run_leaves_plots_and_tensorboard_events_that_psctl_report_redraws(ray_session, tmp_path, capsys):
-    result = Job(epochs=12, eval_every_s=0.5, debug={"slow_workers": {1: 0.002}}).run(
-        output=tmp_path / "run", progress=False, dashboard=False)
-    run_dir = result.run_dir
+def test_a_run_leaves_plots_and_tensorboard_events_that_psctl_report_redraws(default_run, capsys):
+    code, stdout = default_run.finished()  # the default job, psctl run in its own process (tests/default_run.py)
+    assert code == 0, stdout[-3000:]
+    run_dir = default_run.out
+    summary = json.loads((run_dir / "summary.json").read_text())
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     assert len(history) >= 3
-    assert history[-1]["test_accuracy"] == result.summary["test_accuracy"]
+    assert history[-1]["test_accuracy"] == summary["test_accuracy"]
     assert sum(row.get("test_accuracy") is not None for row in history) >= 2  # scored while training too
     for name in PLOTS:
         assert (run_dir / name).read_bytes()[:8] == PNG_MAGIC
@@ -31,7 +31,7 @@ def test_a_run_leaves_plots_and_tensorboard_events_that_psctl_report_redraws(ray
     events.Reload()
     losses = [e.value for e in events.Scalars("job/loss")]
     assert losses == pytest.approx([row["loss"] for row in history if row["loss"] is not None], rel=1e-6)
-    assert events.Scalars("job/test_accuracy")[-1].value == pytest.approx(result.summary["test_accuracy"])
+    assert events.Scalars("job/test_accuracy")[-1].value == pytest.approx(summary["test_accuracy"])
     assert {"worker-0/samples_per_s", "worker-1/samples_per_s"} <= set(events.Tags()["scalars"])
 
     for name in PLOTS:
