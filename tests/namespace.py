@@ -13,6 +13,11 @@ in new namespaces. Inside:
   ``shared`` (a folder outside) appears inside as /tmp/shared, and each
   folder of ``keep`` that lies under /tmp (a checkout cloned there) at its
   own path.
+- each folder of ``protect`` (the Python environment the tests run from:
+  a virtualenv anywhere, a system site-packages) is an overlay too, so a
+  node's ``pip install -e ~/rayps`` lands in the tmpfs and the environment
+  outside is as it was. One under /tmp is read through a bind of the real
+  folder made before /tmp is replaced.
 
 The init process reaps the orphans that daemons leave behind, so a process
 list inside shows what is really running. Killing it (``close``) makes the
@@ -32,7 +37,7 @@ INSIDE_SHARED = "/tmp/shared"
 
 _SETUP = r"""
 set -euo pipefail
-stage="$1"; shared="$2"; keep="$5"
+stage="$1"; shared="$2"; keep="$5"; protect="$6"
 ip link set lo up
 mount -t tmpfs -o size=8g,mode=1777 tmpfs "$stage"
 mkdir "$stage/shared"
@@ -42,9 +47,22 @@ for path in $keep; do
     mkdir -p "$stage/${path#/tmp/}"
     mount --bind "$path" "$stage/${path#/tmp/}"
 done
+# The real folders the overlays below read from, reached before /tmp is replaced.
+n=0
+for path in $protect; do
+    n=$((n + 1))
+    mkdir -p "$stage/.lower/$n"
+    mount --bind "$path" "$stage/.lower/$n"
+done
 mount --move "$stage" /tmp
 mkdir -p /tmp/.home/upper /tmp/.home/work
 mount -t overlay overlay -o lowerdir=/root,upperdir=/tmp/.home/upper,workdir=/tmp/.home/work /root
+n=0
+for path in $protect; do
+    n=$((n + 1))
+    mkdir -p "/tmp/.upper/$n" "/tmp/.work/$n" "$path"
+    mount -t overlay overlay -o "lowerdir=/tmp/.lower/$n,upperdir=/tmp/.upper/$n,workdir=/tmp/.work/$n" "$path"
+done
 mount -t tmpfs -o mode=755 tmpfs /run
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 touch /tmp/shared/.ready
@@ -73,16 +91,35 @@ def available() -> str | None:
     return None
 
 
+def python_environment() -> list[Path]:
+    """The folders a ``pip install`` by this interpreter writes to, outermost only, leaving out those under
+    /root (the namespace overlays /root whole)."""
+    import site
+    import sys
+    import sysconfig
+
+    found = [Path(sys.prefix), *map(Path, site.getsitepackages()),
+             *(Path(sysconfig.get_paths()[key]) for key in ("purelib", "platlib", "scripts"))]
+    folders = sorted({p.resolve() for p in found if p.is_dir()}, key=lambda p: len(p.parts))
+    outer: list[Path] = []
+    for folder in folders:
+        if not folder.is_relative_to("/root") and not any(folder.is_relative_to(o) for o in outer):
+            outer.append(folder)
+    return outer
+
+
 class Namespace:
-    def __init__(self, shared: Path, python: str, keep: tuple[Path, ...] = ()):
+    def __init__(self, shared: Path, python: str, keep: tuple[Path, ...] = (), protect: tuple[Path, ...] = ()):
         self.shared = Path(shared)
         self.shared.mkdir(parents=True, exist_ok=True)
         stage = self.shared.parent / (self.shared.name + "-stage")
         stage.mkdir(exist_ok=True)
         under_tmp = [str(Path(p).resolve()) for p in keep if Path(p).resolve().is_relative_to("/tmp")]
+        copy_on_write = [str(Path(p).resolve()) for p in protect]
         self.proc = subprocess.Popen(
             ["unshare", "--pid", "--net", "--mount", "--fork", "--mount-proc", "--kill-child",
-             "bash", "-c", _SETUP, "setup", str(stage), str(self.shared), python, _INIT, " ".join(under_tmp)],
+             "bash", "-c", _SETUP, "setup", str(stage), str(self.shared), python, _INIT, " ".join(under_tmp),
+             " ".join(copy_on_write)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )
         deadline = time.monotonic() + 30

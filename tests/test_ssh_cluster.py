@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.namespace import INSIDE_SHARED, Namespace, available
+from tests.namespace import INSIDE_SHARED, Namespace, available, python_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "cluster-ssh.yaml"
@@ -77,7 +77,9 @@ def machines(tmp_path_factory):
     if why is not None:
         pytest.skip(f"an SSH cluster in a namespace {why}")
     shared = tmp_path_factory.mktemp("ssh-cluster") / "shared"
-    ns = Namespace(shared, sys.executable, keep=(ROOT,))
+    # The Python environment the tests run from (a virtualenv under /opt, say) is copy-on-write inside:
+    # the nodes' `pip install -e ~/rayps` must not repoint its rayps at a path only the namespace has.
+    ns = Namespace(shared, sys.executable, keep=(ROOT,), protect=tuple(python_environment()))
     bindir = str(Path(sys.executable).parent)
     env = {"PATH": f"{bindir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
            "LANG": "C.UTF-8", "BINDIR": bindir, "SSHD": SSHD, "ADDRESSES": " ".join(ADDRESSES)}
@@ -190,6 +192,10 @@ def test_up_submit_status_logs_and_down_on_three_machines_over_ssh(machines, ray
     assert not left, left
 
     assert all(_running(pid) for pid in outside)  # nothing outside was stopped
+    # The environment the tests run from still imports this checkout (the nodes installed theirs inside).
+    where = subprocess.run([sys.executable, "-c", "import rayps; print(rayps.__file__)"], cwd="/",
+                           capture_output=True, text=True, timeout=60)
+    assert where.stdout.strip() == str(ROOT / "__init__.py"), where.stdout + where.stderr
     assert {path: path.exists() for path in written_inside} == existed  # the nodes wrote these inside only
     assert ray_session.get(ray_session.remote(lambda: 42).remote(), timeout=60) == 42
     print(f"psctl up took {up_s:.0f} s; the whole cycle {time.monotonic() - began:.0f} s")
