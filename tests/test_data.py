@@ -15,11 +15,11 @@ from rayps.errors import ConfigError, ShapeError
 from rayps.worker.data.sources import (
     ArraySource,
     DataSource,
-    EpochSharder,
     Splits,
     TorchDatasetSource,
     resolve_data,
 )
+from rayps.worker.queue.sharder import EpochSharder
 
 
 def make_arrays(n: int = 20) -> tuple[np.ndarray, np.ndarray]:

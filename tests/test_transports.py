@@ -1,14 +1,18 @@
 """One contract, three transports: the object store, gRPC and shared memory give the same answers.
 
-Each test runs against real shard actors on the shared Ray instance, once
-through ``ShardClient`` (object store), once through ``GrpcShardClient``
-(gRPC on 127.0.0.1) and once through ``ShmShardClient`` (a segment and a Unix
-socket per shard, on this node). Gradients are powers of two and lr is 0.5, so expected
-parameters are exact in float32.
+Each test runs once through ``ShardClient`` (the object store: real shard
+actors on the shared Ray instance), once through ``GrpcShardClient`` (gRPC on
+127.0.0.1) and once through ``ShmShardClient`` (a segment and a Unix socket
+per shard). The gRPC and shared-memory servers run in this process, on one
+event loop of their own, exactly as a shard actor runs them (ps/served.py):
+the contract is the servers' and clients', not the actor process's.
+Gradients are powers of two and lr is 0.5, so expected parameters are exact
+in float32.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import numpy as np
@@ -24,6 +28,9 @@ from rayps.ps.served import ServedShard
 from rayps.ps.core.optimizers import OptimizerConfig
 from rayps.ps.core.partition import partition
 from rayps.ps.core.schedules import ScheduleConfig
+from rayps.ps.shard import ParameterShard
+from rayps.ps.transport.grpc_server import start_grpc_server
+from rayps.ps.transport.shm_server import start_shm_server
 from rayps.ps.transport.shm_client import ShmEndpoints
 
 pytestmark = [pytest.mark.ray]
@@ -32,49 +39,83 @@ SIZE = 10
 TRANSPORTS = ["ray", "grpc", "shm"]
 
 
+class ShardLoop:
+    """An event loop on a thread of its own, where in-process shards and their servers run (one thread, no
+    locks: as inside a shard actor)."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro, timeout: float = 30):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
 class Cluster:
-    """Two shard actors over a SIZE-element vector, and a way to make clients of either kind."""
+    """Two shards over a SIZE-element vector, and a way to make clients of the transport's kind: actors for
+    the object store, in-process shards behind their real servers for gRPC and shared memory."""
 
     def __init__(self, ray, transport: str, consistency: ConsistencyConfig, workers: int = 2, buffers: int = 0):
         self.ray = ray
+        self.transport = transport
         self.ranges = partition(SIZE, 2)
         self.init = np.arange(SIZE, dtype=np.float32)
         # model buffers: `buffers` float64 values, the last one an integer counter (max-merged)
         self.buffer_ranges = partition(buffers, 2, allow_empty=True) if buffers else None
         self.init_buffers = np.linspace(0.5, 1.5, buffers)
         integer = np.arange(buffers) == buffers - 1
-        actor = ray.remote(ServedShard).options(num_cpus=0)
-        self.shards = [
-            actor.remote(r.shard_id, self.init[r.lo:r.hi], list(range(workers)),
-                         OptimizerConfig(name="sgd", lr=0.5), ScheduleConfig(), consistency,
-                         init_buffers=self.init_buffers[b.lo:b.hi] if buffers else None,
-                         buffer_integer=integer[b.lo:b.hi] if buffers else None)
-            for r, b in zip(self.ranges, self.buffer_ranges or [None] * 2)
-        ]
-        self.endpoints = None
+        args = [(r.shard_id, self.init[r.lo:r.hi], list(range(workers)), OptimizerConfig(name="sgd", lr=0.5),
+                 ScheduleConfig(), consistency) for r in self.ranges]
+        kwargs = [dict(init_buffers=self.init_buffers[b.lo:b.hi] if buffers else None,
+                       buffer_integer=integer[b.lo:b.hi] if buffers else None)
+                  for b in (self.buffer_ranges or [None] * 2)]
+        buffer_ranges = self.buffer_ranges and tuple(self.buffer_ranges)
         token = new_token()
+        if transport == "ray":
+            actor = ray.remote(ServedShard).options(num_cpus=0)
+            self.shards = [actor.remote(*a, **k) for a, k in zip(args, kwargs)]
+            self.endpoints = RayTransport(tuple(self.shards), tuple(self.ranges), buffer_ranges)
+            return
+        self.host = ShardLoop()
+        self.shards = [ParameterShard(*a, **k) for a, k in zip(args, kwargs)]
         if transport == "grpc":
-            addresses = ray.get([s.serve_grpc.remote(token, "127.0.0.1") for s in self.shards])
-            self.endpoints = GrpcEndpoints(tuple(addresses), token, timeout_s=20.0, ranges=tuple(self.ranges),
-                                           buffer_ranges=self.buffer_ranges and tuple(self.buffer_ranges))
-        elif transport == "shm":
-            directories = ray.get([s.serve_shm.remote(token) for s in self.shards])
-            self.endpoints = ShmEndpoints(tuple(directories), ("",) * 2, token, tuple(self.ranges),
-                                          self.buffer_ranges and tuple(self.buffer_ranges), timeout_s=20.0)
+            self.servers = [self.host.run(start_grpc_server(s, token, "127.0.0.1")) for s in self.shards]
+            self.endpoints = GrpcEndpoints(tuple(srv.address for srv in self.servers), token, timeout_s=20.0,
+                                           ranges=tuple(self.ranges), buffer_ranges=buffer_ranges)
         else:
-            self.endpoints = RayTransport(tuple(self.shards), tuple(self.ranges),
-                                          self.buffer_ranges and tuple(self.buffer_ranges))
+            self.servers = [self.host.run(start_shm_server(s, token)) for s in self.shards]
+            self.endpoints = ShmEndpoints(tuple(srv.directory for srv in self.servers), ("",) * 2, token,
+                                          tuple(self.ranges), buffer_ranges, timeout_s=20.0)
 
     def client(self, worker_id: int):
         return self.endpoints.connect(worker_id)
 
+    def _each(self, method: str) -> list:
+        if self.transport == "ray":
+            return self.ray.get([getattr(s, method).remote() for s in self.shards])
+        return [self.host.run(getattr(s, method)()) for s in self.shards]
+
     def stats(self) -> list[dict]:
-        return self.ray.get([s.stats.remote() for s in self.shards])
+        return self._each("stats")
+
+    def pulled(self) -> list:
+        """Every shard's ``pull()``: its parameters, version and merged buffers."""
+        return self._each("pull")
 
     def close(self) -> None:
-        self.ray.get([s.stop_serving.remote() for s in self.shards])
-        for s in self.shards:
-            self.ray.kill(s)
+        if self.transport == "ray":
+            self.ray.get([s.stop_serving.remote() for s in self.shards])
+            for s in self.shards:
+                self.ray.kill(s)
+            return
+        for server in self.servers:
+            self.host.run(server.stop())
+        self.host.close()
 
 
 @pytest.fixture(params=TRANSPORTS)
@@ -142,7 +183,7 @@ def test_model_buffers_travel_with_every_step_and_come_back_merged(ray_session, 
         np.testing.assert_array_equal(got, [4.0, 5.0, 6.0, 7.0, 10.0])
         first.finish()
         second.finish()
-        pulled = cluster.ray.get([s.pull.remote() for s in cluster.shards])
+        pulled = cluster.pulled()
         np.testing.assert_array_equal(np.concatenate([b for _, _, b in pulled]), [4.0, 5.0, 6.0, 7.0, 10.0])
         assert [s["buffer_size"] for s in cluster.stats()] == [3, 2]
     finally:
