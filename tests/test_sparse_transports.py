@@ -23,7 +23,6 @@ from rayps.ps.core.schedules import ScheduleConfig
 from rayps.ps.served import ServedShard
 from rayps.ps.sparse.client import SparseRows
 from rayps.ps.sparse.table import TableConfig
-from tests.test_transports import Cluster
 
 pytestmark = [pytest.mark.ray]
 
@@ -31,9 +30,9 @@ ROWS, DIM = 100, 4
 TRANSPORTS = ["ray", "grpc", "shm"]
 
 
-class SparseCluster(Cluster):  # its stats() and close()
-    """Two shards (dense asp) holding three tables, one per test, so a transport's tests share one cluster:
-    ``emb`` and ``bad`` (asp), and ``held`` (ssp s=0). Each test uses workers of its own."""
+class SparseCluster:
+    """Two shard actors (dense asp) holding three tables, one per test, so a transport's tests share one
+    cluster: ``emb`` and ``bad`` (asp), and ``held`` (ssp s=0). Each test uses workers of its own."""
 
     def __init__(self, ray, transport: str, workers: int = 4):
         self.ray = ray
@@ -53,6 +52,14 @@ class SparseCluster(Cluster):  # its stats() and close()
         client = self.endpoints.connect(worker_id)
         client.register(np.zeros(4, np.float32))
         return client, SparseRows(client, 2, {table: DIM})
+
+    def stats(self) -> list[dict]:
+        return self.ray.get([s.stats.remote() for s in self.shards])
+
+    def close(self) -> None:
+        self.ray.get([s.stop_serving.remote() for s in self.shards])
+        for s in self.shards:
+            self.ray.kill(s)
 
 
 
