@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def test_a_short_bench_measures_every_system_and_writes_its_report(ray_session, tmp_path):
-    out, rows = run_bench(output=tmp_path / "bench", models=["small"], transports=["shm"], modes=["asp"], steps=60,
+    out, rows = run_bench(output=tmp_path / "bench", models=["small"], transports=["shm"], modes=["asp"], steps=20,
                           stragglers=False, transport_mb=8,
                           sparse_steps=20, sparse_rows_in_table=100_000, wire=False)
     rows_all = rows
@@ -49,7 +49,7 @@ def test_a_short_bench_measures_every_system_and_writes_its_report(ray_session, 
 def test_the_compression_rows_send_fewer_bytes_through_the_throttled_link(ray_session, tmp_path):
     from rayps.launcher.bench.wire import wire_rows, wire_table
 
-    rows = wire_rows(tmp_path, steps=25, mbit=200, codecs=["none", "topk"])
+    rows = wire_rows(tmp_path, steps=10, mbit=200, codecs=["none", "topk"])
     assert [r.system for r in rows] == ["none @ 200 Mbit/s", "topk 0.1, pull fp16 @ 200 Mbit/s",
                                         "topk 0.1, pull float32 @ 200 Mbit/s"]
     none, topk, topk_f32 = (r.extra for r in rows)
