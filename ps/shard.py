@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import InputError, LeftJobError, OutOfOrderError, RolledBackError, ShapeError, UnknownTableError
 from ..protos.compression import Codec
-from .compression.decoding import ShardDecoder
+from .compression.decoding import ShardDecoder, is_blob
 from .core.buffers import BufferTable
 from .core.changes import Changes
 from .core.consistency import ConsistencyConfig
@@ -134,11 +134,14 @@ class ParameterShard:
         """The push half of ``step``: wait at the checkpoint gate, then apply or gather; the outcome
         (``"applied"``, ``"duplicate"``: a retry, not applied again, or ``"stale"``: its round stepped
         without it, dropped and counted)."""
-        await self._cut.gate(step.worker_id, step.clock)
+        if self._cut.frozen:
+            await self._cut.gate(step.worker_id, step.clock)
         return self._push_now(step)
 
     def _push_now(self, s: Step) -> str:
-        grad = self._checked(self._decoder.grad, s.grad, self._dense.size)
+        grad = s.grad
+        if is_blob(grad):  # a compressed push: float32 before any check or update
+            grad = self._checked(self._decoder.grad, grad, self._dense.size)
         self._checked(self._dense.check, grad)
         if s.buffers is not None:
             self._check_buffers(s.buffers)

@@ -14,10 +14,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ...errors import ConfigError
+from ...errors import ConfigError, ShapeError
 from ..core.partition import ShardRange, buffer_ranges_or_none, buffer_slices
 from ..core.step import Step
-from .contract import Pending, shard_payloads
+from .contract import Encoded, Pending
 
 
 class ShardClientBase:
@@ -63,8 +63,15 @@ class ShardClientBase:
         seq = clock - self.base
         return [Step(self.worker_id, clock, payload, self.versions[i], num_samples, loss, b, ahead,
                      self.incarnation, seq)
-                for i, (payload, b) in enumerate(zip(shard_payloads(grads, self.ranges),
-                                                     buffer_slices(buffers, self.buffer_ranges)))]
+                for i, (payload, b) in enumerate(zip(self.payloads(grads), buffer_slices(buffers, self.buffer_ranges)))]
+
+    def payloads(self, grads) -> list[np.ndarray]:
+        """What each shard is sent of a gradient: its float32 slice, or its blob when compressed (Encoded)."""
+        if isinstance(grads, Encoded):
+            if len(grads.blobs) != len(self.ranges):
+                raise ShapeError(f"{len(grads.blobs)} compressed blobs for {len(self.ranges)} shards")
+            return list(grads.blobs)
+        return [grads[r.lo:r.hi] for r in self.ranges]
 
     def receive(self, i: int, params: np.ndarray | None, version: int, buffers: np.ndarray | None,
                 params_out: np.ndarray, buffers_out: np.ndarray | None) -> None:

@@ -36,7 +36,7 @@ classes against them and their behaviour against one set of answers.
 Compression (ps/compression/): ``grads`` may be an ``Encoded`` (one uint8
 blob per shard, protos/compression.py) and a sparse push's rows an
 ``EncodedRows``. A transport carries the blob as it would the float32 slice,
-and the shard decodes it; ``shard_payloads`` gives a client each shard's part.
+and the shard decodes it (ps/transport/client_base.py cuts each shard's part).
 
 Every client builds on ``ShardClientBase`` (ps/transport/client_base.py):
 ``RayTransport`` (ps/transport/object_store.py), ``GrpcEndpoints``
@@ -69,15 +69,6 @@ class EncodedRows:
     count: int
     dim: int
     codec: str
-
-
-def shard_payloads(grads, ranges) -> list[np.ndarray]:
-    """What each shard is sent of a gradient: its blob when compressed, else its float32 slice."""
-    if isinstance(grads, Encoded):
-        if len(grads.blobs) != len(ranges):
-            raise ValueError(f"{len(grads.blobs)} compressed blobs for {len(ranges)} shards")
-        return list(grads.blobs)
-    return [grads[r.lo:r.hi] for r in ranges]
 
 
 class Pending:
