@@ -32,7 +32,7 @@ _PUBLIC = {
     "run_job": "rayps.launcher.job.driver", "scale_job": "rayps.launcher.job.driver",
     "Embedding": "rayps.worker.loop.embedding", "EmbeddingBag": "rayps.worker.loop.embedding",
     "DataConfig": "rayps.worker.data.config", "load_transform": "rayps.launcher.job.dataprep",
-    "load_model": "rayps.launcher.export.saved", "export_run": "rayps.launcher.export.variants",
+    "load_model": "rayps.launcher.job.saved_model", "export_run": "rayps.launcher.export.variants",
     "ExportConfig": "rayps.launcher.export.config",
     **{name: "rayps.errors" for name in ("PSError", "ConfigError", "ShapeError", "JobError", "ClusterError",
                                          "StallError")},

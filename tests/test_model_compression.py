@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from rayps.errors import ConfigError
 from rayps.launcher.export.variants import export_run
 from rayps.launcher.export.config import DistillConfig, ExportConfig, FilterPruneConfig
-from rayps.launcher.export.saved import load_model, save_model
+from rayps.launcher.job.saved_model import load_model, save_model
 from rayps.settings import build
 from rayps.worker.compress.distill import Distiller, DistillLoss
 from rayps.worker.models import cnn, mlp

@@ -31,6 +31,7 @@ from rayps.ps.core.schedules import ScheduleConfig
 from rayps.ps.shard import ParameterShard
 from rayps.ps.transport.grpc_server import start_grpc_server
 from rayps.ps.transport.shm_server import start_shm_server
+from rayps.ps.transport.contract import Served, Transport, TransportSpec
 from rayps.ps.transport.shm_client import ShmEndpoints
 
 pytestmark = [pytest.mark.ray]
@@ -389,3 +390,50 @@ def test_a_clock_that_skips_ahead_is_refused_and_the_worker_carries_on(ray_sessi
             assert rejected == [{"out_of_order": 1}] * 2
     finally:
         cluster.close()
+
+
+def _declared(protocol) -> dict[str, list[str] | None]:
+    """A protocol's members: each method's parameter names (self left out), None for an attribute."""
+    import inspect
+
+    members = {name: None for name in getattr(protocol, "__annotations__", {})}
+    for name, value in vars(protocol).items():
+        if inspect.isfunction(value) and not name.startswith("_"):
+            members[name] = list(inspect.signature(value).parameters)[1:]
+    return members
+
+
+def _keeps(obj, protocol) -> list[str]:
+    """What ``obj`` lacks of ``protocol``, or takes under other parameter names."""
+    import inspect
+
+    def params(method) -> list[str]:  # Ray's tracing adds _ray_trace_ctx to a class ray.remote was given
+        return [p for p in inspect.signature(method).parameters if p != "_ray_trace_ctx"]
+
+    wrong = []
+    for name, declared in _declared(protocol).items():
+        if not hasattr(obj, name):
+            wrong.append(f"{name}: missing")
+        elif declared is not None and params(getattr(obj, name)) != declared:
+            wrong.append(f"{name}{tuple(params(getattr(obj, name)))}, declared {tuple(declared)}")
+    return wrong
+
+
+def test_every_transport_is_exactly_what_the_contract_declares(ray_session, transport):
+    """The worker calls only what ps/transport/contract.py declares; each transport has it, by those names."""
+    cluster = make(ray_session, transport, mode="asp")
+    try:
+        client = cluster.client(0)
+        assert isinstance(cluster.endpoints, TransportSpec) and isinstance(client, Transport)
+        assert _keeps(cluster.endpoints, TransportSpec) == [] and _keeps(client, Transport) == []
+        assert client.register(np.empty(SIZE, np.float32)) == 0 and client.base == 0  # register says the clock
+        client.finish()
+    finally:
+        cluster.close()
+
+
+def test_the_shard_is_what_every_server_calls_and_nothing_else():
+    """The servers reach the shard only through contract.Served; ParameterShard keeps all of it."""
+    shard = ParameterShard(0, np.zeros(2, np.float32), [0], OptimizerConfig(name="sgd", lr=0.5), ScheduleConfig(),
+                           ConsistencyConfig(mode="asp"))
+    assert isinstance(shard, Served) and _keeps(shard, Served) == []

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .saved import load_model, read_meta
+from ..job.saved_model import load_model, read_meta
 from ...worker.loop.losses import cross_entropy
 from ...worker.loop.scoring import score
 

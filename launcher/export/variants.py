@@ -41,7 +41,7 @@ import numpy as np
 from ...errors import ConfigError
 from ..job.config import CheckpointConfig, JobConfig
 from .config import ExportConfig
-from .saved import load_model, read_meta, save_model
+from ..job.saved_model import load_model, read_meta, save_model
 from ...settings import build
 from ...worker.data.sources import DataConfig, resolve_data
 from ...worker.compress.distill import DistillLoss

@@ -1,13 +1,15 @@
 """One job's life, from config to run directory.
 
-- ``Job`` (api.py): the Python API; ``JobConfig`` (config.py), with the
-  failure settings in faults.py.
-- ``run_job`` (driver.py): prepare, start, train, summarize.
-- ``Controller`` (controller.py): the watch loop through failures, asking
-  the small policies in policies.py; ``Checkpointer`` (checkpointing.py).
+- ``Job`` (api.py): the Python API; ``JobConfig`` (config.py), with the failure settings in
+  faults.py.
+- ``run_job`` (driver.py): prepare, start, train, summarize; summary.py says what summary.json
+  holds; transports.py starts the shards' servers and serves them again after a restart.
+- ``Controller`` (controller.py): the watch loop through failures, asking the small policies in
+  policies.py; ``Checkpointer`` (checkpointing.py).
 - placement.py: where actors go; local.py: connecting to Ray.
-- monitor.py, progress.py: history rows and the progress line; report.py,
-  rundir.py: plots and the run directory; wire_summary.py: compression figures.
-- resume.py: ``--resume``; dataprep.py: chunked data prepared on Ray;
-  throttle.py: a slow link emulated on loopback.
+- monitor.py, progress.py: history rows and the progress line; report.py, rundir.py: plots and
+  the run directory; saved_model.py: the trained model's files and ``rayps.load_model``;
+  wire_summary.py: compression figures.
+- resume.py: ``--resume``; dataprep.py: chunked data prepared on Ray; throttle.py: a slow link
+  emulated on loopback.
 """

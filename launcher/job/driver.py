@@ -50,7 +50,7 @@ from ...worker.loop.scoring import evaluate, score
 from ...worker.loop.trainer import Worker, WorkerPlan
 from ...worker.queue.coordinator import WorkCoordinator
 from ...worker.queue.workqueue import WorkQueue, default_chunk_batches, plan_batches
-from ..export.saved import save_run_model
+from .saved_model import save_run_model
 from .checkpointing import Checkpointer
 from .config import JobConfig
 from .controller import Controller

@@ -1,7 +1,9 @@
-"""How a worker reaches the shards: one contract, three transports, client beside server.
+"""How a worker reaches the shards: one contract, three transports, each client beside its server.
 
-- ``Transport``, ``TransportSpec``, ``Pending`` (contract.py): what every
-  transport promises the worker; a contract suite checks each one.
+- ``Transport``, ``TransportSpec``, ``Served``, ``Pending`` (contract.py): what every transport
+  promises the worker, and what every server calls on the shard; a contract suite checks each.
+- ``ShardClientBase`` (client_base.py): what the clients share (a step as one Step per shard).
+- ``refusal`` (statuses.py): one table from the shard's errors to the status a server answers.
 - ``RayTransport``, ``ShardClient`` (object_store.py): Ray actor calls.
 - ``GrpcEndpoints``, ``GrpcShardClient`` (grpc_client.py) and ``ShardServicer``
   (grpc_server.py): protos/ps.proto over one Step stream per shard;

@@ -38,6 +38,9 @@ blob per shard, protos/compression.py) and a sparse push's rows an
 ``EncodedRows``. A transport carries the blob as it would the float32 slice,
 and the shard decodes it (ps/transport/client_base.py cuts each shard's part).
 
+The server side: every server calls the shard through ``Served``, the
+shard's entry points (a ``Step`` in, an ``Answer`` out), never its class.
+
 Every client builds on ``ShardClientBase`` (ps/transport/client_base.py):
 ``RayTransport`` (ps/transport/object_store.py), ``GrpcEndpoints``
 (ps/transport/grpc_client.py), ``ShmEndpoints`` (ps/transport/shm_client.py).
@@ -50,7 +53,9 @@ from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
+from ...protos.compression import Codec
 from ..core.partition import ShardRange
+from ..core.step import Answer, Pulled, Step
 
 
 @dataclass(frozen=True)
@@ -121,3 +126,48 @@ class TransportSpec(Protocol):
     ranges: tuple[ShardRange, ...]
 
     def connect(self, worker_id: int, incarnation: int = 0) -> Transport: ...
+
+
+@runtime_checkable
+class Served(Protocol):
+    """What a transport's server calls on the shard it serves (ps/shard.py ParameterShard keeps it): the
+    step's entry points, the worker's comings and goings, sparse rows, the counters, and the sizes a
+    receiver needs. The servers know this protocol, never the shard's class."""
+
+    shard_id: int
+    size: int
+    version: int
+    buffer_size: int
+    codec: Codec
+    pull_codec: Codec
+
+    async def step(self, step: Step, take: Callable | None = None) -> Answer: ...
+
+    async def push(self, step: Step) -> str: ...
+
+    async def pull_for(self, worker_id: int, clock: int, take: Callable | None = None) -> Pulled: ...
+
+    def enter(self, worker_id: int, incarnation: int = 0) -> tuple[int, int]: ...
+
+    async def register(self, worker_id: int, incarnation: int = 0, take: Callable | None = None,
+                       ) -> tuple[int, int, Pulled]: ...
+
+    async def finish(self, worker_id: int, incarnation: int | None = None) -> None: ...
+
+    def advance(self, worker_id: int, clock: int) -> None: ...
+
+    def check_worker(self, worker_id: int) -> None: ...
+
+    async def sparse_pull(self, worker_id: int, table: str, ids: np.ndarray, clock: int = 0,
+                          incarnation: int = 0) -> tuple[np.ndarray, int]: ...
+
+    async def sparse_push(self, worker_id: int, table: str, clock: int, ids: np.ndarray, grads: np.ndarray,
+                          num_samples: int = 1, incarnation: int = 0) -> str: ...
+
+    async def stats(self) -> dict: ...
+
+    def count_rejection(self, reason: str) -> None: ...
+
+    def grad_wire_nbytes(self) -> int: ...
+
+    def row_wire_nbytes(self, count: int, dim: int) -> int: ...

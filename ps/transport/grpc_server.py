@@ -25,8 +25,6 @@ import numpy as np
 import msgpack
 from google.protobuf.message import DecodeError
 
-from typing import TYPE_CHECKING
-
 from ...errors import PSError, TransportError
 from ...protos import ps_pb2
 from ...protos.codec import (BLOB_DTYPE, BUFFER_DTYPE, CHUNK_BYTES, Assembler, WireError, decode_ids, decode_rows,
@@ -35,10 +33,8 @@ from ...protos.names import BUFFERS, PROTOCOL, SERVER_OPTIONS, SERVICE, TENSOR
 from ..core.step import OUTCOMES as STEP_OUTCOMES, Step
 from .allocator import keep_freed_memory
 from .grpc_security import TLSConfig, TokenAuth
+from .contract import Served
 from .statuses import refusal
-
-if TYPE_CHECKING:
-    from ..shard import ParameterShard
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +65,7 @@ def _serialize_chunk(chunk) -> bytes:
 
 
 class ShardServicer:
-    def __init__(self, shard: ParameterShard, auth: TokenAuth, chunk_bytes: int = CHUNK_BYTES):
+    def __init__(self, shard: Served, auth: TokenAuth, chunk_bytes: int = CHUNK_BYTES):
         self.shard = shard
         self.auth = auth
         self.chunk_bytes = chunk_bytes
@@ -318,7 +314,7 @@ class GrpcShardServer:
         await self.server.stop(grace_s)
 
 
-async def start_grpc_server(shard: ParameterShard, token: str, host: str = "127.0.0.1", port: int = 0,
+async def start_grpc_server(shard: Served, token: str, host: str = "127.0.0.1", port: int = 0,
                             tls: TLSConfig | None = None, chunk_bytes: int = CHUNK_BYTES) -> GrpcShardServer:
     """Serve ``shard`` on ``host:port`` (0: any free port) on the running event loop."""
     keep_freed_memory()  # every chunk is a fresh buffer: reuse freed ones (ps/transport/allocator.py)

@@ -26,17 +26,13 @@ import tempfile
 
 import numpy as np
 
-from typing import TYPE_CHECKING
-
 from ...errors import PSError, ShapeError, UnknownWorkerError
 from ...protos.shm_wire import (BUFFERS_FOLLOW, COMPRESSED, FINISH, HELLO, LAYOUT, MAX_SPARSE_BYTES, MESSAGE, OK,
                                 PUSH_PULL, REGISTER, REPLY, REQUEST, SPARSE, SPARSE_PULL, SPARSE_PUSH, SPARSE_ROWS,
                                 STATUSES, SlotLayout, segment_name)
 from ..core.step import OUTCOMES, Step
+from .contract import Served
 from .statuses import refusal
-
-if TYPE_CHECKING:
-    from ..shard import ParameterShard
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +53,7 @@ class ShmShardServer:
     workers reconnect to the same place); default a fresh one under /dev/shm.
     """
 
-    def __init__(self, shard: ParameterShard, token: str, root: str | None = None, directory: str | None = None):
+    def __init__(self, shard: Served, token: str, root: str | None = None, directory: str | None = None):
         self.shard = shard
         self._token = token.encode()
         self.layout = SlotLayout(shard.size, shard.buffer_size)
@@ -223,7 +219,7 @@ class ShmShardServer:
         return _reply(OK, version, OUTCOMES.index(outcome), clock=position[0], seq=position[1])
 
 
-async def start_shm_server(shard: ParameterShard, token: str, root: str | None = None,
+async def start_shm_server(shard: Served, token: str, root: str | None = None,
                            directory: str | None = None) -> ShmShardServer:
     server = ShmShardServer(shard, token, root, directory)
     await server.start()

@@ -1,6 +1,7 @@
-"""An exported model on disk, and ``rayps.load_model`` to read it back in any process.
+"""A trained model on disk, and ``rayps.load_model`` to read it back in any process.
 
-One directory per variant:
+What a job writes into its run directory (``save_run_model``) and what every
+variant ``psctl export`` makes (launcher/export/) is one directory each:
 
 - ``model.safetensors``: the weights (float variants), or ``model.pt``: the
   int8 state dict (torch's quantized modules pack their weights in objects
@@ -97,6 +98,6 @@ def save_run_model(run_dir: Path, model: nn.Module, config) -> None:
         json.dumps(args)
         rebuildable = True
     except TypeError:  # arguments that are objects (a class, an array): no file can name them again
-        from ..job.config import _plain
+        from .config import _plain
         args, rebuildable = _plain(args), False
     save_model(run_dir, model, ModelSpec((import_path(config.model) or "") if rebuildable else "", args), [])
