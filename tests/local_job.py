@@ -157,6 +157,10 @@ class LocalJob:
     def actor(self, worker: int, incarnation: int = 0):
         return self.workers[(worker, incarnation)]
 
+    def counts(self):
+        """What the controller has counted so far: replaced, rollbacks, steps_lost, ..."""
+        return self.controller.counts
+
     def since_checkpoint(self, worker: int) -> int:
         """How many clocks the worker is past the newest checkpoint's cut."""
         newest = self.checkpointer.store.read(self.checkpointer.last_step, only=["job"])["job"]

@@ -169,3 +169,27 @@ def test_workers_added_and_removed_while_the_job_runs_keep_exact_epoch_coverage(
     assert s["workers_added"] == 1 and s["workers_removed"] == 2
     assert s["steps"]["2"] > 0
     assert_every_example_once_per_epoch(job, s)
+
+
+# ---- sparse tables -------------------------------------------------------------------------------
+
+def test_every_row_gradient_is_applied_exactly_once_through_a_killed_worker_and_a_crashed_shard(runtime, tmp_path):
+    from tests.test_sparse_jobs import SparseCounter
+
+    x = np.arange(600, dtype=np.int64).reshape(-1, 1)
+    job = LocalJob(tmp_path, runtime, **counting(
+        model=SparseCounter, model_args={},
+        data={"train": (x[:500], np.zeros(500, np.float32)), "test": (x[500:], np.zeros(100, np.float32))},
+        sparse={"optimizer": {"name": "sgd", "lr": 1.0}, "init": "zeros"}, servers=2,
+        consistency={"mode": "asp"}, checkpoint={"every_s": None, "every_steps": 20},
+        debug={"slow_workers": {0: 0.003, 1: 0.003}}))
+    job.when(lambda: job.clock(0) >= 15, lambda: runtime.kill(job.actor(0)))
+    job.when(lambda: job.counts()["replaced"] and job.checkpointer.written >= 3 and job.since_checkpoint(1) >= 8,
+             lambda: runtime.kill(job.shards[1], no_restart=False))
+    s = job.run()
+    assert s["restarts"] == {"worker-0": 1, "ps-shard-1": 1} and s["rollbacks"] == 1 and s["steps_replayed"] > 0
+    ids, rows = (np.concatenate(part) for part in zip(*runtime.get([shard.sparse_export.remote("count")
+                                                                     for shard in job.shards])))
+    assert sorted(ids.tolist()) == list(range(500))  # only trained rows exist: the held-out ones never were
+    assert (rows[:, 0] == job.config.epochs).all(), np.unique(rows[:, 0], return_counts=True)
+    assert s["applied_twice"] == 0
