@@ -18,7 +18,8 @@ Ray does:
   with ``ActorDiedError``, and the threads of its life are dead: any call
   one makes through the runtime (a killed worker still in its loop) raises
   ``Killed``, a BaseException that no retry can swallow, and the thread ends
-  there as the process would have. ``kill(actor, no_restart=False)`` is a
+  there as the process would have; ``die_here()`` is an actor killing its
+  own process at a chosen point. ``kill(actor, no_restart=False)`` is a
   crash Ray restarts (up to ``max_restarts``): for ``restart_s`` calls fail
   with ``ActorUnavailableError``, then a new object is built from the same
   arguments (a ServedShard restores the newest checkpoint by itself) and
@@ -340,6 +341,15 @@ class LocalRuntime:
             else:
                 a.died = ActorDiedError(f"The actor is dead because it was killed: {a.name} (pid {life.pid})")
                 life.end(ActorDiedError(str(a.died)))
+
+    def die_here(self) -> None:
+        """The calling actor's process dies now, as by a SIGKILL of itself: its life ends, and this thread
+        with Killed."""
+        life = getattr(_here, "life", None)
+        if life is None:
+            raise ValueError("die_here() is for an actor's own threads; this one is the test's")
+        self.kill(life.actor.handle)
+        _check_caller()
 
     def _restart(self, actor: _Actor) -> None:
         """The crashed actor's next life, from the same arguments; it answers once its constructor ran."""

@@ -13,11 +13,13 @@ shared memory, a driver killed mid-run).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 from rayps.errors import JobError, StallError
+from rayps.ps.transport.object_store import RayTransport
 from tests.local_job import LocalJob, counting
 from tests.local_runtime import LocalRuntime
 
@@ -173,23 +175,63 @@ def test_workers_added_and_removed_while_the_job_runs_keep_exact_epoch_coverage(
 
 # ---- sparse tables -------------------------------------------------------------------------------
 
-def test_every_row_gradient_is_applied_exactly_once_through_a_killed_worker_and_a_crashed_shard(runtime, tmp_path):
+def sparse_counting(**config) -> dict:
+    """Row i of table ``count`` goes up by exactly 1 each time example i's row gradient is applied."""
     from tests.test_sparse_jobs import SparseCounter
 
     x = np.arange(600, dtype=np.int64).reshape(-1, 1)
-    job = LocalJob(tmp_path, runtime, **counting(
-        model=SparseCounter, model_args={},
-        data={"train": (x[:500], np.zeros(500, np.float32)), "test": (x[500:], np.zeros(100, np.float32))},
-        sparse={"optimizer": {"name": "sgd", "lr": 1.0}, "init": "zeros"}, servers=2,
-        consistency={"mode": "asp"}, checkpoint={"every_s": None, "every_steps": 20},
-        debug={"slow_workers": {0: 0.003, 1: 0.003}}))
-    job.when(lambda: job.clock(0) >= 15, lambda: runtime.kill(job.actor(0)))
-    job.when(lambda: job.counts()["replaced"] and job.checkpointer.written >= 3 and job.since_checkpoint(1) >= 8,
-             lambda: runtime.kill(job.shards[1], no_restart=False))
-    s = job.run()
-    assert s["restarts"] == {"worker-0": 1, "ps-shard-1": 1} and s["rollbacks"] == 1 and s["steps_replayed"] > 0
+    return counting(model=SparseCounter, model_args={}, servers=2, consistency={"mode": "asp"},
+                    data={"train": (x[:500], np.zeros(500, np.float32)), "test": (x[500:], np.zeros(100, np.float32))},
+                    sparse={"optimizer": {"name": "sgd", "lr": 1.0}, "init": "zeros"}, **config)
+
+
+def row_counts(runtime, job: LocalJob) -> tuple[np.ndarray, np.ndarray]:
     ids, rows = (np.concatenate(part) for part in zip(*runtime.get([shard.sparse_export.remote("count")
                                                                      for shard in job.shards])))
+    return ids, rows[:, 0]
+
+
+def test_every_row_gradient_is_applied_exactly_once_through_a_crashed_shards_rollback(runtime, tmp_path):
+    job = LocalJob(tmp_path, runtime, **sparse_counting(checkpoint={"every_s": None, "every_steps": 20},
+                                                        debug={"slow_workers": {0: 0.003, 1: 0.003}}))
+    job.when(lambda: job.checkpointer.written >= 3 and job.since_checkpoint(1) >= 8,
+             lambda: runtime.kill(job.shards[1], no_restart=False))
+    s = job.run()
+    assert s["restarts"] == {"ps-shard-1": 1} and s["rollbacks"] == 1 and s["steps_replayed"] > 0
+    ids, counts = row_counts(runtime, job)
     assert sorted(ids.tolist()) == list(range(500))  # only trained rows exist: the held-out ones never were
-    assert (rows[:, 0] == job.config.epochs).all(), np.unique(rows[:, 0], return_counts=True)
+    assert (counts == job.config.epochs).all(), np.unique(counts, return_counts=True)
     assert s["applied_twice"] == 0
+
+
+@dataclass(frozen=True)
+class DiesBetweenPushes(RayTransport):
+    """The object store, where worker-0's first life dies after sending step ``at``'s rows and before its
+    dense push (a SIGKILL between two sends; the chaos knob only kills at a step's start)."""
+
+    at: int = 0
+
+    def connect(self, worker_id: int, incarnation: int = 0):
+        client = super().connect(worker_id, incarnation)
+        if (worker_id, incarnation) == (0, 0):
+            push_pull_async = client.push_pull_async
+
+            def dies_first(clock, *args, **kwargs):
+                if clock == self.at:
+                    self.runtime.die_here()
+                return push_pull_async(clock, *args, **kwargs)
+            client.push_pull_async = dies_first
+        return client
+
+
+@pytest.mark.xfail(strict=True, reason="the queue counts a dead worker's batches by the dense ledger alone: "
+                                       "a step whose rows were applied and whose dense push never left is "
+                                       "handed out again, and its rows applied twice")
+def test_a_worker_that_dies_between_its_row_push_and_its_dense_push_has_that_batch_applied_once(runtime, tmp_path):
+    job = LocalJob(tmp_path, runtime, **sparse_counting(checkpoint={"enabled": False}))
+    job.transport = DiesBetweenPushes(job.transport.shards, job.transport.ranges, job.transport.buffer_ranges,
+                                      runtime=runtime, at=16)
+    s = job.run()
+    assert s["restarts"] == {"worker-0": 1}
+    _, counts = row_counts(runtime, job)
+    assert (counts == job.config.epochs).all(), np.unique(counts, return_counts=True)
