@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from rayps.errors import JobError, StallError
+from rayps.ps.core.step import Step
 from rayps.ps.transport.object_store import RayTransport
 from tests.local_job import LocalJob, counting
 from tests.local_runtime import LocalRuntime
@@ -126,6 +127,17 @@ def test_a_dead_shard_without_checkpoints_fails_the_job_naming_it(runtime, tmp_p
     job.when(lambda: job.clock(0) >= 20, lambda: runtime.kill(job.shards[0], no_restart=False))
     with pytest.raises(JobError, match=r"^ps-shard-0 died and checkpoints are off, so it has nothing to restore"):
         job.run()
+
+
+def test_a_shard_that_dies_during_a_checkpoints_cut_abandons_that_checkpoint_and_thaws_the_others(runtime, tmp_path):
+    job = LocalJob(tmp_path, runtime, **counting(servers=2))
+    checkpointer, (alive, dead) = job.checkpointer, job.shards
+    written = checkpointer.written
+    runtime.kill(dead, no_restart=False)  # it restarts later; this cut cannot have it
+    assert checkpointer.take(job.shards, job.coordinator) is None
+    assert checkpointer.abandoned == 1 and checkpointer.written == written
+    # the live shard is not left frozen: a push goes straight through its gate
+    assert runtime.get(alive.push.remote(Step(0, 1, np.zeros(300, np.float32), 0, 1, 0.0)), timeout=2.0) == "applied"
 
 
 # ---- stalls ---------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ shard stands at the same clocks, so their states (parameters, optimizer,
 buffers, clocks, push ledger, a bsp round part gathered) and the work queue's
 leases are one consistent picture. The pushes wait only for the copies;
 writing happens after the shards thaw. A worker that dies mid-cut leaves a
-push some shards never get; that cut is abandoned and the next one is tried.
+push some shards never get, and a shard that dies mid-cut leaves no whole
+picture; either way that cut is abandoned and the next one is tried.
 
 On disk a checkpoint holds ``shard-N`` parts, ``queue`` (the leases, settled
 on restore against the shards' ledgers at the cut) and ``job`` (the config,
@@ -71,8 +72,14 @@ class Checkpointer:
                 return None
             states = self._get([s.state_dict.remote() for s in shards])
             queue = self._get(coordinator.state_dict.remote())
+        except (self.runtime.ActorError, self.runtime.GetTimeoutError) as e:
+            # A shard died (or stopped answering) mid-cut: there is no consistent picture to write. The
+            # controller deals with the shard; the job must not end here.
+            self.abandoned += 1
+            log.warning("checkpoint abandoned: a shard failed during the cut: %s", e)
+            return None
         finally:
-            self._get([s.thaw.remote() for s in shards])
+            self._thaw(shards)
             self.pause_s = max(self.pause_s, time.monotonic() - began)
         index = self.next_index()
         parts = {part_name(i): state for i, state in enumerate(states)}
@@ -94,6 +101,14 @@ class Checkpointer:
 
     def _get(self, refs):
         return self.runtime.get(refs, timeout=CALL_S)
+
+    def _thaw(self, shards: list) -> None:
+        """Let every live shard's held pushes go on; a dead one has nothing held any more."""
+        for ref in [s.thaw.remote() for s in shards]:
+            try:
+                self.runtime.get(ref, timeout=CALL_S)
+            except (self.runtime.ActorError, self.runtime.GetTimeoutError):
+                pass
 
     def history(self, index: int) -> list[dict]:
         return list(self.store.read(index, only=["job"])["job"].get("history", []))
