@@ -109,12 +109,13 @@ class LocalJob:
         self.monitor = Monitor(plan.steps_per_worker, c.consistency.mode)
         self.said: list[str] = []
         self.workers: dict[tuple[int, int], object] = {}  # (worker, incarnation) -> its actor
+        # serve_again does nothing: the object store reaches a restarted shard through the same handle
         self.controller = Controller(
             self.shards, self.coordinator, self._start_worker, {w: 0 for w in range(c.workers)}, self.monitor,
             RestartBudget(c.fault.max_restarts, can_restore=c.checkpoint.enabled),
             StallWatch(c.fault.stall_s, c.fault.on_stall), self.checkpointer, lambda i: None,
-            [("hang", f) for f in c.chaos.faults("hang") if f.kind == "ps-shard"], say=self.said.append, waits=c.consistency.rules.waits, runtime=runtime, tick_s=tick_s, call_s=call_s,
-            startup_s=startup_s)
+            [("hang", f) for f in c.chaos.faults("hang") if f.kind == "ps-shard"], say=self.said.append,
+            waits=c.consistency.rules.waits, runtime=runtime, tick_s=tick_s, call_s=call_s, startup_s=startup_s)
         self._watchers: list[threading.Thread] = []
         self._errors: list[BaseException] = []
         self._done = threading.Event()
