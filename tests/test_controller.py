@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+import torch
 
 from rayps.errors import JobError, StallError
 from rayps.ps.core.step import Step
@@ -31,9 +32,11 @@ DIGITS = 1437  # digits' training split
 
 @pytest.fixture
 def runtime():
+    threads = torch.get_num_threads()
     runtime = LocalRuntime()
     yield runtime
     runtime.shutdown()
+    torch.set_num_threads(threads)  # a worker sets it for its whole process, here the test's own
 
 
 def assert_every_example_once_per_epoch(job: LocalJob, s: dict, examples: int = 500) -> None:
