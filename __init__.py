@@ -12,8 +12,9 @@ protos/codec.py). Its layers, each importing only those below it:
 - ``rayps.ps`` (ps/): the parameter shard and its client: consistency,
   optimizers, sparse tables, transports, gradient compression.
 - ``rayps.protos`` (protos/): the wire protocol and the byte layouts.
-- errors.py: the error tree; settings.py: strict frozen-dataclass configs.
-  The two leaves every layer shares.
+- errors.py: the error tree; settings.py: strict frozen-dataclass configs;
+  runtime.py: how code waits on and kills actors (Ray's, or an in-process
+  stand-in in tests). The leaves every layer shares.
 
 Example::
 

@@ -21,6 +21,7 @@ import signal
 
 from ..protos.codec import CHUNK_BYTES
 from .core.checkpoint import CheckpointStore
+from .core.placement_info import this_pid
 from .core.step import Step
 from .shard import ParameterShard
 from .transport.grpc_security import TLSConfig
@@ -67,7 +68,7 @@ class ServedShard(ParameterShard):
 
     def life(self) -> dict:
         """Which life of the shard this is: a restart changes the pid."""
-        return {"pid": os.getpid(), "restored": self.restored_step}
+        return {"pid": this_pid(), "restored": self.restored_step}
 
     def die(self) -> None:
         """Chaos: SIGKILL this shard's own process (no cleanup runs; Ray may restart it)."""

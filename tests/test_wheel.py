@@ -22,8 +22,8 @@ import pytest
 from tests.test_readme import readme_example
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("pyproject.toml", "README.md", "__init__.py", "__main__.py", "errors.py", "settings.py", "ps", "worker",
-           "protos", "launcher")
+SOURCES = ("pyproject.toml", "README.md", "__init__.py", "__main__.py", "errors.py", "settings.py", "runtime.py",
+           "ps", "worker", "protos", "launcher")
 
 pytestmark = [pytest.mark.slow]
 

@@ -7,11 +7,15 @@ shard stands at the same clocks, so their states (parameters, optimizer,
 buffers, clocks, push ledger, a bsp round part gathered) and the work queue's
 leases are one consistent picture. The pushes wait only for the copies;
 writing happens after the shards thaw. A worker that dies mid-cut leaves a
-push some shards never get; that cut is abandoned and the next one is tried.
+push some shards never get, and a shard that dies mid-cut leaves no whole
+picture; either way that cut is abandoned and the next one is tried.
 
 On disk a checkpoint holds ``shard-N`` parts, ``queue`` (the leases, settled
 on restore against the shards' ledgers at the cut) and ``job`` (the config,
 the cut's clocks, the versions, the history so far): see ps/core/checkpoint.py.
+
+Its calls to the shards and the work queue are waited on through a runtime
+(runtime.py): Ray's in a job, an in-process one in tests.
 """
 
 from __future__ import annotations
@@ -19,8 +23,7 @@ from __future__ import annotations
 import logging
 import time
 
-import ray
-
+from ...runtime import RAY, Runtime
 from .policies import CheckpointSchedule
 from ...ps.core.checkpoint import CheckpointStore
 from ...ps.served import part_name
@@ -33,8 +36,9 @@ CUT_S = 2.0  # how long a cut waits for the pushes it needs before it is abandon
 
 class Checkpointer:
     def __init__(self, root: str, keep: int, schedule: CheckpointSchedule, config: dict,
-                 extra: dict | None = None):
+                 extra: dict | None = None, runtime: Runtime = RAY):
         """``extra``: parts every checkpoint carries as they are (the job's fitted data state)."""
+        self.runtime = runtime
         self.root = str(root)
         self.extra = dict(extra or {})
         self.store = CheckpointStore(root, keep)
@@ -57,19 +61,25 @@ class Checkpointer:
         step = max([r.get("step", 0) for r in history] or [0])
         self.schedule.taken(began if now is None else now, step)
         try:
-            seen = ray.get([s.freeze.remote() for s in shards], timeout=CALL_S)
+            seen = self._get([s.freeze.remote() for s in shards])
             cut: dict[int, int] = {}
             for clocks in seen:
                 for worker, clock in clocks.items():
                     cut[int(worker)] = max(cut.get(int(worker), 0), clock)
-            if not all(ray.get([s.cut.remote(cut, CUT_S) for s in shards], timeout=CALL_S)):
+            if not all(self._get([s.cut.remote(cut, CUT_S) for s in shards])):
                 self.abandoned += 1
                 log.warning("checkpoint abandoned: a push of the cut %s never reached every shard", cut)
                 return None
-            states = ray.get([s.state_dict.remote() for s in shards], timeout=CALL_S)
-            queue = ray.get(coordinator.state_dict.remote(), timeout=CALL_S)
+            states = self._get([s.state_dict.remote() for s in shards])
+            queue = self._get(coordinator.state_dict.remote())
+        except (self.runtime.ActorError, self.runtime.GetTimeoutError) as e:
+            # A shard died (or stopped answering) mid-cut: there is no consistent picture to write. The
+            # controller deals with the shard; the job must not end here.
+            self.abandoned += 1
+            log.warning("checkpoint abandoned: a shard failed during the cut: %s", e)
+            return None
         finally:
-            ray.get([s.thaw.remote() for s in shards], timeout=CALL_S)
+            self._thaw(shards)
             self.pause_s = max(self.pause_s, time.monotonic() - began)
         index = self.next_index()
         parts = {part_name(i): state for i, state in enumerate(states)}
@@ -86,8 +96,19 @@ class Checkpointer:
         """Put the work queue back to checkpoint ``index``, settled against the restored shards'
         ledgers; the batches that must be trained again (replayed)."""
         queue = self.store.read(index, only=["queue"])["queue"]
-        applied = merged_ledgers(ray.get([s.ledger.remote() for s in shards], timeout=CALL_S))
-        return ray.get(coordinator.load_state_dict.remote(queue, applied), timeout=CALL_S)
+        applied = merged_ledgers(self._get([s.ledger.remote() for s in shards]))
+        return self._get(coordinator.load_state_dict.remote(queue, applied))
+
+    def _get(self, refs):
+        return self.runtime.get(refs, timeout=CALL_S)
+
+    def _thaw(self, shards: list) -> None:
+        """Let every live shard's held pushes go on; a dead one has nothing held any more."""
+        for ref in [s.thaw.remote() for s in shards]:
+            try:
+                self.runtime.get(ref, timeout=CALL_S)
+            except (self.runtime.ActorError, self.runtime.GetTimeoutError):
+                pass
 
     def history(self, index: int) -> list[dict]:
         return list(self.store.read(index, only=["job"])["job"].get("history", []))

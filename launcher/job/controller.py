@@ -15,6 +15,12 @@ small injected policies (launcher/job/policies.py):
   the recovery, on which every worker registers again and carries on;
 - a worker stalled: the report names it, its step, its stack and its node;
   the stall policy may also replace it or fail the job.
+
+Every wait on an actor, and every kill, goes through the runtime it is given
+(runtime.py): Ray's in a job; in tests an in-process one, so the accounting
+above runs against the real shards, queue and workers without a cluster.
+The tick, the call timeout and the startup grace are arguments for the same
+reason: a test shortens them rather than sleeping.
 """
 
 from __future__ import annotations
@@ -25,19 +31,18 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
-
 from ...errors import JobError, StallError
+from ...runtime import RAY, Runtime
 from .checkpointing import Checkpointer, merged_ledgers
 from .monitor import Monitor, name_failure
 from .policies import RestartBudget, StallWatch
 
 log = logging.getLogger(__name__)
 
-TICK_S = 0.5
+TICK_S = 0.5  # how long the loop waits for a worker to finish before it looks at the shards again
 CALL_S = 10.0  # how long a control call to a live actor may take
 STARTUP_S = 60.0  # how long a new worker may take to push its first gradient before it counts as stalled
+PLACE_S = 60.0  # how long every actor may take to come up at the job's start
 
 
 @dataclass
@@ -54,7 +59,11 @@ class Controller:
     def __init__(self, shards: list, coordinator, start_worker: Callable[[int, int], object], initial: dict[int, int],
                  monitor: Monitor, budget: RestartBudget, stalls: StallWatch,
                  checkpointer: Checkpointer | None, serve_again: Callable[[int], None],
-                 shard_faults: list = (), say: Callable[[str], None] = print, waits: bool = True):
+                 shard_faults: list = (), say: Callable[[str], None] = print, waits: bool = True,
+                 runtime: Runtime = RAY, tick_s: float = TICK_S, call_s: float = CALL_S,
+                 startup_s: float = STARTUP_S):
+        self.runtime = runtime
+        self.tick_s, self.call_s, self.startup_s = tick_s, call_s, startup_s
         self.shards = shards
         self.coordinator = coordinator
         self.start_worker = start_worker
@@ -68,7 +77,7 @@ class Controller:
         self.say = say
         self.slots: dict[int, WorkerSlot] = {}
         self.reports: dict[int, list[dict]] = {}
-        self.lives = [ray.get(s.life.remote(), timeout=CALL_S) for s in shards]
+        self.lives = [self._get(s.life.remote()) for s in shards]
         self.versions = [0] * len(shards)
         self.last_ledger: dict[int, tuple[int, int]] = {}  # worker -> (incarnation, last seq), as last seen
         self.counts: Counter = Counter()  # steps_lost, steps_replayed, rollbacks, replaced, added, removed
@@ -124,39 +133,46 @@ class Controller:
         named = [(f"ps-shard-{i}", s) for i, s in enumerate(self.shards)]
         named += [(f"worker-{w}", slot.actor) for w, slot in sorted(self.slots.items())]
         try:
-            where = ray.get([actor.where.remote() for _, actor in named], timeout=60)
-        except RayActorError as e:  # an actor died starting up: name it
-            raise name_failure(self.shards, [s.actor for s in self.slots.values()], "the job's start", e) from e
+            where = self._get([actor.where.remote() for _, actor in named], PLACE_S)
+        except self.runtime.ActorError as e:  # an actor died starting up: name it
+            raise self._name_failure("the job's start", e) from e
         return {name: w for (name, _), w in zip(named, where)}
 
     def _launch(self, worker_id: int, incarnation: int, start_clock: int = 0, run: bool = True) -> None:
-        generation, _ = ray.get(self.coordinator.status.remote(), timeout=CALL_S)
+        generation, _ = self._get(self.coordinator.status.remote())
         actor = self.start_worker(worker_id, incarnation)
         self.slots[worker_id] = WorkerSlot(actor, incarnation, actor.run.remote(generation) if run else None,
                                            start_clock, generation)
 
     def _collect(self) -> None:
         running = {slot.ref: w for w, slot in self.slots.items() if slot.ref is not None}
-        done, _ = ray.wait(list(running), num_returns=len(running), timeout=TICK_S)
+        done, _ = self.runtime.wait(list(running), num_returns=len(running), timeout=self.tick_s)
         for ref in done:
             worker = running[ref]
             slot = self.slots[worker]
             slot.ref = None
             try:
-                self.reports.setdefault(worker, []).append(ray.get(ref))
-            except RayActorError as e:  # its process is gone: a failure the policy may recover from
+                self.reports.setdefault(worker, []).append(self.runtime.get(ref))
+            except self.runtime.ActorError as e:  # its process is gone: a failure the policy may recover from
                 self._worker_died(worker, slot, e)
             except Exception as e:  # its own error (bad data, a bug): it would only fail again
-                raise name_failure(self.shards, [s.actor for s in self.slots.values()], f"worker-{worker}", e) from e
+                raise self._name_failure(f"worker-{worker}", e) from e
 
     def _stats(self) -> dict | None:
         try:
-            stats = ray.get([s.stats.remote() for s in self.shards], timeout=CALL_S)
-        except (RayActorError, GetTimeoutError):
+            stats = self._get([s.stats.remote() for s in self.shards])
+        except (self.runtime.ActorError, self.runtime.GetTimeoutError):
             return None  # a shard is restarting or gone: _check_shards deals with it next tick
         self.versions = [s["version"] for s in stats]
         self.last_ledger = merged_ledgers([s["ledger"] for s in stats])
         return stats[0]
+
+    def _get(self, refs, timeout: float | None = None):
+        """A control call's answer: a live actor answers within ``call_s``."""
+        return self.runtime.get(refs, timeout=self.call_s if timeout is None else timeout)
+
+    def _name_failure(self, name: str, error: Exception) -> JobError:
+        return name_failure(self.shards, [s.actor for s in self.slots.values()], name, error, self.runtime)
 
     # ---- workers ----------------------------------------------------------------------
 
@@ -167,9 +183,9 @@ class Controller:
         decision = self.budget.on_failure(name, cause)
         self.coordinator.record.remote("restart", name)
         # It leaves every clock table at once, so nobody waits for it, whatever comes next.
-        ray.get([s.finish.remote(worker, slot.incarnation) for s in self.shards], timeout=CALL_S)
+        self._get([s.finish.remote(worker, slot.incarnation) for s in self.shards])
         applied = self._applied(worker, slot.incarnation)
-        back = ray.get(self.coordinator.release.remote(worker, {slot.incarnation: applied}), timeout=CALL_S)
+        back = self._get(self.coordinator.release.remote(worker, {slot.incarnation: applied}))
         log.warning("%s: %d of its batches went back to the queue (its pushes up to seq %d were applied)",
                     name, back, applied)
         # what it did before it died still counts as its steps
@@ -183,7 +199,7 @@ class Controller:
 
     def _applied(self, worker: int, incarnation: int) -> int:
         """The last seq of this incarnation any shard applied (a push that reached some shards is done)."""
-        ledgers = ray.get([s.ledger.remote() for s in self.shards], timeout=CALL_S)
+        ledgers = self._get([s.ledger.remote() for s in self.shards])
         return max((lg[worker][1] for lg in ledgers if worker in lg and lg[worker][0] == incarnation), default=0)
 
     def _join(self, worker: int, incarnation: int, run: bool = True) -> None:
@@ -194,8 +210,8 @@ class Controller:
 
     def _join_shards(self, worker: int, incarnation: int) -> int:
         """Join ``incarnation`` on every shard at the highest frontier any reports; that clock."""
-        frontier = max(ray.get([s.frontier.remote() for s in self.shards], timeout=CALL_S))
-        ray.get([s.join.remote(worker, incarnation, frontier) for s in self.shards], timeout=CALL_S)
+        frontier = max(self._get([s.frontier.remote() for s in self.shards]))
+        self._get([s.join.remote(worker, incarnation, frontier) for s in self.shards])
         return frontier
 
     # ---- shards -----------------------------------------------------------------------
@@ -204,20 +220,20 @@ class Controller:
         """Whether every shard answered as the life it was; restarts and silences are dealt with here."""
         answered = True
         probes = [s.life.remote() for s in self.shards]
-        ray.wait(probes, num_returns=len(probes), timeout=min(CALL_S, self.stalls.stall_s))
+        self.runtime.wait(probes, num_returns=len(probes), timeout=min(self.call_s, self.stalls.stall_s))
         for i, probe in enumerate(probes):
             try:
-                life = ray.get(probe, timeout=0)
-            except ActorDiedError as e:  # Ray will not restart it (again): the budget is spent
+                life = self._get(probe, timeout=0)
+            except self.runtime.ActorDiedError as e:  # Ray will not restart it (again): the budget is spent
                 decision = self.budget.on_failure(f"ps-shard-{i}", _cause(e))
                 if decision.action == "give_up":
                     raise self.budget.give_up(decision) from e
                 raise JobError(f"ps-shard-{i} died and Ray cannot restart it: {_cause(e)}") from e
-            except ActorUnavailableError:  # restarting: the workers wait for the recovery
-                ray.get(self.coordinator.begin_recovery.remote(), timeout=CALL_S)
+            except self.runtime.ActorUnavailableError:  # restarting: the workers wait for the recovery
+                self._get(self.coordinator.begin_recovery.remote())
                 answered = False
                 continue
-            except GetTimeoutError:  # alive but not answering: a hung shard stalls everyone
+            except self.runtime.GetTimeoutError:  # alive but not answering: a hung shard stalls everyone
                 self._shard_silent(i)
                 answered = False
                 continue
@@ -228,7 +244,7 @@ class Controller:
 
     def _shard_silent(self, i: int) -> None:
         since = self._silent.setdefault(i, time.monotonic())
-        stuck = time.monotonic() - since + min(CALL_S, self.stalls.stall_s)
+        stuck = time.monotonic() - since + min(self.call_s, self.stalls.stall_s)
         if stuck < self.stalls.stall_s or i in self._silent_reported:
             return
         self._silent_reported.add(i)
@@ -243,7 +259,7 @@ class Controller:
 
     def _shard_restarted(self, i: int, life: dict) -> None:
         name = f"ps-shard-{i}"
-        ray.get(self.coordinator.begin_recovery.remote(), timeout=CALL_S)
+        self._get(self.coordinator.begin_recovery.remote())
         cause = f"its process (pid {self.lives[i]['pid']}) died; Ray restarted it as pid {life['pid']}"
         self.say(f"{name} died: {cause}")
         decision = self.budget.on_failure(name, cause)
@@ -256,18 +272,18 @@ class Controller:
             raise JobError(f"{name} restarted but found no checkpoint to restore")
         survivors = [s for j, s in enumerate(self.shards) if j != i]
         # how far every worker had got before the rollback: the survivors know it best
-        survived = ray.get([s.ledger.remote() for s in survivors], timeout=CALL_S)
+        survived = self._get([s.ledger.remote() for s in survivors])
         before = merged_ledgers([self.last_ledger, *survived])
         others = [s.restore.remote(self.checkpointer.root, step) for s in survivors]
-        undone = ray.get(others, timeout=CALL_S)
+        undone = self._get(others)
         self.serve_again(i)
-        restored = ray.get(self.shards[i].stats.remote(), timeout=CALL_S)["version"]
+        restored = self._get(self.shards[i].stats.remote())["version"]
         # The dead shard's own count died with it: the most any shard undid, or (one shard) what the
         # last stats saw it reach.
         lost = max(undone, default=max(0, self.versions[i] - restored))
         self.checkpointer.rewind(step, self.shards, self.coordinator)
         # the batches applied after the cut (as last seen), which the queue now hands out again
-        now = merged_ledgers(ray.get([s.ledger.remote() for s in self.shards], timeout=CALL_S))
+        now = merged_ledgers(self._get([s.ledger.remote() for s in self.shards]))
         replayed = sum(max(0, seq - now[w][1]) for w, (inc, seq) in before.items()
                        if w in now and now[w][0] == inc)
         self._reconcile()
@@ -277,22 +293,22 @@ class Controller:
         self.restored_checkpoint = step
         self.say(f"{name}: restored checkpoint {step}; every shard rolled back to it, {replayed} batches"
                  " go round again")
-        ray.get(self.coordinator.end_recovery.remote(), timeout=CALL_S)
+        self._get(self.coordinator.end_recovery.remote())
 
     def _reconcile(self) -> None:
         """After a rollback, make the restored clock tables match the workers that are really there."""
-        ledgers = ray.get([s.ledger.remote() for s in self.shards], timeout=CALL_S)
+        ledgers = self._get([s.ledger.remote() for s in self.shards])
         restored = {w for lg in ledgers for w in lg}
         for w in restored - set(self.slots):  # not running any more (removed): nobody may wait for it
-            ray.get([s.finish.remote(w) for s in self.shards], timeout=CALL_S)
+            self._get([s.finish.remote(w) for s in self.shards])
         for w, slot in self.slots.items():
             if slot.ref is None and w not in self.removed:  # it had finished: its data after the cut comes back
-                ray.get([s.finish.remote(w) for s in self.shards], timeout=CALL_S)
+                self._get([s.finish.remote(w) for s in self.shards])
                 self._join(w, slot.incarnation + 1)
             elif slot.ref is not None and any(lg.get(w, (None,))[0] != slot.incarnation for lg in ledgers):
                 self._join_shards(w, slot.incarnation)
             elif slot.ref is None:
-                ray.get([s.finish.remote(w) for s in self.shards], timeout=CALL_S)
+                self._get([s.finish.remote(w) for s in self.shards])
 
     # ---- stalls, chaos, scaling ---------------------------------------------------------
 
@@ -320,19 +336,19 @@ class Controller:
             if self.stalls.action == "fail":
                 raise StallError(report["text"])
             if self.stalls.action == "replace":
-                ray.kill(self.slots[worker].actor)  # collected as a death next tick, within the budget
+                self.runtime.kill(self.slots[worker].actor)  # collected as a death next tick, within the budget
 
     def _watched(self, worker: int, clock: int, now: float) -> bool:
         """Running, and past its start: building a model and connecting may take longer than stall_s."""
         slot = self.slots.get(worker)
         if slot is None or slot.ref is None:
             return False
-        return clock > slot.start_clock or now - slot.started > STARTUP_S + self.stalls.stall_s
+        return clock > slot.start_clock or now - slot.started > self.startup_s + self.stalls.stall_s
 
     def _stall_report(self, worker: int, stuck: float, clocks: dict[int, int]) -> dict:
         slot = self.slots[worker]
         try:
-            doing = ray.get(slot.actor.stack.remote(), timeout=2.0)
+            doing = self._get(slot.actor.stack.remote(), timeout=2.0)
         except Exception as e:  # noqa: BLE001 - a hung process may not even answer this
             doing = {"stack": f"(no answer: {type(e).__name__})", "clock": clocks.get(worker)}
         waiting = sorted(w for w, c in clocks.items() if w != worker and c > clocks[worker])
@@ -355,7 +371,7 @@ class Controller:
 
     def _follow_scale(self) -> None:
         """Act on a new ``psctl scale`` request (only a change: workers that finish are not replaced)."""
-        wanted = ray.get(self.coordinator.get_wanted.remote(), timeout=CALL_S)
+        wanted = self._get(self.coordinator.get_wanted.remote())
         if wanted == self._wanted:
             return
         self._wanted = wanted
@@ -369,7 +385,7 @@ class Controller:
         elif 0 < wanted < len(running):
             for worker in running[wanted:]:
                 self.removed.add(worker)
-                ray.get(self.coordinator.remove.remote(worker), timeout=CALL_S)
+                self._get(self.coordinator.remove.remote(worker))
                 self.counts["removed"] += 1
                 self.say(f"scale: worker-{worker} leaves after its current unit ({wanted} wanted)")
 

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-import ray
-from ray.exceptions import RayActorError
-
 from .progress import ProgressLine, describe
 from ...errors import JobError
+from ...runtime import RAY, Runtime
 
 #: How long a liveness probe waits: a dead actor answers at once, a busy one not at all.
 PROBE_S = 2.0
@@ -86,9 +84,9 @@ class Monitor:
         return row
 
 
-def name_failure(shards: list, workers: list, name: str, error: Exception) -> JobError:
+def name_failure(shards: list, workers: list, name: str, error: Exception, runtime: Runtime = RAY) -> JobError:
     """A JobError naming the actor at fault: a dead one if any (shards first), else ``name``."""
-    dead = _first_dead(shards, workers)
+    dead = _first_dead(shards, workers, runtime)
     if dead is not None:
         dead_name, died = dead
         cause = getattr(died, "cause", None) or died
@@ -102,15 +100,15 @@ def name_failure(shards: list, workers: list, name: str, error: Exception) -> Jo
     return JobError(f"{name} failed: {type(cause).__name__}: {cause}")
 
 
-def _first_dead(shards: list, workers: list) -> tuple[str, Exception] | None:
+def _first_dead(shards: list, workers: list, runtime: Runtime) -> tuple[str, Exception] | None:
     named = [(f"ps-shard-{i}", s) for i, s in enumerate(shards)]
     named += [(f"worker-{i}", w) for i, w in enumerate(workers)]
     probes = [actor.__ray_ready__.remote() for _, actor in named]
-    ray.wait(probes, num_returns=len(probes), timeout=PROBE_S)
+    runtime.wait(probes, num_returns=len(probes), timeout=PROBE_S)
     for (name, _), probe in zip(named, probes):
         try:
-            ray.get(probe, timeout=0)
-        except RayActorError as e:
+            runtime.get(probe, timeout=0)
+        except runtime.ActorError as e:
             return name, e
         except Exception:  # still busy (a worker inside run) or slow: alive as far as we know
             continue

@@ -13,5 +13,5 @@
   one flat float32 buffer, learning-rate schedules.
 - ``partition`` (partition.py): byte-balanced contiguous shard ranges.
 - ``ShardMetrics`` (metrics.py): ``ray.util.metrics``, no-ops outside Ray.
-- ``this_node`` (placement_info.py): which Ray node an actor runs on.
+- ``this_node``, ``this_pid`` (placement_info.py): which Ray node an actor runs on, which process it is.
 """

@@ -1,12 +1,36 @@
-"""Which Ray node the calling actor runs on (for placement reports)."""
+"""Which Ray node the calling actor runs on (for placement reports), and which process it is.
+
+A process id is how the controller tells a restarted shard from the life it
+watched. An in-process runtime (tests/local_runtime.py) runs each actor on
+threads of its own and gives each life a process id of its own; it says so
+through ``act_as`` on those threads, as Ray's runtime context does for a
+real actor.
+"""
 
 from __future__ import annotations
+
+import os
+import threading
+
+_acting = threading.local()
+
+
+def act_as(node: dict | None) -> None:
+    """Say, on this thread, which node and process the actor running here stands for (None: the real one)."""
+    _acting.node = dict(node) if node is not None else None
+
+
+def this_pid() -> int:
+    """The calling actor's process id."""
+    node = getattr(_acting, "node", None)
+    return node["pid"] if node is not None else os.getpid()
 
 
 def this_node() -> dict:
     """The node's id and address, and the actor's process id (what to look at, or kill, on that node)."""
-    import os
-
+    node = getattr(_acting, "node", None)
+    if node is not None:
+        return dict(node)
     import ray  # only inside an actor; unit tests of the plain classes never call this
 
     return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),

@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from ...errors import RolledBackError, TransportError
+from ...runtime import RAY, Runtime
 from .metrics import WorkerMetrics
 from ...ps.core.placement_info import this_node
 from ...ps.transport.contract import TransportSpec
@@ -116,23 +117,21 @@ class _LocalWork:
 class _RemoteWork:
     """The job's coordinator actor; a lease is asked for ahead of need and collected when needed."""
 
-    def __init__(self, handle):
+    def __init__(self, handle, runtime: Runtime):
         self.handle = handle
+        self.get = runtime.get
 
     def lease(self, *args):
         return self.handle.lease.remote(*args)
 
     def result(self, pending):
-        import ray
-        return ray.get(pending)
+        return self.get(pending)
 
     def finish(self, *args):
-        import ray
-        ray.get(self.handle.finish.remote(*args))
+        self.get(self.handle.finish.remote(*args))
 
     def status(self):
-        import ray
-        return ray.get(self.handle.status.remote())
+        return self.get(self.handle.status.remote())
 
 
 class Worker:
@@ -144,8 +143,12 @@ class Worker:
         train: DataSource,
         transport: TransportSpec,
         work=None,
+        runtime: Runtime = RAY,
     ):
+        """``work``: the job's coordinator actor (None: a work queue of its own, in this process);
+        ``runtime``: what calls to it are waited on through, and whose actor failures are retryable."""
         self.plan = plan
+        self.runtime = runtime
         # Workers share the machine's cores with each other and the shards; one
         # intra-op thread each avoids oversubscription on small hosts.
         torch.set_num_threads(plan.torch_threads)
@@ -166,7 +169,7 @@ class Worker:
                               chunk_ends=self.batches.chunk_ends)
             self.work = _LocalWork(WorkCoordinator(queue, self.batches, plan.num_workers))
         else:
-            self.work = _RemoteWork(work)
+            self.work = _RemoteWork(work, runtime)
         self.client = self._connect(transport)
         self.transport = transport.name
         # Sparse tables (rayps.Embedding): rows are pulled per batch and pushed beside the dense gradient.
@@ -314,10 +317,8 @@ class Worker:
 
     def _begin(self, generation: int) -> None:
         """The run's state: counters, the receive buffers, how the answers land."""
-        import ray.exceptions
-
         plan, flat = self.plan, self.flat
-        self._retryable = (_Resync, TransportError, RolledBackError, ray.exceptions.RayActorError, ConnectionError)
+        self._retryable = (_Resync, TransportError, RolledBackError, self.runtime.ActorError, ConnectionError)
         self._began = time.monotonic()
         self.generation, self.resyncs = generation, 0
         self.steps = self.samples = 0

@@ -1,0 +1,252 @@
+"""The controller through failures, in one process: real shards, work queue, checkpointer and workers.
+
+Every actor is the real class run by tests/local_runtime.py (threads, not
+processes), so what the controller counts, rolls back and replaces is
+checked in a second or two per job. The model counts: parameter i goes up by
+exactly 1 each time example i's gradient is applied, so "exactly once per
+epoch" is a plain equality on the final parameters, beside the shards' audit
+logs and the work queue's coverage. tests/test_failures.py keeps the claims
+that are about real processes (SIGKILL, a restarted process's sockets and
+shared memory, a driver killed mid-run).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from rayps.errors import JobError, StallError
+from rayps.ps.core.step import Step
+from rayps.ps.transport.object_store import RayTransport
+from tests.local_job import LocalJob, counting
+from tests.local_runtime import LocalRuntime
+
+pytestmark = pytest.mark.timeout(60)
+
+DIGITS = 1437  # digits' training split
+
+
+@pytest.fixture
+def runtime():
+    threads = torch.get_num_threads()
+    runtime = LocalRuntime()
+    yield runtime
+    runtime.shutdown()
+    torch.set_num_threads(threads)  # a worker sets it for its whole process, here the test's own
+
+
+def assert_every_example_once_per_epoch(job: LocalJob, s: dict, examples: int = 500) -> None:
+    epochs = job.config.epochs
+    if job.config.consistency.mode != "bsp":  # bsp averages a clock's gradients: a count is not 1 each there
+        counts = job.params
+        assert (counts[:examples] == epochs).all(), np.unique(counts[:examples], return_counts=True)
+        assert (counts[examples:] == 0).all()  # the held-out examples were never trained on
+    assert s["applied_twice"] == 0
+    assert s["examples_per_epoch"] == {str(e): examples for e in range(epochs)}
+    assert s["epoch_coverage"] == {str(e): [[0, s["batches_per_epoch"]]] for e in range(epochs)}
+
+
+# ---- workers that die ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["asp", "ssp", "bsp"])
+def test_a_killed_worker_is_replaced_and_every_batch_is_applied_exactly_once_per_epoch(runtime, tmp_path, mode):
+    job = LocalJob(tmp_path, runtime, **counting(consistency={"mode": mode}, workers=2))
+    job.when(lambda: job.clock(0) >= 20, lambda: runtime.kill(job.actor(0)))
+    s = job.run()
+    assert s["restarts"] == {"worker-0": 1} and s["workers_replaced"] == 1
+    assert_every_example_once_per_epoch(job, s)
+    assert (0, 1) in job.workers  # its replacement, the next incarnation, trained on
+
+
+@pytest.mark.parametrize("mode", ["ssp", "bsp"])
+def test_a_worker_killed_mid_epoch_costs_at_most_two_points_of_accuracy(runtime, tmp_path, mode):
+    digits = {"consistency": {"mode": mode}, "epochs": 6, "eval_every_s": 0}
+    clean = LocalJob(tmp_path / "clean", runtime, **digits)
+    clean.run()
+    job = LocalJob(tmp_path, runtime, debug={"audit": True}, **digits)
+    job.when(lambda: job.clock(1) >= 60, lambda: runtime.kill(job.actor(1)))
+    s = job.run()
+    assert job.test_accuracy() >= clean.test_accuracy() - 0.02, (job.test_accuracy(), clean.test_accuracy())
+    assert s["restarts"] == {"worker-1": 1} and s["applied_twice"] == 0
+    assert s["examples_per_epoch"] == {str(e): DIGITS for e in range(6)}
+    assert s["epoch_coverage"] == {str(e): [[0, s["batches_per_epoch"]]] for e in range(6)}
+
+
+def test_a_dead_workers_late_goodbye_does_not_remove_its_replacement(runtime, tmp_path):
+    job = LocalJob(tmp_path, runtime, **counting(consistency={"mode": "ssp"}))
+    job.when(lambda: job.clock(0) >= 20, lambda: runtime.kill(job.actor(0)))
+    seen = {}
+
+    def late_goodbye():  # incarnation 0's finish, still on its way when the replacement joined
+        runtime.get([shard.finish.remote(0, 0) for shard in job.shards])
+        seen.update(job.stats()["clocks"])
+    job.when(lambda: (0, 1) in job.workers and job.clock(0) > 0, late_goodbye)
+    s = job.run()
+    assert 0 in seen  # the replacement is still in the clock table
+    assert s["workers_replaced"] == 1 and s["steps"]["0"] > 20
+    assert_every_example_once_per_epoch(job, s)
+
+
+def test_a_spent_restart_budget_fails_the_job_naming_the_actor(runtime, tmp_path):
+    job = LocalJob(tmp_path, runtime, **counting(fault={"max_restarts": 0}))
+    job.when(lambda: job.clock(0) >= 20, lambda: runtime.kill(job.actor(0)))
+    with pytest.raises(JobError, match=r"^worker-0 died and the job's restart budget is spent"
+                                       r" \(0 of fault.max_restarts=0 used\): ActorDiedError"):
+        job.run()
+    s = json.loads((job.run_dir / "summary.json").read_text())  # a failed job still leaves its run
+    assert s["failed"] and "restart budget is spent" in s["error"] and s["restarts"] == {}
+    assert (job.run_dir / "history.jsonl").exists()
+
+
+# ---- shards that die ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["asp", "ssp", "bsp"])
+def test_a_killed_shard_is_restored_the_others_roll_back_and_the_replay_is_applied_once(runtime, tmp_path, mode):
+    job = LocalJob(tmp_path, runtime, **counting(
+        consistency={"mode": mode}, servers=2, checkpoint={"every_s": None, "every_steps": 30},
+        debug={"slow_workers": {0: 0.003, 1: 0.003}}))
+    crashed = {}
+
+    def crash():  # the process dies; the runtime restarts it from its arguments, as Ray does
+        crashed.update(checkpoint=job.checkpointer.last_step, pid=runtime.pids(job.shards[0])[0])
+        runtime.kill(job.shards[0], no_restart=False)
+    job.when(lambda: job.checkpointer.written >= 2 and job.since_checkpoint(0) >= 10, crash)
+    s = job.run()
+    assert s["restarts"] == {"ps-shard-0": 1} and s["rollbacks"] == 1
+    assert runtime.pids(job.shards[0])[1] != crashed["pid"]  # a new life, which restored by itself
+    assert s["restored_checkpoint"] == crashed["checkpoint"] >= 1
+    # ps-shard-1 undid what it applied after the cut; those batches, and any only the dead one saw, go round again
+    assert 0 < s["steps_lost"] <= s["steps_replayed"], s
+    assert s["resyncs"] >= 2  # both workers registered again and carried on
+    assert_every_example_once_per_epoch(job, s)
+
+
+def test_a_dead_shard_without_checkpoints_fails_the_job_naming_it(runtime, tmp_path):
+    job = LocalJob(tmp_path, runtime, **counting(checkpoint={"enabled": False}))
+    job.when(lambda: job.clock(0) >= 20, lambda: runtime.kill(job.shards[0], no_restart=False))
+    with pytest.raises(JobError, match=r"^ps-shard-0 died and checkpoints are off, so it has nothing to restore"):
+        job.run()
+
+
+def test_a_shard_that_dies_during_a_checkpoints_cut_abandons_that_checkpoint_and_thaws_the_others(runtime, tmp_path):
+    job = LocalJob(tmp_path, runtime, **counting(servers=2))
+    checkpointer, (alive, dead) = job.checkpointer, job.shards
+    written = checkpointer.written
+    runtime.kill(dead, no_restart=False)  # it restarts later; this cut cannot have it
+    assert checkpointer.take(job.shards, job.coordinator) is None
+    assert checkpointer.abandoned == 1 and checkpointer.written == written
+    # the live shard is not left frozen: a push goes straight through its gate
+    assert runtime.get(alive.push.remote(Step(0, 1, np.zeros(300, np.float32), 0, 1, 0.0)), timeout=2.0) == "applied"
+
+
+# ---- stalls ---------------------------------------------------------------------------------------
+
+def test_a_hung_worker_is_named_by_the_stall_report_in_time_and_replaced(runtime, tmp_path):
+    # worker-1's first life stops before its 30th step: alive, holding its data, never pushing again
+    job = LocalJob(tmp_path, runtime, startup_s=0.5, **counting(
+        chaos={"hang": ["worker-1@30"]}, fault={"stall_s": 0.5, "on_stall": "replace"}))
+    s = job.run()
+    (stall,) = s["stalls"]
+    assert stall["worker"] == 1 and stall["step"] == 29 and stall["stuck_s"] <= 0.5 + 0.5  # within T, and a tick
+    assert "chaos.py" in stall["stack"] and "sleep" in stall["stack"]  # what it is doing
+    assert stall["pid"] == runtime.pids(job.actor(1))[0]
+    assert s["restarts"] == {"worker-1": 1} and s["workers_replaced"] == 1
+    assert_every_example_once_per_epoch(job, s)
+
+
+def test_a_shard_that_stops_answering_is_named_by_the_stall_report(runtime, tmp_path):
+    job = LocalJob(tmp_path, runtime, **counting(chaos={"hang": ["ps-shard-0@20"]},
+                                                 fault={"stall_s": 0.5, "on_stall": "fail"}))
+    with pytest.raises(StallError, match=r"^stall: ps-shard-0 has not answered for \d+ s \(pid \d+\);"
+                                         " every worker waits for it"):
+        job.run()
+    s = json.loads((job.run_dir / "summary.json").read_text())  # a failed job still leaves its run
+    assert s["failed"] and s["stalls"][0]["shard"] == 0
+    assert s["stalls"][0]["pid"] == runtime.pids(job.shards[0])[0]
+    assert any(line.startswith("chaos: hang of ps-shard-0 at step") for line in job.said)
+
+
+# ---- scaling ---------------------------------------------------------------------------------------
+
+def test_workers_added_and_removed_while_the_job_runs_keep_exact_epoch_coverage(runtime, tmp_path):
+    job = LocalJob(tmp_path, runtime, **counting(epochs=6, debug={"slow_workers": {0: 0.002, 1: 0.002}}))
+
+    def holders():
+        return runtime.get(job.coordinator.progress.remote())["holders"]
+
+    def scale(workers):  # what `psctl scale` asks the job's work queue (driver.scale_job)
+        return lambda: runtime.get(job.coordinator.set_wanted.remote(workers))
+    job.when(lambda: len(holders()) == 2, scale(3))  # both workers under way
+    job.when(lambda: 2 in holders(), scale(1))  # the added worker has work
+    s = job.run()
+    assert s["workers_added"] == 1 and s["workers_removed"] == 2
+    assert s["steps"]["2"] > 0
+    assert_every_example_once_per_epoch(job, s)
+
+
+# ---- sparse tables -------------------------------------------------------------------------------
+
+def sparse_counting(**config) -> dict:
+    """Row i of table ``count`` goes up by exactly 1 each time example i's row gradient is applied."""
+    from tests.test_sparse_jobs import SparseCounter
+
+    x = np.arange(600, dtype=np.int64).reshape(-1, 1)
+    return counting(model=SparseCounter, model_args={}, servers=2, consistency={"mode": "asp"},
+                    data={"train": (x[:500], np.zeros(500, np.float32)), "test": (x[500:], np.zeros(100, np.float32))},
+                    sparse={"optimizer": {"name": "sgd", "lr": 1.0}, "init": "zeros"}, **config)
+
+
+def row_counts(runtime, job: LocalJob) -> tuple[np.ndarray, np.ndarray]:
+    ids, rows = (np.concatenate(part) for part in zip(*runtime.get([shard.sparse_export.remote("count")
+                                                                     for shard in job.shards])))
+    return ids, rows[:, 0]
+
+
+def test_every_row_gradient_is_applied_exactly_once_through_a_crashed_shards_rollback(runtime, tmp_path):
+    job = LocalJob(tmp_path, runtime, **sparse_counting(checkpoint={"every_s": None, "every_steps": 20},
+                                                        debug={"slow_workers": {0: 0.003, 1: 0.003}}))
+    job.when(lambda: job.checkpointer.written >= 3 and job.since_checkpoint(1) >= 8,
+             lambda: runtime.kill(job.shards[1], no_restart=False))
+    s = job.run()
+    assert s["restarts"] == {"ps-shard-1": 1} and s["rollbacks"] == 1 and s["steps_replayed"] > 0
+    ids, counts = row_counts(runtime, job)
+    assert sorted(ids.tolist()) == list(range(500))  # only trained rows exist: the held-out ones never were
+    assert (counts == job.config.epochs).all(), np.unique(counts, return_counts=True)
+    assert s["applied_twice"] == 0
+
+
+@dataclass(frozen=True)
+class DiesBetweenPushes(RayTransport):
+    """The object store, where worker-0's first life dies after sending step ``at``'s rows and before its
+    dense push (a SIGKILL between two sends; the chaos knob only kills at a step's start)."""
+
+    at: int = 0
+
+    def connect(self, worker_id: int, incarnation: int = 0):
+        client = super().connect(worker_id, incarnation)
+        if (worker_id, incarnation) == (0, 0):
+            push_pull_async = client.push_pull_async
+
+            def dies_first(clock, *args, **kwargs):
+                if clock == self.at:
+                    self.runtime.die_here()
+                return push_pull_async(clock, *args, **kwargs)
+            client.push_pull_async = dies_first
+        return client
+
+
+@pytest.mark.xfail(strict=True, reason="the queue counts a dead worker's batches by the dense ledger alone: "
+                                       "a step whose rows were applied and whose dense push never left is "
+                                       "handed out again, and its rows applied twice")
+def test_a_worker_that_dies_between_its_row_push_and_its_dense_push_has_that_batch_applied_once(runtime, tmp_path):
+    job = LocalJob(tmp_path, runtime, **sparse_counting(checkpoint={"enabled": False}))
+    job.transport = DiesBetweenPushes(job.transport.shards, job.transport.ranges, job.transport.buffer_ranges,
+                                      runtime=runtime, at=16)
+    s = job.run()
+    assert s["restarts"] == {"worker-0": 1}
+    _, counts = row_counts(runtime, job)
+    assert (counts == job.config.epochs).all(), np.unique(counts, return_counts=True)
