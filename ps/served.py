@@ -22,7 +22,6 @@ import signal
 from ..protos.codec import CHUNK_BYTES
 from .core.checkpoint import CheckpointStore
 from .core.placement_info import this_pid
-from .core.step import Step
 from .shard import ParameterShard
 from .transport.grpc_security import TLSConfig
 from .transport.grpc_server import GrpcShardServer, start_grpc_server
@@ -36,29 +35,14 @@ def part_name(shard_id: int) -> str:
     return f"shard-{shard_id}"
 
 
-def _reconstructed() -> bool:
-    try:
-        import warnings
-
-        import ray
-        with warnings.catch_warnings():  # Ray 2.60 warns about an API it calls itself here
-            warnings.simplefilter("ignore")
-            return ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed
-    except Exception:  # noqa: BLE001 - outside an actor: a first life
-        return False
-
-
 class ServedShard(ParameterShard):
     _grpc: GrpcShardServer | None = None
     _shm: ShmShardServer | None = None
 
-    def __init__(self, *args, checkpoints: str | None = None, crash_after_seq: int | None = None, **kwargs):
+    def __init__(self, *args, checkpoints: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.restored_step: int | None = None
         self._checkpoints = checkpoints
-        # Fault injection for the exactly-once test: after applying this seq (of any worker), checkpoint
-        # and SIGKILL this process before the reply leaves. Only the first life is armed.
-        self._crash_after_seq = crash_after_seq if not _reconstructed() else None
         if checkpoints is not None:
             found = CheckpointStore(checkpoints).latest(only=[part_name(self.shard_id)])
             if found is not None:
@@ -78,14 +62,6 @@ class ServedShard(ParameterShard):
         """Chaos: stop answering anything (this blocks the actor's event loop until it is killed)."""
         import time
         time.sleep(10**9)
-
-    async def push(self, step: Step) -> str:
-        outcome = await super().push(step)
-        if self._crash_after_seq is not None and outcome == "applied" \
-                and self.ledger()[step.worker_id][1] >= self._crash_after_seq:
-            CheckpointStore(self._checkpoints).write(0, {part_name(self.shard_id): self.state_dict()})
-            self.die()
-        return outcome
 
     def restored(self) -> int | None:
         """The checkpoint this life of the shard started from (None: its initial parameters)."""

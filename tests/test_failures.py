@@ -32,6 +32,7 @@ import rayps
 from rayps.launcher.cli import main
 from rayps.launcher.job.driver import scale_job
 from rayps.ps.core.checkpoint import CheckpointStore
+from rayps.ps.served import ServedShard, part_name
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -111,6 +112,24 @@ def test_a_killed_grpc_shard_restores_its_checkpoint_and_serves_again_where_the_
     assert_every_example_once_per_epoch(s, 10)
 
 
+class ShardThatDiesAfterApplying(ServedShard):
+    """A shard that, once it has applied seq ``crash_after_seq`` of a worker, writes its checkpoint and SIGKILLs
+    its own process before the reply leaves. Only the first life is armed: the restarted one finds the
+    checkpoint it wrote, and answers the retry."""
+
+    def __init__(self, *args, crash_after_seq: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._crash_after_seq = crash_after_seq if self.restored() is None else None
+
+    async def push(self, step):
+        outcome = await super().push(step)
+        if self._crash_after_seq is not None and outcome == "applied" \
+                and self.ledger()[step.worker_id][1] >= self._crash_after_seq:
+            CheckpointStore(self._checkpoints).write(0, {part_name(self.shard_id): self.state_dict()})
+            self.die()
+        return outcome
+
+
 @pytest.mark.timeout(120)
 def test_a_shard_that_dies_after_applying_and_before_replying_applies_the_retry_once(ray_session, tmp_path):
     import ray
@@ -120,11 +139,10 @@ def test_a_shard_that_dies_after_applying_and_before_replying_applies_the_retry_
     from rayps.ps.core.optimizers import OptimizerConfig
     from rayps.ps.core.partition import partition
     from rayps.ps.core.schedules import ScheduleConfig
-    from rayps.ps.served import ServedShard
 
     # Ray retries the task on the restarted actor (at-least-once); the checkpoint it wrote before dying
     # holds the push, so the retry must be answered as a duplicate, not applied a second time.
-    shard = ray.remote(ServedShard).options(max_restarts=1, max_task_retries=1, num_cpus=0).remote(
+    shard = ray.remote(ShardThatDiesAfterApplying).options(max_restarts=1, max_task_retries=1, num_cpus=0).remote(
         0, np.zeros(4, np.float32), [0], OptimizerConfig(name="sgd", lr=1.0), ScheduleConfig(),
         ConsistencyConfig(mode="asp"), checkpoints=str(tmp_path / "ckpt"), crash_after_seq=3)
     client = RayTransport((shard,), tuple(partition(4, 1))).connect(0)
