@@ -1,12 +1,13 @@
 """How the job's code waits on, and kills, its actors: Ray's calls behind one small interface.
 
-The controller, the checkpointer, the worker's work-queue client and the
-object-store transport's client call actors in Ray's handle style
+The driver starts its actors through a ``Runtime`` (``spawn``), and the
+controller, the checkpointer, the worker's work-queue client and the
+object-store transport's client call them in Ray's handle style
 (``actor.method.remote(...)`` gives a reference) and hand the references to
-a ``Runtime`` to wait on or read. What they tell apart when an actor fails
-is named by the runtime too, so the same code runs on Ray (``RayRuntime``,
-the default everywhere) and in one process (tests/local_runtime.py, where
-the controller's accounting is tested without a cluster).
+the runtime to wait on or read. What they tell apart when an actor fails is
+named by the runtime too, so the same code runs on Ray (``RayRuntime``, the
+default everywhere) and in one process (tests/local_runtime.py: a whole job
+on threads, for the tests whose claim is not about processes).
 
 This module is a leaf beside errors.py: the launcher, the worker and the
 transport all take a runtime, and imports point down only.
@@ -35,6 +36,22 @@ class Runtime(Protocol):
 
     def kill(self, actor: Any, no_restart: bool = True) -> None:
         """End the actor's process at once (no cleanup); with ``no_restart=False`` it may be restarted."""
+
+    def spawn(self, cls: type, args: tuple = (), kwargs: dict | None = None, options: dict | None = None) -> Any:
+        """``cls(*args, **kwargs)`` as an actor; ``options`` are Ray's actor options (name, resources, ...)."""
+
+    def put(self, value: Any) -> Any:
+        """``value`` where every actor can read it (what a call may take in its place)."""
+
+    def nodes(self) -> list[dict]:
+        """The cluster's nodes as Ray describes them (``Alive``, ``Resources``, ...)."""
+
+    def start(self, dashboard: bool = True) -> str | None:
+        """Be ready to spawn actors; the dashboard's URL, if one runs."""
+
+
+#: ``ray.remote(cls)``, once per class (each call would wrap, and export, the class again).
+_ACTOR_CLASSES: dict[type, Any] = {}
 
 
 class RayRuntime:
@@ -71,6 +88,42 @@ class RayRuntime:
     def kill(self, actor, no_restart=True):
         import ray
         ray.kill(actor, no_restart=no_restart)
+
+    def spawn(self, cls, args=(), kwargs=None, options=None):
+        import ray
+        if cls not in _ACTOR_CLASSES:
+            _ACTOR_CLASSES[cls] = ray.remote(cls)
+        return _ACTOR_CLASSES[cls].options(**(options or {})).remote(*args, **(kwargs or {}))
+
+    def put(self, value):
+        import ray
+        return ray.put(value)
+
+    def nodes(self):
+        import ray
+        return ray.nodes()
+
+    def start(self, dashboard=True):
+        """Start (or join) Ray once per process. With ``RAY_ADDRESS`` set (a job submitted to a cluster) it
+        joins that cluster; otherwise it starts a fresh local instance (``address="local"``), never
+        attaching by accident to another cluster on the same machine."""
+        import os
+
+        import ray
+        if not ray.is_initialized():
+            address = os.environ.get("RAY_ADDRESS")
+            if address:
+                ray.init(address=address)
+            else:
+                ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1")
+        try:
+            from ray._private.worker import get_dashboard_url  # no public accessor in Ray 2.x
+            url = get_dashboard_url()
+        except Exception:  # a private API: losing the URL must never fail a job
+            url = None
+        if not url:
+            return None
+        return url if url.startswith("http") else f"http://{url}"
 
     def __repr__(self) -> str:
         return "RayRuntime()"

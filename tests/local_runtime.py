@@ -1,7 +1,8 @@
 """An in-process runtime: Ray's actor model on threads, so the controller's logic is tested in one process.
 
-``LocalRuntime`` is a ``Runtime`` (runtime.py): ``get``, ``wait``, ``kill``
-and the failures it tells apart. ``runtime.actor(cls, *args, **kwargs)``
+``LocalRuntime`` is a ``Runtime`` (runtime.py): ``get``, ``wait``, ``kill``,
+``spawn`` and the failures it tells apart, so the driver itself
+(``run_job(..., runtime=LocalRuntime())``) runs a whole job on it. ``runtime.actor(cls, *args, **kwargs)``
 makes a plain class an actor, as ``ray.remote(cls).remote(...)`` does, and
 the handle it returns is called in Ray's style: ``handle.method.remote(...)``
 gives a reference to ``get`` or ``wait`` on. What the tests rely on is what
@@ -36,6 +37,7 @@ import asyncio
 import concurrent.futures as cf
 import inspect
 import itertools
+import os
 import pickle
 import queue
 import threading
@@ -293,6 +295,26 @@ class LocalRuntime:
             self._actors[aid] = actor
             self._begin_life(actor)
         return actor.handle
+
+    def spawn(self, cls, args: tuple = (), kwargs: dict | None = None, options: dict | None = None) -> ActorHandle:
+        """The Runtime protocol's way in (the driver's): Ray's options, of which one process honours the name,
+        the restarts and the concurrency; resources, namespaces and scheduling mean nothing on one node."""
+        options = options or {}
+        return self.actor(cls, *args, name=options.get("name"), max_restarts=options.get("max_restarts", 0),
+                          max_concurrency=options.get("max_concurrency", 1), **(kwargs or {}))
+
+    def put(self, value):
+        """Every call copies its arguments anyway: the value itself stands for its reference."""
+        return value
+
+    def nodes(self) -> list[dict]:
+        """One node, as ``ray.nodes()`` would describe this machine (so a job picks the shm transport)."""
+        return [{"Alive": True, "NodeID": "local", "NodeManagerAddress": "127.0.0.1",
+                 "Resources": {"CPU": float(os.cpu_count() or 1), "memory": 2.0 ** 33}}]
+
+    def start(self, dashboard: bool = True) -> None:
+        """Nothing to start, and no dashboard."""
+        return None
 
     def pids(self, actor: ActorHandle) -> list[int]:
         """The pid of each of the actor's lives so far, the first first."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import ConfigError
+from ...runtime import RAY, Runtime
 from .config import JobConfig
 from .driver import JobResult, run_job
 from .progress import ProgressLine
@@ -27,7 +28,7 @@ class Job:
         self.config = config if config is not None else build(JobConfig, kwargs, "Job")
 
     def run(self, output: str | Path | None = None, progress: bool = True, dashboard: bool = True,
-            report: bool = True, on_start=None) -> JobResult:
+            report: bool = True, on_start=None, runtime: Runtime = RAY) -> JobResult:
         """Train to the end (blocks); write the run directory; return the result.
 
         Starts a local single-node Ray instance when none is running. ``report``
@@ -35,6 +36,7 @@ class Job:
         ``output`` that holds checkpoints of an earlier run of this job resumes
         it. ``on_start(name)`` is called once the job runs, with the name
         ``rayps.scale_job(name, workers)`` takes (from another thread or process).
+        ``runtime`` is where the actors run: Ray's, unless a test runs the job in one process.
         """
         return run_job(self.config, output=output, progress=ProgressLine() if progress else None,
-                       dashboard=dashboard, report=report, on_start=on_start)
+                       dashboard=dashboard, report=report, on_start=on_start, runtime=runtime)

@@ -35,6 +35,7 @@ from torch import nn
 
 from ...errors import ConfigError
 from ...protos.compression import Codec
+from ...runtime import RAY, Runtime
 from ...ps.core.partition import partition
 from ...ps.served import ServedShard
 from ...ps.sparse.client import ShardLookups
@@ -55,7 +56,6 @@ from .checkpointing import Checkpointer
 from .config import JobConfig
 from .controller import Controller
 from .dataprep import prepare_on_ray, write_data_files
-from .local import ensure_ray
 from .monitor import Monitor
 from .placement import check_feasible, server_options, worker_options
 from .policies import CheckpointSchedule, RestartBudget, StallWatch
@@ -112,6 +112,7 @@ class Run:
     run_id: str
     dashboard_url: str | None
     data_summary: dict | None = None
+    runtime: Runtime = RAY  # where the actors run, and how they are waited on
     actors: list = field(default_factory=list)  # everything to kill at the end
     shards: list = field(default_factory=list)
     coordinator: Any = None
@@ -136,13 +137,14 @@ def job_name(run_id: str) -> str:
 
 def run_job(config: JobConfig, output: str | Path | None = None,
             progress: ProgressLine | None = None, dashboard: bool = True, report: bool = True,
-            on_start: Callable[[str], None] | None = None) -> JobResult:
+            on_start: Callable[[str], None] | None = None, runtime: Runtime = RAY) -> JobResult:
     """Run ``config`` to the end. ``output``: the run directory (a new one under runs/ by default);
     if it holds checkpoints, the job resumes from the newest valid one. ``on_start`` is called
-    with the job's name once its work queue is up (``scale_job`` takes that name)."""
+    with the job's name once its work queue is up (``scale_job`` takes that name). ``runtime``:
+    where the actors run (runtime.py; Ray's unless a test runs the job in one process)."""
     began = time.monotonic()
     plan = prepare(config, output, dashboard)
-    run = open_run(plan, output, dashboard)
+    run = open_run(plan, output, dashboard, runtime)
     try:
         start(run, on_start)
         train(run, progress)
@@ -162,7 +164,7 @@ def prepare(config: JobConfig, output: str | Path | None, dashboard: bool) -> Pl
     if isinstance(config.data, DataConfig):  # files read in chunks: statistics passes on Ray first
         if config.test_data is not None:
             raise ConfigError("test_data does not go with a data section: give its test split as data.test")
-        ensure_ray(dashboard)
+        RAY.start(dashboard)  # the statistics passes are Ray tasks
         root = Path(output) if output else None
         prepared = prepare_on_ray(config, _checkpoint_root(config, root) if root else None, root)
         splits = Splits(prepared.train, prepared.test, prepared)
@@ -199,43 +201,44 @@ def prepare(config: JobConfig, output: str | Path | None, dashboard: bool) -> Pl
                         chunk_ends=batches.chunk_ends))
 
 
-def open_run(plan: Plan, output: str | Path | None, dashboard: bool) -> Run:
+def open_run(plan: Plan, output: str | Path | None, dashboard: bool, runtime: Runtime = RAY) -> Run:
     """Ray up and able to hold the job; the run directory, with the config first (a crashed driver's run
     can be resumed from it)."""
     config = plan.config
-    dashboard_url = ensure_ray(dashboard)
-    check_feasible(config, ray.nodes())
+    dashboard_url = runtime.start(dashboard)
+    check_feasible(config, runtime.nodes())
     run_dir = Path(output) if output else default_run_dir(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
     data_summary = write_data_files(run_dir, plan.prepared) if plan.prepared is not None else None
-    return Run(plan, run_dir, uuid.uuid4().hex[:8], dashboard_url, data_summary)
+    return Run(plan, run_dir, uuid.uuid4().hex[:8], dashboard_url, data_summary, runtime)
 
 
 def start(run: Run, on_start: Callable[[str], None] | None) -> None:
     """The shards, the work queue and the transport; checkpoint 0 (or the one a resumed job restored)."""
-    plan, config = run.plan, run.plan.config
+    plan, config, runtime = run.plan, run.plan.config, run.runtime
     namespace = f"rayps-{run.run_id}"  # actor names are unique per run, not per cluster
     ckpt_root = _checkpoint_root(config, run.run_dir)
     init, init_buffers, integer = plan.flat.host_params(), plan.flat.buffers.pack(), plan.flat.buffers.integer
-    shard_cls = ray.remote(ServedShard)
     run.shards = [
-        shard_cls.options(**server_options(config, r.shard_id, namespace),
-                          max_restarts=config.fault.max_restarts if config.checkpoint.enabled else 0).remote(
+        runtime.spawn(ServedShard, (
             r.shard_id, init[r.lo:r.hi], list(range(config.workers)),
             config.optimizer, config.schedule, config.consistency, plan.total_updates, run.run_id,
-            init_buffers[b.lo:b.hi], integer[b.lo:b.hi], audit=config.debug.audit, checkpoints=ckpt_root,
-            tables=plan.tables, num_shards=config.servers, codec=config.compression.make_codec(),
-            pull_codec=Codec(config.compression.pull))
+            init_buffers[b.lo:b.hi], integer[b.lo:b.hi]), dict(
+            audit=config.debug.audit, checkpoints=ckpt_root, tables=plan.tables, num_shards=config.servers,
+            codec=config.compression.make_codec(), pull_codec=Codec(config.compression.pull)), dict(
+            **server_options(config, r.shard_id, namespace),
+            max_restarts=config.fault.max_restarts if config.checkpoint.enabled else 0))
         for r, b in zip(plan.ranges, plan.buffer_ranges)
     ]
     # evaluation reads the shards' rows
-    bind(plan.model, ShardLookups(run.shards, {t: d for t, (_, d) in plan.shapes.items()}))
-    run.coordinator = ray.remote(WorkCoordinator).options(
-        name=f"coordinator-{job_name(run.run_id)}", namespace=COORDINATORS, num_cpus=0).remote(
-        plan.queue, plan.batches, config.workers, run.run_id)
+    bind(plan.model, ShardLookups(run.shards, {t: d for t, (_, d) in plan.shapes.items()}, runtime))
+    run.coordinator = runtime.spawn(WorkCoordinator, (plan.queue, plan.batches, config.workers, run.run_id),
+                                    options=dict(name=f"coordinator-{job_name(run.run_id)}",
+                                                 namespace=COORDINATORS, num_cpus=0))
     run.actors += [*run.shards, run.coordinator]
-    run.transport = run.served = job_transport(config, run.shards, tuple(plan.ranges), tuple(plan.buffer_ranges))
+    run.transport = run.served = job_transport(config, run.shards, tuple(plan.ranges), tuple(plan.buffer_ranges),
+                                               runtime)
     if config.debug.link_mbit is not None:  # a slow network, emulated: workers reach shards through it
         run.link, run.transport = throttled(run.transport, config.debug.link_mbit, config.debug.link_latency_ms)
     run.initial = {w: 0 for w in range(config.workers)}
@@ -243,8 +246,8 @@ def start(run: Run, on_start: Callable[[str], None] | None) -> None:
         ckpt = config.checkpoint
         run.checkpointer = Checkpointer(
             ckpt_root, ckpt.keep, CheckpointSchedule(ckpt.every_s, ckpt.every_steps), config.to_dict(),
-            extra={"data": plan.prepared.state()} if plan.prepared is not None else None)
-        restored = ray.get(run.shards[0].life.remote())["restored"]
+            extra={"data": plan.prepared.state()} if plan.prepared is not None else None, runtime=runtime)
+        restored = runtime.get(run.shards[0].life.remote())["restored"]
         if restored is not None:  # a resumed job: every worker comes back as a new incarnation
             run.initial, run.history = _resume(run, restored)
         run.checkpointer.take(run.shards, run.coordinator, run.history or [], now=0.0)
@@ -256,11 +259,11 @@ def start(run: Run, on_start: Callable[[str], None] | None) -> None:
 
 def train(run: Run, progress: ProgressLine | None) -> None:
     """The controller runs the workers to the end; then the final parameters are pulled and scored."""
-    plan, config, shards = run.plan, run.plan.config, run.shards
+    plan, config, shards, get = run.plan, run.plan.config, run.shards, run.runtime.get
     test = plan.splits.test
 
     def evaluate_now():
-        plan.flat.load(*_merge_pulled(ray.get([s.pull.remote() for s in shards])))
+        plan.flat.load(*_merge_pulled(get([s.pull.remote() for s in shards])))
         return evaluate(plan.model, plan.loss_fn, test) if test is not None else (None, None)
 
     run.monitor = Monitor(plan.steps_per_worker, config.consistency.rules.label(config.consistency, config.workers),
@@ -269,13 +272,13 @@ def train(run: Run, progress: ProgressLine | None) -> None:
         shards, run.coordinator, _worker_starter(run), run.initial, run.monitor,
         RestartBudget(config.fault.max_restarts, can_restore=config.checkpoint.enabled),
         StallWatch(config.fault.stall_s, config.fault.on_stall), run.checkpointer,
-        serve_again(run.served, shards, config.grpc),
+        serve_again(run.served, shards, config.grpc, run.runtime),
         [(kind, f) for kind in ("kill", "hang") for f in config.chaos.faults(kind) if f.kind == "ps-shard"],
-        waits=config.consistency.rules.waits)
+        waits=config.consistency.rules.waits, runtime=run.runtime)
     reports = run.controller.run(run.placement)
     train_s = time.monotonic() - run.controller.train_began
-    final, final_buffers = _merge_pulled(ray.get([s.pull.remote() for s in shards]))
-    stats = ray.get([s.stats.remote() for s in shards])
+    final, final_buffers = _merge_pulled(get([s.pull.remote() for s in shards]))
+    stats = get([s.stats.remote() for s in shards])
     # Scored while the shards still serve: a sparse model reads its rows from them.
     plan.flat.load(final, final_buffers)
     test_loss, test_accuracy, auc = score(plan.model, plan.loss_fn, test) if test is not None else (None,) * 3
@@ -283,9 +286,9 @@ def train(run: Run, progress: ProgressLine | None) -> None:
         reports=reports, train_s=train_s, stats=stats, final=final, test_loss=test_loss,
         test_accuracy=test_accuracy, auc=auc,
         # The trained rows come home with the model (only rows some batch touched exist at all).
-        saved={name: _exported(shards, name) for name in plan.shapes},
-        coverage=ray.get(run.coordinator.coverage.remote()),
-        audit=ray.get([s.applied_log.remote() for s in shards]) if config.debug.audit else None)
+        saved={name: _exported(shards, name, get) for name in plan.shapes},
+        coverage=get(run.coordinator.coverage.remote()),
+        audit=get([s.applied_log.remote() for s in shards]) if config.debug.audit else None)
 
 
 def stop(run: Run) -> None:
@@ -293,9 +296,9 @@ def stop(run: Run) -> None:
     if run.link is not None:
         run.link_stats = run.link.stats()
         run.link.close()
-    stop_serving(run.shards)
+    stop_serving(run.shards, run.runtime)
     for actor in run.actors:
-        ray.kill(actor)
+        run.runtime.kill(actor)
     if isinstance(run.transport, ShmEndpoints):  # a shard that died could not remove its segment
         for directory in run.transport.directories:
             shutil.rmtree(directory, ignore_errors=True)
@@ -349,16 +352,16 @@ def summarize(run: Run, report: bool, began: float) -> JobResult:
 def _worker_starter(run: Run) -> Callable[[int, int], object]:
     """How the controller starts incarnation ``i`` of worker ``w`` (the first life gets the chaos knobs)."""
     plan, config = run.plan, run.plan.config
-    train_ref = ray.put(plan.splits.train)
-    worker_cls = ray.remote(Worker)
+    train_ref = run.runtime.put(plan.splits.train)
     faults = {"kill": {f.index: f for f in config.chaos.faults("kill") if f.kind == "worker"},
               "hang": {f.index: f for f in config.chaos.faults("hang") if f.kind == "worker"}}
 
     def start_worker(worker_id: int, incarnation: int):
         plan_ = _worker_plan(config, worker_id, run.run_id, incarnation,
                       _chaos(faults, worker_id) if incarnation == 0 else WorkerChaos())
-        actor = worker_cls.options(**worker_options(config, worker_id, f"rayps-{run.run_id}", incarnation)).remote(
-            plan_, plan.model_fn, plan.loss_fn, train_ref, run.transport, run.coordinator)
+        actor = run.runtime.spawn(
+            Worker, (plan_, plan.model_fn, plan.loss_fn, train_ref, run.transport, run.coordinator, run.runtime),
+            options=worker_options(config, worker_id, f"rayps-{run.run_id}", incarnation))
         run.actors.append(actor)
         return actor
     return start_worker
@@ -367,11 +370,11 @@ def _worker_starter(run: Run) -> Callable[[int, int], object]:
 def _resume(run: Run, step: int) -> tuple[dict, list]:
     """The shards restored checkpoint ``step`` by themselves; bring the queue back to it, and
     let every worker of that time leave, to come back as its next incarnation."""
-    shards = run.shards
+    shards, get = run.shards, run.runtime.get
     run.checkpointer.rewind(step, shards, run.coordinator)
-    ledger = ray.get(shards[0].ledger.remote())
+    ledger = get(shards[0].ledger.remote())
     for worker in ledger:
-        ray.get([s.finish.remote(worker) for s in shards])
+        get([s.finish.remote(worker) for s in shards])
     initial = {w: ledger[w][0] + 1 if w in ledger else 0 for w in range(run.plan.config.workers)}
     print(f"resuming from checkpoint {step} in {run.checkpointer.root}", flush=True)
     return initial, run.checkpointer.history(step)
@@ -436,8 +439,8 @@ def _chaos(faults: dict, worker_id: int) -> WorkerChaos:
         hang_at_step=int(hang.at) if hang is not None else None)
 
 
-def _exported(shards, table: str) -> tuple[np.ndarray, np.ndarray]:
-    parts = ray.get([s.sparse_export.remote(table) for s in shards])
+def _exported(shards, table: str, get) -> tuple[np.ndarray, np.ndarray]:
+    parts = get([s.sparse_export.remote(table) for s in shards])
     return np.concatenate([i for i, _ in parts]), np.concatenate([r for _, r in parts])
 
 

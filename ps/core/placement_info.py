@@ -20,6 +20,11 @@ def act_as(node: dict | None) -> None:
     _acting.node = dict(node) if node is not None else None
 
 
+def acting() -> dict | None:
+    """The node and process an in-process actor on this thread stands for; None in a real process."""
+    return getattr(_acting, "node", None)
+
+
 def this_pid() -> int:
     """The calling actor's process id."""
     node = getattr(_acting, "node", None)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...runtime import RAY, Runtime
 from ..transport.contract import Pending
 
 
@@ -93,10 +94,9 @@ class SparseRows:
 class ShardLookups:
     """Rows as the shards hold them now, for evaluation on the driver: no clock, nothing created."""
 
-    def __init__(self, shards: list, dims: dict[str, int]):
-        self.shards, self.dims = shards, dims
+    def __init__(self, shards: list, dims: dict[str, int], runtime: Runtime = RAY):
+        self.shards, self.dims, self.get = shards, dims, runtime.get
 
     def pull(self, table: str, ids: np.ndarray) -> np.ndarray:
-        import ray
-        return rows_by_shard(ids, len(self.shards), self.dims[table], lambda parts: ray.get(
+        return rows_by_shard(ids, len(self.shards), self.dims[table], lambda parts: self.get(
             [s.sparse_lookup.remote(table, p) for s, p in zip(self.shards, parts)]))

@@ -23,6 +23,7 @@ from ...errors import ShapeError, TransportError
 from ...protos.shm_wire import (BUFFERS_FOLLOW, COMPRESSED, FINISH, HELLO, LAYOUT, MESSAGE, OK, PUSH_PULL, REGISTER, REPLY, REQUEST,
                                    SPARSE, SPARSE_PULL, SPARSE_PUSH, SPARSE_ROWS, STATUSES, SlotLayout, segment_name)
 from ..core.partition import ShardRange
+from ..core.placement_info import acting
 from .client_base import ShardClientBase
 from .contract import EncodedRows, Pending
 
@@ -319,6 +320,10 @@ class ShmShardClient(ShardClientBase):
 
 
 def _node_id() -> str | None:
+    """This actor's node: the one an in-process actor stands for (placement_info.py), else Ray's."""
+    node = acting()
+    if node is not None:
+        return node["node_id"]
     try:
         import ray
 
