@@ -1,6 +1,7 @@
 """One Ray instance for the whole test session, started on first use.
 
-Unit tests never touch it; tests that train take the ``ray_session`` fixture.
+Unit tests never touch it; tests that train take the ``ray_session`` fixture, or
+``in_process`` where the claim is about training rather than processes.
 The instance is our own (``address="local"``): it never joins another Ray
 cluster on the machine, and ``ray.shutdown`` ends only what it started.
 """
@@ -39,6 +40,20 @@ def ray_session():
     yield ray
     ray.shutdown()
 
+
+@pytest.fixture
+def in_process():
+    """A runtime that runs a whole job's actors on threads of this process (tests/local_runtime.py), for
+    the job tests whose claim is about training, not about processes: no actor process to start."""
+    import torch
+
+    from tests.local_runtime import LocalRuntime
+
+    threads = torch.get_num_threads()
+    runtime = LocalRuntime()
+    yield runtime
+    runtime.shutdown()
+    torch.set_num_threads(threads)  # a worker sets it for its whole process, here the test's own
 
 
 @pytest.fixture(scope="session")

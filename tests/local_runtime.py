@@ -72,6 +72,14 @@ _next_pid = itertools.count(50_001)  # an in-process life's pid: never this proc
 _here = threading.local()  # the life whose thread this is (unset on the test's own threads)
 
 
+def this_node_id() -> str:
+    """The node every in-process actor stands on: this process's own, as a client on the test's thread
+    would name it (Ray's node id once the shared instance runs, else "local")."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+
+
 def _runtime(rid: int) -> "LocalRuntime":
     return _RUNTIMES[rid]
 
@@ -138,7 +146,7 @@ class _Life:
         self.pending: set[cf.Future] = set()
         self.instance = None
         self.ready = cf.Future()  # the constructor's outcome
-        node = {"node_id": "local", "node_ip": "127.0.0.1", "pid": self.pid}
+        node = {"node_id": this_node_id(), "node_ip": "127.0.0.1", "pid": self.pid}
         if actor.is_async:
             self.loop = asyncio.new_event_loop()
             targets = [self._run_loop]
@@ -309,7 +317,7 @@ class LocalRuntime:
 
     def nodes(self) -> list[dict]:
         """One node, as ``ray.nodes()`` would describe this machine (so a job picks the shm transport)."""
-        return [{"Alive": True, "NodeID": "local", "NodeManagerAddress": "127.0.0.1",
+        return [{"Alive": True, "NodeID": this_node_id(), "NodeManagerAddress": "127.0.0.1",
                  "Resources": {"CPU": float(os.cpu_count() or 1), "memory": 2.0 ** 33}}]
 
     def start(self, dashboard: bool = True) -> None:

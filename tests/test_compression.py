@@ -1,5 +1,8 @@
 """Gradient compression: each codec's documented error, error feedback's sums, every transport's bytes,
-bad blobs refused by name, and the default job past its bar with the lossy codecs."""
+bad blobs refused by name, and the default job past its bar with the lossy codecs.
+
+The shards, servers and jobs here run on threads of this process (``in_process``): what is checked is
+what crosses the wire and what the shard applies, not how processes behave."""
 
 from __future__ import annotations
 
@@ -173,29 +176,27 @@ DIM = 4
 
 
 @contextlib.contextmanager
-def two_shards(ray_session, init: np.ndarray, **shard_args):
+def two_shards(runtime, init: np.ndarray, **shard_args):
     """Two served shard actors over ``init`` (SGD lr 0.5, asp, one worker), torn down after."""
     ranges = partition(len(init), 2)
-    actor = ray_session.remote(ServedShard).options(num_cpus=0)
-    shards = [actor.remote(r.shard_id, init[r.lo:r.hi], [0], OptimizerConfig(name="sgd", lr=0.5), ScheduleConfig(),
-                           ConsistencyConfig("asp"), **shard_args) for r in ranges]
+    shards = [runtime.spawn(ServedShard, (r.shard_id, init[r.lo:r.hi], [0], OptimizerConfig(name="sgd", lr=0.5),
+                                          ScheduleConfig(), ConsistencyConfig("asp")), shard_args) for r in ranges]
     try:
         yield ranges, shards
     finally:
-        ray_session.get([s.stop_serving.remote() for s in shards])
+        runtime.get([s.stop_serving.remote() for s in shards])
         for s in shards:
-            ray_session.kill(s)
+            runtime.kill(s)
 
 
-@pytest.mark.ray
 @pytest.mark.parametrize("transport", ["ray", "grpc", "shm"])
 @pytest.mark.parametrize("codec", ["int8", "topk"])
-def test_compressed_pushes_reach_the_shards_on_every_transport(ray_session, transport, codec):
+def test_compressed_pushes_reach_the_shards_on_every_transport(in_process, transport, codec):
     table = TableConfig("emb", 100, DIM, optimizer=RowOptimizerConfig("sgd", lr=0.5), consistency=ConsistencyConfig(
         "asp"), init="zeros")
-    with two_shards(ray_session, np.zeros(10, np.float32), tables=(table,), num_shards=2,
+    with two_shards(in_process, np.zeros(10, np.float32), tables=(table,), num_shards=2,
                     codec=Codec(codec, fraction=0.2, chunk=16)) as (ranges, shards):
-        spec = make_transport(transport, shards, tuple(ranges), None, 1, GrpcConfig(timeout_s=20.0))
+        spec = make_transport(transport, shards, tuple(ranges), None, 1, GrpcConfig(timeout_s=20.0), in_process)
         client = spec.connect(0)
         params = np.empty(10, np.float32)
         client.register(params)
@@ -235,19 +236,18 @@ def test_compressed_pushes_reach_the_shards_on_every_transport(ray_session, tran
             short = Encoded((corrupt[:3], compressor.codec.encode(np.zeros(5, np.float32))), codec)
             with pytest.raises(Exception, match=r"compressed gradient refused|expected shape \[\d+\], got \[3\]"):
                 client.push_pull(2, short, params, 1, 0.0)
-        stats = ray_session.get([s.stats.remote() for s in shards])
+        stats = in_process.get([s.stats.remote() for s in shards])
         assert sum(stats[0]["rejected"].values()) == (1 if transport == "shm" else 2)
         assert stats[0]["version"] == 1  # the refused blob was shard 0's: it applied nothing
         client.finish()
 
 
-@pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.parametrize("compression", ["fp16", "int8", {"codec": "topk", "fraction": 0.1}],
                          ids=["fp16", "int8", "topk0.1"])
-def test_the_default_job_reaches_the_accuracy_bar_with_compression(ray_session, tmp_path, compression):
+def test_the_default_job_reaches_the_accuracy_bar_with_compression(in_process, tmp_path, compression):
     s = Job(compression=compression).run(output=tmp_path / "run", progress=False, dashboard=False,
-                                         report=False).summary
+                                         report=False, runtime=in_process).summary
     assert s["test_accuracy"] >= 0.95, s
     c = s["compression"]
     bound = {"fp16": 0.5, "int8": 0.26, "topk": 0.21}[c["codec"]]
@@ -255,32 +255,31 @@ def test_the_default_job_reaches_the_accuracy_bar_with_compression(ray_session, 
     assert c["encode_ms_per_step"] > 0 and c["decode_s"] > 0
 
 
-@pytest.mark.ray
-def test_grpc_pulls_come_back_in_fp16_while_the_shards_keep_float32(ray_session):
+def test_grpc_pulls_come_back_in_fp16_while_the_shards_keep_float32(in_process):
     init = (np.arange(10, dtype=np.float32) + 1) / 3  # not representable in fp16
-    with two_shards(ray_session, init, pull_codec=Codec("fp16")) as (ranges, shards):
-        spec = dataclasses.replace(make_transport("grpc", shards, tuple(ranges), None, 1, GrpcConfig(timeout_s=20.0)),
-                                   pull="fp16")
+    with two_shards(in_process, init, pull_codec=Codec("fp16")) as (ranges, shards):
+        spec = make_transport("grpc", shards, tuple(ranges), None, 1, GrpcConfig(timeout_s=20.0), in_process)
+        spec = dataclasses.replace(spec, pull="fp16")
         client = spec.connect(0)
         params = np.empty(10, np.float32)
         client.register(params)
         np.testing.assert_array_equal(params, init.astype(np.float16).astype(np.float32))
         client.push_pull(1, np.full(10, 0.25, np.float32), params, 1, 0.0)
-        master = np.concatenate([ray_session.get(s.pull.remote())[0] for s in shards])
+        master = np.concatenate([in_process.get(s.pull.remote())[0] for s in shards])
         np.testing.assert_array_equal(master, init - np.float32(0.125))  # float32, unrounded
         np.testing.assert_array_equal(params, master.astype(np.float16).astype(np.float32))
         assert not np.array_equal(params, master)
         client.finish()
 
 
-@pytest.mark.ray
-def test_a_batchnorm_model_trains_with_compressed_pushes_beside_its_buffers(ray_session, tmp_path):
+def test_a_batchnorm_model_trains_with_compressed_pushes_beside_its_buffers(in_process, tmp_path):
     """A model with buffers sends them beside each push: over shared memory the shard must still read the
     compressed gradient as a blob (fp16 read as float32 would be tiny values, applied without a word)."""
     def run(name, compression):
         return Job(model="rayps.worker.models:cnn", compression=compression, transport="shm", epochs=4,
                    optimizer={"name": "adam", "lr": 3e-3}, eval_every_s=0).run(
-            output=tmp_path / name, progress=False, dashboard=False, report=False).summary
+            output=tmp_path / name, progress=False, dashboard=False, report=False,
+            runtime=in_process).summary
 
     fp16 = run("fp16", "fp16")
     assert fp16["pushes_rejected"] == 0 and fp16["compression"]["dense_ratio"] == 0.5

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import rayps
+from rayps.runtime import RAY
 from rayps.launcher.cli import main
 from rayps.launcher.data.generate import generate
 from rayps.launcher.job.dataprep import load_transform, saved_state
@@ -20,12 +21,13 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 QUALITY = {"missing": {"policy": "mean"}, "outliers": {"rule": "iqr", "threshold": 5, "policy": "clip"}}
 
 
-def run(tmp_path, name, **kwargs):
-    return rayps.Job(**kwargs).run(output=tmp_path / name, progress=False, dashboard=False, report=False)
+def run(tmp_path, name, runtime=RAY, **kwargs):
+    return rayps.Job(**kwargs).run(output=tmp_path / name, progress=False, dashboard=False, report=False,
+                                   runtime=runtime)
 
 
-def classify(tmp_path, name, path, **data):
-    return run(tmp_path, name, data={"path": str(path), "chunk_rows": 4000, "quality": QUALITY,
+def classify(tmp_path, name, path, runtime=RAY, **data):
+    return run(tmp_path, name, runtime, data={"path": str(path), "chunk_rows": 4000, "quality": QUALITY,
                                      "scale": "standard", **data},
                model_args={"in_features": 8, "hidden": [32], "num_classes": 4}, epochs=2, batch_size=64,
                eval_every_s=0, optimizer={"name": "adam", "lr": 0.01},
@@ -34,12 +36,12 @@ def classify(tmp_path, name, path, **data):
 
 @pytest.mark.timeout(300)
 def test_injected_missing_values_and_outliers_are_counted_exactly_and_train_as_well_as_clean_data(
-        ray_session, tmp_path):
+        ray_session, in_process, tmp_path):
     dirty = generate(tmp_path / "dirty", 24_000, features=8, files=3, row_group_rows=5000,
                      missing=0.01, outliers=0.003, seed=3)
     generate(tmp_path / "clean", 24_000, features=8, files=3, row_group_rows=5000, seed=3)
-    fixed = classify(tmp_path, "dirty-run", tmp_path / "dirty")
-    clean = classify(tmp_path, "clean-run", tmp_path / "clean")
+    fixed = classify(tmp_path, "dirty-run", tmp_path / "dirty", in_process)
+    clean = classify(tmp_path, "clean-run", tmp_path / "clean", in_process)
     report = json.loads((fixed.run_dir / "quality.json").read_text())
     for column in dirty["features"]:
         entry = report["columns"][column]
@@ -148,18 +150,18 @@ def test_a_bad_file_fails_the_job_before_training_naming_file_row_group_and_colu
     assert not (tmp_path / "run").exists()  # nothing started: no run directory, no training
 
 
-def test_a_resumed_job_uses_the_saved_transform_and_rows_not_a_new_fit(ray_session, tmp_path):
+def test_a_resumed_job_uses_the_saved_transform_and_rows_not_a_new_fit(ray_session, in_process, tmp_path):
     data = tmp_path / "data"
     generate(data, 4000, features=4, files=2, row_group_rows=1000, seed=5)
     job = {"data": {"path": str(data), "chunk_rows": 1000, "scale": "standard"},
            "model_args": {"in_features": 4, "num_classes": 4}, "epochs": 1, "batch_size": 100,
            "eval_every_s": 0, "checkpoint": {"every_steps": 5}}
-    first = run(tmp_path, "run", **job)
+    first = run(tmp_path, "run", in_process, **job)
     saved = json.loads((first.run_dir / "transform.json").read_text())
     # the files' values change (same rows): a new fit would scale differently, a resume must not
     table = pq.read_table(data / "part-0000.parquet")
     pq.write_table(table.set_column(0, "f0", pa.array(table.column("f0").to_numpy() * 10 + 3)),
                    data / "part-0000.parquet", row_group_size=1000)
-    again = run(tmp_path, "run", **job)
+    again = run(tmp_path, "run", in_process, **job)
     assert again.transform.to_dict() == saved
     assert again.summary["data"]["rows"] == first.summary["data"]["rows"]

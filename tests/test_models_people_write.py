@@ -1,8 +1,11 @@
 """The models people write, trained end to end through the public API.
 
 BatchNorm, Dropout, frozen and tied parameters, half-precision weights: each
-job runs real shard and worker actors on the shared Ray instance and is
-compared with what a plain single-process torch loop gets, or with itself.
+job runs the real driver, shards and workers, and is compared with what a
+plain single-process torch loop gets, or with itself. Whether a model trains
+is not a claim about processes: those jobs run their actors on threads of
+this process (``in_process``); the golden, bit-identical and killed-shard
+jobs run on the shared Ray instance.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import rayps
+from rayps.runtime import RAY
 from benchmarks.models import accuracy, single_process
 from rayps.worker.datasets import digits
 from rayps.worker.models import cnn
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 EPOCHS = 15
 BATCH = 32
@@ -49,9 +53,10 @@ def digit_sets():
     return {"train": Digits(*d["train"]), "test": Digits(*d["test"])}
 
 
-def run(tmp_path, **kwargs):
+def run(tmp_path, runtime=RAY, **kwargs):
     kwargs.setdefault("eval_every_s", 0)
-    return rayps.Job(**kwargs).run(output=tmp_path / "run", progress=False, dashboard=False, report=False)
+    return rayps.Job(**kwargs).run(output=tmp_path / "run", progress=False, dashboard=False, report=False,
+                                   runtime=runtime)
 
 
 def single_process_accuracy(model_args: dict, batch: int) -> float:
@@ -61,9 +66,10 @@ def single_process_accuracy(model_args: dict, batch: int) -> float:
 
 @pytest.mark.parametrize("model_args", [{}, {"dropout": 0.3}], ids=["batchnorm", "batchnorm+dropout"])
 @pytest.mark.parametrize("mode, transport", [("asp", "grpc"), ("bsp", "ray")])
-def test_cnn_trains_as_well_as_a_single_process_loop(ray_session, tmp_path, model_args, mode, transport):
-    result = run(tmp_path, model=cnn, model_args=model_args, data=digit_sets(), optimizer={"name": "adam", "lr": LR},
-                 consistency={"mode": mode}, transport=transport, epochs=EPOCHS, batch_size=BATCH)
+def test_cnn_trains_as_well_as_a_single_process_loop(in_process, tmp_path, model_args, mode, transport):
+    result = run(tmp_path, in_process, model=cnn, model_args=model_args, data=digit_sets(),
+                 optimizer={"name": "adam", "lr": LR}, consistency={"mode": mode}, transport=transport,
+                 epochs=EPOCHS, batch_size=BATCH)
     # asp steps once per worker batch; bsp once per round, on both workers' batches together
     reference = single_process_accuracy(model_args, BATCH * (2 if mode == "bsp" else 1))
     got = result.summary["test_accuracy"]
@@ -79,6 +85,7 @@ def test_cnn_trains_as_well_as_a_single_process_loop(ray_session, tmp_path, mode
     assert int(bn.num_batches_tracked) == max(int(n) for n in steps.values())
 
 
+@pytest.mark.ray
 def test_one_worker_bsp_matches_a_single_process_loop_in_parameters_and_buffers(ray_session, tmp_path):
     seed, epochs, batch = 5, 2, 64
     result = run(tmp_path, model=cnn, data="rayps.worker.datasets:digits", workers=1, servers=2, seed=seed,
@@ -107,6 +114,7 @@ def test_one_worker_bsp_matches_a_single_process_loop_in_parameters_and_buffers(
     assert int(got["2.num_batches_tracked"]) == epochs * sharder.batches_per_epoch
 
 
+@pytest.mark.ray
 def test_two_bsp_runs_with_one_seed_are_bit_identical(ray_session, tmp_path):
     runs = [run(tmp_path / str(i), model=cnn, model_args={"dropout": 0.3}, workers=2, max_steps=25,
                 consistency={"mode": "bsp"}, seed=7) for i in range(2)]
@@ -133,10 +141,10 @@ class FrozenTiedHalf(nn.Module):
         return self.head(h)
 
 
-def test_frozen_parameters_stay_put_tied_ones_stay_tied_and_bfloat16_trains(ray_session, tmp_path):
+def test_frozen_parameters_stay_put_tied_ones_stay_tied_and_bfloat16_trains(in_process, tmp_path):
     torch.manual_seed(0)
     before = FrozenTiedHalf()
-    result = run(tmp_path, model=FrozenTiedHalf, epochs=15, optimizer={"name": "adam", "lr": 3e-3})
+    result = run(tmp_path, in_process, model=FrozenTiedHalf, epochs=15, optimizer={"name": "adam", "lr": 3e-3})
     model = result.model
     assert torch.equal(model.project.weight, before.project.weight)  # exactly as given
     assert model.head.weight is model.classes.weight
@@ -148,6 +156,7 @@ def test_frozen_parameters_stay_put_tied_ones_stay_tied_and_bfloat16_trains(ray_
     assert result.params.size == trained
 
 
+@pytest.mark.ray
 def test_a_killed_shard_past_the_restart_budget_is_named_in_the_error(ray_session, tmp_path):
     killed = {}
 

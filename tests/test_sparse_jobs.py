@@ -13,16 +13,18 @@ import torch
 from torch import nn
 
 import rayps
+from rayps.runtime import RAY
 from rayps.launcher.job.config import load_job_config
 from rayps.launcher.job.driver import run_job
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
-def run(tmp_path, name="run", **kwargs):
-    return rayps.Job(**kwargs).run(output=tmp_path / name, progress=False, dashboard=False, report=False)
+def run(tmp_path, name="run", runtime=RAY, **kwargs):
+    return rayps.Job(**kwargs).run(output=tmp_path / name, progress=False, dashboard=False, report=False,
+                                   runtime=runtime)
 
 
 class SparseCounter(nn.Module):
@@ -55,6 +57,7 @@ def counts(result) -> np.ndarray:
     return result.model.rows._source.pull("count", np.arange(600, dtype=np.int64))[:, 0]
 
 
+@pytest.mark.ray
 @pytest.mark.timeout(240)
 def test_a_killed_worker_and_a_killed_shard_leave_every_row_gradient_applied_exactly_once(ray_session, tmp_path):
     """A worker SIGKILLed and replaced, then a shard SIGKILLed and its table rolled back to the
@@ -72,6 +75,7 @@ def test_a_killed_worker_and_a_killed_shard_leave_every_row_gradient_applied_exa
     assert len(saved["ids"]) == 500 and (saved["rows"] == 6).all()
 
 
+@pytest.mark.ray
 @pytest.mark.timeout(240)
 def test_dense_bsp_and_an_ssp_table_each_keep_their_own_bound_and_report_it(ray_session, tmp_path):
     from tests.test_metrics import scrape, value
@@ -102,6 +106,7 @@ def test_dense_bsp_and_an_ssp_table_each_keep_their_own_bound_and_report_it(ray_
     assert value(samples, "ray_rayps_table_rows_moved_total", run_id=run, table="count", what="created") == 500
 
 
+@pytest.mark.ray
 @pytest.mark.timeout(300)
 def test_the_ctr_example_reaches_097_of_the_true_click_models_auc(ray_session, tmp_path):
     """examples/ctr.yaml as shipped (DeepFM: sparse wide and deep tables, a dense MLP), on the default wire
@@ -114,6 +119,7 @@ def test_the_ctr_example_reaches_097_of_the_true_click_models_auc(ray_session, t
     assert s["consistency"] == "ssp" and s["max_clock_gap"] <= 2
 
 
+@pytest.mark.ray
 @pytest.mark.timeout(300)
 def test_a_ten_million_row_table_trains_with_the_workers_memory_flat_in_its_size(ray_session, tmp_path):
     """The same job on a 10M x 16 table and on a 10k x 16 one: the workers' peak memory differs by far
@@ -147,10 +153,10 @@ class _BagModel(nn.Module):
 
 
 @pytest.mark.timeout(240)
-def test_int8_compressed_row_gradients_over_grpc_apply_every_row_once_per_epoch(ray_session, tmp_path):
+def test_int8_compressed_row_gradients_over_grpc_apply_every_row_once_per_epoch(in_process, tmp_path):
     """Each row's gradient is -1 per epoch: int8 carries it to 1e-6, so every count ends
     at the number of epochs, through the compressed sparse path of the gRPC wire."""
-    result = counting_job(tmp_path, epochs=3, transport="grpc", compression="int8")
+    result = counting_job(tmp_path, epochs=3, transport="grpc", compression="int8", runtime=in_process)
     s = result.summary
     c = s["compression"]
     # 10 one-value rows a push, each with its own 4-byte scale: 50 bytes against 40 of float32 (int8
