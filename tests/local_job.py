@@ -26,8 +26,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
-from torch import nn
 
 from rayps.launcher.job.checkpointing import Checkpointer
 from rayps.launcher.job.config import JobConfig
@@ -45,24 +43,8 @@ from rayps.worker.loop.scoring import score
 from rayps.worker.loop.trainer import Worker
 from rayps.worker.queue.coordinator import WorkCoordinator
 
+from tests.counting import Counter, minus_sum
 from tests.local_runtime import LocalRuntime
-
-
-# ---- a model whose parameters count how often each example's gradient was applied ------------
-
-class Counter(nn.Module):
-    """p[i] goes up by exactly 1 each time example i's gradient is applied (SGD, lr 1, loss -sum)."""
-
-    def __init__(self, n: int = 600):
-        super().__init__()
-        self.p = nn.Parameter(torch.zeros(n))
-
-    def forward(self, x):
-        return self.p[x[:, 0].long()]
-
-
-def minus_sum(out, y):
-    return -out.sum()
 
 
 def counting(examples: int = 500, **config) -> dict:

@@ -69,9 +69,9 @@ def test_every_row_is_seen_once_per_epoch_across_workers_when_a_worker_is_killed
     for i, (lo, hi) in enumerate([(0, 130), (130, 620), (620, 1000)]):  # uneven files, row groups of 150
         pq.write_table(pa.table({"id": ids[lo:hi], "label": np.zeros(hi - lo, dtype=np.int64)}),
                        tmp_path / f"ids-{i}.parquet", row_group_size=150)
-    result = run(tmp_path, "run", model="tests.test_failures:Counter", model_args={"n": 1000},
+    result = run(tmp_path, "run", model="tests.counting:Counter", model_args={"n": 1000},
                  data={"path": str(tmp_path), "features": ["id"], "chunk_rows": 100, "test_fraction": 0},
-                 loss="tests.test_failures:minus_sum", optimizer={"name": "sgd", "lr": 1.0}, servers=1,
+                 loss="tests.counting:minus_sum", optimizer={"name": "sgd", "lr": 1.0}, servers=1,
                  batch_size=10, epochs=3, eval_every_s=0, consistency={"mode": "ssp"},
                  chaos={"kill": ["worker-0@25"]}, debug={"audit": True, "slow_workers": {0: 0.01, 1: 0.01}})
     s = result.summary

@@ -25,14 +25,14 @@ import time
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 import rayps
 from rayps.launcher.cli import main
 from rayps.launcher.job.driver import scale_job
 from rayps.ps.core.checkpoint import CheckpointStore
 from rayps.ps.served import ServedShard, part_name
+
+from tests.counting import Counter
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -49,29 +49,12 @@ def assert_every_example_once_per_epoch(s, epochs):
     assert s["epoch_coverage"] == {str(e): [[0, s["batches_per_epoch"]]] for e in range(epochs)}
 
 
-# ---- a model whose parameters count how often each example's gradient was applied ------------
-
-class Counter(nn.Module):
-    """p[i] goes up by exactly 1 each time example i's gradient is applied (SGD, lr 1)."""
-
-    def __init__(self, n: int = 600):
-        super().__init__()
-        self.p = nn.Parameter(torch.zeros(n))
-
-    def forward(self, x):
-        return self.p[x[:, 0].long()]
-
-
 def counting_job(tmp_path, **kwargs):
     x = np.arange(600, dtype=np.float32).reshape(-1, 1)
     data = {"train": (x[:500], np.zeros(500, np.int64)), "test": (x[500:], np.zeros(100, np.int64))}
-    return run(tmp_path, model=Counter, data=data, loss="tests.test_failures:minus_sum",
+    return run(tmp_path, model=Counter, data=data, loss="tests.counting:minus_sum",
                optimizer={"name": "sgd", "lr": 1.0}, servers=1, batch_size=10, epochs=6,
                eval_every_s=0, debug={"audit": True, "slow_workers": {0: 0.01, 1: 0.01}}, **kwargs)
-
-
-def minus_sum(out, y):
-    return -out.sum()
 
 
 @pytest.mark.timeout(240)
