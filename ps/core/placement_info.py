@@ -27,13 +27,13 @@ def acting() -> dict | None:
 
 def this_pid() -> int:
     """The calling actor's process id."""
-    node = getattr(_acting, "node", None)
+    node = acting()
     return node["pid"] if node is not None else os.getpid()
 
 
 def this_node() -> dict:
     """The node's id and address, and the actor's process id (what to look at, or kill, on that node)."""
-    node = getattr(_acting, "node", None)
+    node = acting()
     if node is not None:
         return dict(node)
     import ray  # only inside an actor; unit tests of the plain classes never call this
