@@ -45,15 +45,10 @@ def ray_session():
 def in_process():
     """A runtime that runs a whole job's actors on threads of this process (tests/local_runtime.py), for
     the job tests whose claim is about training, not about processes: no actor process to start."""
-    import torch
+    from tests.local_runtime import local_runtime
 
-    from tests.local_runtime import LocalRuntime
-
-    threads = torch.get_num_threads()
-    runtime = LocalRuntime()
-    yield runtime
-    runtime.shutdown()
-    torch.set_num_threads(threads)  # a worker sets it for its whole process, here the test's own
+    with local_runtime() as runtime:
+        yield runtime
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import contextlib
 import inspect
 import itertools
 import os
@@ -458,3 +459,18 @@ def _wait(futures: list[cf.Future], count: int, timeout: float | None) -> set[cf
         watch = [f for f in futures if not f.done()] + ([life.death] if life is not None else [])
         cf.wait(watch, timeout=left, return_when=cf.FIRST_COMPLETED)
         _check_caller()
+
+
+@contextlib.contextmanager
+def local_runtime(**kwargs):
+    """A ``LocalRuntime`` for a test (or a module's fixture), shut down after it. Torch's thread count is
+    given back too: a worker sets it for its whole process, and here that process is the test's own."""
+    import torch
+
+    threads = torch.get_num_threads()
+    runtime = LocalRuntime(**kwargs)
+    try:
+        yield runtime
+    finally:
+        runtime.shutdown()
+        torch.set_num_threads(threads)

@@ -17,13 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-import torch
 
 from rayps.errors import JobError, StallError
 from rayps.ps.core.step import Step
 from rayps.ps.transport.object_store import RayTransport
 from tests.local_job import LocalJob, counting
-from tests.local_runtime import LocalRuntime
+from tests.local_runtime import local_runtime
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,11 +31,8 @@ DIGITS = 1437  # digits' training split
 
 @pytest.fixture
 def runtime():
-    threads = torch.get_num_threads()
-    runtime = LocalRuntime()
-    yield runtime
-    runtime.shutdown()
-    torch.set_num_threads(threads)  # a worker sets it for its whole process, here the test's own
+    with local_runtime() as runtime:
+        yield runtime
 
 
 def assert_every_example_once_per_epoch(job: LocalJob, s: dict, examples: int = 500) -> None:

@@ -20,7 +20,7 @@ from rayps.launcher import Job
 from rayps.launcher.export.variants import export_run
 from rayps.launcher.cli import main
 
-from tests.local_runtime import LocalRuntime
+from tests.local_runtime import local_runtime
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -28,12 +28,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def exported(ray_session, tmp_path_factory):
     run = tmp_path_factory.mktemp("export") / "run"
-    runtime, threads = LocalRuntime(), torch.get_num_threads()
-    try:  # the job to export trains on threads of this process: the export is what is checked here
+    with local_runtime() as runtime:  # the job to export trains on threads of this process: the export is checked
         Job().run(output=run, progress=False, dashboard=False, report=False, runtime=runtime)
-    finally:
-        runtime.shutdown()
-        torch.set_num_threads(threads)
     assert main(["export", str(run), "--all"]) == 0
     return run, json.loads((run / "export" / "report.json").read_text())
 
