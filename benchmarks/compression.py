@@ -13,7 +13,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from rayps.launcher.job.local import ensure_ray
+from rayps.runtime import RAY
 from rayps.launcher.bench.wire import LINK_MBIT, WIRE_STEPS, wire_rows, wire_table
 
 
@@ -23,7 +23,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=WIRE_STEPS)
     parser.add_argument("--codecs", default=None, help="comma-separated first words of the rows")
     args = parser.parse_args()
-    ensure_ray(dashboard=False)
+    RAY.start(dashboard=False)
     with tempfile.TemporaryDirectory() as out:
         rows = wire_rows(Path(out), args.steps, args.mbit, codecs=args.codecs.split(",") if args.codecs else None)
     print(wire_table(rows))

@@ -20,7 +20,7 @@ import tempfile
 
 from rayps.launcher.job.config import load_job_config
 from rayps.launcher.job.driver import run_job
-from rayps.launcher.job.local import ensure_ray
+from rayps.runtime import RAY
 
 BASE = ["debug.slow_workers={0: 0.004, 1: 0.004}", "checkpoint.every_s=1", "eval_every_s=0"]
 ROWS = [
@@ -36,7 +36,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
-    ensure_ray(dashboard=False)  # started once, outside every row's time
+    RAY.start(dashboard=False)  # started once, outside every row's time
     print("| run | test accuracy | train s | restarts | steps lost | batches replayed | longest cut pause s |")
     print("|---|---|---|---|---|---|---|")
     for name, extra in ROWS:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 import rayps
-from rayps.launcher.job.local import ensure_ray
+from rayps.runtime import RAY
 from rayps.worker.datasets import digits
 from rayps.worker.models import cnn
 
@@ -58,7 +58,7 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
-    ensure_ray(dashboard=False)
+    RAY.start(dashboard=False)
     xt, yt = digits()["test"]
     print("| model | mode, transport | rayps test accuracy per seed | single process per seed | mean difference"
           " | model = summary |")

@@ -14,7 +14,7 @@ import tempfile
 
 from rayps.launcher.job.config import load_job_config
 from rayps.launcher.job.driver import run_job
-from rayps.launcher.job.local import ensure_ray
+from rayps.runtime import RAY
 
 MODES = [
     ("asp", ["consistency.mode=asp"]),
@@ -35,7 +35,7 @@ def main() -> int:
     extra = [f"epochs={args.epochs}", *args.overrides]
     if args.slow_worker:
         extra.append(f"debug.slow_workers={{0: {args.slow_worker}}}")
-    ensure_ray(dashboard=False)  # started once, outside every row's wall time
+    RAY.start(dashboard=False)  # started once, outside every row's wall time
     print("| mode | test accuracy | test loss | max clock gap | mean staleness | pushes dropped | samples/s | wall s |")
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:

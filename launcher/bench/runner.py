@@ -23,7 +23,7 @@ from pathlib import Path
 from . import peers
 from .rows import BATCH, LR, MODELS, MODES, WORKERS, Row, bench_job, model_fn
 from ..job.driver import run_job
-from ..job.local import ensure_ray
+from ...runtime import RAY
 from ...worker.datasets import synthetic_mnist
 
 def rayps_row(model: str, hidden, steps: int, transport: str, mode: str, out: Path) -> Row:
@@ -214,7 +214,7 @@ def run_bench(quick: bool = False, output: str | Path | None = None, models: lis
     compression_rows = (not quick) if wire is None else wire
     out = Path(output or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
-    ensure_ray(dashboard=False)
+    RAY.start(dashboard=False)
     models = models or (["small"] if quick else list(MODELS))
     transports = transports or (["shm"] if quick else ["shm", "grpc", "ray"])
     modes = modes or (["asp", "bsp"] if quick else list(MODES))

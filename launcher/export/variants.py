@@ -154,9 +154,9 @@ def _run_job_config(run_dir: Path) -> tuple[JobConfig, dict]:
 def _splits(job: JobConfig, run_dir: Path):
     if isinstance(job.data, DataConfig):  # the saved transform and rows: no statistics pass again
         from ..job.dataprep import prepare_on_ray
-        from ..job.local import ensure_ray
+        from ...runtime import RAY
 
-        ensure_ray(False)
+        RAY.start(dashboard=False)
         prepared = prepare_on_ray(job, None, run_dir)
         return prepared.train, prepared.test
     if not isinstance(job.data, str) and not isinstance(job.data, dict):

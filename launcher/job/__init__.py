@@ -6,7 +6,7 @@
   holds; transports.py starts the shards' servers and serves them again after a restart.
 - ``Controller`` (controller.py): the watch loop through failures, asking the small policies in
   policies.py; ``Checkpointer`` (checkpointing.py).
-- placement.py: where actors go; local.py: connecting to Ray.
+- placement.py: where actors go (runtime.py, at the root, starts or joins Ray).
 - monitor.py, progress.py: history rows and the progress line; report.py, rundir.py: plots and
   the run directory; saved_model.py: the trained model's files and ``rayps.load_model``;
   wire_summary.py: compression figures.
