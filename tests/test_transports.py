@@ -3,36 +3,36 @@
 Each test runs once through ``ShardClient`` (the object store: real shard
 actors on the shared Ray instance), once through ``GrpcShardClient`` (gRPC on
 127.0.0.1) and once through ``ShmShardClient`` (a segment and a Unix socket
-per shard). The gRPC and shared-memory servers run in this process, on one
-event loop of their own, exactly as a shard actor runs them (ps/served.py):
-the contract is the servers' and clients', not the actor process's.
+per shard). The gRPC and shared-memory shards run in this process
+(tests/local_runtime.py), each behind its real servers on its own event loop,
+as a shard actor runs them (ps/served.py): the contract is the servers' and
+clients', not the actor process's.
 Gradients are powers of two and lr is 0.5, so expected parameters are exact
 in float32.
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
 
 import numpy as np
 import pytest
 
 from rayps.launcher import Job
+from rayps.launcher.job.transports import make_transport, stop_serving
 from rayps.errors import TransportError
-from rayps.ps.transport.object_store import RayTransport
+from rayps.runtime import RAY
 from rayps.ps.core.consistency import ConsistencyConfig
-from rayps.ps.transport.grpc_client import GrpcEndpoints
-from rayps.ps.transport.grpc_security import new_token
+from rayps.ps.transport.grpc_security import GrpcConfig
 from rayps.ps.served import ServedShard
 from rayps.ps.core.optimizers import OptimizerConfig
 from rayps.ps.core.partition import partition
 from rayps.ps.core.schedules import ScheduleConfig
 from rayps.ps.shard import ParameterShard
-from rayps.ps.transport.grpc_server import start_grpc_server
-from rayps.ps.transport.shm_server import start_shm_server
 from rayps.ps.transport.contract import Served, Transport, TransportSpec
 from rayps.ps.transport.shm_client import ShmEndpoints
+
+from tests.local_runtime import LocalRuntime
 
 pytestmark = [pytest.mark.ray]
 
@@ -40,83 +40,49 @@ SIZE = 10
 TRANSPORTS = ["ray", "grpc", "shm"]
 
 
-class ShardLoop:
-    """An event loop on a thread of its own, where in-process shards and their servers run (one thread, no
-    locks: as inside a shard actor)."""
-
-    def __init__(self):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro, timeout: float = 30):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-
-
 class Cluster:
-    """Two shards over a SIZE-element vector, and a way to make clients of the transport's kind: actors for
-    the object store, in-process shards behind their real servers for gRPC and shared memory."""
+    """Two shards over a SIZE-element vector, served over ``transport`` as a job serves them
+    (launcher/job/transports.py ``make_transport``). Over the object store the shards are actors on the
+    shared Ray instance, since Ray's serialization is that transport; for gRPC and shared memory they run
+    on threads of this process (tests/local_runtime.py), each on its own event loop behind its real
+    servers, as in a shard actor: the contract is the servers' and the clients'."""
 
-    def __init__(self, ray, transport: str, consistency: ConsistencyConfig, workers: int = 2, buffers: int = 0):
-        self.ray = ray
-        self.transport = transport
+    def __init__(self, transport: str, consistency: ConsistencyConfig, workers: int = 2, buffers: int = 0):
         self.ranges = partition(SIZE, 2)
         self.init = np.arange(SIZE, dtype=np.float32)
         # model buffers: `buffers` float64 values, the last one an integer counter (max-merged)
         self.buffer_ranges = partition(buffers, 2, allow_empty=True) if buffers else None
         self.init_buffers = np.linspace(0.5, 1.5, buffers)
         integer = np.arange(buffers) == buffers - 1
-        args = [(r.shard_id, self.init[r.lo:r.hi], list(range(workers)), OptimizerConfig(name="sgd", lr=0.5),
-                 ScheduleConfig(), consistency) for r in self.ranges]
-        kwargs = [dict(init_buffers=self.init_buffers[b.lo:b.hi] if buffers else None,
-                       buffer_integer=integer[b.lo:b.hi] if buffers else None)
-                  for b in (self.buffer_ranges or [None] * 2)]
-        buffer_ranges = self.buffer_ranges and tuple(self.buffer_ranges)
-        token = new_token()
-        if transport == "ray":
-            actor = ray.remote(ServedShard).options(num_cpus=0)
-            self.shards = [actor.remote(*a, **k) for a, k in zip(args, kwargs)]
-            self.endpoints = RayTransport(tuple(self.shards), tuple(self.ranges), buffer_ranges)
-            return
-        self.host = ShardLoop()
-        self.shards = [ParameterShard(*a, **k) for a, k in zip(args, kwargs)]
-        if transport == "grpc":
-            self.servers = [self.host.run(start_grpc_server(s, token, "127.0.0.1")) for s in self.shards]
-            self.endpoints = GrpcEndpoints(tuple(srv.address for srv in self.servers), token, timeout_s=20.0,
-                                           ranges=tuple(self.ranges), buffer_ranges=buffer_ranges)
-        else:
-            self.servers = [self.host.run(start_shm_server(s, token)) for s in self.shards]
-            self.endpoints = ShmEndpoints(tuple(srv.directory for srv in self.servers), ("",) * 2, token,
-                                          tuple(self.ranges), buffer_ranges, timeout_s=20.0)
+        self.runtime = RAY if transport == "ray" else LocalRuntime()
+        self.shards = [
+            self.runtime.spawn(ServedShard, (r.shard_id, self.init[r.lo:r.hi], list(range(workers)),
+                                             OptimizerConfig(name="sgd", lr=0.5), ScheduleConfig(), consistency),
+                               dict(init_buffers=self.init_buffers[b.lo:b.hi] if buffers else None,
+                                    buffer_integer=integer[b.lo:b.hi] if buffers else None),
+                               dict(num_cpus=0))
+            for r, b in zip(self.ranges, self.buffer_ranges or [None] * 2)
+        ]
+        self.endpoints = make_transport(transport, self.shards, tuple(self.ranges),
+                                        self.buffer_ranges and tuple(self.buffer_ranges), workers,
+                                        GrpcConfig(timeout_s=20.0), self.runtime)
 
     def client(self, worker_id: int):
         return self.endpoints.connect(worker_id)
 
-    def _each(self, method: str) -> list:
-        if self.transport == "ray":
-            return self.ray.get([getattr(s, method).remote() for s in self.shards])
-        return [self.host.run(getattr(s, method)()) for s in self.shards]
-
     def stats(self) -> list[dict]:
-        return self._each("stats")
+        return self.runtime.get([s.stats.remote() for s in self.shards])
 
     def pulled(self) -> list:
         """Every shard's ``pull()``: its parameters, version and merged buffers."""
-        return self._each("pull")
+        return self.runtime.get([s.pull.remote() for s in self.shards])
 
     def close(self) -> None:
-        if self.transport == "ray":
-            self.ray.get([s.stop_serving.remote() for s in self.shards])
-            for s in self.shards:
-                self.ray.kill(s)
-            return
-        for server in self.servers:
-            self.host.run(server.stop())
-        self.host.close()
+        stop_serving(self.shards, self.runtime)
+        for s in self.shards:
+            self.runtime.kill(s)
+        if self.runtime is not RAY:
+            self.runtime.shutdown()
 
 
 @pytest.fixture(params=TRANSPORTS)
@@ -125,7 +91,8 @@ def transport(request):
 
 
 def make(ray_session, transport, buffers=0, **consistency):
-    return Cluster(ray_session, transport, ConsistencyConfig(**consistency), buffers=buffers)
+    """A cluster for ``transport`` (``ray_session``: the shared Ray instance the object store needs)."""
+    return Cluster(transport, ConsistencyConfig(**consistency), buffers=buffers)
 
 
 def in_thread(fn, *args) -> threading.Thread:
@@ -333,7 +300,7 @@ def test_default_job_over_grpc_reaches_the_accuracy_bar(ray_session, tmp_path):
 
 
 def test_shared_memory_to_a_shard_on_another_node_is_refused_by_name(ray_session):
-    cluster = Cluster(ray_session, "shm", ConsistencyConfig(mode="asp"))
+    cluster = Cluster("shm", ConsistencyConfig(mode="asp"))
     try:
         elsewhere = ShmEndpoints(cluster.endpoints.directories, ("node-a", "node-b"), cluster.endpoints.token,
                                  tuple(cluster.ranges))
@@ -345,7 +312,7 @@ def test_shared_memory_to_a_shard_on_another_node_is_refused_by_name(ray_session
 
 
 def test_a_wrong_token_is_refused_before_any_slot_is_touched(ray_session):
-    cluster = Cluster(ray_session, "shm", ConsistencyConfig(mode="asp"))
+    cluster = Cluster("shm", ConsistencyConfig(mode="asp"))
     try:
         forged = ShmEndpoints(cluster.endpoints.directories, ("", ""), "not-the-token", tuple(cluster.ranges))
         with pytest.raises(TransportError, match="UNAUTHENTICATED: missing or wrong token"):
