@@ -44,6 +44,7 @@ from .core.ledger import PushLedger
 from .core.metrics import ShardMetrics
 from .core.optimizers import OptimizerConfig
 from .core.schedules import ScheduleConfig
+from .core.series import StepSeries
 from .core.step import Answer, Pulled, Step
 from .sparse.table import SparseTable
 from .sparse.tables import SparseTables
@@ -72,7 +73,9 @@ class ParameterShard:
         num_shards: int = 1,
         codec: Codec | None = None,
         pull_codec: Codec | None = None,
+        history_every: int = 0,
     ):
+        """``history_every``: a row of the job's counters every so many steps (every worker's; 0: none)."""
         self.shard_id = shard_id
         where = repr(self)
         self._metrics = ShardMetrics(shard_id, run_id)
@@ -91,7 +94,9 @@ class ParameterShard:
         self._max_lead = 0
         self._wait_s: Counter = Counter()
         self._samples: Counter = Counter()
+        self._steps: Counter = Counter()  # fresh pushes per worker (applied or dropped late): the job's steps
         self._loss: dict[int, float] = {}
+        self._series = StepSeries(history_every)
         self._started = time.monotonic()
         self._unflushed: Counter = Counter()  # pushes by outcome not yet sent to Ray's metrics
         self._next_flush = 0.0
@@ -180,6 +185,8 @@ class ParameterShard:
             self._audit.append((worker, int(s.incarnation), seq))
         self._samples[worker] += int(s.num_samples)
         self._loss[worker] = float(s.loss)
+        self._steps[worker] += 1
+        self._series.stepped(sum(self._steps.values()), self._progress)
         self._changed()
         self._unflushed[outcome] += 1
         if time.monotonic() >= self._next_flush:
@@ -392,7 +399,7 @@ class ParameterShard:
             "tables": self._tables.state_dict(),
             "counters": {**self._dense.counters(), "rejected": dict(self._rejected), "duplicates": self._duplicates,
                          "max_lead": self._max_lead, "wait_s": dict(self._wait_s), "samples": dict(self._samples),
-                         "loss": dict(self._loss)},
+                         "steps": dict(self._steps), "loss": dict(self._loss)},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -415,6 +422,9 @@ class ParameterShard:
             self._audit = [tuple(t) for t in (state.get("audit") or [])]
         self._rejected, self._duplicates, self._max_lead = Counter(c["rejected"]), c["duplicates"], c["max_lead"]
         self._wait_s, self._samples, self._loss = Counter(c["wait_s"]), Counter(c["samples"]), dict(c["loss"])
+        # a checkpoint from before steps were counted: its ledger's seqs are each worker's steps in its life
+        self._steps = Counter(c["steps"] if "steps" in c else {w: seq for w, (_, seq) in ledger.snapshot().items()})
+        self._series.restored()
         self._cut.thaw()
         self._changes.restored()
 
@@ -482,7 +492,16 @@ class ParameterShard:
             self._metrics.table_gauges(self._tables.stats())
         self._next_flush = time.monotonic() + METRICS_FLUSH_S
 
-    async def stats(self) -> dict:
+    def _progress(self) -> dict:
+        """The counters a history row shows (launcher/job/progress.py reads them)."""
+        staleness = self._dense.staleness
+        applied = sum(staleness.values())
+        return {"steps": dict(self._steps), "samples": dict(self._samples), "loss": dict(self._loss),
+                "staleness_mean": sum(k * v for k, v in staleness.items()) / applied if applied else 0.0,
+                "staleness_max": max(staleness, default=0), "max_clock_gap": self._max_lead}
+
+    async def stats(self, rows: bool = False, rows_after: tuple[str, int] | None = None) -> dict:
+        """What the driver reads back; with ``rows``, the history rows after ``rows_after`` too."""
         self._metrics.memory_bytes.set(self._memory_bytes)
         self._flush_metrics()  # the tables' gauges too, whenever the driver looks
         dense = self._dense
@@ -500,7 +519,11 @@ class ParameterShard:
             "max_clock_gap": self._max_lead,
             "wait_s": {int(k): round(v, 4) for k, v in self._wait_s.items()},
             "samples": dict(self._samples),
+            "steps": dict(self._steps),
             "loss": dict(self._loss),
+            "era": self._series.era,
+            **{k: v for k, v in self._progress().items() if k.startswith("staleness_")},
+            **({"rows": self._series.since(rows_after)} if rows else {}),
             "uptime_s": time.monotonic() - self._started,
             "memory_bytes": self._memory_bytes,
             "ledger": {w: list(v) for w, v in self._ledger.snapshot().items()},

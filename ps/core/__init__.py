@@ -12,6 +12,7 @@
 - ``make_optimizer`` (optimizers.py), ``make_schedule`` (schedules.py): server-side optimizers on
   one flat float32 buffer, learning-rate schedules.
 - ``partition`` (partition.py): byte-balanced contiguous shard ranges.
+- ``StepSeries`` (series.py): a row of the shard's counters every K steps, for the job's history.
 - ``ShardMetrics`` (metrics.py): ``ray.util.metrics``, no-ops outside Ray.
 - ``this_node``, ``this_pid`` (placement_info.py): which Ray node an actor runs on, which process it is.
 """
