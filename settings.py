@@ -63,6 +63,19 @@ def require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def every_steps(value: Any, name: str, *, minimum: int) -> None:
+    """Check a cadence in steps: ``"auto"`` (the job's size decides) or an integer >= ``minimum``."""
+    if value != "auto":
+        if isinstance(value, str):
+            raise ConfigError(f"{name} ({value!r}) must be auto or an integer")
+        number(value, name, minimum=minimum, integer=True)
+
+
+def resolve_every(value: Any, auto: int) -> int:
+    """A cadence in steps: ``auto`` stands for ``auto`` (at least 1), a number for itself."""
+    return max(1, int(auto)) if value == "auto" else int(value)
+
+
 def number(value: Any, name: str, *, minimum: float | None = None, integer: bool = False,
            exclusive: bool = False) -> None:
     """Check that ``value`` is a number (an int when ``integer``) above ``minimum``."""

@@ -1,7 +1,7 @@
 """psctl: the command line.
 
     psctl run [CLUSTER_YAML] [--set KEY=VALUE ...] [--output DIR]
-    psctl report RUN_DIR
+    psctl report RUN_DIR [--x steps|epochs|seconds]
     psctl bench [--quick] [--output DIR] [--models small,large] [--transports shm,grpc,ray] [--modes asp,bsp,...] [--no-sparse] [--no-wire]
     psctl export RUN_DIR [--all] [--prune S] [--filter-prune KEEP] [--quantize] [--student MODULE:CALLABLE] [--config F]
     psctl serve [SERVE_YAML] [--host H] [--port P] [--size N] [--workers N] [--token-file F] [--set KEY=VALUE ...]
@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="draw a run directory's plots and TensorBoard events again")
     report.add_argument("run_dir", help="a run directory (holds summary.json and history.jsonl)")
+    report.add_argument("--x", choices=("steps", "epochs", "seconds"), default="steps",
+                        help="the plots' x axis (default: steps per worker)")
 
     serve = sub.add_parser("serve", help="serve one parameter shard over gRPC, outside Ray")
     serve.add_argument("config", nargs="?", help="YAML file of serve settings (launcher/serve.py: ServeConfig)")
@@ -132,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     from .job.config import load_job_config
     from .job.driver import run_job
-    from .job.progress import ProgressLine
+    from .job.terminal import ProgressLine
 
     if args.resume:
         from .job.resume import resumed_config
@@ -249,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             from .job.report import write_report
 
-            for path in write_report(args.run_dir):
+            for path in write_report(args.run_dir, x=args.x):
                 print(path)
             return 0
     except ConfigError as e:  # caught before anything started: the line says it all

@@ -32,8 +32,8 @@ from rayps.launcher.job.config import JobConfig
 from rayps.launcher.job.controller import Controller
 from rayps.launcher.job.driver import Run, _chaos, _merge_pulled, _worker_plan, _write_failed, prepare
 from rayps.launcher.job.monitor import Monitor
-from rayps.launcher.job.policies import CheckpointSchedule, RestartBudget, StallWatch
-from rayps.launcher.job.summary import job_summary, recovery_summary
+from rayps.launcher.job.policies import RestartBudget, StallWatch
+from rayps.launcher.job.summary import job_summary, progress_summary, recovery_summary
 from rayps.protos.compression import Codec
 from rayps.ps.served import ServedShard
 from rayps.ps.transport.object_store import RayTransport
@@ -77,7 +77,7 @@ class LocalJob:
                           c.consistency, plan.total_updates, "local", init_buffers[b.lo:b.hi], integer[b.lo:b.hi],
                           audit=c.debug.audit, checkpoints=root, tables=plan.tables, num_shards=c.servers,
                           codec=c.compression.make_codec(), pull_codec=Codec(c.compression.pull),
-                          name=f"ps-shard-{r.shard_id}", max_restarts=c.fault.max_restarts if root else 0)
+                          history_every=plan.history_every, name=f"ps-shard-{r.shard_id}", max_restarts=c.fault.max_restarts if root else 0)
             for r, b in zip(plan.ranges, plan.buffer_ranges)]
         self.coordinator = runtime.actor(WorkCoordinator, plan.queue, plan.batches, c.workers, "local",
                                          name="work-queue")
@@ -85,18 +85,18 @@ class LocalJob:
                                       runtime=runtime)
         self.checkpointer = None
         if root is not None:
-            self.checkpointer = Checkpointer(root, c.checkpoint.keep, CheckpointSchedule(
-                c.checkpoint.every_s, c.checkpoint.every_steps), c.to_dict(), runtime=runtime)
+            self.checkpointer = Checkpointer(root, c.checkpoint.keep, plan.checkpoint_schedule(), c.to_dict(),
+                                             runtime=runtime)
             self.checkpointer.take(self.shards, self.coordinator, [], now=0.0)  # checkpoint 0, as start() cuts
-        self.monitor = Monitor(plan.steps_per_worker, c.consistency.mode)
-        self.said: list[str] = []
+        self.said: list[str] = []  # the lines the job's events print
+        self.monitor = Monitor(plan.extent, c.consistency.mode, say=self.said.append)
         self.workers: dict[tuple[int, int], object] = {}  # (worker, incarnation) -> its actor
         # serve_again does nothing: the object store reaches a restarted shard through the same handle
         self.controller = Controller(
             self.shards, self.coordinator, self._start_worker, {w: 0 for w in range(c.workers)}, self.monitor,
             RestartBudget(c.fault.max_restarts, can_restore=c.checkpoint.enabled),
             StallWatch(c.fault.stall_s, c.fault.on_stall), self.checkpointer, lambda i: None,
-            [("hang", f) for f in c.chaos.faults("hang") if f.kind == "ps-shard"], say=self.said.append,
+            [("hang", f) for f in c.chaos.faults("hang") if f.kind == "ps-shard"],
             waits=c.consistency.rules.waits, runtime=runtime, tick_s=tick_s, call_s=call_s, startup_s=startup_s)
         self._watchers: list[threading.Thread] = []
         self._errors: list[BaseException] = []
@@ -174,6 +174,7 @@ class LocalJob:
         summary = job_summary(self.config, reports, stats, None, None, train_s, time.monotonic() - began)
         summary.update(recovery_summary(self.controller, self.checkpointer, get(self.coordinator.coverage.remote()),
                                         reports, stats))
+        summary["progress"] = progress_summary(self.monitor.progress)
         if self.config.debug.audit:
             logs = get([s.applied_log.remote() for s in self.shards])
             summary["applied_twice"] = sum(len(log) - len(set(map(tuple, log))) for log in logs)

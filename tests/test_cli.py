@@ -24,13 +24,17 @@ def test_psctl_run_trains_the_default_job_past_the_accuracy_bar(default_run):
     out = default_run.out
     assert code == 0, stdout[-6000:]
     assert "Ray dashboard: http://127.0.0.1:" in stdout
-    assert "[ssp s=2] step " in stdout and "samples/s" in stdout  # the progress line
+    progress = [line for line in stdout.splitlines() if line.startswith("[ssp s=2] step ")]
+    assert progress and "samples/s" in progress[-1]  # the progress line, and its last line: the whole job
+    assert progress[-1].startswith("[ssp s=2] step 690/690  epoch 30/30  "), progress
     summary = json.loads((out / "summary.json").read_text())
     assert SUMMARY_KEYS <= summary.keys()
     assert summary["test_accuracy"] >= 0.95
     assert summary["consistency"] == "ssp" and summary["staleness_bound"] == 2
     assert 0 <= summary["max_clock_gap"] <= 2
     assert summary["steps"] == {"0": 690, "1": 690}
+    assert summary["progress"] == {"step": 690, "steps": 690, "global_step": 1380, "global_steps": 1380,
+                                   "replayed": 0, "epoch": 30.0, "epochs": 30.0}
     assert f"run directory: {out}" in stdout
 
 

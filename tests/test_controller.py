@@ -21,6 +21,7 @@ import pytest
 from rayps.errors import JobError, StallError
 from rayps.ps.core.step import Step
 from rayps.ps.transport.object_store import RayTransport
+from rayps.launcher.job.report import plot_data
 from tests.local_job import LocalJob, counting
 from tests.local_runtime import local_runtime
 
@@ -119,6 +120,41 @@ def test_a_killed_shard_is_restored_the_others_roll_back_and_the_replay_is_appli
     assert 0 < s["steps_lost"] <= s["steps_replayed"], s
     assert s["resyncs"] >= 2  # both workers registered again and carried on
     assert_every_example_once_per_epoch(job, s)
+    assert_the_record_shows_the_rollback(job, s, "ps-shard-0")
+
+
+def test_a_killed_shard_that_the_monitor_does_not_read_is_on_the_record_too(runtime, tmp_path):
+    """ps-shard-0 carries the history rows; here it survives and is rolled back in place."""
+    job = LocalJob(tmp_path, runtime, **counting(
+        servers=2, checkpoint={"every_s": None, "every_steps": 30}, debug={"slow_workers": {0: 0.003, 1: 0.003}}))
+    job.when(lambda: job.checkpointer.written >= 2 and job.since_checkpoint(0) >= 10,
+             lambda: runtime.kill(job.shards[1], no_restart=False))
+    s = job.run()
+    assert s["restarts"] == {"ps-shard-1": 1} and s["rollbacks"] == 1
+    assert_every_example_once_per_epoch(job, s)
+    assert_the_record_shows_the_rollback(job, s, "ps-shard-1")
+
+
+def assert_the_record_shows_the_rollback(job: LocalJob, s: dict, shard: str) -> None:
+    """What a user reads: the death and the restore in the history, the terminal and the plots' data; a
+    step column that never goes back; a last row that reads N/N, the replay counted in both."""
+    history = job.monitor.history
+    rows = [r for r in history if "event" not in r]
+    steps = [r["step"] for r in rows]
+    assert steps == sorted(steps)
+    kinds = [r["event"] for r in history if "event" in r]
+    assert kinds.index("shard-died") < kinds.index("restore"), kinds
+    restore = next(r for r in history if r.get("event") == "restore")
+    assert restore["text"].startswith(f"{shard}: restored checkpoint {s['restored_checkpoint']} (cut at step ")
+    assert restore["checkpoint"] == s["restored_checkpoint"] and restore["replayed_batches"] == s["steps_replayed"]
+    assert restore["checkpoint_step"] <= restore["step"]
+    assert any(line.endswith(restore["text"]) for line in job.said)  # and a line in the terminal
+    p, workers = s["progress"], job.config.workers
+    assert rows[-1]["step"] == p["step"] == p["steps"]  # N/N
+    assert p["global_step"] == p["global_steps"] == job.plan.extent.batches + s["steps_replayed"]
+    assert p["replayed"] == round(s["steps_replayed"] / workers) and p["epoch"] == p["epochs"]
+    marks = plot_data(history)["events"]
+    assert (restore["step"], "restore", restore["text"]) in marks
 
 
 def test_a_dead_shard_without_checkpoints_fails_the_job_naming_it(runtime, tmp_path):
@@ -163,7 +199,7 @@ def test_a_shard_that_stops_answering_is_named_by_the_stall_report(runtime, tmp_
     s = json.loads((job.run_dir / "summary.json").read_text())  # a failed job still leaves its run
     assert s["failed"] and s["stalls"][0]["shard"] == 0
     assert s["stalls"][0]["pid"] == runtime.pids(job.shards[0])[0]
-    assert any(line.startswith("chaos: hang of ps-shard-0 at step") for line in job.said)
+    assert any(line.endswith("chaos: hang of ps-shard-0") for line in job.said)
 
 
 # ---- scaling ---------------------------------------------------------------------------------------

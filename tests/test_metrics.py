@@ -51,7 +51,8 @@ def test_metrics_on_the_prometheus_endpoint_match_the_job_summary(ray_session, t
         if arrived and all(value(samples, "ray_rayps_shard_updates_total", run_id=run, shard=sh) ==
                            s["optimizer_steps"][sh] for sh in ("0", "1")) \
                 and all(value(samples, "ray_rayps_worker_steps_total", run_id=run, worker=w) == n
-                        for w, n in steps.items()):
+                        for w, n in steps.items()) \
+                and value(samples, "ray_rayps_job_step", run_id=run) == s["progress"]["step"]:
             break
         assert time.monotonic() < deadline, f"metrics of run {run} never caught up: {samples}"
         time.sleep(1)
@@ -69,4 +70,7 @@ def test_metrics_on_the_prometheus_endpoint_match_the_job_summary(ray_session, t
         assert value(samples, "ray_rayps_worker_loss", run_id=run, worker=worker) is not None
         assert value(samples, "ray_rayps_worker_clock_lag", run_id=run, worker=worker) is not None
     assert value(samples, "ray_rayps_shard_pushes_total", run_id=run, outcome="applied") == s["pushes_applied"]
+    # the job's progress, as the progress line and the history count it
+    for key in ("step", "steps", "global_step", "replayed", "epoch"):
+        assert value(samples, f"ray_rayps_job_{key}", run_id=run) == s["progress"][key], key
 

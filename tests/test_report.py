@@ -21,16 +21,28 @@ def test_a_run_leaves_plots_and_tensorboard_events_that_psctl_report_redraws(def
     run_dir = default_run.out
     summary = json.loads((run_dir / "summary.json").read_text())
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
-    assert len(history) >= 3
-    assert history[-1]["test_accuracy"] == summary["test_accuracy"]
-    assert sum(row.get("test_accuracy") is not None for row in history) >= 2  # scored while training too
+    rows = [row for row in history if "event" not in row]
+    # by work as well as by time: tens of rows for a job of seconds, the step column rising to the summary's
+    assert sum(row["by"] == "steps" for row in rows) >= 100
+    steps = [row["step"] for row in rows]
+    assert steps == sorted(steps) and steps[-1] == summary["progress"]["step"] == 690
+    assert rows[-1]["epoch"] == 30.0 and rows[-1]["global_step"] == 1380
+    assert rows[-1]["test_accuracy"] == summary["test_accuracy"]
+    assert sum(row.get("test_accuracy") is not None for row in rows) >= 4  # scored while training too
+    cuts = [row for row in history if row.get("event") == "checkpoint"]
+    assert len(cuts) >= 3 and all(row["step"] <= 690 for row in cuts)  # by steps, too (checkpoint.every_steps)
     for name in PLOTS:
         assert (run_dir / name).read_bytes()[:8] == PNG_MAGIC
 
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
-    losses = [e.value for e in events.Scalars("job/loss")]
-    assert losses == pytest.approx([row["loss"] for row in history if row["loss"] is not None], rel=1e-6)
+    losses = events.Scalars("job/loss")
+    assert [e.value for e in losses] == pytest.approx([row["loss"] for row in rows if row["loss"] is not None],
+                                                      rel=1e-6)
+    assert [e.step for e in losses] == [row["step"] for row in rows if row["loss"] is not None]
+    # each event a line of text at its step (one text per step), and a count of its kind
+    assert [e.step for e in events.Tensors("events/text_summary")] == sorted({row["step"] for row in cuts})
+    assert [e.step for e in events.Scalars("events/checkpoint")] == sorted({row["step"] for row in cuts})
     assert events.Scalars("job/test_accuracy")[-1].value == pytest.approx(summary["test_accuracy"])
     assert {"worker-0/samples_per_s", "worker-1/samples_per_s"} <= set(events.Tags()["scalars"])
 

@@ -93,7 +93,7 @@ def rayps_rows(steps: int, transport: str, out: Path, rows: int = ROWS) -> dict:
                   optimizer={"name": "adam", "lr": 0.01},
                   sparse={"optimizer": {"name": "adam", "lr": 0.01}, "init_scale": 0.01, "consistency": {"mode": "asp"}},
                   consistency={"mode": "asp"}, workers=2, servers=2, batch_size=BAGS, epochs=1, eval_every_s=0,
-                  transport=transport).run(output=out / f"sparse-{transport}", progress=False, dashboard=False,
+                  checkpoint={"every_steps": None}, transport=transport).run(output=out / f"sparse-{transport}", progress=False, dashboard=False,
                                            report=False).summary
     table = s["sparse_tables"]["bag"]
     return {"rows_per_s": s["steady_samples_per_s"] * BAG, "transport": s["transport"], "rows": table["rows"],

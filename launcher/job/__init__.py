@@ -7,7 +7,8 @@
 - ``Controller`` (controller.py): the watch loop through failures, asking the small policies in
   policies.py; ``Checkpointer`` (checkpointing.py).
 - placement.py: where actors go (runtime.py, at the root, starts or joins Ray).
-- monitor.py, progress.py: history rows and the progress line; report.py, rundir.py: plots and
+- progress.py: the one count of a job's steps and epochs; monitor.py: history rows and events;
+  terminal.py: the progress line; report.py, rundir.py: plots and
   the run directory; saved_model.py: the trained model's files and ``rayps.load_model``;
   wire_summary.py: compression figures.
 - resume.py: ``--resume``; dataprep.py: chunked data prepared on Ray; throttle.py: a slow link

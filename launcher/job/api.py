@@ -8,7 +8,7 @@ from ...errors import ConfigError
 from ...runtime import RAY, Runtime
 from .config import JobConfig
 from .driver import JobResult, run_job
-from .progress import ProgressLine
+from .terminal import ProgressLine
 from ...settings import build
 
 

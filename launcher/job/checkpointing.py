@@ -55,10 +55,13 @@ class Checkpointer:
     def next_index(self) -> int:
         return max(self.store.steps(), default=-1) + 1
 
-    def take(self, shards: list, coordinator, history: list[dict] = (), now: float | None = None) -> int | None:
-        """Cut and write one checkpoint; its index, or None when the cut could not be made."""
+    def take(self, shards: list, coordinator, history: list[dict] = (), now: float | None = None,
+             step: int | None = None) -> int | None:
+        """Cut and write one checkpoint at the job's ``step`` (default: the history's last); its index,
+        or None when the cut could not be made."""
         began = time.monotonic()
-        step = max([r.get("step", 0) for r in history] or [0])
+        if step is None:
+            step = max([r.get("step", 0) for r in history] or [0])
         self.schedule.taken(began if now is None else now, step)
         try:
             seen = self._get([s.freeze.remote() for s in shards])
@@ -86,7 +89,7 @@ class Checkpointer:
         parts["queue"] = queue
         parts.update(self.extra)
         parts["job"] = {"config": self.config, "clocks": cut, "versions": [s["version"] for s in states],
-                        "history": list(history), "written_at": time.time()}
+                        "history": list(history), "step": step, "written_at": time.time()}
         self.store.write(index, parts)
         self.written += 1
         self.last_step = index
@@ -109,6 +112,10 @@ class Checkpointer:
                 self.runtime.get(ref, timeout=CALL_S)
             except (self.runtime.ActorError, self.runtime.GetTimeoutError):
                 pass
+
+    def step_of(self, index: int) -> int | None:
+        """The job's step checkpoint ``index`` was cut at (None: cut before steps were recorded)."""
+        return self.store.read(index, only=["job"])["job"].get("step")
 
     def history(self, index: int) -> list[dict]:
         return list(self.store.read(index, only=["job"])["job"].get("history", []))

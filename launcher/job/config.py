@@ -27,7 +27,7 @@ from ...ps.core.optimizers import OptimizerConfig
 from ...ps.core.schedules import ScheduleConfig
 from ...ps.compression.encoding import compression_config
 from ...ps.sparse.config import SparseConfig
-from ...settings import build, dataclass_in, number, require
+from ...settings import build, dataclass_in, every_steps, number, require
 from ...worker.data.config import data_config, is_pipeline_spec
 
 TRANSPORTS = ("auto", "shm", "grpc", "ray")
@@ -117,7 +117,10 @@ class JobConfig:
     server_resources: Mapping[str, float] = field(default_factory=dict)  # custom resources per shard, e.g. {ps_server: 1}
     worker_resources: Mapping[str, float] = field(default_factory=dict)  # custom resources per worker
     spread_servers: bool = True  # place shards on different nodes where possible
-    eval_every_s: float = 2.0  # evaluate on the test split this often while training (0: only at the end)
+    eval_every_s: float = 2.0  # evaluate on the test split this often while training (0: not by time)
+    # ... and every so many steps per worker (auto: a tenth of the job, none when eval_every_s is 0; 0: not by steps)
+    eval_every_steps: Any = "auto"
+    history_every_steps: Any = "auto"  # a history row every so many steps per worker (auto: about 200 in a job)
     torch_threads: int = 1  # intra-op threads per worker
     target_loss: float | None = None  # record when each worker's mean loss of 10 steps first falls below it
     overlap: Any = "auto"  # compute the next step while a push is in flight: true, false, auto (ssp s >= 1)
@@ -152,6 +155,8 @@ class JobConfig:
         number(self.server_cpus, "server_cpus", minimum=0)
         number(self.torch_threads, "torch_threads", minimum=1, integer=True)
         number(self.eval_every_s, "eval_every_s", minimum=0)
+        every_steps(self.eval_every_steps, "eval_every_steps", minimum=0)
+        every_steps(self.history_every_steps, "history_every_steps", minimum=1)
         require(isinstance(self.spread_servers, bool), f"spread_servers ({self.spread_servers!r}) must be true or false")
         for key in ("server_resources", "worker_resources"):
             value = getattr(self, key)

@@ -59,7 +59,7 @@ class Controller:
     def __init__(self, shards: list, coordinator, start_worker: Callable[[int, int], object], initial: dict[int, int],
                  monitor: Monitor, budget: RestartBudget, stalls: StallWatch,
                  checkpointer: Checkpointer | None, serve_again: Callable[[int], None],
-                 shard_faults: list = (), say: Callable[[str], None] = print, waits: bool = True,
+                 shard_faults: list = (), waits: bool = True,
                  runtime: Runtime = RAY, tick_s: float = TICK_S, call_s: float = CALL_S,
                  startup_s: float = STARTUP_S):
         self.runtime = runtime
@@ -74,7 +74,7 @@ class Controller:
         self.serve_again = serve_again
         self.shard_faults = list(shard_faults)
         self.waits = waits  # whether workers wait on each other (ssp, bsp): a stalled one may only be waiting
-        self.say = say
+        self.event = monitor.event  # what the controller does and sees goes on the record, and to the terminal
         self.slots: dict[int, WorkerSlot] = {}
         self.reports: dict[int, list[dict]] = {}
         self.lives = [self._get(s.life.remote()) for s in shards]
@@ -106,28 +106,35 @@ class Controller:
         for slot in self.slots.values():
             slot.ref = slot.actor.run.remote(slot.generation)
             slot.started = time.monotonic()
-        began = self.train_began = time.monotonic()  # training time starts once the workers are up
+        self.train_began = time.monotonic()  # training time starts once the workers are up
+        self.monitor.start()
         while any(slot.ref is not None for slot in self.slots.values()):
             self._collect()
-            now = time.monotonic() - began
             if not self._check_shards():
                 continue  # a shard is restarting or silent: its stats would only wait
             stats = self._stats()
             if stats is None:
                 continue
-            row = self.monitor.tick(stats, now)
+            self.monitor.tick(stats)
+            now, progress = self.monitor.now(), self.monitor.progress
+            self.coordinator.report_progress.remote(progress.fields())  # the dashboard's figures, the same
             self._watch_stalls(stats)
-            step = row["step"]
-            if self.checkpointer is not None and self.checkpointer.due(now, step):
-                if self.checkpointer.take(self.shards, self.coordinator, self.monitor.history, now=now) is not None:
-                    self.coordinator.record.remote("checkpoint")
-            self._fire_chaos(now, step)
+            if self.checkpointer is not None and self.checkpointer.due(now, progress.step):
+                self._checkpoint(now, progress.step)
+            self._fire_chaos(now, progress.step)
             self._follow_scale()
         stats = self._stats()  # a last row: the history ends where training did
         if stats is not None:
-            self.monitor.tick(stats, time.monotonic() - began)
+            self.monitor.tick(stats)
+            self.coordinator.report_progress.remote(self.monitor.progress.fields())
         self.monitor.close()
         return [r for w in sorted(self.reports) for r in self.reports[w]]
+
+    def _checkpoint(self, now: float, step: int) -> None:
+        index = self.checkpointer.take(self.shards, self.coordinator, self.monitor.history, now=now, step=step)
+        if index is not None:
+            self.coordinator.record.remote("checkpoint")
+            self.event("checkpoint", f"checkpoint {index} cut at step {step:,}", quiet=True, checkpoint=index)
 
     def _placement(self) -> dict:
         named = [(f"ps-shard-{i}", s) for i, s in enumerate(self.shards)]
@@ -159,8 +166,9 @@ class Controller:
                 raise self._name_failure(f"worker-{worker}", e) from e
 
     def _stats(self) -> dict | None:
-        try:
-            stats = self._get([s.stats.remote() for s in self.shards])
+        try:  # shard 0's brings the history rows it wrote by work since the last look
+            stats = self._get([s.stats.remote(**({"rows": True, "rows_after": self.monitor.cursor} if i == 0 else {}))
+                               for i, s in enumerate(self.shards)])
         except (self.runtime.ActorError, self.runtime.GetTimeoutError):
             return None  # a shard is restarting or gone: _check_shards deals with it next tick
         self.versions = [s["version"] for s in stats]
@@ -179,7 +187,7 @@ class Controller:
     def _worker_died(self, worker: int, slot: WorkerSlot, error: Exception) -> None:
         cause = _cause(error)
         name = f"worker-{worker}"
-        self.say(f"{name} died (incarnation {slot.incarnation}): {cause}")
+        self.event("worker-died", f"{name} died (incarnation {slot.incarnation}): {cause}", worker=worker)
         decision = self.budget.on_failure(name, cause)
         self.coordinator.record.remote("restart", name)
         # It leaves every clock table at once, so nobody waits for it, whatever comes next.
@@ -206,7 +214,9 @@ class Controller:
         """Start ``incarnation`` of ``worker`` at the clock every shard agrees it may start from."""
         frontier = self._join_shards(worker, incarnation)
         self._launch(worker, incarnation, frontier, run)
-        log.warning("worker-%d incarnation %d joined at clock %d", worker, incarnation, frontier)
+        if incarnation:  # a replacement (or a resumed job's worker): a new life, on the record
+            self.event("worker-joined", f"worker-{worker} incarnation {incarnation} joined at clock {frontier}",
+                       worker=worker, incarnation=incarnation)
 
     def _join_shards(self, worker: int, incarnation: int) -> int:
         """Join ``incarnation`` on every shard at the highest frontier any reports; that clock."""
@@ -251,7 +261,7 @@ class Controller:
         text = (f"stall: ps-shard-{i} has not answered for {stuck:.0f} s (pid {self.lives[i]['pid']});"
                 " every worker waits for it")
         log.error("%s", text)
-        self.say(text)
+        self.event("stall", text, shard=i, stuck_s=round(stuck, 1))
         self.stall_reports.append({"shard": i, "stuck_s": round(stuck, 1), "pid": self.lives[i]["pid"],
                                    "text": text})
         if self.stalls.action == "fail":
@@ -261,7 +271,7 @@ class Controller:
         name = f"ps-shard-{i}"
         self._get(self.coordinator.begin_recovery.remote())
         cause = f"its process (pid {self.lives[i]['pid']}) died; Ray restarted it as pid {life['pid']}"
-        self.say(f"{name} died: {cause}")
+        self.event("shard-died", f"{name} died: {cause}", shard=i)
         decision = self.budget.on_failure(name, cause)
         self.coordinator.record.remote("restart", name)
         if decision.action == "give_up":
@@ -291,8 +301,13 @@ class Controller:
         self.counts["steps_lost"] += lost
         self.counts["steps_replayed"] += replayed
         self.restored_checkpoint = step
-        self.say(f"{name}: restored checkpoint {step}; every shard rolled back to it, {replayed} batches"
-                 " go round again")
+        self.monitor.went_back(replayed)
+        cut_at = self.checkpointer.step_of(step)
+        workers = self.monitor.extent.workers
+        self.event("restore", f"{name}: restored checkpoint {step}" + (f" (cut at step {cut_at:,})" if cut_at is not None
+                   else "") + f"; every shard rolled back to it: {replayed:,} batches"
+                   f" ({round(replayed / workers):,} steps per worker) go round again",
+                   shard=i, checkpoint=step, checkpoint_step=cut_at, replayed_batches=replayed, undone_updates=lost)
         self._get(self.coordinator.end_recovery.remote())
 
     def _reconcile(self) -> None:
@@ -330,9 +345,9 @@ class Controller:
         for worker in blockers:
             report = self._stall_report(worker, stalled[worker], clocks)
             self.stall_reports.append(report)
-            self.monitor.note_stall(report)
             self.coordinator.record.remote("stall", f"worker-{worker}", report["stuck_s"])
-            self.say(report["text"])
+            self.event("stall", report["text"], **{k: report[k] for k in ("worker", "stuck_s", "waiting")},
+                       at_clock=report["step"])
             if self.stalls.action == "fail":
                 raise StallError(report["text"])
             if self.stalls.action == "replace":
@@ -364,8 +379,8 @@ class Controller:
         for kind, fault in list(self.shard_faults):
             if (fault.seconds and now >= fault.at) or (not fault.seconds and step >= fault.at):
                 self.shard_faults.remove((kind, fault))
-                self.say(f"chaos: {'SIGKILL of' if kind == 'kill' else 'hang of'} {fault.actor} at step {step},"
-                         f" {now:.1f} s")
+                self.event("chaos", f"chaos: {'SIGKILL of' if kind == 'kill' else 'hang of'} {fault.actor}",
+                           actor=fault.actor, fault=kind)
                 shard = self.shards[fault.index]
                 (shard.die if kind == "kill" else shard.hang).remote()
 
@@ -381,13 +396,14 @@ class Controller:
                 worker = max(self.slots) + 1
                 self._join(worker, 0)
                 self.counts["added"] += 1
-                self.say(f"scale: worker-{worker} joined ({wanted} wanted)")
+                self.event("worker-added", f"scale: worker-{worker} joined ({wanted} wanted)", worker=worker)
         elif 0 < wanted < len(running):
             for worker in running[wanted:]:
                 self.removed.add(worker)
                 self._get(self.coordinator.remove.remote(worker))
                 self.counts["removed"] += 1
-                self.say(f"scale: worker-{worker} leaves after its current unit ({wanted} wanted)")
+                self.event("worker-removed", f"scale: worker-{worker} leaves after its current unit"
+                           f" ({wanted} wanted)", worker=worker)
 
 
 def _cause(error: Exception) -> str:

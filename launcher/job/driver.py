@@ -36,6 +36,7 @@ from torch import nn
 from ...errors import ConfigError
 from ...protos.compression import Codec
 from ...runtime import RAY, Runtime
+from ...settings import resolve_every
 from ...ps.core.partition import partition
 from ...ps.served import ServedShard
 from ...ps.sparse.client import ShardLookups
@@ -56,13 +57,14 @@ from .checkpointing import Checkpointer
 from .config import JobConfig
 from .controller import Controller
 from .dataprep import prepare_on_ray, write_data_files
-from .monitor import Monitor
+from .monitor import Monitor, default_history_every
+from .progress import Extent
 from .placement import check_feasible, server_options, worker_options
 from .policies import CheckpointSchedule, RestartBudget, StallWatch
-from .progress import ProgressLine
+from .terminal import ProgressLine
 from .report import write_report
 from .rundir import default_run_dir, write_run_dir
-from .summary import job_summary, recovery_summary, sparse_summary
+from .summary import job_summary, progress_summary, recovery_summary, sparse_summary
 from .transports import job_transport, serve_again, stop_serving, throttled
 from .wire_summary import compression_summary
 
@@ -101,6 +103,13 @@ class Plan:
     steps_per_worker: int
     total_updates: int
     queue: WorkQueue
+    extent: Extent  # the batches the work queue hands out: what progress counts against
+    history_every: int  # a shard writes a history row every so many of the job's steps (every worker's)
+    eval_every_steps: int  # the test split is scored every so many steps per worker (0: not by steps)
+    checkpoint_every_steps: int | None  # a checkpoint every so many steps per worker (None: not by steps)
+
+    def checkpoint_schedule(self) -> CheckpointSchedule:
+        return CheckpointSchedule(self.config.checkpoint.every_s, self.checkpoint_every_steps)
 
 
 @dataclass
@@ -187,6 +196,10 @@ def prepare(config: JobConfig, output: str | Path | None, dashboard: bool) -> Pl
     chunk = config.chunk_batches or (batches.per_epoch if batches.chunk_ends is not None
                                      else default_chunk_batches(batches.per_epoch, config.workers))
     rules = config.consistency.rules
+    queue = WorkQueue(batches.stretches, config.epochs, chunk, config.max_steps, steal=rules.steals,
+                      chunk_ends=batches.chunk_ends)
+    extent = Extent(queue.budget, queue.batches_per_epoch, config.workers)
+    per_worker = extent.batches / config.workers
     return Plan(
         config, model_fn, loss_fn, splits, prepared, model, flat, shapes,
         tables=tuple(config.sparse.table_configs(shapes, config.consistency, config.seed)),
@@ -197,8 +210,15 @@ def prepare(config: JobConfig, output: str | Path | None, dashboard: bool) -> Pl
         batches=batches, steps_per_worker=steps_per_worker,
         # the schedule's horizon: one update per push (asp, ssp) or per clock (bsp): the mode says
         total_updates=steps_per_worker * rules.updates_per_clock(config.workers),
-        queue=WorkQueue(batches.stretches, config.epochs, chunk, config.max_steps, steal=rules.steals,
-                        chunk_ends=batches.chunk_ends))
+        queue=queue, extent=extent,
+        history_every=(default_history_every(extent) if config.history_every_steps == "auto"
+                       else config.history_every_steps * config.workers),
+        # auto: ten times in a job, so a short job scores a curve and an early failure loses a tenth of it;
+        # eval_every_s: 0 keeps its meaning, scores at the end only, unless steps are named
+        eval_every_steps=0 if config.eval_every_steps == "auto" and not config.eval_every_s
+        else resolve_every(config.eval_every_steps, per_worker / 10),
+        checkpoint_every_steps=None if config.checkpoint.every_steps is None
+        else resolve_every(config.checkpoint.every_steps, per_worker / 10))
 
 
 def open_run(plan: Plan, output: str | Path | None, dashboard: bool, runtime: Runtime = RAY) -> Run:
@@ -226,7 +246,8 @@ def start(run: Run, on_start: Callable[[str], None] | None) -> None:
             config.optimizer, config.schedule, config.consistency, plan.total_updates, run.run_id,
             init_buffers[b.lo:b.hi], integer[b.lo:b.hi]), dict(
             audit=config.debug.audit, checkpoints=ckpt_root, tables=plan.tables, num_shards=config.servers,
-            codec=config.compression.make_codec(), pull_codec=Codec(config.compression.pull)), dict(
+            codec=config.compression.make_codec(), pull_codec=Codec(config.compression.pull),
+            history_every=plan.history_every), dict(
             **server_options(config, r.shard_id, namespace),
             max_restarts=config.fault.max_restarts if config.checkpoint.enabled else 0))
         for r, b in zip(plan.ranges, plan.buffer_ranges)
@@ -245,7 +266,7 @@ def start(run: Run, on_start: Callable[[str], None] | None) -> None:
     if ckpt_root is not None:
         ckpt = config.checkpoint
         run.checkpointer = Checkpointer(
-            ckpt_root, ckpt.keep, CheckpointSchedule(ckpt.every_s, ckpt.every_steps), config.to_dict(),
+            ckpt_root, ckpt.keep, plan.checkpoint_schedule(), config.to_dict(),
             extra={"data": plan.prepared.state()} if plan.prepared is not None else None, runtime=runtime)
         restored = runtime.get(run.shards[0].life.remote())["restored"]
         if restored is not None:  # a resumed job: every worker comes back as a new incarnation
@@ -266,8 +287,8 @@ def train(run: Run, progress: ProgressLine | None) -> None:
         plan.flat.load(*_merge_pulled(get([s.pull.remote() for s in shards])))
         return evaluate(plan.model, plan.loss_fn, test) if test is not None else (None, None)
 
-    run.monitor = Monitor(plan.steps_per_worker, config.consistency.rules.label(config.consistency, config.workers),
-                          progress, evaluate_now, config.eval_every_s, run.history)
+    run.monitor = Monitor(plan.extent, config.consistency.rules.label(config.consistency, config.workers),
+                          progress, evaluate_now, config.eval_every_s, run.history, plan.eval_every_steps)
     run.controller = Controller(
         shards, run.coordinator, _worker_starter(run), run.initial, run.monitor,
         RestartBudget(config.fault.max_restarts, can_restore=config.checkpoint.enabled),
@@ -313,6 +334,7 @@ def summarize(run: Run, report: bool, began: float) -> JobResult:
     summary = job_summary(config, t["reports"], t["stats"], t["test_loss"], t["test_accuracy"], t["train_s"],
                           time.monotonic() - began)
     summary.update(recovery_summary(run.controller, run.checkpointer, t["coverage"], t["reports"], t["stats"]))
+    summary["progress"] = progress_summary(run.monitor.progress)
     summary.update(sparse_summary(t["stats"], t["reports"]))
     summary["compression"] = compression_summary(config.compression, t["reports"], t["stats"], run.transport.name)
     if t["auc"] is not None:
@@ -387,6 +409,8 @@ def _write_failed(run: Run, error: Exception, began: float, report: bool) -> Non
                "consistency": config.consistency.mode, "workers": config.workers, "servers": config.servers}
     if run.controller is not None:
         summary.update(recovery_summary(run.controller, run.controller.checkpointer, None, [], None))
+    if run.monitor is not None:  # how far it got, counted as a finished job's progress is
+        summary["progress"] = progress_summary(run.monitor.progress)
     history = run.monitor.history if run.monitor is not None else []
     try:
         write_run_dir(run.run_dir, config, summary, history)

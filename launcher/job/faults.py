@@ -5,7 +5,8 @@
 inject (a real SIGKILL, or a hang: a worker's loop stops, or a shard stops
 answering), each written ``ACTOR@WHEN``: the actor is
 ``worker-N`` or ``ps-shard-N``; WHEN is a step (``worker-0@40``: just before
-that worker's 40th step; ``ps-shard-1@40``: once any worker pushed clock 40)
+that worker's 40th step; ``ps-shard-1@40``: once the job's step, per worker as
+the progress line counts it, reaches 40)
 or seconds into training (``ps-shard-0@5s``).
 """
 
@@ -15,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 from ...errors import ConfigError
-from ...settings import number, require
+from ...settings import every_steps, number, require
 
 STALL_ACTIONS = ("report", "replace", "fail")
 _FAULT = re.compile(r"^(worker|ps-shard)-(\d+)@(\d+(?:\.\d+)?)(s?)$")
@@ -26,7 +27,8 @@ class CheckpointConfig:
     """Consistent checkpoints of every shard and the data position."""
 
     every_s: float | None = 10.0  # cut one this often (None: not by time)
-    every_steps: int | None = None  # ... or whenever the leading worker's clock passes a multiple of this
+    # ... or whenever the job's step (per worker) passes a multiple of this (auto: a tenth of the job; None: not)
+    every_steps: int | str | None = "auto"
     keep: int = 3  # the newest K are kept
     dir: str | None = None  # default: <run dir>/checkpoints
     enabled: bool = True
@@ -35,7 +37,7 @@ class CheckpointConfig:
         if self.every_s is not None:
             number(self.every_s, "checkpoint.every_s", minimum=0.1)
         if self.every_steps is not None:
-            number(self.every_steps, "checkpoint.every_steps", minimum=1, integer=True)
+            every_steps(self.every_steps, "checkpoint.every_steps", minimum=1)
         number(self.keep, "checkpoint.keep", minimum=1, integer=True)
         require(isinstance(self.enabled, bool), f"checkpoint.enabled ({self.enabled!r}) must be true or false")
         require(self.dir is None or isinstance(self.dir, str), f"checkpoint.dir ({self.dir!r}) must be a path")

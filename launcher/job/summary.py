@@ -79,6 +79,11 @@ def job_summary(config, reports, stats, test_loss, test_accuracy, train_s, wall_
     }
 
 
+def progress_summary(progress) -> dict:
+    """Where the job ended, counted as the progress line and the history count (launcher/job/progress.py)."""
+    return {**progress.fields(), "epochs": round(progress.epochs, 3), "global_steps": progress.total}
+
+
 def recovery_summary(controller, checkpointer, coverage, reports, stats) -> dict:
     counts = controller.counts if controller is not None else Counter()
     out = {

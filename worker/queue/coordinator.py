@@ -90,6 +90,12 @@ class WorkCoordinator:
         elif event == "checkpoint":
             self._metrics.checkpoints.inc()
 
+    def report_progress(self, fields: dict) -> None:
+        """The controller's count of the job's progress (progress.py's ``fields``), to Ray's metrics."""
+        for key, gauge in self._metrics.progress.items():
+            if key in fields:
+                gauge.set(fields[key])
+
     def set_wanted(self, workers: int) -> None:
         self.wanted = int(workers)
 
