@@ -42,3 +42,6 @@ def test_checkpoints_fall_due_by_time_and_by_steps():
     assert not by_steps.due(100.0, 49) and by_steps.due(100.0, 50)
     by_steps.taken(100.0, 61)
     assert not by_steps.due(100.0, 99) and by_steps.due(100.0, 100)
+    spaced = CheckpointSchedule(every_s=None, every_steps=50, min_gap_s=1.0)  # auto's: a second apart at least
+    spaced.taken(100.0, 50)
+    assert not spaced.due(100.5, 150) and spaced.due(101.0, 150)

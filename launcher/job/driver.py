@@ -84,6 +84,10 @@ class JobResult:
     transform: object = None  # data read in chunks: the fitted DataTransform the model expects its inputs through
 
 
+#: With checkpoint.every_steps: auto, the least time between two cuts.
+AUTO_CHECKPOINT_GAP_S = 1.0
+
+
 @dataclass
 class Plan:
     """A job before any actor runs: what it trains, on what, cut how."""
@@ -109,7 +113,11 @@ class Plan:
     checkpoint_every_steps: int | None  # a checkpoint every so many steps per worker (None: not by steps)
 
     def checkpoint_schedule(self) -> CheckpointSchedule:
-        return CheckpointSchedule(self.config.checkpoint.every_s, self.checkpoint_every_steps)
+        # auto's cuts are spaced a second apart at least: on a job of seconds each cut's pause is a cost
+        # one can see (docs/failures.md), and a second of work is what a failure would lose
+        auto = self.config.checkpoint.every_steps == "auto"
+        return CheckpointSchedule(self.config.checkpoint.every_s, self.checkpoint_every_steps,
+                                  min_gap_s=AUTO_CHECKPOINT_GAP_S if auto else 0.0)
 
 
 @dataclass

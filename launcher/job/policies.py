@@ -84,17 +84,21 @@ class StallWatch:
 
 
 class CheckpointSchedule:
-    """When to cut a checkpoint: every ``every_s`` seconds and/or every ``every_steps`` clocks."""
+    """When to cut a checkpoint: every ``every_s`` seconds and/or every ``every_steps`` steps, a cut by
+    steps no sooner than ``min_gap_s`` after the last cut."""
 
-    def __init__(self, every_s: float | None, every_steps: int | None, start: float = 0.0):
+    def __init__(self, every_s: float | None, every_steps: int | None, start: float = 0.0,
+                 min_gap_s: float = 0.0):
         self.every_s = every_s
         self.every_steps = every_steps
+        self.min_gap_s = min_gap_s
         self._last_t = start
         self._last_step = 0
 
     def due(self, now: float, step: int) -> bool:
         by_time = self.every_s is not None and now - self._last_t >= self.every_s
-        by_steps = self.every_steps is not None and step // self.every_steps > self._last_step // self.every_steps
+        by_steps = self.every_steps is not None and step // self.every_steps > self._last_step // self.every_steps \
+            and now - self._last_t >= self.min_gap_s
         return by_time or by_steps
 
     def taken(self, now: float, step: int) -> None:
