@@ -27,7 +27,8 @@ class CheckpointConfig:
     """Consistent checkpoints of every shard and the data position."""
 
     every_s: float | None = 10.0  # cut one this often (None: not by time)
-    # ... or whenever the job's step (per worker) passes a multiple of this (auto: a tenth of the job; None: not)
+    # ... and whenever the job's step (per worker) passes a multiple of this (auto: a tenth of the job, at
+    # least 1 s after the last cut; None: not by steps)
     every_steps: int | str | None = "auto"
     keep: int = 3  # the newest K are kept
     dir: str | None = None  # default: <run dir>/checkpoints
