@@ -217,6 +217,13 @@ def test_resume_after_sigkill_of_the_driver_completes_the_job(ray_session, tmp_p
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["test_accuracy"] >= 0.93
     assert_every_example_once_per_epoch(s, 10)
+    # the history carries on from the checkpoint's: its step column never goes back, and it ends N/N with
+    # the batches the crash cost counted as replayed
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in history if "event" not in r]
+    assert steps == sorted(steps) and steps[-1] == s["progress"]["step"] == s["progress"]["steps"] >= 230
+    assert abs(s["progress"]["global_steps"] - 460 - 2 * s["progress"]["replayed"]) <= 1  # the plan (10 x 46) and replays
+    assert [r["event"] for r in history if r.get("event") == "worker-joined"] == ["worker-joined"] * 2
 
 
 @pytest.mark.timeout(120)
