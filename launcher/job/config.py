@@ -96,6 +96,9 @@ class JobConfig:
     data: Any = "rayps.worker.datasets:digits"  # any form worker.data.resolve_data takes; files: a DataConfig
     test_data: Any = None  # None: the data's own test split, or a held-out part of train
     loss: Any = "cross_entropy"  # cross_entropy | mse | kl | 'module:callable' | a callable
+    # hooks over the rule that calls the model with a batch (worker/loop/batches.py), 'module:callable' or callables:
+    forward: Any = None  # (model, inputs) -> output; the loss is applied to it
+    compute_loss: Any = None  # (model, inputs, targets) -> loss or (loss, output): a model with its own loss
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
@@ -175,6 +178,10 @@ class JobConfig:
         require(isinstance(self.model_args, Mapping), f"model_args ({self.model_args!r}) must be a mapping")
         require(self.model is not None and (callable(self.model) or isinstance(self.model, str)),
                 f"model ({self.model!r}) must be a 'module:callable' string or a callable")
+        for key in ("forward", "compute_loss"):
+            hook = getattr(self, key)
+            require(hook is None or callable(hook) or (isinstance(hook, str) and ":" in hook),
+                    f"{key} ({hook!r}) must be a 'module:callable' string or a callable")
         for key in ("slow_workers", "slowdown"):
             for worker in getattr(self.debug, key):
                 require(worker < self.workers,

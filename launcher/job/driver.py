@@ -49,6 +49,7 @@ from ...worker.loop.embedding import SavedRows, bind, sparse_tables
 from ...worker.loop.flat import FlatParams
 from ...worker.loop.losses import resolve_loss, takes_weight
 from ...worker.loop.scoring import evaluate, score
+from ...worker.loop.batches import ModelCall, check_call
 from ...worker.loop.trainer import Worker, WorkerPlan
 from ...worker.queue.coordinator import WorkCoordinator
 from ...worker.queue.workqueue import WorkQueue, default_chunk_batches, plan_batches
@@ -111,6 +112,7 @@ class Plan:
     history_every: int  # a shard writes a history row every so many of the job's steps (every worker's)
     eval_every_steps: int  # the test split is scored every so many steps per worker (0: not by steps)
     checkpoint_every_steps: int | None  # a checkpoint every so many steps per worker (None: not by steps)
+    call: ModelCall = ModelCall()  # how the model is called with a batch and its loss taken
 
     def checkpoint_schedule(self) -> CheckpointSchedule:
         # auto's cuts are spaced a second apart at least: on a job of seconds each cut's pause is a cost
@@ -196,6 +198,10 @@ def prepare(config: JobConfig, output: str | Path | None, dashboard: bool) -> Pl
     shapes = sparse_tables(model)  # rayps.Embedding tables: their rows live on the shards, never here
     if prepared is not None and not shapes:
         _check_inputs(model, prepared)
+    call = model_call(config)
+    if prepared is None and len(splits.train):  # the rule must be able to call this model with these items: said before any actor
+        x, y = splits.train.batch(np.arange(min(2, len(splits.train))))[:2]
+        check_call(model, call, x, y, "the training data's first batch")
     batches = plan_batches(splits.train, config.workers, config.batch_size, config.seed)
     steps_per_worker = config.epochs * max(batches.stretches)
     if config.max_steps is not None:
@@ -218,7 +224,7 @@ def prepare(config: JobConfig, output: str | Path | None, dashboard: bool) -> Pl
         batches=batches, steps_per_worker=steps_per_worker,
         # the schedule's horizon: one update per push (asp, ssp) or per clock (bsp): the mode says
         total_updates=steps_per_worker * rules.updates_per_clock(config.workers),
-        queue=queue, extent=extent,
+        queue=queue, extent=extent, call=call,
         history_every=(default_history_every(extent) if config.history_every_steps == "auto"
                        else config.history_every_steps * config.workers),
         # auto: ten times in a job, so a short job scores a curve and an early failure loses a tenth of it;
@@ -293,7 +299,7 @@ def train(run: Run, progress: ProgressLine | None) -> None:
 
     def evaluate_now():
         plan.flat.load(*_merge_pulled(get([s.pull.remote() for s in shards])))
-        return evaluate(plan.model, plan.loss_fn, test) if test is not None else (None, None)
+        return evaluate(plan.model, plan.loss_fn, test, call=plan.call) if test is not None else (None, None)
 
     run.monitor = Monitor(plan.extent, config.consistency.rules.label(config.consistency, config.workers),
                           progress, evaluate_now, config.eval_every_s, run.history, plan.eval_every_steps)
@@ -310,7 +316,8 @@ def train(run: Run, progress: ProgressLine | None) -> None:
     stats = get([s.stats.remote() for s in shards])
     # Scored while the shards still serve: a sparse model reads its rows from them.
     plan.flat.load(final, final_buffers)
-    test_loss, test_accuracy, auc = score(plan.model, plan.loss_fn, test) if test is not None else (None,) * 3
+    test_loss, test_accuracy, auc = score(plan.model, plan.loss_fn, test, call=plan.call) if test is not None \
+        else (None,) * 3
     run.trained = dict(
         reports=reports, train_s=train_s, stats=stats, final=final, test_loss=test_loss,
         test_accuracy=test_accuracy, auc=auc,
@@ -488,9 +495,16 @@ def _model_factory(config: JobConfig) -> Callable[[], nn.Module]:
     return functools.partial(factory, **config.model_args)
 
 
+def model_call(config: JobConfig) -> ModelCall:
+    """The hooks over the rule that calls the model with a batch, imported where named by string."""
+    hooks = {key: import_object(value, key) if isinstance(value, str) else value
+             for key, value in (("forward", config.forward), ("compute_loss", config.compute_loss))}
+    return ModelCall(**hooks)
+
+
 def _worker_plan(config: JobConfig, worker_id: int, run_id: str = "", incarnation: int = 0,
           chaos: WorkerChaos = WorkerChaos()) -> WorkerPlan:
-    return WorkerPlan(
+    return WorkerPlan(call=model_call(config),
         worker_id=worker_id, num_workers=config.workers, batch_size=config.batch_size,
         epochs=config.epochs, max_steps=config.max_steps, seed=config.seed,
         slow_s=float(config.debug.slow_workers.get(worker_id, 0.0)),

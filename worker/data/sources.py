@@ -87,7 +87,8 @@ class ArraySource:
 
 
 class TorchDatasetSource:
-    """A map-style torch Dataset of ``(x, y)`` items, collated by default_collate.
+    """A map-style torch Dataset of ``(x, y)`` items, collated by default_collate; x and y may be
+    tensors, tuples, lists, dicts and nests of them (worker/loop/batches.py calls the model with them).
 
     float64 tensors (what Python floats collate to) become float32, matching
     ArraySource.
@@ -112,7 +113,14 @@ class TorchDatasetSource:
 
 
 def _float32(t: Any) -> Any:
-    return t.float() if isinstance(t, torch.Tensor) and t.dtype == torch.float64 else t
+    """float64 tensors to float32, inside tuples, lists and dicts too (collated items of any structure)."""
+    if isinstance(t, torch.Tensor):
+        return t.float() if t.dtype == torch.float64 else t
+    if isinstance(t, dict):
+        return {k: _float32(v) for k, v in t.items()}
+    if isinstance(t, (tuple, list)) and not hasattr(t, "_fields"):
+        return type(t)(_float32(v) for v in t)
+    return t
 
 
 class SubsetSource:

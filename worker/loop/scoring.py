@@ -7,34 +7,39 @@ import torch
 from torch import nn
 
 from ..data.sources import DataSource
+from .batches import ModelCall, leading_size
 
 
-def evaluate(model: nn.Module, loss_fn, data: DataSource, batch_size: int = 1024) -> tuple[float, float | None]:
+def evaluate(model: nn.Module, loss_fn, data: DataSource, batch_size: int = 1024,
+             call: ModelCall = ModelCall()) -> tuple[float, float | None]:
     """Mean loss over ``data`` and, for class-index targets, accuracy."""
-    return score(model, loss_fn, data, batch_size)[:2]
+    return score(model, loss_fn, data, batch_size, call)[:2]
 
 
 @torch.no_grad()
-def score(model: nn.Module, loss_fn, data: DataSource, batch_size: int = 1024,
+def score(model: nn.Module, loss_fn, data: DataSource, batch_size: int = 1024, call: ModelCall = ModelCall(),
           ) -> tuple[float, float | None, float | None]:
-    """One pass over ``data``: the mean loss; accuracy for class-index targets; ROC AUC of the single
-    logit for 0/1 targets (None where the targets are not of that kind)."""
+    """One pass over ``data``, the model called as in training (``call``): the mean loss; accuracy for
+    class-index targets; ROC AUC of the single logit for 0/1 targets (None where the targets, or the
+    output, are not of that kind)."""
     model.eval()
     total_loss, correct, seen, classify, binary = 0.0, 0, 0, True, True
     scores, labels = [], []
     for lo in range(0, len(data), batch_size):
-        x, y = data.batch(np.arange(lo, min(lo + batch_size, len(data))))
-        out = model(x)
-        total_loss += float(loss_fn(out, y)) * len(y)
-        classify = classify and y.dtype == torch.int64 and out.dim() == 2
+        x, y = data.batch(np.arange(lo, min(lo + batch_size, len(data))))[:2]
+        loss, out = call.loss_and_output(model, x, y, loss_fn)
+        n = leading_size(y) or leading_size(x) or 1
+        total_loss += float(loss) * n
+        seen += n
+        plain = isinstance(out, torch.Tensor) and isinstance(y, torch.Tensor)
+        classify = classify and plain and y.dtype == torch.int64 and out.dim() == 2
         if classify:
             correct += int((out.argmax(dim=1) == y).sum())
-        binary = binary and out.numel() == len(y) and y.dtype in (torch.float32, torch.float64, torch.int64) \
-            and bool(((y == 0) | (y == 1)).all())
+        binary = binary and plain and out.numel() == len(y) \
+            and y.dtype in (torch.float32, torch.float64, torch.int64) and bool(((y == 0) | (y == 1)).all())
         if binary:
             scores.append(out.reshape(-1).float().numpy())
             labels.append(y.reshape(-1).numpy())
-        seen += len(y)
     auc = roc_auc(np.concatenate(scores), np.concatenate(labels)) if binary and scores else None
     return total_loss / seen, (correct / seen if classify else None), auc
 

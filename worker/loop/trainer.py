@@ -49,6 +49,7 @@ from .metrics import WorkerMetrics
 from ...ps.core.placement_info import this_node
 from ...ps.transport.contract import TransportSpec
 from .chaos import WorkerChaos
+from .batches import ModelCall, to_device
 from ..queue.coordinator import RESYNC, STOP, WorkCoordinator
 from ...ps.compression.encoding import CompressionConfig, CompressionStats, GradCompressor, RowCompressor
 from ...ps.sparse.client import SparseRows
@@ -89,6 +90,7 @@ class WorkerPlan:
     recovery_grace_s: float = 3.0  # ... and how long for one to begin, before the error is the worker's own
     chaos: WorkerChaos = WorkerChaos()  # fault injection: SIGKILL or hang at a step
     compression: CompressionConfig = CompressionConfig()  # what this worker's pushes are encoded with
+    call: ModelCall = ModelCall()  # how the model is called with a batch and the loss taken (batches.py)
 
 
 class _Resync(Exception):
@@ -281,15 +283,14 @@ class Worker:
         self._chaos.before_step(self.steps + 1)
         # A third tensor, when the data has one, is each example's loss weight (importance sampling).
         x, y, *weight = self.train.batch(indices)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = to_device(x, device), to_device(y, device)  # any structure, as a whole (worker/loop/batches.py)
         if plan.slow_s:
             time.sleep(plan.slow_s)
         computing = time.monotonic()
         if self.sparse is not None:  # the iteration this forward's rows are pulled for
             self.sparse.clock = self.clock + 1
         flat.zero_grad()
-        output = self.model(x)
-        loss = self.loss_fn(output, y, weight=weight[0].to(device)) if weight else self.loss_fn(output, y)
+        loss, _ = plan.call.loss_and_output(self.model, x, y, self.loss_fn, weight[0].to(device) if weight else None)
         loss.backward()
         self.loss_value = loss.item()
         held = straggle_s(self._rng, time.monotonic() - computing, plan.slowdown, plan.straggle_p,

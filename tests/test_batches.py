@@ -1,0 +1,167 @@
+"""Batches of any structure: the rule that calls the model, its hooks, and jobs fed tuples, dicts and nests.
+
+A recommender-shaped model takes dense features beside categorical ids,
+``forward(dense, ids)``; fed ``((dense, ids), y)`` items or ``({"dense":
+..., "ids": ...}, y)`` items it trains through the real driver, shards and
+workers (on threads of this process: ``in_process``) as well as the same
+model in a plain torch loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+import rayps
+from rayps.errors import ConfigError
+from rayps.worker.loop.batches import ModelCall, check_call, leading_size, structure, to_device
+
+EPOCHS, BATCH, LR, FEATURES, IDS, CLASSES = 6, 32, 1e-2, 8, 40, 4
+
+
+def task(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Dense features and one categorical id per example; the class needs both."""
+    rng = np.random.default_rng(seed)
+    truth = np.random.default_rng(99)
+    w, per_id = truth.normal(size=(FEATURES, CLASSES)), truth.normal(size=(IDS, CLASSES)) * 1.5
+    dense = rng.normal(size=(n, FEATURES)).astype(np.float32)
+    ids = rng.integers(0, IDS, n)
+    y = (dense @ w + per_id[ids]).argmax(axis=1)
+    return dense, ids, y
+
+
+class TwoInputs(nn.Module):
+    """Dense features beside an id: the shape of nearly every recommender model."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense = nn.Linear(FEATURES, 32)
+        self.ids = nn.Embedding(IDS, 32)
+        self.head = nn.Linear(32, CLASSES)
+
+    def forward(self, dense, ids):
+        return self.head(torch.relu(self.dense(dense) + self.ids(ids)))
+
+
+class OwnLoss(TwoInputs):
+    """A model that computes its own loss when given labels (as HuggingFace models do)."""
+
+    def forward(self, dense, ids, labels=None):
+        logits = super().forward(dense, ids)
+        return logits if labels is None else (nn.functional.cross_entropy(logits, labels), logits)
+
+
+class Items(Dataset):
+    def __init__(self, n: int, seed: int, shape: str):
+        self.dense, self.ids, self.y = task(n, seed)
+        self.shape = shape
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        dense, ids, y = torch.from_numpy(self.dense[i]), int(self.ids[i]), int(self.y[i])
+        if self.shape == "tuple":
+            return (dense, ids), y
+        if self.shape == "dict":
+            return {"dense": dense, "ids": ids}, y
+        return {"features": (dense, {"ids": ids})}, y  # nested: the forward hook takes it apart
+
+
+def one_process_accuracy(batch: int) -> float:
+    """The same model, Adam, examples and epochs in a plain torch loop."""
+    torch.manual_seed(0)
+    model = TwoInputs()
+    dense, ids, y = (torch.from_numpy(a) for a in task(2000, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    order = np.random.default_rng(0)
+    for _ in range(EPOCHS):
+        perm = torch.from_numpy(order.permutation(len(y)))
+        for lo in range(0, len(y), batch):
+            i = perm[lo:lo + batch]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(dense[i], ids[i]), y[i]).backward()
+            opt.step()
+    test_dense, test_ids, test_y = (torch.from_numpy(a) for a in task(500, 2))
+    with torch.no_grad():
+        return float((model(test_dense, test_ids).argmax(1) == test_y).float().mean())
+
+
+def nested_forward(model, inputs):
+    dense, rest = inputs["features"]
+    return model(dense, rest["ids"])
+
+
+def own_loss(model, inputs, targets):
+    return model(*inputs, labels=targets)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape, hooks, model", [
+    ("tuple", {}, TwoInputs), ("dict", {}, TwoInputs), ("nested", {"forward": nested_forward}, TwoInputs),
+    ("tuple", {"compute_loss": own_loss}, OwnLoss)], ids=["tuple", "dict", "nested+forward", "own-loss"])
+def test_a_two_input_model_trains_on_any_batch_structure_as_well_as_one_process(in_process, tmp_path, shape,
+                                                                                hooks, model):
+    result = rayps.Job(model=model, data={"train": Items(2000, 1, shape), "test": Items(500, 2, shape)},
+                       optimizer={"name": "adam", "lr": LR}, consistency={"mode": "bsp"}, epochs=EPOCHS,
+                       batch_size=BATCH, eval_every_s=0, **hooks).run(
+        output=tmp_path / "run", progress=False, dashboard=False, report=False, runtime=in_process)
+    reference = one_process_accuracy(BATCH * 2)  # bsp: one step per round of both workers' batches
+    got = result.summary["test_accuracy"]
+    assert reference >= 0.85, reference  # the task is learnable: the comparison means something
+    assert got >= reference - 0.02, (got, reference)
+
+
+def test_a_batch_the_rule_cannot_call_the_model_with_is_refused_before_any_actor_starts(tmp_path):
+    class OneInput(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(FEATURES, CLASSES)
+
+        def forward(self, x):
+            return self.layer(x)
+
+    # no runtime is started: the error comes from planning the job
+    with pytest.raises(ConfigError) as error:
+        rayps.Job(model=OneInput, data={"train": Items(100, 1, "tuple"), "test": Items(20, 2, "tuple")}).run(
+            output=tmp_path / "run", progress=False, dashboard=False, report=False)
+    text = str(error.value)
+    assert text.startswith("the training data's first batch: its inputs are list(Tensor[2, 8] float32, "
+                           "Tensor[2] int64) (targets Tensor[2] int64)"), text
+    assert "a tuple or list of inputs is spread as positional arguments, model(*inputs)" in text
+    assert "So the job calls model(*inputs), which OneInput.forward(x) cannot take" in text
+    assert "give forward=(model, inputs) -> output or compute_loss=" in text
+
+
+def test_the_rule_spreads_lists_and_dicts_and_passes_anything_else_as_it_is():
+    seen = []
+
+    class Echo(nn.Module):
+        def forward(self, *args, **kwargs):
+            seen.append((len(args), sorted(kwargs)))
+            return torch.zeros(1)
+
+    call, t = ModelCall(), torch.zeros(3)
+    call.output(Echo(), [t, t])
+    call.output(Echo(), {"a": t, "b": t})
+    call.output(Echo(), t)
+    assert seen == [(2, []), (0, ["a", "b"]), (1, [])]
+    check_call(Echo(), call, {"a": t}, t, "batch")  # a forward that takes anything passes the check
+
+
+def test_a_batch_moves_to_the_device_whole_and_says_its_structure():
+    batch = {"dense": torch.zeros(4, 2, dtype=torch.float64), "ids": (torch.arange(4), [torch.ones(4)]), "n": 3}
+    moved = to_device(batch, torch.device("cpu"))
+    assert moved["ids"][0] is batch["ids"][0] and moved["n"] == 3 and isinstance(moved["ids"], tuple)
+    assert structure(batch) == "dict(dense: Tensor[4, 2] float64, ids: tuple(Tensor[4] int64, list(Tensor[4] " \
+                               "float32)), n: int)"
+    assert leading_size(batch) == 4 and leading_size([3, "x"]) is None
+
+
+def test_compute_loss_must_return_a_scalar_loss():
+    call = ModelCall(compute_loss=lambda model, x, y: torch.ones(3))
+    with pytest.raises(TypeError, match=r"compute_loss must return a scalar tensor loss .*Tensor\[3\] float32"):
+        call.loss_and_output(nn.Linear(1, 1), torch.zeros(1), torch.zeros(1), None)
