@@ -165,3 +165,64 @@ def test_compute_loss_must_return_a_scalar_loss():
     call = ModelCall(compute_loss=lambda model, x, y: torch.ones(3))
     with pytest.raises(TypeError, match=r"compute_loss must return a scalar tensor loss .*Tensor\[3\] float32"):
         call.loss_and_output(nn.Linear(1, 1), torch.zeros(1), torch.zeros(1), None)
+
+
+# ---- the knobs: accumulation and clipping ----------------------------------------------------------
+
+class SeenSizes(nn.Module):
+    """The bundled MLP, noting the size of every training batch it is called with (workers run on threads
+    of this process here, so the class sees them all)."""
+
+    sizes: list[int] = []
+
+    def __init__(self):
+        super().__init__()
+        from rayps.worker.models import mlp
+        self.net = mlp()
+
+    def forward(self, x):
+        if self.training:
+            SeenSizes.sizes.append(len(x))
+        return self.net(x)
+
+
+def one_worker_bsp(tmp_path, runtime, name: str, **keys):
+    return rayps.Job(model=SeenSizes, workers=1, servers=2, seed=5, epochs=2, batch_size=64, eval_every_s=0,
+                     consistency={"mode": "bsp"}, optimizer={"name": "sgd", "lr": 0.5}, **keys).run(
+        output=tmp_path / name, progress=False, dashboard=False, report=False, runtime=runtime)
+
+
+def test_k_micro_batches_give_the_gradient_of_the_whole_batch(in_process, tmp_path):
+    SeenSizes.sizes.clear()
+    whole = one_worker_bsp(tmp_path, in_process, "whole")
+    batch = max(SeenSizes.sizes)  # digits' 1,437 examples cut into batches of about 64
+    SeenSizes.sizes.clear()
+    parts = one_worker_bsp(tmp_path, in_process, "parts", accumulate=4)
+    assert max(SeenSizes.sizes) == -(-batch // 4) and len(SeenSizes.sizes) >= 4 * whole.summary["steps"]["0"]
+    assert parts.summary["steps"] == whole.summary["steps"]  # one push per batch either way
+    torch.testing.assert_close(torch.from_numpy(parts.params), torch.from_numpy(whole.params), rtol=1e-4, atol=1e-5)
+
+
+def test_clipping_matches_a_torch_loop_with_clip_grad_norm(in_process, tmp_path):
+    from rayps.worker.data.sources import resolve_data
+    from rayps.worker.queue.sharder import EpochSharder
+
+    result = one_worker_bsp(tmp_path, in_process, "clipped", clip_grad_norm=0.5)
+    torch.manual_seed(5)
+    model = SeenSizes()
+    train = resolve_data("rayps.worker.datasets:digits", seed=5).train
+    sharder = EpochSharder(len(train), 1, 64, 5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    norms = []
+    for epoch in range(2):
+        for indices in sharder.batches(epoch, 0):
+            x, y = train.batch(indices)
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            norms.append(float(nn.utils.clip_grad_norm_(model.parameters(), 0.5)))
+            opt.step()
+    assert sum(n > 0.5 for n in norms) >= len(norms) // 2  # the clip was at work on most steps
+    want = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    torch.testing.assert_close(torch.from_numpy(result.params), want, rtol=1e-4, atol=1e-5)
+    unclipped = one_worker_bsp(tmp_path, in_process, "unclipped")
+    assert not np.allclose(unclipped.params, result.params, atol=1e-3)  # and it changed the outcome

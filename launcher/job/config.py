@@ -99,6 +99,8 @@ class JobConfig:
     # hooks over the rule that calls the model with a batch (worker/loop/batches.py), 'module:callable' or callables:
     forward: Any = None  # (model, inputs) -> output; the loss is applied to it
     compute_loss: Any = None  # (model, inputs, targets) -> loss or (loss, output): a model with its own loss
+    accumulate: int = 1  # a push's batch (batch_size) computed in this many micro-batches, one after another
+    clip_grad_norm: float | None = None  # clip each push's gradient to this global norm, on the worker
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
@@ -149,6 +151,12 @@ class JobConfig:
         number(self.servers, "servers", minimum=1, integer=True)
         number(self.workers, "workers", minimum=1, integer=True)
         number(self.batch_size, "batch_size", minimum=1, integer=True)
+        number(self.accumulate, "accumulate", minimum=1, integer=True)
+        require(self.accumulate <= self.batch_size,
+                f"accumulate ({self.accumulate}) must not exceed batch_size ({self.batch_size}): each micro-batch"
+                " needs an example")
+        if self.clip_grad_norm is not None:
+            number(self.clip_grad_norm, "clip_grad_norm", minimum=0, exclusive=True)
         number(self.epochs, "epochs", minimum=1, integer=True)
         if self.max_steps is not None:
             number(self.max_steps, "max_steps", minimum=1, integer=True)

@@ -128,3 +128,39 @@ def check_call(model: nn.Module, call: ModelCall, inputs: Any, targets: Any, whe
             f" {how}, which {type(model).__name__}.forward{signature} cannot take: {e}. Shape the items for"
             " the rule, or give forward=(model, inputs) -> output or compute_loss=(model, inputs, targets) -> loss"
         ) from None
+
+
+def take(obj: Any, part: slice, size: int) -> Any:
+    """The examples ``part`` of a batch of ``size``: every tensor whose first dimension is ``size`` is cut."""
+    if isinstance(obj, torch.Tensor):
+        return obj[part] if obj.dim() and len(obj) == size else obj
+    if isinstance(obj, Mapping):
+        return {k: take(v, part, size) for k, v in obj.items()}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(take(v, part, size) for v in obj))
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(take(v, part, size) for v in obj)
+    return obj
+
+
+def backward(model: nn.Module, call: ModelCall, loss_fn, inputs: Any, targets: Any,
+             weight: torch.Tensor | None = None, micro_batches: int = 1) -> float:
+    """Backpropagate the batch's loss into the model's gradients, computed in ``micro_batches`` parts one
+    after another (the memory of one part); the batch's loss. Each part's loss is weighted by its share
+    of the examples, so for a loss that averages over examples the gradient is the whole batch's."""
+    size = leading_size(targets) or leading_size(inputs)
+    if micro_batches <= 1 or not size or size < 2:
+        loss, _ = call.loss_and_output(model, inputs, targets, loss_fn, weight)
+        loss.backward()
+        return loss.item()
+    total = 0.0
+    bounds = [round(size * j / micro_batches) for j in range(micro_batches + 1)]
+    for lo, hi in zip(bounds, bounds[1:]):
+        if hi == lo:
+            continue
+        part = slice(lo, hi)
+        loss, _ = call.loss_and_output(model, take(inputs, part, size), take(targets, part, size), loss_fn,
+                                       None if weight is None else weight[part])
+        (loss * ((hi - lo) / size)).backward()
+        total += loss.item() * (hi - lo) / size
+    return total

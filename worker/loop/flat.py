@@ -101,6 +101,7 @@ class FlatParams:
         model.to(self.device)
         self.params = torch.empty(self.layout.numel, dtype=torch.float32, device=self.device)
         self.grads = torch.zeros_like(self.params)
+        self._gathered = False  # the low-precision gradients are in the flat buffer for this step
         # Low-precision parameters keep their own tensors; the flat buffer holds their master copy.
         self._cast = []  # (parameter, its spec)
         with torch.no_grad():
@@ -125,6 +126,7 @@ class FlatParams:
 
     def zero_grad(self) -> None:
         self.grads.zero_()
+        self._gathered = False
         for p, _ in self._cast:
             p.grad = None
         # Autograd accumulates into an existing .grad in place, which keeps our
@@ -136,15 +138,33 @@ class FlatParams:
             if p.grad is None or p.grad.data_ptr() != self.grads[spec.offset:].data_ptr():
                 p.grad = self.grads[spec.offset:spec.end].view(spec.shape)
 
+    def _gather(self) -> None:
+        """Low-precision parameters' gradients, cast up into the flat buffer (once a step: clipping may
+        scale the buffer after)."""
+        if self._gathered:
+            return
+        for p, spec in self._cast:
+            if p.grad is not None:
+                self.grads[spec.offset:spec.end].copy_(p.grad.reshape(-1))
+        self._gathered = True
+
+    def clip_grad_norm(self, max_norm: float) -> float:
+        """Scale the whole gradient down to global norm ``max_norm`` where it is above it, as
+        ``torch.nn.utils.clip_grad_norm_`` does; the norm before clipping."""
+        self._gather()
+        norm = torch.linalg.vector_norm(self.grads)
+        coef = max_norm / (float(norm) + 1e-6)
+        if coef < 1.0:
+            self.grads.mul_(coef)
+        return float(norm)
+
     def host_grads(self) -> np.ndarray:
         """The gradient as a numpy array on the host (a view on CPU; one copy from CUDA).
 
         Low-precision parameters' gradients are cast up into the flat buffer
         first; a parameter the loss did not reach pushes zeros.
         """
-        for p, spec in self._cast:
-            if p.grad is not None:
-                self.grads[spec.offset:spec.end].copy_(p.grad.reshape(-1))
+        self._gather()
         if self._host_grads is not self.grads:
             self._host_grads.copy_(self.grads)
         return self._host_grads.numpy()

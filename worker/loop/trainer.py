@@ -49,7 +49,7 @@ from .metrics import WorkerMetrics
 from ...ps.core.placement_info import this_node
 from ...ps.transport.contract import TransportSpec
 from .chaos import WorkerChaos
-from .batches import ModelCall, to_device
+from .batches import ModelCall, backward, to_device
 from ..queue.coordinator import RESYNC, STOP, WorkCoordinator
 from ...ps.compression.encoding import CompressionConfig, CompressionStats, GradCompressor, RowCompressor
 from ...ps.sparse.client import SparseRows
@@ -91,6 +91,8 @@ class WorkerPlan:
     chaos: WorkerChaos = WorkerChaos()  # fault injection: SIGKILL or hang at a step
     compression: CompressionConfig = CompressionConfig()  # what this worker's pushes are encoded with
     call: ModelCall = ModelCall()  # how the model is called with a batch and the loss taken (batches.py)
+    micro_batches: int = 1  # a batch's gradient computed in this many parts (gradient accumulation)
+    clip_grad_norm: float | None = None  # each push's gradient clipped to this global norm
 
 
 class _Resync(Exception):
@@ -290,9 +292,10 @@ class Worker:
         if self.sparse is not None:  # the iteration this forward's rows are pulled for
             self.sparse.clock = self.clock + 1
         flat.zero_grad()
-        loss, _ = plan.call.loss_and_output(self.model, x, y, self.loss_fn, weight[0].to(device) if weight else None)
-        loss.backward()
-        self.loss_value = loss.item()
+        self.loss_value = backward(self.model, plan.call, self.loss_fn, x, y,
+                                   weight[0].to(device) if weight else None, plan.micro_batches)
+        if plan.clip_grad_norm is not None:  # this push's gradient, before it leaves the worker
+            flat.clip_grad_norm(plan.clip_grad_norm)
         held = straggle_s(self._rng, time.monotonic() - computing, plan.slowdown, plan.straggle_p,
                           plan.straggle_factor)
         if held > 0:
