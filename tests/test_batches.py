@@ -226,3 +226,30 @@ def test_clipping_matches_a_torch_loop_with_clip_grad_norm(in_process, tmp_path)
     torch.testing.assert_close(torch.from_numpy(result.params), want, rtol=1e-4, atol=1e-5)
     unclipped = one_worker_bsp(tmp_path, in_process, "unclipped")
     assert not np.allclose(unclipped.params, result.params, atol=1e-3)  # and it changed the outcome
+
+
+# ---- torch.compile -----------------------------------------------------------------------------------
+
+def test_a_compiled_model_trains_the_same_parameters_as_the_model_itself(in_process, tmp_path):
+    """The wiring, with torch.compile's eager backend (inductor compiles for some 20 s a process here: the
+    slow test below): the compiled module computes, the flat buffer's parameters are the ones it reads."""
+    plain = one_worker_bsp(tmp_path, in_process, "plain")
+    compiled = one_worker_bsp(tmp_path, in_process, "compiled", compile={"backend": "eager"})
+    torch.testing.assert_close(torch.from_numpy(compiled.params), torch.from_numpy(plain.params), rtol=1e-4,
+                               atol=1e-5)
+
+
+@pytest.mark.slow
+def test_an_inductor_compiled_model_trains_the_default_job(in_process, tmp_path):
+    result = rayps.Job(compile=True, eval_every_s=0).run(  # the default job, past its own bar
+        output=tmp_path / "run", progress=False, dashboard=False, report=False, runtime=in_process)
+    assert result.summary["test_accuracy"] >= 0.95
+
+
+def test_compile_takes_true_false_or_torch_compile_options():
+    from rayps.launcher.job.config import JobConfig
+    from rayps.settings import build
+    with pytest.raises(ConfigError, match=r"compile: unknown key \['speed'\]"):
+        build(JobConfig, {"compile": {"speed": "max"}}, "job")
+    with pytest.raises(ConfigError, match=r"compile \('yes'\) must be true, false or a mapping"):
+        build(JobConfig, {"compile": "yes"}, "job")

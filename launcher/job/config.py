@@ -101,6 +101,7 @@ class JobConfig:
     compute_loss: Any = None  # (model, inputs, targets) -> loss or (loss, output): a model with its own loss
     accumulate: int = 1  # a push's batch (batch_size) computed in this many micro-batches, one after another
     clip_grad_norm: float | None = None  # clip each push's gradient to this global norm, on the worker
+    compile: Any = False  # torch.compile the model on each worker: true, or torch.compile's options {mode, backend}
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
@@ -155,6 +156,12 @@ class JobConfig:
         require(self.accumulate <= self.batch_size,
                 f"accumulate ({self.accumulate}) must not exceed batch_size ({self.batch_size}): each micro-batch"
                 " needs an example")
+        require(isinstance(self.compile, (bool, Mapping)),
+                f"compile ({self.compile!r}) must be true, false or a mapping of torch.compile options")
+        if isinstance(self.compile, Mapping):
+            unknown = sorted(set(map(str, self.compile)) - {"mode", "backend", "fullgraph", "dynamic", "options"})
+            require(not unknown, f"compile: unknown key {unknown[:1]} (allowed: backend, dynamic, fullgraph,"
+                                 " mode, options)")
         if self.clip_grad_norm is not None:
             number(self.clip_grad_norm, "clip_grad_norm", minimum=0, exclusive=True)
         number(self.epochs, "epochs", minimum=1, integer=True)

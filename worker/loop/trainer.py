@@ -93,6 +93,7 @@ class WorkerPlan:
     call: ModelCall = ModelCall()  # how the model is called with a batch and the loss taken (batches.py)
     micro_batches: int = 1  # a batch's gradient computed in this many parts (gradient accumulation)
     clip_grad_norm: float | None = None  # each push's gradient clipped to this global norm
+    compile: dict | None = None  # torch.compile's keyword arguments (None: the model runs as it is)
 
 
 class _Resync(Exception):
@@ -187,6 +188,9 @@ class Worker:
             if tables else None
         if self.sparse is not None:
             bind(self.model, self.sparse)
+        # torch.compile: the compiled module computes; self.model stays the one whose parameters the flat
+        # buffer holds (they are shared), whose state_dict and modes everything else reads.
+        self.compute = torch.compile(self.model, **plan.compile) if plan.compile is not None else self.model
         self.metrics = WorkerMetrics(plan.worker_id, plan.run_id)
         self._window: deque = deque()
         self._unflushed = {"steps": 0, "bytes": 0, "loss": float("nan"), "sent_mark": 0}
@@ -292,7 +296,7 @@ class Worker:
         if self.sparse is not None:  # the iteration this forward's rows are pulled for
             self.sparse.clock = self.clock + 1
         flat.zero_grad()
-        self.loss_value = backward(self.model, plan.call, self.loss_fn, x, y,
+        self.loss_value = backward(self.compute, plan.call, self.loss_fn, x, y,
                                    weight[0].to(device) if weight else None, plan.micro_batches)
         if plan.clip_grad_norm is not None:  # this push's gradient, before it leaves the worker
             flat.clip_grad_norm(plan.clip_grad_norm)
