@@ -253,3 +253,34 @@ def test_compile_takes_true_false_or_torch_compile_options():
         build(JobConfig, {"compile": {"speed": "max"}}, "job")
     with pytest.raises(ConfigError, match=r"compile \('yes'\) must be true, false or a mapping"):
         build(JobConfig, {"compile": "yes"}, "job")
+
+
+# ---- mixed precision -----------------------------------------------------------------------------------
+
+class DtypesSeen(TwoInputs):
+    dtypes: set = set()
+
+    def forward(self, dense, ids):
+        out = super().forward(dense, ids)
+        if self.training:
+            DtypesSeen.dtypes.add(out.dtype)
+        return out
+
+
+def test_bf16_mixed_precision_trains_a_two_input_model_as_well_as_one_process_in_float32(in_process, tmp_path):
+    """torch.autocast in bfloat16 around the forward and the loss (on CPU here; CUDA alike), float32 masters."""
+    DtypesSeen.dtypes.clear()
+    result = rayps.Job(model=DtypesSeen, data={"train": Items(2000, 1, "tuple"), "test": Items(500, 2, "tuple")},
+                       optimizer={"name": "adam", "lr": LR}, consistency={"mode": "bsp"}, epochs=EPOCHS,
+                       batch_size=BATCH, eval_every_s=0, precision="bf16").run(
+        output=tmp_path / "run", progress=False, dashboard=False, report=False, runtime=in_process)
+    assert DtypesSeen.dtypes == {torch.bfloat16}  # every training forward ran in bfloat16
+    assert result.params.dtype == np.float32
+    assert result.summary["test_accuracy"] >= one_process_accuracy(BATCH * 2) - 0.02
+
+
+def test_fp16_is_refused_with_the_reason():
+    from rayps.launcher.job.config import JobConfig
+    from rayps.settings import build
+    with pytest.raises(ConfigError, match="fp16 needs a gradient scaler"):
+        build(JobConfig, {"precision": "fp16"}, "job")

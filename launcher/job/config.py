@@ -102,6 +102,7 @@ class JobConfig:
     accumulate: int = 1  # a push's batch (batch_size) computed in this many micro-batches, one after another
     clip_grad_norm: float | None = None  # clip each push's gradient to this global norm, on the worker
     compile: Any = False  # torch.compile the model on each worker: true, or torch.compile's options {mode, backend}
+    precision: str = "fp32"  # fp32 | bf16 (mixed precision: forward and loss under torch.autocast, float32 masters)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
@@ -156,6 +157,10 @@ class JobConfig:
         require(self.accumulate <= self.batch_size,
                 f"accumulate ({self.accumulate}) must not exceed batch_size ({self.batch_size}): each micro-batch"
                 " needs an example")
+        require(self.precision in ("fp32", "bf16"),
+                f"precision ({self.precision!r}) must be fp32 or bf16" + (
+                    "; fp16 needs a gradient scaler whose skipped steps the shards' clocks must still count,"
+                    " which is not built: bf16 needs none" if self.precision == "fp16" else ""))
         require(isinstance(self.compile, (bool, Mapping)),
                 f"compile ({self.compile!r}) must be true, false or a mapping of torch.compile options")
         if isinstance(self.compile, Mapping):

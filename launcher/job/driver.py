@@ -506,6 +506,7 @@ def _worker_plan(config: JobConfig, worker_id: int, run_id: str = "", incarnatio
           chaos: WorkerChaos = WorkerChaos()) -> WorkerPlan:
     return WorkerPlan(call=model_call(config), micro_batches=config.accumulate, clip_grad_norm=config.clip_grad_norm,
         compile=None if config.compile is False else {} if config.compile is True else dict(config.compile),
+        precision=config.precision,
         worker_id=worker_id, num_workers=config.workers, batch_size=config.batch_size,
         epochs=config.epochs, max_steps=config.max_steps, seed=config.seed,
         slow_s=float(config.debug.slow_workers.get(worker_id, 0.0)),

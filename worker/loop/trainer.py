@@ -94,6 +94,7 @@ class WorkerPlan:
     micro_batches: int = 1  # a batch's gradient computed in this many parts (gradient accumulation)
     clip_grad_norm: float | None = None  # each push's gradient clipped to this global norm
     compile: dict | None = None  # torch.compile's keyword arguments (None: the model runs as it is)
+    precision: str = "fp32"  # fp32 | bf16: the forward and the loss under torch.autocast in bfloat16
 
 
 class _Resync(Exception):
@@ -191,6 +192,7 @@ class Worker:
         # torch.compile: the compiled module computes; self.model stays the one whose parameters the flat
         # buffer holds (they are shared), whose state_dict and modes everything else reads.
         self.compute = torch.compile(self.model, **plan.compile) if plan.compile is not None else self.model
+        self._autocast = (torch.device(device).type, torch.bfloat16) if plan.precision == "bf16" else None
         self.metrics = WorkerMetrics(plan.worker_id, plan.run_id)
         self._window: deque = deque()
         self._unflushed = {"steps": 0, "bytes": 0, "loss": float("nan"), "sent_mark": 0}
@@ -297,7 +299,8 @@ class Worker:
             self.sparse.clock = self.clock + 1
         flat.zero_grad()
         self.loss_value = backward(self.compute, plan.call, self.loss_fn, x, y,
-                                   weight[0].to(device) if weight else None, plan.micro_batches)
+                                   weight[0].to(device) if weight else None, plan.micro_batches,
+                                   self._autocast)
         if plan.clip_grad_norm is not None:  # this push's gradient, before it leaves the worker
             flat.clip_grad_norm(plan.clip_grad_norm)
         held = straggle_s(self._rng, time.monotonic() - computing, plan.slowdown, plan.straggle_p,
