@@ -33,21 +33,30 @@ RULE = ("the rule: a tuple or list of inputs is spread as positional arguments, 
         " arguments, model(**inputs); anything else is passed as it is, model(inputs)")
 
 
-def to_device(obj: Any, device: torch.device) -> Any:
-    """``obj`` with every tensor in it on ``device`` (pinned and non-blocking to CUDA); its structure kept."""
+def map_tensors(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:
+    """``obj`` with ``fn`` applied to every tensor in it; tuples (named too), lists and dicts kept."""
     if isinstance(obj, torch.Tensor):
-        if obj.device == device:
-            return obj
-        if device.type == "cuda" and obj.device.type == "cpu":
-            return obj.pin_memory().to(device, non_blocking=True)
-        return obj.to(device)
+        return fn(obj)
     if isinstance(obj, Mapping):
-        return {k: to_device(v, device) for k, v in obj.items()}
+        return {k: map_tensors(fn, v) for k, v in obj.items()}
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a namedtuple keeps its type
-        return type(obj)(*(to_device(v, device) for v in obj))
+        return type(obj)(*(map_tensors(fn, v) for v in obj))
     if isinstance(obj, (tuple, list)):
-        return type(obj)(to_device(v, device) for v in obj)
+        return type(obj)(map_tensors(fn, v) for v in obj)
     return obj
+
+
+def to_device(obj: Any, device: torch.device | str) -> Any:
+    """``obj`` with every tensor in it on ``device`` (pinned and non-blocking to CUDA); its structure kept."""
+    device = torch.device(device)
+
+    def move(t: torch.Tensor) -> torch.Tensor:
+        if t.device == device:
+            return t
+        if device.type == "cuda" and t.device.type == "cpu":
+            return t.pin_memory().to(device, non_blocking=True)
+        return t.to(device)
+    return map_tensors(move, obj)
 
 
 def structure(obj: Any) -> str:
@@ -133,15 +142,7 @@ def check_call(model: nn.Module, call: ModelCall, inputs: Any, targets: Any, whe
 
 def take(obj: Any, part: slice, size: int) -> Any:
     """The examples ``part`` of a batch of ``size``: every tensor whose first dimension is ``size`` is cut."""
-    if isinstance(obj, torch.Tensor):
-        return obj[part] if obj.dim() and len(obj) == size else obj
-    if isinstance(obj, Mapping):
-        return {k: take(v, part, size) for k, v in obj.items()}
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(take(v, part, size) for v in obj))
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(take(v, part, size) for v in obj)
-    return obj
+    return map_tensors(lambda t: t[part] if t.dim() and len(t) == size else t, obj)
 
 
 def backward(model: nn.Module, call: ModelCall, loss_fn, inputs: Any, targets: Any,
