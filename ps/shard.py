@@ -492,13 +492,17 @@ class ParameterShard:
             self._metrics.table_gauges(self._tables.stats())
         self._next_flush = time.monotonic() + METRICS_FLUSH_S
 
-    def _progress(self) -> dict:
-        """The counters a history row shows (launcher/job/progress.py reads them)."""
+    def _staleness(self) -> dict:
+        """The mean and the largest staleness of the updates applied so far."""
         staleness = self._dense.staleness
         applied = sum(staleness.values())
+        return {"staleness_mean": sum(k * v for k, v in staleness.items()) / applied if applied else 0.0,
+                "staleness_max": max(staleness, default=0)}
+
+    def _progress(self) -> dict:
+        """The counters a history row shows (launcher/job/progress.py reads them)."""
         return {"steps": dict(self._steps), "samples": dict(self._samples), "loss": dict(self._loss),
-                "staleness_mean": sum(k * v for k, v in staleness.items()) / applied if applied else 0.0,
-                "staleness_max": max(staleness, default=0), "max_clock_gap": self._max_lead}
+                **self._staleness(), "max_clock_gap": self._max_lead}
 
     async def stats(self, rows: bool = False, rows_after: tuple[str, int] | None = None) -> dict:
         """What the driver reads back; with ``rows``, the history rows after ``rows_after`` too."""
@@ -522,7 +526,7 @@ class ParameterShard:
             "steps": dict(self._steps),
             "loss": dict(self._loss),
             "era": self._series.era,
-            **{k: v for k, v in self._progress().items() if k.startswith("staleness_")},
+            **self._staleness(),
             **({"rows": self._series.since(rows_after)} if rows else {}),
             "uptime_s": time.monotonic() - self._started,
             "memory_bytes": self._memory_bytes,

@@ -123,10 +123,11 @@ class Monitor:
 
     def _record(self, counts: dict, era: str, t: float, by: str) -> dict:
         samples = {int(k): v for k, v in counts["samples"].items()}
-        read = self._odometer.read(era, {"steps": sum(counts["steps"].values()), "samples": sum(samples.values()),
+        position = sum(counts["steps"].values())  # the shard's own count: goes back with a restore
+        read = self._odometer.read(era, {"steps": position, "samples": sum(samples.values()),
                                          **{f"samples/{w}": n for w, n in samples.items()}})
         self.progress = Progress(self.extent, taken=read["steps"], replayed=self._odometer.baseline("steps"),
-                                 position=sum(counts["steps"].values()))
+                                 position=position)
         worker_samples = {w: read[f"samples/{w}"] for w in samples}
         rate, worker_rate = self._rates(t, read["samples"], worker_samples)
         losses = list(counts["loss"].values())

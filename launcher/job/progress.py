@@ -54,6 +54,11 @@ class Progress:
         return round(self.total / max(1, self.extent.workers))
 
     @property
+    def replayed_steps(self) -> int:
+        """What was replayed, in steps per worker."""
+        return round(self.replayed / max(1, self.extent.workers))
+
+    @property
     def epoch(self) -> float:
         return self.position / max(1, self.extent.per_epoch)
 
@@ -68,7 +73,7 @@ class Progress:
     def fields(self) -> dict:
         """The columns every history row carries."""
         return {"step": self.step, "steps": self.steps, "global_step": self.taken,
-                "replayed": round(self.replayed / max(1, self.extent.workers)), "epoch": round(self.epoch, 3)}
+                "replayed": self.replayed_steps, "epoch": round(self.epoch, 3)}
 
 
 class Odometer:
@@ -111,7 +116,7 @@ def describe(progress: Progress, label: str, samples_per_s: float, row: dict) ->
     p = progress
     step = f"step {p.step:,}/{p.steps:,}"
     if p.replayed:
-        step += f" ({round(p.replayed / max(1, p.extent.workers)):,} replayed, {p.steps - p.step:,} left)"
+        step += f" ({p.replayed_steps:,} replayed, {p.steps - p.step:,} left)"
     loss = f"{row['loss']:.4f}" if row.get("loss") is not None else "-"
     return (f"[{label}] {step}  epoch {_num(p.epoch)}/{_num(p.epochs)}  {samples_per_s:,.0f} samples/s"
             f"  loss {loss}  staleness mean {row['staleness_mean']:.2f} max {row['staleness_max']}"

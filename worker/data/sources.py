@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, default_collate
 
+from .structure import map_tensors
+
 from ...errors import ConfigError, ShapeError
 from .config import DataConfig, data_config, is_pipeline_spec
 from ..imports import import_object
@@ -113,14 +115,8 @@ class TorchDatasetSource:
 
 
 def _float32(t: Any) -> Any:
-    """float64 tensors to float32, inside tuples, lists and dicts too (collated items of any structure)."""
-    if isinstance(t, torch.Tensor):
-        return t.float() if t.dtype == torch.float64 else t
-    if isinstance(t, dict):
-        return {k: _float32(v) for k, v in t.items()}
-    if isinstance(t, (tuple, list)) and not hasattr(t, "_fields"):
-        return type(t)(_float32(v) for v in t)
-    return t
+    """float64 tensors to float32, wherever they sit in a collated item's structure."""
+    return map_tensors(lambda x: x.float() if x.dtype == torch.float64 else x, t)
 
 
 class SubsetSource:

@@ -28,22 +28,10 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError
+from ..data.structure import map_tensors
 
 RULE = ("the rule: a tuple or list of inputs is spread as positional arguments, model(*inputs); a dict as keyword"
         " arguments, model(**inputs); anything else is passed as it is, model(inputs)")
-
-
-def map_tensors(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:
-    """``obj`` with ``fn`` applied to every tensor in it; tuples (named too), lists and dicts kept."""
-    if isinstance(obj, torch.Tensor):
-        return fn(obj)
-    if isinstance(obj, Mapping):
-        return {k: map_tensors(fn, v) for k, v in obj.items()}
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a namedtuple keeps its type
-        return type(obj)(*(map_tensors(fn, v) for v in obj))
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(map_tensors(fn, v) for v in obj)
-    return obj
 
 
 def to_device(obj: Any, device: torch.device | str) -> Any:
