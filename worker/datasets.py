@@ -34,3 +34,24 @@ def synthetic_mnist(examples: int = 60_000, test: int = 2_000, features: int = 7
     teacher = rng.normal(size=(features, classes)).astype(np.float32)
     y = (x @ teacher).argmax(axis=1).astype(np.int64)
     return {"train": (x[:examples], y[:examples]), "test": (x[examples:], y[examples:])}
+
+
+def order_tokens(examples: int = 4_000, test: int = 1_000, length: int = 16, vocab: int = 12,
+                 seed: int = 0) -> dict:
+    """An order-sensitive token task: which of the tokens 1 and 2 comes first in the sequence.
+
+    Each sequence holds tokens 1 and 2 once each, at random positions, among
+    filler tokens 3..vocab-1; the label is 1 when 2 comes before 1. No count of
+    tokens tells them apart: a model must use positions (a transformer's
+    learned positions, an LSTM's order).
+    """
+    rng = np.random.default_rng(seed)
+    n = examples + test
+    ids = rng.integers(3, vocab, size=(n, length))
+    places = np.argsort(rng.random((n, length)), axis=1)[:, :2]  # two distinct positions per sequence
+    rows = np.arange(n)
+    ids[rows, places[:, 0]] = 1
+    ids[rows, places[:, 1]] = 2
+    y = (places[:, 1] < places[:, 0]).astype(np.int64)
+    ids = ids.astype(np.int64)
+    return {"train": (ids[:examples], y[:examples]), "test": (ids[examples:], y[examples:])}
