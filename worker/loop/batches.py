@@ -20,7 +20,6 @@ its own loss, or two heads with two losses.
 from __future__ import annotations
 
 import inspect
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -131,34 +130,3 @@ def check_call(model: nn.Module, call: ModelCall, inputs: Any, targets: Any, whe
 def take(obj: Any, part: slice, size: int) -> Any:
     """The examples ``part`` of a batch of ``size``: every tensor whose first dimension is ``size`` is cut."""
     return map_tensors(lambda t: t[part] if t.dim() and len(t) == size else t, obj)
-
-
-def backward(model: nn.Module, call: ModelCall, loss_fn, inputs: Any, targets: Any,
-             weight: torch.Tensor | None = None, micro_batches: int = 1,
-             autocast: tuple[str, torch.dtype] | None = None) -> float:
-    """Backpropagate the batch's loss into the model's gradients, computed in ``micro_batches`` parts one
-    after another (the memory of one part); the batch's loss. Each part's loss is weighted by its share
-    of the examples, so for a loss that averages over examples the gradient is the whole batch's.
-    ``autocast``: (device type, dtype) the forward and the loss run under (mixed precision); the
-    gradients land in the parameters' own dtype (float32 masters) either way."""
-    def mixed():
-        return torch.autocast(device_type=autocast[0], dtype=autocast[1]) if autocast else nullcontext()
-
-    size = leading_size(targets) or leading_size(inputs)
-    if micro_batches <= 1 or not size or size < 2:
-        with mixed():
-            loss, _ = call.loss_and_output(model, inputs, targets, loss_fn, weight)
-        loss.backward()
-        return loss.item()
-    total = 0.0
-    bounds = [round(size * j / micro_batches) for j in range(micro_batches + 1)]
-    for lo, hi in zip(bounds, bounds[1:]):
-        if hi == lo:
-            continue
-        part = slice(lo, hi)
-        with mixed():
-            loss, _ = call.loss_and_output(model, take(inputs, part, size), take(targets, part, size), loss_fn,
-                                           None if weight is None else weight[part])
-        (loss * ((hi - lo) / size)).backward()
-        total += loss.item() * (hi - lo) / size
-    return total

@@ -158,6 +158,12 @@ class FlatParams:
             self.grads.mul_(coef)
         return float(norm)
 
+    def unscale_grads(self, scale: float) -> bool:
+        """Divide the gradient by a loss ``scale`` (fp16); whether every value of it is finite."""
+        self._gather()
+        self.grads.mul_(1.0 / scale)
+        return bool(torch.isfinite(self.grads).all())
+
     def host_grads(self) -> np.ndarray:
         """The gradient as a numpy array on the host (a view on CPU; one copy from CUDA).
 

@@ -15,7 +15,8 @@ class WorkerMetrics:
     def __init__(self, worker_id: int, run_id: str = ""):
         tags = {"worker": str(worker_id), "run_id": run_id}
         if not in_ray():
-            self.steps = self.samples_per_s = self.loss = self.latency = self.bytes = self.raw_push_bytes = NullMetric()
+            self.steps = self.samples_per_s = self.loss = self.latency = self.bytes = self.raw_push_bytes = \
+                self.reported = NullMetric()
             return
         from ray.util.metrics import Counter, Gauge, Histogram
 
@@ -31,5 +32,8 @@ class WorkerMetrics:
         self.raw_push_bytes = Counter("rayps_push_uncompressed_bytes",
                                       "Bytes a worker's pushes would have been without compression.",
                                       ("run_id", "worker"))
-        for metric in (self.steps, self.samples_per_s, self.loss, self.latency, self.bytes, self.raw_push_bytes):
+        self.reported = Gauge("rayps_worker_reported", "What a training loop reported (rayps.report), by metric.",
+                              ("run_id", "worker", "metric"))
+        for metric in (self.steps, self.samples_per_s, self.loss, self.latency, self.bytes, self.raw_push_bytes,
+                       self.reported):
             metric.set_default_tags(tags)

@@ -1,8 +1,10 @@
 """The training loop a worker actor runs: its data shard, its model, the shards.
 
 ``Worker`` is a plain class; the driver makes it a Ray actor at one call site.
-The whole loop is ``Worker.run``: per step, compute the gradient into the flat
-buffer, then one fused push-pull to every shard (the gradient and the model's
+``Worker.run`` runs a loop on a ``TrainContext`` (context.py): the job's own
+loop, or the user's (``rayps.train``). Per batch the loop computes the
+gradient into the flat buffer, and the context's ``step()`` makes one fused
+push-pull to every shard (``Worker._push``: the gradient and the model's
 buffers out, the parameters and merged buffers back), which blocks for as
 long as the consistency mode says. The transport is whatever the driver
 chose (ps/transport/contract.py); the loop never asks which.
@@ -49,7 +51,8 @@ from .metrics import WorkerMetrics
 from ...ps.core.placement_info import this_node
 from ...ps.transport.contract import TransportSpec
 from .chaos import WorkerChaos
-from .batches import ModelCall, backward, to_device
+from .batches import ModelCall, to_device
+from .context import TrainContext, autocast_forward, builtin_loop, run_loop
 from ..queue.coordinator import RESYNC, STOP, WorkCoordinator
 from ...ps.compression.encoding import CompressionConfig, CompressionStats, GradCompressor, RowCompressor
 from ...ps.sparse.client import SparseRows
@@ -94,7 +97,9 @@ class WorkerPlan:
     micro_batches: int = 1  # a batch's gradient computed in this many parts (gradient accumulation)
     clip_grad_norm: float | None = None  # each push's gradient clipped to this global norm
     compile: dict | None = None  # torch.compile's keyword arguments (None: the model runs as it is)
-    precision: str = "fp32"  # fp32 | bf16: the forward and the loss under torch.autocast in bfloat16
+    precision: str = "fp32"  # fp32 | bf16 | fp16: the forward and the loss under torch.autocast (fp16: a loss scale)
+    loop: Callable | None = None  # the user's train_loop_per_worker (None: the job's own loop, context.py)
+    loop_config: dict | None = None  # what the user's loop is called with (train_loop_config)
 
 
 class _Resync(Exception):
@@ -119,6 +124,9 @@ class _LocalWork:
     def status(self):
         return self.coordinator.status()
 
+    def report(self, worker, metrics):
+        self.coordinator.report(worker, metrics)
+
 
 class _RemoteWork:
     """The job's coordinator actor; a lease is asked for ahead of need and collected when needed."""
@@ -138,6 +146,9 @@ class _RemoteWork:
 
     def status(self):
         return self.get(self.handle.status.remote())
+
+    def report(self, worker, metrics):  # not waited on: a report never holds the loop up
+        self.handle.report.remote(worker, metrics)
 
 
 class Worker:
@@ -191,8 +202,9 @@ class Worker:
             bind(self.model, self.sparse)
         # torch.compile: the compiled module computes; self.model stays the one whose parameters the flat
         # buffer holds (they are shared), whose state_dict and modes everything else reads.
+        if plan.precision != "fp32":  # the forward runs under autocast whoever calls it: a loop of the user's
+            autocast_forward(self.model, torch.device(device).type, plan.precision)  # need not know the knob
         self.compute = torch.compile(self.model, **plan.compile) if plan.compile is not None else self.model
-        self._autocast = (torch.device(device).type, torch.bfloat16) if plan.precision == "bf16" else None
         self.metrics = WorkerMetrics(plan.worker_id, plan.run_id)
         self._window: deque = deque()
         self._unflushed = {"steps": 0, "bytes": 0, "loss": float("nan"), "sent_mark": 0}
@@ -230,7 +242,13 @@ class Worker:
         if now >= self._next_flush:
             self._flush(now)
 
-    def _flush(self, now: float) -> None:
+    def _flush(self, now: float, reported: bool = False) -> None:
+        """``reported``: the loop's last report goes too (the run's end)."""
+        if reported:
+            try:
+                self._send_reported()
+            except Exception:  # noqa: BLE001 - the queue may be gone with the job; the run's own error matters
+                log.warning("worker-%d could not send its last report", self.plan.worker_id, exc_info=True)
         m, pending = self.metrics, self._unflushed
         if pending["steps"]:
             m.steps.inc(pending["steps"])
@@ -254,29 +272,28 @@ class Worker:
     # ---- the loop ---------------------------------------------------------------------
 
     def run(self, generation: int = 0) -> dict:
-        """Train on the units the queue hands out until it has none (or ``max_steps``); return what was done."""
+        """Run the loop (the job's own, or the user's) on the units the queue hands out until it has none
+        (or ``max_steps``); return what was done."""
         self._begin(generation)
         try:
             self._sync()
             self._upcoming = self._lease(self.clock + 1)
+            ctx = self._ctx = TrainContext(self, self.plan.loop_config)
+            loop = self.plan.loop or builtin_loop(self.plan.call, self.loss_fn)
             while True:
                 try:
-                    unit = self._next_unit()
-                    if unit is None:
-                        break
-                    for indices in unit:
-                        if self._reached_max_steps():
-                            break
-                        self._step(indices)
-                except self._retryable as e:  # a shard died or the job rolled back: carry on after recovery
+                    run_loop(loop, ctx, builtin=self.plan.loop is None)
+                    break
+                except self._retryable as e:  # raised in the loop's own code (a sparse pull): recover, call again
                     self._recover(e)
+                    ctx._reset()
             self._land()
             if self.sparse is not None:
                 self.sparse.flush()
             # Everything this worker pushed has landed: its units are done, the rest goes back.
             self.work.finish(self.plan.worker_id, self.plan.incarnation, self.generation, self.acked - self.base)
         finally:
-            self._flush(time.monotonic())
+            self._flush(time.monotonic(), reported=True)
             # Leave the clock tables even on failure, so the others never wait for us.
             try:
                 self.client.finish()
@@ -284,23 +301,31 @@ class Worker:
                 log.warning("worker-%d could not leave the shards' clock tables", self.plan.worker_id, exc_info=True)
         return self._report()
 
-    def _step(self, indices) -> None:
-        """One step: the batch's gradient into the flat buffer, pushed to every shard, the answer landed
-        (with overlap: the previous step's answer lands, and this one's is left in flight)."""
-        plan, flat, device = self.plan, self.flat, self.flat.device
+    # ---- what the context (context.py) calls: a batch in, a push out ---------------------
+
+    def _load(self, indices) -> tuple:
+        """Batch ``indices`` on this worker's device: inputs, targets, weights (or None), its epoch."""
         self._chaos.before_step(self.steps + 1)
         # A third tensor, when the data has one, is each example's loss weight (importance sampling).
         x, y, *weight = self.train.batch(indices)
+        device = self.flat.device
         x, y = to_device(x, device), to_device(y, device)  # any structure, as a whole (worker/loop/batches.py)
-        if plan.slow_s:
-            time.sleep(plan.slow_s)
-        computing = time.monotonic()
+        return x, y, weight[0].to(device) if weight else None, self._unit_epoch
+
+    def _begin_batch(self) -> float:
+        """A batch's gradient starts from zero; when its compute began (the straggler knobs scale it)."""
+        if self.plan.slow_s:
+            time.sleep(self.plan.slow_s)
         if self.sparse is not None:  # the iteration this forward's rows are pulled for
             self.sparse.clock = self.clock + 1
-        flat.zero_grad()
-        self.loss_value = backward(self.compute, plan.call, self.loss_fn, x, y,
-                                   weight[0].to(device) if weight else None, plan.micro_batches,
-                                   self._autocast)
+        self.flat.zero_grad()
+        return time.monotonic()
+
+    def _push(self, examples: int, loss: float, computing: float) -> None:
+        """The batch's gradient (in the flat buffer) pushed to every shard, the answer landed (with overlap:
+        the previous step's answer lands, and this one's is left in flight)."""
+        plan, flat = self.plan, self.flat
+        self.loss_value = loss
         if plan.clip_grad_norm is not None:  # this push's gradient, before it leaves the worker
             flat.clip_grad_norm(plan.clip_grad_norm)
         held = straggle_s(self._rng, time.monotonic() - computing, plan.slowdown, plan.straggle_p,
@@ -312,19 +337,34 @@ class Worker:
         self._land()  # overlap: the previous step's answer first, then ours goes out
         self.clock += 1
         if self.sparse is not None:
-            self.sparse.push(self.clock, row_grads(self.model), len(indices))
+            self.sparse.push(self.clock, row_grads(self.model), examples)
         if self.compressor is not None:
             grads = self.compressor.encode(grads)
         else:
             self.wire.plain(grads.size)
-        self._in_flight = self.client.push_pull_async(self.clock, grads, self._inbox, len(indices), self.loss_value,
+        self._in_flight = self.client.push_pull_async(self.clock, grads, self._inbox, examples, loss,
                                                       buffers, self._received, ahead=int(plan.overlap))
         if not plan.overlap:
             self._land()
         self.steps += 1
-        self.samples += len(indices)
-        self._pace.step(len(indices), self.loss_value)
-        self._record(time.monotonic() - waited, len(indices), self.loss_value)
+        self.samples += examples
+        self._pace.step(examples, loss)
+        self._record(time.monotonic() - waited, examples, loss)
+
+    def _reported(self, metrics: dict) -> None:
+        """A loop's ``report``: to the dashboard's gauges and the job's history, a few times a second."""
+        self._unreported = {**metrics, "step": self.steps}
+        if time.monotonic() >= self._next_report:
+            self._send_reported()
+
+    def _send_reported(self) -> None:
+        if self._unreported is None:
+            return
+        for name, value in self._unreported.items():
+            if name != "step":
+                self.metrics.reported.set(value, tags={"metric": name})
+        self.work.report(self.plan.worker_id, self._unreported)
+        self._unreported, self._next_report = None, time.monotonic() + FLUSH_S
 
     def _begin(self, generation: int) -> None:
         """The run's state: counters, the receive buffers, how the answers land."""
@@ -346,6 +386,9 @@ class Worker:
         self._in_flight = None
         self._chaos = plan.chaos.arm()
         self._runner = threading.get_ident()  # whose stack a stall report shows
+        self._unit_epoch = 0
+        self._ctx = None
+        self._unreported, self._next_report = None, 0.0
 
     def _next_unit(self) -> list | None:
         """The next leased unit's batches, asking now for the one after it (the call's latency hides behind
@@ -357,7 +400,9 @@ class Worker:
             raise _Resync()
         if leased is None or leased == STOP:
             return None
-        batches = self.batches.batches(Unit(*leased))
+        unit = Unit(*leased)
+        self._unit_epoch = unit.epoch
+        batches = self.batches.batches(unit)
         self._upcoming = self._lease(self.clock + 1 + len(batches))
         return batches
 
@@ -400,6 +445,7 @@ class Worker:
             "rows_pulled": sparse.rows_pulled if sparse is not None else 0,
             "rows_pushed": sparse.rows_pushed if sparse is not None else 0,
             "final_loss": self.loss_value,
+            "loss_scale_overflows": self._ctx.scale.overflows if self._ctx and self._ctx.scale else 0,
             "wire": self.wire.as_dict(),
             "wall_s": time.monotonic() - self._began,
             "steady_samples": self._pace.steady_samples,
