@@ -20,6 +20,15 @@ Example::
 
     import rayps
     result = rayps.Job(model=make_model, data=(x, y), epochs=5).run()
+
+or a loop of one's own on every worker (``rayps.train``, worker/loop/context.py)::
+
+    def loop():
+        ctx = rayps.get_context()
+        for x, y in ctx.batches():
+            ctx.backward(loss_fn(ctx.model(x), y))
+            ctx.step()
+    rayps.train(loop, model=make_model, data=(x, y), epochs=5)
 """
 
 from __future__ import annotations
@@ -28,7 +37,9 @@ from __future__ import annotations
 # The public names resolve on first use: `import rayps.protos.codec` (a gRPC
 # client, psctl serve) should not pay for importing torch and Ray.
 _PUBLIC = {
-    "Job": "rayps.launcher.job.api", "JobConfig": "rayps.launcher.job.config",
+    "Job": "rayps.launcher.job.api", "train": "rayps.launcher.job.api",
+    "get_context": "rayps.worker.loop.context", "report": "rayps.worker.loop.context",
+    "TrainContext": "rayps.worker.loop.context", "JobConfig": "rayps.launcher.job.config",
     "load_job_config": "rayps.launcher.job.config", "JobResult": "rayps.launcher.job.driver",
     "run_job": "rayps.launcher.job.driver", "scale_job": "rayps.launcher.job.driver",
     "Embedding": "rayps.worker.loop.embedding", "EmbeddingBag": "rayps.worker.loop.embedding",

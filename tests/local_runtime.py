@@ -44,6 +44,8 @@ import queue
 import threading
 import time
 
+from ray import cloudpickle  # what Ray serializes calls with: closures and local functions travel
+
 from rayps.ps.core.placement_info import act_as
 
 
@@ -91,7 +93,7 @@ def _handle(rid: int, aid: int) -> "ActorHandle":
 
 def _copy(value):
     """What crosses between actors is a copy, as Ray's serialization makes it."""
-    return pickle.loads(pickle.dumps(value))
+    return pickle.loads(cloudpickle.dumps(value))
 
 
 def _copy_error(error: BaseException) -> BaseException:
@@ -264,7 +266,7 @@ class _Actor:
 
     def __init__(self, aid: int, cls, args, kwargs, name: str, max_restarts: int, max_concurrency: int):
         self.aid, self.cls, self.name = aid, cls, name
-        self.arguments = pickle.dumps((args, kwargs))  # kept, to build every life from the same arguments
+        self.arguments = cloudpickle.dumps((args, kwargs))  # kept, to build every life from the same arguments
         self.max_restarts = max_restarts
         self.restarts = 0
         self.max_concurrency = max_concurrency
@@ -337,7 +339,7 @@ class LocalRuntime:
 
     def _call(self, aid: int, name: str, args: tuple, kwargs: dict) -> LocalRef:
         _check_caller()
-        payload = pickle.dumps((args, kwargs))  # now, as Ray serializes a call's arguments when it is made
+        payload = cloudpickle.dumps((args, kwargs))  # now, as Ray serializes a call's arguments when it is made
         future = cf.Future()
         ref = LocalRef(future, f"{self._actors[aid].name}.{name}")
         with self._lock:

@@ -279,8 +279,14 @@ def test_bf16_mixed_precision_trains_a_two_input_model_as_well_as_one_process_in
     assert result.summary["test_accuracy"] >= one_process_accuracy(BATCH * 2) - 0.02
 
 
-def test_fp16_is_refused_with_the_reason():
-    from rayps.launcher.job.config import JobConfig
-    from rayps.settings import build
-    with pytest.raises(ConfigError, match="fp16 needs a gradient scaler"):
-        build(JobConfig, {"precision": "fp16"}, "job")
+def test_fp16_mixed_precision_with_a_loss_scale_trains_a_two_input_model_as_well_as_one_process(in_process,
+                                                                                                tmp_path):
+    """torch.autocast in float16 and a dynamic loss scale (worker/loop/context.py), float32 masters."""
+    DtypesSeen.dtypes.clear()
+    result = rayps.Job(model=DtypesSeen, data={"train": Items(2000, 1, "tuple"), "test": Items(500, 2, "tuple")},
+                       optimizer={"name": "adam", "lr": LR}, consistency={"mode": "bsp"}, epochs=EPOCHS,
+                       batch_size=BATCH, eval_every_s=0, precision="fp16").run(
+        output=tmp_path / "run", progress=False, dashboard=False, report=False, runtime=in_process)
+    assert DtypesSeen.dtypes == {torch.float16}
+    assert result.params.dtype == np.float32 and np.isfinite(result.params).all()
+    assert result.summary["test_accuracy"] >= one_process_accuracy(BATCH * 2) - 0.02

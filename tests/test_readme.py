@@ -16,7 +16,7 @@ README = ROOT / "README.md"
 SPARSE = ROOT / "docs" / "sparse.md"
 DATA = ROOT / "docs" / "data.md"
 #: The examples checked here, by page and heading (tests/test_docs.py leaves them to these tests).
-CHECKED = ((README, "## Python API"), (SPARSE, "# Sparse embedding tables"), (DATA, "## The data section"))
+CHECKED = ((README, "## Python API"), (README, "## A loop of your own"), (SPARSE, "# Sparse embedding tables"), (DATA, "## The data section"))
 
 
 def readme_example(heading: str = "## Python API", page: Path = README) -> str:
@@ -40,6 +40,17 @@ def test_readme_python_example_trains_to_high_accuracy(ray_session, tmp_path, mo
     result = run_example("## Python API", tmp_path, monkeypatch)["result"]
     assert result.summary["test_accuracy"] >= 0.9
     assert (result.run_dir / "summary.json").is_file()
+    assert result.run_dir.is_relative_to(tmp_path)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_readme_own_loop_example_trains_and_reports(ray_session, tmp_path, monkeypatch):
+    example = readme_example("## A loop of your own")
+    assert len(example.strip().splitlines()) < 20  # the quick start stays short
+    result = run_example("## A loop of your own", tmp_path, monkeypatch)["result"]
+    assert result.summary["test_accuracy"] >= 0.9
+    assert any(r.get("by") == "report" and "loss" in r for r in result.history)
     assert result.run_dir.is_relative_to(tmp_path)
 
 

@@ -40,3 +40,25 @@ class Job:
         """
         return run_job(self.config, output=output, progress=ProgressLine() if progress else None,
                        dashboard=dashboard, report=report, on_start=on_start, runtime=runtime)
+
+
+def train(train_loop_per_worker, *, train_loop_config: dict | None = None, output: str | Path | None = None,
+          progress: bool = True, dashboard: bool = True, report: bool = True, on_start=None,
+          runtime: Runtime = RAY, **job) -> JobResult:
+    """Run a training loop of your own on every worker, the parameter server behind it; block until done.
+
+    ``train_loop_per_worker`` takes nothing or one argument, ``train_loop_config``
+    (as in Ray Train). Inside it, ``rayps.get_context()`` is the worker's
+    ``TrainContext``: its ``model``, its ``batches()`` from the job's work queue,
+    ``backward(loss)``, ``step()`` (the push and the pull) and ``report(metrics)``
+    (worker/loop/context.py says the contract). The other keyword arguments are
+    ``Job``'s: the model, the data, the consistency mode, checkpoints,
+    ``clip_grad_norm``, ``accumulate``, ``precision``, ``compile``; and the
+    result, the run directory and the failure handling are a ``Job``'s.
+    """
+    if "train_loop_per_worker" in job:
+        raise ConfigError("train_loop_per_worker is train()'s first argument; do not pass it again")
+    loop_job = Job(train_loop_per_worker=train_loop_per_worker, train_loop_config=dict(train_loop_config or {}),
+                   **job)
+    return loop_job.run(output, progress=progress, dashboard=dashboard, report=report, on_start=on_start,
+                        runtime=runtime)

@@ -102,7 +102,9 @@ class JobConfig:
     accumulate: int = 1  # a push's batch (batch_size) computed in this many micro-batches, one after another
     clip_grad_norm: float | None = None  # clip each push's gradient to this global norm, on the worker
     compile: Any = False  # torch.compile the model on each worker: true, or torch.compile's options {mode, backend}
-    precision: str = "fp32"  # fp32 | bf16 (mixed precision: forward and loss under torch.autocast, float32 masters)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision under torch.autocast, float32 masters; fp16 with a loss scale)
+    train_loop_per_worker: Any = None  # a loop of the user's own (rayps.train): a callable or 'module:callable'
+    train_loop_config: Mapping[str, Any] = field(default_factory=dict)  # what that loop is called with
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
@@ -157,10 +159,8 @@ class JobConfig:
         require(self.accumulate <= self.batch_size,
                 f"accumulate ({self.accumulate}) must not exceed batch_size ({self.batch_size}): each micro-batch"
                 " needs an example")
-        require(self.precision in ("fp32", "bf16"),
-                f"precision ({self.precision!r}) must be fp32 or bf16" + (
-                    "; fp16 needs a gradient scaler whose skipped steps the shards' clocks must still count,"
-                    " which is not built: bf16 needs none" if self.precision == "fp16" else ""))
+        require(self.precision in ("fp32", "bf16", "fp16"),
+                f"precision ({self.precision!r}) must be fp32, bf16 or fp16")
         require(isinstance(self.compile, (bool, Mapping)),
                 f"compile ({self.compile!r}) must be true, false or a mapping of torch.compile options")
         if isinstance(self.compile, Mapping):
@@ -198,7 +198,9 @@ class JobConfig:
         require(isinstance(self.model_args, Mapping), f"model_args ({self.model_args!r}) must be a mapping")
         require(self.model is not None and (callable(self.model) or isinstance(self.model, str)),
                 f"model ({self.model!r}) must be a 'module:callable' string or a callable")
-        for key in ("forward", "compute_loss"):
+        require(isinstance(self.train_loop_config, Mapping),
+                f"train_loop_config ({self.train_loop_config!r}) must be a mapping")
+        for key in ("forward", "compute_loss", "train_loop_per_worker"):
             hook = getattr(self, key)
             require(hook is None or callable(hook) or (isinstance(hook, str) and ":" in hook),
                     f"{key} ({hook!r}) must be a 'module:callable' string or a callable")

@@ -115,7 +115,7 @@ class Controller:
             stats = self._stats()
             if stats is None:
                 continue
-            self.monitor.tick(stats)
+            self.monitor.tick(stats, self._reported())
             now, progress = self.monitor.now(), self.monitor.progress
             self.coordinator.report_progress.remote(progress.fields())  # the dashboard's figures, the same
             self._watch_stalls(stats)
@@ -125,7 +125,7 @@ class Controller:
             self._follow_scale()
         stats = self._stats()  # a last row: the history ends where training did
         if stats is not None:
-            self.monitor.tick(stats)
+            self.monitor.tick(stats, self._reported())
             self.coordinator.report_progress.remote(self.monitor.progress.fields())
         self.monitor.close()
         return [r for w in sorted(self.reports) for r in self.reports[w]]
@@ -174,6 +174,13 @@ class Controller:
         self.versions = [s["version"] for s in stats]
         self.last_ledger = merged_ledgers([s["ledger"] for s in stats])
         return stats[0]
+
+    def _reported(self) -> list[dict]:
+        """What the training loops reported since the last tick (``report()``, worker/loop/context.py)."""
+        try:
+            return self._get(self.coordinator.reported.remote(self.monitor.report_cursor))
+        except (self.runtime.ActorError, self.runtime.GetTimeoutError):
+            return []
 
     def _get(self, refs, timeout: float | None = None):
         """A control call's answer: a live actor answers within ``call_s``."""

@@ -50,6 +50,7 @@ from ...worker.loop.flat import FlatParams
 from ...worker.loop.losses import resolve_loss, takes_weight
 from ...worker.loop.scoring import evaluate, score
 from ...worker.loop.batches import ModelCall, check_call
+from ...worker.loop.context import check_loop
 from ...worker.loop.trainer import Worker, WorkerPlan
 from ...worker.queue.coordinator import WorkCoordinator
 from ...worker.queue.workqueue import WorkQueue, default_chunk_batches, plan_batches
@@ -199,7 +200,10 @@ def prepare(config: JobConfig, output: str | Path | None, dashboard: bool) -> Pl
     if prepared is not None and not shapes:
         _check_inputs(model, prepared)
     call = model_call(config)
-    if prepared is None and len(splits.train):  # the rule must be able to call this model with these items: said before any actor
+    if config.train_loop_per_worker is not None:
+        check_loop(import_object(config.train_loop_per_worker, "train_loop_per_worker")
+                   if isinstance(config.train_loop_per_worker, str) else config.train_loop_per_worker)
+    elif prepared is None and len(splits.train):  # the rule must be able to call this model with these items: said before any actor
         x, y = splits.train.batch(np.arange(min(2, len(splits.train))))[:2]
         check_call(model, call, x, y, "the training data's first batch")
     batches = plan_batches(splits.train, config.workers, config.batch_size, config.seed)
@@ -504,7 +508,10 @@ def model_call(config: JobConfig) -> ModelCall:
 
 def _worker_plan(config: JobConfig, worker_id: int, run_id: str = "", incarnation: int = 0,
           chaos: WorkerChaos = WorkerChaos()) -> WorkerPlan:
+    loop = config.train_loop_per_worker
     return WorkerPlan(call=model_call(config), micro_batches=config.accumulate, clip_grad_norm=config.clip_grad_norm,
+        loop=import_object(loop, "train_loop_per_worker") if isinstance(loop, str) else loop,
+        loop_config=dict(config.train_loop_config),
         compile=None if config.compile is False else {} if config.compile is True else dict(config.compile),
         precision=config.precision,
         worker_id=worker_id, num_workers=config.workers, batch_size=config.batch_size,

@@ -70,6 +70,8 @@ class Monitor:
         self._odometer = Odometer({"steps": last.get("global_step", 0), "samples": last.get("samples", 0)})
         self.progress = Progress(extent, taken=last.get("global_step", 0))
         self.cursor: tuple[str, int] | None = None  # the last row read from shard 0's series
+        self.report_cursor = 0  # the last report collected from the work queue
+        self._latest: dict[int, dict] = {}  # each worker's latest reported metrics
         # (t, samples, {worker: samples}) of the last RATE_WINDOW_S; a resumed job's workers start unknown
         self._recent: deque = deque([(0.0, last.get("samples", 0), {} if not last else None)])
         self._wall0 = time.time()
@@ -84,12 +86,14 @@ class Monitor:
     def now(self) -> float:
         return time.monotonic() - self._mono0
 
-    def tick(self, stats: dict, t: float | None = None) -> dict:
-        """The rows in shard 0's ``stats`` and one of its own, ``t`` seconds into training (default: now)."""
+    def tick(self, stats: dict, reported: list[dict] = (), t: float | None = None) -> dict:
+        """The rows in shard 0's ``stats``, the loops' ``reported`` metrics, and a row of its own, ``t``
+        seconds into training (default: now)."""
         for row in stats.get("rows", ()):
             self._record(row, row["era"], row["time"] - self._wall0, "steps")
             self.cursor = (row["era"].split(".")[0], row["id"])
         row = self._record(stats, stats["era"], self.now() if t is None else t, "time")
+        self._take_reported(reported, row)
         if self.now() >= self._next_eval or self.progress.step >= self._next_eval_step:
             row["test_loss"], row["test_accuracy"] = self.evaluate()
             self._next_eval = self.now() + self.eval_every_s if self.eval_every_s else float("inf")
@@ -99,6 +103,21 @@ class Monitor:
             self.terminal.update(describe(self.progress, self.label, row["samples_per_s"], row),
                                  fraction=self.progress.fraction)
         return row
+
+    def _take_reported(self, reported: list[dict], row: dict) -> None:
+        """Each report a history row (``"by": "report"``); the latest of each worker, averaged, in the tick's
+        row (``reported``), which the progress line shows."""
+        for r in reported:
+            self.report_cursor = max(self.report_cursor, r["id"])
+            worker, metrics = r["worker"], {k: v for k, v in r.items() if k not in ("id", "worker", "step")}
+            self._latest[worker] = metrics
+            self.history.insert(len(self.history) - 1, {
+                "t": row["t"], "by": "report", "worker": worker, "worker_step": r.get("step"),
+                **self.progress.fields(), **metrics})
+        if self._latest:
+            names = {k for m in self._latest.values() for k in m}
+            row["reported"] = {k: sum(m[k] for m in self._latest.values() if k in m)
+                               / sum(k in m for m in self._latest.values()) for k in sorted(names)}
 
     def went_back(self, replayed: int) -> None:
         """A rollback sends ``replayed`` of the job's steps (every worker's) round again."""

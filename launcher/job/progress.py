@@ -118,8 +118,9 @@ def describe(progress: Progress, label: str, samples_per_s: float, row: dict) ->
     if p.replayed:
         step += f" ({p.replayed_steps:,} replayed, {p.steps - p.step:,} left)"
     loss = f"{row['loss']:.4f}" if row.get("loss") is not None else "-"
+    reported = "".join(f"  {k} {v:.4g}" for k, v in list(row.get("reported", {}).items())[:4])
     return (f"[{label}] {step}  epoch {_num(p.epoch)}/{_num(p.epochs)}  {samples_per_s:,.0f} samples/s"
-            f"  loss {loss}  staleness mean {row['staleness_mean']:.2f} max {row['staleness_max']}"
+            f"  loss {loss}{reported}  staleness mean {row['staleness_mean']:.2f} max {row['staleness_max']}"
             f"  clock gap {row['max_clock_gap']}")
 
 

@@ -20,6 +20,8 @@ from .workqueue import EpochBatches, Unit, WorkQueue
 
 RESYNC = "resync"  # the caller's generation is old: register again first
 STOP = "stop"  # this worker was removed from the job: finish
+#: Reports held for the controller; it collects twice a second, so only a stalled controller loses any.
+REPORTS_KEPT = 10_000
 
 
 class WorkCoordinator:
@@ -31,6 +33,8 @@ class WorkCoordinator:
         self.recovering = False
         self.wanted = wanted_workers  # what `psctl scale` last asked for
         self._removed: set[int] = set()
+        self._reports: list[dict] = []  # what training loops reported, for the controller to collect
+        self._report_id = 0
 
     def __repr__(self) -> str:
         return "work-queue"
@@ -56,6 +60,16 @@ class WorkCoordinator:
 
     def status(self) -> tuple[int, bool]:
         return self.generation, self.recovering
+
+    def report(self, worker: int, metrics: dict) -> None:
+        """A training loop's ``report()`` (the worker sends a few a second at most)."""
+        self._report_id += 1
+        self._reports.append({"id": self._report_id, "worker": worker, **metrics})
+        del self._reports[:-REPORTS_KEPT]
+
+    def reported(self, after: int = 0) -> list[dict]:
+        """The reports since id ``after`` (the controller's cursor), oldest first."""
+        return [r for r in self._reports if r["id"] > after]
 
     # ---- the controller -------------------------------------------------------------
 
