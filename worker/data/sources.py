@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, default_collate
 
-from .structure import map_tensors
+from .structure import float64_to_float32
+from .stream import StreamSource, is_ray_dataset, ray_dataset_source
 
 from ...errors import ConfigError, ShapeError
 from .config import DataConfig, data_config, is_pipeline_spec
@@ -111,12 +112,9 @@ class TorchDatasetSource:
             if not isinstance(item, (tuple, list)) or len(item) != 2:
                 raise ShapeError(f"dataset item {int(i)} ({type(item).__name__}) must be an (x, y) pair")
         x, y = default_collate(items)
-        return _float32(x), _float32(y)
+        return float64_to_float32(x), float64_to_float32(y)
 
 
-def _float32(t: Any) -> Any:
-    """float64 tensors to float32, wherever they sit in a collated item's structure."""
-    return map_tensors(lambda x: x.float() if x.dtype == torch.float64 else x, t)
 
 
 class SubsetSource:
@@ -188,6 +186,9 @@ def resolve_data(spec: Any, test: Any = None, *, test_fraction: float = 0.2, see
 
 def holdout(source: DataSource, test_fraction: float, seed: int) -> Splits:
     """Split ``source`` into disjoint train and test parts, deterministic from ``seed``."""
+    if isinstance(source, StreamSource):
+        raise ConfigError(f"a stream ({source!r}) has no random access to hold a test part out of: give its test "
+                          "split as data={'train': ..., 'test': ...} or test_data")
     n = len(source)
     n_test = max(1, round(n * test_fraction))
     if n_test >= n:
@@ -208,6 +209,14 @@ def _is_source(obj: Any) -> bool:
 def _resolve(spec: Any, what: str, *, splits_allowed: bool, called: bool = False) -> DataSource | Splits:
     if _is_source(spec):
         return spec
+    if isinstance(spec, IterableDataset):  # a stream: read in order, replayed by position (stream.py)
+        return StreamSource(spec)
+    if is_ray_dataset(spec):
+        label = next((c for c in ("y", "label") if c in spec.columns()), None)
+        if label is None:
+            raise ConfigError(f"{what}: a Ray dataset's target column must be named 'y' or 'label' (its columns:"
+                              f" {', '.join(spec.columns())})")
+        return ray_dataset_source(spec, label)
     if isinstance(spec, Dataset):
         return TorchDatasetSource(spec)
     if isinstance(spec, (str, os.PathLike)):

@@ -23,3 +23,8 @@ def map_tensors(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:
     if isinstance(obj, (tuple, list)):
         return type(obj)(map_tensors(fn, v) for v in obj)
     return obj
+
+
+def float64_to_float32(obj: Any) -> Any:
+    """float64 tensors (what Python floats collate to) to float32, wherever they sit in ``obj``."""
+    return map_tensors(lambda x: x.float() if x.dtype == torch.float64 else x, obj)
