@@ -98,14 +98,14 @@ def python_params() -> list:
         if b.text in checked or b.text in seen:  # value-checked in test_readme.py, or run once already
             continue
         seen.add(b.text)
-        trains = "rayps.Job(" in b.text
+        trains = "rayps.Job(" in b.text or "rayps.train(" in b.text
         params.append(pytest.param(b, id=b.where, marks=[pytest.mark.slow, pytest.mark.ray] if trains else []))
     return params
 
 
 @pytest.mark.parametrize("block", python_params())
 def test_python_block_runs_as_written(block, request, tmp_path, monkeypatch):
-    if "rayps.Job(" in block.text:
+    if "rayps.Job(" in block.text or "rayps.train(" in block.text:
         request.getfixturevalue("ray_session")
     monkeypatch.chdir(tmp_path)  # examples write runs/ and data/ under the working directory
     namespace = {"__name__": "__docs__"}
