@@ -127,6 +127,8 @@ def test_a_loop_that_breaks_the_one_step_per_batch_rule_is_told_so(in_process, t
         train(tmp_path, in_process, two_steps, "b", max_steps=5)
     with pytest.raises(JobError, match="with accumulate: 2, backpropagate through ctx.backward"):
         train(tmp_path, in_process, accumulate_by_hand, "c", max_steps=5, accumulate=2)
+    with pytest.raises(JobError, match="with precision: fp16, backpropagate through ctx.backward"):
+        train(tmp_path, in_process, accumulate_by_hand, "d", max_steps=5, precision="fp16")
 
 
 def test_a_loop_is_checked_before_any_actor_starts():
@@ -181,7 +183,27 @@ def test_the_loss_scale_halves_on_an_overflow_and_grows_after_a_run_of_finite_st
     assert scale.value == 1024.0
 
 
-# ---- processes ---------------------------------------------------------------------------------------------
+# ---- failures, in one process (tests/local_job.py), then in real ones ---------------------------------------
+
+@pytest.mark.parametrize("mode", ["ssp", "bsp"])
+def test_a_killed_shard_is_restored_under_ones_own_loop_and_every_example_applied_once(in_process, tmp_path,
+                                                                                      mode):
+    """The failed push is recovered inside step(); the loop carries on with the batches the queue hands out."""
+    from tests.local_job import LocalJob, counting
+    from tests.test_controller import assert_every_example_once_per_epoch
+
+    job = LocalJob(tmp_path, in_process, **counting(
+        consistency={"mode": mode}, servers=2, checkpoint={"every_s": None, "every_steps": 30},
+        debug={"slow_workers": {0: 0.003, 1: 0.003}}, train_loop_per_worker=counting_loop))
+    job.when(lambda: job.checkpointer.written >= 2 and job.since_checkpoint(0) >= 10,
+             lambda: in_process.kill(job.shards[0], no_restart=False))
+    s = job.run()
+    assert s["restarts"] == {"ps-shard-0": 1} and s["rollbacks"] == 1
+    assert s["resyncs"] >= 2 and 0 < s["steps_lost"] <= s["steps_replayed"]
+    assert_every_example_once_per_epoch(job, s)
+    assert {r["worker"] for r in job.monitor.history if r.get("by") == "report"} == {0, 1}  # the loop ran
+
+
 
 def counting_loop():
     ctx = rayps.get_context()

@@ -11,6 +11,9 @@ Forms ``resolve_data`` accepts, for ``spec`` and for ``test``:
   the return value is any form below;
 - ``(x, y)``: a tuple or list of two arrays of equal first dimension;
 - a map-style ``torch.utils.data.Dataset`` whose items are ``(x, y)``;
+- a torch ``IterableDataset`` of ``(x, y)`` items, or a Ray Data ``Dataset``
+  (target column ``y`` or ``label``): streams, read in order and replayed by
+  position (stream.py);
 - ``{"train": form, "test": form}`` (``test`` optional; only in ``spec``);
 - ``{"x": "x.npy", "y": "y.npy"}`` (numpy files, or arrays);
 - a Parquet path (a file, a directory, a glob, a URI) or a data section

@@ -170,10 +170,6 @@ class TrainContext:
                 yield from self._items(indices)
                 if self._abandoned:  # a step failed and the worker recovered: lease afresh
                     break
-            else:
-                continue
-            if w._reached_max_steps():
-                return
 
     def autocast(self):
         """The forward's mixed-precision context (a no-op in fp32)."""
@@ -211,6 +207,9 @@ class TrainContext:
         if self._parts > 1 and not self._backwards:
             raise LoopError(f"with accumulate: {self._parts}, backpropagate through ctx.backward(loss), which weights"
                             " each micro-batch by its share of the batch; loss.backward() would sum them")
+        if self.scale is not None and not self._backwards:
+            raise LoopError("with precision: fp16, backpropagate through ctx.backward(loss), which scales the loss;"
+                            " step() divides the gradient by that scale")
         if self.scale is not None and not self._unscaled_finite():
             self._redo = True  # the iterator yields this batch again, at the halved scale
             return False
