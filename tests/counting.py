@@ -20,3 +20,16 @@ class Counter(nn.Module):
 
 def minus_sum(out, y):
     return -out.sum()
+
+
+def assert_counted_once_per_epoch(result, epochs: int, examples: int = 500) -> None:
+    """A finished counting job (JobResult): each training example applied exactly once per epoch, the
+    held-out ones never; no push applied twice."""
+    import numpy as np
+
+    s = result.summary
+    assert s["applied_twice"] == 0
+    counts = result.model.p.detach().numpy()
+    assert (counts[:examples] == epochs).all(), np.unique(counts[:examples], return_counts=True)
+    assert (counts[examples:] == 0).all()
+    assert s["examples_per_epoch"] == {str(e): examples for e in range(epochs)}

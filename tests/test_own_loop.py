@@ -21,7 +21,7 @@ import rayps
 from rayps.errors import ConfigError, JobError
 from rayps.worker.loop.context import LoopError, LossScale
 
-from tests.counting import Counter
+from tests.counting import Counter, assert_counted_once_per_epoch
 from tests.test_metrics import scrape, value
 
 
@@ -226,11 +226,7 @@ def test_ones_own_loop_survives_a_worker_sigkill_with_every_example_once_per_epo
                          output=tmp_path / "run", progress=False, dashboard=False, report=False)
     s = result.summary
     assert s["restarts"] == {"worker-0": 1} and s["workers_replaced"] == 1
-    assert s["applied_twice"] == 0
-    counts = result.model.p.detach().numpy()
-    assert (counts[:500] == 6).all(), np.unique(counts[:500], return_counts=True)  # 6 epochs, once each
-    assert (counts[500:] == 0).all()
-    assert s["examples_per_epoch"] == {str(e): 500 for e in range(6)}
+    assert_counted_once_per_epoch(result, epochs=6)
     assert any(r.get("by") == "report" and r["worker"] == 0 for r in result.history)
     assert (result.run_dir / "summary.json").exists() and (result.run_dir / "model.safetensors").exists()
     # the dashboard: the loop's reports beside the job's own metrics, on the node's Prometheus endpoint

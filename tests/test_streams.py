@@ -18,7 +18,7 @@ from rayps.worker.data.sources import resolve_data
 from rayps.worker.data.stream import StreamBatches, StreamSource
 from rayps.worker.queue.workqueue import Unit
 
-from tests.counting import Counter
+from tests.counting import Counter, assert_counted_once_per_epoch
 
 
 class Numbers(IterableDataset):
@@ -94,15 +94,6 @@ def stream_counting_job(tmp_path, train, **keys):
         output=tmp_path / "run", progress=False, dashboard=False, report=False)
 
 
-def assert_each_example_once_per_epoch(result, epochs=4):
-    s = result.summary
-    assert s["applied_twice"] == 0
-    counts = result.model.p.detach().numpy()
-    assert (counts[:500] == epochs).all(), np.unique(counts[:500], return_counts=True)
-    assert (counts[500:] == 0).all()
-    assert s["examples_per_epoch"] == {str(e): 500 for e in range(epochs)}
-
-
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(240)
@@ -110,7 +101,7 @@ def test_an_iterable_dataset_gives_every_example_once_per_epoch_with_a_worker_ki
                                                                                                tmp_path):
     result = stream_counting_job(tmp_path, Numbers(500), chaos={"kill": ["worker-0@30"]})
     assert result.summary["restarts"] == {"worker-0": 1}  # killed in epoch 1 of 4 (25 batches a worker)
-    assert_each_example_once_per_epoch(result)
+    assert_counted_once_per_epoch(result, epochs=4)
 
 
 @pytest.mark.ray
@@ -122,4 +113,4 @@ def test_a_ray_dataset_gives_every_example_once_per_epoch_with_a_worker_killed_m
     rows = ray.data.from_items([{"x": [float(i)], "y": 0} for i in range(500)])
     result = stream_counting_job(tmp_path, rows, chaos={"kill": ["worker-0@30"]})
     assert result.summary["restarts"] == {"worker-0": 1}
-    assert_each_example_once_per_epoch(result)
+    assert_counted_once_per_epoch(result, epochs=4)
