@@ -53,7 +53,8 @@ def counting(examples: int = 500, **config) -> dict:
     y = np.zeros(examples + 100, np.int64)
     data = {"train": (x[:examples], y[:examples]), "test": (x[examples:], y[examples:])}
     return {"model": Counter, "model_args": {"n": examples + 100}, "data": data, "loss": minus_sum,
-            "optimizer": {"name": "sgd", "lr": 1.0}, "servers": 1, "batch_size": 10, "epochs": 4,
+            "optimizer": {"name": "sgd", "lr": 1.0}, "schedule": {"name": "constant"},  # each count is 1
+            "servers": 1, "batch_size": 10, "epochs": 4,
             "eval_every_s": 0, **config, "debug": {"audit": True, **config.get("debug", {})}}
 
 

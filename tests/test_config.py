@@ -70,7 +70,8 @@ def test_job_section_of_a_ray_cluster_yaml_loads_into_nested_dataclasses(tmp_pat
     assert config.optimizer == OptimizerConfig(name="adam", lr=0.002, betas=(0.8, 0.99))
     assert config.consistency == ConsistencyConfig(mode="ssp", staleness=3)
     assert config.debug == DebugConfig(slow_workers={0: 0.05})
-    assert config.schedule == ScheduleConfig()  # absent section: defaults
+    # absent section: auto, which the default mode (ssp, stale updates) resolves to a cosine decay
+    assert config.schedule == ScheduleConfig(name="cosine")
     assert config.epochs == JobConfig().epochs  # absent key: default
 
 
@@ -412,3 +413,12 @@ def test_overlap_true_is_refused_where_computing_ahead_would_break_the_bound():
     # auto is off in every bundled mode: its extra step of staleness unsteadied a transformer under ssp
     assert build(JobConfig, {"consistency": {"mode": "ssp", "staleness": 2}}, "Job").overlaps is False
     assert build(JobConfig, {"consistency": {"mode": "ssp"}, "overlap": True}, "Job").overlaps is True
+
+
+def test_schedule_auto_decays_where_updates_are_stale_and_keeps_bsp_comparable_with_one_process():
+    def schedule(**keys):
+        return build(JobConfig, keys, "Job").schedule.name
+    assert schedule(consistency={"mode": "ssp"}) == schedule(consistency={"mode": "asp"}) == "cosine"
+    assert schedule(consistency={"mode": "bsp"}) == "constant"
+    assert schedule(consistency={"mode": "asp"}, schedule={"name": "constant"}) == "constant"  # a name is kept
+    assert build(JobConfig, {"schedule": {"warmup_steps": 10}}, "Job").schedule.warmup_steps == 10

@@ -71,7 +71,8 @@ def test_every_row_is_seen_once_per_epoch_across_workers_when_a_worker_is_killed
                        tmp_path / f"ids-{i}.parquet", row_group_size=150)
     result = run(tmp_path, "run", model="tests.counting:Counter", model_args={"n": 1000},
                  data={"path": str(tmp_path), "features": ["id"], "chunk_rows": 100, "test_fraction": 0},
-                 loss="tests.counting:minus_sum", optimizer={"name": "sgd", "lr": 1.0}, servers=1,
+                 loss="tests.counting:minus_sum", optimizer={"name": "sgd", "lr": 1.0},
+                 schedule={"name": "constant"}, servers=1,
                  batch_size=10, epochs=3, eval_every_s=0, consistency={"mode": "ssp"},
                  chaos={"kill": ["worker-0@25"]}, debug={"audit": True, "slow_workers": {0: 0.01, 1: 0.01}})
     s = result.summary

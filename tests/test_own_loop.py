@@ -220,7 +220,8 @@ def test_ones_own_loop_survives_a_worker_sigkill_with_every_example_once_per_epo
     x = np.arange(600, dtype=np.float32).reshape(-1, 1)
     data = {"train": (x[:500], np.zeros(500, np.int64)), "test": (x[500:], np.zeros(100, np.int64))}
     result = rayps.train(counting_loop, model=Counter, data=data, loss="tests.counting:minus_sum",
-                         optimizer={"name": "sgd", "lr": 1.0}, servers=1, batch_size=10, epochs=6,
+                         optimizer={"name": "sgd", "lr": 1.0}, schedule={"name": "constant"}, servers=1,
+                         batch_size=10, epochs=6,
                          eval_every_s=0, debug={"audit": True, "slow_workers": {0: 0.01, 1: 0.01}},
                          consistency={"mode": "ssp"}, chaos={"kill": ["worker-0@40"]},
                          output=tmp_path / "run", progress=False, dashboard=False, report=False)

@@ -103,7 +103,7 @@ def test_config_from_yaml_mapping_turns_lists_into_tuples():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(name="step"), "schedule.name ('step') must be one of constant, cosine, piecewise"),
+    (dict(name="step"), "schedule.name ('step') must be one of auto, constant, cosine, piecewise"),
     (dict(name="piecewise", boundaries=[3, 7], factors=[1, 0.1]),
      "schedule.factors has 2 values; piecewise needs len(boundaries) + 1 = 3"),
     (dict(name="piecewise", boundaries=[7, 3], factors=[1, 0.1, 0.01]),
@@ -113,7 +113,7 @@ def test_config_from_yaml_mapping_turns_lists_into_tuples():
     (dict(name="piecewise", boundaries=[2], factors=[1, -0.1]), "schedule.factors[1] (-0.1) must be >= 0"),
     (dict(name="piecewise", boundaries="10", factors=[1]), "schedule.boundaries ('10') must be a list"),
     (dict(name="cosine", boundaries=[3], factors=[1, 0.1]), "schedule.boundaries ((3,)) applies only to piecewise"),
-    (dict(total_steps=100), "schedule.total_steps (100) applies only to cosine, not constant"),
+    (dict(total_steps=100), "schedule.total_steps (100) applies only to cosine, not auto"),
     (dict(name="piecewise", factors=[1], min_lr=0.01), "schedule.min_lr (0.01) applies only to cosine"),
     (dict(name="cosine", total_steps=0), "schedule.total_steps (0) must be > 0"),
     (dict(name="cosine", total_steps=5, warmup_steps=5),

@@ -49,7 +49,8 @@ def counting_job(tmp_path, epochs: int = 6, **kwargs):
     data = {"train": (x[:500], np.zeros(500, np.float32)), "test": (x[500:], np.zeros(100, np.float32))}
     kwargs.setdefault("sparse", {"optimizer": {"name": "sgd", "lr": 1.0}, "init": "zeros"})
     return run(tmp_path, model=SparseCounter, data=data, loss="tests.test_sparse_jobs:minus_sum",
-               optimizer={"name": "sgd", "lr": 1.0}, servers=2, batch_size=10, epochs=epochs, eval_every_s=0,
+               optimizer={"name": "sgd", "lr": 1.0}, schedule={"name": "constant"}, servers=2, batch_size=10,
+               epochs=epochs, eval_every_s=0,
                **{"debug": {"audit": True, "slow_workers": {0: 0.01, 1: 0.01}}, **kwargs})
 
 

@@ -88,7 +88,8 @@ def test_a_job_streams_an_iterable_dataset_and_trains_every_example_of_every_epo
 def stream_counting_job(tmp_path, train, **keys):
     x = np.arange(500, 600, dtype=np.float32).reshape(-1, 1)
     return rayps.Job(model=Counter, data={"train": train, "test": (x, np.zeros(100, np.int64))},
-                     loss="tests.counting:minus_sum", optimizer={"name": "sgd", "lr": 1.0}, servers=1,
+                     loss="tests.counting:minus_sum", optimizer={"name": "sgd", "lr": 1.0},
+                     schedule={"name": "constant"}, servers=1,
                      batch_size=10, epochs=4, eval_every_s=0, consistency={"mode": "ssp"},
                      debug={"audit": True, "slow_workers": {0: 0.01, 1: 0.01}}, **keys).run(
         output=tmp_path / "run", progress=False, dashboard=False, report=False)

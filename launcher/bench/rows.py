@@ -40,6 +40,7 @@ def bench_job(hidden, steps: int, consistency: dict, **keys) -> JobConfig:
     return build(JobConfig, {
         "model": "rayps.worker.models:mlp", "model_args": {"in_features": 784, "hidden": list(hidden)},
         "data": "rayps.worker.datasets:synthetic_mnist", "optimizer": {"name": "sgd", "lr": LR},
+        "schedule": {"name": "constant"},  # the peers' SGD keeps its lr: the same knobs for every system
         "consistency": consistency, "workers": WORKERS, "servers": 2, "batch_size": BATCH,
         "epochs": 1000, "max_steps": steps, "eval_every_s": 0,
         # the start's checkpoint only, as the peers take none (cuts by steps would be the bench's to pay)

@@ -149,6 +149,9 @@ class JobConfig:
         return bool(self.overlap)
 
     def __post_init__(self) -> None:
+        if self.schedule.name == "auto":  # the mode says: a cosine decay where updates are stale (consistency.py)
+            name = "cosine" if self.consistency.rules.decays_by_default(self.consistency) else "constant"
+            object.__setattr__(self, "schedule", dataclasses.replace(self.schedule, name=name))
         if is_pipeline_spec(self.data):  # files read in chunks: the data section is checked now, by key
             object.__setattr__(self, "data", data_config(self.data, "data"))
         object.__setattr__(self, "compression", compression_config(self.compression))

@@ -12,6 +12,9 @@ The values equal torch's schedulers stepped once per update:
   ``LinearLR(start_factor, end_factor=1.0, total_iters=warmup_steps)``
   chained to the main schedule by ``SequentialLR(milestones=[warmup_steps])``;
   the main schedule counts its own steps from 0 after the warm-up;
+* ``auto`` is the job's to resolve by its consistency mode (launcher/job/config.py:
+  ``cosine`` where updates are stale, ``constant`` under bsp); a shard built
+  without a job (tests, the bench's transport rows) takes it as ``constant``;
 * ``constant`` keeps ``base_lr``;
 * ``piecewise`` multiplies ``base_lr`` by ``factors[i]``, where ``i`` is the
   number of ``boundaries`` at or below the step (``MultiStepLR`` when
@@ -32,7 +35,7 @@ from dataclasses import dataclass
 from ...errors import ConfigError
 from ...settings import number, require
 
-_NAMES = ("constant", "cosine", "piecewise")
+_NAMES = ("auto", "constant", "cosine", "piecewise")
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ class ScheduleConfig:
     ``warmup_start_factor`` None means ``1 / warmup_steps``.
     """
 
-    name: str = "constant"
+    name: str = "auto"
     boundaries: tuple[int, ...] = ()
     factors: tuple[float, ...] = ()
     total_steps: int | None = None
@@ -169,7 +172,7 @@ def make_schedule(config: ScheduleConfig, base_lr: float,
     number(base_lr, "optimizer.lr", minimum=0, exclusive=True)
     warmup = {"warmup_steps": config.warmup_steps,
               "warmup_start_factor": config.warmup_start_factor}
-    if config.name == "constant":
+    if config.name in ("constant", "auto"):
         return LRSchedule(base_lr, **warmup)
     if config.name == "piecewise":
         return PiecewiseSchedule(base_lr, config.boundaries, config.factors, **warmup)
