@@ -70,8 +70,8 @@ def test_job_section_of_a_ray_cluster_yaml_loads_into_nested_dataclasses(tmp_pat
     assert config.optimizer == OptimizerConfig(name="adam", lr=0.002, betas=(0.8, 0.99))
     assert config.consistency == ConsistencyConfig(mode="ssp", staleness=3)
     assert config.debug == DebugConfig(slow_workers={0: 0.05})
-    # absent section: auto, which the default mode (ssp, stale updates) resolves to a cosine decay
-    assert config.schedule == ScheduleConfig(name="cosine")
+    # absent section: auto, which the default mode (ssp, stale updates) resolves to a decay at the end
+    assert config.schedule == ScheduleConfig(name="cosine", decay_fraction=0.2)
     assert config.epochs == JobConfig().epochs  # absent key: default
 
 

@@ -31,6 +31,9 @@ from ...settings import build, dataclass_in, every_steps, number, require
 from ...worker.data.config import data_config, is_pipeline_spec
 
 TRANSPORTS = ("auto", "shm", "grpc", "ray")
+#: schedule: auto decays over the last fifth of a job: the stale end steadied, the rest of the job at full lr
+#: (a decay over the whole job cost short and small jobs: a 1-epoch job, a distilled student; consistency.md)
+AUTO_DECAY_FRACTION = 0.2
 
 
 class _Loader(yaml.SafeLoader):
@@ -149,9 +152,11 @@ class JobConfig:
         return bool(self.overlap)
 
     def __post_init__(self) -> None:
-        if self.schedule.name == "auto":  # the mode says: a cosine decay where updates are stale (consistency.py)
-            name = "cosine" if self.consistency.rules.decays_by_default(self.consistency) else "constant"
-            object.__setattr__(self, "schedule", dataclasses.replace(self.schedule, name=name))
+        if self.schedule.name == "auto":  # the mode says: a decay at the end where updates are stale (consistency.py)
+            decays = self.consistency.rules.decays_by_default(self.consistency)
+            object.__setattr__(self, "schedule", dataclasses.replace(
+                self.schedule, name="cosine" if decays else "constant",
+                decay_fraction=AUTO_DECAY_FRACTION if decays else 1.0))
         if is_pipeline_spec(self.data):  # files read in chunks: the data section is checked now, by key
             object.__setattr__(self, "data", data_config(self.data, "data"))
         object.__setattr__(self, "compression", compression_config(self.compression))

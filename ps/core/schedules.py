@@ -13,14 +13,17 @@ The values equal torch's schedulers stepped once per update:
   chained to the main schedule by ``SequentialLR(milestones=[warmup_steps])``;
   the main schedule counts its own steps from 0 after the warm-up;
 * ``auto`` is the job's to resolve by its consistency mode (launcher/job/config.py:
-  ``cosine`` where updates are stale, ``constant`` under bsp); a shard built
+  ``cosine`` over the last fifth of the job where updates are stale,
+  ``constant`` under bsp); a shard built
   without a job (tests, the bench's transport rows) takes it as ``constant``;
 * ``constant`` keeps ``base_lr``;
 * ``piecewise`` multiplies ``base_lr`` by ``factors[i]``, where ``i`` is the
   number of ``boundaries`` at or below the step (``MultiStepLR`` when
   ``factors[i] == gamma ** i``);
 * ``cosine`` is ``CosineAnnealingLR(T_max=total_steps - warmup_steps,
-  eta_min=min_lr)`` in closed form, reaching ``min_lr`` at ``total_steps``.
+  eta_min=min_lr)`` in closed form, reaching ``min_lr`` at ``total_steps``;
+  with ``decay_fraction`` f < 1 it holds ``base_lr`` and decays over the last
+  f of the steps after the warm-up only (warm-up, stable, decay).
 
 Past its end a schedule stays at its last value (torch's cosine would rise
 again).
@@ -56,6 +59,7 @@ class ScheduleConfig:
     min_lr: float = 0.0
     warmup_steps: int = 0
     warmup_start_factor: float | None = None
+    decay_fraction: float = 1.0  # cosine only: hold base_lr, then decay over this last part of the steps
 
     def __post_init__(self) -> None:
         require(isinstance(self.name, str) and self.name in _NAMES,
@@ -66,6 +70,9 @@ class ScheduleConfig:
         number(self.min_lr, "schedule.min_lr", minimum=0)
         self._check_applies("total_steps", self.total_steps is not None, "cosine")
         self._check_applies("min_lr", self.min_lr != 0, "cosine")
+        number(self.decay_fraction, "schedule.decay_fraction", minimum=0, exclusive=True)
+        require(self.decay_fraction <= 1, f"schedule.decay_fraction ({self.decay_fraction!r}) must be <= 1")
+        self._check_applies("decay_fraction", self.decay_fraction != 1.0, "cosine")
         number(self.warmup_steps, "schedule.warmup_steps", minimum=0, integer=True)
         if self.total_steps is not None:
             require(self.total_steps > self.warmup_steps,
@@ -149,12 +156,16 @@ class PiecewiseSchedule(LRSchedule):
 class CosineSchedule(LRSchedule):
     """Half a cosine from ``base_lr`` down to ``min_lr`` over ``decay_steps``, then flat."""
 
-    def __init__(self, base_lr: float, decay_steps: int, min_lr: float, **warmup) -> None:
+    def __init__(self, base_lr: float, decay_steps: int, min_lr: float, hold: int = 0, **warmup) -> None:
         super().__init__(base_lr, **warmup)
         self.decay_steps = decay_steps
         self.min_lr = float(min_lr)
+        self.hold = hold  # steps at base_lr before the decay begins (decay_fraction < 1)
 
     def _main(self, t: int) -> float:
+        if t < self.hold:
+            return self.base_lr
+        t -= self.hold
         if t >= self.decay_steps:
             return self.min_lr
         cosine = (1 + math.cos(math.pi * t / self.decay_steps)) / 2
@@ -186,4 +197,6 @@ def make_schedule(config: ScheduleConfig, base_lr: float,
             f" schedule.warmup_steps ({config.warmup_steps})")
     require(config.min_lr <= base_lr,
             f"schedule.min_lr ({config.min_lr!r}) must be <= optimizer.lr ({base_lr!r})")
-    return CosineSchedule(base_lr, total - config.warmup_steps, config.min_lr, **warmup)
+    main = total - config.warmup_steps
+    hold = main - max(1, round(main * config.decay_fraction))
+    return CosineSchedule(base_lr, main - hold, config.min_lr, hold=hold, **warmup)
