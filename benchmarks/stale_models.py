@@ -8,8 +8,8 @@ must use positions). Each rayps run is a full job (2 shards, 2 workers, batch
 32 per worker, Adam 2e-3) on one local Ray instance, once per seed and mode.
 Its reference is the same model, optimizer, epochs and seed in one process,
 one step per 32 examples: the same number of examples; at a constant lr, and
-with the cosine decay that rayps's default schedule (auto) gives asp and ssp
-(bsp keeps a constant lr). ``--set`` passes job
+with a cosine decay over the whole run. (rayps's default schedule, auto,
+decays over the job's last fifth under asp and ssp, and keeps bsp constant.) ``--set`` passes job
 keys (``--set clip_grad_norm=1.0``, ``--set consistency.staleness_aware_lr=true``)
 to every rayps run, to measure what steadies stale updates. One JSON line per
 run, then a table: accuracy on the 1,000 test sequences (one is 0.1 points).
@@ -36,7 +36,7 @@ LR, BATCH = 2e-3, 32
 
 def one_process(model_name: str, epochs: int, seed: int, cosine: bool = False) -> float:
     """Test accuracy of the plain torch loop: one process, Adam, one step per BATCH examples; ``cosine``:
-    the lr decayed to 0 over the run (CosineAnnealingLR), as rayps's schedule auto does under asp and ssp."""
+    the lr decayed to 0 over the whole run (CosineAnnealingLR)."""
     (x, y), (xt, yt) = order_tokens()["train"], order_tokens()["test"]
     torch.manual_seed(seed)
     model = getattr(models, model_name)()

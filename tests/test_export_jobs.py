@@ -99,7 +99,7 @@ def mlp_with(act=torch.nn.ReLU):
 
 
 def test_a_model_taking_objects_finishes_its_job_and_export_says_why_it_cannot(ray_session, tmp_path):
-    result = Job(model="tests.test_export_jobs:mlp_with", model_args={"act": torch.nn.Tanh}, epochs=1,
+    result = Job(model="tests.test_export_jobs:mlp_with", model_args={"act": torch.nn.Tanh}, epochs=2,
                  eval_every_s=0).run(output=tmp_path / "run", progress=False, dashboard=False, report=False)
     assert result.summary["test_accuracy"] > 0.5
     assert json.loads((tmp_path / "run" / "model.json").read_text())["model"] is None

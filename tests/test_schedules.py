@@ -73,6 +73,17 @@ def test_cosine_matches_cosine_annealing_lr(warmup_steps, start):
     np.testing.assert_allclose(_ours(config, total), expected, rtol=1e-9, atol=1e-12)
 
 
+def test_cosine_with_a_decay_fraction_holds_the_lr_then_decays_over_the_last_part():
+    """Warm-up, stable, decay: torch's constant then CosineAnnealingLR, chained at the hold's end."""
+    config = ScheduleConfig(name="cosine", total_steps=40, decay_fraction=0.25)
+
+    def constant_then_cosine(opt):
+        return lr_scheduler.SequentialLR(opt, [lr_scheduler.LambdaLR(opt, lambda _: 1.0),
+                                               lr_scheduler.CosineAnnealingLR(opt, T_max=10)], milestones=[30])
+    np.testing.assert_allclose(_ours(config, 40), _torch_lrs(constant_then_cosine, 40, 0, None), rtol=1e-9,
+                               atol=1e-12)
+
+
 def test_cosine_stays_at_min_lr_past_total_steps():
     schedule = make_schedule(ScheduleConfig(name="cosine", total_steps=10, min_lr=0.001, warmup_steps=2), BASE)
     assert schedule(2) == BASE
@@ -119,6 +130,9 @@ def test_config_from_yaml_mapping_turns_lists_into_tuples():
     (dict(name="cosine", total_steps=5, warmup_steps=5),
      "schedule.total_steps (5) must be greater than schedule.warmup_steps (5)"),
     (dict(warmup_steps=-1), "schedule.warmup_steps (-1) must be >= 0"),
+    (dict(name="constant", decay_fraction=0.5), "schedule.decay_fraction (0.5) applies only to cosine, not constant"),
+    (dict(name="cosine", decay_fraction=0), "schedule.decay_fraction (0) must be > 0"),
+    (dict(name="cosine", decay_fraction=1.5), "schedule.decay_fraction (1.5) must be <= 1"),
     (dict(warmup_start_factor=0.5), "schedule.warmup_start_factor (0.5) needs schedule.warmup_steps > 0"),
     (dict(warmup_steps=3, warmup_start_factor=0), "schedule.warmup_start_factor (0) must be > 0"),
     (dict(warmup_steps=3, warmup_start_factor=1.5), "schedule.warmup_start_factor (1.5) must be <= 1"),

@@ -69,9 +69,9 @@ class Mode:
         return False
 
     def decays_by_default(self, config: "ConsistencyConfig") -> bool:
-        """Whether ``schedule: auto`` is a cosine decay to the job's end (else a constant lr). Stale updates
-        leave the last steps noisy: a transformer under ssp and asp ended up to 7 points short of one process
-        at a constant lr, and within 0.3 points with the decay (docs/consistency.md)."""
+        """Whether ``schedule: auto`` decays the lr over the job's last fifth (else keeps it constant). Stale
+        updates leave the last steps noisy: a transformer under ssp and asp ended up to 7 points short of one
+        process at a constant lr, and within 0.4 points with the decay (docs/consistency.md)."""
         return True
 
     def updates_per_clock(self, workers: int) -> int:
