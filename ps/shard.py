@@ -176,6 +176,7 @@ class ParameterShard:
             raise self._refuse("out_of_order", OutOfOrderError(
                 f"{self!r}: worker {worker} pushed a new seq {seq} at clock {s.clock}, but its next clock is"
                 f" {completed + 1}"))
+        self._checked(self._check_counts, s)
         try:
             outcome = self._dense.push(worker, s.clock, grad, s.pulled_version, s.num_samples, s.buffers)
         except OutOfOrderError as e:  # a round not yet gathered: nothing was recorded
@@ -357,6 +358,20 @@ class ParameterShard:
             return check(*args)
         except InputError as e:
             raise self._refuse(e.reason, e)
+
+    def _check_counts(self, s: Step) -> None:
+        """A push's version and counts must be ones that can be true. A gradient is computed from a version
+        this shard has served, so a ``pulled_version`` ahead of it is refused (it would be recorded as a
+        negative staleness and break every later ``Stats``); so is a sample count outside uint32, the wire's.
+        Checked after the push is known to be new and in order, so a push from before a rollback is still
+        answered ``rolled_back`` (retryable), not refused as malformed."""
+        version = self._dense.version
+        if not 0 <= int(s.pulled_version) <= version:
+            raise InputError(f"{self!r}: pulled_version {int(s.pulled_version)} is not a version this shard has"
+                             f" served (0..{version}); a gradient is computed from parameters it pulled",
+                             "future_version")
+        if not 0 <= int(s.num_samples) < 2 ** 32:
+            raise InputError(f"{self!r}: num_samples {int(s.num_samples)} is outside 0..2^32-1", "num_samples")
 
     def _check_buffers(self, buffers: object) -> None:
         try:

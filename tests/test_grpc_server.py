@@ -104,6 +104,11 @@ BAD_PUSHES = {
                    Code.INVALID_ARGUMENT, ["10 NaN or Inf", "finite"], "non_finite"),
     "unknown_worker_id": (lambda: gradient(np.ones(SIZE), 7, 1), Code.NOT_FOUND, ["worker id 7"],
                           "unknown_worker"),
+    # a version from the future was applied once, and made every later Stats fail for everyone
+    "version_from_the_future": (lambda: gradient(np.ones(SIZE), 0, 2, pulled_version=100), Code.INVALID_ARGUMENT,
+                                ["pulled_version 100", "(0..1)"], "future_version"),
+    "version_at_uint64_max": (lambda: gradient(np.ones(SIZE), 0, 2, pulled_version=2**64 - 1),
+                              Code.INVALID_ARGUMENT, [f"pulled_version {2**64 - 1}"], "future_version"),
 }
 
 

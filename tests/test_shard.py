@@ -404,6 +404,30 @@ def test_a_clock_that_skips_ahead_is_refused_and_never_recorded(mode):
     assert outcome == "applied"
 
 
+@pytest.mark.parametrize("mode", ["asp", "ssp", "bsp"])
+@pytest.mark.parametrize("field, value, reason", [("pulled_version", 100, "future_version"),
+                                                  ("pulled_version", 2 ** 64 - 1, "future_version"),
+                                                  ("pulled_version", -1, "future_version"),
+                                                  ("num_samples", -5, "num_samples")])
+def test_a_push_claiming_what_cannot_be_true_is_refused_and_stats_keep_answering(mode, field, value, reason):
+    """Every transport decodes into the same Step and calls this entry point (gRPC: test_grpc_server.py)."""
+    async def scenario():
+        shard = make_shard(mode, workers=[0, 1])
+        for worker in (0, 1):
+            await pushed(shard, worker, 1, grad(1, 1, 1, 1), 0, 1, 0.0)
+        bad = {"pulled_version": 1, "num_samples": 1, field: value}
+        with pytest.raises(PSError, match=field):
+            await pushed(shard, 0, 2, grad(1, 1, 1, 1), bad["pulled_version"], bad["num_samples"], 0.0)
+        before = await shard.stats()
+        outcome = await pushed(shard, 0, 2, grad(1, 1, 1, 1), 1, 1, 0.0)  # the worker goes on as if it never came
+        return before, outcome
+
+    stats, outcome = run(scenario())
+    assert stats["rejected"] == {reason: 1} and stats["clocks"] == {0: 1, 1: 1}
+    assert stats["samples"] == {0: 1, 1: 1} and min(int(k) for k in stats["staleness_histogram"]) >= 0
+    assert outcome == "applied"
+
+
 # ---- exactly once -------------------------------------------------------------------
 
 
