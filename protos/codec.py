@@ -259,6 +259,10 @@ class Assembler:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
                             f"tensor {self.name!r}: {end * item} bytes received for shape [{self.size}],"
                             f" expected {self.size * item}", "byte_length")
+        if end == self.size and not chunk.last:  # the proto: a tensor's chunks run up to the one marked last
+            raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"tensor {self.name!r}: all {self.size * item} bytes arrived, but no chunk was marked"
+                            " last", "malformed")
         self.buffer[self._filled:end] = np.frombuffer(data, dtype=self.wire)
         self._filled = end
         return end == self.size

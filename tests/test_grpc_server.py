@@ -76,6 +76,17 @@ def _garbage():
     return b"\xff" * 16
 
 
+def _unmarked_last():
+    chunks = gradient(np.ones(SIZE), 0, 2, pulled_version=1)
+    chunks[-1].last = False
+    return chunks
+
+
+def _chunk_after_last():
+    chunks = gradient(np.ones(SIZE), 0, 2, pulled_version=1)
+    return chunks + [chunks[-1]]
+
+
 # name -> (the requests: chunks, or raw bytes, code, fragments the details must hold, stats reason)
 BAD_PUSHES = {
     "garbage_bytes": (lambda: [_garbage()], Code.INVALID_ARGUMENT, ["TensorChunk"], "malformed"),
@@ -109,6 +120,9 @@ BAD_PUSHES = {
                                 ["pulled_version 100", "(0..1)"], "future_version"),
     "version_at_uint64_max": (lambda: gradient(np.ones(SIZE), 0, 2, pulled_version=2**64 - 1),
                               Code.INVALID_ARGUMENT, [f"pulled_version {2**64 - 1}"], "future_version"),
+    # the proto's chunk rules: a tensor's chunks run up to the one marked last, and a Push carries one push
+    "no_chunk_marked_last": (_unmarked_last, Code.INVALID_ARGUMENT, ["no chunk was marked last"], "malformed"),
+    "chunk_after_last": (_chunk_after_last, Code.INVALID_ARGUMENT, ["after the push's last chunk"], "malformed"),
 }
 
 

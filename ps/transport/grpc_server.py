@@ -207,6 +207,10 @@ class ShardServicer:
             got = await self._read_gradient(requests)
             if got is None:
                 raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"empty push: expected tensor {TENSOR!r}")
+            async for _ in requests:  # one push per Push call: nothing may follow its last chunk
+                self._reuse(self._step(*got), *got[1:])
+                raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
+                                "a chunk came after the push's last chunk; a Push call carries one push", "malformed")
             step = self._step(*got)
             try:
                 outcome = await self.shard.push(step)
