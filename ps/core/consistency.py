@@ -65,7 +65,8 @@ class Mode:
         return True
 
     def overlaps_by_default(self, config: "ConsistencyConfig") -> bool:
-        """Whether ``overlap: auto`` turns computing ahead on."""
+        """Whether ``overlap: auto`` turns computing ahead on. Off in every bundled mode: it adds a step of
+        staleness to every gradient and bought no speed for the MLP on 2 cores (docs/consistency.md)."""
         return False
 
     def decays_by_default(self, config: "ConsistencyConfig") -> bool:
@@ -112,13 +113,6 @@ class Ssp(Mode):
 
     def computes_ahead(self, config):
         return config.staleness >= 1  # one iteration ahead is one more of staleness
-
-    def overlaps_by_default(self, config):
-        # Off: the extra step of staleness it adds to every gradient unsteadied a transformer under ssp
-        # (5 seeds, benchmarks/stale_models.py: min accuracy 0.939 with it, 0.987 without, 0.900-1.000 in one
-        # process), where clipping, warm-up and the staleness-aware lr did not help; and on 2 cores it bought
-        # no speed for the MLP (docs/consistency.md). overlap: true still turns it on.
-        return False
 
     def admits(self, state, clock):
         return state.clocks.lead(clock) <= state.config.staleness

@@ -67,11 +67,15 @@ class Batch:
         return iter((self.inputs, self.targets))
 
 
+#: precision -> the dtype torch.autocast runs the forward in
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def autocast_forward(model: torch.nn.Module, device_type: str, precision: str) -> None:
     """Make ``model``'s forward run under ``torch.autocast`` in ``precision`` (bf16, fp16), as Accelerate
     does: a loop that calls the model runs it in mixed precision without a word about it."""
     forward = model.forward
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    dtype = AUTOCAST_DTYPES[precision]
 
     def mixed(*args, **kwargs):
         with torch.autocast(device_type=device_type, dtype=dtype):
@@ -128,7 +132,7 @@ class TrainContext:
         self.micro_batches = plan.micro_batches
         self.precision = plan.precision
         self._autocast = (None if plan.precision == "fp32" else
-                          (self.device.type, torch.bfloat16 if plan.precision == "bf16" else torch.float16))
+                          (self.device.type, AUTOCAST_DTYPES[plan.precision]))
         self.scale = LossScale() if plan.precision == "fp16" else None
         self.epoch = 0
         self.reported: dict = {}
