@@ -23,7 +23,9 @@ ALIGN = 64
 HELLO = struct.Struct("<II")  # token length, worker id
 LAYOUT = struct.Struct("<BxxxxxxxQQQ")  # status, parameters, buffers, slot offset (32 bytes)
 # op, flags, worker, clock, pulled version, samples, loss, ahead, incarnation, seq (REGISTER, FINISH:
-# incarnation only). A push's (worker, incarnation, seq) is applied once (ps/core/ledger.py).
+# incarnation only). A push's (worker, incarnation, seq) is applied once (ps/core/ledger.py). Every field
+# is checked as the gRPC transport checks TensorChunk's (protos/ps.proto says what can be true); flag bits
+# this wire does not define are INVALID_ARGUMENT, BUFFERS_FOLLOW to a shard without buffers NOT_FOUND.
 REQUEST = struct.Struct("<BBxxIQQIfIIQ")
 # status, outcome, version, and for REGISTER where the worker carries on: its completed clock and
 # last applied seq (32 bytes); then MESSAGE

@@ -26,6 +26,7 @@ the parts it holds, each with its own small interface:
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from typing import Any, Callable
@@ -37,7 +38,7 @@ from ..protos.compression import Codec
 from .compression.decoding import ShardDecoder, is_blob
 from .core.buffers import BufferTable
 from .core.changes import Changes
-from .core.consistency import ConsistencyConfig
+from .core.consistency import Consistency, ConsistencyConfig
 from .core.cut import CheckpointCut
 from .core.dense import DenseTable
 from .core.ledger import PushLedger
@@ -45,7 +46,7 @@ from .core.metrics import ShardMetrics
 from .core.optimizers import OptimizerConfig
 from .core.schedules import ScheduleConfig
 from .core.series import StepSeries
-from .core.step import Answer, Pulled, Step
+from .core.step import MAX_AHEAD, MAX_CLOCK, Answer, Pulled, Step
 from .sparse.table import SparseTable
 from .sparse.tables import SparseTables
 
@@ -127,13 +128,25 @@ class ParameterShard:
         return Answer(*await self.pull_for(step.worker_id, step.answers, read), outcome)
 
     def check_ahead(self, worker_id: int, ahead: int) -> None:
-        """Computing ahead only where the mode keeps its bound with it (a bsp round needs the worker's push)."""
+        """Computing ahead only where the mode keeps its bound with it (a bsp round needs the worker's push),
+        and never past the bound: the answer admits iteration clock + 1 + ahead, which is ``ahead`` past the
+        worker's own completed clock, so beyond the bound it would wait for a push the worker has not made."""
         if ahead < 0:
             raise self._refuse("out_of_order", OutOfOrderError(f"{self!r}: ahead ({ahead}) must be >= 0"))
-        if not self._dense.consistency.may_compute_ahead(ahead):
-            mode = self._dense.consistency.config.mode
+        if ahead > MAX_AHEAD:
+            raise self._refuse("ahead", InputError(
+                f"{self!r}: worker {worker_id} says it computes {ahead} iterations ahead of its pull; at most"
+                f" {MAX_AHEAD} can be true", "ahead"))
+        consistency = self._dense.consistency
+        if not consistency.may_compute_ahead(ahead):
+            mode = consistency.config.mode
             raise self._refuse("out_of_order", OutOfOrderError(
                 f"{self!r}: a {mode} worker cannot compute ahead of its pull (ahead {ahead})"))
+        bound = consistency.config.bound
+        if bound is not None and ahead > bound:
+            raise self._refuse("out_of_order", OutOfOrderError(
+                f"{self!r}: worker {worker_id} computes {ahead} iterations ahead, past the staleness bound"
+                f" {bound}: its answer would wait for its own next push (ahead must be at most {bound})"))
 
     async def push(self, step: Step) -> str:
         """The push half of ``step``: wait at the checkpoint gate, then apply or gather; the outcome
@@ -150,6 +163,7 @@ class ParameterShard:
         self._checked(self._dense.check, grad)
         if s.buffers is not None:
             self._check_buffers(s.buffers)
+        self._checked(self._check_header, s)
         worker, completed = s.worker_id, self._clocks.completed(s.worker_id)  # raises for an unknown worker
         if not self._clocks.is_live(worker):
             raise self._refuse("out_of_order", LeftJobError(
@@ -163,7 +177,8 @@ class ParameterShard:
             raise self._refuse("out_of_order", OutOfOrderError(
                 f"{self!r}: worker {worker} pushed clock {s.clock}, but its next clock is {completed + 1};"
                 " a push's clock may not skip ahead"))
-        seq = int(s.seq) or s.clock - self._dense.consistency.joined_at.get(worker, 0)
+        self._check_incarnation(worker, int(s.incarnation))  # a zombie's seq is not this incarnation's
+        seq = self._checked(self._seq_of, s)
         try:
             fresh = self._ledger.classify(worker, int(s.incarnation), seq, repr(self))
         except (OutOfOrderError, LeftJobError, RolledBackError) as e:
@@ -178,14 +193,15 @@ class ParameterShard:
                 f" {completed + 1}"))
         self._checked(self._check_counts, s)
         try:
-            outcome = self._dense.push(worker, s.clock, grad, s.pulled_version, s.num_samples, s.buffers)
+            outcome = self._dense.push(worker, int(s.clock), grad, s.pulled_version, s.num_samples, s.buffers)
         except OutOfOrderError as e:  # a round not yet gathered: nothing was recorded
             raise self._refuse("out_of_order", e)
         self._ledger.record(worker, seq)
         if self._audit is not None:
             self._audit.append((worker, int(s.incarnation), seq))
         self._samples[worker] += int(s.num_samples)
-        self._loss[worker] = float(s.loss)
+        if not math.isnan(s.loss):  # NaN: the worker's loop reported no loss (worker/loop/context.py); keep none
+            self._loss[worker] = float(s.loss)
         self._steps[worker] += 1
         self._series.stepped(sum(self._steps.values()), self._progress)
         self._changed()
@@ -199,6 +215,7 @@ class ParameterShard:
         as ``take`` read them, their version and the merged buffers (a copy; None where the shard holds none)."""
         self.check_worker(worker_id)
         if clock > 0:
+            self._check_pull_clock(self._dense.consistency, worker_id, clock, repr(self))
             waited = await self._changes.until(lambda: self._dense.consistency.admits(clock), worker_id,
                                                f"iteration {clock}")
             if waited:
@@ -228,7 +245,7 @@ class ParameterShard:
         """A worker (re)registers: refuse all but its current incarnation, let it push again after a
         rollback, and say where it carries on (``position``)."""
         self.check_worker(worker_id)
-        self._ledger.check_incarnation(worker_id, int(incarnation), repr(self))
+        self._check_incarnation(worker_id, int(incarnation))
         self._ledger.registered(worker_id)
         return self.position(worker_id)
 
@@ -267,8 +284,23 @@ class ParameterShard:
         self._tables.leave(worker_id)
         self._changed()
 
-    def advance(self, worker_id: int, clock: int) -> None:
-        """Advance a worker's clock without a gradient (an iteration it had nothing to push for)."""
+    def advance(self, worker_id: int, clock: int, incarnation: int = 0) -> None:
+        """Advance a worker's clock without a gradient (iterations it had nothing to push for): only the current
+        incarnation of a live, registered worker, to a clock that can be true (1 .. MAX_CLOCK), and under a
+        gathering mode (bsp) only over rounds that already stepped: the round being gathered needs its push."""
+        self.check_worker(worker_id)
+        clock = int(clock)
+        if not 1 <= clock <= MAX_CLOCK:
+            raise self._refuse("clock", InputError(
+                f"{self!r}: worker {worker_id} advanced to clock {clock}; a completed clock is 1 .. {MAX_CLOCK}",
+                "clock"))
+        self._check_caller(worker_id, incarnation, "clock advance")
+        consistency = self._dense.consistency
+        if not consistency.may_advance(clock):
+            raise self._refuse("out_of_order", OutOfOrderError(
+                f"{self!r}: worker {worker_id} advanced to clock {clock}, but the {consistency.config.mode} round"
+                f" of clock {consistency.round_clock} needs its push; it may advance only over rounds that"
+                f" stepped (to clock {consistency.round_clock - 1} at most)"))
         self._clocks.advance(worker_id, clock)
         self._changed()
 
@@ -286,7 +318,9 @@ class ParameterShard:
         table's version on this shard."""
         t = self._table(table)
         ids = self._checked(t.check_ids, ids)
-        self._check_sparse_caller(worker_id, incarnation)
+        self._check_caller(worker_id, incarnation, "sparse call")
+        if clock > 0:
+            self._check_pull_clock(t.consistency, worker_id, clock, repr(t))
         waited = await self._changes.until(lambda: t.ready(clock), worker_id, f"table {table!r} iteration {clock}")
         t.admitted(worker_id, clock, waited)
         return t.rows(ids, worker_id), t.version
@@ -296,12 +330,13 @@ class ParameterShard:
         """Push the summed row gradients of iteration ``clock`` (every step, also with no ids, so the
         table's clocks move on). Returns ``applied``, ``duplicate`` or ``stale``, as a dense push."""
         t = self._table(table)
+        self._checked(self._check_sparse_header, t, clock, num_samples)
         ids = self._checked(t.check_ids, ids)
         grads = self._checked(self._decoder.rows, grads, len(ids), t.config.dim)
         grads = self._checked(t.check_grads, ids, grads)
-        self._check_sparse_caller(worker_id, incarnation)
+        self._check_caller(worker_id, incarnation, "sparse call")
         await self._cut.gate(worker_id, clock)
-        self._check_sparse_caller(worker_id, incarnation)  # a restore may have happened at the gate
+        self._check_caller(worker_id, incarnation, "sparse call")  # a restore may have happened at the gate
         try:
             outcome = t.push(worker_id, int(clock), ids, grads, int(num_samples))
         except OutOfOrderError as e:
@@ -325,21 +360,40 @@ class ParameterShard:
         except UnknownTableError as e:
             raise self._refuse("unknown_table", e)
 
-    def _check_sparse_caller(self, worker_id: int, incarnation: int) -> None:
-        """The dense pushes' rules for a sparse call: a live worker, its current incarnation, registered."""
+    def _check_caller(self, worker_id: int, incarnation: int, what: str) -> None:
+        """The dense pushes' rules for a worker's other calls (a clock advance, a sparse pull or push; ``what``
+        names it in messages): a live worker, its current incarnation, registered again after a restore."""
         self.check_worker(worker_id)
         if not self._clocks.is_live(worker_id):
             raise self._refuse("out_of_order", LeftJobError(
-                f"{self!r}: worker {worker_id} has left the job; its sparse call is refused"))
-        if self._ledger.knows(worker_id):
-            try:
-                self._ledger.check_incarnation(worker_id, int(incarnation), repr(self))
-            except (LeftJobError, OutOfOrderError) as e:
-                raise self._refuse("out_of_order", e)
+                f"{self!r}: worker {worker_id} has left the job; its {what} is refused"))
+        self._check_incarnation(worker_id, int(incarnation))
         if self._ledger.must_register(worker_id):
             raise self._refuse("rolled_back", RolledBackError(
-                f"{self!r} was restored from a checkpoint; worker {worker_id} must register again before it"
-                " pulls or pushes rows"))
+                f"{self!r} was restored from a checkpoint; worker {worker_id} must register again before its"
+                f" {what}"))
+
+    def _check_incarnation(self, worker_id: int, incarnation: int) -> None:
+        """Refuse (and count) any incarnation but the current one: a replaced one, or one not joined yet."""
+        if self._ledger.knows(worker_id):
+            try:
+                self._ledger.check_incarnation(worker_id, incarnation, repr(self))
+            except (LeftJobError, OutOfOrderError) as e:
+                raise self._refuse("out_of_order", e)
+
+    def _check_pull_clock(self, consistency: Consistency, worker_id: int, clock: int, where: str) -> None:
+        """A pull waits until ``worker_id`` may begin iteration ``clock``; that is at most MAX_AHEAD past its
+        next one (completed + 1). Anything further could only be admitted after pushes the worker has not made:
+        it would wait out its deadline, and its lead would be recorded as a clock gap in every later Stats."""
+        clocks = consistency.clocks
+        if clocks.is_live(worker_id):
+            at = clocks.completed(worker_id)
+        else:  # a worker that left has no clock of its own: the furthest the table has seen
+            at = max([consistency.high, *clocks.snapshot().values()])
+        if clock > at + 1 + MAX_AHEAD:
+            raise self._refuse("out_of_order", OutOfOrderError(
+                f"{where}: worker {worker_id} asked to begin iteration {clock}, but its next is {at + 1}; a pull may"
+                f" ask at most {MAX_AHEAD} iterations past it"))
 
     # ---- refusals -------------------------------------------------------------------------
 
@@ -358,6 +412,37 @@ class ParameterShard:
             return check(*args)
         except InputError as e:
             raise self._refuse(e.reason, e)
+
+    def _check_header(self, s: Step) -> None:
+        """A push's own fields must be ones that can be true whatever the shard's state: clocks count from 1
+        and a loss is a number (NaN: none reported). Checked before any state is read; a genuine retry repeats
+        a push that passed these same checks, so none of them turns a retry into a refusal."""
+        if int(s.clock) < 1:
+            raise InputError(f"{self!r}: worker {s.worker_id} pushed clock {int(s.clock)}; clocks count from 1 (a"
+                             " push's clock is the iteration its gradient completes)", "clock")
+        if math.isinf(s.loss):
+            raise InputError(f"{self!r}: worker {s.worker_id} pushed loss {float(s.loss)}; a loss must be finite"
+                             " (NaN: none reported)", "loss")
+
+    def _seq_of(self, s: Step) -> int:
+        """The push's seq: as sent, or for seq 0 the clock's place in the incarnation (clock minus the clock it
+        joined at). Seqs count from 1, so anything less names no push this incarnation could have made: a
+        malformed header, never a retry."""
+        joined = self._dense.consistency.joined_at.get(s.worker_id, 0)
+        seq = int(s.seq) or int(s.clock) - joined
+        if seq < 1:
+            sent = f"seq {int(s.seq)}" if int(s.seq) else \
+                f"seq 0 at clock {int(s.clock)}, the incarnation having joined at clock {joined} (seq {seq})"
+            raise InputError(f"{self!r}: worker {s.worker_id} pushed {sent}; seqs count from 1", "seq")
+        return seq
+
+    def _check_sparse_header(self, table: SparseTable, clock: int, num_samples: int) -> None:
+        """A sparse push's fields that can never be true: clock 0 (clocks count from 1; a retry of a clock
+        already applied is answered DUPLICATE, but 0 was never one), a sample count outside uint32."""
+        if int(clock) < 1:
+            raise InputError(f"{table!r}: a sparse push of clock {int(clock)}; clocks count from 1", "clock")
+        if not 0 <= int(num_samples) < 2 ** 32:
+            raise InputError(f"{table!r}: num_samples {int(num_samples)} is outside 0..2^32-1", "num_samples")
 
     def _check_counts(self, s: Step) -> None:
         """A push's version and counts must be ones that can be true. A gradient is computed from a version

@@ -74,17 +74,18 @@ def loop_thread():
 
 @pytest.fixture
 def serve(loop_thread):
-    """serve(mode=..., staleness=..., tls=..., buffers=N) -> Served; every server stops at teardown.
+    """serve(mode=..., staleness=..., tls=..., buffers=N, tables=...) -> Served; every server stops at teardown.
 
-    ``buffers``: the shard also holds N model-buffer values (float64, initially 0).
+    ``buffers``: the shard also holds N model-buffer values (float64, initially 0); ``tables``: its sparse
+    tables (TableConfig), the shard being the only one.
     """
     servers = []
 
     def start(mode: str = "asp", staleness: int = 0, tls: TLSConfig | None = None, token: str = TOKEN,
-              buffers: int = 0) -> Served:
+              buffers: int = 0, tables: tuple = ()) -> Served:
         shard = ParameterShard(0, np.zeros(SIZE, np.float32), [0, 1], OptimizerConfig(name="sgd", lr=0.5),
                                ScheduleConfig(), ConsistencyConfig(mode=mode, staleness=staleness),
-                               init_buffers=np.zeros(buffers) if buffers else None)
+                               init_buffers=np.zeros(buffers) if buffers else None, tables=tables)
         server = loop_thread.run(start_grpc_server(shard, token, "127.0.0.1", 0, tls, chunk_bytes=CHUNK_VALUES * 4))
         servers.append(server)
         host, port = server.address.rsplit(":", 1)

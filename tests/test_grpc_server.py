@@ -24,11 +24,14 @@ from rayps.ps.core.optimizers import OptimizerConfig
 from rayps.ps.core.schedules import ScheduleConfig
 from rayps.ps.core.step import Step
 from rayps.ps.shard import ParameterShard
+from rayps.ps.sparse.row_optimizers import RowOptimizerConfig
+from rayps.ps.sparse.table import TableConfig
 from tests.grpc_fixtures import (APPLIED, buffer_chunks, AUTH, CHUNK_VALUES, DUPLICATE, PULL, PUSH, REGISTER, SIZE, TIMEOUT, Code,
                                  assert_params, gradient, pull, push, raw, stats)
 
 pytest_plugins = ["tests.grpc_fixtures"]
 pytestmark = pytest.mark.timeout(60)
+U64, U32 = 2 ** 64 - 1, 2 ** 32 - 1
 
 
 # ---- the good path -----------------------------------------------------------------
@@ -123,6 +126,28 @@ BAD_PUSHES = {
     # the proto's chunk rules: a tensor's chunks run up to the one marked last, and a Push carries one push
     "no_chunk_marked_last": (_unmarked_last, Code.INVALID_ARGUMENT, ["no chunk was marked last"], "malformed"),
     "chunk_after_last": (_chunk_after_last, Code.INVALID_ARGUMENT, ["after the push's last chunk"], "malformed"),
+    "offset_at_uint64_max": (lambda: gradient(np.ones(SIZE), 0, 2, pulled_version=1, c1={"offset": U64}),
+                             Code.INVALID_ARGUMENT, ["offset 250", f"offset {U64}"], "offset"),
+    "shape_at_uint64_max": (lambda: gradient(np.ones(SIZE), 0, 2, pulled_version=1, c0={"shape": [U64]}),
+                            Code.INVALID_ARGUMENT, ["[1000]", f"[{U64}]"], "shape"),
+    # every header field checked against what can be true (protos/ps.proto)
+    "clock_zero": (lambda: gradient(np.ones(SIZE), 0, 0, pulled_version=1), Code.INVALID_ARGUMENT,
+                   ["clock 0", "from 1"], "clock"),
+    # no header at all from a worker that has applied nothing: once answered DUPLICATE, as if applied
+    "no_header_from_a_fresh_worker": (lambda: gradient(np.ones(SIZE), 1, 0, c0={"num_samples": 0, "loss": 0.0}),
+                                      Code.INVALID_ARGUMENT, ["worker 1 pushed clock 0"], "clock"),
+    "clock_at_uint64_max": (lambda: gradient(np.ones(SIZE), 0, U64, pulled_version=1), Code.FAILED_PRECONDITION,
+                            [f"clock {U64}", "next clock is 2"], "out_of_order"),
+    "seq_at_uint64_max": (lambda: gradient(np.ones(SIZE), 0, 2, pulled_version=1, c0={"seq": U64}),
+                          Code.FAILED_PRECONDITION, [f"seq {U64}", "next seq is 2"], "out_of_order"),
+    "loss_inf": (lambda: gradient(np.ones(SIZE), 0, 2, pulled_version=1, c0={"loss": float("inf")}),
+                 Code.INVALID_ARGUMENT, ["loss inf", "finite"], "loss"),
+    "loss_minus_inf": (lambda: gradient(np.ones(SIZE), 0, 2, pulled_version=1, c0={"loss": -float("inf")}),
+                       Code.INVALID_ARGUMENT, ["loss -inf", "finite"], "loss"),
+    "ahead_on_a_push": (lambda: gradient(np.ones(SIZE), 0, 2, pulled_version=1, c0={"ahead": 1}),
+                        Code.INVALID_ARGUMENT, ["ahead 1 on a Push", "Step field"], "ahead"),
+    "incarnation_not_joined": (lambda: gradient(np.ones(SIZE), 0, 2, pulled_version=1, c0={"incarnation": U32}),
+                               Code.FAILED_PRECONDITION, [f"incarnation {U32} has not joined"], "out_of_order"),
 }
 
 
@@ -149,6 +174,134 @@ def test_bad_push_is_refused_with_its_status_and_changes_nothing(case, stub, cha
     # the same worker goes on as if the bad push never came
     assert push(stub, gradient(np.ones(SIZE), 0, 2, pulled_version=1)).outcome == APPLIED
     assert_params(stub, -1.0, 2)
+
+
+def _step(stub, chunks) -> list:
+    """One push on a Step stream, and the answer's chunks."""
+    return list(stub.Step(iter(chunks), timeout=TIMEOUT, metadata=AUTH))
+
+
+def _advance(stub, **fields):
+    return stub.AdvanceClock(ps_pb2.ClockRequest(**fields), timeout=TIMEOUT, metadata=AUTH)
+
+
+def _sparse_push(stub, **fields):
+    request = dict(worker_id=0, table="emb", ids=np.array([3], "<i8").tobytes(), grads=np.ones(2, "<f4").tobytes(),
+                   dim=2, num_samples=1)
+    return stub.SparsePush(ps_pb2.SparsePushRequest(**{**request, **fields}), timeout=TIMEOUT, metadata=AUTH)
+
+
+def _sparse_pull(stub, **fields):
+    request = dict(worker_id=0, table="emb", ids=np.array([3], "<i8").tobytes())
+    return stub.SparsePull(ps_pb2.SparsePullRequest(**{**request, **fields}), timeout=TIMEOUT, metadata=AUTH)
+
+
+# Every other call's fields: name -> (the call, on a stub; the shard's mode and staleness; code; fragments of the
+# details; stats reason). After worker 0's push of clock 1, each is refused and changes nothing, as a bad push.
+BAD_CALLS = {
+    "pull_at_uint64_max": (lambda stub: pull(stub, 0, U64), ("asp", 0), Code.FAILED_PRECONDITION,
+                           [f"iteration {U64}", "its next is 2", "1024"], "out_of_order"),
+    "pull_one_past_the_horizon": (lambda stub: pull(stub, 0, 2 + 1024 + 1), ("asp", 0), Code.FAILED_PRECONDITION,
+                                  ["iteration 1027"], "out_of_order"),
+    "step_clock_zero": (lambda stub: _step(stub, gradient(np.ones(SIZE), 0, 0, pulled_version=1)), ("asp", 0),
+                        Code.INVALID_ARGUMENT, ["clock 0"], "clock"),
+    "step_ahead_at_uint32_max": (lambda stub: _step(stub, gradient(np.ones(SIZE), 0, 2, 1, c0={"ahead": U32})),
+                                 ("asp", 0), Code.INVALID_ARGUMENT, [f"{U32} iterations ahead", "at most 1024"],
+                                 "ahead"),
+    # ssp s=1: an answer for clock + 1 + 2 is 2 past the worker's own clock: it would wait for itself forever
+    "step_ahead_past_the_ssp_bound": (lambda stub: _step(stub, gradient(np.ones(SIZE), 0, 2, 1, c0={"ahead": 2})),
+                                      ("ssp", 1), Code.FAILED_PRECONDITION, ["past the staleness bound 1"],
+                                      "out_of_order"),
+    "advance_to_clock_zero": (lambda stub: _advance(stub, worker_id=1, clock=0), ("asp", 0), Code.INVALID_ARGUMENT,
+                              ["advanced to clock 0", "1 .. 9223372036854775807"], "clock"),
+    "advance_past_the_highest_clock": (lambda stub: _advance(stub, worker_id=1, clock=U64), ("asp", 0),
+                                       Code.INVALID_ARGUMENT, [f"advanced to clock {U64}"], "clock"),
+    "advance_from_an_unjoined_incarnation": (lambda stub: _advance(stub, worker_id=1, clock=3, incarnation=U32),
+                                             ("asp", 0), Code.FAILED_PRECONDITION,
+                                             [f"incarnation {U32} has not joined"], "out_of_order"),
+    "register_an_unjoined_incarnation": (
+        lambda stub: stub.Register(ps_pb2.RegisterRequest(worker_id=1, incarnation=U32), timeout=TIMEOUT,
+                                   metadata=AUTH), ("asp", 0), Code.FAILED_PRECONDITION,
+        [f"incarnation {U32} has not joined"], "out_of_order"),
+    "sparse_push_clock_zero": (lambda stub: _sparse_push(stub, clock=0), ("asp", 0), Code.INVALID_ARGUMENT,
+                               ["clock 0", "from 1"], "clock"),
+    "sparse_push_dim_at_uint32_max": (lambda stub: _sparse_push(stub, clock=1, dim=U32), ("asp", 0),
+                                      Code.INVALID_ARGUMENT, [f"1 x {U32}"], "rows_shape"),
+    "sparse_push_unknown_codec": (lambda stub: _sparse_push(stub, clock=1, codec="zstd"), ("asp", 0),
+                                  Code.INVALID_ARGUMENT, ["'zstd'", "'none'"], "codec"),
+    "sparse_pull_at_uint64_max": (lambda stub: _sparse_pull(stub, clock=U64), ("asp", 0), Code.FAILED_PRECONDITION,
+                                  [f"iteration {U64}", "its next is 1"], "out_of_order"),
+    "sparse_pull_unjoined_incarnation": (lambda stub: _sparse_pull(stub, clock=1, incarnation=U32), ("asp", 0),
+                                         Code.FAILED_PRECONDITION, [f"incarnation {U32} has not joined"],
+                                         "out_of_order"),
+}
+
+EMB = TableConfig("emb", 16, 2, optimizer=RowOptimizerConfig("sgd", lr=0.5), consistency=ConsistencyConfig("asp"),
+                  init="zeros")
+
+
+@pytest.mark.parametrize("case", list(BAD_CALLS))
+def test_bad_call_is_refused_with_its_status_and_changes_nothing(case, serve, channels):
+    call, (mode, staleness), code, fragments, reason = BAD_CALLS[case]
+    stub = ps_pb2_grpc.ParameterServerStub(channels(serve(mode=mode, staleness=staleness, tables=(EMB,)).address))
+    assert push(stub, gradient(np.ones(SIZE), 0, 1)).outcome == APPLIED
+    before = stats(stub)
+
+    with pytest.raises(grpc.RpcError) as caught:
+        call(stub)
+    assert caught.value.code() == code, caught.value.details()
+    for fragment in fragments:
+        assert fragment in caught.value.details()
+
+    assert_params(stub, -0.5, 1)
+    counters = stats(stub)  # Stats answers, and every counter but the refusal's is as it was
+    assert counters["rejected"] == {reason: 1}
+    assert {k for k in counters if counters[k] != before[k]} <= {"rejected", "uptime_s"}
+    assert push(stub, gradient(np.ones(SIZE), 0, 2, pulled_version=1)).outcome == APPLIED
+    assert_params(stub, -1.0, 2)
+
+
+def test_the_horizon_itself_is_answered_and_a_nan_loss_reports_none(stub):
+    """The limits are not off by one, and NaN (a loop that reported no loss) is taken, not recorded."""
+    assert push(stub, gradient(np.ones(SIZE), 0, 1, c0={"loss": 0.25})).outcome == APPLIED
+    assert push(stub, gradient(np.ones(SIZE), 0, 2, 1, c0={"loss": float("nan")})).outcome == APPLIED
+    assert pull(stub, 0, 3 + 1024)[1] == 2  # asp: no wait, even 1024 past the next iteration
+    assert len(_step(stub, gradient(np.ones(SIZE), 0, 3, 2, c0={"ahead": 1024, "loss": float("nan")}))) == 4
+    counters = stats(stub)
+    assert (counters["version"], counters["loss"], counters["rejected"]) == (3, {0: 0.25}, {})
+    assert counters["max_clock_gap"] == 3 + 1 + 1024 - 1  # iteration 1028 asked with worker 1 still at 0
+
+
+def test_bsp_advances_only_over_rounds_that_stepped(serve, channels):
+    stub = ps_pb2_grpc.ParameterServerStub(channels(serve(mode="bsp").address))
+    with pytest.raises(grpc.RpcError) as caught:  # round 1 needs worker 1's push: it may not skip it
+        _advance(stub, worker_id=1, clock=1)
+    assert caught.value.code() == Code.FAILED_PRECONDITION
+    assert "round of clock 1 needs its push" in caught.value.details()
+    assert stats(stub)["clocks"] == {0: 0, 1: 0}
+    for worker in (0, 1):
+        assert push(stub, gradient(np.ones(SIZE), worker, 1)).outcome == APPLIED
+    assert_params(stub, -0.5, 1)  # the round stepped, as if the refused advance never came
+    assert _advance(stub, worker_id=1, clock=1).version == 1  # over a round that stepped: nothing to refuse
+    assert stats(stub)["rejected"] == {"out_of_order": 1}
+
+
+def test_a_bsp_round_of_pushes_claiming_no_samples_steps_with_their_plain_mean(serve, channels):
+    """Once a ZeroDivisionError after the round was taken: the round lost, the clocks moved on, INTERNAL."""
+    stub = ps_pb2_grpc.ParameterServerStub(channels(serve(mode="bsp").address))
+    for worker, value in ((0, 1.0), (1, 3.0)):
+        chunks = gradient(np.full(SIZE, value), worker, 1, c0={"num_samples": 0})
+        assert push(stub, chunks).outcome == APPLIED
+    assert_params(stub, -1.0, 1)  # lr 0.5 x the mean 2
+    assert stats(stub)["rejected"] == {}
+
+
+def test_an_advance_from_a_worker_that_left_is_refused(stub):
+    _advance(stub, worker_id=1, leave=True)
+    with pytest.raises(grpc.RpcError) as caught:
+        _advance(stub, worker_id=1, clock=5)
+    assert caught.value.code() == Code.FAILED_PRECONDITION and "has left" in caught.value.details()
+    assert stats(stub)["clocks"] == {0: 0}
 
 
 @pytest.mark.parametrize("method,kind", [(REGISTER, "unary_unary"), (PULL, "unary_stream")])

@@ -428,6 +428,79 @@ def test_a_push_claiming_what_cannot_be_true_is_refused_and_stats_keep_answering
     assert outcome == "applied"
 
 
+@pytest.mark.parametrize("mode", ["asp", "ssp", "bsp"])
+@pytest.mark.parametrize("fields, reason, message", [
+    ({"clock": 0}, "clock", "pushed clock 0; clocks count from 1"),
+    ({"clock": -3}, "clock", "pushed clock -3"),
+    ({"loss": float("inf")}, "loss", "pushed loss inf; a loss must be finite"),
+    ({"loss": float("-inf")}, "loss", "pushed loss -inf"),
+    ({"seq": -1}, "seq", "pushed seq -1; seqs count from 1"),
+])
+def test_a_header_that_cannot_be_true_is_refused_before_anything_is_read(mode, fields, reason, message):
+    async def scenario():
+        shard = make_shard(mode, workers=[0, 1])
+        for worker in (0, 1):
+            await pushed(shard, worker, 1, grad(1, 1, 1, 1), 0, 1, 0.5)
+        step = {"worker_id": 0, "clock": 2, "grad": grad(1, 1, 1, 1), "pulled_version": 1, "num_samples": 1, **fields}
+        with pytest.raises(ShapeError, match=message):
+            await shard.push(Step(**step))
+        return await shard.stats(), await shard.pull()
+
+    stats, (params, version, _) = run(scenario())
+    assert stats["rejected"] == {reason: 1} and stats["clocks"] == {0: 1, 1: 1}
+    assert version == (1 if mode == "bsp" else 2)  # a bsp round of two pushes is one step
+    assert stats["duplicates"] == 0 and stats["loss"] == {0: 0.5, 1: 0.5} and stats["ledger"] == {0: [0, 1], 1: [0, 1]}
+    np.testing.assert_array_equal(params, INIT - LR * grad(2, 2, 2, 2) / (2 if mode == "bsp" else 1))
+
+
+def test_a_headerless_seq_before_the_incarnation_joined_names_no_push_and_a_zombies_is_its_own():
+    """seq 0 means clock minus the clock the incarnation joined at: at or below it, that is no push at all."""
+    async def scenario():
+        shard = make_shard("asp", workers=[0, 1])
+        for clock in (1, 2, 3):
+            await pushed(shard, 0, clock, grad(1, 1, 1, 1), clock - 1)
+        await shard.finish(0, 0)
+        shard.join(0, 1, 3)  # the replacement carries on from clock 3
+        with pytest.raises(ShapeError, match=r"seq 0 at clock 3, the incarnation having joined at clock 3 \(seq 0\)"):
+            await shard.push(Step(0, 3, grad(1, 1, 1, 1), 3, 1, 0.0, incarnation=1))
+        with pytest.raises(PSError, match="incarnation 0 was replaced"):  # the old life's retry: not malformed
+            await shard.push(Step(0, 3, grad(1, 1, 1, 1), 2, 1, 0.0, incarnation=0))
+        outcome = await shard.push(Step(0, 4, grad(1, 1, 1, 1), 3, 1, 0.0, incarnation=1))  # seq 1 of the new life
+        return await shard.stats(), outcome, shard.applied_log()
+
+    stats, outcome, _ = run(scenario())
+    assert stats["rejected"] == {"seq": 1, "out_of_order": 1}
+    assert outcome == "applied" and stats["ledger"][0] == [1, 1] and stats["version"] == 4
+
+
+def test_the_largest_claims_the_wire_carries_never_break_stats():
+    """Once a worker advanced to 2^64-1, then a retry asking 2^32-1 iterations ahead, left a clock gap past
+    uint64 in the counters: msgpack refused every later Stats, for everyone."""
+    import msgpack
+
+    async def scenario():
+        shard = make_shard("asp", workers=[0, 1])
+        await pushed(shard, 1, 1, grad(1, 1, 1, 1))
+        refused = []
+        for call in (lambda: shard.advance(1, 2 ** 64 - 1),
+                     lambda: shard.step(Step(1, 1, grad(1, 1, 1, 1), 0, 1, 0.0, None, 2 ** 32 - 1, 0, 1)),
+                     lambda: shard.pull_for(1, 2 ** 64 - 1)):
+            try:
+                result = call()
+                if asyncio.iscoroutine(result):
+                    await result
+            except PSError as e:
+                refused.append(type(e).__name__)
+        shard.advance(0, 2 ** 63 - 1)  # the highest clock a worker may claim: every sum from it fits
+        await shard.pull_for(0, 2 ** 63 + 1024)
+        return refused, await shard.stats()
+
+    refused, stats = run(scenario())
+    assert refused == ["InputError", "InputError", "OutOfOrderError"]
+    assert msgpack.unpackb(msgpack.packb(stats), strict_map_key=False)["max_clock_gap"] == 2 ** 63 + 1024 - 2
+    assert stats["clocks"] == {0: 2 ** 63 - 1, 1: 1}
+
+
 # ---- exactly once -------------------------------------------------------------------
 
 

@@ -252,6 +252,11 @@ class Consistency:
     def may_compute_ahead(self, ahead: int) -> bool:
         return ahead == 0 or (ahead > 0 and self.mode.computes_ahead(self.config))
 
+    def may_advance(self, clock: int) -> bool:
+        """May a worker's clock move to ``clock`` without a push? Not past a gathering mode's round being
+        gathered: the round would wait forever for a push the worker can no longer make."""
+        return not self.mode.gathers or clock < self.round_clock
+
     def accept(self, worker_id: int, clock: int, record: Callable[[], Record]) -> str:
         """A new push of ``clock`` (checked, not a duplicate): ``"apply"`` it now, or it was ``"gathered"``
         (``record()`` is kept for its round), or it is ``"late"`` (its round stepped without it). The

@@ -89,7 +89,10 @@ class DenseTable:
             total = sum(r["num_samples"] for r in pending)
             mean = np.zeros_like(self.params)
             for r in pending:
-                mean += r["grad"] * np.float32(r["num_samples"] / total)
+                # Sample-weighted; a round whose pushes all say 0 samples (the wire allows it) takes the plain
+                # mean, as the buffers do: dividing by 0 here once lost the round after it was taken.
+                weight = r["num_samples"] / total if total else 1 / len(pending)
+                mean += r["grad"] * np.float32(weight)
         self._apply(mean, [self.version - r["pulled_version"] for r in pending])
         # The round's buffers become visible with its step, so a pull for the next clock sees exactly
         # this round's reports, whoever pushes next.

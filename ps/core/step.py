@@ -18,6 +18,16 @@ import numpy as np
 #: A push's outcomes, as every transport reports them (protos/ps.proto: PushReply.Outcome).
 OUTCOMES = ("applied", "duplicate", "stale")
 
+#: The most iterations a worker may say it computes ahead of its pull (``Step.ahead``), and how far past a
+#: worker's next iteration a pull may ask for. The trainer computes at most one ahead (``overlap``); each
+#: iteration ahead is a gradient held in memory, so nothing real comes near this. A larger claim would be
+#: waited on until the deadline and recorded as a clock gap in every later Stats.
+MAX_AHEAD = 1024
+#: The highest clock a worker may claim to have completed (AdvanceClock). No job runs 2^63 iterations, and
+#: with clocks below it everything computed from one (clock + 1 + ahead, leads, lags) stays inside uint64,
+#: the wire's and msgpack's range, so no claim can break Stats.
+MAX_CLOCK = 2 ** 63 - 1
+
 
 @dataclass
 class Step:

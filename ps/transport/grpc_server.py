@@ -212,6 +212,11 @@ class ShardServicer:
                 raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
                                 "a chunk came after the push's last chunk; a Push call carries one push", "malformed")
             step = self._step(*got)
+            if step.ahead:  # the proto: Step only. A Push answers no parameters, so there is nothing to be ahead of
+                self._reuse(step, *got[1:])
+                raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"ahead {step.ahead} on a Push: ahead is a Step field (a Push answers no"
+                                " parameters to compute ahead of); expected 0", "ahead")
             try:
                 outcome = await self.shard.push(step)
             finally:
@@ -245,7 +250,7 @@ class ShardServicer:
             if request.leave:
                 await self.shard.finish(request.worker_id, request.incarnation)
             else:
-                self.shard.advance(request.worker_id, request.clock)
+                self.shard.advance(request.worker_id, request.clock, request.incarnation)
             return ps_pb2.ClockReply(version=self.shard.version)
 
     async def SparsePull(self, request, context):

@@ -26,7 +26,7 @@ import tempfile
 
 import numpy as np
 
-from ...errors import PSError, ShapeError, UnknownWorkerError
+from ...errors import InputError, PSError, ShapeError, UnknownTensorError, UnknownWorkerError
 from ...protos.shm_wire import (BUFFERS_FOLLOW, COMPRESSED, FINISH, HELLO, LAYOUT, MAX_SPARSE_BYTES, MESSAGE, OK,
                                 PUSH_PULL, REGISTER, REPLY, REQUEST, SPARSE, SPARSE_PULL, SPARSE_PUSH, SPARSE_ROWS,
                                 STATUSES, SlotLayout, segment_name)
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: Status names (ps/transport/statuses.py) to this wire's status bytes.
 CODES = {name: code for code, name in STATUSES.items()}
+#: Every request flag this wire defines (protos/shm_wire.py); another bit is a request of another protocol.
+KNOWN_FLAGS = BUFFERS_FOLLOW | COMPRESSED
 
 
 def _reply(status: int, version: int = 0, outcome: int = 0, message: str = "", clock: int = 0, seq: int = 0) -> bytes:
@@ -118,12 +120,14 @@ class ShmShardServer:
                 if op in (SPARSE_PULL, SPARSE_PUSH):
                     payload = await self._read_sparse(reader, op, flags)
                     if payload is None:  # larger than any request may be: the stream cannot be trusted
+                        self.shard.count_rejection("malformed")
                         writer.write(_reply(CODES["INVALID_ARGUMENT"], message="sparse request over the size limit"))
                         await writer.drain()
                         return
                     try:
                         if who != worker_id:
                             raise UnknownWorkerError(f"this connection is worker {worker_id}'s, not worker {who}'s")
+                        self._check_flags(flags)
                         reply = await self._sparse(op, worker_id, clock, samples, incarnation, *payload)
                     except PSError as e:
                         reply = self._refused(e)
@@ -133,6 +137,7 @@ class ShmShardServer:
                 try:
                     if who != worker_id:
                         raise UnknownWorkerError(f"this connection is worker {worker_id}'s, not worker {who}'s")
+                    self._check_flags(flags)
                     reply = await self._handle(op, flags, worker_id, clock, pulled, samples, loss, ahead,
                                                incarnation, seq, blob if flags & COMPRESSED else grad, params,
                                                buffers_in, buffers_out)
@@ -144,6 +149,16 @@ class ShmShardServer:
             return
         finally:
             writer.close()
+
+    def _refuse(self, reason: str, error: PSError) -> PSError:
+        """Count a refusal this server makes itself (the shard counts its own), and hand back the error."""
+        self.shard.count_rejection(reason)
+        return error
+
+    def _check_flags(self, flags: int) -> None:
+        if flags & ~KNOWN_FLAGS:
+            raise self._refuse("flags", InputError(
+                f"request flags {flags:#x} hold bits this wire does not define (known: {KNOWN_FLAGS:#x})", "flags"))
 
     def _refused(self, error: PSError) -> bytes:
         """A refusal's reply: its status (ps/transport/statuses.py) and message; counted where the shard did not."""
@@ -205,6 +220,9 @@ class ShmShardServer:
             await self.shard.finish(worker_id, incarnation)
             return _reply(OK, self.shard.version)
         if op == PUSH_PULL:
+            if flags & BUFFERS_FOLLOW and not self.shard.buffer_size:  # as gRPC answers the same push
+                raise self._refuse("unknown_tensor", UnknownTensorError(
+                    "the push says buffers follow, but this shard holds no 'buffers' tensor"))
             step = Step(worker_id, clock, grad, pulled, samples, loss, buffers_in if flags & BUFFERS_FOLLOW else None,
                         ahead, incarnation, seq)
             answer, position = await self.shard.step(step, take=into_slot), (0, 0)
@@ -212,7 +230,9 @@ class ShmShardServer:
             *position, pulled = await self.shard.register(worker_id, incarnation, take=into_slot)
             answer = (*pulled, "applied")
         else:
-            raise ShapeError(f"unknown request op {op}")
+            raise self._refuse("malformed", ShapeError(
+                f"unknown request op {op}; expected REGISTER ({REGISTER}), PUSH_PULL ({PUSH_PULL}), FINISH ({FINISH}),"
+                f" SPARSE_PULL ({SPARSE_PULL}) or SPARSE_PUSH ({SPARSE_PUSH})"))
         _, version, buffers, outcome = answer
         if buffers is not None:
             buffers_out[:] = buffers

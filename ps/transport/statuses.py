@@ -10,12 +10,13 @@ INTERNAL.
 from __future__ import annotations
 
 from ...errors import (InputError, LeftJobError, OutOfOrderError, RolledBackError, ShapeError, UnknownTableError,
-                       UnknownWorkerError)
+                       UnknownTensorError, UnknownWorkerError)
 
 #: Most specific first: the first class the error is an instance of names its status.
 STATUSES: tuple[tuple[type[BaseException], str], ...] = (
     (UnknownWorkerError, "NOT_FOUND"),
     (UnknownTableError, "NOT_FOUND"),
+    (UnknownTensorError, "NOT_FOUND"),  # a tensor this shard does not hold (the same-node wire's buffers)
     (ShapeError, "INVALID_ARGUMENT"),  # a malformed tensor (InputError: out-of-range ids are OUT_OF_RANGE)
     (LeftJobError, "FAILED_PRECONDITION"),
     (OutOfOrderError, "FAILED_PRECONDITION"),
