@@ -47,7 +47,7 @@ _PUBLIC = {
     "load_model": "rayps.launcher.job.saved_model", "export_run": "rayps.launcher.export.variants",
     "ExportConfig": "rayps.launcher.export.config",
     **{name: "rayps.errors" for name in ("PSError", "ConfigError", "ShapeError", "JobError", "ClusterError",
-                                         "StallError")},
+                                         "StallError", "UntrustedCodeError")},
 }
 
 __version__ = "0.1.0"

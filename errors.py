@@ -75,3 +75,8 @@ class InputError(ShapeError):
 
     def __reduce__(self):  # two arguments, so it crosses between actors intact
         return type(self), (str(self), self.reason)
+
+
+class UntrustedCodeError(ConfigError):
+    """A run or model directory names code that is neither rayps's bundled models nor the user's own:
+    it runs only when the user trusts the directory on purpose (``--trust``, ``trust=True``)."""

@@ -1,9 +1,9 @@
 """psctl: the command line.
 
-    psctl run [CLUSTER_YAML] [--set KEY=VALUE ...] [--output DIR]
+    psctl run [CLUSTER_YAML] [--set KEY=VALUE ...] [--output DIR]  /  psctl run --resume RUN_DIR [--trust]
     psctl report RUN_DIR [--x steps|epochs|seconds]
     psctl bench [--quick] [--output DIR] [--models small,large] [--transports shm,grpc,ray] [--modes asp,bsp,...] [--no-sparse] [--no-wire]
-    psctl export RUN_DIR [--all] [--prune S] [--filter-prune KEEP] [--quantize] [--student MODULE:CALLABLE] [--config F]
+    psctl export RUN_DIR [--trust] [--all] [--prune S] [--filter-prune KEEP] [--quantize] [--student MODULE:CALLABLE] [--config F]
     psctl serve [SERVE_YAML] [--host H] [--port P] [--size N] [--workers N] [--token-file F] [--set KEY=VALUE ...]
     psctl up CLUSTER_YAML [--dry-run] [--wait S]  /  psctl down CLUSTER_YAML
     psctl submit [CLUSTER_YAML] [--address URL] [--set KEY=VALUE ...] [--output DIR] [--no-wait]
@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or crashed job from the newest valid"
                      " checkpoint in RUN_DIR (its config.json is the job; --set may change it)")
+    run.add_argument("--trust", action="store_true", help="with --resume: run whatever code RUN_DIR's config.json"
+                     " names; without it, only rayps's bundled models and data and your own project's modules run"
+                     " (docs/export.md: What a run directory may run)")
 
     bench = sub.add_parser("bench", help="rayps side by side with DDP and a Ray-docs-style parameter server")
     bench.add_argument("--quick", action="store_true", help="the small model, shm, asp and bsp only (CI-sized)")
@@ -141,8 +144,11 @@ def _run(args: argparse.Namespace) -> int:
         if args.config or args.output:
             raise ConfigError("--resume RUN_DIR takes the job and the run directory from RUN_DIR:"
                               " give neither a config nor --output")
-        config, output = resumed_config(args.resume, args.overrides), args.resume
+        config, output = resumed_config(args.resume, args.overrides, trust=args.trust), args.resume
     else:
+        if args.trust:
+            raise ConfigError("--trust is for --resume RUN_DIR, whose config.json names the code it runs; a"
+                              " config of your own runs as it is")
         config, output = load_job_config(args.config, args.overrides), args.output  # errors before Ray starts
     result = run_job(config, output=output, progress=ProgressLine(), dashboard=not args.no_dashboard)
     s = result.summary

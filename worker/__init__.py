@@ -10,5 +10,6 @@
   quantization, distillation, and variants as data.
 - ``mlp``, ``cnn`` (models.py), ``digits`` (datasets.py), ``ctr.py``: the
   bundled models and data sets that YAML names.
-- ``import_object`` (imports.py): ``"module:callable"`` names.
+- ``import_object`` (imports.py): ``"module:callable"`` names; trust.py: which of
+  them a run or model directory's files may name without the user's word.
 """

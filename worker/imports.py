@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 from ..errors import ConfigError
@@ -17,9 +18,7 @@ def import_object(spec: str, what: str = "object") -> Any:
 
     ``what`` names the role (``"model"``, ``"data"``) in the error message.
     """
-    if not isinstance(spec, str) or ":" not in spec:
-        raise ConfigError(f"{what} ({spec!r}) must be a 'module:callable' string")
-    module_name, _, attr_path = spec.partition(":")
+    module_name, attr_path = split_spec(spec, what)
     try:
         obj: Any = _import(module_name)
     except ImportError as e:
@@ -30,6 +29,32 @@ def import_object(spec: str, what: str = "object") -> Any:
         except AttributeError:
             raise ConfigError(f"{what} ({spec!r}): module {module_name!r} has no {attr_path!r}") from None
     return obj
+
+
+def split_spec(spec: str, what: str = "object") -> tuple[str, str]:
+    """``("package.module", "attr.sub")`` of ``"package.module:attr.sub"``."""
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ConfigError(f"{what} ({spec!r}) must be a 'module:callable' string")
+    module_name, _, attr_path = spec.partition(":")
+    return module_name, attr_path
+
+
+def current_name(module_name: str) -> str:
+    """The module ``import_object`` will import for ``module_name``: an old folder name's module
+    (``worker.models``) is rayps's (``rayps.worker.models``) when no module of the old name exists.
+
+    It only looks (a top-level name is found without running any code), so it may be asked about a
+    name before that name is trusted to run (worker/trust.py).
+    """
+    top = module_name.split(".", 1)[0]
+    if top in _RENAMED:
+        try:
+            found = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            found = None
+        if found is None:
+            return f"rayps.{module_name}"
+    return module_name
 
 
 def _import(module_name: str) -> Any:

@@ -19,6 +19,9 @@ def add_parser(sub) -> None:
     p.add_argument("--quantize", action="store_true", help="post-training int8")
     p.add_argument("--student", metavar="MODULE:CALLABLE", help="distil this student from the model")
     p.add_argument("--student-args", metavar="JSON", help="the student's keyword arguments, as JSON")
+    p.add_argument("--trust", action="store_true", help="run whatever code RUN_DIR's config.json and model.json"
+                   " name; without it, only rayps's bundled models and data and your own project's modules run"
+                   " (docs/export.md: What a run directory may run)")
     p.add_argument("--all", action="store_true", help="every variant, with defaults for what is not given"
                    " (the student: an MLP of one 32-unit hidden layer)")
 
@@ -47,6 +50,6 @@ def run(args: argparse.Namespace) -> int:
         student = {"model": "rayps.worker.models:mlp", "model_args": {"hidden": [32]}}
     section("distill", student)
     config = build(ExportConfig, raw, f"{args.config}: export" if args.config else "export")
-    report = export_run(args.run_dir, config, args.output, say=print)
+    report = export_run(args.run_dir, config, args.output, say=print, trust=args.trust)
     print(format_table(report), end="")
     return 0

@@ -41,6 +41,7 @@ import numpy as np
 from ...errors import ConfigError
 from ..job.config import CheckpointConfig, JobConfig
 from .config import ExportConfig
+from ..job.runcode import check_run_code
 from ..job.saved_model import load_model, read_meta, save_model
 from ...settings import build
 from ...worker.data.sources import DataConfig, resolve_data
@@ -54,14 +55,18 @@ log = logging.getLogger(__name__)
 
 
 def export_run(run_dir: str | Path, config: ExportConfig = ExportConfig(), output: str | Path | None = None,
-               say: Callable[[str], None] = log.info) -> dict:
-    """Export ``run_dir``'s model and the variants ``config`` asks for; return the report."""
+               say: Callable[[str], None] = log.info, trust: bool = False) -> dict:
+    """Export ``run_dir``'s model and the variants ``config`` asks for; return the report.
+
+    ``trust``: run whatever code the run directory's config.json and model.json name; without it, only
+    rayps's bundled models and data and the user's own code (worker/trust.py).
+    """
     from .report import measure, write_report
 
     run_dir = Path(run_dir)
     out = Path(output) if output else run_dir / "export"
-    job, meta = _run_job_config(run_dir)
-    teacher = load_model(run_dir)
+    job, meta = _run_job_config(run_dir, trust)
+    teacher = load_model(run_dir, trust)
     if sparse_tables(teacher):
         raise ConfigError(f"{run_dir}: the model has sparse embedding tables (in tables/); export handles dense"
                           " models")
@@ -135,7 +140,7 @@ def export_run(run_dir: str | Path, config: ExportConfig = ExportConfig(), outpu
     return report
 
 
-def _run_job_config(run_dir: Path) -> tuple[JobConfig, dict]:
+def _run_job_config(run_dir: Path, trust: bool) -> tuple[JobConfig, dict]:
     if not (run_dir / "config.json").exists():
         raise ConfigError(f"{run_dir} is not a run directory (no config.json)")
     meta = read_meta(run_dir)
@@ -144,6 +149,8 @@ def _run_job_config(run_dir: Path) -> tuple[JobConfig, dict]:
                           " arguments that are not plain data; export rebuilds models from 'module:callable' and"
                           " JSON arguments, so give the job's model that way")
     raw = json.loads((run_dir / "config.json").read_text())
+    # the job's data, loss and hooks run again; its model is model.json's, which load_model checks
+    check_run_code(run_dir, {k: v for k, v in raw.items() if k != "model"}, trust=trust)
     raw["model"], raw["model_args"] = meta["model"], meta.get("model_args") or {}
     try:
         return build(JobConfig, raw, f"{run_dir / 'config.json'}"), meta

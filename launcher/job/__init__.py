@@ -11,6 +11,7 @@
   terminal.py: the progress line; report.py, rundir.py: plots and
   the run directory; saved_model.py: the trained model's files and ``rayps.load_model``;
   wire_summary.py: compression figures.
-- resume.py: ``--resume``; dataprep.py: chunked data prepared on Ray; throttle.py: a slow link
+- resume.py: ``--resume``; runcode.py: which code a run directory's config.json may run
+  (worker/trust.py); dataprep.py: chunked data prepared on Ray; throttle.py: a slow link
   emulated on loopback.
 """

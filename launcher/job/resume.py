@@ -7,6 +7,10 @@ shards that restore the newest valid checkpoint by themselves, and the work
 queue comes back to the same cut. Jobs built in Python from objects (a model
 class rather than a ``module:callable`` name) cannot be rebuilt from JSON:
 resume those through the Python API, passing the same ``Job`` and ``output``.
+
+``config.json`` names the code the job runs; read back from disk, that code
+runs only when it is rayps's bundled models or the user's own, unless the
+user passes ``trust`` (runcode.py, worker/trust.py).
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ from pathlib import Path
 
 from ...errors import ConfigError
 from .config import JobConfig, merge_overrides
+from .runcode import check_run_code
 from ...ps.core.checkpoint import CheckpointStore
 from ...settings import build
 
 
-def resumed_config(run_dir: str | Path, overrides: list[str] | None = None) -> JobConfig:
+def resumed_config(run_dir: str | Path, overrides: list[str] | None = None, trust: bool = False) -> JobConfig:
+    """The job of ``run_dir``'s config.json with ``overrides``; ``trust``: run whatever code it names."""
     run_dir = Path(run_dir)
     path = run_dir / "config.json"
     try:
@@ -38,9 +44,9 @@ def resumed_config(run_dir: str | Path, overrides: list[str] | None = None) -> J
     for key in ("slow_workers", "slowdown"):  # JSON made their worker ids strings
         if isinstance(debug.get(key), dict):
             debug[key] = {int(w) if str(w).isdigit() else w: v for w, v in debug[key].items()}
-    if overrides:
-        raw = merge_overrides(JobConfig, raw, overrides)
-    config = build(JobConfig, raw, str(path))
+    used = merge_overrides(JobConfig, raw, overrides) if overrides else raw
+    check_run_code(run_dir, raw, used, trust)  # before anything it names is imported
+    config = build(JobConfig, used, str(path))
     root = Path(config.checkpoint.dir or run_dir / "checkpoints")
     if not config.checkpoint.enabled or not CheckpointStore(root).steps():
         raise ConfigError(f"--resume {run_dir}: no checkpoint under {root} to continue from")

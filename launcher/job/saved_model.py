@@ -11,6 +11,11 @@ variant ``psctl export`` makes (launcher/export/) is one directory each:
   quantization method and engine, and an example input shape;
 - ``transform.json``: the fitted data transform its inputs go through, when
   the job read its data in chunks (``rayps.load_transform`` reads it).
+
+Loading runs the code ``model.json`` names, so ``load_model`` runs it only
+when it is rayps's bundled models or the user's own (worker/trust.py), or
+when told ``trust=True``. The weights never run code: safetensors, and
+``torch.load(weights_only=True)`` for int8.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from torch import nn
 
 from ...errors import ConfigError
 from ...worker.compress.variants import ModelSpec, build_model
+from ...worker.trust import check_trusted
 
 FORMAT = "rayps-model/1"
 
@@ -53,12 +59,18 @@ def save_model(directory: Path, model: nn.Module, spec: ModelSpec, example_shape
     return weights
 
 
-def load_model(directory: str | Path) -> nn.Module:
-    """The model exported in ``directory`` (``psctl export``), in eval mode, ready to predict."""
+def load_model(directory: str | Path, trust: bool = False) -> nn.Module:
+    """The model exported in ``directory`` (``psctl export``), in eval mode, ready to predict.
+
+    ``trust``: build it with whatever code model.json names; without it, only rayps's bundled models
+    and the user's own code are run, and anything else raises UntrustedCodeError.
+    """
     from safetensors.torch import load_file
 
     directory = Path(directory)
     meta = read_meta(directory)
+    if not trust and meta.get("model"):  # no name: build_model says why it cannot rebuild it
+        check_trusted(meta["model"], directory, "model.json: model")
     model = build_model(ModelSpec(meta["model"], meta.get("model_args") or {}, meta.get("filter_plan") or {}))
     model.eval()
     quantization = meta.get("quantization")
