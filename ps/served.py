@@ -23,7 +23,7 @@ from ..protos.codec import CHUNK_BYTES
 from .core.checkpoint import CheckpointStore
 from .core.placement_info import this_pid
 from .shard import ParameterShard
-from .transport.grpc_security import TLSConfig
+from .transport.grpc_security import TLS
 from .transport.grpc_server import GrpcShardServer, start_grpc_server
 from .transport.shm_server import ShmShardServer, start_shm_server
 
@@ -76,7 +76,7 @@ class ServedShard(ParameterShard):
         self.restored_step = step
         return before - self.version
 
-    async def serve_grpc(self, token: str, host: str | None = None, tls: TLSConfig | None = None,
+    async def serve_grpc(self, token: str, host: str | None = None, tls: TLS | None = None,
                          chunk_bytes: int = CHUNK_BYTES, port: int = 0) -> str:
         """Start serving gRPC (port 0: any); return the bound ``host:port`` for workers to dial."""
         if self._grpc is None:

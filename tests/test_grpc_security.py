@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import logging
+import pickle
 from pathlib import Path
 
 import grpc
@@ -13,7 +14,11 @@ import pytest
 
 from rayps.protos import ps_pb2, ps_pb2_grpc
 from rayps.ps.transport.grpc_client import GrpcEndpoints, GrpcShardClient
-from rayps.ps.transport.grpc_security import TLSConfig, TokenAuth
+from rayps.errors import ConfigError
+from rayps.launcher.job.transports import wire_keys
+from rayps.ps.transport.grpc_security import GrpcConfig, TLSConfig, TokenAuth
+from rayps.ps.transport.job_ca import SHARD_NAME, JobAuthority
+from tests import capture
 from rayps.ps.core.partition import ShardRange
 from tests.grpc_fixtures import (APPLIED, AUTH, CHUNK_VALUES, SIZE, TIMEOUT, TOKEN, Code, assert_params, gradient,
                                  pull, push, stats)
@@ -176,3 +181,143 @@ def test_grpc_shard_client_trains_over_mtls(tls_server, loop_thread):
     finally:
         client.finish()
     assert loop_thread.run(served.shard.stats())["clocks"] == {1: 0}  # finish: worker 0 left the clock table
+
+
+# ---- the job's own authority: mTLS with nothing configured ---------------------------------
+
+
+SHARD_OPTIONS = (("grpc.ssl_target_name_override", SHARD_NAME),)
+
+
+@pytest.fixture
+def job_ca_server(serve):
+    authority = JobAuthority("test")
+    return serve(tls=authority.shard_keys(0)), authority
+
+
+def test_a_worker_with_the_jobs_certificate_trains_over_mtls(job_ca_server, loop_thread):
+    served, authority = job_ca_server
+    client = GrpcShardClient(0, [served.address], [ShardRange(0, 0, SIZE)], TOKEN, authority.worker_keys(0),
+                             timeout_s=TIMEOUT, chunk_bytes=CHUNK_VALUES * 4)
+    try:
+        params = np.full(SIZE, np.nan, np.float32)
+        client.register(params)
+        client.push_pull(1, np.ones(SIZE, np.float32), params, num_samples=8, loss=2.0)
+        assert (params == -0.5).all()
+    finally:
+        client.finish()
+
+
+@pytest.mark.parametrize("who", ["plaintext_with_token", "server_verified_no_cert", "another_jobs_cert",
+                                 "a_shard_cert_as_client"])
+def test_the_jobs_shards_refuse_at_the_handshake_anyone_without_a_worker_certificate_of_the_job(
+        who, job_ca_server, channels):
+    served, authority = job_ca_server
+    other = JobAuthority("another job")
+    if who == "plaintext_with_token":
+        channel = channels(served.address)
+    elif who == "server_verified_no_cert":
+        channel = channels(served.address, grpc.ssl_channel_credentials(authority.ca), SHARD_OPTIONS)
+    elif who == "another_jobs_cert":
+        keys = other.worker_keys(0)
+        channel = channels(served.address, grpc.ssl_channel_credentials(authority.ca, keys.key, keys.cert),
+                           SHARD_OPTIONS)
+    else:  # a certificate of this job, but for serving, not for a client (extended key usage)
+        keys = authority.shard_keys(1)
+        channel = channels(served.address, grpc.ssl_channel_credentials(authority.ca, keys.key, keys.cert),
+                           SHARD_OPTIONS)
+    with pytest.raises(grpc.RpcError) as caught:
+        _register(channel, timeout=2.0)
+    assert caught.value.code() == Code.UNAVAILABLE
+    assert served.shard.version == 0
+    keys = authority.worker_keys(1)
+    good = channels(served.address, keys.channel_credentials(), SHARD_OPTIONS)
+    assert _register(good).protocol == 1  # the server serves on, to the job's own workers
+
+
+def test_a_worker_refuses_a_shard_whose_certificate_another_authority_signed(serve, channels):
+    impostor = JobAuthority("impostor")
+    served = serve(tls=impostor.shard_keys(0))  # serves mTLS, but not with this job's CA
+    keys = JobAuthority("job").worker_keys(0)
+    with pytest.raises(grpc.RpcError) as caught:
+        _register(channels(served.address, keys.channel_credentials(), SHARD_OPTIONS), timeout=2.0)
+    assert caught.value.code() == Code.UNAVAILABLE
+
+
+def test_keys_never_appear_in_reprs():
+    keys = JobAuthority("job").worker_keys(3, 1)
+    assert keys.subject == "rayps job worker 3.1"
+    assert b"PRIVATE KEY" in keys.key and "PRIVATE" not in repr(keys)
+    assert "PRIVATE" not in repr(GrpcEndpoints(("127.0.0.1:1",), TOKEN, keys))
+
+
+@pytest.mark.skipif(capture.available() is not None, reason=str(capture.available()))
+@pytest.mark.parametrize("secure", [False, True], ids=["plaintext", "mtls"])
+def test_a_capture_of_the_link_shows_gradients_and_token_only_in_plaintext(secure, serve, loop_thread):
+    """What someone reading the wire sees. Plaintext is the control: the same capture finds the token and a
+    gradient's bytes there, so their absence under mTLS is the encryption's doing, not the capture's."""
+    authority = JobAuthority("test")
+    token = "token-" + "x7Q" * 12
+    gradient_values = np.full(SIZE, 1234.5678, np.float32)  # a value whose bytes are easy to recognize
+    with capture.LoopbackCapture() as seen:
+        served = serve(tls=authority.shard_keys(0) if secure else None, token=token)
+        client = GrpcShardClient(0, [served.address], [ShardRange(0, 0, SIZE)], token,
+                                 authority.worker_keys(0) if secure else None, timeout_s=TIMEOUT,
+                                 chunk_bytes=CHUNK_VALUES * 4)
+        try:
+            params = np.zeros(SIZE, np.float32)
+            client.register(params)
+            client.push_pull(1, gradient_values, params, num_samples=8, loss=2.0)
+        finally:
+            client.finish()
+        seen.stop()
+    assert (params == np.float32(-0.5) * gradient_values).all()
+    wire = seen.on_port(served.port)
+    assert len(wire) > SIZE * 4  # the gradient crossed, one way or the other
+    evidence = {"token": token.encode() in wire, "tensor chunk": capture.TENSOR_CHUNK_PLAINTEXT in wire,
+                "gradient bytes": gradient_values[:4].tobytes() in wire}
+    if secure:
+        assert not any(evidence.values()), evidence
+        assert wire.count(b"\x17\x03\x03") > 0  # TLS application-data records
+    else:
+        assert evidence == {"token": evidence["token"], "tensor chunk": True, "gradient bytes": True}
+
+
+# ---- which jobs get which wire ---------------------------------------------------------------
+
+ONE_NODE, TWO_NODES = [{"Alive": True}, {"Alive": False}], [{"Alive": True}, {"Alive": True}]
+
+
+@pytest.mark.parametrize("grpc_config, nodes, kind", [
+    (GrpcConfig(), ONE_NODE, "plaintext"),  # loopback: never leaves the machine, like shared memory
+    (GrpcConfig(host="127.0.0.1"), ONE_NODE, "plaintext"),
+    (GrpcConfig(), TWO_NODES, "mtls (job CA)"),
+    (GrpcConfig(host="127.0.0.1"), TWO_NODES, "mtls (job CA)"),  # other nodes: other machines, whatever the name
+    (GrpcConfig(host="0.0.0.0"), ONE_NODE, "mtls (job CA)"),  # bound beyond loopback: reachable from outside
+], ids=["one_node", "one_node_loopback", "two_nodes", "two_nodes_loopback_name", "one_node_all_interfaces"])
+def test_grpc_is_mutual_tls_by_default_wherever_it_can_leave_the_machine(grpc_config, nodes, kind):
+    assert wire_keys(grpc_config, nodes).kind == kind
+
+
+def test_plaintext_across_nodes_only_by_name_and_with_a_warning():
+    with pytest.warns(UserWarning, match="unencrypted"):
+        assert wire_keys(GrpcConfig(plaintext=True), TWO_NODES).kind == "plaintext"
+    with pytest.raises(ConfigError, match="contradict"):
+        GrpcConfig(plaintext=True, tls=TLSConfig(ca=__file__))
+
+
+def test_each_worker_incarnation_gets_its_own_certificate_and_no_spec_carries_the_ca_key():
+    keys = wire_keys(GrpcConfig(), TWO_NODES, job="j")
+    spec = GrpcEndpoints(("127.0.0.1:1",), TOKEN, keys.worker(0))
+    first, again, other = (keys.for_worker(spec, w, i).tls for w, i in ((1, 0), (1, 1), (2, 0)))
+    assert len({first.cert, again.cert, other.cert}) == 3
+    assert (first.subject, again.subject, other.subject) == ("rayps j worker 1.0", "rayps j worker 1.1",
+                                                            "rayps j worker 2.0")
+    assert first.ca == keys.authority.ca
+    from cryptography.hazmat.primitives import serialization
+    ca_key = keys.authority._key
+    ca_pem = ca_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption())
+    sent = pickle.dumps(keys.for_worker(spec, 1, 0))  # what a worker's actor receives
+    assert ca_pem.splitlines()[1] not in sent  # the CA's key, in the form a key file would hold it
+    assert ca_key.private_numbers().private_value.to_bytes(32, "big") not in sent  # or raw

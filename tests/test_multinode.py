@@ -9,6 +9,7 @@ on, and everything binds 127.0.0.1.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shutil
 import sys
@@ -22,6 +23,7 @@ from rayps.launcher.cluster.auth import Token, find_token
 from rayps.launcher.cli import main
 from rayps.errors import ClusterError
 from rayps.launcher.cluster.jobs import Jobs
+from tests import capture
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -147,11 +149,13 @@ def test_status_logs_and_stop_manage_a_running_job(cluster, tmp_path, capsys):
 
 
 def test_a_submitted_job_runs_on_the_nodes_the_config_names_and_psctl_scale_removes_a_worker_while_it_runs(
-        cluster, tmp_path, capsys):
-    """One submission for both claims: where the actors are placed, and scaling a job that runs."""
+        cluster, loopback, tmp_path, capsys):
+    """One submission for three claims: where the actors are placed, scaling a job that runs, and the wire
+    between its nodes: mutual TLS with nothing configured (a capture of the link, and a stranger refused)."""
     out = tmp_path / "run"
     address = cluster["address"]
     began = time.monotonic()
+    seen = loopback
     assert main(["submit", str(ROOT / "cluster.yaml"), "--address", address, "--no-wait", "--output", str(out),
                  "--set", "epochs=30", "--set", "servers=2", "--set", "workers=2",
                  "--set", "server_resources={ps_server: 1}", "--set", "worker_resources={ps_worker: 1}",
@@ -165,6 +169,10 @@ def test_a_submitted_job_runs_on_the_nodes_the_config_names_and_psctl_scale_remo
     while "step" not in jobs.logs(job_id) and time.monotonic() < deadline:  # training under way
         assert jobs.status(job_id) in ("PENDING", "RUNNING"), jobs.logs(job_id)[-2000:]
         time.sleep(0.5)
+    wire = re.search(r"gRPC \((.+?)\) on ([^\s,]+(?:, [^\s,]+)*)", jobs.logs(job_id))
+    assert wire is not None and wire[1] == "mtls (job CA)", jobs.logs(job_id)[-2000:]
+    shard_addresses = wire[2].split(", ")
+    _assert_strangers_are_refused_at_the_handshake(shard_addresses)
     assert main(["scale", job_id, "--workers", "1", "--address", address]) == 0
     assert f"{job_id}: asked for 1 workers" in capsys.readouterr().out
     assert main(["logs", job_id, "--address", address, "--follow"]) == 0, capsys.readouterr().err
@@ -180,4 +188,40 @@ def test_a_submitted_job_runs_on_the_nodes_the_config_names_and_psctl_scale_remo
     assert summary["test_accuracy"] > 0.5  # trained, not random (0.1)
     assert summary["workers_removed"] == 1
     assert summary["examples_per_epoch"] == {str(e): 1437 for e in range(30)}
+    assert summary["transport"] == "grpc" and summary["wire"] == "mtls (job CA)"
+    if seen is not None:  # what crossed the link to and from the shards: TLS records, never a tensor chunk
+        seen.stop()
+        for port in (int(a.rsplit(":", 1)[1]) for a in shard_addresses):
+            link = seen.on_port(port)
+            assert link.count(b"\x17\x03\x03") > 100, (port, len(link))  # TLS application data, many steps
+            assert capture.TENSOR_CHUNK_PLAINTEXT not in link and b"float32" not in link
     print(f"submitted job took {time.monotonic() - began:.1f} s")
+
+
+@pytest.fixture
+def loopback():
+    """A capture of the loopback link while the test runs; None where raw sockets are not allowed."""
+    if capture.available() is not None:
+        yield None
+        return
+    with capture.LoopbackCapture() as seen:
+        yield seen
+
+
+def _assert_strangers_are_refused_at_the_handshake(addresses: list[str]) -> None:
+    """A plaintext client with a guessed token, and a client with another job's certificate: refused before
+    any request (UNAVAILABLE: the TLS handshake fails), while the job's own workers train on."""
+    import grpc
+
+    from rayps.protos import ps_pb2, ps_pb2_grpc
+    from rayps.ps.transport.job_ca import SHARD_NAME, JobAuthority
+
+    stranger = JobAuthority("stranger").worker_keys(0)
+    options = [("grpc.ssl_target_name_override", SHARD_NAME)]
+    for address in addresses:
+        for channel in (grpc.insecure_channel(address),
+                        grpc.secure_channel(address, stranger.channel_credentials(), options)):
+            with channel, pytest.raises(grpc.RpcError) as caught:
+                ps_pb2_grpc.ParameterServerStub(channel).Stats(
+                    ps_pb2.StatsRequest(), timeout=5, metadata=(("authorization", "Bearer guessed"),))
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value

@@ -67,7 +67,7 @@ from .terminal import ProgressLine
 from .report import write_report
 from .rundir import default_run_dir, write_run_dir
 from .summary import job_summary, progress_summary, recovery_summary, sparse_summary
-from .transports import job_transport, serve_again, stop_serving, throttled
+from .transports import WireKeys, job_transport, serve_again, stop_serving, throttled
 from .wire_summary import compression_summary
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,7 @@ class Run:
     coordinator: Any = None
     transport: Any = None
     served: Any = None  # the transport the shards serve (behind the throttled link, if any)
+    keys: WireKeys = field(default_factory=lambda: WireKeys())  # the gRPC wire's TLS keys (transports.py)
     link: Any = None
     link_stats: dict | None = None
     checkpointer: Checkpointer | None = None
@@ -276,8 +277,11 @@ def start(run: Run, on_start: Callable[[str], None] | None) -> None:
                                     options=dict(name=f"coordinator-{job_name(run.run_id)}",
                                                  namespace=COORDINATORS, num_cpus=0))
     run.actors += [*run.shards, run.coordinator]
-    run.transport = run.served = job_transport(config, run.shards, tuple(plan.ranges), tuple(plan.buffer_ranges),
-                                               runtime)
+    run.served, run.keys = job_transport(config, run.shards, tuple(plan.ranges), tuple(plan.buffer_ranges),
+                                         runtime, job=run.run_id)
+    run.transport = run.served
+    if run.transport.name == "grpc":  # where the wire is, and whether it is encrypted
+        print(f"gRPC ({run.keys.kind}) on {', '.join(run.transport.addresses)}", flush=True)
     if config.debug.link_mbit is not None:  # a slow network, emulated: workers reach shards through it
         run.link, run.transport = throttled(run.transport, config.debug.link_mbit, config.debug.link_latency_ms)
     run.initial = {w: 0 for w in range(config.workers)}
@@ -311,7 +315,7 @@ def train(run: Run, progress: ProgressLine | None) -> None:
         shards, run.coordinator, _worker_starter(run), run.initial, run.monitor,
         RestartBudget(config.fault.max_restarts, can_restore=config.checkpoint.enabled),
         StallWatch(config.fault.stall_s, config.fault.on_stall), run.checkpointer,
-        serve_again(run.served, shards, config.grpc, run.runtime),
+        serve_again(run.served, shards, config.grpc, run.runtime, run.keys),
         [(kind, f) for kind in ("kill", "hang") for f in config.chaos.faults(kind) if f.kind == "ps-shard"],
         waits=config.consistency.rules.waits, runtime=run.runtime)
     reports = run.controller.run(run.placement)
@@ -367,6 +371,8 @@ def summarize(run: Run, report: bool, began: float) -> JobResult:
     if t["audit"] is not None:
         summary["applied_twice"] = sum(len(log) - len(set(map(tuple, log))) for log in t["audit"])
     summary["transport"] = run.transport.name  # what auto chose, not what the config said
+    if run.transport.name == "grpc":
+        summary["wire"] = run.keys.kind
     if run.link_stats is not None:
         summary["link"] = run.link_stats
     summary.update(dashboard_url=run.dashboard_url, placement=run.placement, run_id=run.run_id,
@@ -401,7 +407,8 @@ def _worker_starter(run: Run) -> Callable[[int, int], object]:
         plan_ = _worker_plan(config, worker_id, run.run_id, incarnation,
                       _chaos(faults, worker_id) if incarnation == 0 else WorkerChaos())
         actor = run.runtime.spawn(
-            Worker, (plan_, plan.model_fn, plan.loss_fn, train_ref, run.transport, run.coordinator, run.runtime),
+            Worker, (plan_, plan.model_fn, plan.loss_fn, train_ref,
+                     run.keys.for_worker(run.transport, worker_id, incarnation), run.coordinator, run.runtime),
             options=worker_options(config, worker_id, f"rayps-{run.run_id}", incarnation))
         run.actors.append(actor)
         return actor

@@ -4,17 +4,27 @@
 gRPC across nodes. The shards serve it (ps/served.py) and the workers connect
 through the spec returned here (ps/transport/contract.py). A restarted shard
 serves again where it served, so the clients reconnect in place.
+
+gRPC whose traffic can leave the machine is mutual TLS by default: the job's
+own authority (ps/transport/job_ca.py) issues each shard and each worker
+incarnation its keys (``WireKeys``). Plaintext there only when the job asks
+for it by name (``grpc.plaintext: true``), with a warning; one node on
+loopback stays plaintext, as shared memory does: its bytes never leave the
+machine.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import warnings
 from typing import Callable
 
 from ...errors import ConfigError
 from ...runtime import RAY, Runtime
 from ...ps.transport.grpc_client import GrpcEndpoints
-from ...ps.transport.grpc_security import GrpcConfig, new_token
+from ...ps.transport.grpc_security import GrpcConfig, TLSConfig, new_token
+from ...ps.transport.job_ca import JobAuthority, TLSKeys
 from ...ps.transport.object_store import RayTransport
 from ...ps.transport.shm_client import ShmEndpoints
 from .config import JobConfig
@@ -28,21 +38,79 @@ def chosen_transport(config: JobConfig, nodes: list[dict]) -> str:
     return "shm" if len([n for n in nodes if n.get("Alive")]) == 1 else "grpc"
 
 
-def job_transport(config: JobConfig, shards, ranges, buffer_ranges, runtime: Runtime = RAY):
-    """The transport spec every worker connects through (ps/transport/contract.py)."""
-    spec = make_transport(chosen_transport(config, runtime.nodes()), shards, ranges, buffer_ranges,
-                          config.workers, config.grpc, runtime)
+@dataclasses.dataclass(frozen=True)
+class WireKeys:
+    """Who holds which TLS keys on a job's gRPC wire: nobody (plaintext), the user's files, or the job's
+    own authority (its CA key stays in the driver; each shard and worker incarnation gets its own)."""
+
+    files: TLSConfig | None = None
+    authority: JobAuthority | None = None
+
+    @property
+    def kind(self) -> str:
+        """What the summary and the log say: ``mtls (job CA)``, ``mtls (files)`` or ``plaintext``."""
+        return "mtls (job CA)" if self.authority else "mtls (files)" if self.files else "plaintext"
+
+    def shard(self, shard_id: int) -> TLSConfig | TLSKeys | None:
+        return self.authority.shard_keys(shard_id) if self.authority else self.files
+
+    def worker(self, worker_id: int, incarnation: int = 0) -> TLSConfig | TLSKeys | None:
+        return self.authority.worker_keys(worker_id, incarnation) if self.authority else self.files
+
+    def for_worker(self, spec, worker_id: int, incarnation: int):
+        """The spec one worker incarnation connects through: with its own certificate, where the job has
+        an authority (a spec with the job CA's keys is never shared between workers)."""
+        if self.authority is None or not isinstance(spec, GrpcEndpoints):
+            return spec
+        return dataclasses.replace(spec, tls=self.worker(worker_id, incarnation))
+
+
+def wire_keys(grpc: GrpcConfig, nodes: list[dict], job: str = "job") -> WireKeys:
+    """mTLS wherever the traffic can leave the machine, unless asked for plaintext by name."""
+    if grpc.tls is not None:
+        return WireKeys(files=grpc.tls)
+    if _stays_on_this_machine(grpc, nodes):
+        return WireKeys()
+    if grpc.plaintext:
+        warnings.warn("grpc.plaintext: true: gradients, parameters and the job's bearer token cross the"
+                      " network between nodes unencrypted; anyone who can read that traffic can push"
+                      " gradients for the rest of the job", UserWarning, stacklevel=2)
+        return WireKeys()
+    return WireKeys(authority=JobAuthority(job))
+
+
+def _stays_on_this_machine(grpc: GrpcConfig, nodes: list[dict]) -> bool:
+    """One live node serving on a loopback address: no byte of the wire leaves the machine."""
+    if len([n for n in nodes if n.get("Alive")]) != 1:
+        return False
+    if grpc.host is None:
+        return True  # one node: _serve_grpc binds 127.0.0.1
+    try:
+        return ipaddress.ip_address(grpc.host.strip("[]")).is_loopback
+    except ValueError:
+        return grpc.host == "localhost"
+
+
+def job_transport(config: JobConfig, shards, ranges, buffer_ranges, runtime: Runtime = RAY,
+                  job: str = "job") -> tuple[object, WireKeys]:
+    """The transport spec the workers connect through (ps/transport/contract.py), and the keys of its
+    wire (``WireKeys.for_worker`` gives each worker its own)."""
+    nodes = runtime.nodes()
+    name = chosen_transport(config, nodes)
+    keys = wire_keys(config.grpc, nodes, job) if name == "grpc" else WireKeys()
+    spec = make_transport(name, shards, ranges, buffer_ranges, config.workers, config.grpc, runtime, keys)
     if isinstance(spec, GrpcEndpoints):  # gRPC pulls may come compressed (fp16, bf16): the clients decode
         spec = dataclasses.replace(spec, pull=config.compression.pull)
-    return spec
+    return spec, keys
 
 
 def make_transport(name: str, shards, ranges, buffer_ranges, workers: int, grpc: GrpcConfig | None = None,
-                   runtime: Runtime = RAY):
-    """Have the shards serve transport ``name`` and return the spec workers connect through."""
+                   runtime: Runtime = RAY, keys: WireKeys | None = None):
+    """Have the shards serve transport ``name`` and return the spec workers connect through (under
+    ``keys``; default: the config's TLS files, or plaintext)."""
     grpc = grpc or GrpcConfig()
     if name == "grpc":
-        return _serve_grpc(grpc, shards, ranges, buffer_ranges, runtime)
+        return _serve_grpc(grpc, shards, ranges, buffer_ranges, runtime, keys or WireKeys(files=grpc.tls))
     if name == "shm":
         token = new_token()
         placed = runtime.get([s.where.remote() for s in shards])
@@ -52,23 +120,29 @@ def make_transport(name: str, shards, ranges, buffer_ranges, workers: int, grpc:
     return RayTransport(tuple(shards), ranges, buffer_ranges, runtime=runtime)
 
 
-def _serve_grpc(g: GrpcConfig, shards, ranges, buffer_ranges, runtime: Runtime) -> GrpcEndpoints:
-    """Have every shard serve gRPC (port 0) and collect the addresses it bound."""
+def _serve_grpc(g: GrpcConfig, shards, ranges, buffer_ranges, runtime: Runtime, keys: WireKeys) -> GrpcEndpoints:
+    """Have every shard serve gRPC (port 0) and collect the addresses it bound. The spec carries the
+    worker side's keys only (for the job's authority, worker 0's: ``WireKeys.for_worker`` gives each its own)."""
     host = g.host
     if host is None and len([n for n in runtime.nodes() if n.get("Alive")]) == 1:
         host = "127.0.0.1"  # one machine: stay on loopback
     token = new_token()  # one per job; it reaches the actors as arguments, never a log line
-    addresses = runtime.get([s.serve_grpc.remote(token, host, g.tls, g.chunk_bytes) for s in shards])
-    return GrpcEndpoints(tuple(addresses), token, g.tls, g.timeout_s, g.chunk_bytes, ranges, buffer_ranges)
+    addresses = runtime.get([s.serve_grpc.remote(token, host, keys.shard(i), g.chunk_bytes)
+                             for i, s in enumerate(shards)])
+    return GrpcEndpoints(tuple(addresses), token, keys.worker(0), g.timeout_s, g.chunk_bytes, ranges, buffer_ranges)
 
 
-def serve_again(transport, shards, grpc: GrpcConfig, runtime: Runtime = RAY) -> Callable[[int], None]:
-    """How a restarted shard serves again where it served, so clients reconnect in place."""
+def serve_again(transport, shards, grpc: GrpcConfig, runtime: Runtime = RAY,
+                keys: WireKeys | None = None) -> Callable[[int], None]:
+    """How a restarted shard serves again where it served (with a new certificate from the same
+    authority), so clients reconnect in place."""
+    keys = keys or WireKeys(files=grpc.tls)
+
     def serve(i: int) -> None:
         if isinstance(transport, GrpcEndpoints):
             host, port = transport.addresses[i].rsplit(":", 1)
-            runtime.get(shards[i].serve_grpc.remote(transport.token, host.strip("[]"), grpc.tls, grpc.chunk_bytes,
-                                                int(port)))
+            runtime.get(shards[i].serve_grpc.remote(transport.token, host.strip("[]"), keys.shard(i),
+                                                    grpc.chunk_bytes, int(port)))
         elif isinstance(transport, ShmEndpoints):
             runtime.get(shards[i].serve_shm.remote(transport.token, transport.directories[i]))
     return serve

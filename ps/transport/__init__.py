@@ -7,7 +7,8 @@
 - ``RayTransport``, ``ShardClient`` (object_store.py): Ray actor calls.
 - ``GrpcEndpoints``, ``GrpcShardClient`` (grpc_client.py) and ``ShardServicer``
   (grpc_server.py): protos/ps.proto over one Step stream per shard;
-  ``TokenAuth``, ``TLSConfig``, ``GrpcConfig`` (grpc_security.py).
+  ``TokenAuth``, ``TLSConfig``, ``GrpcConfig`` (grpc_security.py); ``JobAuthority``, each
+  multi-node job's own CA, and ``TLSKeys`` (job_ca.py).
 - ``ShmEndpoints``, ``ShmShardClient`` (shm_client.py) and ``ShmShardServer``
   (shm_server.py): same-node shared memory and a Unix socket.
 - ``keep_freed_memory`` (allocator.py): malloc settings for streaming processes.

@@ -26,7 +26,7 @@ from ...protos.codec import (BLOB_DTYPE, BUFFER_DTYPE, CHUNK_BYTES, IDS_DTYPE, W
                                 check_message_size, decode_rows, encode_chunks, parse_chunk)
 from .allocator import keep_freed_memory
 from ...errors import ShapeError, TransportError
-from .grpc_security import TLSConfig, TokenAuth
+from .grpc_security import TLS, TokenAuth
 from ...protos.names import BUFFERS, CHANNEL_OPTIONS, SERVICE, TENSOR
 from ..core.partition import ShardRange
 from ..core.step import Step
@@ -44,7 +44,7 @@ class GrpcEndpoints:
 
     addresses: tuple[str, ...]
     token: str = field(repr=False)  # never in logs or reprs
-    tls: TLSConfig | None = None
+    tls: TLS | None = None
     timeout_s: float = 300.0
     chunk_bytes: int = CHUNK_BYTES
 
@@ -79,7 +79,7 @@ class _LoopThread:
         self._thread.join(timeout=5)
 
 
-def open_channel(address: str, tls: TLSConfig | None) -> grpc.aio.Channel:
+def open_channel(address: str, tls: TLS | None) -> grpc.aio.Channel:
     keep_freed_memory()  # every chunk is a fresh buffer: reuse freed ones (ps/transport/allocator.py)
     options = list(CHANNEL_OPTIONS)
     if tls is None:
@@ -94,7 +94,7 @@ class GrpcShardClient(ShardClientBase):
     fills_on_wait = False  # the loop thread assembles chunks into params_out as they arrive
 
     def __init__(self, worker_id: int, addresses: Sequence[str], ranges: Sequence[ShardRange], token: str,
-                 tls: TLSConfig | None = None, timeout_s: float = 300.0, chunk_bytes: int = CHUNK_BYTES,
+                 tls: TLS | None = None, timeout_s: float = 300.0, chunk_bytes: int = CHUNK_BYTES,
                  buffer_ranges: Sequence[ShardRange] | None = None, incarnation: int = 0,
                  pull_codec: Codec | None = None):
         super().__init__(worker_id, ranges, buffer_ranges, incarnation, len(addresses))

@@ -1,9 +1,12 @@
-"""Who may talk to a shard over gRPC: a bearer token per job, and optional mTLS.
+"""Who may talk to a shard over gRPC: a bearer token per job, and mTLS.
 
 The token travels as ``authorization: Bearer <token>`` metadata on every call;
 it is compared in constant time and never logged (``TokenAuth.__repr__`` hides
-it). With ``TLSConfig`` the server presents a certificate and demands one from
-every client, signed by the configured CA.
+it). Under mTLS the server presents a certificate and demands one from every
+client, signed by the trusted CA: the user's files (``TLSConfig``), or, by
+default wherever traffic leaves the machine, the job's own authority
+(ps/transport/job_ca.py, in memory). Both offer the same two methods,
+``server_credentials`` and ``channel_credentials``, and a ``server_name``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 import grpc
 
@@ -19,6 +23,7 @@ from ...errors import ConfigError
 from ...protos.codec import CHUNK_BYTES
 
 from ...settings import require
+from .job_ca import TLSKeys
 
 METADATA_KEY = "authorization"
 
@@ -87,6 +92,10 @@ def _read(path: str) -> bytes:
     return Path(path).read_bytes()
 
 
+#: What a server or client takes for mTLS: the user's files, or keys in memory from the job's authority.
+TLS = Union[TLSConfig, TLSKeys]
+
+
 @dataclass(frozen=True)
 class GrpcConfig:
     """The ``grpc:`` section of a job: used when ``transport: grpc``."""
@@ -94,7 +103,8 @@ class GrpcConfig:
     host: str | None = None  # None: 127.0.0.1 on a one-node cluster, else each node's address
     timeout_s: float = 300.0  # deadline of every call and of every step (which may wait on the bound)
     chunk_bytes: int = CHUNK_BYTES  # payload per chunk; messages stay under the 4 MiB limit
-    tls: TLSConfig | None = None  # mTLS; plaintext (with the bearer token) when absent
+    tls: TLSConfig | None = None  # mTLS with these files; absent: the job's own CA wherever traffic leaves
+    plaintext: bool = False  # no TLS even across machines: only when asked for by name (with a warning)
 
     def __post_init__(self) -> None:
         from ...settings import number
@@ -104,3 +114,5 @@ class GrpcConfig:
         require(self.chunk_bytes <= 3 << 20, f"chunk_bytes ({self.chunk_bytes}) must be <= {3 << 20} (3 MiB),"
                 " so a chunk and its header stay under the 4 MiB message limit")
         require(self.host is None or isinstance(self.host, str), f"host ({self.host!r}) must be a string")
+        require(not (self.plaintext and self.tls is not None),
+                "grpc.plaintext and grpc.tls contradict each other: give one of them")

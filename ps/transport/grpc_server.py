@@ -32,7 +32,7 @@ from ...protos.codec import (BLOB_DTYPE, BUFFER_DTYPE, CHUNK_BYTES, Assembler, W
 from ...protos.names import BUFFERS, PROTOCOL, SERVER_OPTIONS, SERVICE, TENSOR
 from ..core.step import OUTCOMES as STEP_OUTCOMES, Step
 from .allocator import keep_freed_memory
-from .grpc_security import TLSConfig, TokenAuth
+from .grpc_security import TLS, TokenAuth
 from .contract import Served
 from .statuses import refusal
 
@@ -324,7 +324,7 @@ class GrpcShardServer:
 
 
 async def start_grpc_server(shard: Served, token: str, host: str = "127.0.0.1", port: int = 0,
-                            tls: TLSConfig | None = None, chunk_bytes: int = CHUNK_BYTES) -> GrpcShardServer:
+                            tls: TLS | None = None, chunk_bytes: int = CHUNK_BYTES) -> GrpcShardServer:
     """Serve ``shard`` on ``host:port`` (0: any free port) on the running event loop."""
     keep_freed_memory()  # every chunk is a fresh buffer: reuse freed ones (ps/transport/allocator.py)
     servicer = ShardServicer(shard, TokenAuth(token), chunk_bytes)
