@@ -441,8 +441,7 @@ class ParameterShard:
         already applied is answered DUPLICATE, but 0 was never one), a sample count outside uint32."""
         if int(clock) < 1:
             raise InputError(f"{table!r}: a sparse push of clock {int(clock)}; clocks count from 1", "clock")
-        if not 0 <= int(num_samples) < 2 ** 32:
-            raise InputError(f"{table!r}: num_samples {int(num_samples)} is outside 0..2^32-1", "num_samples")
+        _check_num_samples(table, num_samples)
 
     def _check_counts(self, s: Step) -> None:
         """A push's version and counts must be ones that can be true. A gradient is computed from a version
@@ -455,8 +454,7 @@ class ParameterShard:
             raise InputError(f"{self!r}: pulled_version {int(s.pulled_version)} is not a version this shard has"
                              f" served (0..{version}); a gradient is computed from parameters it pulled",
                              "future_version")
-        if not 0 <= int(s.num_samples) < 2 ** 32:
-            raise InputError(f"{self!r}: num_samples {int(s.num_samples)} is outside 0..2^32-1", "num_samples")
+        _check_num_samples(self, s.num_samples)
 
     def _check_buffers(self, buffers: object) -> None:
         try:
@@ -635,3 +633,9 @@ class ParameterShard:
             "codec": self._decoder.codec.name,
             "decode_s": round(self._decoder.decode_s, 6),
         }
+
+
+def _check_num_samples(where: object, num_samples: int) -> None:
+    """A push's sample count must fit the wire's uint32 (dense and sparse alike)."""
+    if not 0 <= int(num_samples) < 2 ** 32:
+        raise InputError(f"{where!r}: num_samples {int(num_samples)} is outside 0..2^32-1", "num_samples")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from typing import Any
 
 from ..errors import ConfigError
@@ -20,7 +21,7 @@ def import_object(spec: str, what: str = "object") -> Any:
     """
     module_name, attr_path = split_spec(spec, what)
     try:
-        obj: Any = _import(module_name)
+        obj: Any = importlib.import_module(current_name(module_name))
     except ImportError as e:
         raise ConfigError(f"{what} ({spec!r}): cannot import module {module_name!r}: {e}") from None
     for part in attr_path.split("."):
@@ -40,14 +41,15 @@ def split_spec(spec: str, what: str = "object") -> tuple[str, str]:
 
 
 def current_name(module_name: str) -> str:
-    """The module ``import_object`` will import for ``module_name``: an old folder name's module
-    (``worker.models``) is rayps's (``rayps.worker.models``) when no module of the old name exists.
+    """The module ``import_object`` imports for ``module_name``: an old folder name's module
+    (``worker.models``) is rayps's (``rayps.worker.models``) when no module of the old top-level name
+    exists here. A user's own package of that name is never second-guessed.
 
     It only looks (a top-level name is found without running any code), so it may be asked about a
     name before that name is trusted to run (worker/trust.py).
     """
     top = module_name.split(".", 1)[0]
-    if top in _RENAMED:
+    if top in _RENAMED and top not in sys.modules:
         try:
             found = importlib.util.find_spec(top)
         except (ImportError, ValueError):
@@ -55,15 +57,3 @@ def current_name(module_name: str) -> str:
         if found is None:
             return f"rayps.{module_name}"
     return module_name
-
-
-def _import(module_name: str) -> Any:
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        top = module_name.split(".", 1)[0]
-        # Only when the old top-level name itself is missing: a user's own
-        # package of that name (or an error inside it) is never second-guessed.
-        if top in _RENAMED and e.name == top:
-            return importlib.import_module(f"rayps.{module_name}")
-        raise

@@ -35,7 +35,7 @@ def chosen_transport(config: JobConfig, nodes: list[dict]) -> str:
     """``auto``: shared memory when the job has one node to run on, gRPC streams across nodes."""
     if config.transport != "auto":
         return config.transport
-    return "shm" if len([n for n in nodes if n.get("Alive")]) == 1 else "grpc"
+    return "shm" if _one_node(nodes) else "grpc"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +65,11 @@ class WireKeys:
         return dataclasses.replace(spec, tls=self.worker(worker_id, incarnation))
 
 
+def _one_node(nodes: list[dict]) -> bool:
+    """Whether the cluster has exactly one live node (Ray's ``nodes()`` rows)."""
+    return len([n for n in nodes if n.get("Alive")]) == 1
+
+
 def wire_keys(grpc: GrpcConfig, nodes: list[dict], job: str = "job") -> WireKeys:
     """mTLS wherever the traffic can leave the machine, unless asked for plaintext by name."""
     if grpc.tls is not None:
@@ -81,7 +86,7 @@ def wire_keys(grpc: GrpcConfig, nodes: list[dict], job: str = "job") -> WireKeys
 
 def _stays_on_this_machine(grpc: GrpcConfig, nodes: list[dict]) -> bool:
     """One live node serving on a loopback address: no byte of the wire leaves the machine."""
-    if len([n for n in nodes if n.get("Alive")]) != 1:
+    if not _one_node(nodes):
         return False
     if grpc.host is None:
         return True  # one node: _serve_grpc binds 127.0.0.1
@@ -124,7 +129,7 @@ def _serve_grpc(g: GrpcConfig, shards, ranges, buffer_ranges, runtime: Runtime, 
     """Have every shard serve gRPC (port 0) and collect the addresses it bound. The spec carries the
     worker side's keys only (for the job's authority, worker 0's: ``WireKeys.for_worker`` gives each its own)."""
     host = g.host
-    if host is None and len([n for n in runtime.nodes() if n.get("Alive")]) == 1:
+    if host is None and _one_node(runtime.nodes()):
         host = "127.0.0.1"  # one machine: stay on loopback
     token = new_token()  # one per job; it reaches the actors as arguments, never a log line
     addresses = runtime.get([s.serve_grpc.remote(token, host, keys.shard(i), g.chunk_bytes)
