@@ -159,6 +159,35 @@ def test_bsp_admits_iteration_t_once_round_t_minus_1_stepped_whatever_the_clocks
     assert policy.admits(table, 1) and not policy.admits(table, 2)  # round 1 is still being gathered
 
 
+def test_a_bsp_round_nobody_owes_is_passed_over_and_the_joiners_are_admitted():
+    """What the chaos soak found: one shard a round behind the others (a worker died between its pushes to
+    them) and both workers replaced at the furthest shard's frontier, so nobody owes this shard's round. It
+    used to wait for those pushes forever, and every worker with it."""
+    state = Consistency(ConsistencyConfig(mode="bsp"), [0, 1])
+    for clock in (1, 2):
+        for worker in (0, 1):
+            assert state.accept(worker, clock, lambda: {"grad": clock}) == "gathered"
+        assert [w for w, _ in state.take_round()] == [0, 1]
+    assert state.accept(0, 3, lambda: {"grad": 3}) == "gathered"  # worker 1 dies before pushing 3 here
+    for worker in (0, 1):
+        state.leave(worker)
+    assert state.take_round() is not None and state.round_clock == 4  # the left worker's push still counts
+    state.round_clock = 3  # ... but on the shard that never got it the round is empty (as that shard was)
+    state.round = {}
+    for worker in (0, 1):
+        state.join(worker, 3)  # replacements at the other shard's frontier: neither owes round 3
+    assert state.take_round() is None and state.round_clock == 4 and state.admits(4)
+    assert state.accept(0, 4, lambda: {"grad": 4}) == "gathered" and state.take_round() is None  # 4 is owed
+    state.accept(1, 4, lambda: {"grad": 4})
+    assert [w for w, _ in state.take_round()] == [0, 1] and state.round_clock == 5
+
+
+def test_an_empty_bsp_round_that_a_live_worker_owes_still_waits():
+    state = Consistency(ConsistencyConfig(mode="bsp"), [0, 1])
+    state.join(1, 0)
+    assert state.take_round() is None and state.round_clock == 1 and not state.admits(2)
+
+
 # ---- quorum -------------------------------------------------------------------------
 
 

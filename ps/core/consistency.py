@@ -272,7 +272,16 @@ class Consistency:
     def take_round(self) -> list[tuple[int, Record]] | None:
         """The round's pushes in worker order (never arrival order: a run is reproducible bit for bit) once
         its quorum is in, and the next round begins; None while it waits."""
-        if not self.mode.gathers or not self.round:
+        if not self.mode.gathers:
+            return None
+        if not self.round:
+            # A round no live worker owes (each joined past it) would wait forever for pushes nobody will
+            # send: it steps nothing, and the rounds go on from the slowest worker's next clock. (Shards may
+            # stand one round apart when a worker dies between its pushes to them, and a replacement joins at
+            # the furthest shard's frontier.)
+            slowest = self.clocks.min_completed()
+            if slowest is not None and slowest >= self.round_clock:
+                self.round_clock = slowest + 1
             return None
         # Only live workers' pushes count toward the quorum: one that pushed and left must not let the
         # round step without a live worker's push. One that joined after it began owes it nothing.
