@@ -99,6 +99,28 @@ def test_a_spent_restart_budget_fails_the_job_naming_the_actor(runtime, tmp_path
     assert (job.run_dir / "history.jsonl").exists()
 
 
+@pytest.mark.parametrize("mode", ["ssp", "bsp"])
+def test_a_worker_whose_first_register_meets_a_restarting_shard_waits_for_the_recovery(runtime, tmp_path,
+                                                                                        monkeypatch, mode):
+    """A life that starts as a shard dies (a replacement, in the soak): its first register fails and it
+    waits for the recovery like a worker in flight; it used to end the job as the worker's own error."""
+    from rayps.worker.loop.trainer import Worker
+
+    job = LocalJob(tmp_path, runtime, **counting(consistency={"mode": mode}, servers=2))
+    sync, crashed = Worker._sync, []
+
+    def sync_as_a_shard_dies(self):
+        if not crashed:
+            crashed.append(self.plan.worker_id)
+            runtime.kill(job.shards[0], no_restart=False)  # down for the runtime's restart_s
+        return sync(self)
+    monkeypatch.setattr(Worker, "_sync", sync_as_a_shard_dies)
+    s = job.run()
+    assert crashed and s["restarts"] == {"ps-shard-0": 1} and s["rollbacks"] == 1
+    assert s["resyncs"] >= 2 and s["workers_replaced"] == 0
+    assert_every_example_once_per_epoch(job, s)
+
+
 # ---- shards that die ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", ["asp", "ssp", "bsp"])

@@ -81,7 +81,10 @@ class _LoopThread:
 
 def open_channel(address: str, tls: TLS | None) -> grpc.aio.Channel:
     keep_freed_memory()  # every chunk is a fresh buffer: reuse freed ones (ps/transport/allocator.py)
-    options = list(CHANNEL_OPTIONS)
+    # A reconnect after a shard's restart must dial at once. In gRPC's global subchannel pool a new channel
+    # shares the old one's subchannel, and with it a reconnect backoff that grows to 120 s: calls fail fast
+    # with the last "connection refused" while the restarted shard already serves. Each channel gets its own.
+    options = list(CHANNEL_OPTIONS) + [("grpc.use_local_subchannel_pool", 1), ("grpc.max_reconnect_backoff_ms", 2_000)]
     if tls is None:
         return grpc.aio.insecure_channel(address, options=options)
     if tls.server_name:

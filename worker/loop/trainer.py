@@ -276,7 +276,10 @@ class Worker:
         (or ``max_steps``); return what was done."""
         self._begin(generation)
         try:
-            self._sync()
+            try:
+                self._sync()
+            except self._retryable as e:  # a shard died as this life started: register after the recovery
+                self._resync(e)
             self._upcoming = self._lease(self.clock + 1)
             ctx = self._ctx = TrainContext(self, self.plan.loop_config)
             loop = self.plan.loop or builtin_loop(self.plan.call, self.loss_fn)
@@ -469,23 +472,30 @@ class Worker:
     def _resync(self, error: Exception) -> None:
         """After a failed call: wait for the controller's recovery, reconnect and register again."""
         plan = self.plan
-        began = time.monotonic()
+        began = quiet = time.monotonic()  # quiet: since when no recovery has been seen under way
+        tried = None  # the generation last tried to register in
         while True:
             generation, recovering = self.work.status()
-            waited = time.monotonic() - began
-            if generation != self.generation:
-                log.warning("worker-%d resyncs after %s: %s", plan.worker_id, type(error).__name__, error)
+            now = time.monotonic()
+            if recovering:
+                quiet = now
+            # Register only between recoveries: one under way may still roll some shards back, and a
+            # worker that registered with shards at different cuts would push clocks one of them never saw.
+            if generation != self.generation and not recovering:
+                if tried != generation:
+                    log.warning("worker-%d resyncs after %s: %s", plan.worker_id, type(error).__name__, error)
+                    tried = generation
                 try:
-                    self.generation = generation
                     self.client.reconnect()
                     self._sync()
+                    self.generation = generation
                     self.resyncs += 1
                     return
-                except self._retryable as again:  # rolled back again under us: wait for the next recovery
+                except self._retryable as again:  # a shard not serving yet, or rolled back again: try again
                     error = again
-            elif waited > plan.resync_timeout_s or (not recovering and waited > plan.recovery_grace_s):
-                raise error  # nothing is being recovered: the error is this worker's own
-            time.sleep(0.05)
+            if now - began > plan.resync_timeout_s or now - quiet > plan.recovery_grace_s:
+                raise error  # no recovery under way for the grace: the error is this worker's own
+            time.sleep(0.05 if generation == self.generation else 0.2)
 
     def _lease(self, first_clock: int):
         return self.work.lease(self.plan.worker_id, self.plan.incarnation, self.generation,
