@@ -37,6 +37,10 @@ class Runtime(Protocol):
     def kill(self, actor: Any, no_restart: bool = True) -> None:
         """End the actor's process at once (no cleanup); with ``no_restart=False`` it may be restarted."""
 
+    def sigkill(self, actor: Any, where: dict) -> None:
+        """SIGKILL the actor's process, which answered ``where`` (its ``node_id`` and ``pid``), as an OOM
+        killer or an operator would: no cleanup runs, and Ray restarts it if it has restarts left."""
+
     def spawn(self, cls: type, args: tuple = (), kwargs: dict | None = None, options: dict | None = None) -> Any:
         """``cls(*args, **kwargs)`` as an actor; ``options`` are Ray's actor options (name, resources, ...)."""
 
@@ -88,6 +92,16 @@ class RayRuntime:
     def kill(self, actor, no_restart=True):
         import ray
         ray.kill(actor, no_restart=no_restart)
+
+    def sigkill(self, actor, where):
+        import os
+        import signal
+
+        import ray
+        if where.get("node_id") == ray.get_runtime_context().get_node_id():
+            os.kill(int(where["pid"]), signal.SIGKILL)  # the pid its own process just reported
+        else:  # another node's process: Ray's kill ends it at once too, with no cleanup
+            ray.kill(actor, no_restart=False)
 
     def spawn(self, cls, args=(), kwargs=None, options=None):
         import ray

@@ -43,6 +43,7 @@ from .core.cut import CheckpointCut
 from .core.dense import DenseTable
 from .core.ledger import PushLedger
 from .core.metrics import ShardMetrics
+from .core.placement_info import rss_bytes
 from .core.optimizers import OptimizerConfig
 from .core.schedules import ScheduleConfig
 from .core.series import StepSeries
@@ -628,6 +629,7 @@ class ParameterShard:
             **({"rows": self._series.since(rows_after)} if rows else {}),
             "uptime_s": time.monotonic() - self._started,
             "memory_bytes": self._memory_bytes,
+            "rss_bytes": rss_bytes(),  # the whole process's: a soak watches it stay flat
             "ledger": {w: list(v) for w, v in self._ledger.snapshot().items()},
             "tables": self._tables.stats(),
             "codec": self._decoder.codec.name,

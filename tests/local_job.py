@@ -98,7 +98,8 @@ class LocalJob:
             RestartBudget(c.fault.max_restarts, can_restore=c.checkpoint.enabled),
             StallWatch(c.fault.stall_s, c.fault.on_stall), self.checkpointer, lambda i: None,
             [("hang", f) for f in c.chaos.faults("hang") if f.kind == "ps-shard"],
-            waits=c.consistency.rules.waits, runtime=runtime, tick_s=tick_s, call_s=call_s, startup_s=startup_s)
+            waits=c.consistency.rules.waits, runtime=runtime, tick_s=tick_s, call_s=call_s, startup_s=startup_s,
+            random_kills=c.chaos.random)  # its SIGKILLs are the runtime's crashes here (LocalRuntime.sigkill)
         self._watchers: list[threading.Thread] = []
         self._errors: list[BaseException] = []
         self._done = threading.Event()

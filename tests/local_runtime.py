@@ -375,6 +375,11 @@ class LocalRuntime:
                 a.died = ActorDiedError(f"The actor is dead because it was killed: {a.name} (pid {life.pid})")
                 life.end(ActorDiedError(str(a.died)))
 
+    def sigkill(self, actor: ActorHandle, where: dict) -> None:
+        """The Runtime protocol's SIGKILL: a crash of the actor's current life, restarted if it has restarts left
+        (``where`` names a process of this one, which nothing may signal)."""
+        self.kill(actor, no_restart=False)
+
     def die_here(self) -> None:
         """The calling actor's process dies now, as by a SIGKILL of itself: its life ends, and this thread
         with Killed."""

@@ -99,6 +99,30 @@ def test_a_spent_restart_budget_fails_the_job_naming_the_actor(runtime, tmp_path
     assert (job.run_dir / "history.jsonl").exists()
 
 
+# ---- kills at random (chaos.random) ------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["ssp", "bsp"])
+def test_random_kills_overlap_and_every_batch_is_still_applied_exactly_once(runtime, tmp_path, mode):
+    """The soak's logic in one process: kills 0.15 s apart on average land inside each other's recoveries
+    (the runtime takes 0.2 s to restart a shard). tests/test_chaos.py does it with real processes."""
+    job = LocalJob(tmp_path, runtime, **counting(
+        consistency={"mode": mode}, servers=2, epochs=6, checkpoint={"every_s": None, "every_steps": 20},
+        fault={"max_restarts": 8},
+        chaos={"random": {"kills": 8, "mean_gap_s": 0.15, "after_s": 0.2, "seed": 3}},
+        debug={"slow_workers": {0: 0.004, 1: 0.004}}))
+    assert job.controller.monkey.schedule() == job.controller.monkey.schedule()  # the seed's, every time
+    s = job.run()
+    chaos = s["chaos"]
+    assert chaos["sent"] + chaos["missed"] == 8 and chaos["sent"] >= 6, chaos
+    assert sum(chaos["killed"].values()) == chaos["sent"] == sum(s["restarts"].values()), (chaos, s["restarts"])
+    assert s["workers_replaced"] == chaos["killed"].get("worker", 0)
+    assert s["rollbacks"] >= 1 and "ps-shard" in chaos["killed"], chaos
+    assert set(chaos["memory_mb"]) == {"driver", "shards"} and chaos["samples"] >= 1
+    assert [e["actor"] for e in job.monitor.history if e.get("event") == "chaos"] == \
+        [k["actor"] for k in chaos["kills"]]  # each kill on the job's record, in order
+    assert_every_example_once_per_epoch(job, s)
+
+
 @pytest.mark.parametrize("mode", ["ssp", "bsp"])
 def test_a_worker_whose_first_register_meets_a_restarting_shard_waits_for_the_recovery(runtime, tmp_path,
                                                                                         monkeypatch, mode):
@@ -121,7 +145,67 @@ def test_a_worker_whose_first_register_meets_a_restarting_shard_waits_for_the_re
     assert_every_example_once_per_epoch(job, s)
 
 
+def test_a_shard_that_dies_during_another_shards_recovery_is_recovered_with_it(runtime, tmp_path, monkeypatch):
+    """The window on purpose: ps-shard-1 dies as the controller rolls it back for ps-shard-0's restart. That
+    recovery waits, and runs again for both once ps-shard-1 is back (it used to end the job)."""
+    from rayps.ps.served import ServedShard
+
+    job = LocalJob(tmp_path, runtime, **counting(
+        consistency={"mode": "bsp"}, servers=2, checkpoint={"every_s": None, "every_steps": 30},
+        debug={"slow_workers": {0: 0.003, 1: 0.003}}))
+    restore, died = ServedShard.restore, []
+
+    def restore_or_die(self, checkpoints, step):
+        if self.shard_id == 1 and not died:
+            died.append(step)
+            runtime.kill(job.shards[1], no_restart=False)  # its process dies mid-call; Ray would restart it
+            return 0
+        return restore(self, checkpoints, step)
+    monkeypatch.setattr(ServedShard, "restore", restore_or_die)
+    job.when(lambda: job.checkpointer.written >= 2 and job.since_checkpoint(0) >= 10,
+             lambda: runtime.kill(job.shards[0], no_restart=False))
+    s = job.run()
+    assert died, "ps-shard-1 was never asked to roll back"
+    assert s["restarts"] == {"ps-shard-0": 1, "ps-shard-1": 1} and s["rollbacks"] == 1, s
+    restores = [e for e in job.monitor.history if e.get("event") == "restore"]
+    assert [e["shards"] for e in restores] == [[0, 1]] and restores[0]["checkpoint"] == died[0]
+    assert_every_example_once_per_epoch(job, s)
+
+
+def test_random_kills_are_refused_beyond_the_restart_budget_or_of_shards_without_checkpoints():
+    from rayps.launcher.job.config import load_job_config
+    from rayps.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"chaos.random.kills \(4\) exceeds fault.max_restarts \(3\)"):
+        load_job_config(None, ["chaos.random.kills=4"])
+    with pytest.raises(ConfigError, match="set checkpoint.enabled: true or chaos.random.targets: workers"):
+        load_job_config(None, ["chaos.random.kills=2", "checkpoint.enabled=false"])
+    with pytest.raises(ConfigError, match=r"chaos.random.targets \('gpus'\) must be one of all, workers, shards"):
+        load_job_config(None, ["chaos.random.targets=gpus"])
+    assert load_job_config(None, ["chaos.random.kills=2", "checkpoint.enabled=false",
+                                  "chaos.random.targets=workers"]).chaos.random.kills == 2
+
+
 # ---- shards that die ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["asp", "bsp"])
+def test_a_worker_that_dies_while_a_shard_restarts_is_replaced_after_the_recovery(runtime, tmp_path, mode):
+    """Two failures at once (the chaos soak's first find): replacing the dead worker needs every shard, so it
+    waits for the restarting one's recovery; it used to end the job on the shard's ActorUnavailableError."""
+    job = LocalJob(tmp_path, runtime, **counting(
+        consistency={"mode": mode}, servers=2, checkpoint={"every_s": None, "every_steps": 30},
+        debug={"slow_workers": {0: 0.003, 1: 0.003}}))
+
+    def both():  # the shard is down for the runtime's restart_s: the worker's death is collected meanwhile
+        runtime.kill(job.shards[0], no_restart=False)
+        runtime.kill(job.actor(0))
+    job.when(lambda: job.checkpointer.written >= 2 and job.clock(0) >= 40, both)
+    s = job.run()
+    assert s["restarts"] == {"ps-shard-0": 1, "worker-0": 1}, s["restarts"]
+    assert s["workers_replaced"] == 1 and s["rollbacks"] == 1
+    assert (0, 1) in job.workers
+    assert_every_example_once_per_epoch(job, s)
+
 
 @pytest.mark.parametrize("mode", ["asp", "ssp", "bsp"])
 def test_a_killed_shard_is_restored_the_others_roll_back_and_the_replay_is_applied_once(runtime, tmp_path, mode):

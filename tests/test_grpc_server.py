@@ -256,7 +256,7 @@ def test_bad_call_is_refused_with_its_status_and_changes_nothing(case, serve, ch
     assert_params(stub, -0.5, 1)
     counters = stats(stub)  # Stats answers, and every counter but the refusal's is as it was
     assert counters["rejected"] == {reason: 1}
-    assert {k for k in counters if counters[k] != before[k]} <= {"rejected", "uptime_s"}
+    assert {k for k in counters if counters[k] != before[k]} <= {"rejected", "uptime_s", "rss_bytes"}
     assert push(stub, gradient(np.ones(SIZE), 0, 2, pulled_version=1)).outcome == APPLIED
     assert_params(stub, -1.0, 2)
 

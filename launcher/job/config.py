@@ -221,6 +221,7 @@ class JobConfig:
         if self.chunk_batches is not None:
             number(self.chunk_batches, "chunk_batches", minimum=1, integer=True)
         self.chaos.check_actors(self.workers, self.servers)
+        self.chaos.check_random(self.fault.max_restarts, self.checkpoint.enabled)
         quorum = self.consistency.quorum
         require(quorum is None or quorum <= self.workers,
                 f"consistency.quorum ({quorum}) must not exceed workers ({self.workers})")

@@ -28,12 +28,16 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable
 
 from ...errors import JobError, StallError
 from ...runtime import RAY, Runtime
+from ...ps.core.placement_info import rss_bytes
+from .chaos_monkey import ChaosMonkey
 from .checkpointing import Checkpointer, merged_ledgers
+from .faults import RandomKills
 from .monitor import Monitor, name_failure
 from .policies import RestartBudget, StallWatch
 
@@ -61,7 +65,8 @@ class Controller:
                  checkpointer: Checkpointer | None, serve_again: Callable[[int], None],
                  shard_faults: list = (), waits: bool = True,
                  runtime: Runtime = RAY, tick_s: float = TICK_S, call_s: float = CALL_S,
-                 startup_s: float = STARTUP_S):
+                 startup_s: float = STARTUP_S, random_kills: RandomKills = RandomKills(),
+                 shm_dirs: tuple = ()):
         self.runtime = runtime
         self.tick_s, self.call_s, self.startup_s = tick_s, call_s, startup_s
         self.shards = shards
@@ -88,6 +93,12 @@ class Controller:
         self._silent_reported: set[int] = set()
         self._wanted = len(initial)
         self._initial = dict(initial)  # worker -> the incarnation it starts as (> 0: resumed, so it joins)
+        self.shm_dirs = tuple(shm_dirs)  # the job's shared-memory segments: their bytes are sampled under chaos
+        self._shard_rss: list[int] = []
+        self._restarted: dict[int, int] = {}  # shard -> the checkpoint its new life restored, until recovered
+        self._recovery: dict | None = None  # what the recovery under way counts from (ledgers, versions)
+        self._dead: dict[int, WorkerSlot] = {}  # died, not yet replaced (a shard was restarting meanwhile)
+        self.monkey = ChaosMonkey(random_kills, self._targets, self._memory, runtime) if random_kills.kills else None
 
     # ---- the loop -------------------------------------------------------------------
 
@@ -108,10 +119,30 @@ class Controller:
             slot.started = time.monotonic()
         self.train_began = time.monotonic()  # training time starts once the workers are up
         self.monitor.start()
-        while any(slot.ref is not None for slot in self.slots.values()):
+        if self.monkey is not None:
+            self.monkey.start()
+        try:
+            self._watch()
+        finally:
+            if self.monkey is not None:
+                self.monkey.stop()
+                self._note_chaos()
+        stats = self._stats()  # a last row: the history ends where training did
+        if stats is not None:
+            self.monitor.tick(stats, self._reported())
+            self.coordinator.report_progress.remote(self.monitor.progress.fields())
+        self.monitor.close()
+        return [r for w in sorted(self.reports) for r in self.reports[w]]
+
+    def _watch(self) -> None:
+        """Tick until every worker is done."""
+        while self._dead or any(slot.ref is not None for slot in self.slots.values()):
+            self._note_chaos()
             self._collect()
             if not self._check_shards():
                 continue  # a shard is restarting or silent: its stats would only wait
+            if self._dead:
+                self._replace_dead()
             stats = self._stats()
             if stats is None:
                 continue
@@ -123,12 +154,6 @@ class Controller:
                 self._checkpoint(now, progress.step)
             self._fire_chaos(now, progress.step)
             self._follow_scale()
-        stats = self._stats()  # a last row: the history ends where training did
-        if stats is not None:
-            self.monitor.tick(stats, self._reported())
-            self.coordinator.report_progress.remote(self.monitor.progress.fields())
-        self.monitor.close()
-        return [r for w in sorted(self.reports) for r in self.reports[w]]
 
     def _checkpoint(self, now: float, step: int) -> None:
         index = self.checkpointer.take(self.shards, self.coordinator, self.monitor.history, now=now, step=step)
@@ -153,6 +178,9 @@ class Controller:
 
     def _collect(self) -> None:
         running = {slot.ref: w for w, slot in self.slots.items() if slot.ref is not None}
+        if not running:  # every worker died and waits for its replacement: nothing to wait on but time
+            time.sleep(self.tick_s)
+            return
         done, _ = self.runtime.wait(list(running), num_returns=len(running), timeout=self.tick_s)
         for ref in done:
             worker = running[ref]
@@ -172,6 +200,7 @@ class Controller:
         except (self.runtime.ActorError, self.runtime.GetTimeoutError):
             return None  # a shard is restarting or gone: _check_shards deals with it next tick
         self.versions = [s["version"] for s in stats]
+        self._shard_rss = [s.get("rss_bytes", 0) for s in stats]
         self.last_ledger = merged_ledgers([s["ledger"] for s in stats])
         return stats[0]
 
@@ -197,20 +226,36 @@ class Controller:
         self.event("worker-died", f"{name} died (incarnation {slot.incarnation}): {cause}", worker=worker)
         decision = self.budget.on_failure(name, cause)
         self.coordinator.record.remote("restart", name)
-        # It leaves every clock table at once, so nobody waits for it, whatever comes next.
-        self._get([s.finish.remote(worker, slot.incarnation) for s in self.shards])
-        applied = self._applied(worker, slot.incarnation)
-        back = self._get(self.coordinator.release.remote(worker, {slot.incarnation: applied}))
-        log.warning("%s: %d of its batches went back to the queue (its pushes up to seq %d were applied)",
-                    name, back, applied)
-        # what it did before it died still counts as its steps
-        self.reports.setdefault(worker, []).append({"worker_id": worker, "incarnation": slot.incarnation,
-                                                    "steps": applied, "samples": 0, "died": True})
         self.stalls.forget(worker)
         if decision.action == "give_up":
             raise self.budget.give_up(decision)
-        self._join(worker, slot.incarnation + 1)
-        self.counts["replaced"] += 1
+        self._dead[worker] = slot
+        self._replace_dead()
+
+    def _replace_dead(self) -> None:
+        """Take each dead worker out of every clock table and the queue, and start its next incarnation.
+
+        Every step needs every shard: while one is restarting (another failure, overlapping this one), the
+        rest waits for a later tick, after the recovery. Each step may run again: leaving, and giving the
+        leases back, do nothing the second time.
+        """
+        for worker, slot in sorted(self._dead.items()):
+            try:
+                # It leaves every clock table at once, so nobody waits for it, whatever comes next.
+                self._get([s.finish.remote(worker, slot.incarnation) for s in self.shards])
+                applied = self._applied(worker, slot.incarnation)
+                back = self._get(self.coordinator.release.remote(worker, {slot.incarnation: applied}))
+                self._join(worker, slot.incarnation + 1)
+            except (self.runtime.ActorError, self.runtime.GetTimeoutError) as e:
+                log.warning("worker-%d's replacement waits for the shards to recover: %s", worker, _cause(e))
+                return
+            del self._dead[worker]
+            log.warning("worker-%d: %d of its batches went back to the queue (its pushes up to seq %d were"
+                        " applied)", worker, back, applied)
+            # what it did before it died still counts as its steps
+            self.reports.setdefault(worker, []).append({"worker_id": worker, "incarnation": slot.incarnation,
+                                                        "steps": applied, "samples": 0, "died": True})
+            self.counts["replaced"] += 1
 
     def _applied(self, worker: int, incarnation: int) -> int:
         """The last seq of this incarnation any shard applied (a push that reached some shards is done)."""
@@ -257,6 +302,8 @@ class Controller:
             self._silent.pop(i, None)
             if life["pid"] != self.lives[i]["pid"]:
                 self._shard_restarted(i, life)
+        if answered and self._restarted:
+            answered = self._recover()
         return answered
 
     def _shard_silent(self, i: int) -> None:
@@ -275,6 +322,7 @@ class Controller:
             raise StallError(text)
 
     def _shard_restarted(self, i: int, life: dict) -> None:
+        """A new life of shard ``i``, restored from a checkpoint by itself: on the record, and to recover."""
         name = f"ps-shard-{i}"
         self._get(self.coordinator.begin_recovery.remote())
         cause = f"its process (pid {self.lives[i]['pid']}) died; Ray restarted it as pid {life['pid']}"
@@ -284,26 +332,53 @@ class Controller:
         if decision.action == "give_up":
             raise self.budget.give_up(decision)
         self.lives[i] = life
-        step = life["restored"]
-        if step is None or self.checkpointer is None:
+        if life["restored"] is None or self.checkpointer is None:
             raise JobError(f"{name} restarted but found no checkpoint to restore")
-        survivors = [s for j, s in enumerate(self.shards) if j != i]
-        # how far every worker had got before the rollback: the survivors know it best
-        survived = self._get([s.ledger.remote() for s in survivors])
-        before = merged_ledgers([self.last_ledger, *survived])
-        others = [s.restore.remote(self.checkpointer.root, step) for s in survivors]
-        undone = self._get(others)
-        self.serve_again(i)
-        restored = self._get(self.shards[i].stats.remote())["version"]
-        # The dead shard's own count died with it: the most any shard undid, or (one shard) what the
-        # last stats saw it reach.
-        lost = max(undone, default=max(0, self.versions[i] - restored))
-        self.checkpointer.rewind(step, self.shards, self.coordinator)
+        if not self._restarted:  # a new recovery: how far every worker had got before it
+            self._recovery = {"before": self._ledgers_before(i), "undone": 0,
+                              "versions": list(self.versions)}
+        self._restarted[i] = life["restored"]
+
+    def _ledgers_before(self, i: int) -> dict:
+        """Each worker's newest applied (incarnation, seq) before a rollback: the survivors know it best."""
+        try:
+            survived = self._get([s.ledger.remote() for j, s in enumerate(self.shards) if j != i])
+        except (self.runtime.ActorError, self.runtime.GetTimeoutError):
+            survived = []  # another is down too: what the last stats saw will do
+        return merged_ledgers([self.last_ledger, *survived])
+
+    def _recover(self) -> bool:
+        """Bring every shard to the checkpoint the restarted ones restored, have them serve again, and the
+        queue back to the same cut; whether that is done.
+
+        A shard may die in the middle of it (faults overlap): then the recovery is left for a later tick,
+        when the new death is known too, and runs again from the top for every restarted shard at once.
+        Every step may run twice: a restore, serving, rewinding the queue and rejoining the workers come
+        out the same.
+        """
+        step = min(self._restarted.values())
+        try:
+            undone = self._get([s.restore.remote(self.checkpointer.root, step) for j, s in enumerate(self.shards)
+                                if self._restarted.get(j) != step])
+            self._recovery["undone"] = max([self._recovery["undone"], *undone])  # a second try undoes nothing
+            for i in sorted(self._restarted):
+                self.serve_again(i)
+            restored = self._get([self.shards[i].stats.remote() for i in self._restarted])
+            self.checkpointer.rewind(step, self.shards, self.coordinator)
+            now = merged_ledgers(self._get([s.ledger.remote() for s in self.shards]))
+            self._reconcile()
+        except (self.runtime.ActorError, self.runtime.GetTimeoutError) as e:
+            log.warning("the recovery from checkpoint %d waits: a shard failed during it: %s", step, _cause(e))
+            return False
+        recovery, dead = self._recovery, sorted(self._restarted)
+        self._restarted, self._recovery = {}, None
+        # The dead shards' own counts died with them: the most any shard undid, or (every shard dead) what
+        # the last stats saw them reach.
+        lost = recovery["undone"] if len(dead) < len(self.shards) else \
+            max(max(0, recovery["versions"][i] - r["version"]) for i, r in zip(dead, restored))
         # the batches applied after the cut (as last seen), which the queue now hands out again
-        now = merged_ledgers(self._get([s.ledger.remote() for s in self.shards]))
-        replayed = sum(max(0, seq - now[w][1]) for w, (inc, seq) in before.items()
+        replayed = sum(max(0, seq - now[w][1]) for w, (inc, seq) in recovery["before"].items()
                        if w in now and now[w][0] == inc)
-        self._reconcile()
         self.counts["rollbacks"] += 1
         self.counts["steps_lost"] += lost
         self.counts["steps_replayed"] += replayed
@@ -311,11 +386,14 @@ class Controller:
         self.monitor.went_back(replayed)
         cut_at = self.checkpointer.step_of(step)
         workers = self.monitor.extent.workers
-        self.event("restore", f"{name}: restored checkpoint {step}" + (f" (cut at step {cut_at:,})" if cut_at is not None
-                   else "") + f"; every shard rolled back to it: {replayed:,} batches"
+        names = ", ".join(f"ps-shard-{i}" for i in dead)
+        self.event("restore", f"{names}: restored checkpoint {step}" + (f" (cut at step {cut_at:,})" if cut_at
+                   is not None else "") + f"; every shard rolled back to it: {replayed:,} batches"
                    f" ({round(replayed / workers):,} steps per worker) go round again",
-                   shard=i, checkpoint=step, checkpoint_step=cut_at, replayed_batches=replayed, undone_updates=lost)
+                   shard=dead[0], shards=dead, checkpoint=step, checkpoint_step=cut_at, replayed_batches=replayed,
+                   undone_updates=lost)
         self._get(self.coordinator.end_recovery.remote())
+        return True
 
     def _reconcile(self) -> None:
         """After a rollback, make the restored clock tables match the workers that are really there."""
@@ -324,6 +402,8 @@ class Controller:
         for w in restored - set(self.slots):  # not running any more (removed): nobody may wait for it
             self._get([s.finish.remote(w) for s in self.shards])
         for w, slot in self.slots.items():
+            if w in self._dead:  # died: replaced once every shard answers (_replace_dead)
+                continue
             if slot.ref is None and w not in self.removed:  # it had finished: its data after the cut comes back
                 self._get([s.finish.remote(w) for s in self.shards])
                 self._join(w, slot.incarnation + 1)
@@ -390,6 +470,28 @@ class Controller:
                            actor=fault.actor, fault=kind)
                 shard = self.shards[fault.index]
                 (shard.die if kind == "kill" else shard.hang).remote()
+
+    def _note_chaos(self) -> None:
+        """The random kills sent since the last tick, on the record (chaos.random)."""
+        if self.monkey is not None:
+            for kill in self.monkey.drain():
+                self.event("chaos", kill["text"], actor=kill["actor"], fault="kill", pid=kill["pid"],
+                           killed_at_s=kill["at_s"])
+
+    def _targets(self) -> list[tuple[str, object]]:
+        """The actors a random kill may take now: every shard, and every worker still running."""
+        shards = [(f"ps-shard-{i}", s) for i, s in enumerate(self.shards)]
+        return shards + [(f"worker-{w}", slot.actor) for w, slot in list(self.slots.items()) if slot.ref is not None]
+
+    def _memory(self) -> dict[str, int]:
+        """Bytes now: the driver's RSS, the shards' (as their last stats said), the job's shared memory."""
+        out = {"driver": rss_bytes()}
+        if self._shard_rss:
+            out["shards"] = sum(self._shard_rss)
+        if self.shm_dirs:
+            out["shm"] = sum(f.stat().st_blocks * 512 for d in self.shm_dirs if Path(d).is_dir()
+                             for f in Path(d).iterdir() if f.is_file())
+        return out
 
     def _follow_scale(self) -> None:
         """Act on a new ``psctl scale`` request (only a change: workers that finish are not replaced)."""

@@ -317,7 +317,8 @@ def train(run: Run, progress: ProgressLine | None) -> None:
         StallWatch(config.fault.stall_s, config.fault.on_stall), run.checkpointer,
         serve_again(run.served, shards, config.grpc, run.runtime, run.keys),
         [(kind, f) for kind in ("kill", "hang") for f in config.chaos.faults(kind) if f.kind == "ps-shard"],
-        waits=config.consistency.rules.waits, runtime=run.runtime)
+        waits=config.consistency.rules.waits, runtime=run.runtime, random_kills=config.chaos.random,
+        shm_dirs=run.served.directories if isinstance(run.served, ShmEndpoints) else ())
     reports = run.controller.run(run.placement)
     train_s = time.monotonic() - run.controller.train_began
     final, final_buffers = _merge_pulled(get([s.pull.remote() for s in shards]))

@@ -7,13 +7,14 @@ answering), each written ``ACTOR@WHEN``: the actor is
 ``worker-N`` or ``ps-shard-N``; WHEN is a step (``worker-0@40``: just before
 that worker's 40th step; ``ps-shard-1@40``: once the job's step, per worker as
 the progress line counts it, reaches 40)
-or seconds into training (``ps-shard-0@5s``).
+or seconds into training (``ps-shard-0@5s``). ``chaos.random`` SIGKILLs
+actors at random instead (``RandomKills``; launcher/job/chaos_monkey.py).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ...errors import ConfigError
 from ...settings import every_steps, number, require
@@ -83,12 +84,40 @@ def parse_fault(text: str, what: str) -> Fault:
     return Fault(kind, int(index), float(at), bool(unit))
 
 
+RANDOM_TARGETS = ("all", "workers", "shards")
+
+
+@dataclass(frozen=True)
+class RandomKills:
+    """``kills`` SIGKILLs at random times, each of an actor drawn at random among the ``targets`` alive then.
+
+    The gaps between kills are drawn from an exponential of mean ``mean_gap_s``: a short one lands inside
+    the recovery from the last, so faults overlap. ``seed`` fixes the gaps and the draws (not what the
+    processes happen to be doing when a kill lands). Each kill counts against ``fault.max_restarts``.
+    """
+
+    kills: int = 0  # 0: none
+    mean_gap_s: float = 2.0
+    after_s: float = 1.0  # the first gap starts this long into training
+    targets: str = "all"  # all | workers | shards
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        number(self.kills, "chaos.random.kills", minimum=0, integer=True)
+        number(self.mean_gap_s, "chaos.random.mean_gap_s", minimum=0.01)
+        number(self.after_s, "chaos.random.after_s", minimum=0)
+        number(self.seed, "chaos.random.seed", minimum=0, integer=True)
+        require(self.targets in RANDOM_TARGETS,
+                f"chaos.random.targets ({self.targets!r}) must be one of {', '.join(RANDOM_TARGETS)}")
+
+
 @dataclass(frozen=True)
 class ChaosConfig:
     """Faults to inject; see the module docstring."""
 
     kill: tuple = ()  # SIGKILL of the actor's process
     hang: tuple = ()  # the worker stops making progress; a shard stops answering
+    random: RandomKills = field(default_factory=RandomKills)  # SIGKILLs at random times, of random actors
 
     def __post_init__(self) -> None:
         for key in ("kill", "hang"):
@@ -113,3 +142,11 @@ class ChaosConfig:
                 limit = workers if fault.kind == "worker" else servers
                 require(fault.index < limit, f"chaos.{key} names {fault.actor}, but the job has"
                                              f" {fault.kind}-0..{fault.kind}-{limit - 1}")
+
+    def check_random(self, max_restarts: int, checkpoints: bool) -> None:
+        kills = self.random.kills
+        require(kills <= max_restarts, f"chaos.random.kills ({kills}) exceeds fault.max_restarts ({max_restarts}):"
+                                       f" the job would give up at kill {max_restarts + 1}; raise fault.max_restarts")
+        require(not kills or checkpoints or self.random.targets == "workers",
+                "chaos.random kills shards, which come back only from a checkpoint: set checkpoint.enabled: true"
+                " or chaos.random.targets: workers")

@@ -102,6 +102,8 @@ def recovery_summary(controller, checkpointer, coverage, reports, stats) -> dict
         "checkpoint_pause_s": round(checkpointer.pause_s, 4) if checkpointer is not None else 0.0,
         "resyncs": sum(r.get("resyncs", 0) for r in reports),
     }
+    if controller is not None and controller.monkey is not None:
+        out["chaos"] = controller.monkey.summary()
     if stats is not None:
         out["pushes_duplicate"] = sum(s["duplicates"] for s in stats)
     if coverage is not None:

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...errors import RolledBackError, TransportError
+from ...errors import LeftJobError, OutOfOrderError, RolledBackError, TransportError
 from ...runtime import RAY, Runtime
 from .metrics import WorkerMetrics
 from ...ps.core.placement_info import this_node
@@ -372,7 +372,12 @@ class Worker:
     def _begin(self, generation: int) -> None:
         """The run's state: counters, the receive buffers, how the answers land."""
         plan, flat = self.plan, self.flat
-        self._retryable = (_Resync, TransportError, RolledBackError, self.runtime.ActorError, ConnectionError)
+        # What a recovery may cause, and so what waits for one. A shard restored under this life may not know
+        # it (its join came after the cut): over gRPC and shm that refusal arrives as a TransportError, over the
+        # object store as the shard's own OutOfOrderError or LeftJobError. Without a recovery under way within
+        # the grace (_resync), each is the worker's own error after all, and raised.
+        self._retryable = (_Resync, TransportError, RolledBackError, OutOfOrderError, LeftJobError,
+                           self.runtime.ActorError, ConnectionError)
         self._began = time.monotonic()
         self.generation, self.resyncs = generation, 0
         self.steps = self.samples = 0
