@@ -90,7 +90,9 @@ class WorkerPlan:
     overlap: bool = False  # compute the next step while this one's push and pull are in flight (asp, ssp)
     incarnation: int = 0  # 0 for the first life; one more per replacement
     resync_timeout_s: float = 60.0  # how long a failed call waits for the controller's recovery
-    recovery_grace_s: float = 3.0  # ... and how long for one to begin, before the error is the worker's own
+    # ... and how long for one to begin, before the error is the worker's own. Under overlapping failures on
+    # busy cores the controller may be seconds into another recovery or a checkpoint cut before it looks.
+    recovery_grace_s: float = 10.0
     chaos: WorkerChaos = WorkerChaos()  # fault injection: SIGKILL or hang at a step
     compression: CompressionConfig = CompressionConfig()  # what this worker's pushes are encoded with
     call: ModelCall = ModelCall()  # how the model is called with a batch and the loss taken (batches.py)
