@@ -75,8 +75,12 @@ class ChaosMonkey:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
+        if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout=WHERE_S * 4)
+
+    def since_last_kill(self) -> float:
+        """Seconds since the last kill was sent (a large number when none was)."""
+        return self._now() - self.kills[-1]["at_s"] if self.kills else float("inf")
 
     def drain(self) -> list[dict]:
         """What happened since the last call, for the job's record: ``{"actor", "pid", "at_s", "text"}`` rows
@@ -109,6 +113,8 @@ class ChaosMonkey:
                 where = self.runtime.get(actor.where.remote(), timeout=WHERE_S)
             except (self.runtime.ActorError, self.runtime.GetTimeoutError):
                 continue  # restarting, dying or busy past the wait: the next one
+            if self._stop.is_set():  # training ended while this one answered
+                return
             try:
                 self.runtime.sigkill(actor, where)
             except ProcessLookupError:  # it died between its answer and the signal

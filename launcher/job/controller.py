@@ -47,6 +47,7 @@ TICK_S = 0.5  # how long the loop waits for a worker to finish before it looks a
 CALL_S = 10.0  # how long a control call to a live actor may take
 STARTUP_S = 60.0  # how long a new worker may take to push its first gradient before it counts as stalled
 PLACE_S = 60.0  # how long every actor may take to come up at the job's start
+SETTLE_S = 2.0  # after the last random kill, how long before the shards are taken to be alive as they answer
 
 
 @dataclass
@@ -123,6 +124,8 @@ class Controller:
             self.monkey.start()
         try:
             self._watch()
+            while self.monkey is not None and self._after_the_last_kill():
+                self._watch()  # a kill sent as training ended brought work back: train it again
         finally:
             if self.monkey is not None:
                 self.monkey.stop()
@@ -477,6 +480,17 @@ class Controller:
             for kill in self.monkey.drain():
                 self.event("chaos", kill["text"], actor=kill["actor"], fault="kill", pid=kill["pid"],
                            killed_at_s=kill["at_s"])
+
+    def _after_the_last_kill(self) -> bool:
+        """Stop the random kills once training is done, and settle any the last moments sent: a shard that
+        died then is recovered like any other (its rollback hands finished workers' batches out again).
+        Whether that brought work back."""
+        self.monkey.stop()
+        self._note_chaos()
+        time.sleep(max(0.0, SETTLE_S - self.monkey.since_last_kill()))  # long enough for Ray to see a death
+        while not self._check_shards():
+            time.sleep(self.tick_s)
+        return bool(self._dead) or any(slot.ref is not None for slot in self.slots.values())
 
     def _targets(self) -> list[tuple[str, object]]:
         """The actors a random kill may take now: every shard, and every worker still running."""
