@@ -53,6 +53,7 @@ from tests.shm_fixtures import serve_shm, stop_shm
 pytestmark = pytest.mark.timeout(600)
 
 EXAMPLES = int(os.environ.get("RAYPS_FUZZ_EXAMPLES", "25"))
+TALLY: dict[str, Counter] = {"asp": Counter(), "bsp": Counter()}  # what a run did, printed at its end (-s)
 FUZZ = settings(max_examples=EXAMPLES, stateful_step_count=20, deadline=None, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow])
 
@@ -312,6 +313,8 @@ class ServersMachine(RuleBasedStateMachine):
         self.wires = {}
 
     def teardown(self):
+        m, seen = self.model, TALLY[self.mode]
+        seen.update(programs=1, applied=m.applied, duplicates=m.duplicates, refused=sum(m.rejected.values()))
         for wire in self.wires.values():
             wire.close()
         self.channel.close()
@@ -503,6 +506,7 @@ class ServersMachine(RuleBasedStateMachine):
     @invariant()
     def the_shard_is_the_models(self):
         m = self.model
+        TALLY[self.mode]["checks"] += 1
         status, reply = answered(lambda: self.stub.Stats(ps_pb2.StatsRequest(), timeout=DEADLINE, metadata=AUTH))
         assert status == "OK", reply
         stats = msgpack.unpackb(reply.msgpack, strict_map_key=False)
@@ -533,4 +537,9 @@ def loop():
 
 @pytest.mark.parametrize("machine", [ServersMachine, BspMachine], ids=["asp", "bsp"])
 def test_whatever_clients_send_both_servers_answer_as_the_protocol_says(machine, loop):
+    TALLY[machine.mode].clear()
     run_state_machine_as_test(type(machine.__name__, (machine,), {"loop": loop}), settings=FUZZ)
+    t = TALLY[machine.mode]
+    assert t["programs"] >= 1 and t["checks"] >= t["programs"]
+    print(f"\nfuzz {machine.mode}: {t['programs']} programs, {t['checks']} checks after a request or at the start;"
+          f" {t['applied']} pushes applied, {t['duplicates']} duplicates, {t['refused']} refused")
