@@ -50,6 +50,8 @@ from rayps.ps.transport.grpc_server import start_grpc_server
 from tests.grpc_fixtures import AUTH, PUSH, TOKEN, LoopThread
 from tests.shm_fixtures import serve_shm, stop_shm
 
+pytest_plugins = ["tests.grpc_fixtures"]  # its loop_thread fixture
+
 pytestmark = pytest.mark.timeout(600)
 
 EXAMPLES = int(os.environ.get("RAYPS_FUZZ_EXAMPLES", "25"))
@@ -528,17 +530,10 @@ class BspMachine(ServersMachine):
     ways_in = ("push",)  # a Step, or the socket's PUSH_PULL, answers only once the round steps
 
 
-@pytest.fixture
-def loop():
-    thread = LoopThread()
-    yield thread
-    thread.close()
-
-
 @pytest.mark.parametrize("machine", [ServersMachine, BspMachine], ids=["asp", "bsp"])
-def test_whatever_clients_send_both_servers_answer_as_the_protocol_says(machine, loop):
+def test_whatever_clients_send_both_servers_answer_as_the_protocol_says(machine, loop_thread):
     TALLY[machine.mode].clear()
-    run_state_machine_as_test(type(machine.__name__, (machine,), {"loop": loop}), settings=FUZZ)
+    run_state_machine_as_test(type(machine.__name__, (machine,), {"loop": loop_thread}), settings=FUZZ)
     t = TALLY[machine.mode]
     assert t["programs"] >= 1 and t["checks"] >= t["programs"]
     print(f"\nfuzz {machine.mode}: {t['programs']} programs, {t['checks']} checks after a request or at the start;"

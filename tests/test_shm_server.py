@@ -25,6 +25,8 @@ from rayps.ps.sparse.table import TableConfig
 from tests.grpc_fixtures import TOKEN, LoopThread
 from tests.shm_fixtures import ShmServed, serve_shm, stop_shm
 
+pytest_plugins = ["tests.grpc_fixtures"]  # its loop_thread fixture
+
 pytestmark = pytest.mark.timeout(60)
 
 SIZE = 8
@@ -32,23 +34,17 @@ ONES = np.ones(SIZE, np.float32)
 U64, U32 = 2 ** 64 - 1, 2 ** 32 - 1
 
 
-@pytest.fixture
-def loop():
-    thread = LoopThread()
-    yield thread
-    thread.close()
-
 
 @pytest.fixture
-def served(loop, tmp_path):
+def served(loop_thread, tmp_path):
     """A shard of SIZE zeros (sgd lr 0.5, asp, workers 0 and 1, table "emb" of 16 x 2 zeros) behind a shm server."""
     table = TableConfig("emb", 16, 2, optimizer=RowOptimizerConfig("sgd", lr=0.5), consistency=ConsistencyConfig("asp"),
                         init="zeros")
     shard = ParameterShard(0, np.zeros(SIZE, np.float32), [0, 1], OptimizerConfig(name="sgd", lr=0.5),
                            ScheduleConfig(), ConsistencyConfig(mode="asp"), tables=(table,))
-    made = serve_shm(loop, shard, TOKEN, str(tmp_path))
+    made = serve_shm(loop_thread, shard, TOKEN, str(tmp_path))
     yield made
-    stop_shm(loop, made)
+    stop_shm(loop_thread, made)
 
 
 @pytest.fixture
@@ -60,13 +56,13 @@ def clients(served):
         client.close()
 
 
-def counters(loop: LoopThread, served: ShmServed) -> dict:
+def counters(loop_thread: LoopThread, served: ShmServed) -> dict:
     """The shard's stats as the Stats call sends them: through msgpack, which must take every value."""
-    return msgpack.unpackb(msgpack.packb(loop.run(served.shard.stats()), use_bin_type=True), strict_map_key=False)
+    return msgpack.unpackb(msgpack.packb(loop_thread.run(served.shard.stats()), use_bin_type=True), strict_map_key=False)
 
 
-def assert_params(loop: LoopThread, served: ShmServed, value: float, version: int) -> None:
-    params, got_version, _ = loop.run(served.shard.pull())
+def assert_params(loop_thread: LoopThread, served: ShmServed, value: float, version: int) -> None:
+    params, got_version, _ = loop_thread.run(served.shard.pull())
     assert got_version == version
     assert (params == np.float32(value)).all(), f"expected all {value}, got {np.unique(params)}"
 
@@ -110,19 +106,19 @@ BAD_REQUESTS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
-def test_bad_request_is_refused_with_its_status_and_changes_nothing(case, loop, served, clients):
+def test_bad_request_is_refused_with_its_status_and_changes_nothing(case, loop_thread, served, clients):
     make, status, fragments, reason = BAD_REQUESTS[case]
     assert clients[0].push(ONES, 1, samples=1).status == "OK"
-    assert_params(loop, served, -0.5, 1)
-    before = counters(loop, served)
+    assert_params(loop_thread, served, -0.5, 1)
+    before = counters(loop_thread, served)
 
     reply = make(clients)
     assert reply.status == status, reply.message
     for fragment in fragments:
         assert fragment in reply.message
 
-    assert_params(loop, served, -0.5, 1)
-    stats = counters(loop, served)
+    assert_params(loop_thread, served, -0.5, 1)
+    stats = counters(loop_thread, served)
     assert stats["rejected"] == {reason: 1}
     assert (stats["pushes_applied"], stats["duplicates"], stats["clocks"]) == (1, 0, {0: 1, 1: 0})
     assert stats["ledger"] == {0: [0, 1], 1: [0, 0]}
@@ -131,21 +127,21 @@ def test_bad_request_is_refused_with_its_status_and_changes_nothing(case, loop, 
     # the same connections serve on, as if the bad request never came
     assert clients[0].push(ONES, 2, pulled=1, samples=1).status == "OK"
     assert clients[1].push(ONES, 1, pulled=2, samples=1).status == "OK"
-    assert_params(loop, served, -1.5, 3)
+    assert_params(loop_thread, served, -1.5, 3)
 
 
-def test_a_retry_of_an_applied_push_is_still_a_duplicate(loop, served, clients):
+def test_a_retry_of_an_applied_push_is_still_a_duplicate(loop_thread, served, clients):
     first = clients[0].push(ONES, 1, samples=4, seq=1)
     retry = clients[0].push(ONES, 1, samples=4, seq=1)
     headerless_retry = clients[0].push(ONES, 1, samples=4)  # seq 0: the clock's place, 1 again
     assert [r.outcome for r in (first, retry, headerless_retry)] == [0, 1, 1]  # APPLIED, DUPLICATE, DUPLICATE
-    assert_params(loop, served, -0.5, 1)
-    stats = counters(loop, served)
+    assert_params(loop_thread, served, -0.5, 1)
+    stats = counters(loop_thread, served)
     assert (stats["duplicates"], stats["samples"], stats["rejected"]) == (2, {0: 4}, {})
 
 
-def test_a_nan_loss_is_none_reported_and_leaves_the_last_loss_standing(loop, served, clients):
+def test_a_nan_loss_is_none_reported_and_leaves_the_last_loss_standing(loop_thread, served, clients):
     assert clients[0].push(ONES, 1, loss=0.25).status == "OK"
     assert clients[0].push(ONES, 2, pulled=1, loss=math.nan).status == "OK"  # a loop that reports no loss
-    assert_params(loop, served, -1.0, 2)
-    assert counters(loop, served)["loss"] == {0: 0.25}
+    assert_params(loop_thread, served, -1.0, 2)
+    assert counters(loop_thread, served)["loss"] == {0: 0.25}
