@@ -139,7 +139,7 @@ class Controller:
 
     def _watch(self) -> None:
         """Tick until every worker is done."""
-        while self._dead or any(slot.ref is not None for slot in self.slots.values()):
+        while self._working():
             self._note_chaos()
             self._collect()
             if not self._check_shards():
@@ -157,6 +157,10 @@ class Controller:
                 self._checkpoint(now, progress.step)
             self._fire_chaos(now, progress.step)
             self._follow_scale()
+
+    def _working(self) -> bool:
+        """Whether training goes on: a worker is running, or a dead one waits for its replacement."""
+        return bool(self._dead) or any(slot.ref is not None for slot in self.slots.values())
 
     def _checkpoint(self, now: float, step: int) -> None:
         index = self.checkpointer.take(self.shards, self.coordinator, self.monitor.history, now=now, step=step)
@@ -490,7 +494,7 @@ class Controller:
         time.sleep(max(0.0, SETTLE_S - self.monkey.since_last_kill()))  # long enough for Ray to see a death
         while not self._check_shards():
             time.sleep(self.tick_s)
-        return bool(self._dead) or any(slot.ref is not None for slot in self.slots.values())
+        return self._working()
 
     def _targets(self) -> list[tuple[str, object]]:
         """The actors a random kill may take now: every shard, and every worker still running."""
