@@ -35,42 +35,37 @@ def test_metrics_on_the_prometheus_endpoint_match_the_job_summary(ray_session, t
     s, run = result.summary, result.summary["run_id"]
     port = ray_session.nodes()[0]["MetricsExportPort"]
     steps = {w: int(n) for w, n in s["steps"].items()}
+    expected = {("ray_rayps_shard_pushes_total", (("outcome", "applied"),)): s["pushes_applied"]}
+    for key in ("step", "steps", "global_step", "replayed", "epoch"):
+        expected[(f"ray_rayps_job_{key}", ())] = s["progress"][key]
+    for shard in ("0", "1"):
+        expected[("ray_rayps_shard_updates_total", (("shard", shard),))] = s["optimizer_steps"][shard]
+        expected[("ray_rayps_update_staleness_count", (("shard", shard),))] = s["pushes_applied"] / s["servers"]
+    for worker, n in steps.items():
+        expected[("ray_rayps_worker_steps_total", (("worker", worker),))] = n
+        expected[("ray_rayps_push_pull_seconds_count", (("worker", worker),))] = n
+        expected[("ray_rayps_transfer_bytes_total", (("worker", worker), ("direction", "push")))] = \
+            n * result.params.size * 4
+    present = [("ray_rayps_shard_memory_bytes", ("shard", sh)) for sh in ("0", "1")] + \
+        [(name, ("worker", w)) for w in steps for name in ("ray_rayps_worker_loss", "ray_rayps_worker_clock_lag")]
+
+    def seen(samples):
+        counts = {key: value(samples, key[0], run_id=run, **dict(key[1])) for key in expected}
+        gauges = {key: value(samples, key[0], run_id=run, **dict([key[1]])) for key in present}
+        return counts, gauges
+
+    # The agent exports each actor's metrics on its own interval, so one shard's final count can
+    # arrive a scrape before the other's: poll until every metric asserted on has caught up.
     deadline = time.monotonic() + 60
-    while True:  # the agent exports on an interval: poll until this job's final counts arrive
-        samples = scrape(port)
-        # every metric the asserts read, as each reaches the endpoint on its own export
-        arrived = all(value(samples, name, run_id=run, **{key: who}) is not None
-                      for name, key, whom in (
-                          ("ray_rayps_update_staleness_count", "shard", ("0", "1")),
-                          ("ray_rayps_shard_memory_bytes", "shard", ("0", "1")),
-                          ("ray_rayps_push_pull_seconds_count", "worker", steps),
-                          ("ray_rayps_transfer_bytes_total", "worker", steps),
-                          ("ray_rayps_worker_loss", "worker", steps),
-                          ("ray_rayps_worker_clock_lag", "worker", steps))
-                      for who in whom)
-        if arrived and all(value(samples, "ray_rayps_shard_updates_total", run_id=run, shard=sh) ==
-                           s["optimizer_steps"][sh] for sh in ("0", "1")) \
-                and all(value(samples, "ray_rayps_worker_steps_total", run_id=run, worker=w) == n
-                        for w, n in steps.items()) \
-                and value(samples, "ray_rayps_job_step", run_id=run) == s["progress"]["step"]:
+    while True:
+        counts, gauges = seen(scrape(port))
+        if all(counts[k] == v for k, v in expected.items()) and all(g is not None for g in gauges.values()):
             break
-        assert time.monotonic() < deadline, f"metrics of run {run} never caught up: {samples}"
+        if time.monotonic() > deadline:
+            break
         time.sleep(1)
 
-    for shard in ("0", "1"):
-        assert value(samples, "ray_rayps_shard_updates_total", run_id=run, shard=shard) == s["optimizer_steps"][shard]
-        assert value(samples, "ray_rayps_update_staleness_count", run_id=run, shard=shard) == \
-            s["pushes_applied"] / s["servers"]
-        assert value(samples, "ray_rayps_shard_memory_bytes", run_id=run, shard=shard) > 0
-    for worker, n in steps.items():
-        assert value(samples, "ray_rayps_worker_steps_total", run_id=run, worker=worker) == n
-        assert value(samples, "ray_rayps_push_pull_seconds_count", run_id=run, worker=worker) == n
-        pushed = value(samples, "ray_rayps_transfer_bytes_total", run_id=run, worker=worker, direction="push")
-        assert pushed == n * result.params.size * 4
-        assert value(samples, "ray_rayps_worker_loss", run_id=run, worker=worker) is not None
-        assert value(samples, "ray_rayps_worker_clock_lag", run_id=run, worker=worker) is not None
-    assert value(samples, "ray_rayps_shard_pushes_total", run_id=run, outcome="applied") == s["pushes_applied"]
-    # the job's progress, as the progress line and the history count it
-    for key in ("step", "steps", "global_step", "replayed", "epoch"):
-        assert value(samples, f"ray_rayps_job_{key}", run_id=run) == s["progress"][key], key
-
+    assert {k: counts[k] for k in expected} == expected, f"metrics of run {run} never caught up"
+    for key, gauge in gauges.items():
+        assert gauge is not None, key
+    assert all(gauges[("ray_rayps_shard_memory_bytes", ("shard", sh))] > 0 for sh in ("0", "1"))
