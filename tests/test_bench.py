@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from rayps.launcher.bench.runner import run_bench
@@ -26,14 +27,23 @@ def test_a_short_bench_measures_every_system_and_writes_its_report(ray_session, 
     assert all(r.samples_per_s > 0 and r.extra["ms"] > 0 for r in wire)
     rows = [r for r in rows if r.model == "small"]
     systems = [r.system for r in rows]
-    assert systems == ["rayps asp, shm", "Ray-docs-style PS, async", "Ray-docs-style PS, sync",
-                       "PyTorch DDP (gloo)", "no communication (ceiling)", "single process"]
+    assert systems == ["rayps asp, shm", "rayps asp, shm, fp16", "Ray-docs-style PS, async", "Ray-docs-style PS, sync",
+                       "PyTorch DDP (gloo)", "PyTorch DDP (gloo), fp16 hook", "no communication (ceiling)",
+                       "single process"]
     assert all(r.samples_per_s > 0 for r in rows)
-    ddp = rows[3].samples_per_s
+    by = {r.system: r for r in rows}
+    ddp, ddp_fp16 = by["PyTorch DDP (gloo)"].samples_per_s, by["PyTorch DDP (gloo), fp16 hook"].samples_per_s
     assert rows[0].extra["x_ddp"] == pytest.approx(rows[0].samples_per_s / ddp)
+    assert rows[1].extra["x_ddp"] == pytest.approx(rows[1].samples_per_s / ddp_fp16)  # like against like
     assert rows[0].extra["transport"] == "shm"
+    # every row says what it ran
+    assert rows[0].extra["config"] == "2 workers, 2 shards, shm, asp, batch 128, SGD lr 0.01, overlap off"
+    assert rows[1].extra["config"].endswith("fp16 pushes")
+    assert "fp16_compress_hook" in by["PyTorch DDP (gloo), fp16 hook"].extra["config"]
+    assert all(r.extra.get("config") for r in rows_all), [r.system for r in rows_all if not r.extra.get("config")]
     saved = json.loads((out / "bench.json").read_text())
     assert saved["command"].startswith("run_bench(") and "date" in saved and "commit" in saved
+    assert "cores" in saved["machine"] and "torch" in saved["machine"]
     assert [r["system"] for r in saved["rows"] if r["model"] == "small"] == systems
     assert (out / "bench.md").read_text().count("| small |") == len(rows)
     assert "push + pull through shm" in (out / "bench.md").read_text()
@@ -63,3 +73,22 @@ def test_the_compression_rows_send_fewer_bytes_through_the_throttled_link(ray_se
     assert rows[0].extra["link"]["bytes_down"] / rows[0].extra["steps"] > \
         1.8 * rows[1].extra["link"]["bytes_down"] / rows[1].extra["steps"]
     assert "| none @ 200 Mbit/s |" in wire_table(rows)
+
+
+def test_ddp_ranks_are_held_back_by_the_same_seeded_delays_as_rayps_workers(tmp_path):
+    # One straggler rule for every system: a multiple of one measured compute time, drawn per step from the
+    # stream a rayps worker of the same id draws from (tests/test_training.py checks the rayps side).
+    from rayps.launcher.bench import peers
+    from rayps.launcher.bench.rows import model_fn
+    from rayps.worker.datasets import synthetic_mnist
+    from rayps.worker.loop.pace import straggle_s
+
+    compute_s = peers.compute_seconds(model_fn((16,)), synthetic_mnist, 32, steps=8)
+    assert 0 < compute_s < 1
+    result = peers.processes(model_fn((16,)), synthetic_mnist, workers=2, batch=32, lr=0.01, steps=30,
+                             communicate=True, slow={1: 0.5}, straggle=(0.3, 2.0), compute_s=0.004)
+    for rank in (0, 1):
+        rng = np.random.default_rng([0, rank, 7])
+        expected = sum(straggle_s(rng, 0.004, 0.5 if rank else 0.0, 0.3, 2.0) for _ in range(30))
+        assert result["held_s"][rank] == pytest.approx(expected, abs=1e-9)
+    assert result["samples_per_s"] > 0

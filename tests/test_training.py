@@ -176,3 +176,18 @@ def test_a_slowed_worker_falls_behind_and_the_time_to_a_target_loss_is_reported(
 def test_a_target_loss_never_reached_is_reported_as_none(in_process, tmp_path):
     s = run(tmp_path, in_process, max_steps=20, target_loss=1e-6).summary
     assert s["time_to_target_s"] is None
+
+
+def test_a_fixed_compute_time_makes_the_straggler_delays_the_seeded_stream_says(in_process, tmp_path):
+    # debug.compute_s: every delay a multiple of the same number, drawn from the worker's seeded stream
+    # (what the bench holds DDP's ranks to as well: launcher/bench/peers.py)
+    from rayps.worker.loop.pace import straggle_s
+
+    knobs = {"slowdown": {1: 0.5}, "stragglers": {"probability": 0.3, "factor": 2.0}, "compute_s": 0.004}
+    s = run(tmp_path, in_process, consistency={"mode": "asp"}, max_steps=30, debug=knobs).summary
+    for worker in (0, 1):
+        rng = np.random.default_rng([0, worker, 7])
+        expected = sum(straggle_s(rng, 0.004, 0.5 if worker else 0.0, 0.3, 2.0) for _ in range(30))
+        assert s["steps"][str(worker)] == 30
+        assert s["straggled_s"][str(worker)] == pytest.approx(expected, abs=1e-6)
+    assert s["straggled_s"]["1"] > s["straggled_s"]["0"] > 0

@@ -11,8 +11,12 @@
 
 Each trains the same model on the same data with plain SGD and returns
 samples/s after a warm-up of a tenth of its steps (summed over workers), and,
-given a target loss, the seconds until the mean training loss of the last
-few steps first fell below it.
+given a target loss, the seconds until every worker's mean training loss over
+its last 10 steps had fallen below it (the last worker's, as a rayps job's
+summary counts it). Stragglers are held back by a multiple of
+``compute_seconds`` (a forward and backward measured once, with no
+communication), drawn per step from the same seeded stream a rayps worker
+draws from, so every system is slowed by the same amounts at the same steps.
 """
 
 from __future__ import annotations
@@ -46,37 +50,67 @@ def _delay(rng: np.random.Generator, compute_s: float, slow: float, straggle: tu
     return straggle_s(rng, compute_s, slow, probability, factor)
 
 
+def compute_seconds(model_fn, data_fn, batch: int, steps: int = 40, seed: int = 0) -> float:
+    """The median forward and backward of one batch, in this process, with one thread and no communication:
+    the compute a straggler's delay is a multiple of, the same number for every system compared."""
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    model = model_fn()
+    x, y = data_fn()["train"]
+    stream, times = _batches(x, y, 0, 1, batch, seed), []
+    for _ in range(steps):
+        xb, yb = next(stream)
+        began = time.perf_counter()
+        model.zero_grad()
+        nn.functional.cross_entropy(model(xb), yb).backward()
+        times.append(time.perf_counter() - began)
+    return float(np.median(times[steps // 4:]))  # after the first steps' allocations
+
+
 def _train_process(rank: int, world: int, model_fn, data_fn, batch: int, lr: float, steps: int, target,
-                   communicate: bool, store: str | None, out: str, slow: dict, straggle, seed: int) -> None:
+                   communicate: bool, store: str | None, out: str, slow: dict, straggle, seed: int,
+                   compute_s: float | None, fp16: bool) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     model = model_fn()
     if communicate:
         torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
         model = nn.parallel.DistributedDataParallel(model)
+        if fp16:  # DDP's own: gradients cast to float16 for the all-reduce, back to float32 after
+            from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+            model.register_comm_hook(None, default_hooks.fp16_compress_hook)
     (x, y), _ = data_fn()["train"], None
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     clock, rng = StepClock(steps, target), np.random.default_rng([seed, rank, 7])
-    stream = _batches(x, y, rank, world, batch, seed)
+    stream, held = _batches(x, y, rank, world, batch, seed), 0.0
     for _ in range(steps):
         xb, yb = next(stream)
+        if compute_s is not None:  # a slow compute, before this rank's all-reduce (as a rayps worker's, before its push)
+            extra = _delay(rng, compute_s, slow.get(rank, 0.0), straggle)
+            if extra:
+                held += extra
+                time.sleep(extra)
         began = time.monotonic()
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(xb), yb)
         loss.backward()
         opt.step()
-        extra = _delay(rng, time.monotonic() - began, slow.get(rank, 0.0), straggle)
-        if extra:
-            time.sleep(extra)
+        if compute_s is None:  # a multiple of this step, all-reduce and any wait for the other ranks included
+            extra = _delay(rng, time.monotonic() - began, slow.get(rank, 0.0), straggle)
+            if extra:
+                held += extra
+                time.sleep(extra)
         clock.step(batch, loss.item())
     if communicate:
         torch.distributed.destroy_process_group()
-    np.save(out, np.array([clock.samples_per_s, clock.reached_s or np.nan]))
+    np.save(out, np.array([clock.samples_per_s, clock.reached_s or np.nan, held]))
 
 
 def processes(model_fn, data_fn, workers: int, batch: int, lr: float, steps: int, communicate: bool,
-              target: float | None = None, slow: dict | None = None, straggle=None, seed: int = 0) -> dict:
-    """DDP (``communicate``) or the no-communication ceiling, one process per worker."""
+              target: float | None = None, slow: dict | None = None, straggle=None, seed: int = 0,
+              compute_s: float | None = None, fp16: bool = False) -> dict:
+    """DDP (``communicate``; ``fp16``: with its fp16 compression hook) or the no-communication ceiling, one
+    process per worker. ``compute_s``: what ``slow`` and ``straggle`` are multiples of (None: each whole step)."""
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,7 +118,7 @@ def processes(model_fn, data_fn, workers: int, batch: int, lr: float, steps: int
         outs = [os.path.join(tmp, f"rank{r}.npy") for r in range(workers)]
         procs = [mp.get_context("spawn").Process(target=_train_process, args=(
             r, workers, model_fn, data_fn, batch, lr, steps, target, communicate, store, outs[r], slow or {},
-            straggle, seed)) for r in range(workers)]
+            straggle, seed, compute_s, fp16)) for r in range(workers)]
         for p in procs:
             p.start()
         for p in procs:
@@ -94,7 +128,8 @@ def processes(model_fn, data_fn, workers: int, batch: int, lr: float, steps: int
         results = [np.load(o) for o in outs]
     reached = [r[1] for r in results]
     return {"samples_per_s": float(sum(r[0] for r in results)),
-            "reached_s": None if any(np.isnan(reached)) else float(max(reached))}
+            "reached_s": None if any(np.isnan(reached)) else float(max(reached)),
+            "held_s": [float(r[2]) for r in results]}  # per rank: seconds the straggler knobs held it back
 
 
 # ---- the Ray-docs-style parameter server ---------------------------------------------------
@@ -119,13 +154,15 @@ class DocsParameterServer:
 
 
 class DocsWorker:
-    def __init__(self, model_fn, data_fn, rank: int, world: int, batch: int, seed: int, slow: float, straggle):
+    def __init__(self, model_fn, data_fn, rank: int, world: int, batch: int, seed: int, slow: float, straggle,
+                 compute_s: float | None = None):
         torch.set_num_threads(1)
         torch.manual_seed(seed)
         self.model = model_fn()
         (x, y) = data_fn()["train"]
         self.stream = _batches(x, y, rank, world, batch, seed)
         self.rng, self.slow, self.straggle = np.random.default_rng([seed, rank, 7]), slow, straggle
+        self.compute_s = compute_s
         self.last_loss = float("nan")
 
     def compute_gradients(self, weights):
@@ -137,7 +174,8 @@ class DocsWorker:
         loss = nn.functional.cross_entropy(self.model(xb), yb)
         loss.backward()
         self.last_loss = loss.item()
-        extra = _delay(self.rng, time.monotonic() - began, self.slow, self.straggle)
+        compute_s = time.monotonic() - began if self.compute_s is None else self.compute_s
+        extra = _delay(self.rng, compute_s, self.slow, self.straggle)
         if extra:
             time.sleep(extra)
         return [p.grad.numpy() for p in self.model.parameters()]
@@ -147,13 +185,15 @@ class DocsWorker:
 
 
 def raydocs_ps(model_fn, data_fn, workers: int, batch: int, lr: float, steps: int, sync: bool,
-               target: float | None = None, slow: dict | None = None, straggle=None, seed: int = 0) -> dict:
+               target: float | None = None, slow: dict | None = None, straggle=None, seed: int = 0,
+               compute_s: float | None = None) -> dict:
     """The docs' loop: ``steps`` gradients per worker, async (ray.wait) or sync (all, then one update)."""
     import ray
 
     ps = ray.remote(DocsParameterServer).options(num_cpus=0).remote(model_fn, lr, seed)
     actors = [ray.remote(DocsWorker).options(num_cpus=0).remote(
-        model_fn, data_fn, r, workers, batch, seed, (slow or {}).get(r, 0.0), straggle) for r in range(workers)]
+        model_fn, data_fn, r, workers, batch, seed, (slow or {}).get(r, 0.0), straggle, compute_s)
+        for r in range(workers)]
     clock = StepClock(steps * workers, target)
     try:
         weights = ps.get_weights.remote()

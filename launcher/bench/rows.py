@@ -48,3 +48,21 @@ def bench_job(hidden, steps: int, consistency: dict, **keys) -> JobConfig:
     }, "bench")
 
 
+def rayps_config(config, transport: str | None = None) -> str:
+    """What a rayps row ran, in the words its table prints beside it (``transport``: the one the job used)."""
+    c = config.consistency
+    mode = c.mode + (f" s={c.staleness}" if c.mode == "ssp" else "") + (f" quorum {c.quorum}" if c.quorum else "")
+    codec = config.compression.codec
+    return (f"{config.workers} workers, {config.servers} shards, {transport or config.transport}, {mode}, batch {config.batch_size},"
+            f" SGD lr {config.optimizer.lr}, overlap {'on' if config.overlaps else 'off'}"
+            f"{'' if codec == 'none' else f', {codec} pushes'}")
+
+
+def peer_config(system: str, workers: int = WORKERS) -> str:
+    common = f"batch {BATCH}, SGD lr {LR}"
+    return {"ddp": f"{workers} processes, gloo all-reduce in 25 MB buckets, {common}",
+            "ddp fp16": f"{workers} processes, gloo all-reduce of fp16 (DDP's fp16_compress_hook), {common}",
+            "raydocs async": f"1 server actor, {workers} worker actors, driver loops on ray.wait, {common}",
+            "raydocs sync": f"1 server actor, {workers} worker actors, driver gathers all then steps, {common}",
+            "ceiling": f"{workers} processes, no communication, {common}",
+            "single": f"1 process, {common}"}[system]

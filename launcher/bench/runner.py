@@ -16,36 +16,47 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
 
 from . import peers
-from .rows import BATCH, LR, MODELS, MODES, WORKERS, Row, bench_job, model_fn
+from .rows import BATCH, LR, MODELS, MODES, WORKERS, Row, bench_job, model_fn, peer_config, rayps_config
 from ..job.driver import run_job
 from ...runtime import RAY
 from ...worker.datasets import synthetic_mnist
 
-def rayps_row(model: str, hidden, steps: int, transport: str, mode: str, out: Path) -> Row:
-    config = bench_job(hidden, steps, MODES[mode], transport=transport)
-    s = run_job(config, output=out / f"{model}-{transport}-{mode.replace(' ', '')}", dashboard=False,
-                report=False).summary
-    return Row(model, f"rayps {mode}, {transport}", s["steady_samples_per_s"],
-               {"max_clock_gap": s["max_clock_gap"], "transport": s["transport"]})
+def rayps_row(model: str, hidden, steps: int, transport: str, mode: str, out: Path, codec: str = "none") -> Row:
+    # fp16 over gRPC: pulls in fp16 too, as DDP's hook all-reduces in fp16 both ways (shm pulls stay float32)
+    compression = {"codec": codec, "pull": codec} if codec != "none" and transport == "grpc" else codec
+    config = bench_job(hidden, steps, MODES[mode], transport=transport, compression=compression)
+    name = f"{model}-{transport}-{mode.replace(' ', '')}" + ("" if codec == "none" else f"-{codec}")
+    s = run_job(config, output=out / name, dashboard=False, report=False).summary
+    return Row(model, f"rayps {mode}, {transport}" + ("" if codec == "none" else f", {codec}"),
+               s["steady_samples_per_s"],
+               {"max_clock_gap": s["max_clock_gap"], "transport": s["transport"],
+                "config": rayps_config(config, s["transport"])})
 
 
 def peer_rows(model: str, hidden, steps: int) -> list[Row]:
     net, data_fn = model_fn(hidden), synthetic_mnist
     common = dict(workers=WORKERS, batch=BATCH, lr=LR, steps=steps)
+
+    def row(system: str, key: str, result: dict, workers: int = WORKERS) -> Row:
+        return Row(model, system, result["samples_per_s"], {"config": peer_config(key, workers)})
     return [
-        Row(model, "Ray-docs-style PS, async", peers.raydocs_ps(net, data_fn, sync=False, **common)["samples_per_s"]),
-        Row(model, "Ray-docs-style PS, sync", peers.raydocs_ps(net, data_fn, sync=True, **common)["samples_per_s"]),
-        Row(model, "PyTorch DDP (gloo)", peers.processes(net, data_fn, communicate=True, **common)["samples_per_s"]),
-        Row(model, "no communication (ceiling)",
-            peers.processes(net, data_fn, communicate=False, **common)["samples_per_s"]),
-        Row(model, "single process", peers.processes(net, data_fn, communicate=False,
-                                                     **{**common, "workers": 1})["samples_per_s"]),
+        row("Ray-docs-style PS, async", "raydocs async", peers.raydocs_ps(net, data_fn, sync=False, **common)),
+        row("Ray-docs-style PS, sync", "raydocs sync", peers.raydocs_ps(net, data_fn, sync=True, **common)),
+        row(DDP, "ddp", peers.processes(net, data_fn, communicate=True, **common)),
+        row(DDP_FP16, "ddp fp16", peers.processes(net, data_fn, communicate=True, fp16=True, **common)),
+        row("no communication (ceiling)", "ceiling", peers.processes(net, data_fn, communicate=False, **common)),
+        row("single process", "single", peers.processes(net, data_fn, communicate=False, **{**common, "workers": 1}),
+            workers=1),
     ]
+
+
+DDP, DDP_FP16 = "PyTorch DDP (gloo)", "PyTorch DDP (gloo), fp16 hook"
 
 
 def ratios(rows: list[Row]) -> None:
@@ -53,11 +64,13 @@ def ratios(rows: list[Row]) -> None:
     for model in {r.model for r in rows}:
         mine = [r for r in rows if r.model == model]
         by = {r.system: r.samples_per_s for r in mine}
-        ddp, ceiling = by.get("PyTorch DDP (gloo)"), by.get("no communication (ceiling)")
+        ddp, ceiling = by.get(DDP), by.get("no communication (ceiling)")
         docs = max((v for k, v in by.items() if k.startswith("Ray-docs")), default=None)
         for r in mine:
-            if ddp:
-                r.extra["x_ddp"] = r.samples_per_s / ddp
+            # fp16 pushes against DDP with its fp16 hook: the same compression on both sides
+            versus = by.get(DDP_FP16) if r.system.endswith("fp16") or r.system == DDP_FP16 else ddp
+            if versus:
+                r.extra["x_ddp"] = r.samples_per_s / versus
             if docs:
                 r.extra["x_raydocs"] = r.samples_per_s / docs
             if ceiling and r.samples_per_s:
@@ -83,18 +96,26 @@ TARGET_LOSS, STRAGGLER_STEPS = 1.5, 2000
 
 
 def straggler_rows(out: Path, steps: int = STRAGGLER_STEPS, target: float = TARGET_LOSS) -> list[Row]:
-    """Seconds to a target training loss (mean of 10 steps) for the small model, with stragglers."""
+    """Seconds to a target training loss for the small model, with stragglers, under one rule for every system:
+    a straggler is held back by a multiple of the same compute time (a forward and backward measured once, here,
+    with no communication), drawn per step from the same seeded stream; the time to target is the last worker's
+    (every worker's mean loss over its last 10 steps below the target), each counted from its own start."""
+    net = model_fn((256,))
+    compute_s = peers.compute_seconds(net, synthetic_mnist, BATCH)
+    rule = f"delays are multiples of {1000 * compute_s:.2f} ms (one forward and backward, measured)"
     rows = []
     for scenario, knobs, peer_knobs, configs in STRAGGLERS:
-        ddp = peers.processes(model_fn((256,)), synthetic_mnist, WORKERS, BATCH, LR, steps, communicate=True,
-                              target=target, **peer_knobs)
-        rows.append(Row("stragglers", f"{scenario}: PyTorch DDP (gloo)", ddp["samples_per_s"],
-                        {"time_to_target_s": ddp["reached_s"]}))
+        ddp = peers.processes(net, synthetic_mnist, WORKERS, BATCH, LR, steps, communicate=True,
+                              target=target, compute_s=compute_s, **peer_knobs)
+        rows.append(Row("stragglers", f"{scenario}: {DDP}", ddp["samples_per_s"],
+                        {"time_to_target_s": ddp["reached_s"], "compute_s": compute_s,
+                         "config": f"{peer_config('ddp')}; {rule}"}))
         for name, consistency in configs:
-            config = bench_job((256,), steps, consistency, target_loss=target, debug=knobs)
+            config = bench_job((256,), steps, consistency, target_loss=target, debug={**knobs, "compute_s": compute_s})
             s = run_job(config, output=out / f"straggle-{len(rows)}", dashboard=False, report=False).summary
             rows.append(Row("stragglers", f"{scenario}: rayps {name}", s["steady_samples_per_s"],
-                            {"time_to_target_s": s["time_to_target_s"]}))
+                            {"time_to_target_s": s["time_to_target_s"], "compute_s": compute_s,
+                             "config": f"{rayps_config(config, s['transport'])}; {rule}"}))
         for r in rows[-len(configs):]:
             mine, theirs = r.extra["time_to_target_s"], ddp["reached_s"]
             if mine and theirs:
@@ -103,12 +124,12 @@ def straggler_rows(out: Path, steps: int = STRAGGLER_STEPS, target: float = TARG
 
 
 def straggler_table(rows: list[Row]) -> str:
-    lines = [f"| scenario: system | seconds to training loss {TARGET_LOSS} | x sooner than DDP | samples/s |",
-             "|---|---|---|---|"]
+    lines = [f"| scenario: system | seconds to training loss {TARGET_LOSS} | x sooner than DDP | samples/s"
+             " | configuration |", "|---|---|---|---|---|"]
     for r in rows:
         t, x = r.extra.get("time_to_target_s"), r.extra.get("x_ddp_time")
         lines.append(f"| {r.system} | {'not reached' if t is None else f'{t:.1f}'} | {'' if x is None else f'{x:.2f}'}"
-                     f" | {r.samples_per_s:,.0f} |")
+                     f" | {r.samples_per_s:,.0f} | {r.extra.get('config', '')} |")
     return "\n".join(lines)
 
 
@@ -133,7 +154,8 @@ def transport_rows(megabytes: int = 100, repeats: int = 5) -> list[Row]:
         np.copyto(dst, src)
         copies.append(time.perf_counter() - began)
     memcpy_gbs = n * 4 / sorted(copies)[repeats // 2] / 1e9
-    rows = [Row("transport", "memcpy (numpy copyto), one copy", memcpy_gbs, {"ms": 1000 * n * 4 / memcpy_gbs / 1e9})]
+    rows = [Row("transport", "memcpy (numpy copyto), one copy", memcpy_gbs,
+                {"ms": 1000 * n * 4 / memcpy_gbs / 1e9, "config": f"{megabytes} MB, one thread, median of {repeats}"})]
     ranges = tuple(partition(n, 1))
     for name in ("shm", "grpc", "ray"):
         shard = ray.remote(ServedShard).options(num_cpus=0).remote(
@@ -155,27 +177,30 @@ def transport_rows(megabytes: int = 100, repeats: int = 5) -> list[Row]:
         step = sorted(times[1:])[repeats // 2]  # the first step also opens streams and maps pages
         gbs = 2 * n * 4 / step / 1e9
         rows.append(Row("transport", f"push + pull through {name}", gbs,
-                        {"ms": 1000 * step, "x_memcpy": gbs / memcpy_gbs}))
+                        {"ms": 1000 * step, "x_memcpy": gbs / memcpy_gbs,
+                         "config": f"1 worker, 1 shard, {megabytes} MB float32 each way, SGD, asp, median of {repeats}"}))
     return rows
 
 
 def transport_table(rows: list[Row]) -> str:
-    lines = ["| what (each way) | ms | GB/s moved | x memcpy |", "|---|---|---|---|"]
+    lines = ["| what (each way) | ms | GB/s moved | x memcpy | configuration |", "|---|---|---|---|---|"]
     for r in rows:
         x = r.extra.get("x_memcpy")
-        lines.append(f"| {r.system} | {r.extra['ms']:.1f} | {r.samples_per_s:.2f} | {'' if x is None else f'{x:.2f}'} |")
+        lines.append(f"| {r.system} | {r.extra['ms']:.1f} | {r.samples_per_s:.2f} | {'' if x is None else f'{x:.2f}'}"
+                     f" | {r.extra.get('config', '')} |")
     return "\n".join(lines)
 
 
 def table(rows: list[Row]) -> str:
-    lines = ["| model | system | samples/s | x DDP | x Ray-docs PS | x ceiling | overhead ms/step |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | system | samples/s | x DDP (fp16 rows: x DDP's fp16 hook) | x Ray-docs PS | x ceiling"
+             " | overhead ms/step | configuration |",
+             "|---|---|---|---|---|---|---|---|"]
     fmt = lambda v, spec: format(v, spec) if v is not None else ""  # noqa: E731
     for r in rows:
         e = r.extra
         lines.append(f"| {r.model} | {r.system} | {r.samples_per_s:,.0f} | {fmt(e.get('x_ddp'), '.2f')}"
                      f" | {fmt(e.get('x_raydocs'), '.2f')} | {fmt(e.get('x_ceiling'), '.2f')}"
-                     f" | {fmt(e.get('overhead_ms'), '.2f')} |")
+                     f" | {fmt(e.get('overhead_ms'), '.2f')} | {e.get('config', '')} |")
     return "\n".join(lines)
 
 
@@ -202,9 +227,10 @@ def run_bench(quick: bool = False, output: str | Path | None = None, models: lis
               transports: list[str] | None = None, modes: list[str] | None = None,
               steps: int | None = None, stragglers: bool | None = None,
               transport_mb: int = 100, sparse: bool = True, sparse_steps: int | None = None,
-              sparse_rows_in_table: int | None = None, wire: bool | None = None,
+              sparse_rows_in_table: int | None = None, wire: bool | None = None, fp16: bool = True,
               command: str | None = None) -> tuple[Path, list[Row]]:
     """Every row in turn; ``steps`` (per worker) overrides each model's default, for a short check.
+    ``fp16``: each mode again with fp16 pushes on the first transport, beside DDP with its fp16 hook.
     ``command``: the command line bench.json records (psctl passes its own; None: this call)."""
     if command is None:  # called from Python: the call, with the arguments that differ from the defaults
         command = _call_text(run_bench, locals())
@@ -226,8 +252,11 @@ def run_bench(quick: bool = False, output: str | Path | None = None, models: lis
             for mode in modes:
                 rows.append(rayps_row(model, hidden, steps, transport, mode, out / "jobs"))
                 print(f"  {rows[-1].system}: {rows[-1].samples_per_s:,.0f} samples/s", flush=True)
+        for mode in modes if fp16 else ():
+            rows.append(rayps_row(model, hidden, steps, transports[0], mode, out / "jobs", codec="fp16"))
+            print(f"  {rows[-1].system}: {rows[-1].samples_per_s:,.0f} samples/s", flush=True)
         rows += peer_rows(model, hidden, steps)
-        for r in rows[-5:]:
+        for r in rows[-6:]:
             print(f"  {r.system}: {r.samples_per_s:,.0f} samples/s", flush=True)
     ratios(rows)
     text = table(rows)
@@ -259,8 +288,30 @@ def bench_record(rows: list[Row], command: str, began: time.struct_time | None =
     """What bench.json holds: the rows, and which command at which commit made them on which date
     (UTC), so a number in the docs can say where it came from."""
     return {"command": command, "commit": checkout_commit(),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", began or time.gmtime()),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", began or time.gmtime()), "machine": this_machine(),
             "rows": [r.__dict__ for r in rows]}
+
+
+def this_machine() -> str:
+    """The machine a bench ran on, in one line: CPU, cores, memory, OS, and the versions that move the numbers."""
+    import platform
+
+    import ray
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    memory = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+        with open("/proc/meminfo") as f:
+            kib = int(next(line.split()[1] for line in f if line.startswith("MemTotal")))
+        memory = f", {kib / (1 << 20):.0f} GiB"
+    except (OSError, StopIteration, ValueError):  # not Linux: what platform says
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (f"{cpu}, {cores} cores{memory}, {platform.system()} {platform.release()}, Python"
+            f" {platform.python_version()}, torch {torch.__version__}, Ray {ray.__version__}")
 
 
 def checkout_commit() -> str | None:

@@ -105,20 +105,23 @@ def sparse_rows(out: Path, steps: int = 300, transports=("shm", "grpc", "ray"), 
     """Rows for the bench table (``table_rows``: smaller for a quick check of the machinery)."""
     base = single_process(steps, table_rows)
     rows = [Row("sparse", "torch EmbeddingBag(sparse) + SparseAdam, one process", base["rows_per_s"],
-                {"x_single": 1.0, "bytes_per_row": base["table_bytes"] / table_rows})]
+                {"x_single": 1.0, "bytes_per_row": base["table_bytes"] / table_rows,
+                 "config": f"1 process, {BAGS} bags of {BAG} ids a step, SparseAdam lr 0.01, all rows allocated"})]
     for name in transports:
         r = rayps_rows(steps, name, out, table_rows)
         rows.append(Row("sparse", f"rayps, 2 workers x 2 shards, {r['transport']}", r["rows_per_s"],
                         {"x_single": r["rows_per_s"] / base["rows_per_s"], "bytes_per_row": r["bytes_per_row"],
-                         "rows": r["rows"], "unique_per_batch": r["unique_per_batch"]}))
+                         "rows": r["rows"], "unique_per_batch": r["unique_per_batch"],
+                         "config": f"2 workers, 2 shards, {r['transport']}, asp, {BAGS} bags of {BAG} ids a step"
+                                   " per worker, row Adam lr 0.01, rows made when first touched"}))
         print(f"  {rows[-1].system}: {r['rows_per_s']:,.0f} rows/s", flush=True)
     return rows
 
 
 def sparse_table(rows) -> str:
-    lines = ["| system (10M x 16 table, 4,096 Zipf ids per batch) | rows/s | x one process | bytes per row held |",
-             "|---|---|---|---|"]
+    lines = ["| system (10M x 16 table, 4,096 Zipf ids per batch) | rows/s | x one process | bytes per row held"
+             " | configuration |", "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r.system} | {r.samples_per_s:,.0f} | {r.extra['x_single']:.2f} |"
-                     f" {r.extra['bytes_per_row']:,.0f} |")
+                     f" {r.extra['bytes_per_row']:,.0f} | {r.extra.get('config', '')} |")
     return "\n".join(lines)

@@ -5,7 +5,7 @@
     python -m rayps.launcher.bench.tables --update PAGE.md ...   # rewrite the tables those pages mark
 
 ``bench.json`` is what ``psctl bench`` writes (launcher/bench/runner.py:
-``bench_record``): ``{"command", "commit", "date", "rows"}``. An older one, a
+``bench_record``): ``{"command", "commit", "date", "machine", "rows"}``. An older one, a
 bare list of rows, still reads, its command, commit and date unknown.
 
 A page marks a table with two comments, naming the JSON file (relative to
@@ -41,6 +41,7 @@ class Bench:
     commit: str | None = None
     date: str | None = None
     note: str | None = None  # e.g. where the rows were converted from
+    machine: str | None = None
 
     def of(self, kind: str) -> list:
         if kind not in KINDS:
@@ -55,7 +56,8 @@ class Bench:
         command = f"`{self.command}`" if self.command else "an unrecorded command"
         commit = f"commit {self.commit}" if self.commit else "an unrecorded commit"
         date = f" on {self.date}" if self.date else ""
-        return f"Measured by {command} at {commit}{date}." + (f" {self.note}" if self.note else "")
+        machine = f" Machine: {self.machine}." if self.machine else " Machine: unrecorded."
+        return f"Measured by {command} at {commit}{date}.{machine}" + (f" {self.note}" if self.note else "")
 
 
 def load_bench(path: str | Path) -> Bench:
@@ -65,7 +67,8 @@ def load_bench(path: str | Path) -> Bench:
     data = json.loads(Path(path).read_text())
     record = {"rows": data} if isinstance(data, list) else data
     rows = [Row(r["model"], r["system"], r["samples_per_s"], r.get("extra") or {}) for r in record["rows"]]
-    return Bench(rows, record.get("command"), record.get("commit"), record.get("date"), record.get("note"))
+    return Bench(rows, record.get("command"), record.get("commit"), record.get("date"), record.get("note"),
+                 record.get("machine"))
 
 
 def render(bench: Bench, kind: str) -> str:

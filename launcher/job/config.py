@@ -62,6 +62,9 @@ class DebugConfig:
     # transient stragglers: {probability: p, factor: f}: each step, each worker is held back by
     # f times its compute time with probability p (seeded by the job's seed and the worker)
     stragglers: Mapping[str, float] = field(default_factory=dict)
+    # the compute time slowdown and stragglers are multiples of, in seconds; None: each step's own forward and
+    # backward. A fixed value holds every system a benchmark compares to one rule (launcher/bench/runner.py).
+    compute_s: float | None = None
     audit: bool = False  # shards record every (worker, incarnation, seq) they apply; the summary counts repeats
     # a slow network on one machine: gRPC workers reach the shards through a link of this many Mbit/s
     # (launcher/job/throttle.py), shared by all of them, each direction apart
@@ -73,6 +76,8 @@ class DebugConfig:
         if self.link_mbit is not None:
             number(self.link_mbit, "debug.link_mbit", minimum=0, exclusive=True)
         number(self.link_latency_ms, "debug.link_latency_ms", minimum=0)
+        if self.compute_s is not None:
+            number(self.compute_s, "debug.compute_s", minimum=0)
         for key in ("slow_workers", "slowdown"):
             value = getattr(self, key)
             require(isinstance(value, Mapping), f"{key} ({value!r}) must be a mapping of worker id to a number")

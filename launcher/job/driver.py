@@ -528,6 +528,7 @@ def _worker_plan(config: JobConfig, worker_id: int, run_id: str = "", incarnatio
         slowdown=float(config.debug.slowdown.get(worker_id, 0.0)),
         straggle_p=float(config.debug.stragglers.get("probability", 0.0)),
         straggle_factor=float(config.debug.stragglers.get("factor", 0.0)),
+        straggle_base_s=config.debug.compute_s,
         target_loss=config.target_loss,
         use_gpu=config.num_gpus > 0, torch_threads=config.torch_threads, run_id=run_id,
         overlap=config.overlaps, incarnation=incarnation, chaos=chaos,

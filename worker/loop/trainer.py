@@ -83,6 +83,7 @@ class WorkerPlan:
     slowdown: float = 0.0  # straggler knob: extra time per step, as a multiple of its compute
     straggle_p: float = 0.0  # transient stragglers: the chance a step is held back ...
     straggle_factor: float = 0.0  # ... by this multiple of its compute time
+    straggle_base_s: float | None = None  # the compute time those multiples apply to (None: each step's own)
     target_loss: float | None = None  # note when the mean loss of the last 10 steps first falls below
     use_gpu: bool = False
     torch_threads: int = 1
@@ -334,9 +335,10 @@ class Worker:
         self.loss_value = loss
         if plan.clip_grad_norm is not None:  # this push's gradient, before it leaves the worker
             flat.clip_grad_norm(plan.clip_grad_norm)
-        held = straggle_s(self._rng, time.monotonic() - computing, plan.slowdown, plan.straggle_p,
-                          plan.straggle_factor)
+        compute_s = time.monotonic() - computing if plan.straggle_base_s is None else plan.straggle_base_s
+        held = straggle_s(self._rng, compute_s, plan.slowdown, plan.straggle_p, plan.straggle_factor)
         if held > 0:
+            self.straggled_s += held
             time.sleep(held)
         grads, buffers = flat.host_grads(), self._buffers.pack() if self._buffers else None
         waited = time.monotonic()
@@ -387,6 +389,7 @@ class Worker:
         self.loss_value = float("nan")
         self._pace = StepClock(self._planned_steps(), plan.target_loss)  # steady rate, time to the target loss
         self._rng = np.random.default_rng([plan.seed, plan.worker_id, 7])  # straggler draws, apart from training
+        self.straggled_s = 0.0  # seconds the straggler knobs held this worker back
         self.model.train()
         self._buffers = flat.buffers if flat.buffers.numel else None  # most models have none: send nothing
         self._received = self._buffers.received if self._buffers else None
@@ -461,6 +464,7 @@ class Worker:
             "wall_s": time.monotonic() - self._began,
             "steady_samples": self._pace.steady_samples,
             "reached_target_s": self._pace.reached_s,
+            "straggled_s": self.straggled_s,
             "steady_s": self._pace.steady_s,
         }
 
