@@ -9,6 +9,15 @@ the socket: a request says what is in the slot, and its reply says the answer
 is. The socket message is both the lock and the wake-up, so neither side ever
 reads a region the other may be writing.
 
+Each worker also owns one segment of its own (``worker_segment_dir``, made by
+the worker, one per job and worker id), holding its whole gradient and the
+parameters it computes with, as one contiguous float32 vector each
+(``WorkerSegment``). The worker's model trains on those very buffers, so a
+plain push needs no copy in and its pull no copy out: a request flagged
+``IN_SEGMENT`` says the gradient lies at the shard's range of that segment,
+and the shard answers there too. The shard finds the segment by a name it
+derives itself (the job's tag and the worker id), never by a path it is sent.
+
 Handshake: the client sends ``HELLO`` (token length, worker id) and the token;
 the shard answers ``LAYOUT`` (status, parameter count, buffer count, the slot's
 offset) or an error reply and closes.
@@ -46,6 +55,9 @@ BUFFERS_FOLLOW = 1  # request flag: the slot's buffer region holds this step's r
 # request flag: the gradient region (or a sparse push's rows) holds the job's codec's blob, of the size
 # the codec fixes (protos/compression.py), not float32 values
 COMPRESSED = 2
+# request flag: the float32 gradient lies in the worker's own segment at this shard's range, and the answer's
+# parameters go there too (not into the slot)
+IN_SEGMENT = 4
 OUTCOMES = ("applied", "duplicate", "stale")
 #: Reply statuses, named as the gRPC transport names the same refusals.
 STATUSES = {0: "OK", 1: "INVALID_ARGUMENT", 2: "NOT_FOUND", 3: "FAILED_PRECONDITION", 4: "UNAUTHENTICATED",
@@ -60,6 +72,44 @@ def segment_name(worker_id: int) -> str:
 
 def _aligned(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def worker_segment_dir(root: str, tag: str, worker_id: int) -> str:
+    """The directory (beside the shards' own, under ``root``) holding worker ``worker_id``'s segment."""
+    return f"{root}/rayps-{tag}-worker{worker_id}"
+
+
+#: the segment's file, inside its directory
+WORKER_SEGMENT_FILE = "segment"
+
+
+@dataclass(frozen=True)
+class SegmentPlace:
+    """Where a shard's values lie in every worker's own segment: the job's tag names the segments,
+    ``lo`` is its first value in the whole vector of ``total``."""
+
+    tag: str
+    lo: int
+    total: int
+
+
+@dataclass(frozen=True)
+class WorkerSegment:
+    """Where a worker's whole gradient and parameters lie in its own segment (byte offsets)."""
+
+    params: int  # float32 values in the whole model
+
+    @property
+    def grad_at(self) -> int:
+        return 0
+
+    @property
+    def params_at(self) -> int:
+        return _aligned(self.params * 4)
+
+    @property
+    def nbytes(self) -> int:
+        return max(ALIGN, self.params_at + _aligned(self.params * 4))
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import os
 import signal
 
 from ..protos.codec import CHUNK_BYTES
+from ..protos.shm_wire import SegmentPlace
 from .core.checkpoint import CheckpointStore
 from .core.placement_info import this_pid
 from .shard import ParameterShard
@@ -86,10 +87,11 @@ class ServedShard(ParameterShard):
             self._grpc = await start_grpc_server(self, token, host, port, tls, chunk_bytes)
         return self._grpc.address
 
-    async def serve_shm(self, token: str, directory: str | None = None) -> str:
-        """Start the same-node server (in ``directory``, default a new one); return its directory."""
+    async def serve_shm(self, token: str, directory: str | None = None, place: SegmentPlace | None = None) -> str:
+        """Start the same-node server (in ``directory``, default a new one); return its directory. ``place``:
+        where this shard's values lie in the workers' own segments (None: workers use the slots only)."""
         if self._shm is None:
-            self._shm = await start_shm_server(self, token, directory=directory)
+            self._shm = await start_shm_server(self, token, directory=directory, place=place)
         return self._shm.directory
 
     async def stop_serving(self) -> None:

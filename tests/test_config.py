@@ -360,7 +360,7 @@ def test_to_dict_round_trips_through_json_for_a_loaded_config(tmp_path):
     data = json.loads(json.dumps(config.to_dict()))
     assert data["optimizer"] == {**data["optimizer"], "name": "adam", "lr": 0.002, "betas": [0.8, 0.99]}
     assert data["consistency"]["staleness"] == 3
-    assert data["debug"] == {"slow_workers": {"0": 0.05}, "slowdown": {}, "stragglers": {}, "audit": False,
+    assert data["debug"] == {"slow_workers": {"0": 0.05}, "slowdown": {}, "stragglers": {}, "compute_s": None, "audit": False,
                              "link_mbit": None, "link_latency_ms": 0.0}
     assert data["compression"]["codec"] == "none"
     assert data["checkpoint"]["keep"] == 3 and data["fault"]["max_restarts"] == 3 and data["chaos"]["kill"] == []

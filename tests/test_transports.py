@@ -13,6 +13,7 @@ in float32.
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -21,6 +22,7 @@ import pytest
 from rayps.launcher import Job
 from rayps.launcher.job.transports import make_transport, stop_serving
 from rayps.errors import TransportError
+from rayps.protos.shm_wire import segment_name, worker_segment_dir
 from rayps.runtime import RAY
 from rayps.ps.core.consistency import ConsistencyConfig
 from rayps.ps.transport.grpc_security import GrpcConfig
@@ -404,3 +406,25 @@ def test_the_shard_is_what_every_server_calls_and_nothing_else():
     shard = ParameterShard(0, np.zeros(2, np.float32), [0], OptimizerConfig(name="sgd", lr=0.5), ScheduleConfig(),
                            ConsistencyConfig(mode="asp"))
     assert isinstance(shard, Served) and _keeps(shard, Served) == []
+
+
+def test_a_worker_training_on_its_shm_segment_pushes_and_pulls_without_touching_the_slots(ray_session):
+    cluster = make(ray_session, "shm", mode="asp")
+    try:
+        client = cluster.client(0)
+        grads, params = client.shared_buffers()
+        directory = worker_segment_dir(os.path.dirname(cluster.endpoints.directories[0]), cluster.endpoints.tag, 0)
+        assert os.path.isdir(directory) and os.stat(directory).st_mode & 0o777 == 0o700
+        assert client.register(params) == 0 and (params == cluster.init).all()
+        grads[:] = 1.0
+        client.push_pull(1, grads, params, 1, 0.0)
+        assert np.allclose(params, cluster.init - 0.5)  # sgd lr 0.5, answered in place
+        copy = np.empty(SIZE, np.float32)  # a caller's own arrays still work: copied through the segment
+        client.push_pull(2, np.full(SIZE, 2.0, np.float32), copy, 1, 0.0)
+        assert np.allclose(copy, cluster.init - 1.5)
+        for shard_directory in cluster.endpoints.directories:  # every byte of both slots: never written
+            assert not np.fromfile(os.path.join(shard_directory, segment_name(0)), np.uint8).any()
+        client.finish()
+        assert not os.path.exists(directory)  # a finished worker removes its segment
+    finally:
+        cluster.close()

@@ -163,7 +163,9 @@ def transport_rows(megabytes: int = 100, repeats: int = 5) -> list[Row]:
             ConsistencyConfig(mode="asp"))
         try:
             client = make_transport(name, [shard], ranges, None, workers=1).connect(0)
-            params, grads = np.empty(n, np.float32), np.full(n, 1e-3, np.float32)
+            # the arrays a worker trains on: the transport's own where it has them (shm), else the worker's
+            grads, params = client.shared_buffers() or (np.empty(n, np.float32), np.empty(n, np.float32))
+            grads[:] = 1e-3
             client.register(params)
             times = []
             for clock in range(1, repeats + 2):

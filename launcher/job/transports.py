@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import secrets
 import warnings
 from typing import Callable
 
@@ -27,6 +28,7 @@ from ...ps.transport.grpc_security import GrpcConfig, TLSConfig, new_token
 from ...ps.transport.job_ca import JobAuthority, TLSKeys
 from ...ps.transport.object_store import RayTransport
 from ...ps.transport.shm_client import ShmEndpoints
+from ...protos.shm_wire import SegmentPlace
 from .config import JobConfig
 from .throttle import ThrottledLink
 
@@ -119,10 +121,18 @@ def make_transport(name: str, shards, ranges, buffer_ranges, workers: int, grpc:
     if name == "shm":
         token = new_token()
         placed = runtime.get([s.where.remote() for s in shards])
-        directories = runtime.get([s.serve_shm.remote(token) for s in shards])
+        places = segment_places(ranges)
+        directories = runtime.get([s.serve_shm.remote(token, None, place) for s, place in zip(shards, places)])
         return ShmEndpoints(tuple(directories), tuple(p["node_id"] for p in placed), token, ranges, buffer_ranges,
-                            grpc.timeout_s)
+                            grpc.timeout_s, tag=places[0].tag if places else None)
     return RayTransport(tuple(shards), ranges, buffer_ranges, runtime=runtime)
+
+
+def segment_places(ranges, tag: str | None = None) -> list[SegmentPlace]:
+    """Where each shard's values lie in the workers' own shared-memory segments, under one tag for the job."""
+    tag = tag or secrets.token_hex(6)
+    total = max((r.hi for r in ranges), default=0)
+    return [SegmentPlace(tag, r.lo, total) for r in ranges]
 
 
 def _serve_grpc(g: GrpcConfig, shards, ranges, buffer_ranges, runtime: Runtime, keys: WireKeys) -> GrpcEndpoints:
@@ -149,7 +159,8 @@ def serve_again(transport, shards, grpc: GrpcConfig, runtime: Runtime = RAY,
             runtime.get(shards[i].serve_grpc.remote(transport.token, host.strip("[]"), keys.shard(i),
                                                     grpc.chunk_bytes, int(port)))
         elif isinstance(transport, ShmEndpoints):
-            runtime.get(shards[i].serve_shm.remote(transport.token, transport.directories[i]))
+            place = segment_places(transport.ranges, transport.tag)[i] if transport.tag else None
+            runtime.get(shards[i].serve_shm.remote(transport.token, transport.directories[i], place))
     return serve
 
 

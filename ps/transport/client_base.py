@@ -48,6 +48,10 @@ class ShardClientBase:
     def reconnect(self) -> None:
         """Reach the same shards afresh (a restarted shard serves where it served)."""
 
+    def shared_buffers(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The transport's own gradient and parameter arrays, for a model to train on (none by default)."""
+        return None
+
     # ---- helpers for the clients ---------------------------------------------------------
 
     def carry_on(self, positions: Sequence[tuple[int, int]]) -> int:

@@ -23,6 +23,11 @@ classes against them and their behaviour against one set of answers.
   before it waits on the next push (the shards admit it that far under the
   bound). ``push_pull(...)``: the same, waited on.
 - ``fills_on_wait``: whether ``params_out`` is written only inside ``wait()``.
+- ``shared_buffers() -> (grads, params) | None``: arrays of the whole vector
+  that the transport itself reads and writes (shm: the worker's own segment).
+  A worker whose model trains on them pushes and pulls with no copy; it must
+  then leave both alone from the push until ``wait()`` returns (so never
+  with overlap). None where the transport has none (gRPC, the object store).
 - ``reconnect()``: reach the same shards afresh (a restarted shard serves where it served).
 - ``finish()``: leave every shard's clock table, so nobody waits for this worker.
 - ``sparse_pull(table, ids_per_shard, clock) -> list``: each shard's rows of a
@@ -106,6 +111,8 @@ class Transport(Protocol):
     def push_pull(self, clock: int, grads: np.ndarray | Encoded, params_out: np.ndarray, num_samples: int,
                   loss: float, buffers: np.ndarray | None = None, buffers_out: np.ndarray | None = None,
                   ahead: int = 0) -> None: ...
+
+    def shared_buffers(self) -> tuple[np.ndarray, np.ndarray] | None: ...
 
     def reconnect(self) -> None: ...
 

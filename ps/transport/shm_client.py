@@ -1,18 +1,24 @@
 """The same-node transport's client: shared memory for the tensors, a Unix socket to wake the shard.
 
-Same contract as every transport (ps/transport/contract.py). Per step and shard: the
-gradient slice is copied into this worker's slot of the shard's segment, one
-36-byte request goes out, and when the reply comes the parameters are copied
-out of the slot: two memory copies and two tiny messages, with no
-serialization and no Ray call. Requests to all shards go out before any reply
-is read, so the shards work at once. Layout and messages: protos/shm_wire.py.
+Same contract as every transport (ps/transport/contract.py). The worker owns a
+segment holding its whole gradient and parameters (``shared_buffers``); a
+worker whose model trains on those very buffers (worker/loop/flat.py:
+``FlatParams.adopt``) pushes and pulls with no copy at all: per step and
+shard, one 36-byte request says the gradient is at the shard's range, the
+shard reads it there and writes the parameters back there, and one reply
+says so. Arrays that are not the segment's are copied in and out of it.
+Compressed pushes, and the model buffers, go through this worker's slot in
+each shard's own segment. Requests to all shards go out before any reply is
+read, so the shards work at once. Layout and messages: protos/shm_wire.py.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import mmap
 import os
+import shutil
 import socket
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -20,8 +26,10 @@ from typing import Sequence
 import numpy as np
 
 from ...errors import ShapeError, TransportError
-from ...protos.shm_wire import (BUFFERS_FOLLOW, COMPRESSED, FINISH, HELLO, LAYOUT, MESSAGE, OK, PUSH_PULL, REGISTER, REPLY, REQUEST,
-                                   SPARSE, SPARSE_PULL, SPARSE_PUSH, SPARSE_ROWS, STATUSES, SlotLayout, segment_name)
+from ...protos.shm_wire import (BUFFERS_FOLLOW, COMPRESSED, FINISH, HELLO, IN_SEGMENT, LAYOUT, MESSAGE, OK,
+                                PUSH_PULL, REGISTER, REPLY, REQUEST, SPARSE, SPARSE_PULL, SPARSE_PUSH, SPARSE_ROWS,
+                                STATUSES, WORKER_SEGMENT_FILE, SlotLayout, WorkerSegment, segment_name,
+                                worker_segment_dir)
 from ..core.partition import ShardRange
 from ..core.placement_info import acting
 from .client_base import ShardClientBase
@@ -39,10 +47,43 @@ class ShmEndpoints:
     buffer_ranges: tuple[ShardRange, ...] | None = None
     timeout_s: float = 300.0
     name: str = "shm"
+    tag: str | None = None  # the job's: names each worker's own segment (None: slots only)
 
     def connect(self, worker_id: int, incarnation: int = 0) -> "ShmShardClient":
         return ShmShardClient(worker_id, self.directories, self.ranges, self.token, self.buffer_ranges,
-                              self.timeout_s, self.node_ids, incarnation)
+                              self.timeout_s, self.node_ids, incarnation, self.tag)
+
+
+def _same(a: np.ndarray | None, b: np.ndarray) -> bool:
+    """Whether ``a`` is exactly the array ``b`` (the same memory, shape and type), not a copy of it."""
+    return isinstance(a, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape and \
+        a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+
+
+class _OwnSegment:
+    """This worker's segment: its whole gradient and parameters, in a directory only this user can open.
+
+    Made afresh by each life of the worker (what a dead one left is stale), kept across reconnects, removed
+    when the worker finishes or its process exits (the shards remove what a SIGKILLed worker left)."""
+
+    def __init__(self, root: str, tag: str, worker_id: int, size: int):
+        self.directory = worker_segment_dir(root, tag, worker_id)
+        shutil.rmtree(self.directory, ignore_errors=True)
+        os.mkdir(self.directory, 0o700)
+        atexit.register(shutil.rmtree, self.directory, True)
+        layout = WorkerSegment(size)
+        fd = os.open(os.path.join(self.directory, WORKER_SEGMENT_FILE), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            os.ftruncate(fd, layout.nbytes)
+            self.map = mmap.mmap(fd, layout.nbytes)
+        finally:
+            os.close(fd)
+        self.grad = np.ndarray(size, np.float32, self.map, layout.grad_at)
+        self.params = np.ndarray(size, np.float32, self.map, layout.params_at)
+
+    def remove(self) -> None:
+        """The files go; the mapping stays valid for whoever still holds a view of it."""
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:
@@ -183,10 +224,13 @@ class ShmShardClient(ShardClientBase):
 
     def __init__(self, worker_id: int, directories: Sequence[str], ranges: Sequence[ShardRange], token: str,
                  buffer_ranges: Sequence[ShardRange] | None = None, timeout_s: float = 300.0,
-                 node_ids: Sequence[str] | None = None, incarnation: int = 0):
+                 node_ids: Sequence[str] | None = None, incarnation: int = 0, tag: str | None = None):
         super().__init__(worker_id, ranges, buffer_ranges, incarnation, len(directories))
         self._check_node(directories, node_ids)
         self._directories, self._token, self._timeout_s = list(directories), token, timeout_s
+        size = max((r.hi for r in self.ranges), default=0)
+        self._segment = _OwnSegment(os.path.dirname(directories[0]), tag, worker_id, size) \
+            if tag is not None and directories else None
         self._links: list[_Link] = []
         self._sparse_links: list[_SparseLink] = []  # opened at the first sparse call
         self._sparse_pending: Pending | None = None  # a push whose answers are still on those sockets
@@ -215,28 +259,44 @@ class ShmShardClient(ShardClientBase):
                     f"transport shm: worker-{self.worker_id} (node {here}) cannot reach ps-shard-{i} (node {there})"
                     f" through shared memory: {directory} is not on this node; use transport grpc across nodes")
 
+    def shared_buffers(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The whole gradient and parameters in this worker's segment: a model that trains on these very
+        arrays (``FlatParams.adopt``) pushes and pulls with no copy. None where the shards serve no segments."""
+        return None if self._segment is None else (self._segment.grad, self._segment.params)
+
     # ---- the transport contract (ps/transport/contract.py) ---------------------------------
 
     def register(self, params_out: np.ndarray, buffers_out: np.ndarray | None = None) -> int:
         for link in self._links:
-            link.send(REGISTER, self.worker_id, incarnation=self.incarnation)
+            link.send(REGISTER, self.worker_id, incarnation=self.incarnation,
+                      flags=IN_SEGMENT if self._segment is not None else 0)
         self._collect(params_out, buffers_out, "register")
         return self.carry_on([(link.clock, link.seq) for link in self._links])
 
     def push_pull_async(self, clock: int, grads: np.ndarray, params_out: np.ndarray, num_samples: int,
                         loss: float, buffers: np.ndarray | None = None, buffers_out: np.ndarray | None = None,
                         ahead: int = 0) -> Pending:
-        for link, step in zip(self._links, self.steps(clock, grads, num_samples, loss, buffers, ahead)):
-            # into the slot: the snapshot, so the caller may overwrite grads once we return
+        segment = self._segment
+        for i, (link, step) in enumerate(zip(self._links, self.steps(clock, grads, num_samples, loss, buffers,
+                                                                      ahead))):
+            # into shared memory: the snapshot, so the caller may overwrite grads once we return (unless they
+            # are the segment's own: then the caller waits for the answer before computing into them again)
             if step.grad.dtype == np.uint8:  # a compressed push: the codec's blob
                 if step.grad.size > link.blob.size:
                     raise ShapeError(f"a compressed push of {step.grad.size} bytes does not fit shard"
                                      f" {link.where}'s slot of {link.blob.size}")
                 link.blob[:step.grad.size] = step.grad
                 flags = COMPRESSED
+            elif segment is not None:
+                r = self.ranges[i]
+                if not _same(grads, segment.grad):
+                    segment.grad[r.lo:r.hi] = step.grad
+                flags = 0
             else:
                 link.grad[:] = step.grad
                 flags = 0
+            if segment is not None:
+                flags |= IN_SEGMENT
             if step.buffers is not None:
                 link.buffers_in[:] = step.buffers
                 flags |= BUFFERS_FOLLOW  # beside COMPRESSED, when the push is a blob
@@ -300,6 +360,8 @@ class ShmShardClient(ShardClientBase):
                 link.receive("finish")
         finally:
             self.close()
+            if self._segment is not None:
+                self._segment.remove()
 
     def close(self) -> None:
         for link in self._links + self._sparse_links:
@@ -307,14 +369,17 @@ class ShmShardClient(ShardClientBase):
         self._links, self._sparse_links, self._sparse_pending = [], [], None
 
     def _collect(self, params_out: np.ndarray, buffers_out: np.ndarray | None, what: str) -> None:
-        errors = []
+        errors, segment = [], self._segment
+        in_place = segment is not None and _same(params_out, segment.params)  # the shards wrote them there
         for i, link in enumerate(self._links):
             try:  # read every reply, so no stale one is left on a socket for the next step
                 version = link.receive(what)
             except TransportError as e:
                 errors.append(e)
                 continue
-            self.receive(i, link.params, version, link.buffers_out, params_out, buffers_out)
+            r = self.ranges[i]
+            answer = None if in_place else segment.params[r.lo:r.hi] if segment is not None else link.params
+            self.receive(i, answer, version, link.buffers_out, params_out, buffers_out)
         if errors:
             raise errors[0]
 

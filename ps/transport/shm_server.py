@@ -2,34 +2,41 @@
 
 ``start_shm_server`` runs on the shard's event loop (inside the Ray actor,
 the actor's own loop), so requests interleave with Ray calls and gRPC on one
-thread and the shard needs no locks. Per step, a worker writes its gradient
-into its slot and sends one ``REQUEST``; the shard applies it straight from
-the slot (no copy), waits as the consistency mode says, writes the
-parameters into the slot and replies. Protocol and layout: protos/shm_wire.py.
+thread and the shard needs no locks. Per step, a worker's gradient lies in its own
+segment (or, compressed, in its slot) and it sends one ``REQUEST``; the shard
+applies it straight from there (no copy), waits as the consistency mode says,
+writes the parameters back there and replies. Protocol and layout:
+protos/shm_wire.py.
 
 Trust: the segment and the socket live in a directory only this user can
 open (0700), and a connection is served only after it presents the job's
-token. A refused request gets a status and a message; the connection and the
-shard keep serving.
+token. A worker's own segment is opened by a name the shard derives (the
+job's tag and the connection's worker id), only as a regular file of this
+user's in a directory only this user can open, with no symbolic link
+followed. A refused request gets a status and a message; the connection and
+the shard keep serving.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import glob
 import hmac
 import logging
 import mmap
 import os
 import shutil
+import stat
 import tempfile
 
 import numpy as np
 
 from ...errors import InputError, PSError, ShapeError, UnknownTensorError, UnknownWorkerError
-from ...protos.shm_wire import (BUFFERS_FOLLOW, COMPRESSED, FINISH, HELLO, LAYOUT, MAX_SPARSE_BYTES, MESSAGE, OK,
-                                PUSH_PULL, REGISTER, REPLY, REQUEST, SPARSE, SPARSE_PULL, SPARSE_PUSH, SPARSE_ROWS,
-                                STATUSES, SlotLayout, segment_name)
+from ...protos.shm_wire import (BUFFERS_FOLLOW, COMPRESSED, FINISH, HELLO, IN_SEGMENT, LAYOUT, MAX_SPARSE_BYTES,
+                                MESSAGE, OK, PUSH_PULL, REGISTER, REPLY, REQUEST, SPARSE, SPARSE_PULL, SPARSE_PUSH,
+                                SPARSE_ROWS, STATUSES, WORKER_SEGMENT_FILE, SegmentPlace, SlotLayout, WorkerSegment,
+                                segment_name, worker_segment_dir)
 from ..core.step import OUTCOMES, Step
 from .contract import Served
 from .statuses import refusal
@@ -40,7 +47,8 @@ log = logging.getLogger(__name__)
 #: Status names (ps/transport/statuses.py) to this wire's status bytes.
 CODES = {name: code for code, name in STATUSES.items()}
 #: Every request flag this wire defines (protos/shm_wire.py); another bit is a request of another protocol.
-KNOWN_FLAGS = BUFFERS_FOLLOW | COMPRESSED
+KNOWN_FLAGS = BUFFERS_FOLLOW | COMPRESSED | IN_SEGMENT
+
 
 
 def _reply(status: int, version: int = 0, outcome: int = 0, message: str = "", clock: int = 0, seq: int = 0) -> bytes:
@@ -55,8 +63,10 @@ class ShmShardServer:
     workers reconnect to the same place); default a fresh one under /dev/shm.
     """
 
-    def __init__(self, shard: Served, token: str, root: str | None = None, directory: str | None = None):
+    def __init__(self, shard: Served, token: str, root: str | None = None, directory: str | None = None,
+                 place: SegmentPlace | None = None):
         self.shard = shard
+        self.place = place
         self._token = token.encode()
         self.layout = SlotLayout(shard.size, shard.buffer_size)
         self._maps: dict[int, mmap.mmap] = {}  # worker -> its segment, made at its first connection
@@ -93,6 +103,44 @@ class ShmShardServer:
             self._server.close()
             self._server = None
         shutil.rmtree(self.directory, ignore_errors=True)
+        if self.place is not None:  # what workers that died without finishing left (one that finished removed its own)
+            for left in glob.glob(worker_segment_dir(os.path.dirname(self.directory), self.place.tag, 0)[:-1] + "*"):
+                shutil.rmtree(left, ignore_errors=True)
+
+    def _worker_segment(self, worker_id: int) -> tuple[mmap.mmap, np.ndarray, np.ndarray]:
+        """Map worker ``worker_id``'s own segment; its gradient and parameters at this shard's range."""
+        place, size = self.place, self.shard.size
+        if place is None:
+            raise self._refuse("segment", InputError("this shard serves no workers' segments (IN_SEGMENT)", "segment"))
+        directory = worker_segment_dir(os.path.dirname(self.directory), place.tag, worker_id)
+        layout = WorkerSegment(place.total)
+        try:
+            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError as e:
+            raise self._refuse("segment", InputError(f"worker {worker_id}'s segment: {e.strerror}", "segment")) from None
+        try:
+            st = os.fstat(dir_fd)
+            if st.st_uid != os.getuid() or st.st_mode & 0o077:
+                raise self._refuse("segment", InputError(
+                    f"worker {worker_id}'s segment directory is not this user's alone (mode {st.st_mode & 0o777:o})",
+                    "segment"))
+            fd = os.open(WORKER_SEGMENT_FILE, os.O_RDWR | os.O_NOFOLLOW, dir_fd=dir_fd)
+        except OSError as e:
+            raise self._refuse("segment", InputError(f"worker {worker_id}'s segment: {e.strerror}", "segment")) from None
+        finally:
+            os.close(dir_fd)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_size < layout.nbytes:
+                raise self._refuse("segment", InputError(
+                    f"worker {worker_id}'s segment is not a file of {layout.nbytes} bytes of this user's", "segment"))
+            segment = mmap.mmap(fd, layout.nbytes)
+        finally:
+            os.close(fd)
+        lo = place.lo
+        grad = np.ndarray(size, np.float32, segment, layout.grad_at + 4 * lo)
+        params = np.ndarray(size, np.float32, segment, layout.params_at + 4 * lo)
+        return segment, grad, params
 
     # ---- one worker's connection ----------------------------------------------------
 
@@ -111,6 +159,7 @@ class ShmShardServer:
             params = self._view(worker_id, lay.params_at, lay.params, np.float32)
             buffers_in = self._view(worker_id, lay.buffers_in_at, lay.buffers, np.float64)
             buffers_out = self._view(worker_id, lay.buffers_out_at, lay.buffers, np.float64)
+            own = None  # the worker's own segment, mapped at its first request that names it
             while True:
                 try:
                     header = await reader.readexactly(REQUEST.size)
@@ -138,8 +187,13 @@ class ShmShardServer:
                     if who != worker_id:
                         raise UnknownWorkerError(f"this connection is worker {worker_id}'s, not worker {who}'s")
                     self._check_flags(flags)
+                    into = grad, params
+                    if flags & IN_SEGMENT:
+                        if own is None:
+                            own = self._worker_segment(worker_id)
+                        into = own[1:]
                     reply = await self._handle(op, flags, worker_id, clock, pulled, samples, loss, ahead,
-                                               incarnation, seq, blob if flags & COMPRESSED else grad, params,
+                                               incarnation, seq, blob if flags & COMPRESSED else into[0], into[1],
                                                buffers_in, buffers_out)
                 except PSError as e:
                     reply = self._refused(e)
@@ -240,7 +294,7 @@ class ShmShardServer:
 
 
 async def start_shm_server(shard: Served, token: str, root: str | None = None,
-                           directory: str | None = None) -> ShmShardServer:
-    server = ShmShardServer(shard, token, root, directory)
+                           directory: str | None = None, place: SegmentPlace | None = None) -> ShmShardServer:
+    server = ShmShardServer(shard, token, root, directory, place)
     await server.start()
     return server

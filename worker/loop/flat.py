@@ -124,6 +124,27 @@ class FlatParams:
     def numel(self) -> int:
         return self.layout.numel
 
+    def adopt(self, grads: np.ndarray, params: np.ndarray) -> None:
+        """Train on these arrays from now on (a transport's own: ``Transport.shared_buffers``): the values
+        move into them and every parameter and its gradient become views of them, so a push and its pull
+        copy nothing. CPU only (a GPU's host arrays are staging copies anyway)."""
+        if self.device.type != "cpu":
+            raise ShapeError(f"only a CPU model trains on a transport's buffers; this one is on {self.device}")
+        for name, array in (("grads", grads), ("params", params)):
+            if not isinstance(array, np.ndarray) or array.dtype != np.float32 or array.shape != (self.numel,):
+                raise ShapeError(f"{name} to adopt must be float32 of shape ({self.numel},), got"
+                                 f" {getattr(array, 'dtype', type(array).__name__)} {getattr(array, 'shape', '')}")
+        new_params, new_grads = torch.from_numpy(params), torch.from_numpy(grads)
+        new_params.copy_(self.params)
+        new_grads.copy_(self.grads)
+        self.params, self.grads = new_params, new_grads
+        self._host_params, self._host_grads = self.params, self.grads
+        with torch.no_grad():
+            for p, spec in zip(self._params_list, self.layout.tensors):
+                if p.dtype == torch.float32:
+                    p.data = self.params[spec.offset:spec.end].view(spec.shape)
+                    p.grad = self.grads[spec.offset:spec.end].view(spec.shape)
+
     def zero_grad(self) -> None:
         self.grads.zero_()
         self._gathered = False

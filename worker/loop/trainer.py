@@ -193,6 +193,11 @@ class Worker:
             self.work = _RemoteWork(work, runtime)
         self.client = self._connect(transport)
         self.transport = transport.name
+        # Where the transport has buffers of its own (shm: this worker's segment), the model trains on them and a
+        # step copies nothing. Not with overlap: the next step computes into them while this one's are read.
+        shared = self.client.shared_buffers() if not plan.overlap and device == "cpu" else None
+        if shared is not None:
+            self.flat.adopt(*shared)
         # Sparse tables (rayps.Embedding): rows are pulled per batch and pushed beside the dense gradient.
         # Compression (ps/compression/encoding.py): blobs per shard instead of float32 slices, the residual kept here.
         self.wire = CompressionStats()
