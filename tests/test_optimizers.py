@@ -189,3 +189,15 @@ def test_bad_config_raises_config_error_naming_the_key(kwargs, message):
 def test_bad_size_raises_shape_error():
     with pytest.raises(ShapeError, match=r"optimizer size \(-1\) must be a non-negative integer"):
         make_optimizer(OptimizerConfig(), -1)
+
+
+@pytest.mark.parametrize("config, kwargs", [(dict(name="sgd"), {}), (dict(name="sgd", momentum=0.9), dict(momentum=0.9))],
+                         ids=["sgd", "sgd-momentum"])
+def test_sgd_without_weight_decay_is_torchs_sgd_bit_for_bit(config, kwargs):
+    # the step is BLAS saxpy: the same single rounding as torch's param.add_(grad, alpha=-lr)
+    init, grads, lrs = _data()
+    params = init.copy()
+    opt = make_optimizer(OptimizerConfig(lr=0.05, **config), SIZE)
+    for grad, lr in zip(grads, lrs):
+        opt.step(params, grad, lr)
+    np.testing.assert_array_equal(params, _torch_run(torch.optim.SGD, kwargs, init, grads, lrs))
