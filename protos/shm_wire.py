@@ -18,6 +18,14 @@ plain push needs no copy in and its pull no copy out: a request flagged
 and the shard answers there too. The shard finds the segment by a name it
 derives itself (the job's tag and the worker id), never by a path it is sent.
 
+The shards of a job keep their dense parameters in one file of the job's
+(``published_params_file``), each at its range: the model's whole parameter
+vector, once. Under bsp (no quorum) nobody writes it while a worker computes
+(a round steps only when every worker has pushed, and each waits for its
+answer), so a worker may train on it directly, read-only: a request flagged
+``PUBLISHED`` says so, and the shard writes no answer anywhere. Published once
+for all readers.
+
 Handshake: the client sends ``HELLO`` (token length, worker id) and the token;
 the shard answers ``LAYOUT`` (status, parameter count, buffer count, the slot's
 offset) or an error reply and closes.
@@ -58,6 +66,9 @@ COMPRESSED = 2
 # request flag: the float32 gradient lies in the worker's own segment at this shard's range, and the answer's
 # parameters go there too (not into the slot)
 IN_SEGMENT = 4
+# request flag (with IN_SEGMENT): the worker reads the parameters where the shards publish them; write none.
+# Refused unless the shard's mode keeps them still while workers compute (bsp, no quorum).
+PUBLISHED = 8
 OUTCOMES = ("applied", "duplicate", "stale")
 #: Reply statuses, named as the gRPC transport names the same refusals.
 STATUSES = {0: "OK", 1: "INVALID_ARGUMENT", 2: "NOT_FOUND", 3: "FAILED_PRECONDITION", 4: "UNAUTHENTICATED",
@@ -81,6 +92,15 @@ def worker_segment_dir(root: str, tag: str, worker_id: int) -> str:
 
 #: the segment's file, inside its directory
 WORKER_SEGMENT_FILE = "segment"
+
+
+def published_params_file(root: str, tag: str) -> str:
+    """The file holding every shard's dense parameters, each at its range (float32, the whole vector)."""
+    return f"{root}/rayps-{tag}-params"
+
+
+def published_nbytes(total: int) -> int:
+    return max(ALIGN, _aligned(total * 4))
 
 
 @dataclass(frozen=True)

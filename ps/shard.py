@@ -194,7 +194,8 @@ class ParameterShard:
                 f" {completed + 1}"))
         self._checked(self._check_counts, s)
         try:
-            outcome = self._dense.push(worker, int(s.clock), grad, s.pulled_version, s.num_samples, s.buffers)
+            outcome = self._dense.push(worker, int(s.clock), grad, s.pulled_version, s.num_samples, s.buffers,
+                                       held=s.held and grad is s.grad)
         except OutOfOrderError as e:  # a round not yet gathered: nothing was recorded
             raise self._refuse("out_of_order", e)
         self._ledger.record(worker, seq)
@@ -562,6 +563,23 @@ class ParameterShard:
     @property
     def pull_codec(self) -> Codec:
         return self._decoder.pull
+
+    def place_params(self, array: np.ndarray) -> None:
+        """Keep the dense parameters in ``array`` from now on (shared memory others read: the same-node
+        transport's published parameters); their values move into it."""
+        params = self._dense.params
+        if not isinstance(array, np.ndarray) or array.dtype != params.dtype or array.shape != params.shape:
+            raise ShapeError(f"{self!r}: parameters must move into a {params.dtype} array of shape {params.shape}")
+        if array.__array_interface__["data"][0] != params.__array_interface__["data"][0]:
+            array[:] = params
+        self._dense.params = array
+
+    @property
+    def publishes_in_place(self) -> bool:
+        """Whether the dense parameters stay still while workers compute, so a worker may read them where they
+        lie: bsp without a quorum (a round steps only once every worker has pushed and waits for its answer)."""
+        config = self._dense.consistency.config
+        return config.mode == "bsp" and config.quorum is None
 
     def grad_wire_nbytes(self) -> int:
         """The bytes of this shard's compressed dense gradient (what a receiver of a blob expects)."""

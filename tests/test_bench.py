@@ -23,7 +23,8 @@ def test_a_short_bench_measures_every_system_and_writes_its_report(ray_session, 
     rows_all = rows
     wire = [r for r in rows if r.model == "transport"]
     assert [r.system for r in wire] == ["memcpy (numpy copyto), one copy", "push + pull through shm",
-                                        "push + pull through grpc", "push + pull through ray"]
+                                        "push + pull through shm, bsp", "push + pull through grpc",
+                                        "push + pull through ray"]
     assert all(r.samples_per_s > 0 and r.extra["ms"] > 0 for r in wire)
     rows = [r for r in rows if r.model == "small"]
     systems = [r.system for r in rows]

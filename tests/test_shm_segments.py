@@ -8,12 +8,13 @@ name it derives (the job's tag, the worker id), so a request can never point it 
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 import pytest
 
-from rayps.protos.shm_wire import (IN_SEGMENT, PUSH_PULL, REGISTER, WORKER_SEGMENT_FILE, SegmentPlace,
-                                   WorkerSegment, worker_segment_dir)
+from rayps.protos.shm_wire import (IN_SEGMENT, PUBLISHED, PUSH_PULL, REGISTER, WORKER_SEGMENT_FILE, SegmentPlace,
+                                   WorkerSegment, published_params_file, worker_segment_dir)
 from rayps.ps.core.consistency import ConsistencyConfig
 from rayps.ps.core.optimizers import OptimizerConfig
 from rayps.ps.core.schedules import ScheduleConfig
@@ -133,3 +134,47 @@ def test_stopping_removes_the_segments_workers_left_behind(loop_thread, served, 
     assert not os.path.exists(worker_segment_dir(str(tmp_path), TAG, 0))
     assert not os.path.exists(worker_segment_dir(str(tmp_path), TAG, 1))
     assert os.path.isdir(other_job)  # another job's: not this shard's to remove
+
+
+def test_asking_to_read_the_parameters_in_place_is_refused_where_they_change_while_workers_compute(
+        loop_thread, served, tmp_path):
+    make_segment(tmp_path, 0)
+    client = served.connect(0)
+    try:  # asp: another worker's push may step them while this one computes
+        reply = client.call(PUSH_PULL, flags=IN_SEGMENT | PUBLISHED, clock=1, pulled=0, samples=1)
+        assert reply.status == "INVALID_ARGUMENT" and "only bsp without a quorum" in reply.message
+        assert loop_thread.run(served.shard.stats())["pushes_applied"] == 0
+    finally:
+        client.close()
+
+
+def test_under_bsp_the_parameters_are_published_once_and_read_where_they_lie(loop_thread, tmp_path):
+    shard = ParameterShard(0, np.full(SIZE, 3.0, np.float32), [0, 1], OptimizerConfig(name="sgd", lr=0.5),
+                           ScheduleConfig(), ConsistencyConfig(mode="bsp"))
+    served = ShmServed(shard, loop_thread.run(start_shm_server(shard, TOKEN, str(tmp_path),
+                                                               place=SegmentPlace(TAG, LO, TOTAL))), TOKEN)
+    published = np.memmap(published_params_file(str(tmp_path), TAG), np.float32, "r", shape=(TOTAL,))
+    assert (published[LO:] == 3.0).all()  # the shard's parameters now live there, at its range
+    segments = [make_segment(tmp_path, w) for w in (0, 1)]
+    for grad, _ in segments:
+        grad[:] = 1.0
+    clients = [served.connect(0), served.connect(1)]
+    try:
+        replies = [None, None]
+
+        def push(w):
+            replies[w] = clients[w].call(PUSH_PULL, flags=IN_SEGMENT | PUBLISHED, clock=1, pulled=0, samples=1)
+        threads = [threading.Thread(target=push, args=(w,)) for w in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert [r.status for r in replies] == ["OK", "OK"] and replies[0].version == 1
+        assert (published[LO:] == 2.5).all()  # one round: the mean gradient, once, where every worker reads it
+        for _, params in segments:
+            assert (params == 0).all()  # and no copy written for anyone
+    finally:
+        for c in clients:
+            c.close()
+        stop_shm(loop_thread, served)
+    assert not os.path.exists(published_params_file(str(tmp_path), TAG))  # removed with the job's segments

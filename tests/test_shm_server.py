@@ -90,7 +90,7 @@ BAD_REQUESTS = {
     "incarnation_not_joined": (lambda c: c[0].push(ONES, 2, pulled=1, incarnation=U32), "FAILED_PRECONDITION",
                                [f"incarnation {U32} has not joined"], "out_of_order"),
     "unknown_flag_bits": (lambda c: c[0].push(ONES, 2, pulled=1, flags=0x80), "INVALID_ARGUMENT",
-                          ["flags 0x80", "known: 0x7"], "flags"),
+                          ["flags 0x80", "known: 0xf"], "flags"),
     "buffers_to_a_shard_without_any": (lambda c: c[0].push(ONES, 2, pulled=1, flags=BUFFERS_FOLLOW), "NOT_FOUND",
                                        ["holds no 'buffers' tensor"], "unknown_tensor"),
     "unknown_op": (lambda c: c[0].call(9, clock=2), "INVALID_ARGUMENT", ["unknown request op 9"], "malformed"),

@@ -14,6 +14,7 @@ directory, ``bench.json`` (the rows, with the command, commit and date that made
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import os
@@ -157,12 +158,16 @@ def transport_rows(megabytes: int = 100, repeats: int = 5) -> list[Row]:
     rows = [Row("transport", "memcpy (numpy copyto), one copy", memcpy_gbs,
                 {"ms": 1000 * n * 4 / memcpy_gbs / 1e9, "config": f"{megabytes} MB, one thread, median of {repeats}"})]
     ranges = tuple(partition(n, 1))
-    for name in ("shm", "grpc", "ray"):
+    # shm twice: asp (the answer written into the worker's segment) and bsp (read where the shard publishes it)
+    for name, mode in (("shm", "asp"), ("shm", "bsp"), ("grpc", "asp"), ("ray", "asp")):
         shard = ray.remote(ServedShard).options(num_cpus=0).remote(
             0, np.zeros(n, np.float32), [0], OptimizerConfig(name="sgd", lr=0.01), ScheduleConfig(),
-            ConsistencyConfig(mode="asp"))
+            ConsistencyConfig(mode=mode))
         try:
-            client = make_transport(name, [shard], ranges, None, workers=1).connect(0)
+            spec = make_transport(name, [shard], ranges, None, workers=1)
+            if name == "shm":
+                spec = dataclasses.replace(spec, published=mode == "bsp")
+            client = spec.connect(0)
             # the arrays a worker trains on: the transport's own where it has them (shm), else the worker's
             grads, params = client.shared_buffers() or (np.empty(n, np.float32), np.empty(n, np.float32))
             grads[:] = 1e-3
@@ -178,9 +183,10 @@ def transport_rows(megabytes: int = 100, repeats: int = 5) -> list[Row]:
             ray.kill(shard)
         step = sorted(times[1:])[repeats // 2]  # the first step also opens streams and maps pages
         gbs = 2 * n * 4 / step / 1e9
-        rows.append(Row("transport", f"push + pull through {name}", gbs,
+        rows.append(Row("transport", f"push + pull through {name}" + (", bsp" if mode == "bsp" else ""), gbs,
                         {"ms": 1000 * step, "x_memcpy": gbs / memcpy_gbs,
-                         "config": f"1 worker, 1 shard, {megabytes} MB float32 each way, SGD, asp, median of {repeats}"}))
+                         "config": f"1 worker, 1 shard, {megabytes} MB float32 each way, SGD, {mode},"
+                                   f" median of {repeats}"}))
     return rows
 
 

@@ -108,6 +108,9 @@ def job_transport(config: JobConfig, shards, ranges, buffer_ranges, runtime: Run
     spec = make_transport(name, shards, ranges, buffer_ranges, config.workers, config.grpc, runtime, keys)
     if isinstance(spec, GrpcEndpoints):  # gRPC pulls may come compressed (fp16, bf16): the clients decode
         spec = dataclasses.replace(spec, pull=config.compression.pull)
+    if isinstance(spec, ShmEndpoints):  # bsp without a quorum: workers read the parameters where they lie
+        c = config.consistency
+        spec = dataclasses.replace(spec, published=c.mode == "bsp" and c.quorum is None)
     return spec, keys
 
 

@@ -59,11 +59,13 @@ class DenseTable:
                              "non_finite")
 
     def push(self, worker_id: int, clock: int, grad: np.ndarray, pulled_version: int, num_samples: int,
-             buffers: np.ndarray | None = None) -> str:
+             buffers: np.ndarray | None = None, held: bool = False) -> str:
         """A checked, new push of iteration ``clock``: ``"applied"`` (now, or gathered into its round) or
-        ``"stale"`` (its round stepped without it: dropped and counted)."""
+        ``"stale"`` (its round stepped without it: dropped and counted). ``held``: ``grad`` stays as it is
+        until the push is answered, so a round keeps it without a copy."""
         def record() -> dict:  # copies: a transport may reuse its receive buffers before the round steps
-            return {"grad": grad.copy(), "num_samples": int(num_samples), "pulled_version": int(pulled_version),
+            return {"grad": grad if held else grad.copy(), "num_samples": int(num_samples),
+                    "pulled_version": int(pulled_version),
                     "buffers": None if buffers is None else buffers.copy()}
 
         action = self.consistency.accept(worker_id, clock, record)

@@ -43,6 +43,9 @@ class Step:
     ahead: int = 0  # iterations it computes before its next push: the answer admits clock + 1 + ahead
     incarnation: int = 0
     seq: int = 0  # (worker, incarnation, seq) is applied once; 0: the clock's place in this incarnation
+    # the transport leaves ``grad`` as it is until this step is answered (shm: the worker's own segment, which it
+    # writes again only after the answer), so a round may gather it without a copy
+    held: bool = False
 
     @property
     def answers(self) -> int:

@@ -27,9 +27,9 @@ import numpy as np
 
 from ...errors import ShapeError, TransportError
 from ...protos.shm_wire import (BUFFERS_FOLLOW, COMPRESSED, FINISH, HELLO, IN_SEGMENT, LAYOUT, MESSAGE, OK,
-                                PUSH_PULL, REGISTER, REPLY, REQUEST, SPARSE, SPARSE_PULL, SPARSE_PUSH, SPARSE_ROWS,
-                                STATUSES, WORKER_SEGMENT_FILE, SlotLayout, WorkerSegment, segment_name,
-                                worker_segment_dir)
+                                PUBLISHED, PUSH_PULL, REGISTER, REPLY, REQUEST, SPARSE, SPARSE_PULL, SPARSE_PUSH,
+                                SPARSE_ROWS, STATUSES, WORKER_SEGMENT_FILE, SlotLayout, WorkerSegment,
+                                published_nbytes, published_params_file, segment_name, worker_segment_dir)
 from ..core.partition import ShardRange
 from ..core.placement_info import acting
 from .client_base import ShardClientBase
@@ -48,10 +48,12 @@ class ShmEndpoints:
     timeout_s: float = 300.0
     name: str = "shm"
     tag: str | None = None  # the job's: names each worker's own segment (None: slots only)
+    # the workers read the parameters where the shards publish them (bsp without a quorum: protos/shm_wire.py)
+    published: bool = False
 
     def connect(self, worker_id: int, incarnation: int = 0) -> "ShmShardClient":
         return ShmShardClient(worker_id, self.directories, self.ranges, self.token, self.buffer_ranges,
-                              self.timeout_s, self.node_ids, incarnation, self.tag)
+                              self.timeout_s, self.node_ids, incarnation, self.tag, self.published)
 
 
 def _same(a: np.ndarray | None, b: np.ndarray) -> bool:
@@ -60,13 +62,27 @@ def _same(a: np.ndarray | None, b: np.ndarray) -> bool:
         a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
 
 
+def _map_published(root: str, tag: str, size: int) -> np.ndarray:
+    """The shards' published parameters, the whole vector, mapped read-only: a worker never writes them."""
+    path = published_params_file(root, tag)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.getuid() or st.st_size < published_nbytes(size):
+            raise TransportError(f"{path} is not the shards' published parameters ({st.st_size} bytes)")
+        mapped = mmap.mmap(fd, published_nbytes(size), prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
+    return np.ndarray(size, np.float32, mapped, 0)
+
+
 class _OwnSegment:
     """This worker's segment: its whole gradient and parameters, in a directory only this user can open.
 
     Made afresh by each life of the worker (what a dead one left is stale), kept across reconnects, removed
     when the worker finishes or its process exits (the shards remove what a SIGKILLed worker left)."""
 
-    def __init__(self, root: str, tag: str, worker_id: int, size: int):
+    def __init__(self, root: str, tag: str, worker_id: int, size: int, published: bool = False):
         self.directory = worker_segment_dir(root, tag, worker_id)
         shutil.rmtree(self.directory, ignore_errors=True)
         os.mkdir(self.directory, 0o700)
@@ -80,6 +96,7 @@ class _OwnSegment:
             os.close(fd)
         self.grad = np.ndarray(size, np.float32, self.map, layout.grad_at)
         self.params = np.ndarray(size, np.float32, self.map, layout.params_at)
+        self.published = _map_published(root, tag, size) if published else None
 
     def remove(self) -> None:
         """The files go; the mapping stays valid for whoever still holds a view of it."""
@@ -224,13 +241,16 @@ class ShmShardClient(ShardClientBase):
 
     def __init__(self, worker_id: int, directories: Sequence[str], ranges: Sequence[ShardRange], token: str,
                  buffer_ranges: Sequence[ShardRange] | None = None, timeout_s: float = 300.0,
-                 node_ids: Sequence[str] | None = None, incarnation: int = 0, tag: str | None = None):
+                 node_ids: Sequence[str] | None = None, incarnation: int = 0, tag: str | None = None,
+                 published: bool = False):
         super().__init__(worker_id, ranges, buffer_ranges, incarnation, len(directories))
         self._check_node(directories, node_ids)
         self._directories, self._token, self._timeout_s = list(directories), token, timeout_s
         size = max((r.hi for r in self.ranges), default=0)
-        self._segment = _OwnSegment(os.path.dirname(directories[0]), tag, worker_id, size) \
+        self._segment = _OwnSegment(os.path.dirname(directories[0]), tag, worker_id, size, published) \
             if tag is not None and directories else None
+        # IN_SEGMENT on every dense request where there is a segment; PUBLISHED where the answer is read in place
+        self._flags = 0 if self._segment is None else IN_SEGMENT | (PUBLISHED if published else 0)
         self._links: list[_Link] = []
         self._sparse_links: list[_SparseLink] = []  # opened at the first sparse call
         self._sparse_pending: Pending | None = None  # a push whose answers are still on those sockets
@@ -260,16 +280,19 @@ class ShmShardClient(ShardClientBase):
                     f" through shared memory: {directory} is not on this node; use transport grpc across nodes")
 
     def shared_buffers(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """The whole gradient and parameters in this worker's segment: a model that trains on these very
-        arrays (``FlatParams.adopt``) pushes and pulls with no copy. None where the shards serve no segments."""
-        return None if self._segment is None else (self._segment.grad, self._segment.params)
+        """The whole gradient in this worker's segment and the parameters it reads (the shards' published ones
+        under bsp, read-only; else its segment's): a model that trains on these very arrays (``FlatParams.adopt``)
+        pushes and pulls with no copy. None where the shards serve no segments."""
+        segment = self._segment
+        if segment is None:
+            return None
+        return segment.grad, segment.published if segment.published is not None else segment.params
 
     # ---- the transport contract (ps/transport/contract.py) ---------------------------------
 
     def register(self, params_out: np.ndarray, buffers_out: np.ndarray | None = None) -> int:
         for link in self._links:
-            link.send(REGISTER, self.worker_id, incarnation=self.incarnation,
-                      flags=IN_SEGMENT if self._segment is not None else 0)
+            link.send(REGISTER, self.worker_id, incarnation=self.incarnation, flags=self._flags)
         self._collect(params_out, buffers_out, "register")
         return self.carry_on([(link.clock, link.seq) for link in self._links])
 
@@ -295,8 +318,7 @@ class ShmShardClient(ShardClientBase):
             else:
                 link.grad[:] = step.grad
                 flags = 0
-            if segment is not None:
-                flags |= IN_SEGMENT
+            flags |= self._flags
             if step.buffers is not None:
                 link.buffers_in[:] = step.buffers
                 flags |= BUFFERS_FOLLOW  # beside COMPRESSED, when the push is a blob
@@ -370,7 +392,8 @@ class ShmShardClient(ShardClientBase):
 
     def _collect(self, params_out: np.ndarray, buffers_out: np.ndarray | None, what: str) -> None:
         errors, segment = [], self._segment
-        in_place = segment is not None and _same(params_out, segment.params)  # the shards wrote them there
+        answers = None if segment is None else segment.published if segment.published is not None else segment.params
+        in_place = answers is not None and _same(params_out, answers)  # the shards' answer lies there already
         for i, link in enumerate(self._links):
             try:  # read every reply, so no stale one is left on a socket for the next step
                 version = link.receive(what)
@@ -378,7 +401,7 @@ class ShmShardClient(ShardClientBase):
                 errors.append(e)
                 continue
             r = self.ranges[i]
-            answer = None if in_place else segment.params[r.lo:r.hi] if segment is not None else link.params
+            answer = None if in_place else answers[r.lo:r.hi] if answers is not None else link.params
             self.receive(i, answer, version, link.buffers_out, params_out, buffers_out)
         if errors:
             raise errors[0]

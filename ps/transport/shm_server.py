@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import glob
 import hmac
 import logging
@@ -34,9 +35,10 @@ import numpy as np
 
 from ...errors import InputError, PSError, ShapeError, UnknownTensorError, UnknownWorkerError
 from ...protos.shm_wire import (BUFFERS_FOLLOW, COMPRESSED, FINISH, HELLO, IN_SEGMENT, LAYOUT, MAX_SPARSE_BYTES,
-                                MESSAGE, OK, PUSH_PULL, REGISTER, REPLY, REQUEST, SPARSE, SPARSE_PULL, SPARSE_PUSH,
-                                SPARSE_ROWS, STATUSES, WORKER_SEGMENT_FILE, SegmentPlace, SlotLayout, WorkerSegment,
-                                segment_name, worker_segment_dir)
+                                MESSAGE, OK, PUBLISHED, PUSH_PULL, REGISTER, REPLY, REQUEST, SPARSE, SPARSE_PULL,
+                                SPARSE_PUSH, SPARSE_ROWS, STATUSES, WORKER_SEGMENT_FILE, SegmentPlace, SlotLayout,
+                                WorkerSegment, published_nbytes, published_params_file, segment_name,
+                                worker_segment_dir)
 from ..core.step import OUTCOMES, Step
 from .contract import Served
 from .statuses import refusal
@@ -47,7 +49,21 @@ log = logging.getLogger(__name__)
 #: Status names (ps/transport/statuses.py) to this wire's status bytes.
 CODES = {name: code for code, name in STATUSES.items()}
 #: Every request flag this wire defines (protos/shm_wire.py); another bit is a request of another protocol.
-KNOWN_FLAGS = BUFFERS_FOLLOW | COMPRESSED | IN_SEGMENT
+KNOWN_FLAGS = BUFFERS_FOLLOW | COMPRESSED | IN_SEGMENT | PUBLISHED
+
+
+def _open_own_file(path: str, nbytes: int) -> mmap.mmap:
+    """Open (or make) ``path`` as this user's regular file of at least ``nbytes``, following no link, and map it."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+            raise PermissionError(f"{path} is not a file of this user's alone")
+        if st.st_size < nbytes:  # each shard may make it; all make it this size
+            os.ftruncate(fd, nbytes)
+        return mmap.mmap(fd, nbytes)
+    finally:
+        os.close(fd)
 
 
 
@@ -94,6 +110,11 @@ class ShmShardServer:
         return self._maps[worker_id]
 
     async def start(self) -> None:
+        if self.place is not None:  # the shard's parameters move into the job's published file, at its range
+            place = self.place
+            self._published = _open_own_file(published_params_file(os.path.dirname(self.directory), place.tag),
+                                             published_nbytes(place.total))
+            self.shard.place_params(np.ndarray(self.shard.size, np.float32, self._published, 4 * place.lo))
         self._server = await asyncio.start_unix_server(self._serve, path=self.socket_path)
         os.chmod(self.socket_path, 0o600)
         log.info("%r serves same-node clients in %s", self.shard, self.directory)
@@ -103,9 +124,13 @@ class ShmShardServer:
             self._server.close()
             self._server = None
         shutil.rmtree(self.directory, ignore_errors=True)
-        if self.place is not None:  # what workers that died without finishing left (one that finished removed its own)
-            for left in glob.glob(worker_segment_dir(os.path.dirname(self.directory), self.place.tag, 0)[:-1] + "*"):
-                shutil.rmtree(left, ignore_errors=True)
+        if self.place is not None:  # the published parameters, and what workers that died without finishing left
+            for left in glob.glob(f"{os.path.dirname(self.directory)}/rayps-{self.place.tag}-*"):
+                if os.path.isdir(left) and not os.path.islink(left):
+                    shutil.rmtree(left, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.unlink(left)
 
     def _worker_segment(self, worker_id: int) -> tuple[mmap.mmap, np.ndarray, np.ndarray]:
         """Map worker ``worker_id``'s own segment; its gradient and parameters at this shard's range."""
@@ -268,7 +293,13 @@ class ShmShardServer:
     async def _handle(self, op, flags, worker_id, clock, pulled, samples, loss, ahead, incarnation, seq,
                       grad, params, buffers_in, buffers_out) -> bytes:
         def into_slot(values: np.ndarray, outcome: str | None = None) -> None:
-            params[:] = values  # in the shard's turn that reads them: the snapshot this reply answers with
+            if not flags & PUBLISHED:  # else the worker reads them where they lie
+                params[:] = values  # in the shard's turn that reads them: the snapshot this reply answers with
+
+        if flags & PUBLISHED and not self.shard.publishes_in_place:  # only where nobody writes them meanwhile
+            raise self._refuse("published", InputError(
+                "PUBLISHED: this shard's parameters change while workers compute (only bsp without a quorum keeps"
+                " them still); read the answer from the segment", "published"))
 
         if op == FINISH:
             await self.shard.finish(worker_id, incarnation)
@@ -277,8 +308,10 @@ class ShmShardServer:
             if flags & BUFFERS_FOLLOW and not self.shard.buffer_size:  # as gRPC answers the same push
                 raise self._refuse("unknown_tensor", UnknownTensorError(
                     "the push says buffers follow, but this shard holds no 'buffers' tensor"))
+            # the worker writes its segment again only after this answer: a round may keep its gradient uncopied
+            held = bool(flags & IN_SEGMENT) and not flags & COMPRESSED
             step = Step(worker_id, clock, grad, pulled, samples, loss, buffers_in if flags & BUFFERS_FOLLOW else None,
-                        ahead, incarnation, seq)
+                        ahead, incarnation, seq, held)
             answer, position = await self.shard.step(step, take=into_slot), (0, 0)
         elif op == REGISTER:  # the parameters for the worker's next iteration, and where it carries on
             *position, pulled = await self.shard.register(worker_id, incarnation, take=into_slot)

@@ -24,6 +24,8 @@ What counts as what:
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
@@ -124,18 +126,26 @@ class FlatParams:
     def numel(self) -> int:
         return self.layout.numel
 
-    def adopt(self, grads: np.ndarray, params: np.ndarray) -> None:
-        """Train on these arrays from now on (a transport's own: ``Transport.shared_buffers``): the values
-        move into them and every parameter and its gradient become views of them, so a push and its pull
-        copy nothing. CPU only (a GPU's host arrays are staging copies anyway)."""
+    def adopt(self, grads: np.ndarray, params: np.ndarray | None = None) -> None:
+        """Train on these arrays from now on (a transport's own: ``Transport.shared_buffers``): every parameter
+        and its gradient become views of them, so a push and its pull copy nothing. Writable arrays take the
+        current values; read-only parameters (the shards' own, published under bsp) keep theirs, and nothing
+        here writes them again. ``params`` None: only the gradient moves. CPU only (a GPU's host arrays are
+        staging copies anyway)."""
         if self.device.type != "cpu":
             raise ShapeError(f"only a CPU model trains on a transport's buffers; this one is on {self.device}")
         for name, array in (("grads", grads), ("params", params)):
+            if array is None and name == "params":
+                continue
             if not isinstance(array, np.ndarray) or array.dtype != np.float32 or array.shape != (self.numel,):
                 raise ShapeError(f"{name} to adopt must be float32 of shape ({self.numel},), got"
                                  f" {getattr(array, 'dtype', type(array).__name__)} {getattr(array, 'shape', '')}")
-        new_params, new_grads = torch.from_numpy(params), torch.from_numpy(grads)
-        new_params.copy_(self.params)
+        with warnings.catch_warnings():  # torch warns of read-only arrays: nothing writes these (see above)
+            warnings.simplefilter("ignore", UserWarning)
+            new_params = self.params if params is None else torch.from_numpy(params)
+        new_grads = torch.from_numpy(grads)
+        if params is not None and params.flags.writeable:
+            new_params.copy_(self.params)
         new_grads.copy_(self.grads)
         self.params, self.grads = new_params, new_grads
         self._host_params, self._host_grads = self.params, self.grads

@@ -197,7 +197,10 @@ class Worker:
         # step copies nothing. Not with overlap: the next step computes into them while this one's are read.
         shared = self.client.shared_buffers() if not plan.overlap and device == "cpu" else None
         if shared is not None:
-            self.flat.adopt(*shared)
+            grads, params = shared
+            # read-only parameters (the shards' own, under bsp): only the job's loop, which never writes them;
+            # a loop of the user's might (an optimizer of its own, load_state_dict), so it gets them copied
+            self.flat.adopt(grads, params if params.flags.writeable or plan.loop is None else None)
         # Sparse tables (rayps.Embedding): rows are pulled per batch and pushed beside the dense gradient.
         # Compression (ps/compression/encoding.py): blobs per shard instead of float32 slices, the residual kept here.
         self.wire = CompressionStats()
