@@ -191,3 +191,12 @@ def test_a_fixed_compute_time_makes_the_straggler_delays_the_seeded_stream_says(
         assert s["steps"][str(worker)] == 30
         assert s["straggled_s"][str(worker)] == pytest.approx(expected, abs=1e-6)
     assert s["straggled_s"]["1"] > s["straggled_s"]["0"] > 0
+
+
+def test_with_max_steps_a_fast_worker_never_takes_a_unit_it_will_not_train(in_process, tmp_path):
+    # A worker asks for its next unit while it trains this one. Under asp it may take another worker's; one at
+    # its max_steps would then sit on it, and the slower worker, finding nothing left, would stop short.
+    s = run(tmp_path, in_process, consistency={"mode": "asp"}, max_steps=8, chunk_batches=2,
+            debug={"slow_workers": {1: 0.05}}).summary
+    assert s["steps"] == {"0": 8, "1": 8}
+    assert s["units_stolen"] == 0 and s["batches_returned"] == 0

@@ -119,4 +119,7 @@ def recovery_summary(controller, checkpointer, coverage, reports, stats) -> dict
         out["examples_per_epoch"] = coverage["examples_per_epoch"]
         out["epoch_coverage"] = coverage["ranges"]
         out["batches_per_epoch"] = coverage["batches_per_epoch"]
+        # units a worker took from another's stretch, and batches leased but handed back untrained
+        out["units_stolen"] = coverage.get("stolen_units", 0)
+        out["batches_returned"] = coverage.get("returned_batches", 0)
     return out

@@ -415,7 +415,7 @@ class Worker:
     def _next_unit(self) -> list | None:
         """The next leased unit's batches, asking now for the one after it (the call's latency hides behind
         this unit's steps; one step alone is shorter than a Ray call here); None when there is none."""
-        if self._reached_max_steps():
+        if self._reached_max_steps() or self._upcoming is None:
             return None
         leased = self.work.result(self._upcoming)
         if leased == RESYNC:
@@ -425,7 +425,10 @@ class Worker:
         unit = Unit(*leased)
         self._unit_epoch = unit.epoch
         batches = self.batches.batches(unit)
-        self._upcoming = self._lease(self.clock + 1 + len(batches))
+        # Ask for the next unit only if this worker will get to it: a lease it would never start is a unit taken
+        # (stolen, under asp and ssp) from a worker that would, which then finds nothing left and stops early.
+        last = self.plan.max_steps is not None and self.steps + len(batches) >= self.plan.max_steps
+        self._upcoming = None if last else self._lease(self.clock + 1 + len(batches))
         return batches
 
     def _reached_max_steps(self) -> bool:

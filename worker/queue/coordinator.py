@@ -128,7 +128,7 @@ class WorkCoordinator:
         return {"examples_per_epoch": {str(e): n for e, n in sorted(examples.items())},
                 "ranges": {str(e): [list(span) for span in r] for e, r in self.queue.coverage().items()},
                 "batches_per_epoch": self.queue.batches_per_epoch,
-                "returned_batches": self.queue.returned}
+                "returned_batches": self.queue.returned, "stolen_units": self.queue.stolen}
 
 
 def unit_of(leased: tuple[int, int, int]) -> Unit:
