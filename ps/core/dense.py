@@ -20,7 +20,7 @@ from ...protos.layout import DTYPE, all_finite
 from .buffers import BufferTable
 from .consistency import Consistency, ConsistencyConfig
 from .metrics import ShardMetrics
-from .optimizers import OptimizerConfig, make_optimizer
+from .optimizers import BLOCK as SUM_BLOCK, OptimizerConfig, make_optimizer
 from .schedules import ScheduleConfig, make_schedule
 
 
@@ -89,12 +89,10 @@ class DenseTable:
             mean = pending[0]["grad"]
         else:
             total = sum(r["num_samples"] for r in pending)
-            mean = np.zeros_like(self.params)
-            for r in pending:
-                # Sample-weighted; a round whose pushes all say 0 samples (the wire allows it) takes the plain
-                # mean, as the buffers do: dividing by 0 here once lost the round after it was taken.
-                weight = r["num_samples"] / total if total else 1 / len(pending)
-                mean += r["grad"] * np.float32(weight)
+            # Sample-weighted; a round whose pushes all say 0 samples (the wire allows it) takes the plain
+            # mean, as the buffers do: dividing by 0 here once lost the round after it was taken.
+            weights = [np.float32(r["num_samples"] / total if total else 1 / len(pending)) for r in pending]
+            mean = self._weighted_sum([r["grad"] for r in pending], weights)
         self._apply(mean, [self.version - r["pulled_version"] for r in pending])
         # The round's buffers become visible with its step, so a pull for the next clock sees exactly
         # this round's reports, whoever pushes next.
@@ -102,6 +100,20 @@ class DenseTable:
             if r["buffers"] is not None:
                 self.buffers.report(w, r["buffers"], r["num_samples"])
         self.buffers.merge()
+
+    def _weighted_sum(self, grads: list[np.ndarray], weights: list[np.float32]) -> np.ndarray:
+        """sum(g * w) into a buffer kept for it, block by block with no allocation: the same float32 roundings,
+        in the same order, as summing ``g * w`` from zeros."""
+        if getattr(self, "_mean", None) is None or self._mean.shape != self.params.shape:
+            self._mean, self._term = np.empty_like(self.params), np.empty(min(self.size, SUM_BLOCK), DTYPE)
+        mean = self._mean
+        for lo in range(0, self.size, SUM_BLOCK):
+            hi = min(lo + SUM_BLOCK, self.size)
+            out, term = mean[lo:hi], self._term[:hi - lo]
+            np.multiply(grads[0][lo:hi], weights[0], out=out)
+            for g, w in zip(grads[1:], weights[1:]):
+                out += np.multiply(g[lo:hi], w, out=term)
+        return mean
 
     def _apply(self, grad: np.ndarray, staleness: list[int]) -> None:
         """One optimizer step with ``grad``, made of pushes of the given staleness."""
