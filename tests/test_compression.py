@@ -285,3 +285,14 @@ def test_a_batchnorm_model_trains_with_compressed_pushes_beside_its_buffers(in_p
     assert fp16["pushes_rejected"] == 0 and fp16["compression"]["dense_ratio"] == 0.5
     # 4 epochs of this CNN score 0.63 to 0.82 (uncompressed 0.69 to 0.82); with the blob misread, 0.10
     assert fp16["test_accuracy"] >= 0.5, fp16["test_accuracy"]
+
+
+def test_the_workers_torch_fp16_encoder_writes_the_codecs_bytes_exactly():
+    # the worker encodes fp16 with torch (~10x numpy here); the shard decodes with the numpy codec
+    from rayps.worker.loop.trainer import torch_fp16
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.standard_normal(20_000).astype(np.float32) * s for s in (1e-8, 1e-3, 1, 1e4, 1e6)] +
+                       [np.array([np.nan, np.inf, -np.inf, 65504, 65520, -70000, 6e-8, 0.0, -0.0], np.float32)])
+    codec = compression_config("fp16").make_codec()
+    np.testing.assert_array_equal(torch_fp16(x), codec.encode(x))

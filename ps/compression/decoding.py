@@ -41,10 +41,15 @@ class ShardDecoder:
         return row_codec(self.codec, dim).nbytes(count * dim)
 
     def grad(self, grad, size: int):
-        """The float32 gradient a push stands for: a blob decoded, anything else as it came."""
+        """The float32 gradient a push stands for: a blob decoded, anything else as it came. Decoded into one
+        buffer kept for it (no allocation per push): the shard uses it within the same synchronous turn
+        (ps/shard.py ``_push_now``: checked, then applied, or copied into its round), never after."""
         if not is_blob(grad):
             return grad
-        return self._decoded(lambda: self.codec.decode(grad, size), "gradient")
+        out = getattr(self, "_out", None)
+        if out is None or out.size != size:
+            out = self._out = np.empty(size, np.float32)
+        return self._decoded(lambda: self.codec.decode(grad, size, out), "gradient")
 
     def rows(self, grads, count: int, dim: int):
         """Sparse row gradients (count x dim float32) from a blob; anything else as it came."""

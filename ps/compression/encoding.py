@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Callable, Any, Mapping
 
 import numpy as np
 
@@ -112,9 +112,13 @@ class CompressionStats:
 class GradCompressor:
     """Encodes a worker's dense gradient per shard, keeping the residual when error feedback is on."""
 
-    def __init__(self, config: CompressionConfig, ranges, stats: CompressionStats | None = None):
+    def __init__(self, config: CompressionConfig, ranges, stats: CompressionStats | None = None,
+                 to_fp16: Callable[[np.ndarray], np.ndarray] | None = None):
+        """``to_fp16``: a faster encoder of the fp16 codec (the same bytes; a worker passes torch's, whose
+        conversion is ~10x numpy's here, which this layer, shared with the torch-free shards, cannot import)."""
         self.config = config
         self.codec = config.make_codec()
+        self._to_fp16 = to_fp16 if self.codec.name == "fp16" else None
         self.ranges = list(ranges)
         size = self.ranges[-1].hi if self.ranges else 0
         self.residual = np.zeros(size, np.float32) if config.feedback else None
@@ -126,7 +130,7 @@ class GradCompressor:
         blobs = []
         for r in self.ranges:
             part = g[r.lo:r.hi]
-            blob = self.codec.encode(part)
+            blob = self._to_fp16(part) if self._to_fp16 is not None else self.codec.encode(part)
             if self.residual is not None:
                 if self.codec.name == "topk":  # what was sent leaves the residual; the rest stays
                     kept = part.copy()
