@@ -209,7 +209,14 @@ def test_resume_after_sigkill_of_the_driver_completes_the_job(ray_session, tmp_p
         os.kill(driver.pid, signal.SIGKILL)  # our own subprocess
         driver.wait(timeout=30)
     assert not (run_dir / "summary.json").exists()
+    # what the killed job's shards and workers could not remove, as the driver noted it
+    noted = json.loads((run_dir / "shm.json").read_text())
+    left = [os.path.join(noted["root"], n) for n in os.listdir(noted["root"])
+            if n in noted["directories"] or n.startswith(f"rayps-{noted['tag']}-")]
+    assert left
     assert main(["run", "--resume", str(run_dir), "--no-dashboard"]) == 0
+    assert not any(os.path.exists(p) for p in left), left  # removed by the resumed run
+    assert not (run_dir / "shm.json").exists()  # and its own, by its own end
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["test_accuracy"] >= 0.93
     assert_every_example_once_per_epoch(s, 10)

@@ -67,6 +67,7 @@ from .terminal import ProgressLine
 from .report import write_report
 from .rundir import default_run_dir, write_run_dir
 from .summary import job_summary, progress_summary, recovery_summary, sparse_summary
+from .shm_leftovers import note_shm, remove_left_shm
 from .transports import WireKeys, job_transport, serve_again, stop_serving, throttled
 from .wire_summary import compression_summary
 
@@ -258,6 +259,7 @@ def start(run: Run, on_start: Callable[[str], None] | None) -> None:
     plan, config, runtime = run.plan, run.plan.config, run.runtime
     namespace = f"rayps-{run.run_id}"  # actor names are unique per run, not per cluster
     ckpt_root = _checkpoint_root(config, run.run_dir)
+    remove_left_shm(run.run_dir)  # a killed driver's: its shards and workers died with it, their files did not
     init, init_buffers, integer = plan.flat.host_params(), plan.flat.buffers.pack(), plan.flat.buffers.integer
     run.shards = [
         runtime.spawn(ServedShard, (
@@ -280,6 +282,7 @@ def start(run: Run, on_start: Callable[[str], None] | None) -> None:
     run.served, run.keys = job_transport(config, run.shards, tuple(plan.ranges), tuple(plan.buffer_ranges),
                                          runtime, job=run.run_id)
     run.transport = run.served
+    note_shm(run.run_dir, run.served)
     if run.transport.name == "grpc":  # where the wire is, and whether it is encrypted
         print(f"gRPC ({run.keys.kind}) on {', '.join(run.transport.addresses)}", flush=True)
     if config.debug.link_mbit is not None:  # a slow network, emulated: workers reach shards through it
@@ -347,6 +350,7 @@ def stop(run: Run) -> None:
     if isinstance(run.transport, ShmEndpoints):  # a shard that died could not remove its segment
         for directory in run.transport.directories:
             shutil.rmtree(directory, ignore_errors=True)
+    remove_left_shm(run.run_dir, killed=False)  # and what dead workers left; the note goes with it
 
 
 def summarize(run: Run, report: bool, began: float) -> JobResult:
