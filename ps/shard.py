@@ -570,8 +570,7 @@ class ParameterShard:
         params = self._dense.params
         if not isinstance(array, np.ndarray) or array.dtype != params.dtype or array.shape != params.shape:
             raise ShapeError(f"{self!r}: parameters must move into a {params.dtype} array of shape {params.shape}")
-        if array.__array_interface__["data"][0] != params.__array_interface__["data"][0]:
-            array[:] = params
+        array[:] = params
         self._dense.params = array
 
     @property

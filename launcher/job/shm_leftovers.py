@@ -19,9 +19,10 @@ import json
 import logging
 import os
 import re
-import shutil
 import socket
 from pathlib import Path
+
+from ...ps.transport.shm_files import remove_entry, tagged_entries
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,8 @@ def remove_left_shm(run_dir: Path, killed: bool = True) -> list[str]:
         return []
     pattern = re.compile(r"rayps-shard\d+-[\w-]+" + (rf"|rayps-{re.escape(tag)}-[\w-]+" if tag else ""))
     candidates = set(names)
-    if tag and os.path.isdir(root):
-        candidates |= {n for n in os.listdir(root) if n.startswith(f"rayps-{tag}-")}
+    if tag:
+        candidates |= {os.path.basename(p) for p in tagged_entries(root, tag)}
     removed = []
     for name in sorted(candidates):
         full = os.path.join(root, name)
@@ -69,10 +70,7 @@ def remove_left_shm(run_dir: Path, killed: bool = True) -> list[str]:
             continue
         if st.st_uid != os.getuid():
             continue
-        if os.path.isdir(full) and not os.path.islink(full):
-            shutil.rmtree(full, ignore_errors=True)
-        else:
-            os.unlink(full)
+        remove_entry(full)
         removed.append(full)
     path.unlink(missing_ok=True)
     if removed and killed:

@@ -31,6 +31,7 @@ class ShardDecoder:
         self.pull = pull or Codec()
         self.where = where
         self.decode_s = 0.0  # seconds spent decoding compressed pushes
+        self._out: np.ndarray | None = None  # what a dense blob is decoded into, made at the first
 
     def grad_nbytes(self, size: int) -> int:
         """The bytes of a compressed dense gradient of ``size`` values (what a receiver of a blob expects)."""
@@ -46,8 +47,8 @@ class ShardDecoder:
         (ps/shard.py ``_push_now``: checked, then applied, or copied into its round), never after."""
         if not is_blob(grad):
             return grad
-        out = getattr(self, "_out", None)
-        if out is None or out.size != size:
+        out = self._out
+        if out is None or out.size != size:  # one decoder per shard: one size, but a caller may ask another
             out = self._out = np.empty(size, np.float32)
         return self._decoded(lambda: self.codec.decode(grad, size, out), "gradient")
 

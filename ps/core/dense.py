@@ -40,6 +40,8 @@ class DenseTable:
         self.applied = 0  # pushes applied (a round counts each of its pushes)
         self.dropped = 0  # pushes dropped as late (backup workers)
         self.unflushed_updates = 0  # updates not yet counted in Ray's metrics
+        self._mean: np.ndarray | None = None  # a round's weighted sum, and one block of a term: made at the first
+        self._term: np.ndarray | None = None  # round of more than one push
 
     @property
     def size(self) -> int:
@@ -104,7 +106,7 @@ class DenseTable:
     def _weighted_sum(self, grads: list[np.ndarray], weights: list[np.float32]) -> np.ndarray:
         """sum(g * w) into a buffer kept for it, block by block with no allocation: the same float32 roundings,
         in the same order, as summing ``g * w`` from zeros."""
-        if getattr(self, "_mean", None) is None or self._mean.shape != self.params.shape:
+        if self._mean is None:
             self._mean, self._term = np.empty_like(self.params), np.empty(min(self.size, SUM_BLOCK), DTYPE)
         mean = self._mean
         for lo in range(0, self.size, SUM_BLOCK):

@@ -96,8 +96,8 @@ class _OwnSegment:
             os.close(fd)
         self.grad = np.ndarray(size, np.float32, self.map, layout.grad_at)
         self.params = np.ndarray(size, np.float32, self.map, layout.params_at)
-        self.published = _map_published(root, tag, size) if published else None
-
+        published = _map_published(root, tag, size) if published else None
+        self.answers = published if published is not None else self.params  # where the shards' answer lies
     def remove(self) -> None:
         """The files go; the mapping stays valid for whoever still holds a view of it."""
         shutil.rmtree(self.directory, ignore_errors=True)
@@ -284,9 +284,7 @@ class ShmShardClient(ShardClientBase):
         under bsp, read-only; else its segment's): a model that trains on these very arrays (``FlatParams.adopt``)
         pushes and pulls with no copy. None where the shards serve no segments."""
         segment = self._segment
-        if segment is None:
-            return None
-        return segment.grad, segment.published if segment.published is not None else segment.params
+        return None if segment is None else (segment.grad, segment.answers)
 
     # ---- the transport contract (ps/transport/contract.py) ---------------------------------
 
@@ -391,8 +389,8 @@ class ShmShardClient(ShardClientBase):
         self._links, self._sparse_links, self._sparse_pending = [], [], None
 
     def _collect(self, params_out: np.ndarray, buffers_out: np.ndarray | None, what: str) -> None:
-        errors, segment = [], self._segment
-        answers = None if segment is None else segment.published if segment.published is not None else segment.params
+        errors = []
+        answers = None if self._segment is None else self._segment.answers
         in_place = answers is not None and _same(params_out, answers)  # the shards' answer lies there already
         for i, link in enumerate(self._links):
             try:  # read every reply, so no stale one is left on a socket for the next step

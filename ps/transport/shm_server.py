@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
-import glob
 import hmac
 import logging
 import mmap
@@ -41,6 +39,7 @@ from ...protos.shm_wire import (BUFFERS_FOLLOW, COMPRESSED, FINISH, HELLO, IN_SE
                                 worker_segment_dir)
 from ..core.step import OUTCOMES, Step
 from .contract import Served
+from .shm_files import remove_entry, tagged_entries
 from .statuses import refusal
 
 log = logging.getLogger(__name__)
@@ -125,15 +124,12 @@ class ShmShardServer:
             self._server = None
         shutil.rmtree(self.directory, ignore_errors=True)
         if self.place is not None:  # the published parameters, and what workers that died without finishing left
-            for left in glob.glob(f"{os.path.dirname(self.directory)}/rayps-{self.place.tag}-*"):
-                if os.path.isdir(left) and not os.path.islink(left):
-                    shutil.rmtree(left, ignore_errors=True)
-                else:
-                    with contextlib.suppress(OSError):
-                        os.unlink(left)
+            for left in tagged_entries(os.path.dirname(self.directory), self.place.tag):
+                remove_entry(left)
 
-    def _worker_segment(self, worker_id: int) -> tuple[mmap.mmap, np.ndarray, np.ndarray]:
-        """Map worker ``worker_id``'s own segment; its gradient and parameters at this shard's range."""
+    def _worker_segment(self, worker_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """Map worker ``worker_id``'s own segment; its gradient and parameters at this shard's range (views
+        that keep the mapping alive)."""
         place, size = self.place, self.shard.size
         if place is None:
             raise self._refuse("segment", InputError("this shard serves no workers' segments (IN_SEGMENT)", "segment"))
@@ -165,7 +161,7 @@ class ShmShardServer:
         lo = place.lo
         grad = np.ndarray(size, np.float32, segment, layout.grad_at + 4 * lo)
         params = np.ndarray(size, np.float32, segment, layout.params_at + 4 * lo)
-        return segment, grad, params
+        return grad, params
 
     # ---- one worker's connection ----------------------------------------------------
 
@@ -216,7 +212,7 @@ class ShmShardServer:
                     if flags & IN_SEGMENT:
                         if own is None:
                             own = self._worker_segment(worker_id)
-                        into = own[1:]
+                        into = own
                     reply = await self._handle(op, flags, worker_id, clock, pulled, samples, loss, ahead,
                                                incarnation, seq, blob if flags & COMPRESSED else into[0], into[1],
                                                buffers_in, buffers_out)
