@@ -13,6 +13,7 @@ shared memory, a driver killed mid-run).
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -227,6 +228,38 @@ def test_a_killed_shard_is_restored_the_others_roll_back_and_the_replay_is_appli
     assert s["resyncs"] >= 2  # both workers registered again and carried on
     assert_every_example_once_per_epoch(job, s)
     assert_the_record_shows_the_rollback(job, s, "ps-shard-0")
+
+
+def test_a_worker_waits_for_a_recovery_the_busy_controller_begins_late(runtime, tmp_path, monkeypatch):
+    """The window a single bsp shard kill can reach (the 1-in-15 failure the chaos soak was built to find):
+    the controller is busy for longer than a worker's old 3 s grace (a checkpoint cut waits up to 2 s for
+    pushes, another recovery takes longer, and 2 busy cores stretch both) before it looks at the shards and
+    begins the recovery. Meanwhile every call to the dead shard fails; the worker must wait, not end the
+    job with the shard's error as its own. It passes with a 10 s grace and fails with the old 3 s one."""
+    from rayps.launcher.job.controller import Controller
+
+    busy_s = 7.5  # past the old grace twice over: a loop that recovers raises again into a second wait
+    job = LocalJob(tmp_path, runtime, **counting(
+        consistency={"mode": "bsp"}, servers=2, checkpoint={"every_s": None, "every_steps": 30},
+        debug={"slow_workers": {0: 0.003, 1: 0.003}}))
+    check, killed, busy = Controller._check_shards, [], []
+
+    def check_late(self):
+        if killed and not busy:  # the first look after the kill comes busy_s late
+            busy.append(time.monotonic())
+            time.sleep(busy_s)
+        return check(self)
+    monkeypatch.setattr(Controller, "_check_shards", check_late)
+
+    def crash():
+        runtime.kill(job.shards[0], no_restart=False)
+        killed.append(time.monotonic())
+    job.when(lambda: job.checkpointer.written >= 2 and job.since_checkpoint(0) >= 10, crash)
+    s = job.run()
+    assert busy and busy[0] - killed[0] < 1.0, "the controller's look after the kill was not the late one"
+    assert s["restarts"] == {"ps-shard-0": 1} and s["rollbacks"] == 1, s
+    assert s["workers_replaced"] == 0 and s["resyncs"] >= 2, s
+    assert_every_example_once_per_epoch(job, s)
 
 
 def test_a_killed_shard_that_the_monitor_does_not_read_is_on_the_record_too(runtime, tmp_path):
