@@ -230,9 +230,42 @@ def test_the_jobs_shards_refuse_at_the_handshake_anyone_without_a_worker_certifi
         _register(channel, timeout=2.0)
     assert caught.value.code() == Code.UNAVAILABLE
     assert served.shard.version == 0
-    keys = authority.worker_keys(1)
+    keys = authority.worker_keys(0)
     good = channels(served.address, keys.channel_credentials(), SHARD_OPTIONS)
     assert _register(good).protocol == 1  # the server serves on, to the job's own workers
+
+
+def test_a_worker_certificate_speaks_only_for_its_own_worker_life(job_ca_server, channels, loop_thread):
+    """A certificate of the job names one worker life: whoever holds worker 1's (a worker, or a thief) is
+    refused when it speaks for worker 0 or for a later life of worker 1, on every call that names one, with
+    nothing changed and each refusal counted; its own life is served as before."""
+    served, authority = job_ca_server
+    one = ps_pb2_grpc.ParameterServerStub(
+        channels(served.address, authority.worker_keys(1).channel_credentials(), SHARD_OPTIONS))
+    P = ps_pb2
+    impostures = {
+        "register as worker 0": lambda: one.Register(P.RegisterRequest(worker_id=0), timeout=TIMEOUT, metadata=AUTH),
+        "register as its next life": lambda: one.Register(P.RegisterRequest(worker_id=1, incarnation=1),
+                                                          timeout=TIMEOUT, metadata=AUTH),
+        "push as worker 0": lambda: push(one, gradient(np.ones(SIZE), 0, 1)),
+        "push as its next life": lambda: push(one, gradient(np.ones(SIZE), 1, 1, c0={"incarnation": 1})),
+        "step as worker 0": lambda: list(one.Step(iter(gradient(np.ones(SIZE), 0, 1)), timeout=TIMEOUT,
+                                                  metadata=AUTH)),
+        "pull as worker 0": lambda: list(one.Pull(P.PullRequest(worker_id=0), timeout=TIMEOUT, metadata=AUTH)),
+        "leave as worker 0": lambda: one.AdvanceClock(P.ClockRequest(worker_id=0, leave=True), timeout=TIMEOUT,
+                                                      metadata=AUTH),
+    }
+    before = loop_thread.run(served.shard.stats())
+    for what, call in impostures.items():
+        with pytest.raises(grpc.RpcError) as caught:
+            call()
+        assert caught.value.code() == Code.PERMISSION_DENIED, what
+        assert "worker 1 incarnation 0's" in caught.value.details(), what
+    after = loop_thread.run(served.shard.stats())
+    assert after["rejected"] == {"identity": len(impostures)}
+    assert {k for k in after if after[k] != before[k]} <= {"rejected", "uptime_s", "rss_bytes"}
+    assert one.Register(P.RegisterRequest(worker_id=1), timeout=TIMEOUT, metadata=AUTH).protocol == 1
+    assert push(one, gradient(np.ones(SIZE), 1, 1)).outcome == APPLIED
 
 
 def test_a_worker_refuses_a_shard_whose_certificate_another_authority_signed(serve, channels):

@@ -33,6 +33,7 @@ from ...protos.names import BUFFERS, PROTOCOL, SERVER_OPTIONS, SERVICE, TENSOR
 from ..core.step import OUTCOMES as STEP_OUTCOMES, Step
 from .allocator import keep_freed_memory
 from .grpc_security import TLS, TokenAuth
+from .job_ca import TLSKeys, worker_named
 from .contract import Served
 from .statuses import refusal
 
@@ -65,9 +66,12 @@ def _serialize_chunk(chunk) -> bytes:
 
 
 class ShardServicer:
-    def __init__(self, shard: Served, auth: TokenAuth, chunk_bytes: int = CHUNK_BYTES):
+    def __init__(self, shard: Served, auth: TokenAuth, chunk_bytes: int = CHUNK_BYTES, binds_workers: bool = False):
+        """``binds_workers``: the server's keys are the job authority's, whose worker certificates name a
+        worker life; every request must then speak for the life its client's certificate names."""
         self.shard = shard
         self.auth = auth
+        self.binds_workers = binds_workers
         self.chunk_bytes = chunk_bytes
         self.closing = False
         self._spare: dict[int, Assembler] = {}  # receive buffers, reused per worker
@@ -85,6 +89,18 @@ class ShardServicer:
             self.shard.count_rejection("malformed")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
 
+    def _check_identity(self, context, worker_id: int, incarnation: int | None = None) -> None:
+        """Under the job's own mTLS a client speaks only as the worker life its certificate names: a stolen
+        or leaked certificate pushes for one worker, not for all (PERMISSION_DENIED, counted "identity")."""
+        if not self.binds_workers:
+            return
+        named = worker_named((context.auth_context().get("x509_common_name") or [None])[0])
+        if named is None or named[0] != worker_id or (incarnation is not None and named[1] != incarnation):
+            certified = "no worker" if named is None else f"worker {named[0]} incarnation {named[1]}"
+            speaks = f"worker {worker_id}" + ("" if incarnation is None else f" incarnation {incarnation}")
+            raise WireError(grpc.StatusCode.PERMISSION_DENIED, f"the client's certificate is {certified}'s, but"
+                            f" the request speaks for {speaks}", "identity")
+
     @contextlib.asynccontextmanager
     async def _statuses(self, context):
         """Answer a refusal with its status (ps/transport/statuses.py; protos/ps.proto says what each means)."""
@@ -101,7 +117,7 @@ class ShardServicer:
 
     # ---- receiving a gradient -----------------------------------------------------
 
-    async def _read_gradient(self, requests: AsyncIterator) -> tuple[ps_pb2.TensorChunk, Assembler,
+    async def _read_gradient(self, requests: AsyncIterator, context) -> tuple[ps_pb2.TensorChunk, Assembler,
                                                                      Assembler | None] | None:
         """Read one whole push: the gradient, then the buffers if the header says they follow.
 
@@ -113,6 +129,7 @@ class ShardServicer:
                 raise WireError(grpc.StatusCode.INVALID_ARGUMENT, chunk.message)
             if first is None:
                 first = chunk
+                self._check_identity(context, chunk.worker_id, chunk.incarnation)
                 self.shard.check_worker(chunk.worker_id)
                 assembler = self._spare.pop(chunk.worker_id, None)
                 if chunk.dtype == "uint8":  # a compressed gradient: the codec's blob, of its fixed size
@@ -191,6 +208,7 @@ class ShardServicer:
     async def Register(self, request, context):
         await self._admit_call(context, request)
         async with self._statuses(context):
+            self._check_identity(context, request.worker_id, request.incarnation)
             clock, seq = self.shard.enter(request.worker_id, request.incarnation)
             return ps_pb2.RegisterReply(
                 clock=clock, seq=seq,
@@ -204,7 +222,7 @@ class ShardServicer:
     async def Push(self, requests, context):
         await self._admit_call(context)
         async with self._statuses(context):
-            got = await self._read_gradient(requests)
+            got = await self._read_gradient(requests, context)
             if got is None:
                 raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"empty push: expected tensor {TENSOR!r}")
             async for _ in requests:  # one push per Push call: nothing may follow its last chunk
@@ -226,6 +244,7 @@ class ShardServicer:
     async def Pull(self, request, context):
         await self._admit_call(context, request)
         async with self._statuses(context):
+            self._check_identity(context, request.worker_id)
             encoded = self._reply_chunks(await self.shard.pull_for(request.worker_id, request.clock,
                                                                    take=self._encoder()))
             while encoded:
@@ -234,7 +253,7 @@ class ShardServicer:
     async def Step(self, requests, context):
         await self._admit_call(context)
         async with self._statuses(context):
-            while (got := await self._read_gradient(requests)) is not None:
+            while (got := await self._read_gradient(requests, context)) is not None:
                 step = self._step(*got)
                 try:
                     answer = await self.shard.step(step, take=self._encoder())
@@ -247,6 +266,7 @@ class ShardServicer:
     async def AdvanceClock(self, request, context):
         await self._admit_call(context, request)
         async with self._statuses(context):
+            self._check_identity(context, request.worker_id, request.incarnation)
             if request.leave:
                 await self.shard.finish(request.worker_id, request.incarnation)
             else:
@@ -256,6 +276,7 @@ class ShardServicer:
     async def SparsePull(self, request, context):
         await self._admit_call(context, request)
         async with self._statuses(context):
+            self._check_identity(context, request.worker_id, request.incarnation)
             rows, version = await self.shard.sparse_pull(request.worker_id, request.table, decode_ids(request.ids),
                                                          request.clock, request.incarnation)
             return ps_pb2.SparseRows(dim=rows.shape[1], count=rows.shape[0], rows=rows.tobytes(), version=version)
@@ -263,6 +284,7 @@ class ShardServicer:
     async def SparsePush(self, request, context):
         await self._admit_call(context, request)
         async with self._statuses(context):
+            self._check_identity(context, request.worker_id, request.incarnation)
             ids = decode_ids(request.ids)
             grads = self._sparse_rows(request, len(ids))
             outcome = await self.shard.sparse_push(request.worker_id, request.table, request.clock, ids, grads,
@@ -327,7 +349,7 @@ async def start_grpc_server(shard: Served, token: str, host: str = "127.0.0.1", 
                             tls: TLS | None = None, chunk_bytes: int = CHUNK_BYTES) -> GrpcShardServer:
     """Serve ``shard`` on ``host:port`` (0: any free port) on the running event loop."""
     keep_freed_memory()  # every chunk is a fresh buffer: reuse freed ones (ps/transport/allocator.py)
-    servicer = ShardServicer(shard, TokenAuth(token), chunk_bytes)
+    servicer = ShardServicer(shard, TokenAuth(token), chunk_bytes, binds_workers=isinstance(tls, TLSKeys))
     server = grpc.aio.server(options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((servicer.handler(),))
     where = f"{host}:{port}"

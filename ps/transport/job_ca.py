@@ -14,18 +14,24 @@ A shard's certificate names ``SHARD_NAME`` (workers dial addresses that a
 Ray node picked at start, so the name checked is a fixed one, not the
 address); what a client verifies is that the shard holds a key this job's
 authority signed. A worker's certificate names its worker id and
-incarnation as its common name, so a server can tell who is on the line.
+incarnation as its common name (``worker_subject``), and a shard serving
+with the job's keys holds every request to it (``worker_named``): a worker
+speaks only as itself, and a stolen certificate speaks for one worker life.
 """
 
 from __future__ import annotations
 
 import datetime
+import re
 from dataclasses import dataclass, field
 
 import grpc
 
 #: The name every shard certificate carries and every client checks (not a resolvable host).
 SHARD_NAME = "shard.rayps.invalid"
+
+#: How a worker certificate's common name ends: `` worker <id>.<incarnation>`` (after the job's name).
+_WORKER_NAME = re.compile(rb" worker (\d+)\.(\d+)\Z")
 
 #: Long enough for any job; the authority is thrown away with the job, so expiry guards nothing here.
 VALIDITY = datetime.timedelta(days=400)
@@ -75,7 +81,7 @@ class JobAuthority:
 
     def worker_keys(self, worker_id: int, incarnation: int = 0) -> TLSKeys:
         """A client certificate for one incarnation of one worker."""
-        return self._keys(f"rayps {self.job} worker {worker_id}.{incarnation}", server=False)
+        return self._keys(worker_subject(self.job, worker_id, incarnation), server=False)
 
     def _keys(self, subject: str, server: bool) -> TLSKeys:
         from cryptography.hazmat.primitives import serialization
@@ -112,6 +118,17 @@ class JobAuthority:
                 builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(SHARD_NAME)]),
                                                 critical=False)
         return builder.sign(self._key, hashes.SHA256())
+
+
+def worker_subject(job: str, worker_id: int, incarnation: int) -> str:
+    """The common name of a worker life's certificate."""
+    return f"rayps {job} worker {worker_id}.{incarnation}"
+
+
+def worker_named(common_name: bytes | None) -> tuple[int, int] | None:
+    """The (worker id, incarnation) a client certificate's common name names; None if it names no worker."""
+    found = _WORKER_NAME.search(common_name or b"")
+    return (int(found[1]), int(found[2])) if found else None
 
 
 def _pem(cert) -> bytes:
