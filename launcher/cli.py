@@ -3,6 +3,7 @@
     psctl run [CLUSTER_YAML] [--set KEY=VALUE ...] [--output DIR]  /  psctl run --resume RUN_DIR [--trust]
     psctl report RUN_DIR [--x steps|epochs|seconds]
     psctl bench [--quick] [--output DIR] [--models small,large] [--transports shm,grpc,ray] [--modes asp,bsp,...] [--no-sparse] [--no-wire]
+    psctl bench --nodes N [--link 10gbit,1gbit] [--steps S] [--layouts colocated,separate] [--models large] [--modes asp,bsp,...]
     psctl export RUN_DIR [--trust] [--all] [--prune S] [--filter-prune KEEP] [--quantize] [--student MODULE:CALLABLE] [--config F]
     psctl serve [SERVE_YAML] [--host H] [--port P] [--size N] [--workers N] [--token-file F] [--set KEY=VALUE ...]
     psctl up CLUSTER_YAML [--dry-run] [--wait S]  /  psctl down CLUSTER_YAML
@@ -55,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--modes", help="comma-separated: asp, 'ssp s=1', 'ssp s=2', bsp")
     bench.add_argument("--wire", action=argparse.BooleanOptionalAction, default=None,
                        help="the compression rows over a 100 Mbit/s link (default: on, off with --quick)")
+    bench.add_argument("--nodes", type=int, help="between machines: N worker machines, each a network namespace"
+                       " on shaped links with a Ray node (needs root; launcher/bench/netns.py); only those rows run")
+    bench.add_argument("--link", default="10gbit,1gbit", help="with --nodes: each link's rate, comma-separated"
+                       " (default: 10gbit,1gbit)")
+    bench.add_argument("--layouts", help="with --nodes: comma-separated: colocated (a shard on each worker's node),"
+                       " separate (every shard on a machine of its own); default: both")
+    bench.add_argument("--steps", type=int, help="steps per worker of every model row (default: each model's own)")
     bench.add_argument("--no-sparse", action="store_true",
                        help="skip the sparse-table rows (a 10M x 16 embedding table; ~2 GB for the torch baseline)")
 
@@ -176,13 +184,25 @@ def _bench(args: argparse.Namespace) -> int:
             return None
         names = [n.strip() for n in text.split(",") if n.strip()]
         for n in names:
-            if n not in allowed:
+            if allowed is not None and n not in allowed:
                 raise ConfigError(f"--{what}: unknown {n!r} (allowed: {', '.join(allowed)})")
         return names
 
+    if args.nodes is not None:
+        from .bench.cluster import LAYOUTS, run_cluster_bench
+
+        out, rows = run_cluster_bench(args.nodes, listed(args.link, None, "link"),
+                                      listed(args.layouts, list(LAYOUTS), "layouts"),
+                                      listed(args.models, list(MODELS), "models"),
+                                      listed(args.modes, list(MODES), "modes"), args.output,
+                                      command=shlex.join(["psctl", *args.argv]), steps=args.steps)
+        print((out / "bench.md").read_text(), end="")
+        print(f"run directory: {out}")
+        return 0
     out, rows = run_bench(args.quick, args.output, listed(args.models, list(MODELS), "models"),
                           listed(args.transports, ["shm", "grpc", "ray"], "transports"),
-                          listed(args.modes, list(MODES), "modes"), sparse=not args.no_sparse, wire=args.wire,
+                          listed(args.modes, list(MODES), "modes"), steps=args.steps, sparse=not args.no_sparse,
+                          wire=args.wire,
                           command=shlex.join(["psctl", *args.argv]))  # bench.json says what made its rows
     print((out / "bench.md").read_text(), end="")
     print(f"run directory: {out}")

@@ -68,13 +68,15 @@ def compute_seconds(model_fn, data_fn, batch: int, steps: int = 40, seed: int = 
 
 
 def _train_process(rank: int, world: int, model_fn, data_fn, batch: int, lr: float, steps: int, target,
-                   communicate: bool, store: str | None, out: str, slow: dict, straggle, seed: int,
+                   communicate: bool, init_method: str | None, out: str, slow: dict, straggle, seed: int,
                    compute_s: float | None, fp16: bool) -> None:
+    """One DDP rank (or a ceiling process); ``init_method``: where the ranks meet (file:// on one machine,
+    tcp:// between machines)."""
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     model = model_fn()
     if communicate:
-        torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+        torch.distributed.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
         model = nn.parallel.DistributedDataParallel(model)
         if fp16:  # DDP's own: gradients cast to float16 for the all-reduce, back to float32 after
             from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
@@ -114,7 +116,7 @@ def processes(model_fn, data_fn, workers: int, batch: int, lr: float, steps: int
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as tmp:
-        store = os.path.join(tmp, "store") if communicate else None
+        store = f"file://{os.path.join(tmp, 'store')}" if communicate else None
         outs = [os.path.join(tmp, f"rank{r}.npy") for r in range(workers)]
         procs = [mp.get_context("spawn").Process(target=_train_process, args=(
             r, workers, model_fn, data_fn, batch, lr, steps, target, communicate, store, outs[r], slow or {},
@@ -125,11 +127,29 @@ def processes(model_fn, data_fn, workers: int, batch: int, lr: float, steps: int
             p.join(timeout=1800)
         if any(p.exitcode != 0 for p in procs):
             raise RuntimeError(f"a benchmark process failed: exit codes {[p.exitcode for p in procs]}")
-        results = [np.load(o) for o in outs]
+        return summed([np.load(o) for o in outs])
+
+
+def summed(results: list[np.ndarray]) -> dict:
+    """What the ranks' outputs say together: samples/s summed, the last rank's time to target."""
     reached = [r[1] for r in results]
     return {"samples_per_s": float(sum(r[0] for r in results)),
             "reached_s": None if any(np.isnan(reached)) else float(max(reached)),
             "held_s": [float(r[2]) for r in results]}  # per rank: seconds the straggler knobs held it back
+
+
+def rank_main(argv: list[str]) -> None:
+    """One DDP rank started as its own command (on another "machine" of launcher/bench/netns.py): its
+    arguments as one JSON object, the MLP named by its hidden layers, the synthetic data."""
+    import json
+
+    from .rows import model_fn
+    from ...worker.datasets import synthetic_mnist
+
+    a = json.loads(argv[0])
+    _train_process(a["rank"], a["world"], model_fn(a["hidden"]), synthetic_mnist, a["batch"], a["lr"], a["steps"],
+                   a.get("target"), True, a["init_method"], a["out"], {}, None, a.get("seed", 0), None,
+                   a.get("fp16", False))
 
 
 # ---- the Ray-docs-style parameter server ---------------------------------------------------
@@ -218,3 +238,9 @@ def raydocs_ps(model_fn, data_fn, workers: int, batch: int, lr: float, steps: in
         for a in [ps, *actors]:
             ray.kill(a)
     return {"samples_per_s": clock.samples_per_s, "reached_s": clock.reached_s}
+
+
+if __name__ == "__main__":
+    import sys
+
+    rank_main(sys.argv[1:])

@@ -1,0 +1,195 @@
+"""``psctl bench --nodes N --link RATE``: rayps and DDP between machines, on the namespace cluster.
+
+For each link rate, launcher/bench/netns.py builds N "machines" joined by
+links shaped to that rate, starts a Ray node in each, and every row trains
+the bench's model (2 workers unless the layout says otherwise, batch 128, SGD
+lr 0.01, synthetic MNIST-shaped data) across them:
+
+- rayps over gRPC, which between nodes is mutual TLS with the job's own CA
+  (the default; nothing configured), in each mode, and with fp16 pushes and
+  pulls; each job is driven from node 0, as ``psctl submit`` would from the
+  head;
+- PyTorch DDP (gloo), one rank per worker node, meeting over TCP on the
+  same links, with and without its fp16 compression hook.
+
+Layouts (where the shards live; the workers are always one per node):
+
+- ``colocated``: every node holds one worker and one shard, so a worker's
+  own shard is on its loopback and only the others' cross a link;
+- ``separate``: one more node holds every shard, the other nodes one worker
+  each: every push and pull crosses that node's link.
+
+``--nodes N`` counts the worker machines, so both layouts train with N
+workers and N shards, and DDP with N ranks on the same machines.
+
+Each row's samples/s is summed over workers after a warm-up of a tenth of
+the steps, as in the one-machine table, and compared with DDP on the same
+links (fp16 rows with DDP's fp16 hook).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from . import peers
+from .netns import NamespaceCluster, parse_rate, rate_name
+from .rows import BATCH, LR, MODELS, MODES, Row, bench_job, peer_config, rayps_config
+
+LAYOUTS = ("colocated", "separate")
+CLUSTER_MODES = ("asp", "ssp s=2", "bsp")
+DDP_PORT = 29511
+ROW_TIMEOUT_S = 900
+
+
+def layout(name: str, workers: int) -> tuple[list[dict], list[int], int]:
+    """For ``workers`` worker machines: each node's custom resources, the nodes that hold a worker, and the
+    number of shards (one per worker either way, so the layouts differ only in where the shards live)."""
+    if workers < 2:
+        raise ValueError(f"--nodes {workers}: between machines needs at least 2 worker machines")
+    if name == "colocated":
+        return [{"ps_server": 1, "ps_worker": 1}] * workers, list(range(workers)), workers
+    if name == "separate":  # one more machine, for the shards
+        return [{"ps_server": workers}] + [{"ps_worker": 1}] * workers, list(range(1, workers + 1)), workers
+    raise ValueError(f"layout {name!r} must be one of {', '.join(LAYOUTS)}")
+
+
+def cluster_rows(nodes: int, links: list[str], layouts: list[str], models: list[str], modes: list[str],
+                 out: Path, steps: int | None = None, fp16: bool = True) -> list[Row]:
+    """Every row, link by link and layout by layout; one namespace cluster per (link, layout). ``nodes``: the
+    worker machines (the separate layout adds one for the shards)."""
+    rows: list[Row] = []
+    for link in links:
+        bits = parse_rate(link)
+        for name in layouts:
+            resources, worker_nodes, servers = layout(name, nodes)
+            with NamespaceCluster(len(resources), bits, resources) as cluster:
+                print(f"{len(resources)} nodes, {rate_name(bits)} links, {name}: cluster up", flush=True)
+                for model in models:
+                    hidden, default_steps = MODELS[model]
+                    where = f"{model}, {rate_name(bits)}, {name}"
+                    mine = [_rayps_row(cluster, where, hidden, steps or default_steps, mode, codec, overlap,
+                                       len(worker_nodes), servers, out)
+                            for mode, codec, overlap in variants(modes, fp16)]
+                    theirs = [_ddp_row(cluster, where, hidden, steps or default_steps, worker_nodes, fp16=f)
+                              for f in ((False, True) if fp16 else (False,))]
+                    for r in mine + theirs:
+                        r.extra.update(link=rate_name(bits), layout=name, nodes=len(resources))
+                        print(f"  {where}: {r.system}: {r.samples_per_s:,.0f} samples/s", flush=True)
+                    _compare(mine, theirs)
+                    rows += mine + theirs
+    return rows
+
+
+def variants(modes: list[str], fp16: bool) -> list[tuple[str, str, bool]]:
+    """(mode, codec, overlap) of each rayps row: every mode as the job runs it by default; asp again with
+    overlap on (the step computed while the last one's push and pull cross the link: a knob a user on a slow
+    link would turn); and with fp16 pushes and pulls, asp and bsp, beside DDP's fp16 hook."""
+    rows = [(mode, "none", False) for mode in modes]
+    if "asp" in modes:
+        rows.append(("asp", "none", True))
+    return rows + [(mode, "fp16", False) for mode in modes if fp16 and mode in ("asp", "bsp")]
+
+
+def _compare(mine: list[Row], theirs: list[Row]) -> None:
+    by = {r.system: r.samples_per_s for r in theirs}
+    for r in mine:
+        versus = by.get(DDP_FP16 if r.system.endswith("fp16") else DDP)
+        if versus:
+            r.extra["x_ddp"] = r.samples_per_s / versus
+
+
+DDP, DDP_FP16 = "PyTorch DDP (gloo)", "PyTorch DDP (gloo), fp16 hook"
+
+
+def _rayps_row(cluster: NamespaceCluster, where: str, hidden, steps: int, mode: str, codec: str, overlap: bool,
+               workers: int, servers: int, out: Path) -> Row:
+    """One rayps job, driven from node 0 in a process of its own (it joins the cluster's Ray there)."""
+    compression = {"codec": codec, "pull": codec} if codec != "none" else codec  # both ways, as DDP's hook
+    name = f"{where.replace(', ', '-').replace(' ', '').replace('/', '')}-{mode.replace(' ', '')}-{codec}"
+    spec = {"hidden": list(hidden), "steps": steps, "mode": mode, "compression": compression, "workers": workers,
+            "servers": servers, "overlap": overlap, "output": str(out / (name + ("-overlap" if overlap else "")))}
+    done = subprocess.run(cluster.command(0, [sys.executable, "-m", __name__, json.dumps(spec)]),
+                          env=cluster.env(), capture_output=True, text=True, timeout=ROW_TIMEOUT_S)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"the rayps row {mode} {codec} failed (exit {done.returncode}):"
+                           f" {done.stderr.strip()[-2000:]}")
+    result = json.loads(lines[-1])
+    system = f"rayps {mode}, grpc" + (", overlap" if overlap else "") + ("" if codec == "none" else f", {codec}")
+    return Row("cluster", system, result["samples_per_s"], {"where": where, "wire": result["wire"],
+                                                            "config": result["config"]})
+
+
+def _ddp_row(cluster: NamespaceCluster, where: str, hidden, steps: int, worker_nodes: list[int],
+             fp16: bool) -> Row:
+    """DDP with one rank on each worker node, meeting on the first one's address over the shaped links."""
+    world = len(worker_nodes)
+    master = cluster.members[worker_nodes[0]].address
+    with tempfile.TemporaryDirectory() as tmp:
+        outs = [os.path.join(tmp, f"rank{r}.npy") for r in range(world)]
+        procs = []
+        for rank, node in enumerate(worker_nodes):
+            spec = {"rank": rank, "world": world, "hidden": list(hidden), "batch": BATCH, "lr": LR, "steps": steps,
+                    "init_method": f"tcp://{master}:{DDP_PORT}", "out": outs[rank], "fp16": fp16}
+            procs.append(subprocess.Popen(cluster.command(node, [sys.executable, "-m", peers.__name__,
+                                                                 json.dumps(spec)]), env=cluster.env()))
+        codes = [p.wait(timeout=ROW_TIMEOUT_S) for p in procs]
+        if any(codes):
+            raise RuntimeError(f"a DDP rank failed: exit codes {codes}")
+        result = peers.summed([np.load(o) for o in outs])
+    config = peer_config("ddp fp16" if fp16 else "ddp", world) + ", one rank per node, tcp on the links"
+    return Row("cluster", DDP_FP16 if fp16 else DDP, result["samples_per_s"], {"where": where, "config": config})
+
+
+def cluster_table(rows: list[Row]) -> str:
+    lines = ["| model, link, layout | system | samples/s | x DDP (fp16 rows: x DDP's fp16 hook) | configuration |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        x = r.extra.get("x_ddp")
+        lines.append(f"| {r.extra.get('where', '')} | {r.system} | {r.samples_per_s:,.0f} | {'' if x is None else f'{x:.2f}'}"
+                     f" | {r.extra.get('config', '')} |")
+    return "\n".join(lines)
+
+
+def run_cluster_bench(nodes: int, links: list[str], layouts: list[str] | None, models: list[str] | None,
+                      modes: list[str] | None, output: str | Path | None, command: str,
+                      steps: int | None = None) -> tuple[Path, list[Row]]:
+    """The cluster rows alone, written as ``psctl bench`` writes its others (bench.json, bench.md)."""
+    import time
+
+    from .runner import bench_record
+
+    began = time.gmtime()
+    out = Path(output or f"runs/bench-cluster-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    rows = cluster_rows(nodes, links, layouts or list(LAYOUTS),
+                        models or ["large"], modes or list(CLUSTER_MODES), out / "jobs", steps)
+    (out / "bench.md").write_text(cluster_table(rows) + "\n")
+    (out / "bench.json").write_text(json.dumps(bench_record(rows, command, began), indent=2))
+    return out, rows
+
+
+def _row_main(argv: list[str]) -> None:
+    """Run one rayps row inside node 0 (``RAY_ADDRESS`` names the cluster); print its result as JSON."""
+    from ..job.driver import run_job
+
+    spec = json.loads(argv[0])
+    placed = {"server_resources": {"ps_server": 1}, "worker_resources": {"ps_worker": 1},
+              "server_cpus": 0, "worker_cpus": 0}
+    config = bench_job(tuple(spec["hidden"]), spec["steps"], MODES[spec["mode"]], transport="grpc",
+                       compression=spec["compression"], workers=spec["workers"], servers=spec["servers"],
+                       **({"overlap": True} if spec["overlap"] else {}), **placed)
+    s = run_job(config, output=spec["output"], dashboard=False, report=False).summary
+    print(json.dumps({"samples_per_s": s["steady_samples_per_s"], "wire": s.get("wire"),
+                      "config": rayps_config(config, s["transport"]) + f", wire {s.get('wire')}"}), flush=True)
+
+
+if __name__ == "__main__":
+    _row_main(sys.argv[1:])
