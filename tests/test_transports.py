@@ -2,8 +2,10 @@
 
 Each test runs once through ``ShardClient`` (the object store: real shard
 actors on the shared Ray instance), once through ``GrpcShardClient`` (gRPC on
-127.0.0.1) and once through ``ShmShardClient`` (a segment and a Unix socket
-per shard). The gRPC and shared-memory shards run in this process
+127.0.0.1), once through ``ShmShardClient`` (a segment and a Unix socket
+per shard), and once through ``NodeLocalClient`` (ps/transport/mixed.py: a job
+across nodes, shard 0 on the worker's node through shared memory, shard 1
+said to be on another node and reached over gRPC). The gRPC and shared-memory shards run in this process
 (tests/local_runtime.py), each behind its real servers on its own event loop,
 as a shard actor runs them (ps/served.py): the contract is the servers' and
 clients', not the actor process's.
@@ -13,6 +15,7 @@ in float32.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 
@@ -32,6 +35,7 @@ from rayps.ps.core.partition import partition
 from rayps.ps.core.schedules import ScheduleConfig
 from rayps.ps.shard import ParameterShard
 from rayps.ps.transport.contract import Served, Transport, TransportSpec
+from rayps.ps.transport.mixed import NodeLocalClient, NodeLocalEndpoints
 from rayps.ps.transport.shm_client import ShmEndpoints
 
 from tests.local_runtime import LocalRuntime
@@ -39,7 +43,7 @@ from tests.local_runtime import LocalRuntime
 pytestmark = [pytest.mark.ray]
 
 SIZE = 10
-TRANSPORTS = ["ray", "grpc", "shm"]
+TRANSPORTS = ["ray", "grpc", "shm", "grpc+shm"]
 
 
 class Cluster:
@@ -65,9 +69,15 @@ class Cluster:
                                dict(num_cpus=0))
             for r, b in zip(self.ranges, self.buffer_ranges or [None] * 2)
         ]
-        self.endpoints = make_transport(transport, self.shards, tuple(self.ranges),
-                                        self.buffer_ranges and tuple(self.buffer_ranges), workers,
-                                        GrpcConfig(timeout_s=20.0), self.runtime)
+        serve = lambda name: make_transport(name, self.shards, tuple(self.ranges),  # noqa: E731
+                                            self.buffer_ranges and tuple(self.buffer_ranges), workers,
+                                            GrpcConfig(timeout_s=20.0), self.runtime)
+        if transport == "grpc+shm":  # shard 0 on this node, shard 1 on another: gRPC reaches it
+            shm = serve("shm")
+            shm = dataclasses.replace(shm, node_ids=(shm.node_ids[0], "another-node"))
+            self.endpoints = NodeLocalEndpoints(serve("grpc"), shm)
+        else:
+            self.endpoints = serve(transport)
 
     def client(self, worker_id: int):
         return self.endpoints.connect(worker_id)
@@ -426,5 +436,25 @@ def test_a_worker_training_on_its_shm_segment_pushes_and_pulls_without_touching_
             assert not np.fromfile(os.path.join(shard_directory, segment_name(0)), np.uint8).any()
         client.finish()
         assert not os.path.exists(directory)  # a finished worker removes its segment
+    finally:
+        cluster.close()
+
+
+def test_across_nodes_a_worker_reaches_its_own_nodes_shard_through_shared_memory_and_the_other_over_grpc(
+        ray_session):
+    cluster = make(ray_session, "grpc+shm", mode="asp")
+    try:
+        client = cluster.client(0)
+        assert isinstance(client, NodeLocalClient)
+        assert (client.local.name, client.remote.name) == ("shm", "grpc")
+        grads, params = client.shared_buffers()  # the worker's own segment: the whole vector, both halves
+        assert grads.size == params.size == SIZE
+        client.register(params)
+        np.testing.assert_array_equal(params, cluster.init)
+        grads[:] = 2.0
+        client.push_pull(1, grads, params, 1, 0.0)  # shard 0 reads and answers in the segment; shard 1 by gRPC
+        np.testing.assert_array_equal(params, cluster.init - 1.0)
+        assert [s["pushes_applied"] for s in cluster.stats()] == [1, 1]  # each shard once, through one server
+        client.finish()
     finally:
         cluster.close()

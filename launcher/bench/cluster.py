@@ -188,7 +188,17 @@ def _row_main(argv: list[str]) -> None:
                        **({"overlap": True} if spec["overlap"] else {}), **placed)
     s = run_job(config, output=spec["output"], dashboard=False, report=False).summary
     print(json.dumps({"samples_per_s": s["steady_samples_per_s"], "wire": s.get("wire"),
-                      "config": rayps_config(config, s["transport"]) + f", wire {s.get('wire')}"}), flush=True)
+                      "shards_over_shm": s.get("shards_over_shm"),
+                      "config": rayps_config(config, s["transport"]) + f", wire {s.get('wire')}"
+                                + _over_shm(s.get("shards_over_shm") or {})}), flush=True)
+
+
+def _over_shm(per_worker: dict) -> str:
+    """What the configuration column says of the shards the workers reached on their own node."""
+    counts = set(per_worker.values())
+    if not counts or counts == {0}:
+        return ""
+    return f", {'/'.join(map(str, sorted(counts)))} shard(s) per worker on its own node over shm"
 
 
 if __name__ == "__main__":

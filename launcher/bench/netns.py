@@ -91,6 +91,7 @@ class NamespaceCluster:
     rate_bits: int
     resources: list[dict] = field(default_factory=list)
     cpus_per_node: int = 2
+    queue_ms: float = 50.0  # how long a packet may wait in a link's token bucket before it is dropped
 
     def __post_init__(self) -> None:
         if self.nodes < 2:
@@ -135,7 +136,7 @@ class NamespaceCluster:
         rate = str(self.rate_bits)
         # a burst of one tick at the rate (HZ 250 at most here), and never under 64 KB
         burst = max(64 * 1024, self.rate_bits // 8 // 250)
-        shape = ["root", "tbf", "rate", f"{rate}bit", "burst", str(burst), "latency", "50ms"]
+        shape = ["root", "tbf", "rate", f"{rate}bit", "burst", str(burst), "latency", f"{self.queue_ms:g}ms"]
         self._ip("netns", "add", self.hub)
         self._made.append(self.hub)
         self._ip("-n", self.hub, "link", "add", "br0", "type", "bridge")

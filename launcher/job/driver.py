@@ -40,7 +40,6 @@ from ...settings import resolve_every
 from ...ps.core.partition import partition
 from ...ps.served import ServedShard
 from ...ps.sparse.client import ShardLookups
-from ...ps.transport.shm_client import ShmEndpoints
 from ...worker.data.config import DataConfig
 from ...worker.data.sources import Splits, resolve_data
 from ...worker.imports import import_object
@@ -68,7 +67,7 @@ from .report import write_report
 from .rundir import default_run_dir, write_run_dir
 from .summary import job_summary, progress_summary, recovery_summary, sparse_summary
 from .shm_leftovers import note_shm, remove_left_shm
-from .transports import WireKeys, job_transport, serve_again, stop_serving, throttled
+from .transports import WireKeys, job_transport, local_shm, serve_again, stop_serving, throttled
 from .wire_summary import compression_summary
 
 log = logging.getLogger(__name__)
@@ -282,7 +281,7 @@ def start(run: Run, on_start: Callable[[str], None] | None) -> None:
     run.served, run.keys = job_transport(config, run.shards, tuple(plan.ranges), tuple(plan.buffer_ranges),
                                          runtime, job=run.run_id)
     run.transport = run.served
-    note_shm(run.run_dir, run.served)
+    note_shm(run.run_dir, local_shm(run.served))
     if run.transport.name == "grpc":  # where the wire is, and whether it is encrypted
         print(f"gRPC ({run.keys.kind}) on {', '.join(run.transport.addresses)}", flush=True)
     if config.debug.link_mbit is not None:  # a slow network, emulated: workers reach shards through it
@@ -321,7 +320,7 @@ def train(run: Run, progress: ProgressLine | None) -> None:
         serve_again(run.served, shards, config.grpc, run.runtime, run.keys),
         [(kind, f) for kind in ("kill", "hang") for f in config.chaos.faults(kind) if f.kind == "ps-shard"],
         waits=config.consistency.rules.waits, runtime=run.runtime, random_kills=config.chaos.random,
-        shm_dirs=run.served.directories if isinstance(run.served, ShmEndpoints) else ())
+        shm_dirs=local_shm(run.served).directories if local_shm(run.served) is not None else ())
     reports = run.controller.run(run.placement)
     train_s = time.monotonic() - run.controller.train_began
     final, final_buffers = _merge_pulled(get([s.pull.remote() for s in shards]))
@@ -347,8 +346,8 @@ def stop(run: Run) -> None:
     stop_serving(run.shards, run.runtime)
     for actor in run.actors:
         run.runtime.kill(actor)
-    if isinstance(run.transport, ShmEndpoints):  # a shard that died could not remove its segment
-        for directory in run.transport.directories:
+    if local_shm(run.served) is not None:  # a shard that died could not remove its segment
+        for directory in local_shm(run.served).directories:
             shutil.rmtree(directory, ignore_errors=True)
     remove_left_shm(run.run_dir, killed=False)  # and what dead workers left; the note goes with it
 

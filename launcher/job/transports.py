@@ -26,6 +26,7 @@ from ...runtime import RAY, Runtime
 from ...ps.transport.grpc_client import GrpcEndpoints
 from ...ps.transport.grpc_security import GrpcConfig, TLSConfig, new_token
 from ...ps.transport.job_ca import JobAuthority, TLSKeys
+from ...ps.transport.mixed import NodeLocalEndpoints
 from ...ps.transport.object_store import RayTransport
 from ...ps.transport.shm_client import ShmEndpoints
 from ...protos.shm_wire import SegmentPlace
@@ -62,7 +63,11 @@ class WireKeys:
     def for_worker(self, spec, worker_id: int, incarnation: int):
         """The spec one worker incarnation connects through: with its own certificate, where the job has
         an authority (a spec with the job CA's keys is never shared between workers)."""
-        if self.authority is None or not isinstance(spec, GrpcEndpoints):
+        if self.authority is None:
+            return spec
+        if isinstance(spec, NodeLocalEndpoints):
+            return dataclasses.replace(spec, grpc=self.for_worker(spec.grpc, worker_id, incarnation))
+        if not isinstance(spec, GrpcEndpoints):
             return spec
         return dataclasses.replace(spec, tls=self.worker(worker_id, incarnation))
 
@@ -111,7 +116,18 @@ def job_transport(config: JobConfig, shards, ranges, buffer_ranges, runtime: Run
     if isinstance(spec, ShmEndpoints):  # bsp without a quorum: workers read the parameters where they lie
         c = config.consistency
         spec = dataclasses.replace(spec, published=c.mode == "bsp" and c.quorum is None)
+    if isinstance(spec, GrpcEndpoints) and config.grpc.local == "shm" and not _one_node(nodes):
+        # across nodes, each worker reaches the shards on its own node through shared memory
+        local = make_transport("shm", shards, ranges, buffer_ranges, config.workers, config.grpc, runtime)
+        spec = NodeLocalEndpoints(spec, local)
     return spec, keys
+
+
+def local_shm(spec) -> ShmEndpoints | None:
+    """A job's shared-memory endpoints: shm's own, or those beside gRPC across nodes; None for the others."""
+    if isinstance(spec, NodeLocalEndpoints):
+        return spec.shm
+    return spec if isinstance(spec, ShmEndpoints) else None
 
 
 def make_transport(name: str, shards, ranges, buffer_ranges, workers: int, grpc: GrpcConfig | None = None,
@@ -157,7 +173,10 @@ def serve_again(transport, shards, grpc: GrpcConfig, runtime: Runtime = RAY,
     keys = keys or WireKeys(files=grpc.tls)
 
     def serve(i: int) -> None:
-        if isinstance(transport, GrpcEndpoints):
+        if isinstance(transport, NodeLocalEndpoints):
+            serve_again(transport.grpc, shards, grpc, runtime, keys)(i)
+            serve_again(transport.shm, shards, grpc, runtime, keys)(i)
+        elif isinstance(transport, GrpcEndpoints):
             host, port = transport.addresses[i].rsplit(":", 1)
             runtime.get(shards[i].serve_grpc.remote(transport.token, host.strip("[]"), keys.shard(i),
                                                     grpc.chunk_bytes, int(port)))
@@ -179,6 +198,9 @@ def stop_serving(shards, runtime: Runtime = RAY) -> None:
 
 def throttled(transport, mbit: float, latency_ms: float):
     """The job's gRPC endpoints behind one bandwidth-limited link (launcher/job/throttle.py), for benchmarks."""
+    if isinstance(transport, NodeLocalEndpoints):  # only what crosses machines goes through the link
+        link, grpc = throttled(transport.grpc, mbit, latency_ms)
+        return link, dataclasses.replace(transport, grpc=grpc)
     if not isinstance(transport, GrpcEndpoints):
         raise ConfigError(f"debug.link_mbit emulates a slow network for gRPC; this job's transport is"
                           f" {transport.name}: set transport: grpc")

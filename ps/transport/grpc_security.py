@@ -105,6 +105,9 @@ class GrpcConfig:
     chunk_bytes: int = CHUNK_BYTES  # payload per chunk; messages stay under the 4 MiB limit
     tls: TLSConfig | None = None  # mTLS with these files; absent: the job's own CA wherever traffic leaves
     plaintext: bool = False  # no TLS even across machines: only when asked for by name (with a warning)
+    # how a worker of a job across nodes reaches the shards on its own node: shared memory (no copy, no
+    # encryption needed: the bytes never leave the machine), or gRPC like the others
+    local: str = "shm"
 
     def __post_init__(self) -> None:
         from ...settings import number
@@ -114,5 +117,7 @@ class GrpcConfig:
         require(self.chunk_bytes <= 3 << 20, f"chunk_bytes ({self.chunk_bytes}) must be <= {3 << 20} (3 MiB),"
                 " so a chunk and its header stay under the 4 MiB message limit")
         require(self.host is None or isinstance(self.host, str), f"host ({self.host!r}) must be a string")
+        require(self.local in ("shm", "grpc"), f"local ({self.local!r}) must be shm or grpc: how a worker reaches"
+                " the shards on its own node when the job spans nodes")
         require(not (self.plaintext and self.tls is not None),
                 "grpc.plaintext and grpc.tls contradict each other: give one of them")

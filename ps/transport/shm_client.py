@@ -52,8 +52,13 @@ class ShmEndpoints:
     published: bool = False
 
     def connect(self, worker_id: int, incarnation: int = 0) -> "ShmShardClient":
+        return self.client(worker_id, incarnation)
+
+    def client(self, worker_id: int, incarnation: int = 0, total: int | None = None) -> "ShmShardClient":
+        """``total``: the whole vector's size, where these shards hold only part of it (the rest is reached
+        another way: ps/transport/mixed.py); the worker's segment holds the whole of it either way."""
         return ShmShardClient(worker_id, self.directories, self.ranges, self.token, self.buffer_ranges,
-                              self.timeout_s, self.node_ids, incarnation, self.tag, self.published)
+                              self.timeout_s, self.node_ids, incarnation, self.tag, self.published, total)
 
 
 def _same(a: np.ndarray | None, b: np.ndarray) -> bool:
@@ -242,11 +247,11 @@ class ShmShardClient(ShardClientBase):
     def __init__(self, worker_id: int, directories: Sequence[str], ranges: Sequence[ShardRange], token: str,
                  buffer_ranges: Sequence[ShardRange] | None = None, timeout_s: float = 300.0,
                  node_ids: Sequence[str] | None = None, incarnation: int = 0, tag: str | None = None,
-                 published: bool = False):
+                 published: bool = False, total: int | None = None):
         super().__init__(worker_id, ranges, buffer_ranges, incarnation, len(directories))
         self._check_node(directories, node_ids)
         self._directories, self._token, self._timeout_s = list(directories), token, timeout_s
-        size = max((r.hi for r in self.ranges), default=0)
+        size = total if total is not None else max((r.hi for r in self.ranges), default=0)
         self._segment = _OwnSegment(os.path.dirname(directories[0]), tag, worker_id, size, published) \
             if tag is not None and directories else None
         # IN_SEGMENT on every dense request where there is a segment; PUBLISHED where the answer is read in place

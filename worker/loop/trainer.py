@@ -50,6 +50,7 @@ from ...runtime import RAY, Runtime
 from .metrics import WorkerMetrics
 from ...ps.core.placement_info import this_node
 from ...ps.transport.contract import TransportSpec
+from ...ps.transport.mixed import shards_over_shm
 from .chaos import WorkerChaos
 from .batches import ModelCall, to_device
 from .context import TrainContext, autocast_forward, builtin_loop, run_loop
@@ -469,6 +470,7 @@ class Worker:
             "samples": self.samples,
             "resyncs": self.resyncs,
             "peak_rss_mb": peak_rss_mb(),
+            "shards_over_shm": shards_over_shm(self.client),
             "rows_pulled": sparse.rows_pulled if sparse is not None else 0,
             "rows_pushed": sparse.rows_pushed if sparse is not None else 0,
             "final_loss": self.loss_value,
