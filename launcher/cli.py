@@ -3,6 +3,7 @@
     psctl run [CLUSTER_YAML] [--set KEY=VALUE ...] [--output DIR]  /  psctl run --resume RUN_DIR [--trust]
     psctl report RUN_DIR [--x steps|epochs|seconds]
     psctl bench [--quick] [--output DIR] [--models small,large] [--transports shm,grpc,ray] [--modes asp,bsp,...] [--no-sparse] [--no-wire]
+    psctl bench --cost
     psctl bench --nodes N [--link 10gbit,1gbit] [--steps S] [--layouts colocated,separate] [--models large] [--modes asp,bsp,...]
     psctl export RUN_DIR [--trust] [--all] [--prune S] [--filter-prune KEEP] [--quantize] [--student MODULE:CALLABLE] [--config F]
     psctl serve [SERVE_YAML] [--host H] [--port P] [--size N] [--workers N] [--token-file F] [--set KEY=VALUE ...]
@@ -62,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
                        " (default: 10gbit,1gbit)")
     bench.add_argument("--layouts", help="with --nodes: comma-separated: colocated (a shard on each worker's node),"
                        " separate (every shard on a machine of its own); default: both")
+    bench.add_argument("--cost", action="store_true", help="only the rows of how cost grows: a step's overhead"
+                       " against shards and workers (1 to 8), one shard's pushes/s against clients (1 to 64)")
     bench.add_argument("--steps", type=int, help="steps per worker of every model row (default: each model's own)")
     bench.add_argument("--no-sparse", action="store_true",
                        help="skip the sparse-table rows (a 10M x 16 embedding table; ~2 GB for the torch baseline)")
@@ -202,7 +205,7 @@ def _bench(args: argparse.Namespace) -> int:
     out, rows = run_bench(args.quick, args.output, listed(args.models, list(MODELS), "models"),
                           listed(args.transports, ["shm", "grpc", "ray"], "transports"),
                           listed(args.modes, list(MODES), "modes"), steps=args.steps, sparse=not args.no_sparse,
-                          wire=args.wire,
+                          wire=args.wire, only_cost=args.cost,
                           command=shlex.join(["psctl", *args.argv]))  # bench.json says what made its rows
     print((out / "bench.md").read_text(), end="")
     print(f"run directory: {out}")

@@ -217,15 +217,25 @@ def chart(rows: list[Row], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    cost = [r for r in rows if r.model == "cost"]  # the curves of how cost grows, in a row of their own
     rows = [r for r in rows if r.model in MODELS]  # straggler, transport and sparse rows have their own tables
     models = sorted({r.model for r in rows}, key=list(MODELS).index)
-    fig, axes = plt.subplots(len(models), 1, figsize=(9, 1 + 0.35 * len(rows)), squeeze=False)
-    for ax, model in zip(axes[:, 0], models):
+    heights = [1 + 0.35 * len([r for r in rows if r.model == m]) for m in models] + ([3.5] if cost else [])
+    if not heights:
+        return
+    fig = plt.figure(figsize=(13 if cost else 9, sum(heights)))
+    grid = fig.add_gridspec(len(heights), 3, height_ratios=heights)
+    for i, model in enumerate(models):
+        ax = fig.add_subplot(grid[i, :])
         mine = [r for r in rows if r.model == model]
         ax.barh([r.system for r in mine], [r.samples_per_s for r in mine],
                 color=["tab:blue" if r.system.startswith("rayps") else "tab:gray" for r in mine])
         ax.invert_yaxis()
         ax.set_title(f"{model} MLP: samples/s (2 workers, batch {BATCH})")
+    if cost:
+        from .cost import cost_axes
+
+        cost_axes(cost, [fig.add_subplot(grid[len(models), j]) for j in range(3)])
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -236,10 +246,12 @@ def run_bench(quick: bool = False, output: str | Path | None = None, models: lis
               steps: int | None = None, stragglers: bool | None = None,
               transport_mb: int = 100, sparse: bool = True, sparse_steps: int | None = None,
               sparse_rows_in_table: int | None = None, wire: bool | None = None, fp16: bool = True,
-              command: str | None = None) -> tuple[Path, list[Row]]:
+              command: str | None = None, cost: bool | None = None, only_cost: bool = False) -> tuple[Path, list[Row]]:
     """Every row in turn; ``steps`` (per worker) overrides each model's default, for a short check.
     ``fp16``: each mode again with fp16 pushes on the first transport, beside DDP with its fp16 hook.
-    ``command``: the command line bench.json records (psctl passes its own; None: this call)."""
+    ``command``: the command line bench.json records (psctl passes its own; None: this call).
+    ``cost``: the rows of how cost grows with shards, workers and clients (default: in a full run);
+    ``only_cost``: those rows alone."""
     if command is None:  # called from Python: the call, with the arguments that differ from the defaults
         command = _call_text(run_bench, locals())
     began = time.gmtime()
@@ -253,7 +265,9 @@ def run_bench(quick: bool = False, output: str | Path | None = None, models: lis
     transports = transports or (["shm"] if quick else ["shm", "grpc", "ray"])
     modes = modes or (["asp", "bsp"] if quick else list(MODES))
     rows: list[Row] = []
-    for model in models:
+    text = ""
+    cost = (not quick) if cost is None else cost
+    for model in models if not only_cost else ():
         hidden, default_steps = MODELS[model]
         steps = steps_override or default_steps
         for transport in transports:
@@ -266,11 +280,14 @@ def run_bench(quick: bool = False, output: str | Path | None = None, models: lis
         rows += peer_rows(model, hidden, steps)
         for r in rows[-6:]:
             print(f"  {r.system}: {r.samples_per_s:,.0f} samples/s", flush=True)
-    ratios(rows)
-    text = table(rows)
-    wire = transport_rows(transport_mb)
-    rows += wire
-    text += "\n\n" + transport_table(wire)
+    if not only_cost:
+        ratios(rows)
+        text = table(rows)
+        wire = transport_rows(transport_mb)
+        rows += wire
+        text += "\n\n" + transport_table(wire)
+    else:
+        stragglers = sparse = compression_rows = False
     if stragglers:
         late = straggler_rows(out / "jobs")
         rows += late
@@ -286,6 +303,12 @@ def run_bench(quick: bool = False, output: str | Path | None = None, models: lis
         rows_wire = wire_rows(out / "jobs")
         rows += rows_wire
         text += "\n\n" + wire_table(rows_wire)
+    if cost or only_cost:  # how a step's overhead grows with shards and workers, and a shard's with clients
+        from .cost import cost_rows, cost_table
+        rows_cost = cost_rows(out / "jobs")
+        rows += rows_cost
+        text += "\n\n" + cost_table(rows_cost)
+    text = text.lstrip("\n")
     (out / "bench.md").write_text(text + "\n")
     (out / "bench.json").write_text(json.dumps(bench_record(rows, command, began), indent=2))
     chart(rows, out / "bench.png")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 #: Each table: the ``model`` of its rows (None: every row no other table takes, i.e. the models' speed rows).
 KINDS = {"speed": None, "transport": "transport", "stragglers": "stragglers", "sparse": "sparse",
-         "compression": "compression", "cluster": "cluster"}
+         "compression": "compression", "cluster": "cluster", "cost": "cost"}
 MARKED = re.compile(r"(?P<begin><!-- bench-table: (?P<file>\S+) (?P<kind>\w+) -->\n)(?P<body>.*?)"
                     r"(?P<end><!-- /bench-table -->)", re.S)
 
@@ -74,6 +74,7 @@ def load_bench(path: str | Path) -> Bench:
 def render(bench: Bench, kind: str) -> str:
     """One table of ``bench``, formatted as ``psctl bench`` prints it, then the sentence saying where it came from."""
     from .cluster import cluster_table
+    from .cost import cost_table
     from .runner import straggler_table, table, transport_table
     from .sparse import sparse_table
     from .wire import wire_table
@@ -82,7 +83,7 @@ def render(bench: Bench, kind: str) -> str:
     if not rows:
         raise ValueError(f"the bench file holds no {kind} rows")
     draw = {"speed": table, "transport": transport_table, "stragglers": straggler_table, "sparse": sparse_table,
-            "compression": wire_table, "cluster": cluster_table}[kind]
+            "compression": wire_table, "cluster": cluster_table, "cost": cost_table}[kind]
     return f"{draw(rows)}\n\n{bench.provenance()}\n"
 
 
