@@ -320,7 +320,7 @@ def train(run: Run, progress: ProgressLine | None) -> None:
         serve_again(run.served, shards, config.grpc, run.runtime, run.keys),
         [(kind, f) for kind in ("kill", "hang") for f in config.chaos.faults(kind) if f.kind == "ps-shard"],
         waits=config.consistency.rules.waits, runtime=run.runtime, random_kills=config.chaos.random,
-        shm_dirs=local_shm(run.served).directories if local_shm(run.served) is not None else ())
+        shm_dirs=shm.directories if (shm := local_shm(run.served)) is not None else ())
     reports = run.controller.run(run.placement)
     train_s = time.monotonic() - run.controller.train_began
     final, final_buffers = _merge_pulled(get([s.pull.remote() for s in shards]))
@@ -346,8 +346,9 @@ def stop(run: Run) -> None:
     stop_serving(run.shards, run.runtime)
     for actor in run.actors:
         run.runtime.kill(actor)
-    if local_shm(run.served) is not None:  # a shard that died could not remove its segment
-        for directory in local_shm(run.served).directories:
+    shm = local_shm(run.served)
+    if shm is not None:  # a shard that died could not remove its segment
+        for directory in shm.directories:
             shutil.rmtree(directory, ignore_errors=True)
     remove_left_shm(run.run_dir, killed=False)  # and what dead workers left; the note goes with it
 

@@ -82,7 +82,7 @@ class NodeLocalClient:
 
     def __init__(self, local, remote, local_ids: list[int], remote_ids: list[int]):
         self.local, self.remote = local, remote
-        self._ids = (local_ids, remote_ids)
+        self.local_ids, self.remote_ids = local_ids, remote_ids
         self.fills_on_wait = local.fills_on_wait and remote.fills_on_wait
         self.base = 0
 
@@ -91,11 +91,11 @@ class NodeLocalClient:
         return (self.local, self.remote)
 
     def _split(self, per_shard) -> tuple[list, list]:
-        return tuple([per_shard[i] for i in ids] for ids in self._ids)
+        return tuple([per_shard[i] for i in ids] for ids in (self.local_ids, self.remote_ids))
 
     def _merge(self, parts) -> list:
-        out = [None] * (len(self._ids[0]) + len(self._ids[1]))
-        for ids, part in zip(self._ids, parts):
+        out = [None] * (len(self.local_ids) + len(self.remote_ids))
+        for ids, part in zip((self.local_ids, self.remote_ids), parts):
             for i, value in zip(ids, part):
                 out[i] = value
         return out
@@ -164,7 +164,7 @@ class NodeLocalClient:
 def shards_over_shm(client) -> int:
     """How many of its shards a connected client reaches through shared memory."""
     if isinstance(client, NodeLocalClient):
-        return len(client._ids[0])
+        return len(client.local_ids)
     return len(getattr(client, "ranges", ())) if getattr(client, "name", "") == "shm" else 0
 
 
