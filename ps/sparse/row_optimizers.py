@@ -88,10 +88,6 @@ class RowOptimizer:
     def __init__(self, config: RowOptimizerConfig):
         self.config = config
 
-    def new_state(self, rows: int, dim: int) -> dict[str, np.ndarray]:
-        return {name: np.full((rows, dim * width) if width else (rows,), fill, dtype)
-                for name, width, dtype, fill in self._spec()}
-
     def _spec(self):
         return self.state_spec
 
@@ -117,18 +113,28 @@ class RowAdagrad(RowOptimizer):
 
 class RowAdam(RowOptimizer):
     state_spec = (("exp_avg", 1, np.float32, 0.0), ("exp_avg_sq", 1, np.float32, 0.0),
-                  ("step", 0, np.int64, 0))
+                  ("step", 0, np.int32, 0))
 
     def step(self, w, g, state, lr):
         b1, b2 = (float(b) for b in self.config.betas)
         m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
         t += 1
-        m += (g - m) * np.float32(1 - b1)
-        v += (g * g - v) * np.float32(1 - b2)
+        # torch's sparse Adam arithmetic, in place where it can be (the same values, fewer temporaries)
+        change = np.subtract(g, m)
+        change *= np.float32(1 - b1)
+        m += change
+        np.multiply(g, g, out=change)
+        change -= v
+        change *= np.float32(1 - b2)
+        v += change
         bias1 = 1 - np.power(b1, t.astype(np.float64))
         bias2 = 1 - np.power(b2, t.astype(np.float64))
         step_size = (lr * np.sqrt(bias2) / bias1).astype(np.float32)[:, None]
-        w -= step_size * (m / (np.sqrt(v) + np.float32(self.config.resolved_eps)))
+        np.sqrt(v, out=change)
+        change += np.float32(self.config.resolved_eps)
+        np.divide(m, change, out=change)
+        change *= step_size
+        w -= change
 
 
 class RowFTRL(RowOptimizer):

@@ -1,13 +1,18 @@
 """Where one shard keeps its part of a sparse table: rows created on first touch, evicted when unseen.
 
-Rows are hashed to shards by ``id % num_shards``; on its shard a row's local
-index is ``id // num_shards``. A ``RowStore`` holds only the rows that were
-touched, packed densely in arrays that double when full (weights, the row
-optimizer's state, the row's id and the step it was last seen at), plus an
-index from local index to packed slot. The index is a zero-filled int32 array
-of one entry per *possible* local row: numpy takes it from calloc, so its
-pages become resident only as ids in them are touched; it costs at most 4
-bytes per possible row, and the rows themselves cost only what was touched.
+Rows are hashed to shards by ``id % num_shards``. A ``RowStore`` holds only the
+rows that were touched, packed in slots 0..count-1:
+
+- one float32 block per row: its weights, then the row optimizer's per-value
+  state (Adam's two moments, Adagrad's sum, FTRL's z and n) side by side, so
+  an update gathers and scatters one contiguous record per row, not three;
+- the optimizer's per-row scalars (Adam's step count, int32), the row's id
+  and the table version it was last seen at (int64);
+- a hash index from id to slot (slot_index.py), 8 to 16 bytes per row.
+
+The arrays grow by a sixteenth when full, so at most 1/16 of them is
+allocated ahead: with Adam and 16 values a row holds 212 bytes, and the
+store about 220 to 240 per row with its index and slack.
 
 Initial values are a pure function of ``(seed, table, id)`` (a counter-based
 hash, splitmix64), so a row comes out the same on any shard count, after any
@@ -19,6 +24,8 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
+
+from .slot_index import SlotIndex
 
 INITIALIZERS = ("normal", "uniform", "zeros")
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -55,75 +62,113 @@ def initial_rows(ids: np.ndarray, dim: int, kind: str, scale: float, seed: int, 
 class RowStore:
     """The touched rows of one table on one shard, their optimizer state, and their index."""
 
-    def __init__(self, local_rows: int, dim: int, state_spec: tuple, capacity: int = 1024):
+    GROWTH = 1 / 16
+
+    def __init__(self, dim: int, state_spec: tuple, capacity: int = 1024):
         self.dim = dim
-        self.local_rows = local_rows
-        self._spec = state_spec
-        self.slot_of = np.zeros(local_rows, np.int32)  # slot + 1; 0: not here
+        # per-value state lives in the block beside the weights; per-row scalars in arrays of their own
+        self._values = [(name, fill) for name, width, _, fill in state_spec if width]
+        self._scalars = [(name, dtype, fill) for name, width, dtype, fill in state_spec if not width]
+        if any(dtype != np.float32 or width != 1 for _, width, dtype, _ in state_spec if width):
+            raise ValueError("per-value row state must be float32, one value per weight")
+        self.width = dim * (1 + len(self._values))
+        # what a new row's record holds beside its initial weights: each per-value state's initial value
+        self._fresh_record = np.concatenate([np.zeros(dim, np.float32)]
+                                            + [np.full(dim, fill, np.float32) for _, fill in self._values])
+        self.index = SlotIndex()
         self.count = 0
-        self._allocate(capacity)
+        self.moves = 0  # how many times rows changed slots (eviction, a restore): slots known before are stale
+        self.capacity = 0
+        self.block = np.zeros((0, self.width), np.float32)
+        self.ids = np.zeros(0, np.int64)
+        self.last_seen = np.zeros(0, np.int64)
+        self.scalars = {name: np.zeros(0, dtype) for name, dtype, _ in self._scalars}
+        self._grow(capacity)
 
-    def _allocate(self, capacity: int) -> None:
-        def grown(old: np.ndarray | None, shape, dtype, fill=0):
-            new = np.full(shape, fill, dtype)
-            if old is not None:
+    def _grow(self, capacity: int) -> None:
+        """Room for ``capacity`` rows; slots beyond ``count`` hold anything until ``create`` fills them."""
+        def grown(old: np.ndarray):
+            try:  # in place where the allocator can (realloc remaps large blocks instead of copying)
+                old.resize((capacity,) + old.shape[1:], refcheck=True)  # refused while a view exists
+                return old
+            except ValueError:
+                new = np.empty((capacity,) + old.shape[1:], old.dtype)
                 new[:self.count] = old[:self.count]
-            return new
+                return new
 
-        keep = getattr(self, "weights", None) is not None
+        self.block = grown(self.block)
+        self.ids = grown(self.ids)
+        self.last_seen = grown(self.last_seen)
+        self.scalars = {name: grown(array) for name, array in self.scalars.items()}
         self.capacity = capacity
-        self.weights = grown(self.weights if keep else None, (capacity, self.dim), np.float32)
-        self.ids = grown(self.ids if keep else None, capacity, np.int64)
-        self.last_seen = grown(self.last_seen if keep else None, capacity, np.int64)
-        self.state = {name: grown(self.state[name] if keep else None,
-                                  (capacity, self.dim * width) if width else capacity, dtype, fill)
-                      for name, width, dtype, fill in self._spec}
+
+    # ---- views of the block ---------------------------------------------------------
+
+    @property
+    def weights(self) -> np.ndarray:
+        """Every slot's weights (a view: slots beyond ``count`` are unused)."""
+        return self.block[:, :self.dim]
+
+    def split(self, records: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Views of gathered records (rows x width): their weights and each per-value state."""
+        d = self.dim
+        return records[:, :d], {name: records[:, d * (i + 1):d * (i + 2)] for i, (name, _) in enumerate(self._values)}
+
+    @property
+    def state(self) -> dict[str, np.ndarray]:
+        """Every slot's optimizer state by name (views of the block, and the scalar arrays)."""
+        return {**self.split(self.block)[1], **self.scalars}
 
     # ---- lookups ------------------------------------------------------------------
 
-    def slots(self, local: np.ndarray) -> np.ndarray:
-        """The packed slot of each local index; -1 where the row is not here."""
-        return self.slot_of[local].astype(np.int64) - 1
+    def slots(self, ids: np.ndarray) -> np.ndarray:
+        """The packed slot of each id; -1 where the row is not here."""
+        if not len(ids):
+            return np.zeros(0, np.int64)
+        return self.index.lookup(ids, self.ids)
 
-    def create(self, local: np.ndarray, ids: np.ndarray, values: np.ndarray, step: int) -> np.ndarray:
-        """Add rows (local indices unique and absent) with initial ``values``; return their slots."""
-        n = len(local)
+    def create(self, ids: np.ndarray, values: np.ndarray, step: int) -> np.ndarray:
+        """Add rows (ids unique and absent) with initial ``values``; return their slots."""
+        n = len(ids)
         if self.count + n > self.capacity:
-            self._allocate(max(self.capacity * 2, self.count + n))
+            self._grow(max(int(self.capacity * (1 + self.GROWTH)), self.count + n))
+        new = slice(self.count, self.count + n)  # rows are packed: the new ones follow the last
+        self.block[new] = self._fresh_record
+        self.block[new, :self.dim] = values
+        for name, _, fill in self._scalars:
+            self.scalars[name][new] = fill
+        self.ids[new] = ids
+        self.last_seen[new] = step
         slots = np.arange(self.count, self.count + n)
-        self.weights[slots] = values
-        self.ids[slots] = ids
-        self.last_seen[slots] = step
-        self.slot_of[local] = (slots + 1).astype(np.int32)
+        self.index.insert(ids, slots, self.ids)
         self.count += n
         return slots
 
-    def evict_unseen(self, before: int, num_shards: int) -> int:
-        """Drop every row last seen before step ``before``; return how many went."""
+    def evict_unseen(self, before: int) -> int:
+        """Drop every row last seen before table version ``before``; return how many went."""
         live = self.last_seen[:self.count] >= before
         gone = self.count - int(np.count_nonzero(live))
         if not gone:
             return 0
-        self.slot_of[self.ids[:self.count][~live] // num_shards] = 0
         kept = np.flatnonzero(live)
-        for array in (self.weights, self.ids, self.last_seen, *self.state.values()):
+        for array in (self.block, self.ids, self.last_seen, *self.scalars.values()):
             array[:len(kept)] = array[kept]
         self.count = len(kept)
-        self.slot_of[self.ids[:self.count] // num_shards] = np.arange(1, self.count + 1, dtype=np.int32)
+        self.index.rebuild(self.ids[:self.count])
+        self.moves += 1
         return gone
 
     # ---- what it costs, and its state -----------------------------------------------
 
     @property
     def row_bytes(self) -> int:
-        """Bytes per stored row: weights, optimizer state, id and last-seen step."""
-        state = sum((self.dim * w if w else 1) * np.dtype(d).itemsize for _, w, d, _ in self._spec)
-        return self.dim * 4 + state + 16
+        """Bytes per stored row: weights and per-value state, per-row scalars, id and last-seen version."""
+        return self.block.itemsize * self.width + sum(a.itemsize for a in self.scalars.values()) + 16
 
     @property
     def nbytes(self) -> int:
         """What the store holds allocated: its arrays at their capacity, and the index."""
-        return self.capacity * self.row_bytes + self.slot_of.nbytes
+        return self.capacity * self.row_bytes + self.index.nbytes
 
     def state_dict(self) -> dict:
         n = self.count
@@ -131,17 +176,20 @@ class RowStore:
                 "last_seen": self.last_seen[:n].copy(),
                 "state": {k: v[:n].copy() for k, v in self.state.items()}}
 
-    def load_state_dict(self, state: dict, num_shards: int) -> None:
+    def load_state_dict(self, state: dict) -> None:
         ids = np.asarray(state["ids"], np.int64)
         n = len(ids)
-        self.slot_of = np.zeros(self.local_rows, np.int32)  # fresh zero pages, not a pass over the old
         self.count = 0
-        self.weights = None
-        self._allocate(max(1024, n))
+        self.capacity = 0
+        self.block = np.zeros((0, self.width), np.float32)
+        self.ids, self.last_seen = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        self.scalars = {name: np.zeros(0, dtype) for name, dtype, _ in self._scalars}
+        self._grow(max(1024, int(n * (1 + self.GROWTH))))
         self.weights[:n] = state["weights"]
         self.ids[:n] = ids
         self.last_seen[:n] = state["last_seen"]
-        for k, v in state["state"].items():
-            self.state[k][:n] = v
+        for k, v in self.state.items():
+            v[:n] = state["state"][k]
         self.count = n
-        self.slot_of[ids // num_shards] = np.arange(1, n + 1, dtype=np.int32)
+        self.index.rebuild(self.ids[:n])
+        self.moves += 1

@@ -66,6 +66,12 @@ class TableConfig:
                 f" (init 'zeros', not {self.init!r})")
 
 
+def strictly_increasing(ids: np.ndarray) -> bool:
+    """Whether ``ids`` are sorted and unique: a worker's ids are (np.unique, then split by shard in
+    order), which spares the shard a sort it would otherwise need to find duplicates."""
+    return bool(len(ids) < 2 or (ids[1:] > ids[:-1]).all())
+
+
 def untrained_rows(config: TableConfig, ids: np.ndarray) -> np.ndarray:
     """How rows no pull created read: as they would start, or zeros behind a frequency filter."""
     if config.min_touches > 1:
@@ -78,12 +84,15 @@ class SparseTable:
         self.config = config
         self.shard_id, self.num_shards = shard_id, num_shards
         self.optimizer = make_row_optimizer(config.optimizer)
-        local_rows = (config.num_embeddings - shard_id + num_shards - 1) // num_shards
-        self.store = RowStore(local_rows, config.dim, self.optimizer._spec())
-        self.touches = np.zeros(local_rows, np.uint16) if config.min_touches > 1 else None
+        self.local_rows = (config.num_embeddings - shard_id + num_shards - 1) // num_shards
+        self.store = RowStore(config.dim, self.optimizer._spec())
+        # the frequency filter counts pulls per possible row (2 bytes each), rows made or not
+        self.touches = np.zeros(self.local_rows, np.uint16) if config.min_touches > 1 else None
         self.consistency = Consistency(config.consistency, worker_ids, repr(self))
         self.version = 0
         self.pulled_at: dict[int, int] = {}
+        # each worker's last pull: its ids and their slots, which its push of the same ids reuses
+        self._pulled: dict[int, tuple] = {}
         self.counters = Counter()
         self.staleness = Counter()
         self.max_lead = 0
@@ -157,29 +166,28 @@ class SparseTable:
         its version is what that worker's next push is stale against. ``worker_id`` None: a read
         for evaluation, which creates nothing and counts nothing (absent rows read as they would start)."""
         store, c = self.store, self.config
-        local = ids // self.num_shards
-        slots = store.slots(local)
+        slots = store.slots(ids)
         absent = slots < 0
-        out = np.empty((len(ids), c.dim), np.float32)
-        out[~absent] = store.weights[slots[~absent]]
+        if absent.any() and worker_id is not None:
+            slots[absent] = self._touch_new(ids[absent])  # -1 where the frequency filter made none
+            absent = slots < 0
+        out = store.weights[np.maximum(slots, 0)]
         if absent.any():
-            missing = ids[absent]
-            if worker_id is None:
-                out[absent] = untrained_rows(c, missing)
-            else:
-                out[absent] = self._touch_new(missing)
-                slots = store.slots(local)  # those created now
+            out[absent] = 0 if worker_id is not None else untrained_rows(c, ids[absent])
         if worker_id is not None:
             seen = slots[slots >= 0]
             store.last_seen[seen] = self.version
             self.pulled_at[worker_id] = self.version
+            self._pulled[worker_id] = (ids, slots, store.moves)
             self.counters["rows_pulled"] += len(ids)
         return out
 
     def _touch_new(self, missing: np.ndarray) -> np.ndarray:
-        """Rows pulled that are not here: created now, or (frequency filter) counted and read as zeros."""
+        """Rows pulled that are not here: created now, or (frequency filter) counted and left out.
+        Returns each one's new slot, -1 where none was made (the row reads as zeros)."""
         c = self.config
-        unique = np.unique(missing)
+        in_order = strictly_increasing(missing)
+        unique = missing if in_order else np.unique(missing)
         create = unique
         if self.touches is not None:
             local = unique // self.num_shards
@@ -188,16 +196,18 @@ class SparseTable:
             create = unique[counts >= c.min_touches]
             self.counters["rows_filtered"] += len(unique) - len(create)
         values = initial_rows(create, c.dim, c.init, c.init_scale, c.seed, c.name)
-        self.store.create(create // self.num_shards, create, values, self.version)
+        made = self.store.create(create, values, self.version)
         self.counters["rows_created"] += len(create)
         if self.touches is not None:
             self.touches[create // self.num_shards] = 0
-        out = np.zeros((len(missing), c.dim), np.float32)
+        if in_order and len(create) == len(missing):  # every one made, in the order asked
+            return made
+        slots = np.full(len(missing), -1, np.int64)
         if len(create):
-            where = np.searchsorted(create, missing)
-            hit = (where < len(create)) & (create[np.minimum(where, len(create) - 1)] == missing)
-            out[hit] = values[where[hit]]
-        return out
+            where = np.minimum(np.searchsorted(create, missing), len(create) - 1)
+            hit = create[where] == missing
+            slots[hit] = made[where[hit]]
+        return slots
 
     def push(self, worker_id: int, clock: int, ids: np.ndarray, grads: np.ndarray, num_samples: int) -> str:
         """Apply (or gather into its round) one worker's row gradients of iteration ``clock``.
@@ -217,7 +227,7 @@ class SparseTable:
             self.counters["pushes_dropped"] += 1
             outcome = "stale"
         elif action == "apply":
-            self._apply(ids, grads, [self.version - pulled])
+            self._apply(ids, grads, [self.version - pulled], self._pulled.pop(worker_id, None))
         self.counters["rows_pushed"] += len(ids)
         self.step_round()
         return outcome
@@ -234,34 +244,49 @@ class SparseTable:
                                 else r["grads"] for r in pending])
         self._apply(ids, grads, [self.version - r["pulled"] for r in pending])
 
-    def _apply(self, ids: np.ndarray, grads: np.ndarray, staleness: list[int]) -> None:
-        """One update of the rows ``ids`` (the table's lr; divided by the staleness if so configured)."""
+    def _apply(self, ids: np.ndarray, grads: np.ndarray, staleness: list[int], pulled=None) -> None:
+        """One update of the rows ``ids`` (the table's lr; divided by the staleness if so configured).
+        ``pulled``: the pushing worker's last pull (ids, slots, the store's moves then)."""
         lr = self.consistency.lr(float(self.config.optimizer.lr), staleness)
         self.counters["pushes_applied"] += len(staleness)
         self.staleness.update(staleness)
         if len(ids):
-            unique, inverse = np.unique(ids, return_inverse=True)
-            if len(unique) != len(ids):  # duplicate ids (several workers in a bsp round): one row, summed
+            # a worker's push comes sorted, so unique; a bsp round's several pushes may share ids: summed
+            if not strictly_increasing(ids):
+                unique, inverse = np.unique(ids, return_inverse=True)
                 summed = np.zeros((len(unique), grads.shape[1]), np.float32)
                 np.add.at(summed, inverse, grads)
                 ids, grads = unique, summed
-            slots = self.store.slots(ids // self.num_shards)
+            store = self.store
+            slots = self._slots_of(ids, pulled)
             here = slots >= 0
             if not here.all():  # filtered or evicted since the pull: nothing to update
                 self.counters["rows_dropped"] += int(np.count_nonzero(~here))
                 slots, grads = slots[here], grads[here]
-            store = self.store
-            w = store.weights[slots]
-            state = {k: v[slots] for k, v in store.state.items()}
-            self.optimizer.step(w, grads, state, lr)
-            store.weights[slots] = w
-            for k, v in state.items():
-                store.state[k][slots] = v
+            records = store.block[slots]  # weights and per-value state, one gather
+            weights, state = store.split(records)
+            scalars = {k: v[slots] for k, v in store.scalars.items()}
+            self.optimizer.step(weights, grads, {**state, **scalars}, lr)
+            store.block[slots] = records
+            for k, v in scalars.items():
+                store.scalars[k][slots] = v
             store.last_seen[slots] = self.version
         self.version += 1
         after = self.config.evict_after
         if after is not None and self.version % max(1, after // 4) == 0:
-            self.counters["rows_evicted"] += self.store.evict_unseen(self.version - after, self.num_shards)
+            self.counters["rows_evicted"] += self.store.evict_unseen(self.version - after)
+
+    def _slots_of(self, ids: np.ndarray, pulled) -> np.ndarray:
+        """The slots of a push's ids: a worker pushes the ids it pulled, in the same order, so their
+        slots are known unless rows moved since (eviction, a restore) or the ids differ."""
+        store = self.store
+        if pulled is None or pulled[2] != store.moves or not np.array_equal(pulled[0], ids):
+            return store.slots(ids)
+        slots = pulled[1].copy()
+        missing = slots < 0  # filtered at the pull: another worker's pull may have made the row since
+        if missing.any():
+            slots[missing] = store.slots(ids[missing])
+        return slots
 
     # ---- what the driver reads, and checkpoints -------------------------------------
 
@@ -299,12 +324,13 @@ class SparseTable:
         self.check_state(state)
         consistency = Consistency(self.config.consistency, [], repr(self))
         consistency.load_state_dict(state)
-        self.store.load_state_dict(state["store"], self.num_shards)
+        self.store.load_state_dict(state["store"])
         self.consistency = consistency
         self.version = int(state["version"])
         self.pulled_at = {int(w): int(v) for w, v in state["pulled_at"].items()}
+        self._pulled = {}
         if self.touches is not None:
-            self.touches = np.zeros(self.store.local_rows, np.uint16)
+            self.touches = np.zeros(self.local_rows, np.uint16)
             self.touches[np.asarray(state["touched"], np.int64)] = state["touches"]
         self.counters, self.staleness = Counter(state["counters"]), Counter(state["staleness"])
         self.max_lead, self.wait_s = int(state["max_lead"]), Counter(state["wait_s"])
