@@ -87,19 +87,25 @@ class RowStore:
 
     def _grow(self, capacity: int) -> None:
         """Room for ``capacity`` rows; slots beyond ``count`` hold anything until ``create`` fills them."""
-        def grown(old: np.ndarray):
-            try:  # in place where the allocator can (realloc remaps large blocks instead of copying)
-                old.resize((capacity,) + old.shape[1:], refcheck=True)  # refused while a view exists
-                return old
+        arrays = {"block": self.block, "ids": self.ids, "last_seen": self.last_seen, **self.scalars}
+        self.block = self.ids = self.last_seen = None
+        self.scalars = {}
+        for name in list(arrays):
+            # in place where the allocator can (realloc remaps large blocks rather than copy them); numpy
+            # refuses while anything else refers to the array (a view, or a second name here), so the
+            # array is held by one name only while it grows
+            array = arrays.pop(name)
+            try:
+                array.resize((capacity,) + array.shape[1:], refcheck=True)
             except ValueError:
-                new = np.empty((capacity,) + old.shape[1:], old.dtype)
-                new[:self.count] = old[:self.count]
-                return new
-
-        self.block = grown(self.block)
-        self.ids = grown(self.ids)
-        self.last_seen = grown(self.last_seen)
-        self.scalars = {name: grown(array) for name, array in self.scalars.items()}
+                old, array = array, np.empty((capacity,) + array.shape[1:], array.dtype)
+                array[:self.count] = old[:self.count]
+                del old
+            if name in ("block", "ids", "last_seen"):
+                setattr(self, name, array)
+            else:
+                self.scalars[name] = array
+            del array
         self.capacity = capacity
 
     # ---- views of the block ---------------------------------------------------------
