@@ -171,3 +171,25 @@ def test_a_table_keeps_its_own_bound_while_the_dense_table_runs_asp(cluster):
     assert sum(t["wait_s"].get(2, 0) for t in tables) > 0.3
     c0.finish()
     c1.finish()
+
+
+def test_over_shm_a_pull_right_behind_a_push_reads_it_and_a_refused_push_surfaces_there(ray_session):
+    """Over shared memory a pull goes out behind a push not yet answered (one connection, taken in
+    order): it reads the pushed rows; a push the shard refused fails that pull, and the connection
+    stays in step for the next."""
+    made = SparseCluster(ray_session, "shm", workers=1)
+    try:
+        client, rows = made.rows(0, "emb")
+        rows.clock = 1
+        rows.pull("emb", ids(8, 51))
+        rows.push(1, {"emb": (ids(8, 51), np.full((2, DIM), 2.0, np.float32))}, num_samples=1)
+        rows.clock = 2  # no flush: the pull's request follows the push's on each socket
+        np.testing.assert_array_equal(rows.pull("emb", ids(8, 51)), np.full((2, DIM), -1.0, np.float32))
+        rows.push(2, {"emb": (ids(8), np.full((1, DIM), np.nan, np.float32))}, num_samples=1)
+        with pytest.raises(Exception, match="NaN"):
+            rows.pull("emb", ids(8, 51))
+        rows.drop()
+        np.testing.assert_array_equal(rows.pull("emb", ids(8, 51)), np.full((2, DIM), -1.0, np.float32))
+        client.finish()
+    finally:
+        made.close()

@@ -337,12 +337,17 @@ class ShmShardClient(ShardClientBase):
 
     def sparse_pull(self, table: str, ids_per_shard: list[np.ndarray], clock: int) -> list[np.ndarray | None]:
         links = self._sparse()
-        self._sparse_answers()  # a push's answers come first on these sockets
         asked = [i for i, ids in enumerate(ids_per_shard) if len(ids)]
         for i in asked:  # every request out before any answer is read: the shards work at once
+            # behind the push still being answered, if any: a shard takes one connection's requests in order,
+            # so it applies the push before it reads these rows, and neither waits for the other's round trip
             links[i].send(SPARSE_PULL, table, clock, ids_per_shard[i], None, 0, self.incarnation)
         out: list[np.ndarray | None] = [None] * len(links)
         errors = []
+        try:
+            self._sparse_answers()  # the push's answers come first on these sockets
+        except TransportError as e:
+            errors.append(e)
         for i in asked:  # read every answer, so none is left on a socket for the next call
             try:
                 out[i] = links[i].receive(f"pull of table {table!r}", rows=True)
