@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 def test_a_short_bench_measures_every_system_and_writes_its_report(ray_session, tmp_path):
     out, rows = run_bench(output=tmp_path / "bench", models=["small"], transports=["shm"], modes=["asp"], steps=20,
                           stragglers=False, transport_mb=8,
-                          sparse_steps=20, sparse_rows_in_table=100_000, wire=False,
+                          sparse_steps=20, sparse_rows_in_table=100_000, sparse_repeats=1, wire=False,
                           cost=False)  # its rows: tests/test_bench_cost.py
     rows_all = rows
     wire = [r for r in rows if r.model == "transport"]

@@ -245,7 +245,8 @@ def run_bench(quick: bool = False, output: str | Path | None = None, models: lis
               transports: list[str] | None = None, modes: list[str] | None = None,
               steps: int | None = None, stragglers: bool | None = None,
               transport_mb: int = 100, sparse: bool = True, sparse_steps: int | None = None,
-              sparse_rows_in_table: int | None = None, wire: bool | None = None, fp16: bool = True,
+              sparse_rows_in_table: int | None = None, sparse_repeats: int | None = None,
+              wire: bool | None = None, fp16: bool = True,
               command: str | None = None, cost: bool | None = None, only_cost: bool = False) -> tuple[Path, list[Row]]:
     """Every row in turn; ``steps`` (per worker) overrides each model's default, for a short check.
     ``fp16``: each mode again with fp16 pushes on the first transport, beside DDP with its fp16 hook.
@@ -295,7 +296,8 @@ def run_bench(quick: bool = False, output: str | Path | None = None, models: lis
     if sparse:  # embedding rows: a 10M x 16 table, against torch's sparse EmbeddingBag in one process
         from .sparse import ROWS, sparse_rows, sparse_table
         rows_sparse = sparse_rows(out / "jobs", sparse_steps or (100 if quick else 300), transports,
-                                  sparse_rows_in_table or ROWS)
+                                  sparse_rows_in_table or ROWS,
+                                  repeats=sparse_repeats or (1 if quick else 3))
         rows += rows_sparse
         text += "\n\n" + sparse_table(rows_sparse)
     if compression_rows:  # gradient compression over a 100 Mbit/s link (launcher/bench/wire.py)

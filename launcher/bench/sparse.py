@@ -101,21 +101,38 @@ def rayps_rows(steps: int, transport: str, out: Path, rows: int = ROWS) -> dict:
             "unique_per_batch": table["rows_pulled"] / max(1, sum(int(v) for v in s["steps"].values()))}
 
 
-def sparse_rows(out: Path, steps: int = 300, transports=("shm", "grpc", "ray"), table_rows: int = ROWS):
-    """Rows for the bench table (``table_rows``: smaller for a quick check of the machinery)."""
-    base = single_process(steps, table_rows)
+def sparse_rows(out: Path, steps: int = 300, transports=("shm", "grpc", "ray"), table_rows: int = ROWS,
+                repeats: int = 3):
+    """Rows for the bench table (``table_rows``: smaller for a quick check of the machinery). Every system
+    runs ``repeats`` times, interleaved (the single process, then each transport, then again), and its
+    row is the run of median rows/s: on this machine the single process alone has ranged 0.72M to 1.22M
+    rows/s within a day, so one run each could not tell which side moved."""
+    runs: dict[str, list[dict]] = {"single": [], **{name: [] for name in transports}}
+    for attempt in range(repeats):
+        runs["single"].append(single_process(steps, table_rows))
+        for name in transports:
+            runs[name].append(rayps_rows(steps, name, out / f"try{attempt}", table_rows))
+    base, spread = _median(runs["single"])
     rows = [Row("sparse", "torch EmbeddingBag(sparse) + SparseAdam, one process", base["rows_per_s"],
-                {"x_single": 1.0, "bytes_per_row": base["table_bytes"] / table_rows,
-                 "config": f"1 process, {BAGS} bags of {BAG} ids a step, SparseAdam lr 0.01, all rows allocated"})]
+                {"x_single": 1.0, "bytes_per_row": base["table_bytes"] / table_rows, "runs": spread,
+                 "config": f"1 process, {BAGS} bags of {BAG} ids a step, SparseAdam lr 0.01, all rows allocated,"
+                           f" median of {repeats}"})]
     for name in transports:
-        r = rayps_rows(steps, name, out, table_rows)
+        r, spread = _median(runs[name])
         rows.append(Row("sparse", f"rayps, 2 workers x 2 shards, {r['transport']}", r["rows_per_s"],
                         {"x_single": r["rows_per_s"] / base["rows_per_s"], "bytes_per_row": r["bytes_per_row"],
-                         "rows": r["rows"], "unique_per_batch": r["unique_per_batch"],
+                         "rows": r["rows"], "unique_per_batch": r["unique_per_batch"], "runs": spread,
                          "config": f"2 workers, 2 shards, {r['transport']}, asp, {BAGS} bags of {BAG} ids a step"
-                                   " per worker, row Adam lr 0.01, rows made when first touched"}))
-        print(f"  {rows[-1].system}: {r['rows_per_s']:,.0f} rows/s", flush=True)
+                                   f" per worker, row Adam lr 0.01, rows made when first touched, median of"
+                                   f" {repeats}"}))
+        print(f"  {rows[-1].system}: {r['rows_per_s']:,.0f} rows/s (runs: {spread})", flush=True)
     return rows
+
+
+def _median(runs: list[dict]) -> tuple[dict, list[int]]:
+    """The run of median rows/s, and every run's rows/s (rounded) in the order they ran."""
+    ranked = sorted(runs, key=lambda r: r["rows_per_s"])
+    return ranked[(len(ranked) - 1) // 2], [round(r["rows_per_s"]) for r in runs]
 
 
 def sparse_table(rows) -> str:
