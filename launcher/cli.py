@@ -198,7 +198,8 @@ def _bench(args: argparse.Namespace) -> int:
                                       listed(args.layouts, list(LAYOUTS), "layouts"),
                                       listed(args.models, list(MODELS), "models"),
                                       listed(args.modes, list(MODES), "modes"), args.output,
-                                      command=shlex.join(["psctl", *args.argv]), steps=args.steps)
+                                      command=shlex.join(["psctl", *args.argv]), steps=args.steps,
+                                      sparse=not args.no_sparse)
         print((out / "bench.md").read_text(), end="")
         print(f"run directory: {out}")
         return 0

@@ -17,6 +17,7 @@ import pytest
 
 from rayps.errors import ConfigError
 from rayps.launcher.bench.cluster import cluster_rows, layout, variants
+from rayps.launcher.bench.sparse import SparseRun
 from rayps.launcher.bench.netns import NamespaceCluster, parse_rate, rate_name, unavailable
 
 
@@ -87,7 +88,10 @@ def test_a_namespace_cluster_shapes_its_links_runs_a_ray_node_in_each_and_leaves
 @pytest.mark.slow
 @needs_namespaces
 def test_the_cluster_rows_train_rayps_over_mtls_and_ddp_over_the_shaped_links(tmp_path):
-    rows = cluster_rows(2, ["1gbit"], ["colocated"], ["small"], ["asp"], tmp_path, steps=60, fp16=False)
+    rows = cluster_rows(2, ["1gbit"], ["colocated"], ["small"], ["asp"], tmp_path, steps=60, fp16=False,
+                        sparse=SparseRun(steps=30, repeats=1, table_rows=100_000))
+    sparse = [r for r in rows if r.model == "sparse-cluster"]
+    rows = [r for r in rows if r.model == "cluster"]
     by = {r.system: r for r in rows}
     assert set(by) == {"rayps asp, grpc", "rayps asp, grpc, overlap", "PyTorch DDP (gloo)"}
     mine = by["rayps asp, grpc"]
@@ -95,3 +99,8 @@ def test_the_cluster_rows_train_rayps_over_mtls_and_ddp_over_the_shaped_links(tm
     assert "2 workers, 2 shards, grpc, asp" in mine.extra["config"]
     assert all(r.samples_per_s > 0 and r.extra["link"] == "1 Gbit/s" for r in rows)
     assert mine.extra["x_ddp"] == pytest.approx(mine.samples_per_s / by["PyTorch DDP (gloo)"].samples_per_s)
+    # the sparse job across the namespaces: rows made, each worker's own shard over shm, the rest over the link
+    single, across = sparse
+    assert across.samples_per_s > 0 and across.extra["bytes_per_row"] > 0 and across.extra["link"] == "1 Gbit/s"
+    assert "1 shard(s) per worker on its own node over shm" in across.extra["config"]
+    assert across.extra["x_single"] == pytest.approx(across.samples_per_s / single.samples_per_s)

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from . import peers
+from . import sparse as sparse_bench
 from .netns import NamespaceCluster, parse_rate, rate_name
 from .rows import BATCH, LR, MODELS, MODES, Row, bench_job, peer_config, rayps_config
 
@@ -61,9 +62,11 @@ def layout(name: str, workers: int) -> tuple[list[dict], list[int], int]:
 
 
 def cluster_rows(nodes: int, links: list[str], layouts: list[str], models: list[str], modes: list[str],
-                 out: Path, steps: int | None = None, fp16: bool = True) -> list[Row]:
+                 out: Path, steps: int | None = None, fp16: bool = True,
+                 sparse: sparse_bench.SparseRun | None = sparse_bench.SparseRun()) -> list[Row]:
     """Every row, link by link and layout by layout; one namespace cluster per (link, layout). ``nodes``: the
-    worker machines (the separate layout adds one for the shards)."""
+    worker machines (the separate layout adds one for the shards). ``sparse``: how much of the sparse workload
+    runs on the colocated layout (None: none)."""
     rows: list[Row] = []
     for link in links:
         bits = parse_rate(link)
@@ -84,7 +87,48 @@ def cluster_rows(nodes: int, links: list[str], layouts: list[str], models: list[
                         print(f"  {where}: {r.system}: {r.samples_per_s:,.0f} samples/s", flush=True)
                     _compare(mine, theirs)
                     rows += mine + theirs
+                if sparse is not None and name == "colocated":
+                    rows += _sparse_rows(cluster, rate_name(bits), len(worker_nodes), servers, out, sparse)
     return rows
+
+
+def _sparse_rows(cluster: NamespaceCluster, link: str, workers: int, servers: int, out: Path,
+                 run: sparse_bench.SparseRun) -> list[Row]:
+    """The sparse bench's job (launcher/bench/sparse.py) across the namespaces, over gRPC with each worker's own
+    shard through shared memory, against torch's one-process sparse step on the same cores: both run
+    ``run.repeats`` times, interleaved, and each row is its median run."""
+    singles, mine = [], []
+    for attempt in range(run.repeats):
+        singles.append(sparse_bench.single_process(run.steps, run.table_rows))
+        spec = {"sparse": True, "steps": run.steps, "rows": run.table_rows, "workers": workers, "servers": servers,
+                "output": str(out / f"sparse-{link.replace(' ', '').replace('/', '')}-try{attempt}")}
+        mine.append(_in_node0(cluster, spec, "the sparse row"))
+    base, base_runs = sparse_bench.median_run(singles)
+    result, runs = sparse_bench.median_run(mine)
+    where = f"sparse, {link}, colocated"
+    single = Row("sparse-cluster", f"torch EmbeddingBag(sparse) + SparseAdam, one process ({link} rows)",
+                 base["rows_per_s"], {"x_single": 1.0, "bytes_per_row": base["table_bytes"] / run.table_rows,
+                                      "runs": base_runs, "where": where, "link": link,
+                                      "config": f"1 process, median of {run.repeats}"})
+    row = Row("sparse-cluster", f"rayps, {workers} workers x {servers} shards, grpc between namespaces at {link}",
+              result["rows_per_s"], {"x_single": result["rows_per_s"] / base["rows_per_s"],
+                                     "bytes_per_row": result["bytes_per_row"], "runs": runs, "where": where,
+                                     "link": link, "config": f"{workers} workers, {servers} shards, one of each per"
+                                     f" namespace, grpc (job CA mTLS){_over_shm(result.get('shards_over_shm') or {})},"
+                                     f" asp, row Adam lr 0.01, median of {run.repeats}"})
+    for r in (single, row):
+        print(f"  {where}: {r.system}: {r.samples_per_s:,.0f} rows/s (runs: {r.extra['runs']})", flush=True)
+    return [single, row]
+
+
+def _in_node0(cluster: NamespaceCluster, spec: dict, what: str) -> dict:
+    """Run ``spec`` through ``_row_main`` inside node 0 (it joins the cluster's Ray there); its JSON result."""
+    done = subprocess.run(cluster.command(0, [sys.executable, "-m", __name__, json.dumps(spec)]),
+                          env=cluster.env(), capture_output=True, text=True, timeout=ROW_TIMEOUT_S)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"{what} failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}")
+    return json.loads(lines[-1])
 
 
 def variants(modes: list[str], fp16: bool) -> list[tuple[str, str, bool]]:
@@ -115,13 +159,7 @@ def _rayps_row(cluster: NamespaceCluster, where: str, hidden, steps: int, mode: 
     name = f"{where.replace(', ', '-').replace(' ', '').replace('/', '')}-{mode.replace(' ', '')}-{codec}"
     spec = {"hidden": list(hidden), "steps": steps, "mode": mode, "compression": compression, "workers": workers,
             "servers": servers, "overlap": overlap, "output": str(out / (name + ("-overlap" if overlap else "")))}
-    done = subprocess.run(cluster.command(0, [sys.executable, "-m", __name__, json.dumps(spec)]),
-                          env=cluster.env(), capture_output=True, text=True, timeout=ROW_TIMEOUT_S)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"the rayps row {mode} {codec} failed (exit {done.returncode}):"
-                           f" {done.stderr.strip()[-2000:]}")
-    result = json.loads(lines[-1])
+    result = _in_node0(cluster, spec, f"the rayps row {mode} {codec}")
     system = f"rayps {mode}, grpc" + (", overlap" if overlap else "") + ("" if codec == "none" else f", {codec}")
     return Row("cluster", system, result["samples_per_s"], {"where": where, "wire": result["wire"],
                                                             "config": result["config"]})
@@ -160,7 +198,7 @@ def cluster_table(rows: list[Row]) -> str:
 
 def run_cluster_bench(nodes: int, links: list[str], layouts: list[str] | None, models: list[str] | None,
                       modes: list[str] | None, output: str | Path | None, command: str,
-                      steps: int | None = None) -> tuple[Path, list[Row]]:
+                      steps: int | None = None, sparse: bool = True) -> tuple[Path, list[Row]]:
     """The cluster rows alone, written as ``psctl bench`` writes its others (bench.json, bench.md)."""
     import time
 
@@ -170,8 +208,11 @@ def run_cluster_bench(nodes: int, links: list[str], layouts: list[str] | None, m
     out = Path(output or f"runs/bench-cluster-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     rows = cluster_rows(nodes, links, layouts or list(LAYOUTS),
-                        models or ["large"], modes or list(CLUSTER_MODES), out / "jobs", steps)
-    (out / "bench.md").write_text(cluster_table(rows) + "\n")
+                        models or ["large"], modes or list(CLUSTER_MODES), out / "jobs", steps,
+                        sparse=sparse_bench.SparseRun() if sparse else None)
+    dense, sparse_rows = [r for r in rows if r.model == "cluster"], [r for r in rows if r.model == "sparse-cluster"]
+    (out / "bench.md").write_text(cluster_table(dense) + "\n"
+                                  + (f"\n{sparse_bench.sparse_table(sparse_rows)}\n" if sparse_rows else ""))
     (out / "bench.json").write_text(json.dumps(bench_record(rows, command, began), indent=2))
     return out, rows
 
@@ -183,6 +224,11 @@ def _row_main(argv: list[str]) -> None:
     spec = json.loads(argv[0])
     placed = {"server_resources": {"ps_server": 1}, "worker_resources": {"ps_worker": 1},
               "server_cpus": 0, "worker_cpus": 0}
+    if spec.get("sparse"):
+        result = sparse_bench.rayps_rows(spec["steps"], "grpc", Path(spec["output"]), spec["rows"],
+                                         workers=spec["workers"], servers=spec["servers"], **placed)
+        print(json.dumps(result), flush=True)
+        return
     config = bench_job(tuple(spec["hidden"]), spec["steps"], MODES[spec["mode"]], transport="grpc",
                        compression=spec["compression"], workers=spec["workers"], servers=spec["servers"],
                        **({"overlap": True} if spec["overlap"] else {}), **placed)

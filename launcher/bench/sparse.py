@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,15 @@ class BagModel(nn.Module):
         return self.head(self.bag(x)).squeeze(1)
 
 
+@dataclass(frozen=True)
+class SparseRun:
+    """How much of the sparse workload a bench runs: steps per worker, runs per system, the table's rows."""
+
+    steps: int = 300
+    repeats: int = 3
+    table_rows: int = ROWS
+
+
 def bench_data(steps: int, workers: int = 2, rows: int = ROWS) -> dict:
     n = steps * workers * BAGS
     x = zipf_ids(n * BAG, rows).reshape(n, BAG)
@@ -87,18 +97,22 @@ def single_process(steps: int, rows: int = ROWS) -> dict:
     return {"rows_per_s": BAGS * BAG * len(steady) / sum(steady), "table_bytes": 3 * rows * DIM * 4}
 
 
-def rayps_rows(steps: int, transport: str, out: Path, rows: int = ROWS) -> dict:
-    s = Job(model=functools.partial(BagModel, rows), data=functools.partial(bench_data, steps, rows=rows),
-                  loss="mse",
-                  optimizer={"name": "adam", "lr": 0.01},
-                  sparse={"optimizer": {"name": "adam", "lr": 0.01}, "init_scale": 0.01, "consistency": {"mode": "asp"}},
-                  consistency={"mode": "asp"}, workers=2, servers=2, batch_size=BAGS, epochs=1, eval_every_s=0,
-                  checkpoint={"every_steps": None}, transport=transport).run(output=out / f"sparse-{transport}", progress=False, dashboard=False,
-                                           report=False).summary
+def rayps_rows(steps: int, transport: str, out: Path, rows: int = ROWS, workers: int = 2, servers: int = 2,
+               **placement) -> dict:
+    """One sparse job; ``placement``: the job's resource keys (the namespace cluster's rows place shards and
+    workers by them)."""
+    s = Job(model=functools.partial(BagModel, rows),
+            data=functools.partial(bench_data, steps, workers=workers, rows=rows), loss="mse",
+            optimizer={"name": "adam", "lr": 0.01},
+            sparse={"optimizer": {"name": "adam", "lr": 0.01}, "init_scale": 0.01, "consistency": {"mode": "asp"}},
+            consistency={"mode": "asp"}, workers=workers, servers=servers, batch_size=BAGS, epochs=1,
+            eval_every_s=0, checkpoint={"every_steps": None}, transport=transport, **placement,
+            ).run(output=out / f"sparse-{transport}", progress=False, dashboard=False, report=False).summary
     table = s["sparse_tables"]["bag"]
     return {"rows_per_s": s["steady_samples_per_s"] * BAG, "transport": s["transport"], "rows": table["rows"],
             "bytes": table["bytes"], "bytes_per_row": table["bytes"] / max(1, table["rows"]),
-            "unique_per_batch": table["rows_pulled"] / max(1, sum(int(v) for v in s["steps"].values()))}
+            "unique_per_batch": table["rows_pulled"] / max(1, sum(int(v) for v in s["steps"].values())),
+            "shards_over_shm": s.get("shards_over_shm")}
 
 
 def sparse_rows(out: Path, steps: int = 300, transports=("shm", "grpc", "ray"), table_rows: int = ROWS,
@@ -112,13 +126,13 @@ def sparse_rows(out: Path, steps: int = 300, transports=("shm", "grpc", "ray"), 
         runs["single"].append(single_process(steps, table_rows))
         for name in transports:
             runs[name].append(rayps_rows(steps, name, out / f"try{attempt}", table_rows))
-    base, spread = _median(runs["single"])
+    base, spread = median_run(runs["single"])
     rows = [Row("sparse", "torch EmbeddingBag(sparse) + SparseAdam, one process", base["rows_per_s"],
                 {"x_single": 1.0, "bytes_per_row": base["table_bytes"] / table_rows, "runs": spread,
                  "config": f"1 process, {BAGS} bags of {BAG} ids a step, SparseAdam lr 0.01, all rows allocated,"
                            f" median of {repeats}"})]
     for name in transports:
-        r, spread = _median(runs[name])
+        r, spread = median_run(runs[name])
         rows.append(Row("sparse", f"rayps, 2 workers x 2 shards, {r['transport']}", r["rows_per_s"],
                         {"x_single": r["rows_per_s"] / base["rows_per_s"], "bytes_per_row": r["bytes_per_row"],
                          "rows": r["rows"], "unique_per_batch": r["unique_per_batch"], "runs": spread,
@@ -129,7 +143,7 @@ def sparse_rows(out: Path, steps: int = 300, transports=("shm", "grpc", "ray"), 
     return rows
 
 
-def _median(runs: list[dict]) -> tuple[dict, list[int]]:
+def median_run(runs: list[dict]) -> tuple[dict, list[int]]:
     """The run of median rows/s, and every run's rows/s (rounded) in the order they ran."""
     ranked = sorted(runs, key=lambda r: r["rows_per_s"])
     return ranked[(len(ranked) - 1) // 2], [round(r["rows_per_s"]) for r in runs]

@@ -27,7 +27,7 @@ from pathlib import Path
 
 #: Each table: the ``model`` of its rows (None: every row no other table takes, i.e. the models' speed rows).
 KINDS = {"speed": None, "transport": "transport", "stragglers": "stragglers", "sparse": "sparse",
-         "compression": "compression", "cluster": "cluster", "cost": "cost"}
+         "compression": "compression", "cluster": "cluster", "cluster_sparse": "sparse-cluster", "cost": "cost"}
 MARKED = re.compile(r"(?P<begin><!-- bench-table: (?P<file>\S+) (?P<kind>\w+) -->\n)(?P<body>.*?)"
                     r"(?P<end><!-- /bench-table -->)", re.S)
 
@@ -83,7 +83,8 @@ def render(bench: Bench, kind: str) -> str:
     if not rows:
         raise ValueError(f"the bench file holds no {kind} rows")
     draw = {"speed": table, "transport": transport_table, "stragglers": straggler_table, "sparse": sparse_table,
-            "compression": wire_table, "cluster": cluster_table, "cost": cost_table}[kind]
+            "compression": wire_table, "cluster": cluster_table, "cluster_sparse": sparse_table,
+            "cost": cost_table}[kind]
     return f"{draw(rows)}\n\n{bench.provenance()}\n"
 
 
