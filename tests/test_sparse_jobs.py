@@ -166,3 +166,27 @@ def test_int8_compressed_row_gradients_over_grpc_apply_every_row_once_per_epoch(
         50 / 40 * c["sparse_bytes_per_step"], rel=0.01)
     np.testing.assert_allclose(counts(result)[:500], 3.0, rtol=1e-5)
     assert s["applied_twice"] == 0
+
+
+@pytest.mark.timeout(240)
+def test_rows_asked_ahead_train_exactly_as_rows_pulled_by_the_forward(in_process, tmp_path):
+    """One worker, asp: the next batch's rows asked behind each push (lookahead) are read after that push
+    on every shard, as a pull from the forward would be, so the trained table is the same to the bit; and
+    nearly every forward's pull was answered from them."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 5_000, (2_048, 8)).astype(np.int64)
+    data = {"train": (x, rng.random(2_048).astype(np.float32))}
+
+    def job(name, lookahead):
+        return run(tmp_path, name, runtime=in_process, model=functools.partial(_BagModel, 5_000), data=data,
+                   loss="mse", optimizer={"name": "adam", "lr": 0.01}, consistency={"mode": "asp"},
+                   sparse={"optimizer": {"name": "adam", "lr": 0.01}, "init_scale": 0.01, "lookahead": lookahead},
+                   workers=1, servers=2, batch_size=64, epochs=2, eval_every_s=0)
+
+    ahead, plain = job("ahead", True), job("plain", False)
+    steps = int(ahead.summary["steps"]["0"])
+    # every batch but a unit's first has its rows asked ahead (a unit's first follows a lease)
+    assert steps // 2 <= ahead.summary["sparse_pulls_served_ahead"] < steps
+    assert plain.summary["sparse_pulls_served_ahead"] == 0 and plain.summary["sparse_rows_ahead"] == 0
+    ids = np.arange(5_000, dtype=np.int64)
+    np.testing.assert_array_equal(ahead.model.bag._source.pull("bag", ids), plain.model.bag._source.pull("bag", ids))

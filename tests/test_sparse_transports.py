@@ -31,16 +31,17 @@ TRANSPORTS = ["ray", "grpc", "shm"]
 
 
 class SparseCluster:
-    """Two shard actors (dense asp) holding three tables, one per test, so a transport's tests share one
-    cluster: ``emb`` and ``bad`` (asp), and ``held`` (ssp s=0). Each test uses workers of its own."""
+    """Two shard actors (dense asp) holding four tables, one per test, so a transport's tests share one
+    cluster: ``emb``, ``bad`` and ``ahead`` (asp), and ``held`` (ssp s=0). Each test uses workers of its own."""
 
-    def __init__(self, ray, transport: str, workers: int = 4):
+    def __init__(self, ray, transport: str, workers: int = 5):
         self.ray = ray
         ranges = partition(4, 2)
         tables = tuple(TableConfig(name, ROWS, DIM, optimizer=RowOptimizerConfig("sgd", lr=0.5), consistency=mode,
                                    init="zeros")
                        for name, mode in (("emb", ConsistencyConfig("asp")), ("bad", ConsistencyConfig("asp")),
-                                          ("held", ConsistencyConfig("ssp", staleness=0))))
+                                          ("held", ConsistencyConfig("ssp", staleness=0)),
+                                          ("ahead", ConsistencyConfig("asp"))))
         actor = ray.remote(ServedShard).options(num_cpus=0)
         self.shards = [actor.remote(r.shard_id, np.zeros(r.size, np.float32), list(range(workers)),
                                     OptimizerConfig(name="sgd", lr=0.5), ScheduleConfig(), ConsistencyConfig("asp"),
@@ -171,6 +172,25 @@ def test_a_table_keeps_its_own_bound_while_the_dense_table_runs_asp(cluster):
     assert sum(t["wait_s"].get(2, 0) for t in tables) > 0.3
     c0.finish()
     c1.finish()
+
+
+def test_rows_asked_behind_a_push_are_what_the_next_pull_reads(cluster):
+    """The next iteration's rows asked behind a push (one call per shard: the push, then the pull) read
+    that push; a pull of those ids (or some of them) is answered from them, one of others is asked anew."""
+    client, rows = cluster.rows(4, "ahead")
+    rows.clock = 1
+    rows.pull("ahead", ids(3, 8))
+    rows.push(1, {"ahead": (ids(3, 8), np.full((2, DIM), 2.0, np.float32))}, num_samples=1,
+              upcoming={"ahead": ids(3, 8, 51)})
+    rows.clock = 2
+    np.testing.assert_array_equal(rows.pull("ahead", ids(8, 51)), [[-1] * DIM, [0] * DIM])
+    assert rows.pulls_served_ahead == 1 and rows.rows_ahead == 3
+    np.testing.assert_array_equal(rows.pull("ahead", ids(3, 98)), [[-1] * DIM, [0] * DIM])  # 98 not foreseen
+    assert rows.pulls_served_ahead == 1
+    tables = [s["tables"]["ahead"] for s in cluster.stats()]
+    assert sum(t["pushes_applied"] for t in tables) == 2 and sum(t["rows_pulled"] for t in tables) == 2 + 3 + 2
+    rows.flush()
+    client.finish()
 
 
 def test_over_shm_a_pull_right_behind_a_push_reads_it_and_a_refused_push_surfaces_there(ray_session):

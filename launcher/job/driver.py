@@ -537,4 +537,5 @@ def _worker_plan(config: JobConfig, worker_id: int, run_id: str = "", incarnatio
         use_gpu=config.num_gpus > 0, torch_threads=config.torch_threads, run_id=run_id,
         overlap=config.overlaps, incarnation=incarnation, chaos=chaos,
         resync_timeout_s=config.fault.resync_timeout_s, compression=config.compression,
+        sparse_lookahead=config.sparse.lookahead,
     )

@@ -34,7 +34,10 @@ def sparse_summary(stats: list[dict], reports: list[dict]) -> dict:
         return {}
     return {"sparse_tables": tables,
             "sparse_rows_pulled": sum(r.get("rows_pulled", 0) for r in reports),
-            "sparse_rows_pushed": sum(r.get("rows_pushed", 0) for r in reports)}
+            "sparse_rows_pushed": sum(r.get("rows_pushed", 0) for r in reports),
+            # rows asked behind a push for the next batch, and the forward pulls those answered alone
+            "sparse_rows_ahead": sum(r.get("rows_ahead", 0) for r in reports),
+            "sparse_pulls_served_ahead": sum(r.get("pulls_served_ahead", 0) for r in reports)}
 
 
 def job_summary(config, reports, stats, test_loss, test_accuracy, train_s, wall_s) -> dict:

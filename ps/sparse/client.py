@@ -9,9 +9,17 @@ everywhere. A push is sent without waiting; the next push (or ``flush``)
 waits for it first, so a worker's pushes of one table reach each shard in
 clock order whatever the transport.
 
-Every transport implements the two per-shard calls this uses (ps/transport/contract.py):
-``sparse_pull(table, ids_per_shard, clock)`` and
-``sparse_push_async(table, clock, ids_per_shard, grads_per_shard, num_samples)``.
+When the worker knows the ids its next batch will pull (worker/loop/lookahead.py
+reads them from the batch), it asks for their rows with the push, in one call
+per shard that pushes and then pulls: each shard reads the rows after applying
+the push, as a pull from the next forward would, and they travel while the
+worker lands its dense step and loads the batch. The next forward's pulls are
+answered from them when they hold every id asked, and asked anew otherwise.
+
+Every transport implements the per-shard calls this uses (ps/transport/contract.py):
+``sparse_pull(table, ids_per_shard, clock)``,
+``sparse_push_async(table, clock, ids_per_shard, grads_per_shard, num_samples)`` and
+``sparse_push_pull_async(..., pull_ids_per_shard)``.
 """
 
 from __future__ import annotations
@@ -52,19 +60,51 @@ class SparseRows:
         self.dims = dims
         self.clock = 0  # the iteration the model is computing: what pulls wait for
         self._pushing: Pending | None = None
+        # rows asked behind the last push for the next iteration: table -> (ids, Pending, then the rows)
+        self._ahead: dict[str, list] = {}
         self.rows_pulled = self.rows_pushed = 0
+        self.rows_ahead = self.pulls_served_ahead = 0
 
     def pull(self, table: str, ids: np.ndarray) -> np.ndarray:
-        """The rows ``ids`` (unique, int64) of ``table`` for the current iteration."""
-        out = rows_by_shard(ids, self.num_shards, self.dims[table],
-                            lambda parts: self.transport.sparse_pull(table, parts, self.clock))
+        """The rows ``ids`` (unique, int64) of ``table`` for the current iteration: from the rows asked
+        ahead when they hold every one, else asked now."""
         self.rows_pulled += len(ids)
-        return out
+        ahead = self._rows_ahead(table, ids)
+        if ahead is not None:
+            self.pulls_served_ahead += 1
+            return ahead
+        return rows_by_shard(ids, self.num_shards, self.dims[table],
+                             lambda parts: self.transport.sparse_pull(table, parts, self.clock))
 
-    def push(self, clock: int, grads: dict[str, tuple[np.ndarray, np.ndarray]], num_samples: int) -> None:
+    def _rows_ahead(self, table: str, ids: np.ndarray) -> np.ndarray | None:
+        entry = self._ahead.get(table)
+        if entry is None or not len(ids):
+            return None
+        known, pending = entry[0], entry[1]
+        if len(entry) == 2:  # the first pull of the table this iteration: the answers, put in order once
+            got = pending.wait()
+            rows = None
+            if got is not None:  # None: another call read them first and their error went there
+                order, _ = split_by_shard(known, self.num_shards)
+                rows = np.empty((len(known), self.dims[table]), np.float32)
+                rows[order] = np.concatenate([r for r in got if r is not None])
+            entry.append(rows)
+        rows = entry[2]
+        if rows is None:
+            return None
+        where = np.minimum(np.searchsorted(known, ids), len(known) - 1)
+        if not (known[where] == ids).all():  # the forward asked for rows no one foresaw
+            return None
+        return rows[where]
+
+    def push(self, clock: int, grads: dict[str, tuple[np.ndarray, np.ndarray]], num_samples: int,
+             upcoming: dict[str, np.ndarray] | None = None) -> None:
         """Send iteration ``clock``'s row gradients of every table (``{table: (ids, grads)}``; a table
-        absent or empty still gets its empty push on every shard)."""
+        absent or empty still gets its empty push on every shard). ``upcoming``: the ids (unique, sorted)
+        each table's next iteration will pull, asked now behind the push on each shard, so their rows
+        travel while the worker does everything else before its next forward."""
         self.flush()
+        self._ahead = {}
         pending = []
         for table, dim in self.dims.items():
             ids, rows = grads.get(table, (np.zeros(0, np.int64), np.zeros((0, dim), np.float32)))
@@ -76,7 +116,16 @@ class SparseRows:
             row_parts = np.split(sorted_rows, cuts)
             if self.compressor is not None:
                 row_parts = [self.compressor.encode(part) for part in row_parts]
-            pending.append(self.transport.sparse_push_async(table, clock, id_parts, row_parts, num_samples))
+            next_ids = upcoming.get(table) if upcoming else None
+            if next_ids is not None and len(next_ids):
+                _, next_parts = split_by_shard(next_ids, self.num_shards)
+                pushed = self.transport.sparse_push_pull_async(table, clock, id_parts, row_parts, num_samples,
+                                                               next_parts)
+                self._ahead[table] = [next_ids, pushed]
+                self.rows_ahead += len(next_ids)
+            else:
+                pushed = self.transport.sparse_push_async(table, clock, id_parts, row_parts, num_samples)
+            pending.append(pushed)
             self.rows_pushed += len(ids)
         self._pushing = Pending(lambda: [p.wait() for p in pending])
 
@@ -87,8 +136,10 @@ class SparseRows:
             pushing.wait()
 
     def drop(self) -> None:
-        """Forget the push in flight (after a failure, when the worker registers again)."""
+        """Forget the push in flight and the rows asked ahead (after a failure, when the worker registers
+        again)."""
         self._pushing = None
+        self._ahead = {}
 
 
 class ShardLookups:

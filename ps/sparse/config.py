@@ -51,9 +51,13 @@ class TableSettings:
 @dataclass(frozen=True)
 class SparseConfig(TableSettings):
     tables: Mapping[str, Any] = field(default_factory=dict)  # table name -> TableSettings keys overriding these
+    # read the next batch's ids before its forward and ask their rows behind this step's push (the job's own
+    # loop; worker/loop/lookahead.py); false: every module pulls when the forward reaches it
+    lookahead: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        require(isinstance(self.lookahead, bool), f"sparse lookahead ({self.lookahead!r}) must be true or false")
         require(isinstance(self.tables, Mapping), f"tables ({self.tables!r}) must map table names to settings")
         for name in self.tables:
             self.settings(name)  # every override is checked as the job loads

@@ -45,6 +45,17 @@ class ShardClientBase:
                         ahead: int = 0) -> Pending:
         raise NotImplementedError
 
+    def sparse_push_pull_async(self, table, clock, ids_per_shard, grads_per_shard, num_samples,
+                               pull_ids_per_shard) -> Pending:
+        """The push, then (on ``wait()``, once it is answered) the pull: correct on any transport, overlapped
+        with nothing. Transports that can put the pull behind the push on the wire do so (shm, grpc)."""
+        pushing = self.sparse_push_async(table, clock, ids_per_shard, grads_per_shard, num_samples)
+
+        def finish() -> list:
+            pushing.wait()
+            return self.sparse_pull(table, pull_ids_per_shard, clock + 1)
+        return Pending(finish)
+
     def reconnect(self) -> None:
         """Reach the same shards afresh (a restarted shard serves where it served)."""
 

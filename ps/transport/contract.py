@@ -54,7 +54,7 @@ Every client builds on ``ShardClientBase`` (ps/transport/client_base.py):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -82,15 +82,18 @@ class EncodedRows:
 
 
 class Pending:
-    """A push-pull in flight; ``wait()`` finishes it (once) and re-raises its error."""
+    """A call in flight; ``wait()`` finishes it (once), re-raises its error, and returns its result (what
+    the first ``wait()`` got, again on later ones; None once it failed)."""
 
-    def __init__(self, finish: Callable[[], None]):
-        self._finish: Callable[[], None] | None = finish
+    def __init__(self, finish: Callable[[], Any]):
+        self._finish: Callable[[], Any] | None = finish
+        self._result: Any = None
 
-    def wait(self) -> None:
+    def wait(self) -> Any:
         finish, self._finish = self._finish, None
         if finish is not None:
-            finish()
+            self._result = finish()
+        return self._result
 
 
 @runtime_checkable
@@ -122,6 +125,12 @@ class Transport(Protocol):
 
     def sparse_push_async(self, table: str, clock: int, ids_per_shard: list[np.ndarray],
                           grads_per_shard: list, num_samples: int) -> Pending: ...
+
+    def sparse_push_pull_async(self, table: str, clock: int, ids_per_shard: list[np.ndarray], grads_per_shard: list,
+                               num_samples: int, pull_ids_per_shard: list[np.ndarray]) -> Pending:
+        """The push of iteration ``clock`` and, on each shard after it, the pull of ``pull_ids_per_shard``
+        for iteration ``clock + 1``; ``wait()`` returns each shard's rows (None where asked none)."""
+        ...
 
 
 @runtime_checkable

@@ -162,13 +162,17 @@ class GrpcShardClient(ShardClientBase):
         return chunks
 
     def sparse_pull(self, table: str, ids_per_shard: list[np.ndarray], clock: int) -> list[np.ndarray | None]:
+        requests = self._pull_requests(table, ids_per_shard, clock)
+        return self._call(_gather(self._sparse_pull(stub, r) for stub, r in zip(self._stubs, requests)))
+
+    def _pull_requests(self, table: str, ids_per_shard, clock: int) -> list:
         requests = []
         for ids in ids_per_shard:
             data = np.ascontiguousarray(ids, IDS_DTYPE).tobytes()
             check_message_size(len(data) * 3, f"a pull of {len(ids)} rows of table {table!r}")
             requests.append(ps_pb2.SparsePullRequest(worker_id=self.worker_id, incarnation=self.incarnation,
                                                      table=table, clock=clock, ids=data) if len(ids) else None)
-        return self._call(_gather(self._sparse_pull(stub, r) for stub, r in zip(self._stubs, requests)))
+        return requests
 
     async def _sparse_pull(self, stub, request) -> np.ndarray | None:
         if request is None:
@@ -178,6 +182,28 @@ class GrpcShardClient(ShardClientBase):
 
     def sparse_push_async(self, table: str, clock: int, ids_per_shard: list[np.ndarray],
                           grads_per_shard: list[np.ndarray], num_samples: int) -> Pending:
+        requests = self._push_requests(table, clock, ids_per_shard, grads_per_shard, num_samples)
+        future = asyncio.run_coroutine_threadsafe(_gather(
+            self._sparse_push(stub, r) for stub, r in zip(self._stubs, requests)), self._loop.loop)
+        return Pending(lambda: self._result(future))
+
+    def sparse_push_pull_async(self, table: str, clock: int, ids_per_shard: list[np.ndarray],
+                               grads_per_shard: list[np.ndarray], num_samples: int,
+                               pull_ids_per_shard: list[np.ndarray]) -> Pending:
+        """Each shard's push, then its pull once the push is answered, in the client's loop while the
+        caller computes: the pull reads the push, and neither waits in the caller."""
+        pushes = self._push_requests(table, clock, ids_per_shard, grads_per_shard, num_samples)
+        pulls = self._pull_requests(table, pull_ids_per_shard, clock + 1)
+
+        async def push_then_pull(stub, push, pull):
+            await self._sparse_push(stub, push)
+            return await self._sparse_pull(stub, pull)
+        future = asyncio.run_coroutine_threadsafe(_gather(
+            push_then_pull(stub, push, pull) for stub, push, pull in zip(self._stubs, pushes, pulls)),
+            self._loop.loop)
+        return Pending(lambda: self._result(future))
+
+    def _push_requests(self, table: str, clock: int, ids_per_shard, grads_per_shard, num_samples: int) -> list:
         if self._loop is None:
             raise TransportError("the client is closed")
         requests = []  # built here, in the caller's thread: the bytes are the snapshot
@@ -193,9 +219,7 @@ class GrpcShardClient(ShardClientBase):
                 codec=codec)
             check_message_size(request.ByteSize(), f"a push of {len(ids)} rows of table {table!r}")
             requests.append(request)
-        future = asyncio.run_coroutine_threadsafe(_gather(
-            self._sparse_push(stub, r) for stub, r in zip(self._stubs, requests)), self._loop.loop)
-        return Pending(lambda: self._result(future))
+        return requests
 
     async def _sparse_push(self, stub, request):
         return await stub.SparsePush(request, timeout=self._timeout_s, metadata=self._metadata)

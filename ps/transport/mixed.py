@@ -160,6 +160,13 @@ class NodeLocalClient:
         pending = [c.sparse_push_async(table, clock, i, g, num_samples) for c, i, g in zip(self.clients, ids, grads)]
         return Pending(lambda: _wait_all(pending))
 
+    def sparse_push_pull_async(self, table: str, clock: int, ids_per_shard: list[np.ndarray], grads_per_shard: list,
+                               num_samples: int, pull_ids_per_shard: list[np.ndarray]) -> Pending:
+        parts = zip(self.clients, self._split(ids_per_shard), self._split(grads_per_shard),
+                    self._split(pull_ids_per_shard))
+        pending = [c.sparse_push_pull_async(table, clock, i, g, num_samples, p) for c, i, g, p in parts]
+        return Pending(lambda: self._merge(_wait_all(pending)))
+
 
 def shards_over_shm(client) -> int:
     """How many of its shards a connected client reaches through shared memory."""
@@ -168,13 +175,14 @@ def shards_over_shm(client) -> int:
     return len(getattr(client, "ranges", ())) if getattr(client, "name", "") == "shm" else 0
 
 
-def _wait_all(pending: list[Pending]) -> None:
-    """Wait for every one (so no answer is left behind), then raise the first error."""
-    errors = []
+def _wait_all(pending: list[Pending]) -> list:
+    """Wait for every one (so no answer is left behind), then raise the first error; their results."""
+    errors, results = [], []
     for p in pending:
         try:
-            p.wait()
+            results.append(p.wait())
         except Exception as e:  # noqa: BLE001
             errors.append(e)
     if errors:
         raise errors[0]
+    return results

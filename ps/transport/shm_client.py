@@ -335,52 +335,76 @@ class ShmShardClient(ShardClientBase):
                                   for d in self._directories]
         return self._sparse_links
 
+    # Sparse calls never wait to send: a shard takes one connection's requests in order, so a pull sent behind
+    # a push reads it. Answers come back in the order asked, so each call's answers are read only after every
+    # earlier call's (``_queue``); a call's answers are all read even when one is a refusal, so the sockets
+    # stay in step.
+
     def sparse_pull(self, table: str, ids_per_shard: list[np.ndarray], clock: int) -> list[np.ndarray | None]:
-        links = self._sparse()
-        asked = [i for i, ids in enumerate(ids_per_shard) if len(ids)]
-        for i in asked:  # every request out before any answer is read: the shards work at once
-            # behind the push still being answered, if any: a shard takes one connection's requests in order,
-            # so it applies the push before it reads these rows, and neither waits for the other's round trip
-            links[i].send(SPARSE_PULL, table, clock, ids_per_shard[i], None, 0, self.incarnation)
-        out: list[np.ndarray | None] = [None] * len(links)
-        errors = []
-        try:
-            self._sparse_answers()  # the push's answers come first on these sockets
-        except TransportError as e:
-            errors.append(e)
-        for i in asked:  # read every answer, so none is left on a socket for the next call
-            try:
-                out[i] = links[i].receive(f"pull of table {table!r}", rows=True)
-            except TransportError as e:
-                errors.append(e)
-        if errors:
-            raise errors[0]
-        return out
+        return self._queue(self._send_pull(table, ids_per_shard, clock)).wait()
 
     def sparse_push_async(self, table: str, clock: int, ids_per_shard: list[np.ndarray],
                           grads_per_shard: list[np.ndarray], num_samples: int) -> Pending:
+        return self._queue(self._send_push(table, clock, ids_per_shard, grads_per_shard, num_samples))
+
+    def sparse_push_pull_async(self, table: str, clock: int, ids_per_shard: list[np.ndarray],
+                               grads_per_shard: list[np.ndarray], num_samples: int,
+                               pull_ids_per_shard: list[np.ndarray]) -> Pending:
+        pushed = self._send_push(table, clock, ids_per_shard, grads_per_shard, num_samples)
+        pulled = self._send_pull(table, pull_ids_per_shard, clock + 1)
+
+        def read(errors: list[TransportError]) -> list[np.ndarray | None]:
+            pushed(errors)  # the push's answers come first on each socket
+            return pulled(errors)
+        return self._queue(read)
+
+    def _send_push(self, table, clock, ids_per_shard, grads_per_shard, num_samples):
         links = self._sparse()
-        self._sparse_answers()
         for link, ids, grads in zip(links, ids_per_shard, grads_per_shard):
             link.send(SPARSE_PUSH, table, clock, ids, grads, num_samples, self.incarnation)
 
-        def collect() -> None:
-            errors = []
+        def read(errors: list[TransportError]) -> None:
             for link in links:
                 try:
                     link.receive(f"push of table {table!r} step {clock}", rows=False)
                 except TransportError as e:
                     errors.append(e)
+        return read
+
+    def _send_pull(self, table, ids_per_shard, clock):
+        links = self._sparse()
+        asked = [i for i, ids in enumerate(ids_per_shard) if len(ids)]
+        for i in asked:  # every request out before any answer is read: the shards work at once
+            links[i].send(SPARSE_PULL, table, clock, ids_per_shard[i], None, 0, self.incarnation)
+
+        def read(errors: list[TransportError]) -> list[np.ndarray | None]:
+            out: list[np.ndarray | None] = [None] * len(links)
+            for i in asked:
+                try:
+                    out[i] = links[i].receive(f"pull of table {table!r}", rows=True)
+                except TransportError as e:
+                    errors.append(e)
+            return out
+        return read
+
+    def _queue(self, read) -> Pending:
+        """This call's answers, read (on ``wait()``) after those of every call before it; the first error
+        of either raised once all of this call's answers are off the sockets."""
+        earlier = self._sparse_pending
+
+        def finish():
+            errors: list[TransportError] = []
+            if earlier is not None:
+                try:
+                    earlier.wait()
+                except TransportError as e:
+                    errors.append(e)
+            result = read(errors)
             if errors:
                 raise errors[0]
-        self._sparse_pending = Pending(collect)
+            return result
+        self._sparse_pending = Pending(finish)
         return self._sparse_pending
-
-    def _sparse_answers(self) -> None:
-        """Read the answers of the push still on the sparse sockets (one connection, answers in order)."""
-        pending, self._sparse_pending = self._sparse_pending, None
-        if pending is not None:
-            pending.wait()
 
     def finish(self) -> None:
         try:

@@ -168,9 +168,10 @@ class TrainContext:
             if unit is None:
                 return
             self._abandoned = False
-            for indices in unit:
+            for i, indices in enumerate(unit):
                 if w._reached_max_steps():
                     return
+                w._next_indices = unit[i + 1] if i + 1 < len(unit) else None  # its ids may be read ahead
                 yield from self._items(indices)
                 if self._abandoned:  # a step failed and the worker recovered: lease afresh
                     break

@@ -60,6 +60,7 @@ from ...ps.compression.encoding import CompressionConfig, CompressionStats, Grad
 from ...ps.sparse.client import SparseRows
 from ..data.sources import DataSource
 from .embedding import bind, forget_rows, row_grads, sparse_tables
+from .lookahead import lookahead
 from .flat import FlatParams
 from .losses import LossFn
 from .pace import StepClock, straggle_s
@@ -105,6 +106,7 @@ class WorkerPlan:
     precision: str = "fp32"  # fp32 | bf16 | fp16: the forward and the loss under torch.autocast (fp16: a loss scale)
     loop: Callable | None = None  # the user's train_loop_per_worker (None: the job's own loop, context.py)
     loop_config: dict | None = None  # what the user's loop is called with (train_loop_config)
+    sparse_lookahead: bool = True  # the next batch's sparse ids read ahead, their rows asked behind the push
 
 
 class _Resync(Exception):
@@ -215,6 +217,13 @@ class Worker:
             if tables else None
         if self.sparse is not None:
             bind(self.model, self.sparse)
+        # The next batch's ids, read from it before its forward, so its rows travel behind this step's push
+        # (worker/loop/lookahead.py): the job's own loop only, on the job's plain call of the model.
+        plain = plan.loop is None and plan.call.forward is None and plan.call.compute_loss is None
+        wanted = self.sparse is not None and plain and plan.sparse_lookahead
+        self._upcoming_ids = lookahead(self.model) if wanted else None
+        self._next_indices = None  # the batch after this one in the unit (context.py sets it)
+        self._preloaded: tuple | None = None  # (indices, batch) loaded ahead for those ids
         # torch.compile: the compiled module computes; self.model stays the one whose parameters the flat
         # buffer holds (they are shared), whose state_dict and modes everything else reads.
         if plan.precision != "fp32":  # the forward runs under autocast whoever calls it: a loop of the user's
@@ -324,11 +333,35 @@ class Worker:
     def _load(self, indices) -> tuple:
         """Batch ``indices`` on this worker's device: inputs, targets, weights (or None), its epoch."""
         self._chaos.before_step(self.steps + 1)
+        x, y, weight = self._fetch(indices)
+        return x, y, weight, self._unit_epoch
+
+    def _fetch(self, indices) -> tuple:
+        """Batch ``indices`` on this worker's device (loaded ahead when the next ids were read from it)."""
+        preloaded, self._preloaded = self._preloaded, None
+        if preloaded is not None and preloaded[0] is indices:
+            return preloaded[1]
         # A third tensor, when the data has one, is each example's loss weight (importance sampling).
         x, y, *weight = self.train.batch(indices)
         device = self.flat.device
         x, y = to_device(x, device), to_device(y, device)  # any structure, as a whole (worker/loop/batches.py)
-        return x, y, weight[0].to(device) if weight else None, self._unit_epoch
+        return x, y, weight[0].to(device) if weight else None
+
+    def _next_ids(self) -> dict[str, np.ndarray] | None:
+        """Each table's ids the next batch of this unit will pull, read from it now (it is kept for its
+        step); None when no batch follows in the unit or its ids cannot be read ahead."""
+        indices = self._next_indices
+        if self._upcoming_ids is None or indices is None:
+            return None
+        batch = self._fetch(indices)
+        self._preloaded = (indices, batch)
+        try:
+            return self._upcoming_ids(batch[0])
+        except Exception:  # noqa: BLE001 - the traced ids failed on this batch: pull as the forward goes, from now on
+            log.warning("worker-%d: the next batch's sparse ids could not be read ahead; its rows are pulled as the"
+                        " forward reaches them from now on", self.plan.worker_id, exc_info=True)
+            self._upcoming_ids = None
+            return None
 
     def _begin_batch(self) -> float:
         """A batch's gradient starts from zero; when its compute began (the straggler knobs scale it)."""
@@ -356,7 +389,7 @@ class Worker:
         self._land()  # overlap: the previous step's answer first, then ours goes out
         self.clock += 1
         if self.sparse is not None:
-            self.sparse.push(self.clock, row_grads(self.model), examples)
+            self.sparse.push(self.clock, row_grads(self.model), examples, self._next_ids())
         if self.compressor is not None:
             grads = self.compressor.encode(grads)
         else:
@@ -473,6 +506,8 @@ class Worker:
             "shards_over_shm": shards_over_shm(self.client),
             "rows_pulled": sparse.rows_pulled if sparse is not None else 0,
             "rows_pushed": sparse.rows_pushed if sparse is not None else 0,
+            "rows_ahead": sparse.rows_ahead if sparse is not None else 0,
+            "pulls_served_ahead": sparse.pulls_served_ahead if sparse is not None else 0,
             "final_loss": self.loss_value,
             "loss_scale_overflows": self._ctx.scale.overflows if self._ctx and self._ctx.scale else 0,
             "wire": self.wire.as_dict(),
