@@ -139,10 +139,29 @@ def test_bad_sparse_requests_get_a_clear_status_and_the_shard_serves_on(cluster)
     client.finish()
 
 
+def test_rows_asked_behind_a_push_are_what_the_next_pull_reads(cluster):
+    """The next iteration's rows asked behind a push (one call per shard: the push, then the pull) read
+    that push; a pull of those ids (or some of them) is answered from them, one of others is asked anew."""
+    client, rows = cluster.rows(4, "ahead")
+    rows.clock = 1
+    rows.pull("ahead", ids(3, 8))
+    rows.push(1, {"ahead": (ids(3, 8), np.full((2, DIM), 2.0, np.float32))}, num_samples=1,
+              upcoming={"ahead": ids(3, 8, 51)})
+    rows.clock = 2
+    np.testing.assert_array_equal(rows.pull("ahead", ids(8, 51)), [[-1] * DIM, [0] * DIM])
+    assert rows.pulls_served_ahead == 1 and rows.rows_ahead == 3
+    np.testing.assert_array_equal(rows.pull("ahead", ids(3, 98)), [[-1] * DIM, [0] * DIM])  # 98 not foreseen
+    assert rows.pulls_served_ahead == 1
+    tables = [s["tables"]["ahead"] for s in cluster.stats()]
+    assert sum(t["pushes_applied"] for t in tables) == 2 and sum(t["rows_pulled"] for t in tables) == 2 + 3 + 2
+    rows.flush()
+    client.finish()
+
+
 def test_a_table_keeps_its_own_bound_while_the_dense_table_runs_asp(cluster):
     """Dense asp, the table ssp s=0: a worker's pull for iteration 2 waits for the other worker's
     sparse push of iteration 1, and no longer."""
-    cluster.ray.get([s.finish.remote(w) for s in cluster.shards for w in (0, 1)])  # the other tests' workers
+    cluster.ray.get([s.finish.remote(w) for s in cluster.shards for w in (0, 1, 4)])  # the other tests' workers
     c0, fast = cluster.rows(2, "held")
     c1, slow = cluster.rows(3, "held")
     for r in (fast, slow):
@@ -172,25 +191,6 @@ def test_a_table_keeps_its_own_bound_while_the_dense_table_runs_asp(cluster):
     assert sum(t["wait_s"].get(2, 0) for t in tables) > 0.3
     c0.finish()
     c1.finish()
-
-
-def test_rows_asked_behind_a_push_are_what_the_next_pull_reads(cluster):
-    """The next iteration's rows asked behind a push (one call per shard: the push, then the pull) read
-    that push; a pull of those ids (or some of them) is answered from them, one of others is asked anew."""
-    client, rows = cluster.rows(4, "ahead")
-    rows.clock = 1
-    rows.pull("ahead", ids(3, 8))
-    rows.push(1, {"ahead": (ids(3, 8), np.full((2, DIM), 2.0, np.float32))}, num_samples=1,
-              upcoming={"ahead": ids(3, 8, 51)})
-    rows.clock = 2
-    np.testing.assert_array_equal(rows.pull("ahead", ids(8, 51)), [[-1] * DIM, [0] * DIM])
-    assert rows.pulls_served_ahead == 1 and rows.rows_ahead == 3
-    np.testing.assert_array_equal(rows.pull("ahead", ids(3, 98)), [[-1] * DIM, [0] * DIM])  # 98 not foreseen
-    assert rows.pulls_served_ahead == 1
-    tables = [s["tables"]["ahead"] for s in cluster.stats()]
-    assert sum(t["pushes_applied"] for t in tables) == 2 and sum(t["rows_pulled"] for t in tables) == 2 + 3 + 2
-    rows.flush()
-    client.finish()
 
 
 def test_over_shm_a_pull_right_behind_a_push_reads_it_and_a_refused_push_surfaces_there(ray_session):
