@@ -60,8 +60,7 @@ class SparseRows:
         self.dims = dims
         self.clock = 0  # the iteration the model is computing: what pulls wait for
         self._pushing: Pending | None = None
-        # rows asked behind the last push for the next iteration: table -> (ids, Pending, then the rows)
-        self._ahead: dict[str, list] = {}
+        self._ahead: dict[str, RowsAhead] = {}  # rows asked behind the last push, for the next iteration
         self.rows_pulled = self.rows_pushed = 0
         self.rows_ahead = self.pulls_served_ahead = 0
 
@@ -69,33 +68,13 @@ class SparseRows:
         """The rows ``ids`` (unique, int64) of ``table`` for the current iteration: from the rows asked
         ahead when they hold every one, else asked now."""
         self.rows_pulled += len(ids)
-        ahead = self._rows_ahead(table, ids)
-        if ahead is not None:
+        ahead = self._ahead.get(table)
+        rows = ahead.rows_of(ids) if ahead is not None and len(ids) else None
+        if rows is not None:
             self.pulls_served_ahead += 1
-            return ahead
+            return rows
         return rows_by_shard(ids, self.num_shards, self.dims[table],
                              lambda parts: self.transport.sparse_pull(table, parts, self.clock))
-
-    def _rows_ahead(self, table: str, ids: np.ndarray) -> np.ndarray | None:
-        entry = self._ahead.get(table)
-        if entry is None or not len(ids):
-            return None
-        known, pending = entry[0], entry[1]
-        if len(entry) == 2:  # the first pull of the table this iteration: the answers, put in order once
-            got = pending.wait()
-            rows = None
-            if got is not None:  # None: another call read them first and their error went there
-                order, _ = split_by_shard(known, self.num_shards)
-                rows = np.empty((len(known), self.dims[table]), np.float32)
-                rows[order] = np.concatenate([r for r in got if r is not None])
-            entry.append(rows)
-        rows = entry[2]
-        if rows is None:
-            return None
-        where = np.minimum(np.searchsorted(known, ids), len(known) - 1)
-        if not (known[where] == ids).all():  # the forward asked for rows no one foresaw
-            return None
-        return rows[where]
 
     def push(self, clock: int, grads: dict[str, tuple[np.ndarray, np.ndarray]], num_samples: int,
              upcoming: dict[str, np.ndarray] | None = None) -> None:
@@ -121,7 +100,7 @@ class SparseRows:
                 _, next_parts = split_by_shard(next_ids, self.num_shards)
                 pushed = self.transport.sparse_push_pull_async(table, clock, id_parts, row_parts, num_samples,
                                                                next_parts)
-                self._ahead[table] = [next_ids, pushed]
+                self._ahead[table] = RowsAhead(next_ids, pushed, self.num_shards, dim)
                 self.rows_ahead += len(next_ids)
             else:
                 pushed = self.transport.sparse_push_async(table, clock, id_parts, row_parts, num_samples)
@@ -140,6 +119,30 @@ class SparseRows:
         again)."""
         self._pushing = None
         self._ahead = {}
+
+
+class RowsAhead:
+    """Rows of one table asked behind a push: the ids (unique, sorted) and the call that brings them,
+    put in id order at the first pull that wants them."""
+
+    def __init__(self, ids: np.ndarray, pending: Pending, num_shards: int, dim: int):
+        self.ids, self._pending, self._num_shards, self._dim = ids, pending, num_shards, dim
+        self._rows: np.ndarray | None = None
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray | None:
+        """The rows of ``ids`` (unique), or None when some were not asked ahead (or the call's answer went to
+        an earlier reader with its error)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            got = pending.wait()
+            if got is not None:
+                order, _ = split_by_shard(self.ids, self._num_shards)
+                self._rows = np.empty((len(self.ids), self._dim), np.float32)
+                self._rows[order] = np.concatenate([r for r in got if r is not None])
+        if self._rows is None:
+            return None
+        where = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        return self._rows[where] if (self.ids[where] == ids).all() else None
 
 
 class ShardLookups:
