@@ -30,6 +30,7 @@ import numpy as np
 from ...errors import InputError, OutOfOrderError, ShapeError
 from ..core.consistency import Consistency, ConsistencyConfig
 from .row_optimizers import RowOptimizerConfig, make_row_optimizer
+from .ids import strictly_increasing, unique_sorted
 from .row_store import INITIALIZERS, RowStore, initial_rows
 from ...settings import number, require
 
@@ -64,12 +65,6 @@ class TableConfig:
         require(not (self.optimizer.name == "ftrl" and self.init != "zeros"),
                 f"table {self.name!r}: ftrl derives its weights from its state, so it starts at zero"
                 f" (init 'zeros', not {self.init!r})")
-
-
-def strictly_increasing(ids: np.ndarray) -> bool:
-    """Whether ``ids`` are sorted and unique: a worker's ids are (np.unique, then split by shard in
-    order), which spares the shard a sort it would otherwise need to find duplicates."""
-    return bool(len(ids) < 2 or (ids[1:] > ids[:-1]).all())
 
 
 def untrained_rows(config: TableConfig, ids: np.ndarray) -> np.ndarray:
@@ -187,7 +182,7 @@ class SparseTable:
         Returns each one's new slot, -1 where none was made (the row reads as zeros)."""
         c = self.config
         in_order = strictly_increasing(missing)
-        unique = missing if in_order else np.unique(missing)
+        unique = missing if in_order else unique_sorted(missing)
         create = unique
         if self.touches is not None:
             local = unique // self.num_shards

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from ...ps.sparse.ids import unique_sorted
 from .batches import spread
 from .embedding import _SparseModule, sparse_modules
 
@@ -68,7 +69,7 @@ def lookahead(model: nn.Module) -> Callable[[Any], dict[str, np.ndarray]] | None
             if len(flat) and (flat.min() < 0 or flat.max() >= size):
                 refused.add(table)  # out of range: the forward will say so; ask nothing ahead
             per_table.setdefault(table, []).append(flat)
-        return {t: np.unique(np.concatenate(parts)) for t, parts in per_table.items() if t not in refused}
+        return {t: unique_sorted(np.concatenate(parts)) for t, parts in per_table.items() if t not in refused}
     return upcoming
 
 
