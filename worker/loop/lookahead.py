@@ -49,13 +49,13 @@ def lookahead(model: nn.Module) -> Callable[[Any], dict[str, np.ndarray]] | None
     calls = [n for n in graph.nodes if n.op == "call_module" and isinstance(modules.get(n.target), _SparseModule)]
     if not calls:
         return None
-    wanted: list[fx.Node] = []
-    for call in calls:
-        ids = call.args[0] if call.args else call.kwargs.get("input")
-        if not isinstance(ids, fx.Node) or not _from_inputs_alone(ids):
-            return None
-        wanted.append(ids)
-    extract = fx.GraphModule(model, _subgraph(graph, wanted))
+    wanted = [call.args[0] if call.args else call.kwargs.get("input") for call in calls]
+    if not all(isinstance(ids, fx.Node) for ids in wanted):
+        return None
+    needed = _ancestors(wanted)
+    if any(n.op in ("call_module", "get_attr") for n in needed):  # ids computed by a layer, or from weights
+        return None
+    extract = fx.GraphModule(model, _subgraph(graph, needed, wanted))
     tables = [(modules[c.target].table, modules[c.target].num_embeddings) for c in calls]
 
     def upcoming(inputs: Any) -> dict[str, np.ndarray]:
@@ -73,29 +73,20 @@ def lookahead(model: nn.Module) -> Callable[[Any], dict[str, np.ndarray]] | None
     return upcoming
 
 
-def _from_inputs_alone(node: fx.Node) -> bool:
-    """Whether ``node`` is computed from the forward's arguments and constants only."""
-    seen, todo = set(), [node]
+def _ancestors(nodes: list[fx.Node]) -> set[fx.Node]:
+    """``nodes`` and every node they are computed from."""
+    found, todo = set(), list(nodes)
     while todo:
         n = todo.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        if n.op in ("call_module", "get_attr"):
-            return False
-        todo.extend(n.all_input_nodes)
-    return True
-
-
-def _subgraph(graph: fx.Graph, wanted: list[fx.Node]) -> fx.Graph:
-    """The nodes ``wanted`` needs (every placeholder kept, so it takes the forward's arguments), returning
-    them as a tuple in order."""
-    needed, todo = set(), list(wanted)
-    while todo:
-        n = todo.pop()
-        if n not in needed:
-            needed.add(n)
+        if n not in found:
+            found.add(n)
             todo.extend(n.all_input_nodes)
+    return found
+
+
+def _subgraph(graph: fx.Graph, needed: set[fx.Node], wanted: list[fx.Node]) -> fx.Graph:
+    """The ``needed`` nodes of ``graph`` (every placeholder kept, so it takes the forward's arguments),
+    returning ``wanted`` as a tuple in order."""
     out, copied = fx.Graph(), {}
     for n in graph.nodes:
         if n.op == "placeholder" or n in needed:
