@@ -44,9 +44,15 @@ def rows_by_shard(ids: np.ndarray, num_shards: int, dim: int, ask) -> np.ndarray
     """The rows of ``ids`` in their order: ``ask(ids_per_shard)`` returns each shard's rows (None for a
     shard asked no ids), and they are put back where their ids stood."""
     order, parts = split_by_shard(ids, num_shards)
-    out = np.empty((len(ids), dim), np.float32)
-    if len(ids):
-        out[order] = np.concatenate([a for a in ask(parts) if a is not None])
+    return in_id_order(order, ask(parts), dim)
+
+
+def in_id_order(order: np.ndarray, answers: list, dim: int) -> np.ndarray:
+    """Each shard's rows (None where it was asked none) put back in the order of the ids ``split_by_shard``
+    grouped with ``order``."""
+    out = np.empty((len(order), dim), np.float32)
+    if len(order):
+        out[order] = np.concatenate([a for a in answers if a is not None])
     return out
 
 
@@ -97,10 +103,10 @@ class SparseRows:
                 row_parts = [self.compressor.encode(part) for part in row_parts]
             next_ids = upcoming.get(table) if upcoming else None
             if next_ids is not None and len(next_ids):
-                _, next_parts = split_by_shard(next_ids, self.num_shards)
+                next_order, next_parts = split_by_shard(next_ids, self.num_shards)
                 pushed = self.transport.sparse_push_pull_async(table, clock, id_parts, row_parts, num_samples,
                                                                next_parts)
-                self._ahead[table] = RowsAhead(next_ids, pushed, self.num_shards, dim)
+                self._ahead[table] = RowsAhead(next_ids, next_order, pushed, dim)
                 self.rows_ahead += len(next_ids)
             else:
                 pushed = self.transport.sparse_push_async(table, clock, id_parts, row_parts, num_samples)
@@ -125,8 +131,8 @@ class RowsAhead:
     """Rows of one table asked behind a push: the ids (unique, sorted) and the call that brings them,
     put in id order at the first pull that wants them."""
 
-    def __init__(self, ids: np.ndarray, pending: Pending, num_shards: int, dim: int):
-        self.ids, self._pending, self._num_shards, self._dim = ids, pending, num_shards, dim
+    def __init__(self, ids: np.ndarray, order: np.ndarray, pending: Pending, dim: int):
+        self.ids, self._order, self._pending, self._dim = ids, order, pending, dim  # order: split_by_shard's
         self._rows: np.ndarray | None = None
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray | None:
@@ -136,9 +142,7 @@ class RowsAhead:
             pending, self._pending = self._pending, None
             got = pending.wait()
             if got is not None:
-                order, _ = split_by_shard(self.ids, self._num_shards)
-                self._rows = np.empty((len(self.ids), self._dim), np.float32)
-                self._rows[order] = np.concatenate([r for r in got if r is not None])
+                self._rows = in_id_order(self._order, got, self._dim)
         if self._rows is None:
             return None
         where = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
