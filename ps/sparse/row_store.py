@@ -79,12 +79,14 @@ class RowStore:
         self._fresh_record = np.concatenate([np.zeros(dim, np.float32)]
                                             + [np.full(dim, fill, np.float32) for _, fill in self._values])
         self.index = SlotIndex()
-        self.count = 0
         self.moves = 0  # how many times rows changed slots (eviction, a restore): slots known before are stale
-        self.capacity = 0
+        self._empty(capacity)
+
+    def _empty(self, capacity: int) -> None:
+        """No rows, and room for ``capacity``."""
+        self.count = self.capacity = 0
         self.block = np.zeros((0, self.width), np.float32)
-        self.ids = np.zeros(0, np.int64)
-        self.last_seen = np.zeros(0, np.int64)
+        self.ids, self.last_seen = np.zeros(0, np.int64), np.zeros(0, np.int64)
         self.scalars = {name: np.zeros(0, dtype) for name, dtype, _ in self._scalars}
         self._grow(capacity)
 
@@ -188,12 +190,7 @@ class RowStore:
     def load_state_dict(self, state: dict) -> None:
         ids = np.asarray(state["ids"], np.int64)
         n = len(ids)
-        self.count = 0
-        self.capacity = 0
-        self.block = np.zeros((0, self.width), np.float32)
-        self.ids, self.last_seen = np.zeros(0, np.int64), np.zeros(0, np.int64)
-        self.scalars = {name: np.zeros(0, dtype) for name, dtype, _ in self._scalars}
-        self._grow(max(1024, int(n * (1 + self.GROWTH))))
+        self._empty(max(1024, int(n * (1 + self.GROWTH))))
         self.weights[:n] = state["weights"]
         self.ids[:n] = ids
         self.last_seen[:n] = state["last_seen"]
