@@ -119,8 +119,8 @@ def sparse_rows(out: Path, steps: int = 300, transports=("shm", "grpc", "ray"), 
                 repeats: int = 3):
     """Rows for the bench table (``table_rows``: smaller for a quick check of the machinery). Every system
     runs ``repeats`` times, interleaved (the single process, then each transport, then again), and its
-    row is the run of median rows/s: on this machine the single process alone has ranged 0.72M to 1.22M
-    rows/s within a day, so one run each could not tell which side moved."""
+    row is the run of median rows/s: on this machine the single process alone has ranged 0.72M to 1.49M
+    rows/s (docs/results.md), so one run each could not tell which side moved."""
     runs: dict[str, list[dict]] = {"single": [], **{name: [] for name in transports}}
     for attempt in range(repeats):
         runs["single"].append(single_process(steps, table_rows))
