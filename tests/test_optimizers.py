@@ -163,7 +163,7 @@ def test_config_from_yaml_mapping_turns_betas_list_into_tuple():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(name="rmsprop"), "optimizer.name ('rmsprop') must be one of adagrad, adam, adamw, sgd"),
+    (dict(name="rmsprop"), "optimizer.name ('rmsprop') must be one of adagrad, adam, adamw, delayed_nesterov, sgd"),
     (dict(lr=-1), "optimizer.lr (-1) must be > 0"),
     (dict(lr=0), "optimizer.lr (0) must be > 0"),
     (dict(lr="fast"), "optimizer.lr ('fast') must be a number"),
@@ -175,7 +175,7 @@ def test_config_from_yaml_mapping_turns_betas_list_into_tuple():
     (dict(name="adam", betas=(0.9, 1.0)), "optimizer.betas[1] (1.0) must be < 1"),
     (dict(name="adam", eps=0), "optimizer.eps (0) must be > 0"),
     (dict(name="adagrad", initial_accumulator_value=-1), "optimizer.initial_accumulator_value (-1) must be >= 0"),
-    (dict(name="adam", momentum=0.9), "optimizer.momentum (0.9) applies only to sgd, not adam"),
+    (dict(name="adam", momentum=0.9), "optimizer.momentum (0.9) applies only to sgd, delayed_nesterov, not adam"),
     (dict(name="sgd", betas=(0.8, 0.9)), "optimizer.betas ((0.8, 0.9)) applies only to adam, adamw, not sgd"),
     (dict(name="sgd", eps=1e-8), "optimizer.eps (1e-08) applies only to adagrad, adam, adamw, not sgd"),
     (dict(name="adam", initial_accumulator_value=0.1), "optimizer.initial_accumulator_value (0.1) applies only to adagrad"),

@@ -46,7 +46,7 @@ from ...settings import number, require
 
 BLOCK = 65536  # values per pass of an update rule: a block's arrays stay in L2 cache between passes
 
-_NAMES = ("adagrad", "adam", "adamw", "sgd")
+_NAMES = ("adagrad", "adam", "adamw", "delayed_nesterov", "sgd")
 _DEFAULT_BETAS = (0.9, 0.999)
 # torch's defaults, which a config left at None inherits.
 _DEFAULT_EPS = {"adagrad": 1e-10, "adam": 1e-8, "adamw": 1e-8, "sgd": 0.0}
@@ -74,6 +74,8 @@ class OptimizerConfig:
     betas: tuple[float, float] = _DEFAULT_BETAS
     eps: float | None = None
     initial_accumulator_value: float = 0.0
+    # delayed_nesterov only: the momentum moves once every ``period`` updates (None: the job's worker count)
+    period: int | None = None
 
     def __post_init__(self) -> None:
         require(isinstance(self.name, str) and self.name in _NAMES,
@@ -88,7 +90,10 @@ class OptimizerConfig:
             number(self.eps, "optimizer.eps", minimum=0, exclusive=True)
         number(self.initial_accumulator_value, "optimizer.initial_accumulator_value", minimum=0)
         self._check_betas()
-        self._check_applies("momentum", self.momentum != 0, ("sgd",))
+        self._check_applies("momentum", self.momentum != 0, ("sgd", "delayed_nesterov"))
+        self._check_applies("period", self.period is not None, ("delayed_nesterov",))
+        if self.period is not None:
+            number(self.period, "optimizer.period", minimum=1, integer=True)
         self._check_applies("nesterov", self.nesterov, ("sgd",))
         self._check_applies("betas", self.betas != _DEFAULT_BETAS, ("adam", "adamw"))
         self._check_applies("initial_accumulator_value", self.initial_accumulator_value != 0,
@@ -254,6 +259,42 @@ class SGD(ServerOptimizer):
         saxpy(grad, param, a=-lr)  # in place: torch's param.add_(grad, alpha=-lr), bit for bit
 
 
+class DelayedNesterov(ServerOptimizer):
+    """Nesterov momentum whose momentum moves once every ``period`` updates: the outer optimizer that
+    asynchronous local SGD needs (Liu et al. 2024, "Asynchronous Local-SGD Training for Language Modeling",
+    arXiv:2401.09135; its c = 0 form). Each update applies ``lr / period`` times its own gradient; every
+    ``period``-th one also folds the mean of the last ``period`` gradients into the momentum
+    (``m = momentum * m + mean``) and applies ``lr * momentum * m``. Over ``period`` updates that is one
+    Nesterov step on their mean. Plain Nesterov momentum applied to each asynchronous pseudo-gradient as it
+    arrives pushes the model ``period`` times along a momentum built from stale directions, and the paper
+    found it diverges or trails synchronous DiLoCo. With ``period`` 1 it is torch's SGD with nesterov."""
+
+    name = "delayed_nesterov"
+
+    def __init__(self, config: OptimizerConfig, size: int) -> None:
+        super().__init__(config, size)
+        if config.period is None:
+            raise ConfigError("optimizer.period must be set for delayed_nesterov (the job sets it to its"
+                              " worker count)")
+        self._beta, self._period = float(config.momentum), int(config.period)
+        self._momentum = self._buffer("momentum_buffer")
+        self._delta = self._buffer("gradient_sum")  # the gradients since the momentum last moved
+
+    def _writes_grad(self) -> bool:
+        return False
+
+    def _update(self, param: np.ndarray, grad: np.ndarray, lr: float, block: slice) -> None:
+        delta = self._delta[block]
+        delta += grad
+        saxpy(grad, param, a=-lr / self._period)
+        if self.steps % self._period == 0:
+            m = self._momentum[block]
+            m *= self._beta
+            saxpy(delta, m, a=1.0 / self._period)
+            saxpy(m, param, a=-lr * self._beta)
+            delta.fill(0.0)
+
+
 class Adagrad(ServerOptimizer):
     """``torch.optim.Adagrad`` with lr_decay 0: weight decay, eps, initial accumulator."""
 
@@ -335,7 +376,7 @@ class AdamW(Adam):
 
 
 _CLASSES: dict[str, type[ServerOptimizer]] = {
-    cls.name: cls for cls in (SGD, Adagrad, Adam, AdamW)
+    cls.name: cls for cls in (SGD, DelayedNesterov, Adagrad, Adam, AdamW)
 }
 
 
