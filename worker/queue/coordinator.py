@@ -122,9 +122,12 @@ class WorkCoordinator:
 
     def coverage(self) -> dict:
         """What the final model saw: per epoch the examples done and the batch ranges covered."""
-        examples = {}
+        examples: dict[int, int] = {}
+        # an outer step's batches may span two epochs: such a plan counts its examples by epoch itself
+        by_epoch = getattr(self.batches, "examples_by_epoch", None)
         for unit in self.queue.done_units:
-            examples[unit.epoch] = examples.get(unit.epoch, 0) + self.batches.examples(unit)
+            for epoch, n in (by_epoch(unit) if by_epoch else {unit.epoch: self.batches.examples(unit)}).items():
+                examples[epoch] = examples.get(epoch, 0) + n
         return {"examples_per_epoch": {str(e): n for e, n in sorted(examples.items())},
                 "ranges": {str(e): [list(span) for span in r] for e, r in self.queue.coverage().items()},
                 "batches_per_epoch": self.queue.batches_per_epoch,

@@ -99,14 +99,16 @@ def plan_batches(source, num_workers: int, batch_size: int, seed: int = 0):
 
 class WorkQueue:
     def __init__(self, stretches: list[int], epochs: int, chunk_batches: int, max_steps: int | None = None,
-                 steal: bool = True, chunk_ends=None):
+                 steal: bool = True, chunk_ends=None, budgets: list[int] | None = None):
         """``stretches``: each initial worker's batches per epoch; ``max_steps``: at most this many
         batches of each worker's own stretches are queued (the rest of the data is never used).
         ``steal``: whether a worker that finished its own stretch takes others' units (bsp says
         no: which batches meet in a round would then depend on timing; a worker added mid-job,
         with no stretch of its own, always may). ``chunk_ends``: epoch -> the sorted positions in
         the batch list where a chunk of the data ends; a unit never crosses one, so each unit
-        reads whole chunks (None: units are cut every ``chunk_batches`` only)."""
+        reads whole chunks (None: units are cut every ``chunk_batches`` only). ``budgets``: each
+        worker's batches in all, where they differ by worker (outer steps: worker/queue/outer.py);
+        it replaces ``max_steps``."""
         if chunk_batches < 1:
             raise ConfigError(f"chunk_batches ({chunk_batches}) must be >= 1")
         self.batches_per_epoch = sum(stretches)
@@ -116,6 +118,8 @@ class WorkQueue:
         start = 0
         for worker, length in enumerate(stretches):
             left = epochs * length if max_steps is None else min(max_steps, epochs * length)
+            if budgets is not None:
+                left = min(budgets[worker], epochs * length)
             units = self._own[worker] = deque()
             for epoch in range(epochs):
                 ends = np.asarray(chunk_ends(epoch) if chunk_ends is not None else [], dtype=np.int64)
