@@ -65,6 +65,37 @@ def test_a_killed_worker_is_replaced_and_every_gradient_is_applied_exactly_once_
     assert_counted_once_per_epoch(result, epochs=6)
 
 
+LOCAL_COUNTING = {"inner_steps": 8, "inner_optimizer": {"name": "sgd", "lr": 1.0},
+                  "outer_optimizer": {"name": "sgd", "lr": 1.0}}  # a pseudo-gradient is its batches' counts
+
+
+@pytest.mark.timeout(240)
+def test_a_worker_killed_mid_outer_step_loses_only_its_inner_steps_and_nothing_is_applied_twice(ray_session,
+                                                                                                tmp_path):
+    """Local steps: worker-0 dies before its 20th batch, 3 inner steps into its third outer step of 8. That
+    outer step goes back to the queue and is trained again from its start; under ssp each pseudo-gradient
+    adds its batches' counts, so every example counts exactly once per epoch."""
+    x = np.arange(600, dtype=np.float32).reshape(-1, 1)
+    data = {"train": (x[:500], np.zeros(500, np.int64)), "test": (x[500:], np.zeros(100, np.int64))}
+    result = run(tmp_path, model=Counter, data=data, loss="tests.counting:minus_sum", servers=1, batch_size=10,
+                 epochs=6, eval_every_s=0, schedule={"name": "constant"}, consistency={"mode": "ssp"},
+                 local_steps=LOCAL_COUNTING, chaos={"kill": ["worker-0@20"]},
+                 debug={"audit": True, "slow_workers": {0: 0.01, 1: 0.01}})
+    s = result.summary
+    assert s["restarts"] == {"worker-0": 1} and s["workers_replaced"] == 1
+    assert s["batches_returned"] >= 1  # the outer step it died in (and any it had leased) went back
+    assert_counted_once_per_epoch(result, epochs=6)
+
+
+@pytest.mark.timeout(240)
+def test_a_bsp_job_with_local_steps_survives_a_worker_killed_mid_outer_step_at_its_accuracy(ray_session, tmp_path):
+    s = run(tmp_path, epochs=10, consistency={"mode": "bsp"}, local_steps={"inner_steps": 8},
+            chaos={"kill": ["worker-1@12"]}, debug={"audit": True, **SLOW}).summary
+    assert s["restarts"] == {"worker-1": 1} and s["applied_twice"] == 0
+    assert s["test_accuracy"] >= 0.94, s
+    assert s["examples_per_epoch"] == {str(e): EXAMPLES for e in range(10)}
+
+
 @pytest.mark.timeout(240)
 def test_a_killed_shard_is_restored_and_the_replayed_batches_are_applied_exactly_once(ray_session, tmp_path):
     result = counting_job(tmp_path, consistency={"mode": "asp"}, chaos={"kill": ["ps-shard-0@60"]},

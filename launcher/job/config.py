@@ -29,6 +29,7 @@ from ...ps.compression.encoding import compression_config
 from ...ps.sparse.config import SparseConfig
 from ...settings import build, dataclass_in, every_steps, number, require
 from ...worker.data.config import data_config, is_pipeline_spec
+from ...worker.loop.local_steps import LocalStepsConfig
 
 TRANSPORTS = ("auto", "shm", "grpc", "ray")
 #: schedule: auto decays over the last fifth of a job: the stale end steadied, the rest of the job at full lr
@@ -116,6 +117,8 @@ class JobConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    # H batches on each worker's own copy with an inner optimizer, then one push of the change (an outer step)
+    local_steps: LocalStepsConfig = field(default_factory=LocalStepsConfig)
     sparse: SparseConfig = field(default_factory=SparseConfig)  # the model's rayps.Embedding tables
     # what workers send each step: a codec name (none | fp16 | bf16 | int8 | topk) or a mapping
     # {codec, fraction, chunk, error_feedback}; a CompressionConfig once loaded (ps/compression/encoding.py)
@@ -153,12 +156,26 @@ class JobConfig:
         if self.overlap == "auto":
             # The mode says; the bundled modes say off: the extra step of staleness cost ~1.5 points on the
             # digits BatchNorm CNN under asp and up to 6 points on a transformer under ssp (consistency.md).
-            return self.consistency.rules.overlaps_by_default(self.consistency)
+            return self.consistency.rules.overlaps_by_default(self.consistency) and not self.local_steps.enabled
         return bool(self.overlap)
 
+    @property
+    def shard_optimizer(self) -> OptimizerConfig:
+        """What the shards apply to a push: ``optimizer``, or under local steps the outer optimizer."""
+        if not self.local_steps.enabled:
+            return self.optimizer
+        return self.local_steps.outer_optimizer.resolved(self.consistency.rules.gathers, self.workers)
+
     def __post_init__(self) -> None:
+        if self.local_steps.enabled:
+            require(self.optimizer == OptimizerConfig(),
+                    "optimizer: with local_steps the workers step with local_steps.inner_optimizer and the shards"
+                    " with local_steps.outer_optimizer; set those, not optimizer")
+            require(self.overlap is not True, "overlap: true does not apply with local_steps: an outer step's inner"
+                    " steps begin from its pull")
         if self.schedule.name == "auto":  # the mode says: a decay at the end where updates are stale (consistency.py)
-            decays = self.consistency.rules.decays_by_default(self.consistency)
+            # under local steps the schedule is the outer lr's, which DiLoCo keeps constant
+            decays = self.consistency.rules.decays_by_default(self.consistency) and not self.local_steps.enabled
             object.__setattr__(self, "schedule", dataclasses.replace(
                 self.schedule, name="cosine" if decays else "constant",
                 decay_fraction=AUTO_DECAY_FRACTION if decays else 1.0))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -52,7 +53,8 @@ from ...worker.loop.batches import ModelCall, check_call
 from ...worker.loop.context import check_loop
 from ...worker.loop.trainer import Worker, WorkerPlan
 from ...worker.queue.coordinator import WorkCoordinator
-from ...worker.queue.workqueue import WorkQueue, default_chunk_batches, plan_batches
+from ...worker.queue.outer import job_plan, queue_extent, steps_per_worker
+from ...worker.queue.workqueue import WorkQueue, default_chunk_batches
 from .saved_model import save_run_model
 from .checkpointing import Checkpointer
 from .config import JobConfig
@@ -65,7 +67,7 @@ from .policies import CheckpointSchedule, RestartBudget, StallWatch
 from .terminal import ProgressLine
 from .report import write_report
 from .rundir import default_run_dir, write_run_dir
-from .summary import job_summary, progress_summary, recovery_summary, sparse_summary
+from .summary import job_summary, local_steps_summary, progress_summary, recovery_summary, sparse_summary
 from .shm_leftovers import note_shm, remove_left_shm
 from .transports import WireKeys, job_transport, local_shm, serve_again, stop_serving, throttled
 from .wire_summary import compression_summary
@@ -207,17 +209,23 @@ def prepare(config: JobConfig, output: str | Path | None, dashboard: bool) -> Pl
     elif prepared is None and len(splits.train):  # the rule must be able to call this model with these items: said before any actor
         x, y = splits.train.batch(np.arange(min(2, len(splits.train))))[:2]
         check_call(model, call, x, y, "the training data's first batch")
-    batches = plan_batches(splits.train, config.workers, config.batch_size, config.seed)
-    steps_per_worker = config.epochs * max(batches.stretches)
-    if config.max_steps is not None:
-        steps_per_worker = min(steps_per_worker, config.max_steps)
+    local = config.local_steps
+    if local.enabled and shapes:
+        raise ConfigError("local_steps: the model has rayps.Embedding tables, whose rows are pulled and pushed"
+                          " every batch; local steps train dense models only")
+    batches = job_plan(splits.train, config.workers, config.batch_size, config.seed, config.epochs,
+                       local.inner_steps)
+    extent_of = queue_extent(batches, config.epochs, config.max_steps)
     # Data read in chunks: a unit is one chunk by default (its ends cut the units), so no chunk is read twice.
-    chunk = config.chunk_batches or (batches.per_epoch if batches.chunk_ends is not None
-                                     else default_chunk_batches(batches.per_epoch, config.workers))
+    # Outer steps: two units per worker per epoch's worth of them, as for batches.
+    per_epoch = batches.per_epoch / config.epochs if local.enabled else batches.per_epoch
+    chunk = config.chunk_batches or (per_epoch if batches.chunk_ends is not None
+                                     else default_chunk_batches(math.ceil(per_epoch), config.workers))
     rules = config.consistency.rules
-    queue = WorkQueue(batches.stretches, config.epochs, chunk, config.max_steps, steal=rules.steals,
-                      chunk_ends=batches.chunk_ends)
-    extent = Extent(queue.budget, queue.batches_per_epoch, config.workers)
+    queue = WorkQueue(batches.stretches, chunk_batches=chunk, steal=rules.steals, chunk_ends=batches.chunk_ends,
+                      **extent_of)
+    extent = Extent(queue.budget, per_epoch, config.workers)
+    pushes = steps_per_worker(batches, config.epochs, config.max_steps)  # per worker: outer steps under local steps
     per_worker = extent.batches / config.workers
     return Plan(
         config, model_fn, loss_fn, splits, prepared, model, flat, shapes,
@@ -226,9 +234,9 @@ def prepare(config: JobConfig, output: str | Path | None, dashboard: bool) -> Pl
         # (BatchNorm statistics) are cut across the shards the same way, and some may hold none.
         ranges=partition(flat.numel, config.servers, allow_empty=bool(shapes)),
         buffer_ranges=partition(flat.buffers.numel, config.servers, allow_empty=True),
-        batches=batches, steps_per_worker=steps_per_worker,
+        batches=batches, steps_per_worker=pushes,
         # the schedule's horizon: one update per push (asp, ssp) or per clock (bsp): the mode says
-        total_updates=steps_per_worker * rules.updates_per_clock(config.workers),
+        total_updates=pushes * rules.updates_per_clock(config.workers),
         queue=queue, extent=extent, call=call,
         history_every=(default_history_every(extent) if config.history_every_steps == "auto"
                        else config.history_every_steps * config.workers),
@@ -263,7 +271,7 @@ def start(run: Run, on_start: Callable[[str], None] | None) -> None:
     run.shards = [
         runtime.spawn(ServedShard, (
             r.shard_id, init[r.lo:r.hi], list(range(config.workers)),
-            config.optimizer, config.schedule, config.consistency, plan.total_updates, run.run_id,
+            config.shard_optimizer, config.schedule, config.consistency, plan.total_updates, run.run_id,
             init_buffers[b.lo:b.hi], integer[b.lo:b.hi]), dict(
             audit=config.debug.audit, checkpoints=ckpt_root, tables=plan.tables, num_shards=config.servers,
             codec=config.compression.make_codec(), pull_codec=Codec(config.compression.pull),
@@ -364,6 +372,7 @@ def summarize(run: Run, report: bool, began: float) -> JobResult:
     summary.update(recovery_summary(run.controller, run.checkpointer, t["coverage"], t["reports"], t["stats"]))
     summary["progress"] = progress_summary(run.monitor.progress)
     summary.update(sparse_summary(t["stats"], t["reports"]))
+    summary.update(local_steps_summary(config, [r for r in t["reports"] if not r.get("died")]))
     summary["compression"] = compression_summary(config.compression, t["reports"], t["stats"], run.transport.name)
     if t["auc"] is not None:
         summary["test_auc"] = t["auc"]
@@ -538,4 +547,5 @@ def _worker_plan(config: JobConfig, worker_id: int, run_id: str = "", incarnatio
         overlap=config.overlaps, incarnation=incarnation, chaos=chaos,
         resync_timeout_s=config.fault.resync_timeout_s, compression=config.compression,
         sparse_lookahead=config.sparse.lookahead,
+        local_steps=config.local_steps if config.local_steps.enabled else None,
     )

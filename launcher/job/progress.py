@@ -29,7 +29,7 @@ class Extent:
     """What the job's plan holds: its batches in all, per epoch, and the workers it was planned with."""
 
     batches: int
-    per_epoch: int
+    per_epoch: float  # the queue's batches per epoch (under local steps, outer steps: a fraction may be one)
     workers: int
 
 
@@ -60,11 +60,11 @@ class Progress:
 
     @property
     def epoch(self) -> float:
-        return self.position / max(1, self.extent.per_epoch)
+        return self.position / (self.extent.per_epoch or 1)
 
     @property
     def epochs(self) -> float:
-        return self.extent.batches / max(1, self.extent.per_epoch)
+        return self.extent.batches / (self.extent.per_epoch or 1)
 
     @property
     def fraction(self) -> float:

@@ -87,6 +87,26 @@ def job_summary(config, reports, stats, test_loss, test_accuracy, train_s, wall_
     }
 
 
+def local_steps_summary(config, reports: list[dict]) -> dict:
+    """Under local steps: H, the outer steps and inner steps taken (the live lives'; a dead incarnation's
+    inner steps since its last push were lost with it and are trained again in the outer step it held, which
+    went back to the queue: ``batches_returned`` counts those), and the root mean square of the pushed
+    pseudo-gradients' norms: how far a worker moves from the shared parameters between two pushes."""
+    if not config.local_steps.enabled:
+        return {}
+    outer = sum(r["steps"] for r in reports)
+    square = sum(r.get("pseudo_gradient_sq", 0.0) for r in reports)
+    optimizer = config.shard_optimizer
+    return {"local_steps": {
+        "inner_steps": config.local_steps.inner_steps,
+        "outer_steps": outer,
+        "inner_steps_taken": sum(r.get("inner_steps", 0) for r in reports),
+        "inner_optimizer": f"{config.local_steps.inner_optimizer.name} lr {config.local_steps.inner_optimizer.lr}",
+        "outer_optimizer": f"{optimizer.name} lr {optimizer.lr} momentum {optimizer.momentum}",
+        "pseudo_gradient_rms": round((square / outer) ** 0.5, 6) if outer else None,
+    }}
+
+
 def time_to_target(reports: list[dict]) -> float | None:
     """The last worker's seconds to the target loss; None while any worker's last life never reached it."""
     last = {r["worker_id"]: r["reached_target_s"] for r in reports}  # a replacement's report comes after

@@ -27,6 +27,10 @@ def compression_summary(config, reports: list[dict], stats: list[dict], transpor
     out["pull"] = config.pull if transport == "grpc" else "none"
     out["pull_bytes_per_step"] = per_step(raw, steps)
     out["pull_sent_bytes_per_step"] = per_step(raw, steps * (2 if out["pull"] != "none" else 1))
+    # what crossed the wire per example trained, pushes and pulls (under local steps a push carries H batches)
+    samples = sum(r.get("samples", 0) for r in reports if r.get("wire"))
+    pulled = raw / (2 if out["pull"] != "none" else 1)
+    out["bytes_per_example"] = round((sent + pulled) / samples, 1) if samples else None
     if config.codec == "topk":
         out["fraction"] = config.fraction
     if row_raw:

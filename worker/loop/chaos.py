@@ -22,7 +22,7 @@ def kill_this_process() -> None:
 
 @dataclass(frozen=True)
 class WorkerChaos:
-    kill_at_step: int | None = None  # SIGKILL just before this step (this incarnation's steps, from 1)
+    kill_at_step: int | None = None  # SIGKILL just before this step (this incarnation's, from 1; local steps: inner)
     kill_after_s: float | None = None  # SIGKILL this long after training starts
     hang_at_step: int | None = None  # stop making progress just before this step
 

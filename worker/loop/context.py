@@ -14,6 +14,10 @@ The contract that keeps a job's guarantees:
   the work queue knows which push carries which batch, so a worker that
   dies is replaced without a batch lost or trained twice. Taking the next
   item before ``step()`` is an error that says so.
+- **Local steps** (``local_steps.inner_steps: H``): ``batches()`` yields the
+  H batches of an outer step one after another; each one's ``step()`` is an
+  inner step with the worker's own optimizer, and the last one's also pushes
+  the change the H steps made (worker/loop/local_steps.py).
 - **Gradient accumulation** (``accumulate: k``): ``batches()`` yields each
   batch as k micro-batches, and only the last one's ``step()`` pushes.
   ``backward()`` weights each micro-batch's loss by its share of the batch,
@@ -45,6 +49,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from ...errors import ConfigError, PSError
+from ..queue.outer import OuterStep
 from .batches import ModelCall, leading_size, take
 
 
@@ -201,7 +206,8 @@ class TrainContext:
 
     def step(self) -> bool:
         """The push of this batch's gradient and the pull of the parameters; True when it pushed (the last
-        micro-batch of a batch), False otherwise (an earlier micro-batch, or an fp16 overflow)."""
+        micro-batch of a batch) or, under local steps, took an inner step; False otherwise (an earlier
+        micro-batch, or an fp16 overflow)."""
         item, w = self._item, self._w
         if item is None or self._stepped:
             raise LoopError("step() was called twice for one batch (or before any): call it once per item of "
@@ -218,8 +224,17 @@ class TrainContext:
         if self.scale is not None and not self._unscaled_finite():
             self._redo = True  # the iterator yields this batch again, at the halved scale
             return False
+        loss = self._loss if self._backwards else self._reported_loss()
+        examples = len(self._indices)
+        if self._outer is not None:  # local steps: every batch is an inner step; the outer step's last pushes
+            w._inner_step()
+            self._outer_loss.append(loss)
+            self.epoch = item.epoch
+            if self._inner_left:
+                return True
+            loss, examples = sum(self._outer_loss) / len(self._outer_loss), self._outer.examples
         try:
-            w._push(len(self._indices), self._loss if self._backwards else self._reported_loss(), self._computing)
+            w._push(examples, loss, self._computing)
         except w._retryable as e:
             self._recovered(e)
             return False
@@ -246,12 +261,29 @@ class TrainContext:
         """No item in hand (a new call of the loop, or after a recovery)."""
         self._item, self._stepped, self._redo, self._abandoned = None, True, False, False
         self._part, self._parts, self._indices, self._loss, self._backwards = 0, 1, (), 0.0, 0
+        self._outer, self._outer_loss, self._inner_left = None, [], 0  # local steps: the outer step in hand
         self._computing = time.monotonic()
 
     def _items(self, indices) -> Iterator[Batch]:
+        """One push's items: one batch's (its micro-batches), or under local steps every batch of the outer
+        step, each but the last ending in an inner step."""
+        if not isinstance(indices, OuterStep):
+            self._outer, self._inner_left = None, 0
+            yield from self._batch_items(indices, None)
+            return
+        self._w._begin_outer()
+        self._outer, self._outer_loss = indices, []
+        for k, (epoch, batch) in enumerate(indices.batches):
+            self._inner_left = len(indices.batches) - 1 - k
+            yield from self._batch_items(batch, epoch)
+            if self._abandoned:
+                return
+
+    def _batch_items(self, indices, epoch: int | None) -> Iterator[Batch]:
         """One batch's items (its micro-batches), again from the first while an fp16 overflow asks."""
         w = self._w
-        x, y, weight, epoch = w._load(indices)
+        x, y, weight, unit_epoch = w._load(indices)
+        epoch = unit_epoch if epoch is None else epoch
         size = leading_size(y) or leading_size(x) or len(indices)
         k = max(1, min(self.micro_batches, size))
         bounds = [round(size * j / k) for j in range(k + 1)]

@@ -60,11 +60,13 @@ from ...ps.compression.encoding import CompressionConfig, CompressionStats, Grad
 from ...ps.sparse.client import SparseRows
 from ..data.sources import DataSource
 from .embedding import bind, forget_rows, row_grads, sparse_tables
+from .local_steps import InnerSteps, LocalStepsConfig
 from .lookahead import lookahead
 from .flat import FlatParams
 from .losses import LossFn
 from .pace import StepClock, straggle_s
-from ..queue.workqueue import Unit, WorkQueue, default_chunk_batches, plan_batches
+from ..queue.outer import job_plan, queue_extent
+from ..queue.workqueue import Unit, WorkQueue, default_chunk_batches
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,7 @@ class WorkerPlan:
     loop: Callable | None = None  # the user's train_loop_per_worker (None: the job's own loop, context.py)
     loop_config: dict | None = None  # what the user's loop is called with (train_loop_config)
     sparse_lookahead: bool = True  # the next batch's sparse ids read ahead, their rows asked behind the push
+    local_steps: LocalStepsConfig | None = None  # H batches with an inner optimizer, then a push (local_steps.py)
 
 
 class _Resync(Exception):
@@ -187,11 +190,13 @@ class Worker:
         self.flat = FlatParams(self.model, device)
         self.loss_fn = loss_fn
         self.train = train
-        self.batches = plan_batches(train, plan.num_workers, plan.batch_size, plan.seed)
+        local = plan.local_steps
+        self.batches = job_plan(train, plan.num_workers, plan.batch_size, plan.seed, plan.epochs,
+                                local.inner_steps if local is not None else None)
         if work is None:
             chunk = default_chunk_batches(self.batches.per_epoch, plan.num_workers)
-            queue = WorkQueue(self.batches.stretches, plan.epochs, chunk, plan.max_steps,
-                              chunk_ends=self.batches.chunk_ends)
+            queue = WorkQueue(self.batches.stretches, chunk_batches=chunk, chunk_ends=self.batches.chunk_ends,
+                              **queue_extent(self.batches, plan.epochs, plan.max_steps))
             self.work = _LocalWork(WorkCoordinator(queue, self.batches, plan.num_workers))
         else:
             self.work = _RemoteWork(work, runtime)
@@ -204,7 +209,11 @@ class Worker:
             grads, params = shared
             # read-only parameters (the shards' own, under bsp): only the job's loop, which never writes them;
             # a loop of the user's might (an optimizer of its own, load_state_dict), so it gets them copied
-            self.flat.adopt(grads, params if params.flags.writeable or plan.loop is None else None)
+            # and local steps write them between pulls
+            own = params.flags.writeable or (plan.loop is None and local is None)
+            self.flat.adopt(grads, params if own else None)
+        # Local steps: the worker's own optimizer between pushes; a push sends the change it made.
+        self.inner = InnerSteps(self.flat, local.inner_optimizer) if local is not None else None
         # Sparse tables (rayps.Embedding): rows are pulled per batch and pushed beside the dense gradient.
         # Compression (ps/compression/encoding.py): blobs per shard instead of float32 slices, the residual kept here.
         self.wire = CompressionStats()
@@ -332,7 +341,8 @@ class Worker:
 
     def _load(self, indices) -> tuple:
         """Batch ``indices`` on this worker's device: inputs, targets, weights (or None), its epoch."""
-        self._chaos.before_step(self.steps + 1)
+        # the chaos knobs count batches: pushes, or under local steps inner steps (a kill may land mid outer step)
+        self._chaos.before_step(self.steps + 1 if self.inner is None else self.inner.steps + 1)
         x, y, weight = self._fetch(indices)
         return x, y, weight, self._unit_epoch
 
@@ -377,14 +387,15 @@ class Worker:
         the previous step's answer lands, and this one's is left in flight)."""
         plan, flat = self.plan, self.flat
         self.loss_value = loss
-        if plan.clip_grad_norm is not None:  # this push's gradient, before it leaves the worker
+        if plan.clip_grad_norm is not None and self.inner is None:  # this push's gradient, before it leaves
             flat.clip_grad_norm(plan.clip_grad_norm)
         compute_s = time.monotonic() - computing if plan.straggle_base_s is None else plan.straggle_base_s
         held = straggle_s(self._rng, compute_s, plan.slowdown, plan.straggle_p, plan.straggle_factor)
         if held > 0:
             self.straggled_s += held
             time.sleep(held)
-        grads, buffers = flat.host_grads(), self._buffers.pack() if self._buffers else None
+        grads = flat.host_grads() if self.inner is None else self.inner.pseudo_gradient()
+        buffers = self._buffers.pack() if self._buffers else None
         waited = time.monotonic()
         self._land()  # overlap: the previous step's answer first, then ours goes out
         self.clock += 1
@@ -402,6 +413,16 @@ class Worker:
         self.samples += examples
         self._pace.step(examples, loss)
         self._record(time.monotonic() - waited, examples, loss)
+
+    def _begin_outer(self) -> None:
+        """An outer step begins from the parameters just pulled."""
+        self.inner.begin()
+
+    def _inner_step(self) -> None:
+        """One of an outer step's inner steps, with the batch's gradient (clipped first when asked)."""
+        if self.plan.clip_grad_norm is not None:
+            self.flat.clip_grad_norm(self.plan.clip_grad_norm)
+        self.inner.step()
 
     def _reported(self, metrics: dict) -> None:
         """A loop's ``report``: to the dashboard's gauges and the job's history, a few times a second."""
@@ -509,6 +530,8 @@ class Worker:
             "rows_ahead": sparse.rows_ahead if sparse is not None else 0,
             "pulls_served_ahead": sparse.pulls_served_ahead if sparse is not None else 0,
             "final_loss": self.loss_value,
+            "inner_steps": self.inner.steps if self.inner is not None else 0,
+            "pseudo_gradient_sq": self.inner.drift_sq if self.inner is not None else 0.0,
             "loss_scale_overflows": self._ctx.scale.overflows if self._ctx and self._ctx.scale else 0,
             "wire": self.wire.as_dict(),
             "wall_s": time.monotonic() - self._began,

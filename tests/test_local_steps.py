@@ -1,0 +1,216 @@
+"""Local steps and an outer optimizer (DiLoCo and its asynchronous form): the plan, the rules, the jobs.
+
+The plan and the optimizers are checked in one process with no job. The jobs
+run their actors on threads of this process (``in_process``): the claims are
+about training (the golden equivalence with one process, accuracy, counts).
+The SIGKILL of a worker mid outer step is in tests/test_failures.py, with
+real processes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rayps.errors import ConfigError
+from rayps.launcher import Job
+from rayps.launcher.job.config import JobConfig
+from rayps.settings import build
+from rayps.ps.core.optimizers import OptimizerConfig, make_optimizer
+from rayps.worker.data.sources import resolve_data
+from rayps.worker.loop.flat import FlatParams
+from rayps.worker.loop.local_steps import InnerSteps, LocalStepsConfig
+from rayps.worker.models import mlp
+from rayps.worker.queue.outer import OuterSteps, queue_extent
+from rayps.worker.queue.sharder import EpochSharder
+from rayps.worker.queue.workqueue import EpochBatches, Unit, WorkQueue
+
+
+# ---- the plan: outer steps of H batches --------------------------------------------------
+
+
+@pytest.mark.parametrize("inner_steps", [1, 5, 23, 40, 128])
+def test_outer_steps_are_H_of_a_workers_batches_and_cover_every_example_once_per_epoch(inner_steps):
+    epochs, workers = 4, 2
+    inner = EpochBatches(1000, workers, 22, seed=3)  # 23 batches per worker per epoch
+    plan = OuterSteps(inner, epochs, inner_steps)
+    seen = {e: [] for e in range(epochs)}
+    for worker in range(workers):
+        lo = sum(plan.stretches[:worker])
+        steps = plan.batches(Unit(0, lo, lo + plan.stretches[worker]))
+        sizes = [len(s.batches) for s in steps]
+        assert sizes[:-1] == [inner_steps] * (len(sizes) - 1) and 1 <= sizes[-1] <= inner_steps
+        stream = [(e, tuple(b)) for s in steps for e, b in s.batches]
+        # the worker's own batches of every epoch, in order: what it trains without local steps
+        expected = [(e, tuple(b)) for e in range(epochs)
+                    for b in inner.batches(Unit(e, 23 * worker, 23 * (worker + 1)))]
+        assert stream == expected
+        for e, b in stream:
+            seen[e] += list(b)
+    for e in range(epochs):
+        assert sorted(seen[e]) == list(range(1000))
+
+
+def test_the_queue_holds_each_workers_outer_steps_up_to_max_steps_batches():
+    inner = EpochBatches(1000, 2, 22, seed=0)
+    plan = OuterSteps(inner, 4, 8)
+    assert plan.stretches == [12, 12]  # 4 epochs x 23 batches = 92 = 11 outer steps of 8 and one of 4
+    extent = queue_extent(plan, 4, None)
+    queue = WorkQueue(plan.stretches, chunk_batches=1, **extent)
+    assert queue.budget == 24
+    assert queue_extent(plan, 4, 20)["budgets"] == [3, 3]  # the steps that begin within 20 batches
+    unit = queue.lease(0, 0, 1)
+    assert plan.examples_by_epoch(unit) == {0: sum(len(b) for _, b in plan.batches(unit)[0].batches)}
+
+
+# ---- configuration ------------------------------------------------------------------------
+
+
+def job_config(**raw) -> JobConfig:
+    return build(JobConfig, raw, "job")
+
+
+def test_the_outer_optimizer_is_diloco_s_nesterov_under_bsp_and_delayed_nesterov_when_asynchronous():
+    bsp = job_config(local_steps={"inner_steps": 8}, consistency={"mode": "bsp"}, workers=3)
+    assert bsp.shard_optimizer == OptimizerConfig(name="sgd", lr=0.7, momentum=0.9, nesterov=True)
+    asp = job_config(local_steps={"inner_steps": 8}, consistency={"mode": "asp"}, workers=3)
+    assert asp.shard_optimizer == OptimizerConfig(name="delayed_nesterov", lr=0.35, momentum=0.9, period=3)
+    named = job_config(local_steps={"inner_steps": 8, "outer_optimizer": {"name": "sgd", "lr": 1.0}})
+    assert named.shard_optimizer == OptimizerConfig(name="sgd", lr=1.0)  # a named one keeps its own defaults
+    assert job_config(local_steps={"inner_steps": 8, "outer_optimizer": {"name": "delayed_nesterov"}},
+                      workers=4).shard_optimizer == OptimizerConfig(name="delayed_nesterov", lr=0.7, period=4)
+    assert job_config().shard_optimizer == job_config().optimizer  # without local steps: the job's own
+
+
+def test_the_schedule_and_overlap_follow_the_outer_steps():
+    config = job_config(local_steps={"inner_steps": 8}, consistency={"mode": "asp"})
+    assert config.schedule.name == "constant" and not config.overlaps  # DiLoCo keeps its outer lr constant
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(optimizer={"name": "sgd", "lr": 0.1}), "set those, not optimizer"),
+    (dict(overlap=True, consistency={"mode": "asp"}), "overlap: true does not apply with local_steps"),
+    (dict(local_steps={"inner_steps": 0}), "local_steps.inner_steps"),
+    (dict(local_steps={"inner_steps": 4, "inner_optimizer": {"name": "delayed_nesterov"}}), "is an outer optimizer"),
+    (dict(local_steps={"inner_steps": 4, "outer_optimizer": {"nesterov": True}}), "name auto takes lr and momentum"),
+])
+def test_settings_that_cannot_hold_under_local_steps_are_refused_by_name(kwargs, message):
+    local = kwargs.pop("local_steps", {"inner_steps": 4})
+    with pytest.raises(ConfigError, match=message):
+        job_config(local_steps=local, **kwargs)
+
+
+# ---- the outer optimizers -------------------------------------------------------------------
+
+
+def test_delayed_nesterov_with_period_1_is_torch_nesterov_sgd():
+    rng = np.random.default_rng(0)
+    params = rng.standard_normal(1000).astype(np.float32)
+    reference = torch.tensor(params.copy(), requires_grad=True)
+    ours = make_optimizer(OptimizerConfig(name="delayed_nesterov", lr=0.7, momentum=0.9, period=1), 1000)
+    theirs = torch.optim.SGD([reference], lr=0.7, momentum=0.9, nesterov=True, foreach=False)
+    for _ in range(6):
+        grad = rng.standard_normal(1000).astype(np.float32)
+        ours.step(params, grad, 0.7)
+        reference.grad = torch.tensor(grad)
+        theirs.step()
+    np.testing.assert_allclose(params, reference.detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_delayed_nesterov_moves_its_momentum_once_every_period_updates():
+    lr, beta, period = 0.5, 0.9, 3
+    opt = make_optimizer(OptimizerConfig(name="delayed_nesterov", lr=lr, momentum=beta, period=period), 4)
+    params = np.zeros(4, np.float32)
+    expected, momentum, since = np.zeros(4), np.zeros(4), np.zeros(4)
+    rng = np.random.default_rng(1)
+    for t in range(1, 8):
+        grad = rng.standard_normal(4).astype(np.float32)
+        opt.step(params, grad, lr)
+        since += grad
+        expected -= lr / period * grad  # every update: its own gradient, at lr / period
+        if t % period == 0:  # every period-th: the momentum takes the period's mean and is applied
+            momentum = beta * momentum + since / period
+            expected -= lr * beta * momentum
+            since[:] = 0
+        np.testing.assert_allclose(params, expected, rtol=1e-5, atol=1e-6)
+    state = opt.state_dict()
+    assert set(state) == {"name", "step", "momentum_buffer", "gradient_sum"}  # both are checkpointed
+
+
+def test_the_pseudo_gradient_is_where_the_outer_step_began_minus_where_the_inner_steps_reached():
+    torch.manual_seed(0)
+    model = mlp(in_features=4, hidden=(8,), num_classes=3)
+    flat = FlatParams(model)
+    inner = InnerSteps(flat, LocalStepsConfig().inner_optimizer)
+    inner.begin()
+    start = flat.params.clone()
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    for _ in range(3):
+        flat.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        inner.step()
+    reached = flat.params.clone()
+    pseudo = inner.pseudo_gradient()
+    np.testing.assert_array_equal(pseudo, (start - reached).numpy())
+    assert inner.steps == 3 and inner.outer_steps == 1 and inner.drift_sq > 0
+
+
+# ---- jobs ------------------------------------------------------------------------------------
+
+
+def run(tmp_path, runtime, **kwargs):
+    return Job(**kwargs).run(output=tmp_path / "run", progress=False, dashboard=False, report=False, runtime=runtime)
+
+
+@pytest.mark.parametrize("inner_steps", [1, 5])
+def test_one_worker_with_outer_sgd_at_lr_1_matches_a_plain_loop_with_the_inner_optimizer(in_process, tmp_path,
+                                                                                        inner_steps):
+    """The golden test: with lr 1 and no momentum the outer step puts the worker's parameters on the shards
+    as they are, so H inner steps and a push are H steps of one process (to float32 rounding: start -
+    (start - reached) is not always reached bit for bit)."""
+    seed, epochs, batch, lr = 3, 2, 64, 0.01
+    result = run(tmp_path, in_process, workers=1, servers=2, seed=seed, epochs=epochs, batch_size=batch,
+                 consistency={"mode": "bsp"}, local_steps={
+                     "inner_steps": inner_steps, "inner_optimizer": {"name": "adamw", "lr": lr, "weight_decay": 0.05},
+                     "outer_optimizer": {"name": "sgd", "lr": 1.0}})
+    torch.manual_seed(seed)
+    model = mlp()
+    train = resolve_data("rayps.worker.datasets:digits", seed=seed).train
+    sharder = EpochSharder(len(train), 1, batch, seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05, foreach=False)
+    for epoch in range(epochs):
+        for indices in sharder.batches(epoch, 0):
+            x, y = train.batch(indices)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    expected = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
+    total = epochs * sharder.batches_per_epoch
+    outer = -(-total // inner_steps)
+    assert result.summary["optimizer_steps"] == {"0": outer, "1": outer}
+    np.testing.assert_allclose(result.params, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["bsp", "asp", "ssp"])
+def test_two_workers_with_8_local_steps_train_digits_with_an_eighth_of_the_pushes(in_process, tmp_path, mode):
+    s = run(tmp_path, in_process, consistency={"mode": mode}, epochs=10, local_steps={"inner_steps": 8}).summary
+    assert s["test_accuracy"] >= 0.94, s
+    outer = sum(s["steps"].values())
+    assert outer == 2 * -(-10 * 23 // 8)  # each worker's 230 batches in outer steps of 8
+    assert s["pushes_applied"] == outer * s["servers"]  # one push per outer step, to each shard, applied once
+    assert s["examples_per_epoch"] == {str(e): 1437 for e in range(10)}
+    local = s["local_steps"]
+    assert local["inner_steps"] == 8 and local["outer_steps"] == outer and local["inner_steps_taken"] == 2 * 230
+    assert local["pseudo_gradient_rms"] > 0
+
+
+def test_local_steps_send_H_times_fewer_bytes_per_example(in_process, tmp_path):
+    plain = run(tmp_path / "plain", in_process, consistency={"mode": "bsp"}, epochs=2).summary
+    local = run(tmp_path / "local", in_process, consistency={"mode": "bsp"}, epochs=2,
+                local_steps={"inner_steps": 8}).summary
+    assert plain["samples"] == local["samples"] == 2 * 1437
+    ratio = plain["compression"]["bytes_per_example"] / local["compression"]["bytes_per_example"]
+    # 46 batches per worker: 6 pushes of 8 batches (the last of 6) instead of 46
+    assert ratio == pytest.approx(46 / 6, rel=0.02)
