@@ -227,7 +227,7 @@ class TrainContext:
         loss = self._loss if self._backwards else self._reported_loss()
         examples = len(self._indices)
         if self._outer is not None:  # local steps: every batch is an inner step; the outer step's last pushes
-            w._inner_step()
+            w._inner_step(examples, loss)
             self._outer_loss.append(loss)
             self.epoch = item.epoch
             if self._inner_left:

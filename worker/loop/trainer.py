@@ -411,18 +411,20 @@ class Worker:
             self._land()
         self.steps += 1
         self.samples += examples
-        self._pace.step(examples, loss)
+        if self.inner is None:  # under local steps each inner step counted itself: the target is the batches' loss
+            self._pace.step(examples, loss)
         self._record(time.monotonic() - waited, examples, loss)
 
     def _begin_outer(self) -> None:
         """An outer step begins from the parameters just pulled."""
         self.inner.begin()
 
-    def _inner_step(self) -> None:
+    def _inner_step(self, examples: int, loss: float) -> None:
         """One of an outer step's inner steps, with the batch's gradient (clipped first when asked)."""
         if self.plan.clip_grad_norm is not None:
             self.flat.clip_grad_norm(self.plan.clip_grad_norm)
         self.inner.step()
+        self._pace.step(examples, loss)  # the rate and the time to a target loss, per batch as without local steps
 
     def _reported(self, metrics: dict) -> None:
         """A loop's ``report``: to the dashboard's gauges and the job's history, a few times a second."""
@@ -544,8 +546,10 @@ class Worker:
     # ---- registering, recovering, leasing ----------------------------------------------
 
     def _planned_steps(self) -> int:
-        own = self.batches.stretches[self.plan.worker_id] if self.plan.worker_id < len(self.batches.stretches) else 0
-        per_worker = (own or max(self.batches.stretches)) * self.plan.epochs
+        """The batches this worker trains (under local steps too: the pace counts each inner step)."""
+        plan = getattr(self.batches, "inner", self.batches)  # an outer plan's batches are cut from its inner plan's
+        own = plan.stretches[self.plan.worker_id] if self.plan.worker_id < len(plan.stretches) else 0
+        per_worker = (own or max(plan.stretches)) * self.plan.epochs
         return per_worker if self.plan.max_steps is None else min(per_worker, self.plan.max_steps)
 
     def _sync(self) -> None:
