@@ -5,6 +5,7 @@
     psctl bench [--quick] [--output DIR] [--models small,large] [--transports shm,grpc,ray] [--modes asp,bsp,...] [--no-sparse] [--no-wire]
     psctl bench --cost
     psctl bench --nodes N [--link 10gbit,1gbit] [--steps S] [--layouts colocated,separate] [--models large] [--modes asp,bsp,...]
+    psctl bench --nodes N --link 1gbit,100mbit --local-steps 8,32 [--steps S] [--target-loss L]
     psctl export RUN_DIR [--trust] [--all] [--prune S] [--filter-prune KEEP] [--quantize] [--student MODULE:CALLABLE] [--config F]
     psctl serve [SERVE_YAML] [--host H] [--port P] [--size N] [--workers N] [--token-file F] [--set KEY=VALUE ...]
     psctl up CLUSTER_YAML [--dry-run] [--wait S]  /  psctl down CLUSTER_YAML
@@ -63,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
                        " (default: 10gbit,1gbit)")
     bench.add_argument("--layouts", help="with --nodes: comma-separated: colocated (a shard on each worker's node),"
                        " separate (every shard on a machine of its own); default: both")
+    bench.add_argument("--local-steps", help="with --nodes: comma-separated H values: only the rows of local steps"
+                       " (sync and async) against bsp, asp and DDP, time to a target loss and bytes per example")
+    bench.add_argument("--target-loss", type=float, help="with --local-steps: the training loss every row is timed"
+                       " to (default 1.0)")
     bench.add_argument("--cost", action="store_true", help="only the rows of how cost grows: a step's overhead"
                        " against shards and workers (1 to 8), one shard's pushes/s against clients (1 to 64)")
     bench.add_argument("--steps", type=int, help="steps per worker of every model row (default: each model's own)")
@@ -191,6 +196,16 @@ def _bench(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--{what}: unknown {n!r} (allowed: {', '.join(allowed)})")
         return names
 
+    if args.nodes is not None and args.local_steps:
+        from .bench.local import run_local_bench
+
+        out, rows = run_local_bench(args.nodes, listed(args.link, None, "link"),
+                                    [int(h) for h in listed(args.local_steps, None, "local-steps")], args.output,
+                                    command=shlex.join(["psctl", *args.argv]), steps=args.steps,
+                                    target_loss=args.target_loss)
+        print((out / "bench.md").read_text(), end="")
+        print(f"run directory: {out}")
+        return 0
     if args.nodes is not None:
         from .bench.cluster import LAYOUTS, run_cluster_bench
 

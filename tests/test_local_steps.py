@@ -73,7 +73,7 @@ def job_config(**raw) -> JobConfig:
 
 def test_the_outer_optimizer_is_diloco_s_nesterov_under_bsp_and_delayed_nesterov_when_asynchronous():
     bsp = job_config(local_steps={"inner_steps": 8}, consistency={"mode": "bsp"}, workers=3)
-    assert bsp.shard_optimizer == OptimizerConfig(name="sgd", lr=0.7, momentum=0.9, nesterov=True)
+    assert bsp.shard_optimizer == OptimizerConfig(name="sgd", lr=0.7, momentum=0.5, nesterov=True)
     asp = job_config(local_steps={"inner_steps": 8}, consistency={"mode": "asp"}, workers=3)
     assert asp.shard_optimizer == OptimizerConfig(name="delayed_nesterov", lr=0.35, momentum=0.9, period=3)
     named = job_config(local_steps={"inner_steps": 8, "outer_optimizer": {"name": "sgd", "lr": 1.0}})

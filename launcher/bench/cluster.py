@@ -102,7 +102,7 @@ def _sparse_rows(cluster: NamespaceCluster, link: str, workers: int, servers: in
         singles.append(sparse_bench.single_process(run.steps, run.table_rows))
         spec = {"sparse": True, "steps": run.steps, "rows": run.table_rows, "workers": workers, "servers": servers,
                 "output": str(out / f"sparse-{link.replace(' ', '').replace('/', '')}-try{attempt}")}
-        mine.append(_in_node0(cluster, spec, "the sparse row"))
+        mine.append(in_node0(cluster, spec, "the sparse row"))
     base, base_runs = sparse_bench.median_run(singles)
     result, runs = sparse_bench.median_run(mine)
     where = f"sparse, {link}, colocated"
@@ -121,7 +121,7 @@ def _sparse_rows(cluster: NamespaceCluster, link: str, workers: int, servers: in
     return [single, row]
 
 
-def _in_node0(cluster: NamespaceCluster, spec: dict, what: str) -> dict:
+def in_node0(cluster: NamespaceCluster, spec: dict, what: str) -> dict:
     """Run ``spec`` through ``_row_main`` inside node 0 (it joins the cluster's Ray there); its JSON result."""
     done = subprocess.run(cluster.command(0, [sys.executable, "-m", __name__, json.dumps(spec)]),
                           env=cluster.env(), capture_output=True, text=True, timeout=ROW_TIMEOUT_S)
@@ -159,7 +159,7 @@ def _rayps_row(cluster: NamespaceCluster, where: str, hidden, steps: int, mode: 
     name = f"{where.replace(', ', '-').replace(' ', '').replace('/', '')}-{mode.replace(' ', '')}-{codec}"
     spec = {"hidden": list(hidden), "steps": steps, "mode": mode, "compression": compression, "workers": workers,
             "servers": servers, "overlap": overlap, "output": str(out / (name + ("-overlap" if overlap else "")))}
-    result = _in_node0(cluster, spec, f"the rayps row {mode} {codec}")
+    result = in_node0(cluster, spec, f"the rayps row {mode} {codec}")
     system = f"rayps {mode}, grpc" + (", overlap" if overlap else "") + ("" if codec == "none" else f", {codec}")
     return Row("cluster", system, result["samples_per_s"], {"where": where, "wire": result["wire"],
                                                             "config": result["config"]})
@@ -168,22 +168,29 @@ def _rayps_row(cluster: NamespaceCluster, where: str, hidden, steps: int, mode: 
 def _ddp_row(cluster: NamespaceCluster, where: str, hidden, steps: int, worker_nodes: list[int],
              fp16: bool) -> Row:
     """DDP with one rank on each worker node, meeting on the first one's address over the shaped links."""
+    result = ddp_ranks(cluster, worker_nodes, {"hidden": list(hidden), "batch": BATCH, "lr": LR, "steps": steps,
+                                               "fp16": fp16})
+    config = peer_config("ddp fp16" if fp16 else "ddp", len(worker_nodes)) + ", one rank per node, tcp on the links"
+    return Row("cluster", DDP_FP16 if fp16 else DDP, result["samples_per_s"], {"where": where, "config": config})
+
+
+def ddp_ranks(cluster: NamespaceCluster, worker_nodes: list[int], spec: dict) -> dict:
+    """DDP ranks (launcher/bench/peers.py: ``rank_main`` takes ``spec``), one on each worker node, meeting on the
+    first one's address; what they measured together (``peers.summed``)."""
     world = len(worker_nodes)
     master = cluster.members[worker_nodes[0]].address
     with tempfile.TemporaryDirectory() as tmp:
         outs = [os.path.join(tmp, f"rank{r}.npy") for r in range(world)]
         procs = []
         for rank, node in enumerate(worker_nodes):
-            spec = {"rank": rank, "world": world, "hidden": list(hidden), "batch": BATCH, "lr": LR, "steps": steps,
-                    "init_method": f"tcp://{master}:{DDP_PORT}", "out": outs[rank], "fp16": fp16}
+            ranked = {**spec, "rank": rank, "world": world, "init_method": f"tcp://{master}:{DDP_PORT}",
+                      "out": outs[rank]}
             procs.append(subprocess.Popen(cluster.command(node, [sys.executable, "-m", peers.__name__,
-                                                                 json.dumps(spec)]), env=cluster.env()))
+                                                                 json.dumps(ranked)]), env=cluster.env()))
         codes = [p.wait(timeout=ROW_TIMEOUT_S) for p in procs]
         if any(codes):
             raise RuntimeError(f"a DDP rank failed: exit codes {codes}")
-        result = peers.summed([np.load(o) for o in outs])
-    config = peer_config("ddp fp16" if fp16 else "ddp", world) + ", one rank per node, tcp on the links"
-    return Row("cluster", DDP_FP16 if fp16 else DDP, result["samples_per_s"], {"where": where, "config": config})
+        return peers.summed([np.load(o) for o in outs])
 
 
 def cluster_table(rows: list[Row]) -> str:
@@ -231,9 +238,12 @@ def _row_main(argv: list[str]) -> None:
         return
     config = bench_job(tuple(spec["hidden"]), spec["steps"], MODES[spec["mode"]], transport="grpc",
                        compression=spec["compression"], workers=spec["workers"], servers=spec["servers"],
-                       **({"overlap": True} if spec["overlap"] else {}), **placed)
+                       **({"overlap": True} if spec["overlap"] else {}), **placed, **spec.get("job", {}))
     s = run_job(config, output=spec["output"], dashboard=False, report=False).summary
     print(json.dumps({"samples_per_s": s["steady_samples_per_s"], "wire": s.get("wire"),
+                      "time_to_target_s": s.get("time_to_target_s"), "test_accuracy": s.get("test_accuracy"),
+                      "bytes_per_example": s["compression"]["bytes_per_example"],
+                      "final_train_loss": s.get("final_train_loss"), "local_steps": s.get("local_steps"),
                       "shards_over_shm": s.get("shards_over_shm"),
                       "config": rayps_config(config, s["transport"]) + f", wire {s.get('wire')}"
                                 + _over_shm(s.get("shards_over_shm") or {})}), flush=True)

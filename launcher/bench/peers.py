@@ -69,7 +69,7 @@ def compute_seconds(model_fn, data_fn, batch: int, steps: int = 40, seed: int = 
 
 def _train_process(rank: int, world: int, model_fn, data_fn, batch: int, lr: float, steps: int, target,
                    communicate: bool, init_method: str | None, out: str, slow: dict, straggle, seed: int,
-                   compute_s: float | None, fp16: bool) -> None:
+                   compute_s: float | None, fp16: bool, optimizer: str = "sgd") -> None:
     """One DDP rank (or a ceiling process); ``init_method``: where the ranks meet (file:// on one machine,
     tcp:// between machines)."""
     torch.set_num_threads(1)
@@ -82,7 +82,7 @@ def _train_process(rank: int, world: int, model_fn, data_fn, batch: int, lr: flo
             from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
             model.register_comm_hook(None, default_hooks.fp16_compress_hook)
     (x, y), _ = data_fn()["train"], None
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    opt = (torch.optim.AdamW if optimizer == "adamw" else torch.optim.SGD)(model.parameters(), lr=lr)
     clock, rng = StepClock(steps, target), np.random.default_rng([seed, rank, 7])
     stream, held = _batches(x, y, rank, world, batch, seed), 0.0
     for _ in range(steps):
@@ -149,7 +149,7 @@ def rank_main(argv: list[str]) -> None:
     a = json.loads(argv[0])
     _train_process(a["rank"], a["world"], model_fn(a["hidden"]), synthetic_mnist, a["batch"], a["lr"], a["steps"],
                    a.get("target"), True, a["init_method"], a["out"], {}, None, a.get("seed", 0), None,
-                   a.get("fp16", False))
+                   a.get("fp16", False), a.get("optimizer", "sgd"))
 
 
 # ---- the Ray-docs-style parameter server ---------------------------------------------------

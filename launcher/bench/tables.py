@@ -27,7 +27,8 @@ from pathlib import Path
 
 #: Each table: the ``model`` of its rows (None: every row no other table takes, i.e. the models' speed rows).
 KINDS = {"speed": None, "transport": "transport", "stragglers": "stragglers", "sparse": "sparse",
-         "compression": "compression", "cluster": "cluster", "cluster_sparse": "sparse-cluster", "cost": "cost"}
+         "compression": "compression", "cluster": "cluster", "cluster_sparse": "sparse-cluster", "cost": "cost",
+         "local": "local"}
 MARKED = re.compile(r"(?P<begin><!-- bench-table: (?P<file>\S+) (?P<kind>\w+) -->\n)(?P<body>.*?)"
                     r"(?P<end><!-- /bench-table -->)", re.S)
 
@@ -75,6 +76,7 @@ def render(bench: Bench, kind: str) -> str:
     """One table of ``bench``, formatted as ``psctl bench`` prints it, then the sentence saying where it came from."""
     from .cluster import cluster_table
     from .cost import cost_table
+    from .local import local_table
     from .runner import straggler_table, table, transport_table
     from .sparse import sparse_table
     from .wire import wire_table
@@ -84,7 +86,7 @@ def render(bench: Bench, kind: str) -> str:
         raise ValueError(f"the bench file holds no {kind} rows")
     draw = {"speed": table, "transport": transport_table, "stragglers": straggler_table, "sparse": sparse_table,
             "compression": wire_table, "cluster": cluster_table, "cluster_sparse": sparse_table,
-            "cost": cost_table}[kind]
+            "cost": cost_table, "local": local_table}[kind]
     return f"{draw(rows)}\n\n{bench.provenance()}\n"
 
 

@@ -3,9 +3,9 @@
 With ``local_steps.inner_steps: H`` a worker trains H batches with an inner
 optimizer of its own (AdamW by default) and pushes its *pseudo-gradient*,
 the parameters it started from minus the parameters it reached. The shards
-apply the outer optimizer to it (Nesterov momentum SGD at lr 0.7, momentum
-0.9, as DiLoCo does) and the worker pulls the result and starts again from
-it. Every consistency mode applies to outer steps as it does to plain steps:
+apply the outer optimizer to it (Nesterov momentum SGD at DiLoCo's lr 0.7,
+momentum 0.5 by default) and the worker pulls the result and starts again
+from it. Every consistency mode applies to outer steps as it does to plain steps:
 bsp averages the workers' pseudo-gradients (sample-weighted, with a quorum
 for backup workers), asp and ssp apply each as it arrives (ssp's bound
 counts outer steps) and, left to ``auto``, use delayed Nesterov momentum.
@@ -49,21 +49,23 @@ class InnerOptimizerConfig(OptimizerConfig):
 
 @dataclass(frozen=True)
 class OuterOptimizerConfig(OptimizerConfig):
-    """What the shards apply to pseudo-gradients. ``auto``: Nesterov momentum SGD at lr 0.7 under bsp (DiLoCo's),
-    delayed Nesterov at lr 0.35 under asp and ssp (measured on the default job: docs/local-steps.md); momentum
-    0.9 either way. A named optimizer takes lr 0.7 and its own defaults unless set."""
+    """What the shards apply to pseudo-gradients. ``auto``: Nesterov momentum SGD at lr 0.7, momentum 0.5 under
+    bsp (DiLoCo's lr; its momentum, 0.9, left the small transformer 4 to 14 points short at H 8 and 32), and
+    delayed Nesterov at lr 0.35, momentum 0.9 under asp and ssp (docs/local-steps.md has the measurements). A
+    named optimizer takes lr 0.7 and its own defaults (momentum 0) unless set."""
 
     name: str = "auto"
     lr: float | None = None  # None: 0.7, or 0.35 for auto's asynchronous form
-    momentum: float | None = None  # None: 0.9 under auto, the named optimizer's own default (0) otherwise
+    momentum: float | None = None  # None: auto's (0.5 sync, 0.9 async), the named optimizer's own (0) otherwise
 
     def __post_init__(self) -> None:
-        if self.momentum is None:
-            object.__setattr__(self, "momentum", 0.9 if self.name == "auto" else 0.0)
+        if self.momentum is None and self.name != "auto":
+            object.__setattr__(self, "momentum", 0.0)
         if self.name == "auto":
             if self.lr is not None:
                 number(self.lr, "local_steps.outer_optimizer.lr", minimum=0, exclusive=True)
-            number(self.momentum, "local_steps.outer_optimizer.momentum", minimum=0)
+            if self.momentum is not None:
+                number(self.momentum, "local_steps.outer_optimizer.momentum", minimum=0)
             require(self.nesterov is False and self.period is None and self.weight_decay is None and
                     self.eps is None and self.initial_accumulator_value == 0,
                     "local_steps.outer_optimizer: name auto takes lr and momentum only; name the optimizer to set more")
@@ -77,9 +79,11 @@ class OuterOptimizerConfig(OptimizerConfig):
         if self.name == "auto":
             if gathers:
                 lr = 0.7 if self.lr is None else self.lr
-                return OptimizerConfig(name="sgd", lr=lr, momentum=self.momentum, nesterov=self.momentum > 0)
+                momentum = 0.5 if self.momentum is None else self.momentum
+                return OptimizerConfig(name="sgd", lr=lr, momentum=momentum, nesterov=momentum > 0)
             lr = 0.35 if self.lr is None else self.lr
-            return OptimizerConfig(name="delayed_nesterov", lr=lr, momentum=self.momentum, period=workers)
+            momentum = 0.9 if self.momentum is None else self.momentum
+            return OptimizerConfig(name="delayed_nesterov", lr=lr, momentum=momentum, period=workers)
         plain = OptimizerConfig(**{f: getattr(self, f) for f in OptimizerConfig.__dataclass_fields__})
         if plain.name == "delayed_nesterov" and plain.period is None:
             plain = replace(plain, period=workers)
