@@ -44,7 +44,7 @@ from .core.dense import DenseTable
 from .core.ledger import PushLedger
 from .core.metrics import ShardMetrics
 from .core.placement_info import rss_bytes
-from .core.optimizers import OptimizerConfig
+from .core.optimizers import OptimizerConfig, state_nbytes
 from .core.schedules import ScheduleConfig
 from .core.series import StepSeries
 from .core.step import MAX_AHEAD, MAX_CLOCK, Answer, Pulled, Step
@@ -76,14 +76,17 @@ class ParameterShard:
         codec: Codec | None = None,
         pull_codec: Codec | None = None,
         history_every: int = 0,
+        fragments: int = 1,
     ):
-        """``history_every``: a row of the job's counters every so many steps (every worker's; 0: none)."""
+        """``history_every``: a row of the job's counters every so many steps (every worker's; 0: none).
+        ``fragments``: each push carries one of this many fragments of the range, in turn by clock, and its
+        answer returns that fragment (streaming local steps; ``span``)."""
         self.shard_id = shard_id
         where = repr(self)
         self._metrics = ShardMetrics(shard_id, run_id)
         self._buffers = BufferTable(init_buffers, buffer_integer)
         self._dense = DenseTable(init_params, optimizer, schedule, consistency, total_updates, worker_ids,
-                                 self._buffers, self._metrics, where)
+                                 self._buffers, self._metrics, where, fragments)
         self._ledger = PushLedger(worker_ids)  # (worker, incarnation, seq) applied: exactly once
         self._changes = Changes(where)
         self._cut = CheckpointCut(self._changes)
@@ -102,8 +105,8 @@ class ParameterShard:
         self._started = time.monotonic()
         self._unflushed: Counter = Counter()  # pushes by outcome not yet sent to Ray's metrics
         self._next_flush = 0.0
-        self._memory_bytes = self._dense.params.nbytes + self._buffers.nbytes + sum(
-            v.nbytes for v in self._dense.optimizer.state_dict().values() if isinstance(v, np.ndarray))
+        self._memory_bytes = (self._dense.params.nbytes + self._buffers.nbytes
+                              + state_nbytes(self._dense.optimizer.state_dict()))
 
     def __repr__(self) -> str:  # the name Ray's dashboard shows for this actor
         return f"ps-shard-{self.shard_id}"
@@ -126,7 +129,12 @@ class ParameterShard:
         self.check_ahead(step.worker_id, step.ahead)
         outcome = await self.push(step)
         read = None if take is None else (lambda params: take(params, outcome))
-        return Answer(*await self.pull_for(step.worker_id, step.answers, read), outcome)
+        return Answer(*await self.pull_for(step.worker_id, step.answers, read, self.span(step.clock)), outcome)
+
+    def span(self, clock: int) -> tuple[int, int]:
+        """What of this shard's range the push of ``clock`` carries and its answer returns (``[lo, hi)``): all of
+        it, or with fragments one of them (ps/core/partition.py: ``fragment_span``)."""
+        return self._dense.span(clock)
 
     def check_ahead(self, worker_id: int, ahead: int) -> None:
         """Computing ahead only where the mode keeps its bound with it (a bsp round needs the worker's push),
@@ -161,7 +169,11 @@ class ParameterShard:
         grad = s.grad
         if is_blob(grad):  # a compressed push: float32 before any check or update
             grad = self._checked(self._decoder.grad, grad, self._dense.size)
-        self._checked(self._dense.check, grad)
+        lo, hi = self._dense.span(s.clock)
+        whole = grad is s.grad and isinstance(grad, np.ndarray) and grad.shape == (self._dense.size,)
+        if whole and hi - lo != grad.size:  # a fragment's push as a view of the whole range (shm): its part
+            grad = grad[lo:hi]
+        self._checked(self._dense.check, grad, s.clock)
         if s.buffers is not None:
             self._check_buffers(s.buffers)
         self._checked(self._check_header, s)
@@ -195,7 +207,7 @@ class ParameterShard:
         self._checked(self._check_counts, s)
         try:
             outcome = self._dense.push(worker, int(s.clock), grad, s.pulled_version, s.num_samples, s.buffers,
-                                       held=s.held and grad is s.grad)
+                                       held=s.held and (grad is s.grad or whole))
         except OutOfOrderError as e:  # a round not yet gathered: nothing was recorded
             raise self._refuse("out_of_order", e)
         self._ledger.record(worker, seq)
@@ -212,9 +224,11 @@ class ParameterShard:
             self._flush_metrics()
         return outcome
 
-    async def pull_for(self, worker_id: int, clock: int, take: Take | None = None) -> Pulled:
+    async def pull_for(self, worker_id: int, clock: int, take: Take | None = None,
+                       span: tuple[int, int] | None = None) -> Pulled:
         """The pull half: wait until ``worker_id`` may begin iteration ``clock`` (0: no wait); the parameters
-        as ``take`` read them, their version and the merged buffers (a copy; None where the shard holds none)."""
+        (``span`` of them: a push's fragment) as ``take`` read them, their version and the merged buffers (a
+        copy; None where the shard holds none)."""
         self.check_worker(worker_id)
         if clock > 0:
             self._check_pull_clock(self._dense.consistency, worker_id, clock, repr(self))
@@ -225,15 +239,16 @@ class ParameterShard:
                 self._metrics.wait_s.inc(waited, tags={"worker": str(worker_id)})
             if self._clocks.is_live(worker_id):
                 self._max_lead = max(self._max_lead, self._dense.consistency.lead(clock))
-        return self._answer(take)
+        return self._answer(take, span)
 
     async def pull(self) -> Pulled:
         """The current parameters, their version and merged buffers, for evaluation (no clock involved)."""
         return self._answer(None)
 
-    def _answer(self, take: Take | None) -> Pulled:
+    def _answer(self, take: Take | None, span: tuple[int, int] | None = None) -> Pulled:
+        values = self._dense.params if span is None else self._dense.params[span[0]:span[1]]
         # A copy by default: the buffer changes under the next update while Ray may still be serializing it.
-        params = self._dense.params.copy() if take is None else take(self._dense.params)
+        params = values.copy() if take is None else take(values)
         buffers = self._buffers.values.copy() if self._buffers.size else None
         return Pulled(params, self._dense.version, buffers)
 

@@ -18,6 +18,7 @@ from rayps.launcher import Job
 from rayps.launcher.job.config import JobConfig
 from rayps.settings import build
 from rayps.ps.core.optimizers import OptimizerConfig, make_optimizer
+from rayps.ps.core.partition import ShardRange, fragment_ranges, fragment_span
 from rayps.worker.data.sources import resolve_data
 from rayps.worker.loop.flat import FlatParams
 from rayps.worker.loop.local_steps import InnerSteps, LocalStepsConfig
@@ -151,9 +152,51 @@ def test_the_pseudo_gradient_is_where_the_outer_step_began_minus_where_the_inner
         torch.nn.functional.cross_entropy(model(x), y).backward()
         inner.step()
     reached = flat.params.clone()
-    pseudo = inner.pseudo_gradient()
+    pseudo = inner.pseudo_gradient([ShardRange(0, 0, flat.numel)])
     np.testing.assert_array_equal(pseudo, (start - reached).numpy())
     assert inner.steps == 3 and inner.outer_steps == 1 and inner.drift_sq > 0
+
+
+# ---- streaming: fragments ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size, fragments", [(10, 4), (7, 7), (1000, 3), (5, 1)])
+def test_the_fragments_of_a_range_take_turns_by_clock_and_cover_it_once(size, fragments):
+    spans = [fragment_span(size, fragments, clock) for clock in range(1, fragments + 1)]
+    assert spans[0][0] == 0 and spans[-1][1] == size
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # back to back: every value in one fragment
+    assert all(hi - lo in (size // fragments, -(-size // fragments)) for lo, hi in spans)
+    assert fragment_span(size, fragments, fragments + 1) == spans[0]  # then round again
+    assert fragment_span(size, fragments, 0) == (0, size)  # a registration pulls all of it
+    ranges = fragment_ranges([ShardRange(0, 0, size), ShardRange(1, size, 2 * size)], fragments, 2)
+    lo, hi = fragment_span(size, fragments, 2)
+    assert ranges == [ShardRange(0, lo, hi), ShardRange(1, size + lo, size + hi)]
+
+
+def test_a_shard_in_fragments_updates_and_answers_only_the_fragment_a_push_carries():
+    import asyncio
+
+    from rayps.ps.core.consistency import ConsistencyConfig
+    from rayps.ps.core.schedules import ScheduleConfig
+    from rayps.ps.core.step import Step
+    from rayps.ps.shard import ParameterShard
+
+    shard = ParameterShard(0, np.zeros(8, np.float32), [0], OptimizerConfig(name="adam", lr=0.1), ScheduleConfig(),
+                           ConsistencyConfig(mode="bsp"), fragments=2)
+    first = asyncio.run(shard.step(Step(0, 1, np.ones(4, np.float32), num_samples=1, seq=1)))
+    assert first.params.shape == (4,) and (first.params < 0).all()  # fragment 0: values 0..3, stepped
+    state = shard.state_dict()
+    assert (state["params"][4:] == 0).all()  # fragment 1 untouched by fragment 0's push
+    assert len(state["optimizer"]["fragments"]) == 2
+    restored = ParameterShard(0, np.zeros(8, np.float32), [0], OptimizerConfig(name="adam", lr=0.1),
+                              ScheduleConfig(), ConsistencyConfig(mode="bsp"), fragments=2)
+    restored.load_state_dict(state)  # a checkpoint holds each fragment's optimizer state
+    assert restored.state_dict()["optimizer"]["fragments"][0]["step"] == 1
+    second = asyncio.run(shard.step(Step(0, 2, np.ones(4, np.float32), num_samples=1, seq=2)))
+    # fragment 1's own Adam took its first step: the same size of step as fragment 0's first
+    np.testing.assert_allclose(second.params, first.params)
+    with pytest.raises(Exception, match=r"gradient shape must be \(4,\) \(fragment 0 of clock 3\)"):
+        asyncio.run(shard.step(Step(0, 3, np.ones(8, np.float32)[:3], num_samples=1, seq=3)))
 
 
 # ---- jobs ------------------------------------------------------------------------------------
@@ -163,17 +206,18 @@ def run(tmp_path, runtime, **kwargs):
     return Job(**kwargs).run(output=tmp_path / "run", progress=False, dashboard=False, report=False, runtime=runtime)
 
 
-@pytest.mark.parametrize("inner_steps", [1, 5])
+@pytest.mark.parametrize("inner_steps, fragments", [(1, 1), (5, 1), (8, 4)])
 def test_one_worker_with_outer_sgd_at_lr_1_matches_a_plain_loop_with_the_inner_optimizer(in_process, tmp_path,
-                                                                                        inner_steps):
+                                                                                        inner_steps, fragments):
     """The golden test: with lr 1 and no momentum the outer step puts the worker's parameters on the shards
     as they are, so H inner steps and a push are H steps of one process (to float32 rounding: start -
-    (start - reached) is not always reached bit for bit)."""
+    (start - reached) is not always reached bit for bit). Streaming (fragments) too: the job ends with
+    every fragment synced."""
     seed, epochs, batch, lr = 3, 2, 64, 0.01
     result = run(tmp_path, in_process, workers=1, servers=2, seed=seed, epochs=epochs, batch_size=batch,
                  consistency={"mode": "bsp"}, local_steps={
                      "inner_steps": inner_steps, "inner_optimizer": {"name": "adamw", "lr": lr, "weight_decay": 0.05},
-                     "outer_optimizer": {"name": "sgd", "lr": 1.0}})
+                     "outer_optimizer": {"name": "sgd", "lr": 1.0}, "fragments": fragments})
     torch.manual_seed(seed)
     model = mlp()
     train = resolve_data("rayps.worker.datasets:digits", seed=seed).train
@@ -187,8 +231,8 @@ def test_one_worker_with_outer_sgd_at_lr_1_matches_a_plain_loop_with_the_inner_o
             opt.step()
     expected = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
     total = epochs * sharder.batches_per_epoch
-    outer = -(-total // inner_steps)
-    assert result.summary["optimizer_steps"] == {"0": outer, "1": outer}
+    pushes = -(-total // (inner_steps // fragments)) + fragments - 1  # and one to sync each other fragment
+    assert result.summary["optimizer_steps"] == {"0": pushes, "1": pushes}
     np.testing.assert_allclose(result.params, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -214,3 +258,19 @@ def test_local_steps_send_H_times_fewer_bytes_per_example(in_process, tmp_path):
     ratio = plain["compression"]["bytes_per_example"] / local["compression"]["bytes_per_example"]
     # 46 batches per worker: 6 pushes of 8 batches (the last of 6) instead of 46
     assert ratio == pytest.approx(46 / 6, rel=0.02)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("transport, mode", [("shm", "bsp"), ("grpc", "bsp"), ("ray", "asp"), ("grpc", "ssp")])
+def test_streaming_fragments_train_digits_over_every_transport(in_process, tmp_path, transport, mode):
+    """Each push carries a quarter of every shard's range (and its answer that quarter): over shared memory,
+    gRPC and the object store the job trains, with a quarter of the bytes of a push per push."""
+    s = run(tmp_path, in_process, transport=transport, consistency={"mode": mode}, epochs=10,
+            local_steps={"inner_steps": 8, "fragments": 4}).summary
+    assert s["test_accuracy"] >= 0.94, s
+    pushes = 2 * (-(-230 // 2) + 3)  # 115 pushes of 2 batches each, and 3 to sync the other fragments at the end
+    assert sum(s["steps"].values()) == pushes and s["pushes_applied"] == pushes * s["servers"]
+    whole = run(tmp_path / "whole", in_process, transport=transport, consistency={"mode": mode}, epochs=1,
+                local_steps={"inner_steps": 8}).summary
+    assert s["compression"]["dense_bytes_per_step"] == pytest.approx(whole["compression"]["dense_bytes_per_step"]
+                                                                     / 4, rel=0.01)

@@ -182,6 +182,9 @@ class JobConfig:
         if is_pipeline_spec(self.data):  # files read in chunks: the data section is checked now, by key
             object.__setattr__(self, "data", data_config(self.data, "data"))
         object.__setattr__(self, "compression", compression_config(self.compression))
+        require(self.local_steps.fragments == 1 or self.compression.codec == "none",
+                f"local_steps.fragments ({self.local_steps.fragments}) with compression {self.compression.codec!r}:"
+                " the codecs encode whole ranges; streaming fragments travel as float32")
         number(self.servers, "servers", minimum=1, integer=True)
         number(self.workers, "workers", minimum=1, integer=True)
         number(self.batch_size, "batch_size", minimum=1, integer=True)

@@ -214,7 +214,7 @@ def prepare(config: JobConfig, output: str | Path | None, dashboard: bool) -> Pl
         raise ConfigError("local_steps: the model has rayps.Embedding tables, whose rows are pulled and pushed"
                           " every batch; local steps train dense models only")
     batches = job_plan(splits.train, config.workers, config.batch_size, config.seed, config.epochs,
-                       local.inner_steps)
+                       local.batches_per_push)
     extent_of = queue_extent(batches, config.epochs, config.max_steps)
     # Data read in chunks: a unit is one chunk by default (its ends cut the units), so no chunk is read twice.
     # Outer steps: two units per worker per epoch's worth of them, as for batches.
@@ -275,7 +275,8 @@ def start(run: Run, on_start: Callable[[str], None] | None) -> None:
             init_buffers[b.lo:b.hi], integer[b.lo:b.hi]), dict(
             audit=config.debug.audit, checkpoints=ckpt_root, tables=plan.tables, num_shards=config.servers,
             codec=config.compression.make_codec(), pull_codec=Codec(config.compression.pull),
-            history_every=plan.history_every), dict(
+            history_every=plan.history_every,
+            fragments=config.local_steps.fragments if config.local_steps.enabled else 1), dict(
             **server_options(config, r.shard_id, namespace),
             max_restarts=config.fault.max_restarts if config.checkpoint.enabled else 0))
         for r, b in zip(plan.ranges, plan.buffer_ranges)

@@ -20,17 +20,21 @@ from ...protos.layout import DTYPE, all_finite
 from .buffers import BufferTable
 from .consistency import Consistency, ConsistencyConfig
 from .metrics import ShardMetrics
-from .optimizers import BLOCK as SUM_BLOCK, OptimizerConfig, make_optimizer
+from .optimizers import BLOCK as SUM_BLOCK, FragmentOptimizers, OptimizerConfig, make_optimizer
+from .partition import fragment_span
 from .schedules import ScheduleConfig, make_schedule
 
 
 class DenseTable:
     def __init__(self, params: np.ndarray, optimizer: OptimizerConfig, schedule: ScheduleConfig,
                  consistency: ConsistencyConfig, total_updates: int | None, worker_ids, buffers: BufferTable,
-                 metrics: ShardMetrics, where: str):
+                 metrics: ShardMetrics, where: str, fragments: int = 1):
+        """``fragments``: the model is synced in this many fragments (streaming local steps), the push of each
+        clock carrying one (``span``); each fragment has its own optimizer state."""
         self.where = where
         self.params = np.array(params, dtype=DTYPE, copy=True).reshape(-1)
-        self.optimizer = make_optimizer(optimizer, self.params.size)
+        self.fragments = fragments
+        self.optimizer = self._make_optimizer(optimizer)
         self.schedule = make_schedule(schedule, optimizer.lr, total_updates)
         self.consistency = Consistency(consistency, worker_ids, where)
         self.buffers = buffers
@@ -47,14 +51,27 @@ class DenseTable:
     def size(self) -> int:
         return int(self.params.size)
 
-    def check(self, grad: object) -> None:
-        """Refuse a malformed gradient before it touches any state (InputError, its reason counted)."""
+    def _make_optimizer(self, config: OptimizerConfig):
+        if self.fragments == 1:
+            return make_optimizer(config, self.size)
+        return FragmentOptimizers(config, [fragment_span(self.size, self.fragments, c)
+                                           for c in range(1, self.fragments + 1)])
+
+    def span(self, clock: int) -> tuple[int, int]:
+        """What of this range the push of ``clock`` carries and its answer returns: all of it, or one fragment."""
+        return fragment_span(self.size, self.fragments, clock)
+
+    def check(self, grad: object, clock: int = 0) -> None:
+        """Refuse a malformed gradient for the push of ``clock`` before it touches any state (InputError, its
+        reason counted)."""
         if not isinstance(grad, np.ndarray):
             raise InputError(f"{self.where}: gradient must be a numpy array, got {type(grad).__name__}", "type")
         if grad.dtype != DTYPE:
             raise InputError(f"{self.where}: gradient dtype must be {DTYPE}, got {grad.dtype}", "dtype")
-        if grad.shape != self.params.shape:
-            raise InputError(f"{self.where}: gradient shape must be {self.params.shape}, got {grad.shape}", "shape")
+        lo, hi = self.span(clock)
+        if grad.shape != (hi - lo,):
+            part = "" if self.fragments == 1 else f" (fragment {(clock - 1) % self.fragments} of clock {clock})"
+            raise InputError(f"{self.where}: gradient shape must be {(hi - lo,)}{part}, got {grad.shape}", "shape")
         if not all_finite(grad):
             bad = int(np.count_nonzero(~np.isfinite(grad)))  # only on the way out: the count costs a pass
             raise InputError(f"{self.where}: gradient holds {bad} NaN or Inf values; gradients must be finite",
@@ -75,7 +92,7 @@ class DenseTable:
             self.dropped += 1
             return "stale"
         if action == "apply":
-            self._apply(grad, [self.version - int(pulled_version)])
+            self._apply(grad, [self.version - int(pulled_version)], self.span(clock))
             if buffers is not None:
                 self.buffers.report(worker_id, buffers, int(num_samples))
                 self.buffers.merge()
@@ -83,6 +100,7 @@ class DenseTable:
 
     def step_round(self) -> None:
         """Step once with a complete round's sample-weighted mean gradient (nothing while it is incomplete)."""
+        clock = self.consistency.round_clock
         taken = self.consistency.take_round()
         if taken is None:
             return
@@ -95,7 +113,7 @@ class DenseTable:
             # mean, as the buffers do: dividing by 0 here once lost the round after it was taken.
             weights = [np.float32(r["num_samples"] / total if total else 1 / len(pending)) for r in pending]
             mean = self._weighted_sum([r["grad"] for r in pending], weights)
-        self._apply(mean, [self.version - r["pulled_version"] for r in pending])
+        self._apply(mean, [self.version - r["pulled_version"] for r in pending], self.span(clock))
         # The round's buffers become visible with its step, so a pull for the next clock sees exactly
         # this round's reports, whoever pushes next.
         for w, r in taken:
@@ -108,18 +126,24 @@ class DenseTable:
         in the same order, as summing ``g * w`` from zeros."""
         if self._mean is None:
             self._mean, self._term = np.empty_like(self.params), np.empty(min(self.size, SUM_BLOCK), DTYPE)
-        mean = self._mean
-        for lo in range(0, self.size, SUM_BLOCK):
-            hi = min(lo + SUM_BLOCK, self.size)
+        size = grads[0].size  # the range, or a fragment of it
+        mean = self._mean[:size]
+        for lo in range(0, size, SUM_BLOCK):
+            hi = min(lo + SUM_BLOCK, size)
             out, term = mean[lo:hi], self._term[:hi - lo]
             np.multiply(grads[0][lo:hi], weights[0], out=out)
             for g, w in zip(grads[1:], weights[1:]):
                 out += np.multiply(g[lo:hi], w, out=term)
         return mean
 
-    def _apply(self, grad: np.ndarray, staleness: list[int]) -> None:
-        """One optimizer step with ``grad``, made of pushes of the given staleness."""
-        self.optimizer.step(self.params, grad, self.consistency.lr(self.schedule(self.version), staleness))
+    def _apply(self, grad: np.ndarray, staleness: list[int], span: tuple[int, int]) -> None:
+        """One optimizer step with ``grad`` on the values ``span`` (all, or a fragment), made of pushes of the
+        given staleness."""
+        lr = self.consistency.lr(self.schedule(self.version), staleness)
+        if self.fragments == 1:
+            self.optimizer.step(self.params, grad, lr)
+        else:
+            self.optimizer.step(self.params[span[0]:span[1]], grad, lr, span[0])
         self.version += 1
         self.unflushed_updates += 1
         for tau in staleness:
@@ -144,12 +168,13 @@ class DenseTable:
             shown = getattr(params, "shape", type(params).__name__)
             raise ShapeError(f"{self.where}: state parameters ({shown}) must be {DTYPE} of shape {self.params.shape}")
         for w, r in state["round"].items():
-            if r["grad"].shape != self.params.shape:
+            lo, hi = self.span(int(state["round_clock"]))
+            if r["grad"].shape != (hi - lo,):
                 raise ShapeError(f"{self.where}: the gathered gradient of worker {w} has shape {r['grad'].shape}")
 
     def load_state_dict(self, state: dict, counters: dict) -> None:
         """Restore a checked ``state_dict()`` and ``counters()`` (``check_state`` first)."""
-        optimizer = make_optimizer(self.optimizer.config, self.params.size)
+        optimizer = self._make_optimizer(self.optimizer.config)
         optimizer.load_state_dict(state["optimizer"])  # each part checks itself on a copy first
         consistency = Consistency(self.consistency.config, [], self.where)
         consistency.load_state_dict(state)

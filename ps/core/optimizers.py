@@ -384,3 +384,40 @@ def make_optimizer(config: OptimizerConfig, size: int) -> ServerOptimizer:
     """The optimizer ``config.name`` names, with state for ``size`` parameters."""
     return _CLASSES[config.name](config, size)
 
+
+
+class FragmentOptimizers:
+    """One optimizer per fragment of a range (streaming local steps: ps/core/partition.py, ``fragment_span``):
+    each fragment is updated on its own pushes only, so a rule that counts its steps (Adam's bias correction,
+    delayed Nesterov's period) counts that fragment's."""
+
+    def __init__(self, config: OptimizerConfig, spans: list[tuple[int, int]]) -> None:
+        self.config = config
+        self.spans = spans
+        self.parts = [make_optimizer(config, hi - lo) for lo, hi in spans]
+
+    def step(self, params: np.ndarray, grad: np.ndarray, lr: float, lo: int = 0) -> None:
+        """Update ``params`` (the fragment beginning at ``lo``) in place."""
+        self.parts[[s[0] for s in self.spans].index(lo)].step(params, grad, lr)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"name": self.config.name, "fragments": [p.state_dict() for p in self.parts]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        parts = state.get("fragments")
+        if not isinstance(parts, list) or len(parts) != len(self.parts):
+            shown = len(parts) if isinstance(parts, list) else parts
+            raise ShapeError(f"optimizer state holds {shown!r} fragments; this optimizer has {len(self.parts)}")
+        for part, saved in zip(self.parts, parts):
+            part.load_state_dict(saved)
+
+
+def state_nbytes(state: Any) -> int:
+    """The bytes of the arrays in an optimizer's ``state_dict()``."""
+    if isinstance(state, np.ndarray):
+        return state.nbytes
+    if isinstance(state, dict):
+        return sum(state_nbytes(v) for v in state.values())
+    if isinstance(state, list):
+        return sum(state_nbytes(v) for v in state)
+    return 0

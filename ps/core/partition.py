@@ -57,3 +57,24 @@ def buffer_ranges_or_none(buffer_ranges: Sequence[ShardRange] | None, ranges: Se
 def buffer_slices(values, ranges: Sequence[ShardRange]) -> list:
     """Each shard's slice of ``values`` (model buffers), or None where it holds none or nothing is sent."""
     return [None if values is None or r.size == 0 else values[r.lo:r.hi] for r in ranges]
+
+
+def fragment_span(size: int, fragments: int, clock: int) -> tuple[int, int]:
+    """The part ``[lo, hi)`` of a shard's ``size`` values that the push of ``clock`` carries when the model is
+    synced in ``fragments`` fragments (streaming local steps): the ``(clock - 1) % fragments``-th of that many
+    near-equal parts. Every shard's part p together is fragment p of the model, so each push reaches every
+    shard (one clock, one seq everywhere) with a fragment's worth of values. With 1 fragment, or for no
+    clock (a registration, an evaluation), all of it."""
+    if fragments <= 1 or clock <= 0:
+        return 0, size
+    part = (clock - 1) % fragments
+    return size * part // fragments, size * (part + 1) // fragments
+
+
+def fragment_ranges(ranges: Sequence[ShardRange], fragments: int, clock: int) -> list[ShardRange]:
+    """Each shard's range narrowed to what the push of ``clock`` carries (``fragment_span``), in flat positions."""
+    out = []
+    for r in ranges:
+        lo, hi = fragment_span(r.size, fragments, clock)
+        out.append(ShardRange(r.shard_id, r.lo + lo, r.lo + hi))
+    return out

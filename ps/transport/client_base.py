@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from ...errors import ConfigError, ShapeError
-from ..core.partition import ShardRange, buffer_ranges_or_none, buffer_slices
+from ..core.partition import ShardRange, buffer_ranges_or_none, buffer_slices, fragment_ranges
 from ..core.step import Step
 from .contract import Encoded, Pending
 
@@ -34,6 +34,9 @@ class ShardClientBase:
         self.ranges = list(ranges)
         self.buffer_ranges = buffer_ranges_or_none(buffer_ranges, ranges)
         self.versions = [0] * len(ranges)  # the version of each slice we hold: what a push is stale against
+        # streaming local steps: each push carries one of this many fragments of every shard's range, in turn
+        # by clock, and its answer that fragment (ps/core/partition.py: fragment_ranges); the worker sets it
+        self.fragments = 1
 
     # ---- the contract's shared half (ps/transport/contract.py) ---------------------------
 
@@ -72,26 +75,34 @@ class ShardClientBase:
         self.base = clock - max(q for _, q in positions)
         return clock
 
+    def ranges_at(self, clock: int) -> list[ShardRange]:
+        """What of each shard's range the push of ``clock`` carries and its answer returns (0: a registration,
+        all of it)."""
+        return self.ranges if self.fragments == 1 else fragment_ranges(self.ranges, self.fragments, clock)
+
     def steps(self, clock: int, grads, num_samples: int, loss: float, buffers: np.ndarray | None = None,
               ahead: int = 0) -> list[Step]:
         """Iteration ``clock`` as one Step per shard (slices are views: send or copy them before returning)."""
         seq = clock - self.base
         return [Step(self.worker_id, clock, payload, self.versions[i], num_samples, loss, b, ahead,
                      self.incarnation, seq)
-                for i, (payload, b) in enumerate(zip(self.payloads(grads), buffer_slices(buffers, self.buffer_ranges)))]
+                for i, (payload, b) in enumerate(zip(self.payloads(grads, clock),
+                                                     buffer_slices(buffers, self.buffer_ranges)))]
 
-    def payloads(self, grads) -> list[np.ndarray]:
-        """What each shard is sent of a gradient: its float32 slice, or its blob when compressed (Encoded)."""
+    def payloads(self, grads, clock: int = 0) -> list[np.ndarray]:
+        """What each shard is sent of a gradient: its float32 slice (of the push of ``clock``: a fragment of it
+        when the model syncs in fragments), or its blob when compressed (Encoded)."""
         if isinstance(grads, Encoded):
             if len(grads.blobs) != len(self.ranges):
                 raise ShapeError(f"{len(grads.blobs)} compressed blobs for {len(self.ranges)} shards")
             return list(grads.blobs)
-        return [grads[r.lo:r.hi] for r in self.ranges]
+        return [grads[r.lo:r.hi] for r in self.ranges_at(clock)]
 
     def receive(self, i: int, params: np.ndarray | None, version: int, buffers: np.ndarray | None,
-                params_out: np.ndarray, buffers_out: np.ndarray | None) -> None:
-        """Shard ``i``'s answer into the caller's slices (``params`` None: already written in place)."""
-        r, b = self.ranges[i], self.buffer_ranges[i]
+                params_out: np.ndarray, buffers_out: np.ndarray | None, clock: int = 0) -> None:
+        """Shard ``i``'s answer (to the push of ``clock``; 0: a registration) into the caller's slices
+        (``params`` None: already written in place)."""
+        r, b = self.ranges_at(clock)[i], self.buffer_ranges[i]
         if params is not None:
             params_out[r.lo:r.hi] = params
         self.versions[i] = version

@@ -259,9 +259,11 @@ class GrpcShardClient(ShardClientBase):
                                for i, reply in enumerate(replies)))
         return self.carry_on([(reply.clock, reply.seq) for reply in replies])
 
-    def _receivers(self, i: int, params_out: np.ndarray, buffers_out: np.ndarray | None) -> list[Assembler]:
-        """What shard ``i``'s pull answer is assembled into: its parameter slice, then its buffer slice."""
-        r, b = self.ranges[i], self.buffer_ranges[i]
+    def _receivers(self, i: int, params_out: np.ndarray, buffers_out: np.ndarray | None,
+                   clock: int = 0) -> list[Assembler]:
+        """What shard ``i``'s answer (to the push of ``clock``; 0: a pull of all of it) is assembled into: its
+        parameter slice (a push's fragment of it), then its buffer slice."""
+        r, b = self.ranges_at(clock)[i], self.buffer_ranges[i]
         receivers = [Assembler(TENSOR, r.size, params_out[r.lo:r.hi]) if self._pull_codec.lossless
                      else _Decoding(TENSOR, self._pull_codec, params_out[r.lo:r.hi])]
         if b.size:
@@ -293,7 +295,7 @@ class GrpcShardClient(ShardClientBase):
             self._ended[i] = _FirstStatus(self._streams[i])
         stream, ended = self._streams[i], self._ended[i]
         try:
-            await _within(self._exchange(stream, i, encoded, self._receivers(i, params_out, buffers_out)),
+            await _within(self._exchange(stream, i, encoded, self._receivers(i, params_out, buffers_out, clock)),
                           self._timeout_s)
         except BaseException as e:
             try:

@@ -135,8 +135,10 @@ class ShardServicer:
                 if chunk.dtype == "uint8":  # a compressed gradient: the codec's blob, of its fixed size
                     if assembler is None or assembler.wire != BLOB_DTYPE:
                         assembler = Assembler(TENSOR, self.shard.grad_wire_nbytes(), wire=BLOB_DTYPE)
-                elif assembler is None or assembler.wire == BLOB_DTYPE:
-                    assembler = Assembler(TENSOR, self.shard.size)
+                else:  # the range, or the fragment of it a streaming push of this clock carries
+                    lo, hi = self.shard.span(chunk.clock)
+                    if assembler is None or assembler.wire == BLOB_DTYPE or assembler.size != hi - lo:
+                        assembler = Assembler(TENSOR, hi - lo)
                 assembler.reset()
             if assembler.add(chunk):
                 break

@@ -90,6 +90,16 @@ class NodeLocalClient:
     def clients(self):
         return (self.local, self.remote)
 
+    @property
+    def fragments(self) -> int:
+        """Streaming local steps: each push carries one of this many fragments (ps/transport/client_base.py)."""
+        return self.local.fragments
+
+    @fragments.setter
+    def fragments(self, count: int) -> None:
+        for client in self.clients:
+            client.fragments = count
+
     def _split(self, per_shard) -> tuple[list, list]:
         return tuple([per_shard[i] for i in ids] for ids in (self.local_ids, self.remote_ids))
 

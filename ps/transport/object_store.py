@@ -66,7 +66,7 @@ class ShardClient(ShardClientBase):
         """Push the gradient of iteration ``clock`` (and the model's buffers); receive on ``wait()``."""
         refs = [shard.step.remote(step) for shard, step in
                 zip(self._shards, self.steps(clock, grads, num_samples, loss, buffers, ahead))]
-        return Pending(lambda: self._receive_all(self._get(refs), params_out, buffers_out))
+        return Pending(lambda: self._receive_all(self._get(refs), params_out, buffers_out, clock))
 
     def sparse_pull(self, table: str, ids_per_shard: list[np.ndarray], clock: int) -> list[np.ndarray | None]:
         """Each shard's rows of ``table`` for its ids (None where it was asked none), all at once."""
@@ -89,6 +89,7 @@ class ShardClient(ShardClientBase):
         """Leave every shard's clock table, so no one waits for this worker."""
         self._get([s.finish.remote(self.worker_id, self.incarnation) for s in self._shards])
 
-    def _receive_all(self, answers: list, params_out: np.ndarray, buffers_out: np.ndarray | None) -> None:
+    def _receive_all(self, answers: list, params_out: np.ndarray, buffers_out: np.ndarray | None,
+                     clock: int = 0) -> None:
         for i, answer in enumerate(answers):
-            self.receive(i, answer.params, answer.version, answer.buffers, params_out, buffers_out)
+            self.receive(i, answer.params, answer.version, answer.buffers, params_out, buffers_out, clock)

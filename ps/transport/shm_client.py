@@ -314,12 +314,13 @@ class ShmShardClient(ShardClientBase):
                 link.blob[:step.grad.size] = step.grad
                 flags = COMPRESSED
             elif segment is not None:
-                r = self.ranges[i]
+                r = self.ranges_at(clock)[i]
                 if not _same(grads, segment.grad):
                     segment.grad[r.lo:r.hi] = step.grad
                 flags = 0
-            else:
-                link.grad[:] = step.grad
+            else:  # the slot holds the shard's whole range; a fragment's push fills its part
+                at = self.ranges_at(clock)[i].lo - self.ranges[i].lo
+                link.grad[at:at + step.grad.size] = step.grad
                 flags = 0
             flags |= self._flags
             if step.buffers is not None:
@@ -327,7 +328,7 @@ class ShmShardClient(ShardClientBase):
                 flags |= BUFFERS_FOLLOW  # beside COMPRESSED, when the push is a blob
             link.send(PUSH_PULL, self.worker_id, clock, step.pulled_version, num_samples, loss, ahead, flags,
                       self.incarnation, step.seq)
-        return Pending(lambda: self._collect(params_out, buffers_out, f"step {clock}"))
+        return Pending(lambda: self._collect(params_out, buffers_out, f"step {clock}", clock))
 
     def _sparse(self) -> list[_SparseLink]:
         if not self._sparse_links:
@@ -422,19 +423,21 @@ class ShmShardClient(ShardClientBase):
             link.close()
         self._links, self._sparse_links, self._sparse_pending = [], [], None
 
-    def _collect(self, params_out: np.ndarray, buffers_out: np.ndarray | None, what: str) -> None:
+    def _collect(self, params_out: np.ndarray, buffers_out: np.ndarray | None, what: str, clock: int = 0) -> None:
         errors = []
         answers = None if self._segment is None else self._segment.answers
         in_place = answers is not None and _same(params_out, answers)  # the shards' answer lies there already
+        ranges = self.ranges_at(clock)  # a push's fragment of each range, or all of it
         for i, link in enumerate(self._links):
             try:  # read every reply, so no stale one is left on a socket for the next step
                 version = link.receive(what)
             except TransportError as e:
                 errors.append(e)
                 continue
-            r = self.ranges[i]
-            answer = None if in_place else answers[r.lo:r.hi] if answers is not None else link.params
-            self.receive(i, answer, version, link.buffers_out, params_out, buffers_out)
+            r, at = ranges[i], ranges[i].lo - self.ranges[i].lo
+            answer = None if in_place else answers[r.lo:r.hi] if answers is not None \
+                else link.params[at:at + r.size]
+            self.receive(i, answer, version, link.buffers_out, params_out, buffers_out, clock)
         if errors:
             raise errors[0]
 

@@ -290,7 +290,10 @@ class ShmShardServer:
                       grad, params, buffers_in, buffers_out) -> bytes:
         def into_slot(values: np.ndarray, outcome: str | None = None) -> None:
             if not flags & PUBLISHED:  # else the worker reads them where they lie
-                params[:] = values  # in the shard's turn that reads them: the snapshot this reply answers with
+                # in the shard's turn that reads them: the snapshot this reply answers with; a push's answer
+                # is its fragment of the range (all of it without fragments), a registration all of it
+                lo = self.shard.span(clock)[0] if op == PUSH_PULL else 0
+                params[lo:lo + values.size] = values
 
         if flags & PUBLISHED and not self.shard.publishes_in_place:  # only where nobody writes them meanwhile
             raise self._refuse("published", InputError(

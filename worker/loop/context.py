@@ -271,7 +271,6 @@ class TrainContext:
             self._outer, self._inner_left = None, 0
             yield from self._batch_items(indices, None)
             return
-        self._w._begin_outer()
         self._outer, self._outer_loss = indices, []
         for k, (epoch, batch) in enumerate(indices.batches):
             self._inner_left = len(indices.batches) - 1 - k

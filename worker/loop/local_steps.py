@@ -94,13 +94,24 @@ class OuterOptimizerConfig(OptimizerConfig):
 class LocalStepsConfig:
     """``local_steps``: off unless ``inner_steps`` is set."""
 
-    inner_steps: int | None = None  # H: batches a worker trains between two pushes
+    inner_steps: int | None = None  # H: batches a worker trains between two syncs of each parameter
     inner_optimizer: InnerOptimizerConfig = field(default_factory=InnerOptimizerConfig)
     outer_optimizer: OuterOptimizerConfig = field(default_factory=OuterOptimizerConfig)
+    # streaming: the model synced in this many fragments in turn, one push every H / fragments batches
+    fragments: int = 1
 
     def __post_init__(self) -> None:
         if self.inner_steps is not None:
             number(self.inner_steps, "local_steps.inner_steps", minimum=1, integer=True)
+        number(self.fragments, "local_steps.fragments", minimum=1, integer=True)
+        if self.inner_steps is not None:
+            require(self.fragments <= self.inner_steps, f"local_steps.fragments ({self.fragments}) must not exceed"
+                    f" inner_steps ({self.inner_steps}): each fragment's push comes after at least one batch")
+
+    @property
+    def batches_per_push(self) -> int | None:
+        """Batches between two pushes: H, or with fragments H / fragments (rounded up)."""
+        return None if self.inner_steps is None else -(-self.inner_steps // self.fragments)
 
     @property
     def enabled(self) -> bool:
@@ -126,11 +137,12 @@ def torch_optimizer(config: OptimizerConfig, params: list[torch.Tensor]) -> torc
 
 
 class InnerSteps:
-    """A worker's inner optimizer over its flat parameters, and where its current outer step began.
+    """A worker's inner optimizer over its flat parameters, and where each parameter's outer step began.
 
-    ``begin`` marks the parameters an outer step starts from (what was pulled); ``step`` takes one inner
-    step with the gradient in the flat buffer; ``pseudo_gradient`` writes start minus now into the gradient
-    buffer, which the push then sends as it sends any gradient.
+    ``begin`` marks every parameter's start (a registration: what was pulled); ``step`` takes one inner step
+    with the gradient in the flat buffer; ``pseudo_gradient`` writes start minus now into the gradient buffer,
+    which the push sends (all of it, or with fragments the fragment the push carries); ``synced`` marks the
+    new start of what the push's answer brought back.
     """
 
     def __init__(self, flat, config: OptimizerConfig):
@@ -159,9 +171,15 @@ class InnerSteps:
         return self._optimizer
 
     def begin(self) -> None:
-        """The parameters in the flat buffer are the outer step's start (just pulled)."""
+        """Every parameter in the flat buffer is where its outer step starts (just pulled at registration)."""
         self._bind()
         self._start.copy_(self.flat.params)
+
+    def synced(self, ranges) -> None:
+        """The push's answer landed in ``ranges`` (ShardRanges of flat positions): they start afresh there."""
+        params = self.flat.params
+        for r in ranges:
+            self._start[r.lo:r.hi].copy_(params[r.lo:r.hi])
 
     def step(self) -> None:
         """One inner step with the flat buffer's gradient (already unscaled and clipped)."""
@@ -172,10 +190,10 @@ class InnerSteps:
         self.flat.params_received(counters=False)  # low-precision copies follow their float32 masters
         self.steps += 1
 
-    def pseudo_gradient(self) -> np.ndarray:
-        """start - now, in the flat gradient buffer, as the host array a push sends."""
+    def pseudo_gradient(self, ranges) -> np.ndarray:
+        """start - now, in the flat gradient buffer, as the host array a push sends of it ``ranges``."""
         flat = self.flat
         torch.sub(self._start, flat.params, out=flat.grads)
-        self.drift_sq += float(torch.dot(flat.grads, flat.grads))
+        self.drift_sq += sum(float(torch.dot(flat.grads[r.lo:r.hi], flat.grads[r.lo:r.hi])) for r in ranges)
         self.outer_steps += 1
         return flat.host_grads()

@@ -57,6 +57,7 @@ from .context import TrainContext, autocast_forward, builtin_loop, run_loop
 from ..queue.coordinator import RESYNC, STOP, WorkCoordinator
 from ...protos.compression import FP16_MAX
 from ...ps.compression.encoding import CompressionConfig, CompressionStats, GradCompressor, RowCompressor
+from ...ps.core.partition import fragment_ranges
 from ...ps.sparse.client import SparseRows
 from ..data.sources import DataSource
 from .embedding import bind, forget_rows, row_grads, sparse_tables
@@ -192,7 +193,7 @@ class Worker:
         self.train = train
         local = plan.local_steps
         self.batches = job_plan(train, plan.num_workers, plan.batch_size, plan.seed, plan.epochs,
-                                local.inner_steps if local is not None else None)
+                                local.batches_per_push if local is not None else None)
         if work is None:
             chunk = default_chunk_batches(self.batches.per_epoch, plan.num_workers)
             queue = WorkQueue(self.batches.stretches, chunk_batches=chunk, chunk_ends=self.batches.chunk_ends,
@@ -202,6 +203,9 @@ class Worker:
             self.work = _RemoteWork(work, runtime)
         self.client = self._connect(transport)
         self.transport = transport.name
+        self._ranges = transport.ranges
+        if local is not None:  # streaming: each push carries one fragment of every shard's range, in turn
+            self.client.fragments = local.fragments
         # Where the transport has buffers of its own (shm: this worker's segment), the model trains on them and a
         # step copies nothing. Not with overlap: the next step computes into them while this one's are read.
         shared = self.client.shared_buffers() if not plan.overlap and device == "cpu" else None
@@ -319,6 +323,7 @@ class Worker:
             while True:
                 try:
                     run_loop(loop, ctx, builtin=self.plan.loop is None)
+                    self._sync_every_fragment()
                     break
                 except self._retryable as e:  # raised in the loop's own code (a sparse pull): recover, call again
                     self._recover(e)
@@ -394,7 +399,8 @@ class Worker:
         if held > 0:
             self.straggled_s += held
             time.sleep(held)
-        grads = flat.host_grads() if self.inner is None else self.inner.pseudo_gradient()
+        pushed = self._pushed_ranges(self.clock + 1)
+        grads = flat.host_grads() if self.inner is None else self.inner.pseudo_gradient(pushed)
         buffers = self._buffers.pack() if self._buffers else None
         waited = time.monotonic()
         self._land()  # overlap: the previous step's answer first, then ours goes out
@@ -404,20 +410,34 @@ class Worker:
         if self.compressor is not None:
             grads = self.compressor.encode(grads)
         else:
-            self.wire.plain(grads.size)
+            self.wire.plain(sum(r.size for r in pushed))  # all of it, or a streaming push's fragment
         self._in_flight = self.client.push_pull_async(self.clock, grads, self._inbox, examples, loss,
                                                       buffers, self._received, ahead=int(plan.overlap))
         if not plan.overlap:
             self._land()
+            if self.inner is not None:  # what came back starts its next outer step
+                self.inner.synced(pushed)
         self.steps += 1
         self.samples += examples
         if self.inner is None:  # under local steps each inner step counted itself: the target is the batches' loss
             self._pace.step(examples, loss)
         self._record(time.monotonic() - waited, examples, loss)
 
-    def _begin_outer(self) -> None:
-        """An outer step begins from the parameters just pulled."""
-        self.inner.begin()
+    def _sync_every_fragment(self) -> None:
+        """Streaming local steps: the data is done, but the fragments other than the last one pushed hold
+        local progress the shards have not seen. One push each, of no batch, brings it to them, so the job
+        ends with every fragment synced (under bsp every worker makes the same pushes, and their rounds step)."""
+        local = self.plan.local_steps
+        if local is None or local.fragments == 1 or self.steps == 0:
+            return
+        for _ in range(local.fragments - 1):
+            self._push(0, self.loss_value, time.monotonic())
+
+    def _pushed_ranges(self, clock: int) -> list:
+        """The flat ranges the push of ``clock`` carries: every shard's, or under streaming local steps
+        the fragment of each that this clock syncs."""
+        fragments = self.plan.local_steps.fragments if self.plan.local_steps is not None else 1
+        return fragment_ranges(self._ranges, fragments, clock)
 
     def _inner_step(self, examples: int, loss: float) -> None:
         """One of an outer step's inner steps, with the batch's gradient (clipped first when asked)."""
@@ -557,6 +577,8 @@ class Worker:
         self.clock = self.acked = self.client.register(self.flat.host_params(), self._received)
         self.base = self.client.base
         self.flat.params_received(buffers=True)
+        if self.inner is not None:  # every parameter's outer step starts from what was just pulled
+            self.inner.begin()
 
     def _resync(self, error: Exception) -> None:
         """After a failed call: wait for the controller's recovery, reconnect and register again."""
