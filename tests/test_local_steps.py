@@ -95,6 +95,8 @@ def test_the_schedule_and_overlap_follow_the_outer_steps():
     (dict(local_steps={"inner_steps": 0}), "local_steps.inner_steps"),
     (dict(local_steps={"inner_steps": 4, "inner_optimizer": {"name": "delayed_nesterov"}}), "is an outer optimizer"),
     (dict(local_steps={"inner_steps": 4, "outer_optimizer": {"nesterov": True}}), "name auto takes lr and momentum"),
+    (dict(local_steps={"inner_steps": 4, "fragments": 2}, compression="int8"), "streaming fragments travel as"),
+    (dict(local_steps={"inner_steps": 4, "fragments": 5}), r"fragments \(5\) must not exceed inner_steps \(4\)"),
 ])
 def test_settings_that_cannot_hold_under_local_steps_are_refused_by_name(kwargs, message):
     local = kwargs.pop("local_steps", {"inner_steps": 4})
@@ -155,6 +157,29 @@ def test_the_pseudo_gradient_is_where_the_outer_step_began_minus_where_the_inner
     pseudo = inner.pseudo_gradient([ShardRange(0, 0, flat.numel)])
     np.testing.assert_array_equal(pseudo, (start - reached).numpy())
     assert inner.steps == 3 and inner.outer_steps == 1 and inner.drift_sq > 0
+
+
+def test_the_inner_optimizer_keeps_its_state_when_the_parameters_move_to_a_transports_buffers():
+    """A resync pulls new parameters into the same buffer; a transport's segment (``adopt``) replaces the
+    buffer: either way the inner optimizer's state (Adam's moments and step) carries on."""
+    torch.manual_seed(0)
+    model = mlp(in_features=4, hidden=(8,), num_classes=3)
+    flat = FlatParams(model)
+    inner = InnerSteps(flat, LocalStepsConfig().inner_optimizer)
+    inner.begin()
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    for _ in range(2):
+        flat.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        inner.step()
+    flat.load(flat.host_params().copy() * 0.5)  # a resync: new values, the same buffer
+    flat.adopt(np.zeros(flat.numel, np.float32), np.zeros(flat.numel, np.float32))  # a transport's own buffers
+    inner.begin()
+    flat.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    inner.step()
+    state = inner._optimizer.state_dict()["state"][0]
+    assert int(state["step"]) == 3 and inner._tensor.data_ptr() == flat.params.data_ptr()
 
 
 # ---- streaming: fragments ----------------------------------------------------------------------
