@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--local-steps", help="with --nodes: comma-separated H values: only the rows of local steps"
                        " (sync and async) against bsp, asp and DDP, time to a target loss and bytes per example")
     bench.add_argument("--target-loss", type=float, help="with --local-steps: the training loss every row is timed"
-                       " to (default 1.0)")
+                       " to (default 0.3)")
     bench.add_argument("--cost", action="store_true", help="only the rows of how cost grows: a step's overhead"
                        " against shards and workers (1 to 8), one shard's pushes/s against clients (1 to 64)")
     bench.add_argument("--steps", type=int, help="steps per worker of every model row (default: each model's own)")

@@ -10,11 +10,12 @@ optimizer, AdamW at 1e-3:
 - rayps bsp and asp over gRPC (mutual TLS, the default between machines), the
   shards applying AdamW;
 - rayps with local steps for each H of ``--local-steps``: synchronous (bsp over
-  outer steps) and asynchronous (asp), AdamW on the workers and the outer
-  optimizer ``auto`` on the shards.
+  outer steps), asynchronous (asp) and streaming (bsp, the model synced in 4
+  fragments in turn), AdamW on the workers and the outer optimizer ``auto``
+  on the shards.
 
 Each row says the seconds until every worker's mean training loss over its
-last 10 batches fell below ``--target-loss`` (default 1.0; the rule
+last 10 batches fell below ``--target-loss`` (default 0.3; the rule
 ``time_to_target_s`` keeps for DDP's ranks too), how many times sooner than
 DDP that is, samples/s, bytes per example and the test accuracy at the end
 (DDP's ranks do not score one). rayps's bytes per example are its summary's:
@@ -34,10 +35,11 @@ from .rows import BATCH, MODELS, Row
 HIDDEN = MODELS["small"][0]
 OPTIMIZER = {"name": "adamw", "lr": 1e-3}
 DDP = "PyTorch DDP (gloo), AdamW"
+STREAMING_FRAGMENTS = 4
 
 
 def local_rows(nodes: int, links: list[str], inner_steps: list[int], out: Path, steps: int = 600,
-               target_loss: float = 1.0) -> list[Row]:
+               target_loss: float = 0.3) -> list[Row]:
     rows: list[Row] = []
     resources, worker_nodes, servers = layout("colocated", nodes)
     numel = sum(a * b + b for a, b in zip((784, *HIDDEN), (*HIDDEN, 10)))
@@ -54,19 +56,23 @@ def local_rows(nodes: int, links: list[str], inner_steps: list[int], out: Path, 
                 "config": f"{world} ranks, one per machine, gloo ring all-reduce over tcp, batch {BATCH}, AdamW lr"
                           f" {OPTIMIZER['lr']}; bytes per example computed"})
             mine = []
-            plans = [("bsp", None), ("asp", None)] + [(mode, h) for h in inner_steps for mode in ("bsp", "asp")]
-            for mode, h in plans:
+            plans = [("bsp", None, 1), ("asp", None, 1)] + [
+                (mode, h, fragments) for h in inner_steps for mode, fragments in
+                (("bsp", 1), ("asp", 1), ("bsp", STREAMING_FRAGMENTS))]
+            for mode, h, fragments in plans:
                 job = {"target_loss": target_loss}
                 if h is None:
                     job["optimizer"] = OPTIMIZER
                 else:
-                    job.update(optimizer={}, local_steps={"inner_steps": h, "inner_optimizer": OPTIMIZER})
-                name = f"local-{rate_name(bits).replace(' ', '').replace('/', '')}-{mode}-{h or 1}"
+                    job.update(optimizer={}, local_steps={"inner_steps": h, "inner_optimizer": OPTIMIZER,
+                                                          "fragments": fragments})
+                name = f"local-{rate_name(bits).replace(' ', '').replace('/', '')}-{mode}-{h or 1}-{fragments}"
                 spec = {"hidden": list(HIDDEN), "steps": steps, "mode": mode, "compression": "none",
                         "workers": world, "servers": servers, "overlap": False, "output": str(out / name), "job": job}
                 r = in_node0(cluster, spec, f"the rayps row {mode} H={h}")
-                form = f"rayps {mode}" if h is None else \
-                    f"rayps local steps H={h}, {'sync (bsp)' if mode == 'bsp' else 'async (asp)'}"
+                form = f"rayps {mode}" if h is None else f"rayps local steps H={h}, " + (
+                    f"streaming {fragments} fragments (bsp)" if fragments > 1 else
+                    "sync (bsp)" if mode == "bsp" else "async (asp)")
                 local = r.get("local_steps") or {}
                 mine.append(Row("local", form, r["samples_per_s"], {
                     "time_to_target_s": r["time_to_target_s"], "bytes_per_example": r["bytes_per_example"],
@@ -107,7 +113,7 @@ def run_local_bench(nodes: int, links: list[str], inner_steps: list[int], output
     began = time.gmtime()
     out = Path(output or f"runs/bench-local-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
-    rows = local_rows(nodes, links, inner_steps, out / "jobs", steps or 600, target_loss or 1.0)
+    rows = local_rows(nodes, links, inner_steps, out / "jobs", steps or 600, target_loss or 0.3)
     (out / "bench.md").write_text(local_table(rows) + "\n")
     (out / "bench.json").write_text(json.dumps(bench_record(rows, command, began), indent=2))
     return out, rows
