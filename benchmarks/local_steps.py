@@ -9,7 +9,8 @@ with ``local_steps.inner_steps: H`` and that optimizer as the inner one
 (same name and lr), so every run trains the same examples with the same
 per-batch optimizer. Forms: ``sync`` is bsp over outer steps, ``async`` asp
 over outer steps (delayed Nesterov), ``streaming`` bsp with the model synced
-in fragments. The default job is digits on the MLP (30 epochs, Adam 1e-3);
+in 4 fragments in turn; ``sync-momentum-0.9`` is sync with DiLoCo's outer
+momentum, ``async-plain-nesterov`` async without the delayed momentum. The default job is digits on the MLP (30 epochs, Adam 1e-3);
 the transformer is ``order_tokens`` (8 epochs, batch 32, Adam 2e-3, as
 benchmarks/stale_models.py). One JSON line per run, then a table: test
 accuracy per seed, and each form's largest shortfall against bsp's run of
@@ -31,7 +32,12 @@ JOBS = {
                      "epochs": 8, "batch_size": 32}, {"name": "adam", "lr": 2e-3}),
 }
 FORMS = {"sync": ({"mode": "bsp"}, {}), "async": ({"mode": "asp"}, {}),
-         "streaming": ({"mode": "bsp"}, {"fragments": 4})}
+         "streaming": ({"mode": "bsp"}, {"fragments": 4}),
+         # what the defaults replaced: DiLoCo's outer momentum 0.9 under bsp, and asynchronous pushes with plain
+         # Nesterov momentum (no delay) at the same lr and momentum as delayed Nesterov's
+         "sync-momentum-0.9": ({"mode": "bsp"}, {"outer_optimizer": {"momentum": 0.9}}),
+         "async-plain-nesterov": ({"mode": "asp"}, {"outer_optimizer": {"name": "sgd", "lr": 0.35, "momentum": 0.9,
+                                                                        "nesterov": True}})}
 
 
 def run(job: str, seed: int, form: str | None, inner_steps: int | None) -> dict:
@@ -71,7 +77,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", default="default,transformer")
     parser.add_argument("--inner-steps", default="8,32,128")
-    parser.add_argument("--forms", default="sync,async,streaming")
+    parser.add_argument("--forms", default=",".join(FORMS))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--output", help="also write the JSON lines here")
     args = parser.parse_args()

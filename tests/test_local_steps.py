@@ -299,3 +299,30 @@ def test_streaming_fragments_train_digits_over_every_transport(in_process, tmp_p
                 local_steps={"inner_steps": 8}).summary
     assert s["compression"]["dense_bytes_per_step"] == pytest.approx(whole["compression"]["dense_bytes_per_step"]
                                                                      / 4, rel=0.01)
+
+
+LOCAL_COUNTING = {"inner_steps": 4, "inner_optimizer": {"name": "sgd", "lr": 1.0},
+                  "outer_optimizer": {"name": "sgd", "lr": 1.0}}  # a pseudo-gradient adds its batches' counts
+
+
+@pytest.mark.slow
+def test_workers_added_and_removed_mid_job_train_every_example_once_per_epoch_in_outer_steps(in_process, tmp_path):
+    from tests.local_job import LocalJob, counting
+
+    job = LocalJob(tmp_path, in_process, **counting(epochs=6, optimizer={}, consistency={"mode": "ssp"},
+                                                     local_steps=LOCAL_COUNTING,
+                                                     debug={"slow_workers": {0: 0.002, 1: 0.002}}))
+
+    def holders():
+        return in_process.get(job.coordinator.progress.remote())["holders"]
+
+    def scale(workers):  # what `psctl scale` asks the job's work queue (driver.scale_job)
+        return lambda: in_process.get(job.coordinator.set_wanted.remote(workers))
+    job.when(lambda: len(holders()) == 2, scale(3))
+    job.when(lambda: 2 in holders(), scale(1))
+    s = job.run()
+    assert s["workers_added"] == 1 and s["workers_removed"] == 2 and s["steps"]["2"] > 0
+    counts = job.params
+    assert (counts[:500] == 6).all(), np.unique(counts[:500], return_counts=True)
+    assert (counts[500:] == 0).all() and s["applied_twice"] == 0
+    assert s["examples_per_epoch"] == {str(e): 500 for e in range(6)}

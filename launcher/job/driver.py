@@ -276,7 +276,7 @@ def start(run: Run, on_start: Callable[[str], None] | None) -> None:
             audit=config.debug.audit, checkpoints=ckpt_root, tables=plan.tables, num_shards=config.servers,
             codec=config.compression.make_codec(), pull_codec=Codec(config.compression.pull),
             history_every=plan.history_every,
-            fragments=config.local_steps.fragments if config.local_steps.enabled else 1), dict(
+            fragments=config.local_steps.fragments), dict(
             **server_options(config, r.shard_id, namespace),
             max_restarts=config.fault.max_restarts if config.checkpoint.enabled else 0))
         for r, b in zip(plan.ranges, plan.buffer_ranges)
