@@ -19,13 +19,12 @@ from rayps.launcher.job.config import JobConfig
 from rayps.settings import build
 from rayps.ps.core.optimizers import OptimizerConfig, make_optimizer
 from rayps.ps.core.partition import ShardRange, fragment_ranges, fragment_span
-from rayps.worker.data.sources import resolve_data
 from rayps.worker.loop.flat import FlatParams
 from rayps.worker.loop.local_steps import InnerSteps, LocalStepsConfig
 from rayps.worker.models import mlp
 from rayps.worker.queue.outer import OuterSteps, queue_extent
-from rayps.worker.queue.sharder import EpochSharder
 from rayps.worker.queue.workqueue import EpochBatches, Unit, WorkQueue
+from tests.golden import plain_digits_loop
 
 
 # ---- the plan: outer steps of H batches --------------------------------------------------
@@ -243,19 +242,8 @@ def test_one_worker_with_outer_sgd_at_lr_1_matches_a_plain_loop_with_the_inner_o
                  consistency={"mode": "bsp"}, local_steps={
                      "inner_steps": inner_steps, "inner_optimizer": {"name": "adamw", "lr": lr, "weight_decay": 0.05},
                      "outer_optimizer": {"name": "sgd", "lr": 1.0}, "fragments": fragments})
-    torch.manual_seed(seed)
-    model = mlp()
-    train = resolve_data("rayps.worker.datasets:digits", seed=seed).train
-    sharder = EpochSharder(len(train), 1, batch, seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05, foreach=False)
-    for epoch in range(epochs):
-        for indices in sharder.batches(epoch, 0):
-            x, y = train.batch(indices)
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-    expected = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
-    total = epochs * sharder.batches_per_epoch
+    expected, total = plain_digits_loop(
+        seed, epochs, batch, lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.05, foreach=False))
     pushes = -(-total // (inner_steps // fragments)) + fragments - 1  # and one to sync each other fragment
     assert result.summary["optimizer_steps"] == {"0": pushes, "1": pushes}
     np.testing.assert_allclose(result.params, expected, rtol=1e-4, atol=1e-5)

@@ -23,9 +23,8 @@ import torch
 from rayps.launcher import Job
 from rayps.errors import JobError
 from rayps.runtime import RAY
-from rayps.worker.data.sources import resolve_data
-from rayps.worker.queue.sharder import EpochSharder
 from rayps.worker.models import mlp
+from tests.golden import plain_digits_loop
 
 pytestmark = pytest.mark.slow
 
@@ -100,24 +99,14 @@ def test_one_worker_bsp_matches_a_plain_single_process_torch_loop(ray_session, t
                  optimizer={"name": "adamw", "lr": lr, "weight_decay": 0.05},
                  schedule={"name": "cosine", "warmup_steps": 5})
 
-    torch.manual_seed(seed)
-    model = mlp()
-    train = resolve_data("rayps.worker.datasets:digits", seed=seed).train
-    sharder = EpochSharder(len(train), 1, batch, seed)
-    total = epochs * sharder.batches_per_epoch
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05, foreach=False)
-    sched = torch.optim.lr_scheduler.SequentialLR(opt, [
-        torch.optim.lr_scheduler.LinearLR(opt, start_factor=1 / 5, total_iters=5),
-        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total - 5),
-    ], milestones=[5])
-    for epoch in range(epochs):
-        for indices in sharder.batches(epoch, 0):
-            x, y = train.batch(indices)
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-            sched.step()
-    expected = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
+    def schedule(opt, total):
+        return torch.optim.lr_scheduler.SequentialLR(opt, [
+            torch.optim.lr_scheduler.LinearLR(opt, start_factor=1 / 5, total_iters=5),
+            torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total - 5),
+        ], milestones=[5])
+    expected, total = plain_digits_loop(
+        seed, epochs, batch, lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.05, foreach=False),
+        schedule)
 
     assert result.summary["optimizer_steps"] == {"0": total, "1": total}
     np.testing.assert_allclose(result.params, expected, rtol=1e-4, atol=1e-5)
