@@ -77,16 +77,18 @@ class ParameterShard:
         pull_codec: Codec | None = None,
         history_every: int = 0,
         fragments: int = 1,
+        spread: bool = False,
     ):
         """``history_every``: a row of the job's counters every so many steps (every worker's; 0: none).
         ``fragments``: each push carries one of this many fragments of the range, in turn by clock, and its
-        answer returns that fragment (streaming local steps; ``span``)."""
+        answer returns that fragment (streaming local steps; ``span``). ``spread``: measure how far apart a
+        round's pushes are (local steps: the drift between workers)."""
         self.shard_id = shard_id
         where = repr(self)
         self._metrics = ShardMetrics(shard_id, run_id)
         self._buffers = BufferTable(init_buffers, buffer_integer)
         self._dense = DenseTable(init_params, optimizer, schedule, consistency, total_updates, worker_ids,
-                                 self._buffers, self._metrics, where, fragments)
+                                 self._buffers, self._metrics, where, fragments, spread)
         self._ledger = PushLedger(worker_ids)  # (worker, incarnation, seq) applied: exactly once
         self._changes = Changes(where)
         self._cut = CheckpointCut(self._changes)
@@ -648,6 +650,8 @@ class ParameterShard:
             "clocks": self._clocks.snapshot(),
             "pushes_applied": dense.applied,
             "pushes_dropped": dense.dropped,
+            "spread_sq": dense.spread_sq,
+            "spread_rounds": dense.spread_rounds,
             "duplicates": self._duplicates,
             "rejected": dict(self._rejected),
             "staleness_histogram": {int(k): v for k, v in sorted(dense.staleness.items())},

@@ -78,7 +78,8 @@ class LocalJob:
                           c.consistency, plan.total_updates, "local", init_buffers[b.lo:b.hi], integer[b.lo:b.hi],
                           audit=c.debug.audit, checkpoints=root, tables=plan.tables, num_shards=c.servers,
                           codec=c.compression.make_codec(), pull_codec=Codec(c.compression.pull),
-                          history_every=plan.history_every, fragments=c.local_steps.fragments, name=f"ps-shard-{r.shard_id}", max_restarts=c.fault.max_restarts if root else 0)
+                          history_every=plan.history_every, fragments=c.local_steps.fragments, spread=c.local_steps.enabled,
+                          name=f"ps-shard-{r.shard_id}", max_restarts=c.fault.max_restarts if root else 0)
             for r, b in zip(plan.ranges, plan.buffer_ranges)]
         self.coordinator = runtime.actor(WorkCoordinator, plan.queue, plan.batches, c.workers, "local",
                                          name="work-queue")

@@ -181,6 +181,28 @@ def test_the_inner_optimizer_keeps_its_state_when_the_parameters_move_to_a_trans
     assert int(state["step"]) == 3 and inner._tensor.data_ptr() == flat.params.data_ptr()
 
 
+def test_a_round_measures_how_far_its_pushes_lie_from_their_mean():
+    import asyncio
+
+    from rayps.ps.core.consistency import ConsistencyConfig
+    from rayps.ps.core.schedules import ScheduleConfig
+    from rayps.ps.core.step import Step
+    from rayps.ps.shard import ParameterShard
+
+    shard = ParameterShard(0, np.zeros(3, np.float32), [0, 1], OptimizerConfig(name="sgd", lr=1.0), ScheduleConfig(),
+                           ConsistencyConfig(mode="bsp"), spread=True)
+    a, b = np.array([1, 2, 3], np.float32), np.array([3, 2, -1], np.float32)
+
+    async def round_of_two():
+        return await asyncio.gather(shard.step(Step(0, 1, a, num_samples=10, seq=1)),
+                                    shard.step(Step(1, 1, b, num_samples=30, seq=1)))
+    asyncio.run(round_of_two())
+    stats = asyncio.run(shard.stats())
+    mean = 0.25 * a + 0.75 * b
+    expected = 0.25 * np.sum((a - mean) ** 2) + 0.75 * np.sum((b - mean) ** 2)
+    assert stats["spread_rounds"] == 1 and stats["spread_sq"] == pytest.approx(expected)
+
+
 # ---- streaming: fragments ----------------------------------------------------------------------
 
 
@@ -261,6 +283,10 @@ def test_two_workers_with_8_local_steps_train_digits_with_an_eighth_of_the_pushe
     local = s["local_steps"]
     assert local["inner_steps"] == 8 and local["outer_steps"] == outer and local["inner_steps_taken"] == 2 * 230
     assert local["pseudo_gradient_rms"] > 0
+    if mode == "bsp":  # the workers' changes differ, and by less than a change's own size
+        assert 0 < local["worker_spread_rms"] < 2 * local["pseudo_gradient_rms"]
+    else:
+        assert local["worker_spread_rms"] is None  # no rounds to measure it over
 
 
 def test_local_steps_send_H_times_fewer_bytes_per_example(in_process, tmp_path):

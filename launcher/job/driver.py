@@ -276,7 +276,7 @@ def start(run: Run, on_start: Callable[[str], None] | None) -> None:
             audit=config.debug.audit, checkpoints=ckpt_root, tables=plan.tables, num_shards=config.servers,
             codec=config.compression.make_codec(), pull_codec=Codec(config.compression.pull),
             history_every=plan.history_every,
-            fragments=config.local_steps.fragments), dict(
+            fragments=config.local_steps.fragments, spread=config.local_steps.enabled), dict(
             **server_options(config, r.shard_id, namespace),
             max_restarts=config.fault.max_restarts if config.checkpoint.enabled else 0))
         for r, b in zip(plan.ranges, plan.buffer_ranges)
@@ -373,7 +373,7 @@ def summarize(run: Run, report: bool, began: float) -> JobResult:
     summary.update(recovery_summary(run.controller, run.checkpointer, t["coverage"], t["reports"], t["stats"]))
     summary["progress"] = progress_summary(run.monitor.progress)
     summary.update(sparse_summary(t["stats"], t["reports"]))
-    summary.update(local_steps_summary(config, [r for r in t["reports"] if not r.get("died")]))
+    summary.update(local_steps_summary(config, [r for r in t["reports"] if not r.get("died")], t["stats"]))
     summary["compression"] = compression_summary(config.compression, t["reports"], t["stats"], run.transport.name)
     if t["auc"] is not None:
         summary["test_auc"] = t["auc"]

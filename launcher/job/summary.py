@@ -87,15 +87,19 @@ def job_summary(config, reports, stats, test_loss, test_accuracy, train_s, wall_
     }
 
 
-def local_steps_summary(config, reports: list[dict]) -> dict:
+def local_steps_summary(config, reports: list[dict], stats: list[dict]) -> dict:
     """Under local steps: H, the outer steps and inner steps taken (the live lives'; a dead incarnation's
     inner steps since its last push were lost with it and are trained again in the outer step it held, which
-    went back to the queue: ``batches_returned`` counts those), and the root mean square of the pushed
-    pseudo-gradients' norms: how far a worker moves from the shared parameters between two pushes."""
+    went back to the queue: ``batches_returned`` counts those); the root mean square of the pushed
+    pseudo-gradients' norms, how far a worker moves from the shared parameters between two pushes; and under
+    bsp, over its rounds of more than one push, the root mean square of how far the workers' pushes lie from
+    the round's mean (sample-weighted), the drift between workers."""
     if not config.local_steps.enabled:
         return {}
     outer = sum(r["steps"] for r in reports)
     square = sum(r.get("pseudo_gradient_sq", 0.0) for r in reports)
+    rounds = max((s.get("spread_rounds", 0) for s in stats), default=0)
+    spread = sum(s.get("spread_sq", 0.0) for s in stats)  # a round's spread is the sum of its shards' parts
     optimizer = config.shard_optimizer
     return {"local_steps": {
         "inner_steps": config.local_steps.inner_steps,
@@ -104,6 +108,7 @@ def local_steps_summary(config, reports: list[dict]) -> dict:
         "inner_optimizer": f"{config.local_steps.inner_optimizer.name} lr {config.local_steps.inner_optimizer.lr}",
         "outer_optimizer": f"{optimizer.name} lr {optimizer.lr} momentum {optimizer.momentum}",
         "pseudo_gradient_rms": round((square / outer) ** 0.5, 6) if outer else None,
+        "worker_spread_rms": round((spread / rounds) ** 0.5, 6) if rounds else None,
     }}
 
 

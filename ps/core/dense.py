@@ -28,9 +28,10 @@ from .schedules import ScheduleConfig, make_schedule
 class DenseTable:
     def __init__(self, params: np.ndarray, optimizer: OptimizerConfig, schedule: ScheduleConfig,
                  consistency: ConsistencyConfig, total_updates: int | None, worker_ids, buffers: BufferTable,
-                 metrics: ShardMetrics, where: str, fragments: int = 1):
+                 metrics: ShardMetrics, where: str, fragments: int = 1, spread: bool = False):
         """``fragments``: the model is synced in this many fragments (streaming local steps), the push of each
-        clock carrying one (``span``); each fragment has its own optimizer state."""
+        clock carrying one (``span``); each fragment has its own optimizer state. ``spread``: measure how far
+        apart a round's pushes are (local steps: the drift between workers; a pass per push, so not per batch)."""
         self.where = where
         self.params = np.array(params, dtype=DTYPE, copy=True).reshape(-1)
         self.fragments = fragments
@@ -43,6 +44,9 @@ class DenseTable:
         self.staleness: Counter = Counter()  # pushes applied, by staleness
         self.applied = 0  # pushes applied (a round counts each of its pushes)
         self.dropped = 0  # pushes dropped as late (backup workers)
+        self.spread = spread
+        self.spread_sq = 0.0  # over measured rounds: sum of weight * |push - the round's mean|^2 on this range
+        self.spread_rounds = 0
         self.unflushed_updates = 0  # updates not yet counted in Ray's metrics
         self._mean: np.ndarray | None = None  # a round's weighted sum, and one block of a term: made at the first
         self._term: np.ndarray | None = None  # round of more than one push
@@ -113,6 +117,10 @@ class DenseTable:
             # mean, as the buffers do: dividing by 0 here once lost the round after it was taken.
             weights = [np.float32(r["num_samples"] / total if total else 1 / len(pending)) for r in pending]
             mean = self._weighted_sum([r["grad"] for r in pending], weights)
+            if self.spread:
+                self.spread_sq += sum(float(w) * float(np.sum(np.square(r["grad"] - mean, dtype=np.float64)))
+                                      for r, w in zip(pending, weights))
+                self.spread_rounds += 1
         self._apply(mean, [self.version - r["pulled_version"] for r in pending], self.span(clock))
         # The round's buffers become visible with its step, so a pull for the next clock sees exactly
         # this round's reports, whoever pushes next.
@@ -159,7 +167,8 @@ class DenseTable:
                 **self.consistency.state_dict()}
 
     def counters(self) -> dict:
-        return {"staleness": dict(self.staleness), "applied": self.applied, "dropped": self.dropped}
+        return {"staleness": dict(self.staleness), "applied": self.applied, "dropped": self.dropped,
+                "spread_sq": self.spread_sq, "spread_rounds": self.spread_rounds}
 
     def check_state(self, state: dict) -> None:
         """Raise ShapeError unless ``state`` fits this table: the parameters' and gathered gradients' shapes."""
@@ -183,3 +192,5 @@ class DenseTable:
         self.version = int(state["version"])
         self.staleness = Counter(counters["staleness"])
         self.applied, self.dropped = int(counters["applied"]), int(counters["dropped"])
+        self.spread_sq = float(counters.get("spread_sq", 0.0))  # a checkpoint cut before they were kept: none
+        self.spread_rounds = int(counters.get("spread_rounds", 0))
