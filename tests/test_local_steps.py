@@ -340,3 +340,45 @@ def test_workers_added_and_removed_mid_job_train_every_example_once_per_epoch_in
     assert (counts[:500] == 6).all(), np.unique(counts[:500], return_counts=True)
     assert (counts[500:] == 0).all() and s["applied_twice"] == 0
     assert s["examples_per_epoch"] == {str(e): 500 for e in range(6)}
+
+
+@pytest.mark.slow
+def test_a_killed_shard_rolls_the_job_back_to_a_cut_between_outer_steps_and_nothing_is_applied_twice(in_process,
+                                                                                                    tmp_path):
+    """Under local steps a checkpoint holds the outer optimizer and never a worker's inner state: after a shard
+    dies, every shard goes back to the cut, the workers register again from it (keeping their inner optimizer),
+    and the outer steps after the cut are trained again, each applied once."""
+    from tests.local_job import LocalJob, counting
+
+    job = LocalJob(tmp_path, in_process, **counting(
+        optimizer={}, consistency={"mode": "ssp"}, local_steps=LOCAL_COUNTING, servers=2,
+        checkpoint={"every_s": None, "every_steps": 8}, debug={"slow_workers": {0: 0.003, 1: 0.003}}))
+
+    def crash():  # the process dies; the runtime restarts it from its arguments, as Ray does
+        in_process.kill(job.shards[0], no_restart=False)
+    job.when(lambda: job.checkpointer.written >= 2 and job.since_checkpoint(0) >= 2, crash)
+    s = job.run()
+    assert s["restarts"] == {"ps-shard-0": 1} and s["rollbacks"] == 1 and s["restored_checkpoint"] >= 1
+    assert s["resyncs"] >= 2
+    counts = job.params
+    assert (counts[:500] == 4).all(), np.unique(counts[:500], return_counts=True)
+    assert (counts[500:] == 0).all() and s["applied_twice"] == 0
+
+
+@pytest.mark.slow
+def test_backup_workers_step_each_outer_round_on_the_first_pseudo_gradients(in_process, tmp_path):
+    s = run(tmp_path, in_process, workers=3, consistency={"mode": "bsp", "quorum": 2}, epochs=8,
+            local_steps={"inner_steps": 8}, debug={"slow_workers": {2: 0.01}}).summary
+    assert s["pushes_dropped"] > 0  # the slowed worker's late pseudo-gradients, dropped and counted
+    assert s["pushes_applied"] + s["pushes_dropped"] == sum(s["steps"].values()) * s["servers"]
+    assert s["test_accuracy"] >= 0.9, s  # the bar of backup workers without local steps (tests/test_training.py)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("codec, bar", [("int8", 0.94), ("topk", 0.9)])
+def test_compression_applies_to_pseudo_gradients(in_process, tmp_path, codec, bar):
+    """Top-k keeps 1% of the values: without local steps this job reaches 0.919 with it, 0.956 with int8."""
+    s = run(tmp_path, in_process, consistency={"mode": "bsp"}, epochs=10, compression=codec,
+            local_steps={"inner_steps": 8}).summary
+    assert s["test_accuracy"] >= bar, s
+    assert s["compression"]["codec"] == codec and s["compression"]["dense_ratio"] < 0.3
