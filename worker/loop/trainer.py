@@ -437,7 +437,7 @@ class Worker:
         """The flat ranges the push of ``clock`` carries: every shard's, or under streaming local steps
         the fragment of each that this clock syncs."""
         fragments = self.plan.local_steps.fragments if self.plan.local_steps is not None else 1
-        return fragment_ranges(self._ranges, fragments, clock)
+        return self._ranges if fragments == 1 else fragment_ranges(self._ranges, fragments, clock)
 
     def _inner_step(self, examples: int, loss: float) -> None:
         """One of an outer step's inner steps, with the batch's gradient (clipped first when asked)."""
