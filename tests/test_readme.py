@@ -58,7 +58,7 @@ def test_readme_own_loop_example_trains_and_reports(ray_session, tmp_path, monke
 @pytest.mark.slow
 def test_the_sparse_example_trains_near_the_true_click_models_auc(ray_session, tmp_path, monkeypatch):
     s = run_example("# Sparse embedding tables", tmp_path, monkeypatch, SPARSE)["result"].summary
-    assert s["test_auc"] >= 0.9 * s["reference_auc"], (s["test_auc"], s["reference_auc"])
+    assert s["test_auc"] >= 0.95 * s["reference_auc"], (s["test_auc"], s["reference_auc"])
     assert s["sparse_tables"]["deep"]["rows"] > 0 and s["sparse_tables"]["wide"]["rows"] > 0
 
 

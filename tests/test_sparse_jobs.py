@@ -121,6 +121,18 @@ def test_the_ctr_example_reaches_097_of_the_true_click_models_auc(ray_session, t
 
 
 @pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_harder_ctr_example_trains_as_near_the_true_auc_as_one_torch_process_gets(ray_session, tmp_path):
+    """examples/ctr-hard.yaml: the click model before it was eased (100,000 ids per field, a long Zipf tail,
+    200,000 examples). One plain torch process gets 0.872 of the true AUC on it (benchmarks/ctr_one_process.py);
+    the job measured 0.868 (docs/sparse.md). The bar is that, less 0.02 for run-to-run spread."""
+    config = load_job_config(EXAMPLES / "ctr-hard.yaml")
+    s = run_job(config, output=tmp_path / "ctr-hard", dashboard=False, report=False).summary
+    assert s["auc_ratio"] >= 0.85, (s["test_auc"], s["reference_auc"])
+
+
+@pytest.mark.ray
 @pytest.mark.timeout(300)
 def test_a_ten_million_row_table_trains_with_the_workers_memory_flat_in_its_size(ray_session, tmp_path):
     """The same job on a 10M x 16 table and on a 10k x 16 one: the workers' peak memory differs by far
