@@ -96,7 +96,7 @@ class DenseTable:
             self.dropped += 1
             return "stale"
         if action == "apply":
-            self._apply(grad, [self.version - int(pulled_version)], self.span(clock))
+            self._apply(grad, [self.version - int(pulled_version)], clock)
             if buffers is not None:
                 self.buffers.report(worker_id, buffers, int(num_samples))
                 self.buffers.merge()
@@ -121,7 +121,7 @@ class DenseTable:
                 self.spread_sq += sum(float(w) * float(np.sum(np.square(r["grad"] - mean, dtype=np.float64)))
                                       for r, w in zip(pending, weights))
                 self.spread_rounds += 1
-        self._apply(mean, [self.version - r["pulled_version"] for r in pending], self.span(clock))
+        self._apply(mean, [self.version - r["pulled_version"] for r in pending], clock)
         # The round's buffers become visible with its step, so a pull for the next clock sees exactly
         # this round's reports, whoever pushes next.
         for w, r in taken:
@@ -144,14 +144,15 @@ class DenseTable:
                 out += np.multiply(g[lo:hi], w, out=term)
         return mean
 
-    def _apply(self, grad: np.ndarray, staleness: list[int], span: tuple[int, int]) -> None:
-        """One optimizer step with ``grad`` on the values ``span`` (all, or a fragment), made of pushes of the
-        given staleness."""
+    def _apply(self, grad: np.ndarray, staleness: list[int], clock: int) -> None:
+        """One optimizer step with ``grad`` on the values the push of ``clock`` carries (all, or a fragment),
+        made of pushes of the given staleness."""
         lr = self.consistency.lr(self.schedule(self.version), staleness)
         if self.fragments == 1:
             self.optimizer.step(self.params, grad, lr)
         else:
-            self.optimizer.step(self.params[span[0]:span[1]], grad, lr, span[0])
+            lo, hi = self.span(clock)
+            self.optimizer.step(self.params[lo:hi], grad, lr, (clock - 1) % self.fragments)
         self.version += 1
         self.unflushed_updates += 1
         for tau in staleness:

@@ -385,20 +385,19 @@ def make_optimizer(config: OptimizerConfig, size: int) -> ServerOptimizer:
     return _CLASSES[config.name](config, size)
 
 
-
 class FragmentOptimizers:
     """One optimizer per fragment of a range (streaming local steps: ps/core/partition.py, ``fragment_span``):
     each fragment is updated on its own pushes only, so a rule that counts its steps (Adam's bias correction,
     delayed Nesterov's period) counts that fragment's."""
 
     def __init__(self, config: OptimizerConfig, spans: list[tuple[int, int]]) -> None:
+        """``spans``: each fragment's ``[lo, hi)``, fragment 0 first."""
         self.config = config
-        self.spans = spans
         self.parts = [make_optimizer(config, hi - lo) for lo, hi in spans]
 
-    def step(self, params: np.ndarray, grad: np.ndarray, lr: float, lo: int = 0) -> None:
-        """Update ``params`` (the fragment beginning at ``lo``) in place."""
-        self.parts[[s[0] for s in self.spans].index(lo)].step(params, grad, lr)
+    def step(self, params: np.ndarray, grad: np.ndarray, lr: float, part: int) -> None:
+        """Update ``params`` (fragment ``part``) in place."""
+        self.parts[part].step(params, grad, lr)
 
     def state_dict(self) -> dict[str, Any]:
         return {"name": self.config.name, "fragments": [p.state_dict() for p in self.parts]}
