@@ -150,7 +150,7 @@ class InnerSteps:
         self.config = config
         self._tensor = None
         self._optimizer: torch.optim.Optimizer | None = None
-        self._start = torch.empty_like(flat.params)
+        self._start: torch.Tensor | None = None  # made beside the buffer the optimizer binds to (``_bind``)
         self.steps = 0  # inner steps taken in this life
         self.outer_steps = 0  # pushes of a pseudo-gradient
         self.drift_sq = 0.0  # the pseudo-gradients' squared norms, summed: how far the worker went alone
