@@ -225,7 +225,7 @@ def prepare(config: JobConfig, output: str | Path | None, dashboard: bool) -> Pl
     queue = WorkQueue(batches.stretches, chunk_batches=chunk, steal=rules.steals, chunk_ends=batches.chunk_ends,
                       **extent_of)
     extent = Extent(queue.budget, per_epoch, config.workers)
-    pushes = steps_per_worker(batches, config.epochs, config.max_steps)  # per worker: outer steps under local steps
+    pushes = steps_per_worker(batches, extent_of)  # per worker: outer steps under local steps
     per_worker = extent.batches / config.workers
     return Plan(
         config, model_fn, loss_fn, splits, prepared, model, flat, shapes,

@@ -106,10 +106,9 @@ def job_plan(source, num_workers: int, batch_size: int, seed: int, epochs: int, 
     return plan if inner_steps is None else OuterSteps(plan, epochs, inner_steps)
 
 
-def steps_per_worker(plan, epochs: int, max_steps: int | None) -> int:
-    """The most pushes one worker makes in the job, as the queue plans it."""
-    extent = queue_extent(plan, epochs, max_steps)
+def steps_per_worker(plan, extent: dict) -> int:
+    """The most pushes one worker makes in the job, as the queue plans it (``extent``: ``queue_extent``'s)."""
     if extent["budgets"] is not None:
         return max(extent["budgets"])
-    steps = epochs * max(plan.stretches)
-    return steps if max_steps is None else min(steps, max_steps)
+    steps = extent["epochs"] * max(plan.stretches)
+    return steps if extent["max_steps"] is None else min(steps, extent["max_steps"])
