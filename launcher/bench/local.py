@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .cluster import ddp_ranks, in_node0, layout
 from .netns import NamespaceCluster, parse_rate, rate_name
-from .rows import BATCH, MODELS, Row
+from .rows import BATCH, MODELS, Row, model_fn
 
 HIDDEN = MODELS["small"][0]
 OPTIMIZER = {"name": "adamw", "lr": 1e-3}
@@ -42,7 +42,7 @@ def local_rows(nodes: int, links: list[str], inner_steps: list[int], out: Path, 
                target_loss: float = 0.3) -> list[Row]:
     rows: list[Row] = []
     resources, worker_nodes, servers = layout("colocated", nodes)
-    numel = sum(a * b + b for a, b in zip((784, *HIDDEN), (*HIDDEN, 10)))
+    numel = sum(p.numel() for p in model_fn(HIDDEN)().parameters())
     for link in links:
         bits = parse_rate(link)
         where = f"{rate_name(bits)}, {nodes} machines"
