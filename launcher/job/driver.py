@@ -57,6 +57,7 @@ from ...worker.queue.outer import job_plan, queue_extent, steps_per_worker
 from ...worker.queue.workqueue import WorkQueue, default_chunk_batches
 from .saved_model import save_run_model
 from .checkpointing import Checkpointer
+from .resharding import reshard_newest
 from .config import JobConfig
 from .controller import Controller
 from .dataprep import prepare_on_ray, write_data_files
@@ -266,6 +267,10 @@ def start(run: Run, on_start: Callable[[str], None] | None) -> None:
     plan, config, runtime = run.plan, run.plan.config, run.runtime
     namespace = f"rayps-{run.run_id}"  # actor names are unique per run, not per cluster
     ckpt_root = _checkpoint_root(config, run.run_dir)
+    if ckpt_root is not None:  # a resumed job on another number of shards: its cut, cut again for these
+        moved = reshard_newest(ckpt_root, config.servers, config.checkpoint.keep)
+        if moved is not None:
+            print(moved, flush=True)
     remove_left_shm(run.run_dir)  # a killed driver's: its shards and workers died with it, their files did not
     init, init_buffers, integer = plan.flat.host_params(), plan.flat.buffers.pack(), plan.flat.buffers.integer
     run.shards = [
