@@ -21,9 +21,10 @@ import signal
 
 from ..protos.codec import CHUNK_BYTES
 from ..protos.shm_wire import SegmentPlace
-from .core.checkpoint import CheckpointStore
+from .core.checkpoint import CheckpointStore, CorruptCheckpoint
 from .core.placement_info import this_pid
 from .shard import ParameterShard
+from .sparse.delta import merged
 from .transport.grpc_security import TLS
 from .transport.grpc_server import GrpcShardServer, start_grpc_server
 from .transport.shm_server import ShmShardServer, start_shm_server
@@ -36,6 +37,29 @@ def part_name(shard_id: int) -> str:
     return f"shard-{shard_id}"
 
 
+def shard_state(store: CheckpointStore, step: int, shard_id: int) -> dict:
+    """Shard ``shard_id``'s full state at checkpoint ``step``: where that part holds only the table rows
+    changed since an earlier checkpoint (incremental), merged onto that one's, back to a full one."""
+    name = part_name(shard_id)
+    state = store.read(step, only=[name])[name]
+    since = state.get("tables_since")
+    if since is None:
+        return state
+    base = shard_state(store, since, shard_id)
+    return {**state, "tables_since": None,
+            "tables": {t: merged(base["tables"][t], rows) for t, rows in state["tables"].items()}}
+
+
+def newest_shard_state(store: CheckpointStore, shard_id: int) -> tuple[int, dict] | None:
+    """The newest checkpoint that reads back whole (with every one it follows), and the shard's state in it."""
+    for step in reversed(store.steps()):
+        try:
+            return step, shard_state(store, step, shard_id)
+        except CorruptCheckpoint as e:
+            log.error("skipping a corrupt checkpoint: %s", e)
+    return None
+
+
 class ServedShard(ParameterShard):
     _grpc: GrpcShardServer | None = None
     _shm: ShmShardServer | None = None
@@ -45,10 +69,11 @@ class ServedShard(ParameterShard):
         self.restored_step: int | None = None
         self._checkpoints = checkpoints
         if checkpoints is not None:
-            found = CheckpointStore(checkpoints).latest(only=[part_name(self.shard_id)])
+            found = newest_shard_state(CheckpointStore(checkpoints), self.shard_id)
             if found is not None:
-                self.restored_step, parts = found
-                self.load_state_dict(parts[part_name(self.shard_id)])
+                self.restored_step, state = found
+                self.load_state_dict(state)
+                self._tables_clean_at = self.restored_step
                 log.warning("%r restored checkpoint %d from %s", self, self.restored_step, checkpoints)
 
     def life(self) -> dict:
@@ -71,10 +96,10 @@ class ServedShard(ParameterShard):
     def restore(self, checkpoints: str, step: int) -> int:
         """Go back to checkpoint ``step`` (the controller rolls every shard back to one cut);
         returns how many optimizer steps that undid."""
-        parts = CheckpointStore(checkpoints).read(step, only=[part_name(self.shard_id)])
+        state = shard_state(CheckpointStore(checkpoints), step, self.shard_id)
         before = self.version
-        self.load_state_dict(parts[part_name(self.shard_id)])
-        self.restored_step = step
+        self.load_state_dict(state)
+        self._tables_clean_at = self.restored_step = step
         return before - self.version
 
     async def serve_grpc(self, token: str, host: str | None = None, tls: TLS | None = None,

@@ -93,6 +93,7 @@ class ParameterShard:
         self._changes = Changes(where)
         self._cut = CheckpointCut(self._changes)
         self._tables = SparseTables(tables, shard_id, num_shards, worker_ids, where)
+        self._tables_clean_at: int | None = None  # the checkpoint the tables' change logs run from
         self._decoder = ShardDecoder(codec, pull_codec, where)
         self._audit: list[tuple[int, int, int]] | None = [] if audit else None  # every applied triple, for tests
         # what the driver reads back
@@ -502,18 +503,26 @@ class ParameterShard:
         """End a cut: the held pushes go on."""
         self._cut.thaw()
 
-    def state_dict(self) -> dict:
+    def state_dict(self, tables_since: int | None = None, cut: int | None = None) -> dict:
         """Everything the shard's future depends on, as copies: parameters, version, optimizer state,
         clocks and the round being gathered, model buffers and reports, the push ledger, the sparse tables
         and the counters the summary reports. ``load_state_dict`` on a shard built with the same config
-        resumes exactly where this one stands."""
+        resumes exactly where this one stands.
+
+        Incremental checkpoints: ``cut`` names the checkpoint this state is for; ``tables_since`` the one
+        before it. When the tables' change logs run from exactly that one (the last state taken was for it,
+        or it was restored), the tables give only the rows changed since, and the state says so
+        (``tables_since``); otherwise they are given whole (None)."""
+        delta = bool(self._tables) and tables_since is not None and tables_since == self._tables_clean_at
+        self._tables_clean_at = cut
         return {
             "shard_id": self.shard_id,
+            "tables_since": tables_since if delta else None,
             **self._dense.state_dict(),
             "buffers": self._buffers.state_dict(),
             "ledger": self._ledger.state_dict(),
             "audit": [list(t) for t in self._audit] if self._audit is not None else None,
-            "tables": self._tables.state_dict(),
+            "tables": self._tables.state_dict(delta),
             "counters": {**self._dense.counters(), "rejected": dict(self._rejected), "duplicates": self._duplicates,
                          "max_lead": self._max_lead, "wait_s": dict(self._wait_s), "samples": dict(self._samples),
                          "steps": dict(self._steps), "loss": dict(self._loss)},
@@ -524,6 +533,9 @@ class ParameterShard:
         every worker must register again: its clock moved back under it."""
         if state.get("shard_id") != self.shard_id:
             raise ShapeError(f"{self!r}: the state is ps-shard-{state.get('shard_id')}'s")
+        if state.get("tables_since") is not None:
+            raise ShapeError(f"{self!r}: the state holds only the table rows changed since checkpoint"
+                             f" {state['tables_since']}; merge it onto that one first")
         self._dense.check_state(state)
         BufferTable(self._buffers.values, self._buffers.integer).load_state_dict(state["buffers"])
         ledger = PushLedger()
@@ -535,6 +547,7 @@ class ParameterShard:
         self._tables.load_state_dict(state.get("tables"))
         ledger.mark_rolled_back()
         self._ledger = ledger
+        self._tables_clean_at = None  # ServedShard names the checkpoint it restored
         if self._audit is not None:  # what the restored state holds was applied; what came after was undone
             self._audit = [tuple(t) for t in (state.get("audit") or [])]
         self._rejected, self._duplicates, self._max_lead = Counter(c["rejected"]), c["duplicates"], c["max_lead"]

@@ -67,7 +67,7 @@ def test_a_new_row_starts_fresh_in_a_slot_an_evicted_row_left():
     store.state["exp_avg"][slots] = 7.0  # as if trained
     store.scalars["step"][slots] = 5
     store.last_seen[slots[1:]] = 9
-    assert store.evict_unseen(before=1) == 1 and store.count == 2
+    assert len(store.evict_unseen(before=1)) == 1 and store.count == 2
     new = np.array([40], np.int64)
     slot = store.create(new, np.full((1, 4), 2.0, np.float32), step=9)
     assert slot[0] == 2  # the freed slot, packed

@@ -36,8 +36,10 @@ CUT_S = 2.0  # how long a cut waits for the pushes it needs before it is abandon
 
 class Checkpointer:
     def __init__(self, root: str, keep: int, schedule: CheckpointSchedule, config: dict,
-                 extra: dict | None = None, runtime: Runtime = RAY):
-        """``extra``: parts every checkpoint carries as they are (the job's fitted data state)."""
+                 extra: dict | None = None, runtime: Runtime = RAY, full_every: int = 1):
+        """``extra``: parts every checkpoint carries as they are (the job's fitted data state).
+        ``full_every``: at least every so many checkpoints, one with every table row; those between hold
+        only the rows changed since the checkpoint before (1: every checkpoint is full)."""
         self.runtime = runtime
         self.root = str(root)
         self.extra = dict(extra or {})
@@ -48,6 +50,9 @@ class Checkpointer:
         self.abandoned = 0
         self.last_step: int | None = None
         self.pause_s = 0.0  # the longest time pushes waited for a cut
+        self.full_every = full_every
+        self.incremental_written = 0
+        self._since_full = 0  # incremental checkpoints written since the last full one
 
     def due(self, now: float, step: int) -> bool:
         return self.schedule.due(now, step)
@@ -73,7 +78,9 @@ class Checkpointer:
                 self.abandoned += 1
                 log.warning("checkpoint abandoned: a push of the cut %s never reached every shard", cut)
                 return None
-            states = self._get([s.state_dict.remote() for s in shards])
+            index = self.next_index()
+            since = self.last_step if self._since_full + 1 < self.full_every else None
+            states = self._get([s.state_dict.remote(since, index) for s in shards])
             queue = self._get(coordinator.state_dict.remote())
         except (self.runtime.ActorError, self.runtime.GetTimeoutError) as e:
             # A shard died (or stopped answering) mid-cut: there is no consistent picture to write. The
@@ -84,14 +91,18 @@ class Checkpointer:
         finally:
             self._thaw(shards)
             self.pause_s = max(self.pause_s, time.monotonic() - began)
-        index = self.next_index()
         parts = {part_name(i): state for i, state in enumerate(states)}
         parts["queue"] = queue
         parts.update(self.extra)
         parts["job"] = {"config": self.config, "clocks": cut, "versions": [s["version"] for s in states],
                         "history": list(history), "step": step, "written_at": time.time()}
-        self.store.write(index, parts)
+        # a shard that gave its tables whole (restarted, or restored since) needs no base; the others do
+        base = since if any(s["tables_since"] is not None for s in states) else None
+        self.last_step = None  # until this one is on disk, the next must not follow it
+        self.store.write(index, parts, base=base)
         self.written += 1
+        self.incremental_written += base is not None
+        self._since_full = self._since_full + 1 if base is not None else 0
         self.last_step = index
         return index
 

@@ -305,7 +305,8 @@ def start(run: Run, on_start: Callable[[str], None] | None) -> None:
         ckpt = config.checkpoint
         run.checkpointer = Checkpointer(
             ckpt_root, ckpt.keep, plan.checkpoint_schedule(), config.to_dict(),
-            extra={"data": plan.prepared.state()} if plan.prepared is not None else None, runtime=runtime)
+            extra={"data": plan.prepared.state()} if plan.prepared is not None else None, runtime=runtime,
+            full_every=ckpt.full_every)
         restored = runtime.get(run.shards[0].life.remote())["restored"]
         if restored is not None:  # a resumed job: every worker comes back as a new incarnation
             run.initial, run.history = _resume(run, restored)

@@ -31,7 +31,10 @@ class CheckpointConfig:
     # ... and whenever the job's step (per worker) passes a multiple of this (auto: a tenth of the job, at
     # least 1 s after the last cut; None: not by steps)
     every_steps: int | str | None = "auto"
-    keep: int = 3  # the newest K are kept
+    keep: int = 3  # the newest K are kept (and the checkpoints they follow)
+    # sparse tables: every so many checkpoints one holds every row; those between only the rows changed since
+    # the checkpoint before (1: every one holds every row)
+    full_every: int = 10
     dir: str | None = None  # default: <run dir>/checkpoints
     enabled: bool = True
 
@@ -41,6 +44,7 @@ class CheckpointConfig:
         if self.every_steps is not None:
             every_steps(self.every_steps, "checkpoint.every_steps", minimum=1)
         number(self.keep, "checkpoint.keep", minimum=1, integer=True)
+        number(self.full_every, "checkpoint.full_every", minimum=1, integer=True)
         require(isinstance(self.enabled, bool), f"checkpoint.enabled ({self.enabled!r}) must be true or false")
         require(self.dir is None or isinstance(self.dir, str), f"checkpoint.dir ({self.dir!r}) must be a path")
 

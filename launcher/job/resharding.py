@@ -20,7 +20,7 @@ import time
 
 from ...ps.core.checkpoint import CheckpointStore
 from ...ps.reshard import reshard
-from ...ps.served import part_name
+from ...ps.served import part_name, shard_state
 
 _SHARD_PART = re.compile(r"^shard-(\d+)$")
 
@@ -42,7 +42,8 @@ def reshard_newest(root: str, servers: int, keep: int) -> str | None:
     count = shard_count(parts)
     if count == servers:
         return None
-    states = reshard([parts[part_name(i)] for i in range(count)], servers)
+    # an incremental cut's shard parts hold only the rows changed since the cut before: merged back first
+    states = reshard([shard_state(store, index, i) for i in range(count)], servers)
     moved = {name: part for name, part in parts.items() if not _SHARD_PART.match(name)}
     moved.update({part_name(i): state for i, state in enumerate(states)})
     job = dict(moved["job"])

@@ -138,6 +138,8 @@ def recovery_summary(controller, checkpointer, coverage, reports, stats) -> dict
         "workers_removed": counts["removed"],
         "stalls": controller.stall_reports if controller is not None else [],
         "checkpoints_written": checkpointer.written if checkpointer is not None else 0,
+        # of them, those holding only the table rows changed since the checkpoint before
+        "checkpoints_incremental": checkpointer.incremental_written if checkpointer is not None else 0,
         "checkpoint_pause_s": round(checkpointer.pause_s, 4) if checkpointer is not None else 0.0,
         "resyncs": sum(r.get("resyncs", 0) for r in reports),
     }

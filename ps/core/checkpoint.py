@@ -3,7 +3,7 @@
 Layout under the store's root::
 
     ckpt-000000001234/
-        manifest.json           format, step, and for every other file its bytes and sha256
+        manifest.json           format, step, base, and for every other file its bytes and sha256
         shard-0.safetensors     the part's arrays (parameters, optimizer state, buffers, ...)
         shard-0.json            everything else in the part, with references to those arrays
         ...
@@ -16,6 +16,12 @@ parses and whose every file has the size and sha256 the manifest says; one
 that does not is skipped with a logged error and the next older one is
 tried. A file with zeroed tensor bytes, which safetensors itself would load
 without complaint, fails its checksum. Only the newest ``keep`` are kept.
+
+An incremental checkpoint names in ``base`` the checkpoint it follows (its
+parts hold only what changed since: ps/sparse/delta.py). It reads back only
+when its chain does: every file of every checkpoint it follows must match
+its manifest too, so a damaged link makes the later ones unreadable, and
+the next older whole one is taken. Pruning keeps what a kept one follows.
 
 A part is any nest of dicts, lists, numbers, strings and numpy arrays, such
 as ``ParameterShard.state_dict()``. Integer dict keys (worker ids) come back
@@ -109,6 +115,7 @@ class CheckpointStore:
             raise ConfigError(f"keep ({keep}) must be >= 1")
         self.root = Path(root)
         self.keep = keep
+        self._verified: set[int] = set()  # checked whole by this store (its files are written once, renamed in)
 
     def steps(self) -> list[int]:
         """The steps of the complete checkpoints on disk, oldest first (valid or not)."""
@@ -120,12 +127,16 @@ class CheckpointStore:
     def path(self, step: int) -> Path:
         return self.root / f"ckpt-{step:012d}"
 
-    def write(self, step: int, parts: dict[str, Any]) -> Path:
-        """Write ``parts`` (name -> nested state) as the checkpoint of ``step``; prune to ``keep``."""
+    def write(self, step: int, parts: dict[str, Any], base: int | None = None) -> Path:
+        """Write ``parts`` (name -> nested state) as the checkpoint of ``step``; prune to ``keep``.
+        ``base``: the checkpoint this one follows (an incremental one, whose parts hold only what changed
+        since); it is kept as long as this one is."""
         from safetensors.numpy import save
 
         if step < 0:
             raise ConfigError(f"checkpoint step ({step}) must be >= 0")
+        if base is not None and not (0 <= base < step and self.path(base).is_dir()):
+            raise ConfigError(f"checkpoint {step} cannot follow checkpoint {base}: it is not an earlier one here")
         for name in parts:
             if not _PART.match(name) or name == "manifest":
                 raise ConfigError(f"checkpoint part name {name!r} must be letters, digits, - or _, not 'manifest'")
@@ -142,34 +153,54 @@ class CheckpointStore:
                                        (f"{name}.json", json.dumps(tree).encode())):
                     _write_synced(tmp / filename, data)
                     files[filename] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-            manifest = {"format": FORMAT, "step": step, "parts": sorted(parts), "files": files,
+            manifest = {"format": FORMAT, "step": step, "base": base, "parts": sorted(parts), "files": files,
                         "written_at": time.time()}
             _write_synced(tmp / "manifest.json", json.dumps(manifest, indent=1).encode())
             _fsync_dir(tmp)
             if final.exists():  # the same step written again (a resumed job): the new one replaces it
                 shutil.rmtree(final)
+            self._verified.discard(step)
             os.rename(tmp, final)
             _fsync_dir(self.root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        for old in self.steps()[:-self.keep]:
-            shutil.rmtree(self.path(old), ignore_errors=True)
+        self._prune()
         return final
 
-    def read(self, step: int, only: list[str] | None = None) -> dict[str, Any]:
-        """The parts of checkpoint ``step`` (or just those named in ``only``); CorruptCheckpoint if
-        any file of it does not match its manifest: a cut is whole or not at all."""
-        from safetensors.numpy import load
+    def _prune(self) -> None:
+        """Keep the newest ``keep`` checkpoints and every one they follow."""
+        steps = self.steps()
+        needed = set(steps[-self.keep:])
+        for step in steps[-self.keep:]:
+            while True:
+                try:
+                    step = json.loads((self.path(step) / "manifest.json").read_bytes()).get("base")
+                except (OSError, ValueError, AttributeError):
+                    break
+                if step is None or step in needed:
+                    break
+                needed.add(step)
+        for old in steps:
+            if old not in needed:
+                shutil.rmtree(self.path(old), ignore_errors=True)
+                self._verified.discard(old)
 
+    def _verify(self, step: int) -> dict:
+        """Checkpoint ``step``'s manifest, once every file of it, and of every checkpoint it chains to,
+        matches its manifest; CorruptCheckpoint otherwise."""
         where = self.path(step)
         try:
             manifest = json.loads((where / "manifest.json").read_bytes())
-            files, names = manifest["files"], manifest["parts"]
+            files, base = manifest["files"], manifest.get("base")
             if manifest.get("format") != FORMAT or manifest.get("step") != step:
                 raise ValueError(f"format {manifest.get('format')!r}, step {manifest.get('step')!r}")
+            if base is not None and (not isinstance(base, int) or base >= step):
+                raise ValueError(f"base {base!r}")
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise CorruptCheckpoint(f"{where}: manifest.json is missing or unreadable: {e}") from None
+        if step in self._verified:
+            return manifest
         for filename, expected in files.items():
             path = where / filename
             if not path.is_file():
@@ -179,6 +210,26 @@ class CheckpointStore:
                 raise CorruptCheckpoint(f"{where}: {filename} has {size} bytes, the manifest says {expected['bytes']}")
             if _sha256(path) != expected["sha256"]:
                 raise CorruptCheckpoint(f"{where}: {filename} does not match its sha256 in the manifest")
+        if base is not None:  # an incremental checkpoint is whole only with the chain it builds on
+            try:
+                self._verify(base)
+            except CorruptCheckpoint as e:
+                raise CorruptCheckpoint(f"{where}: it follows checkpoint {base}, which cannot be read: {e}") from None
+        self._verified.add(step)
+        return manifest
+
+    def base(self, step: int) -> int | None:
+        """The checkpoint an incremental checkpoint ``step`` follows (None: it stands alone)."""
+        return self._verify(step).get("base")
+
+    def read(self, step: int, only: list[str] | None = None) -> dict[str, Any]:
+        """The parts of checkpoint ``step`` (or just those named in ``only``); CorruptCheckpoint if
+        any file of it, or of the checkpoints it follows, does not match its manifest: a cut is whole or
+        not at all."""
+        from safetensors.numpy import load
+
+        where = self.path(step)
+        names = self._verify(step)["parts"]
         parts = {}
         for name in names:
             if only is not None and name not in only:

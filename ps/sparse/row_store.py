@@ -155,12 +155,12 @@ class RowStore:
         self.count += n
         return slots
 
-    def evict_unseen(self, before: int) -> int:
-        """Drop every row last seen before table version ``before``; return how many went."""
+    def evict_unseen(self, before: int) -> np.ndarray:
+        """Drop every row last seen before table version ``before``; return their ids."""
         live = self.last_seen[:self.count] >= before
-        gone = self.count - int(np.count_nonzero(live))
-        if not gone:
-            return 0
+        gone = self.ids[:self.count][~live]
+        if not len(gone):
+            return gone
         kept = np.flatnonzero(live)
         for array in (self.block, self.ids, self.last_seen, *self.scalars.values()):
             array[:len(kept)] = array[kept]
@@ -186,6 +186,13 @@ class RowStore:
         return {"ids": self.ids[:n].copy(), "weights": self.weights[:n].copy(),
                 "last_seen": self.last_seen[:n].copy(),
                 "state": {k: v[:n].copy() for k, v in self.state.items()}}
+
+    def rows_state(self, ids: np.ndarray) -> dict:
+        """``state_dict()`` of just the rows ``ids`` that are here (an incremental checkpoint's rows)."""
+        slots = self.slots(ids)
+        slots = slots[slots >= 0]
+        return {"ids": self.ids[slots], "weights": self.weights[slots], "last_seen": self.last_seen[slots],
+                "state": {k: v[slots] for k, v in self.state.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         ids = np.asarray(state["ids"], np.int64)

@@ -29,6 +29,7 @@ import numpy as np
 
 from ...errors import InputError, OutOfOrderError, ShapeError
 from ..core.consistency import Consistency, ConsistencyConfig
+from .delta import ChangeLog
 from .row_optimizers import RowOptimizerConfig, make_row_optimizer
 from .ids import strictly_increasing, unique_sorted
 from .row_store import INITIALIZERS, RowStore, initial_rows
@@ -84,6 +85,7 @@ class SparseTable:
         # the frequency filter counts pulls per possible row (2 bytes each), rows made or not
         self.touches = np.zeros(self.local_rows, np.uint16) if config.min_touches > 1 else None
         self.consistency = Consistency(config.consistency, worker_ids, repr(self))
+        self.changes = ChangeLog()  # rows changed since the last cut: an incremental checkpoint writes those
         self.version = 0
         self.pulled_at: dict[int, int] = {}
         # each worker's last pull: its ids and their slots, which its push of the same ids reuses
@@ -174,6 +176,7 @@ class SparseTable:
             store.last_seen[seen] = self.version
             self.pulled_at[worker_id] = self.version
             self._pulled[worker_id] = (ids, slots, store.moves)
+            self.changes.note(ids, store.count)  # their last-seen versions moved (and some were made)
             self.counters["rows_pulled"] += len(ids)
         return out
 
@@ -188,6 +191,7 @@ class SparseTable:
             local = unique // self.num_shards
             counts = np.minimum(self.touches[local].astype(np.int64) + 1, np.iinfo(np.uint16).max)
             self.touches[local] = counts
+            self.changes.note_touched(local)
             create = unique[counts >= c.min_touches]
             self.counters["rows_filtered"] += len(unique) - len(create)
         values = initial_rows(create, c.dim, c.init, c.init_scale, c.seed, c.name)
@@ -266,10 +270,13 @@ class SparseTable:
             for k, v in scalars.items():
                 store.scalars[k][slots] = v
             store.last_seen[slots] = self.version
+            self.changes.note(ids, store.count)
         self.version += 1
         after = self.config.evict_after
         if after is not None and self.version % max(1, after // 4) == 0:
-            self.counters["rows_evicted"] += self.store.evict_unseen(self.version - after)
+            gone = self.store.evict_unseen(self.version - after)
+            self.changes.note_removed(gone)
+            self.counters["rows_evicted"] += len(gone)
 
     def _slots_of(self, ids: np.ndarray, pulled) -> np.ndarray:
         """The slots of a push's ids: a worker pushes the ids it pulled, in the same order, so their
@@ -292,10 +299,18 @@ class SparseTable:
                 "max_clock_gap": self.max_lead, "wait_s": {int(k): round(v, 4) for k, v in self.wait_s.items()},
                 **{k: int(v) for k, v in self.counters.items()}}
 
-    def state_dict(self) -> dict:
-        touched = np.flatnonzero(self.touches) if self.touches is not None else np.zeros(0, np.int64)
+    def state_dict(self, delta: bool = False) -> dict:
+        """The table's state; ``delta``: only the rows changed since the last state was taken (``merged``
+        folds it onto that one, ps/sparse/delta.py). Either way the change log starts afresh."""
+        changed, removed, touched_since = self.changes.take()
+        if delta:
+            store, touched = self.store.rows_state(changed), touched_since
+        else:
+            store = self.store.state_dict()
+            touched = np.flatnonzero(self.touches) if self.touches is not None else np.zeros(0, np.int64)
+        extra = {"delta": True, "removed": removed} if delta else {}
         return {
-            "name": self.config.name, "store": self.store.state_dict(), "version": self.version,
+            **extra, "name": self.config.name, "store": store, "version": self.version,
             **self.consistency.state_dict(),
             "pulled_at": dict(self.pulled_at),
             "touched": touched, "touches": self.touches[touched].copy() if self.touches is not None else touched,
@@ -316,6 +331,10 @@ class SparseTable:
             raise ShapeError(f"{self!r}: the state holds ids that are not this shard's rows")
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a full ``state_dict()`` (a delta merged onto its base first: ps/sparse/delta.py)."""
+        if state.get("delta"):
+            raise ShapeError(f"{self!r}: the state holds only the rows changed since a cut; merge it onto"
+                             " the cut it follows first")
         self.check_state(state)
         consistency = Consistency(self.config.consistency, [], repr(self))
         consistency.load_state_dict(state)
@@ -324,6 +343,7 @@ class SparseTable:
         self.version = int(state["version"])
         self.pulled_at = {int(w): int(v) for w, v in state["pulled_at"].items()}
         self._pulled = {}
+        self.changes.clear()
         if self.touches is not None:
             self.touches = np.zeros(self.local_rows, np.uint16)
             self.touches[np.asarray(state["touched"], np.int64)] = state["touches"]

@@ -52,8 +52,9 @@ class SparseTables:
     def stats(self) -> dict:
         return {name: t.stats() for name, t in sorted(self.tables.items())}
 
-    def state_dict(self) -> dict:
-        return {name: t.state_dict() for name, t in self.tables.items()}
+    def state_dict(self, delta: bool = False) -> dict:
+        """Every table's state (``delta``: only the rows changed since the last state was taken)."""
+        return {name: t.state_dict(delta) for name, t in self.tables.items()}
 
     def check_state(self, state: dict | None) -> None:
         state = state or {}
