@@ -39,6 +39,11 @@ class TableSettings:
     init_scale: float = 1.0  # normal: the std (torch's Embedding: 1); uniform: the bound
     min_touches: int = 1  # frequency filter: a row is created at its N-th pull
     evict_after: int | None = None  # drop rows unseen for this many of the table's updates
+    # a larger-than-memory table: the MB of rows (and their state) each shard keeps in memory, the rest on its
+    # local disk (null: every row in memory); which rows leave memory first (lru | lfu); where the disk file is
+    memory_mb: float | None = None
+    eviction: str = "lru"
+    disk_dir: str | None = None
 
     def __post_init__(self) -> None:
         require(self.init in INITIALIZERS, f"init ({self.init!r}) must be one of {', '.join(INITIALIZERS)}")
@@ -86,7 +91,7 @@ class SparseConfig(TableSettings):
                                                       staleness_aware_lr=job.staleness_aware_lr)
             try:
                 out.append(TableConfig(name, rows, dim, s.optimizer, mode, s.init, s.init_scale, s.min_touches,
-                                       s.evict_after, seed))
+                                       s.evict_after, seed, s.memory_mb, s.eviction, s.disk_dir))
             except ConfigError as e:
                 raise ConfigError(f"sparse.tables.{name}: {e}") from None
         return out

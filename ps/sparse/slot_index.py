@@ -32,8 +32,17 @@ class SlotIndex:
     def __init__(self):
         self._allocate(0)
 
+    @staticmethod
+    def _bits(rows: int) -> int:
+        return max(_MIN_BITS, int(np.ceil(np.log2(max(1, 2 * rows) / MAX_LOAD))))
+
+    @staticmethod
+    def nbytes_for(rows: int) -> int:
+        """The most an index of ``rows`` rows holds allocated (it doubles past a load of 1/2)."""
+        return 4 << SlotIndex._bits(rows)
+
     def _allocate(self, rows: int) -> None:
-        self.bits = max(_MIN_BITS, int(np.ceil(np.log2(max(1, 2 * rows) / MAX_LOAD))))
+        self.bits = self._bits(rows)
         self.entries = np.zeros(1 << self.bits, np.int32)
         self.count = 0
 

@@ -33,6 +33,7 @@ from .delta import ChangeLog
 from .row_optimizers import RowOptimizerConfig, make_row_optimizer
 from .ids import strictly_increasing, unique_sorted
 from .row_store import INITIALIZERS, RowStore, initial_rows
+from .tiers import POLICIES, TieredRowStore
 from ...settings import number, require
 
 
@@ -50,6 +51,9 @@ class TableConfig:
     min_touches: int = 1  # the frequency filter: a row is created at its N-th pull
     evict_after: int | None = None  # drop rows unseen for this many of the table's updates
     seed: int = 0
+    memory_mb: float | None = None  # the rows (and their state) a shard holds in memory; the rest on disk
+    eviction: str = "lru"  # which rows leave memory first: lru (least recently seen) | lfu (least used)
+    disk_dir: str | None = None  # where the disk tier's file is (default: the temp dir)
 
     def __post_init__(self) -> None:
         require(isinstance(self.name, str) and self.name != "", f"table name ({self.name!r}) must be a string")
@@ -61,11 +65,24 @@ class TableConfig:
         number(self.min_touches, f"table {self.name!r} min_touches", minimum=1, integer=True)
         if self.evict_after is not None:
             number(self.evict_after, f"table {self.name!r} evict_after", minimum=1, integer=True)
+        if self.memory_mb is not None:
+            number(self.memory_mb, f"table {self.name!r} memory_mb", minimum=0, exclusive=True)
+            require(self.evict_after is None, f"table {self.name!r}: a table with memory_mb keeps every row (on"
+                    " disk when not in memory), so evict_after does not go with it")
+        require(self.eviction in POLICIES, f"table {self.name!r} eviction ({self.eviction!r}) must be one of"
+                f" {', '.join(POLICIES)}")
+        require(self.min_touches == 1 or self.num_embeddings <= MAX_FILTERED_ROWS,
+                f"table {self.name!r}: the frequency filter (min_touches) keeps a count per possible row, and"
+                f" {self.num_embeddings} rows is more than it holds ({MAX_FILTERED_ROWS})")
         require(self.consistency.quorum is None, f"table {self.name!r}: a sparse table has no backup workers"
                 " (quorum)")
         require(not (self.optimizer.name == "ftrl" and self.init != "zeros"),
                 f"table {self.name!r}: ftrl derives its weights from its state, so it starts at zero"
                 f" (init 'zeros', not {self.init!r})")
+
+
+#: the frequency filter's counts are 2 bytes per possible row: up to 4 GB of them
+MAX_FILTERED_ROWS = 2**31
 
 
 def untrained_rows(config: TableConfig, ids: np.ndarray) -> np.ndarray:
@@ -81,7 +98,11 @@ class SparseTable:
         self.shard_id, self.num_shards = shard_id, num_shards
         self.optimizer = make_row_optimizer(config.optimizer)
         self.local_rows = (config.num_embeddings - shard_id + num_shards - 1) // num_shards
-        self.store = RowStore(config.dim, self.optimizer._spec())
+        if config.memory_mb is None:
+            self.store = RowStore(config.dim, self.optimizer._spec())
+        else:
+            self.store = TieredRowStore(config.dim, self.optimizer._spec(), int(config.memory_mb * 2**20),
+                                        config.eviction, config.disk_dir, f"{config.name}-{shard_id}")
         # the frequency filter counts pulls per possible row (2 bytes each), rows made or not
         self.touches = np.zeros(self.local_rows, np.uint16) if config.min_touches > 1 else None
         self.consistency = Consistency(config.consistency, worker_ids, repr(self))
@@ -293,7 +314,8 @@ class SparseTable:
     # ---- what the driver reads, and checkpoints -------------------------------------
 
     def stats(self) -> dict:
-        return {"rows": self.store.count, "bytes": self.store.nbytes, "row_bytes": self.store.row_bytes,
+        tiers = self.store.tier_stats() if isinstance(self.store, TieredRowStore) else {}
+        return {**tiers, "rows": self.store.count, "bytes": self.store.nbytes, "row_bytes": self.store.row_bytes,
                 "version": self.version, "mode": self.mode, "clocks": self.clocks.snapshot(),
                 "staleness_histogram": {int(k): v for k, v in sorted(self.staleness.items())},
                 "max_clock_gap": self.max_lead, "wait_s": {int(k): round(v, 4) for k, v in self.wait_s.items()},
