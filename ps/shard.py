@@ -43,7 +43,7 @@ from .core.cut import CheckpointCut
 from .core.dense import DenseTable
 from .core.ledger import PushLedger
 from .core.metrics import ShardMetrics
-from .core.placement_info import rss_bytes
+from .core.placement_info import peak_rss_bytes, rss_bytes
 from .core.optimizers import OptimizerConfig, state_nbytes
 from .core.schedules import ScheduleConfig
 from .core.series import StepSeries
@@ -371,8 +371,7 @@ class ParameterShard:
 
     async def sparse_export(self, table: str) -> tuple[np.ndarray, np.ndarray]:
         """Every row this shard holds of ``table``: ids (int64) and values (float32 rows x dim)."""
-        store = self._table(table).store
-        return store.ids[:store.count].copy(), store.weights[:store.count].copy()
+        return self._table(table).store.export()
 
     def _table(self, name: str) -> SparseTable:
         try:
@@ -679,6 +678,7 @@ class ParameterShard:
             "uptime_s": time.monotonic() - self._started,
             "memory_bytes": self._memory_bytes,
             "rss_bytes": rss_bytes(),  # the whole process's: a soak watches it stay flat
+            "peak_rss_bytes": peak_rss_bytes(),
             "ledger": {w: list(v) for w, v in self._ledger.snapshot().items()},
             "tables": self._tables.stats(),
             "codec": self._decoder.codec.name,

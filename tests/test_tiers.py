@@ -54,6 +54,7 @@ def test_a_table_over_its_memory_budget_trains_to_the_same_bits_as_one_in_memory
     stats = tiered.stats()
     rows = len(whole.store.ids[:whole.store.count])
     assert stats["memory_rows"] <= stats["memory_budget_rows"] < rows / 3  # most rows live on disk
+    assert stats["rows"] == stats["memory_rows"] + stats["disk_rows"] == rows
     # every row not in memory was written out; rows came back when asked again
     assert stats["rows_written_to_disk"] >= rows - stats["memory_rows"] and stats["rows_read_from_disk"] > 1_000
     assert tiered.store.nbytes <= 0.5 * 2**20  # what it holds in memory, index and slack included
@@ -110,3 +111,30 @@ def test_disk_rows_hold_what_was_written_through_growth():
     assert all(want[int(r["id"])] == (r["record"].tobytes(), int(r["step"])) for r in got)
     assert (disk.find(rng.integers(0, 2**63 - 1, 1_000)) == -1).all()
     assert sum(len(part) for part in disk.items()) == len(want)
+
+
+@pytest.mark.timeout(240)
+def test_a_job_whose_table_is_mostly_on_disk_applies_every_row_gradient_once(in_process, tmp_path):
+    """5,000 rows on 2 shards that keep about 1,200 each in memory: every example's row goes up by one per
+    epoch (SGD, lr 1), through evictions and reads back, with a worker's rows evicted between its pull and
+    its push by the other worker's pulls."""
+    import functools
+
+    import rayps
+    from tests.test_sparse_jobs import SparseCounter
+
+    x = np.arange(5_000, dtype=np.int64).reshape(-1, 1)
+    rng = np.random.default_rng(0)
+    x = x[rng.permutation(5_000)]
+    test = np.arange(5_000, 5_100, dtype=np.int64).reshape(-1, 1)
+    result = rayps.Job(model=functools.partial(SparseCounter, 5_100),
+                       data={"train": (x, np.zeros(5_000, np.float32)), "test": (test, np.zeros(100, np.float32))},
+                       loss="tests.test_sparse_jobs:minus_sum", optimizer={"name": "sgd", "lr": 1.0},
+                       schedule={"name": "constant"}, servers=2, batch_size=50, epochs=3, eval_every_s=0,
+                       sparse={"optimizer": {"name": "sgd", "lr": 1.0}, "init": "zeros", "memory_mb": 0.06,
+                               "eviction": "lfu"}).run(
+        output=tmp_path / "run", progress=False, dashboard=False, report=False, runtime=in_process)
+    got = result.model.rows._source.pull("count", np.arange(5_000, dtype=np.int64))[:, 0]
+    assert (got == 3).all(), np.flatnonzero(got != 3)[:10]
+    table = result.summary["sparse_tables"]["count"]
+    assert table["rows"] == 5_000 and table["disk_rows"] > 2_000 and table["rows_read_from_disk"] > 2_000

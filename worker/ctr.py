@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..ps.sparse.row_store import initial_rows
 from .data.sources import ArraySource
 from .loop.embedding import Embedding, EmbeddingBag
 from .loop.scoring import roc_auc  # the same AUC the job reports
@@ -70,6 +71,49 @@ def clicks_hard(seed: int = 0) -> dict:
     field (not 5,000), Zipf exponent 1.1 (not 1.3: a longer tail of rare ids), factor spread 0.35 (not 0.2:
     stronger pairwise effects), 200,000 train examples (not 600,000). examples/ctr-hard.yaml trains on it."""
     return clicks(examples=200_000, vocab=100_000, zipf=1.1, factor_std=0.35, seed=seed)
+
+
+#: the largest id of the whole int64 space a table holds (ids are >= 0)
+INT64_IDS = 2**63 - 1
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _hashed_ids(field: int, ranks: np.ndarray, seed: int) -> np.ndarray:
+    """Field ``field``'s id of each rank: a splitmix64 hash, so ids spread over the whole int64 space."""
+    with np.errstate(over="ignore"):
+        z = ranks.astype(np.uint64) + np.uint64((field << 40) ^ (seed << 56)) * _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return (z >> np.uint64(1)).astype(np.int64)
+
+
+def clicks_int64(examples: int = 2_000_000, test: int = 100_000, fields: int = 8, ids: int = 100_000_000,
+                 zipf: float = 1.05, factors: int = 4, bias_std: float = 0.6, factor_std: float = 0.2,
+                 offset: float = -1.0, seed: int = 0) -> dict:
+    """``clicks`` over ``ids`` ids drawn from the whole int64 space (``ids / fields`` per field, Zipf ranks
+    hashed to int64), for tables beyond memory. The true model's bias and factors of an id are a hash of it
+    (the tables' own initializer, with the true model's spread), so no table of ``ids`` rows is ever held."""
+    rng = np.random.default_rng(seed)
+    vocab = ids // fields
+    n = examples + test
+    cdf = np.cumsum(np.arange(1, vocab + 1, dtype=np.float64) ** -zipf)
+    cdf /= cdf[-1]
+    x = np.empty((n, fields), np.int64)
+    for f in range(fields):
+        ranks = np.minimum(np.searchsorted(cdf, rng.random(n), side="right"), vocab - 1)
+        x[:, f] = _hashed_ids(f, ranks, seed)
+    del cdf
+    flat = x.reshape(-1)
+    w = initial_rows(flat, 1, "normal", bias_std, seed, "true-bias").reshape(n, fields)
+    v = initial_rows(flat, factors, "normal", factor_std, seed, "true-factors").reshape(n, fields, factors)
+    pairwise = 0.5 * ((v.sum(axis=1) ** 2).sum(axis=1) - (v ** 2).sum(axis=(1, 2)))
+    p = 1 / (1 + np.exp(-(offset + w.sum(axis=1) + pairwise)))
+    y = (rng.random(n) < p).astype(np.float32)
+    reference = {"auc": roc_auc(p[examples:], y[examples:]), "click_rate": float(y[examples:].mean()), "ids": ids,
+                 "ids_seen": int(len(np.unique(x[:examples])))}
+    return {"train": ArraySource(x[:examples], y[:examples]),
+            "test": ReferencedSource(x[examples:], y[examples:], reference)}
 
 
 class DeepFM(nn.Module):

@@ -26,7 +26,10 @@ def sparse_summary(stats: list[dict], reports: list[dict]) -> dict:
             agg["staleness_histogram"].update({int(k): v for k, v in t["staleness_histogram"].items()})
             agg["max_clock_gap"] = max(agg["max_clock_gap"], t["max_clock_gap"])
             for key in ("rows_pulled", "rows_pushed", "rows_created", "rows_evicted", "rows_filtered",
-                        "rows_dropped", "pushes_applied", "pushes_dropped", "duplicates"):
+                        "rows_dropped", "pushes_applied", "pushes_dropped", "duplicates",
+                        # a table beyond memory (memory_mb): where its rows are, and what moved between the tiers
+                        *(("memory_rows", "memory_budget_rows", "disk_rows", "disk_bytes", "rows_read_from_disk",
+                           "rows_written_to_disk") if "memory_rows" in t else ())):
                 agg[key] = agg.get(key, 0) + t.get(key, 0)
     for agg in tables.values():
         agg["staleness_histogram"] = {str(k): v for k, v in sorted(agg["staleness_histogram"].items())}
@@ -78,6 +81,8 @@ def job_summary(config, reports, stats, test_loss, test_accuracy, train_s, wall_
         "train_s": train_s,
         "wall_s": wall_s,
         "worker_peak_rss_mb": {str(r["worker_id"]): r.get("peak_rss_mb") for r in reports},
+        "shard_peak_rss_mb": {str(s["shard_id"]): round(s["peak_rss_bytes"] / 2**20, 1) for s in stats
+                              if "peak_rss_bytes" in s},
         # how many shards each worker reached through shared memory (across nodes: those on its own node)
         "shards_over_shm": {str(r["worker_id"]): r.get("shards_over_shm", 0) for r in reports},
         # fp16: batches computed again at a halved loss scale because their gradient overflowed

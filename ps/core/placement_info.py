@@ -42,6 +42,12 @@ def this_node() -> dict:
             "pid": os.getpid()}
 
 
+def peak_rss_bytes() -> int:
+    """The most resident memory this process has held (Linux: its VmHWM)."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def rss_bytes() -> int:
     """This process's resident memory now (Linux's /proc; elsewhere its peak, which is all it says)."""
     try:

@@ -138,6 +138,15 @@ class RowStore:
             return np.zeros(0, np.int64)
         return self.index.lookup(ids, self.ids)
 
+    def export(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every row's id and weights (copies)."""
+        return self.ids[:self.count].copy(), self.weights[:self.count].copy()
+
+    def read_weights(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The weights of rows ``ids`` (a copy; anything where absent) and which of them are here."""
+        slots = self.slots(ids)
+        return self.weights[np.maximum(slots, 0)], slots >= 0
+
     def create(self, ids: np.ndarray, values: np.ndarray, step: int) -> np.ndarray:
         """Add rows (ids unique and absent) with initial ``values``; return their slots."""
         n = len(ids)
@@ -170,6 +179,11 @@ class RowStore:
         return gone
 
     # ---- what it costs, and its state -----------------------------------------------
+
+    @property
+    def rows(self) -> int:
+        """Every row held."""
+        return self.count
 
     @property
     def row_bytes(self) -> int:

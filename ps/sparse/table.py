@@ -184,6 +184,11 @@ class SparseTable:
         its version is what that worker's next push is stale against. ``worker_id`` None: a read
         for evaluation, which creates nothing and counts nothing (absent rows read as they would start)."""
         store, c = self.store, self.config
+        if worker_id is None:  # a read: from wherever the rows are, bringing none into memory
+            out, found = store.read_weights(ids)
+            if not found.all():
+                out[~found] = untrained_rows(c, ids[~found])
+            return out
         slots = store.slots(ids)
         absent = slots < 0
         if absent.any() and worker_id is not None:
@@ -315,7 +320,7 @@ class SparseTable:
 
     def stats(self) -> dict:
         tiers = self.store.tier_stats() if isinstance(self.store, TieredRowStore) else {}
-        return {**tiers, "rows": self.store.count, "bytes": self.store.nbytes, "row_bytes": self.store.row_bytes,
+        return {**tiers, "rows": self.store.rows, "bytes": self.store.nbytes, "row_bytes": self.store.row_bytes,
                 "version": self.version, "mode": self.mode, "clocks": self.clocks.snapshot(),
                 "staleness_histogram": {int(k): v for k, v in sorted(self.staleness.items())},
                 "max_clock_gap": self.max_lead, "wait_s": {int(k): round(v, 4) for k, v in self.wait_s.items()},

@@ -64,6 +64,7 @@ class TieredRowStore(RowStore):
                               f" {self.row_bytes} bytes; it must hold at least 1,024")
         self.cold = DiskRows(self.width, [(n, d) for n, d, _ in self._scalars], directory, name)
         self.faults = self.evicted = 0  # rows read back from disk, rows written out to it
+        self.away = 0  # rows on disk only (every row is in memory or away)
 
     # ---- the memory tier's arrays, with a use count per row ---------------------------
 
@@ -96,9 +97,25 @@ class TieredRowStore(RowStore):
                 sub[found] = self._admit(rows)
                 slots[away] = sub
                 self.faults += len(rows)
+                self.away -= len(rows)
         hit = slots[slots >= 0]
         self.uses[hit] += 1
         return slots
+
+    def read_weights(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The weights of rows ``ids`` from memory or disk, bringing none into memory (an evaluation's read)."""
+        slots = super().slots(ids)
+        out = self.weights[np.maximum(slots, 0)]
+        found = slots >= 0
+        if not found.all():
+            where = self.cold.find(ids[~found])
+            on_disk = where >= 0
+            sub = out[~found]
+            sub[on_disk] = self.cold.read(where[on_disk])["record"][:, :self.dim]
+            self.cold.release()
+            out[~found] = sub
+            found[np.flatnonzero(~found)[on_disk]] = True
+        return out, found
 
     def _admit(self, rows: np.ndarray) -> np.ndarray:
         """Put rows read from disk into memory (room was made); their new slots."""
@@ -142,6 +159,7 @@ class TieredRowStore(RowStore):
         self.cold.write(rows)
         self.cold.release()
         self.evicted += len(victims)
+        self.away += len(victims)
         live = np.ones(self.count, bool)
         live[victims] = False
         kept = np.flatnonzero(live)
@@ -160,12 +178,18 @@ class TieredRowStore(RowStore):
     # ---- what it costs, and its state -------------------------------------------------
 
     def tier_stats(self) -> dict:
-        return {"memory_rows": self.count, "memory_budget_rows": self.hot_rows, "disk_rows": self.cold.count,
+        return {"memory_rows": self.count, "memory_budget_rows": self.hot_rows, "disk_rows": self.away,
                 "disk_bytes": self.cold.nbytes, "rows_read_from_disk": self.faults,
                 "rows_written_to_disk": self.evicted, "eviction": self.policy}
 
     @property
+    def rows(self) -> int:
+        """Every row the table holds here, in memory or on disk."""
+        return self.count + self.away
+
+    @property
     def nbytes(self) -> int:
+        """What the memory tier holds allocated (the disk tier's file is ``disk_bytes``)."""
         return super().nbytes + self.uses.nbytes
 
     def _all_rows(self) -> dict:
@@ -183,6 +207,10 @@ class TieredRowStore(RowStore):
                 "weights": np.concatenate([p["weights"] for p in parts]),
                 "last_seen": np.concatenate([p["last_seen"] for p in parts]),
                 "state": {k: np.concatenate([p["state"][k] for p in parts]) for k in parts[0]["state"]}}
+
+    def export(self) -> tuple[np.ndarray, np.ndarray]:
+        rows = self._all_rows()
+        return rows["ids"].copy(), rows["weights"].copy()
 
     def state_dict(self) -> dict:
         return {k: (v.copy() if isinstance(v, np.ndarray) else {n: a.copy() for n, a in v.items()})
@@ -216,3 +244,4 @@ class TieredRowStore(RowStore):
                 rows[name] = part["state"][name]
             self.cold.write(rows)
             self.cold.release()
+        self.away = len(away)
