@@ -4,6 +4,7 @@
     psctl report RUN_DIR [--x steps|epochs|seconds]
     psctl bench [--quick] [--output DIR] [--models small,large] [--transports shm,grpc,ray] [--modes asp,bsp,...] [--no-sparse] [--no-wire]
     psctl bench --cost
+    psctl bench --table-memory 10,50,100 [--steps S]
     psctl bench --nodes N [--link 10gbit,1gbit] [--steps S] [--layouts colocated,separate] [--models large] [--modes asp,bsp,...]
     psctl bench --nodes N --link 1gbit,100mbit --local-steps 8,32 [--steps S] [--target-loss L]
     psctl export RUN_DIR [--trust] [--all] [--prune S] [--filter-prune KEEP] [--quantize] [--student MODULE:CALLABLE] [--config F]
@@ -71,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--cost", action="store_true", help="only the rows of how cost grows: a step's overhead"
                        " against shards and workers (1 to 8), one shard's pushes/s against clients (1 to 64)")
     bench.add_argument("--steps", type=int, help="steps per worker of every model row (default: each model's own)")
+    bench.add_argument("--table-memory", help="comma-separated percentages: only the rows of a sparse table whose"
+                       " shards keep that share of its hot set in memory (the rest on disk), against one torch process")
     bench.add_argument("--no-sparse", action="store_true",
                        help="skip the sparse-table rows (a 10M x 16 embedding table; ~2 GB for the torch baseline)")
 
@@ -196,6 +199,14 @@ def _bench(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--{what}: unknown {n!r} (allowed: {', '.join(allowed)})")
         return names
 
+    if args.table_memory:
+        from .bench.tiers import run_tier_bench
+
+        out, rows = run_tier_bench([int(p) for p in listed(args.table_memory, None, "table-memory")], args.output,
+                                   command=shlex.join(["psctl", *args.argv]), steps=args.steps)
+        print((out / "bench.md").read_text(), end="")
+        print(f"run directory: {out}")
+        return 0
     if args.nodes is not None and args.local_steps:
         from .bench.local import run_local_bench
 

@@ -21,9 +21,9 @@ from rayps.ps.sparse.table import TableConfig
 ROWS, DIM = 1_000_000, 8
 
 
-def shard(evict_after=None, min_touches=1) -> ParameterShard:
+def shard(evict_after=None, min_touches=1, memory_mb=None) -> ParameterShard:
     table = TableConfig("emb", ROWS, DIM, RowOptimizerConfig("adam", lr=0.05), ConsistencyConfig("asp"),
-                        init_scale=0.1, min_touches=min_touches, evict_after=evict_after)
+                        init_scale=0.1, min_touches=min_touches, evict_after=evict_after, memory_mb=memory_mb)
     return ParameterShard(0, np.zeros(4, np.float32), [0], OptimizerConfig(name="sgd", lr=0.1), ScheduleConfig(),
                           ConsistencyConfig("asp"), tables=(table,))
 
@@ -76,9 +76,12 @@ def test_an_incremental_checkpoint_after_a_step_that_touched_k_rows_writes_o_k_b
     assert sizes[10_000] < full / 8
 
 
-def test_a_chain_of_incremental_checkpoints_restores_bit_for_bit_and_trains_on_alike(tmp_path):
-    # eviction and the frequency filter both change what a delta must carry: rows leave, counts move
-    live = shard(evict_after=8, min_touches=2)
+@pytest.mark.parametrize("tiered", [False, True])
+def test_a_chain_of_incremental_checkpoints_restores_bit_for_bit_and_trains_on_alike(tmp_path, tiered):
+    # eviction and the frequency filter both change what a delta must carry: rows leave, counts move; a table
+    # beyond memory (which keeps every row, no evict_after) gives its changed rows from memory and disk
+    kinds = dict(memory_mb=0.2, min_touches=2) if tiered else dict(evict_after=8, min_touches=2)
+    live = shard(**kinds)
     store = CheckpointStore(tmp_path, keep=10)
     rng = np.random.default_rng(1)
     since = None
@@ -89,11 +92,15 @@ def test_a_chain_of_incremental_checkpoints_restores_bit_for_bit_and_trains_on_a
             cut(live, store, index, since)
             since = index
     assert [store.base(i) for i in range(6)] == [None, 0, 1, 2, 3, 4]
-    restored = shard(evict_after=8, min_touches=2)
+    restored = shard(**kinds)
     restored.load_state_dict(shard_state(store, 5, 0))
     assert rows_of(restored.state_dict()) == rows_of(live.state_dict())
     stats = live.state_dict()["tables"]["emb"]["counters"]
-    assert stats["rows_evicted"] > 0 and stats["rows_filtered"] > 0
+    assert stats["rows_filtered"] > 0
+    if tiered:
+        assert live._tables.get("emb").stats()["disk_rows"] > 500
+    else:
+        assert stats["rows_evicted"] > 0
     restored.enter(0, 0)
     for clock in range(31, 41):
         ids = np.unique(rng.integers(0, 3_000, 300))

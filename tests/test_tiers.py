@@ -101,7 +101,7 @@ def test_disk_rows_hold_what_was_written_through_growth():
         ids = np.unique(rng.integers(0, 2**63 - 1, 4_000))
         if want:  # some written again: their copies are replaced, not added
             ids = np.unique(np.concatenate([ids, rng.choice(list(want), 500)]))
-        rows = np.zeros(len(ids), disk.dtype)
+        rows = np.zeros(len(ids), disk.row_dtype)
         rows["id"], rows["record"], rows["step"] = ids, rng.normal(size=(len(ids), 3)), round_
         disk.write(rows)
         want.update({int(r["id"]): (r["record"].tobytes(), int(r["step"])) for r in rows})

@@ -1,6 +1,7 @@
 """The disk tier of a table: rows that left memory, in an open-addressing hash table in a file.
 
-Each bucket holds one row inline: its id (int64, -1 where empty), its record
+Each bucket holds one row inline: its id plus one (int64, 0 where empty, so a
+new file's zeros are empty buckets and creating it touches none of its pages), its record
 (weights and per-value optimizer state, float32), its per-row scalars and its
 last-seen version. An id's home bucket is the top bits of its product with
 2^64/phi; it probes the buckets after it (linear probing: the next bucket is
@@ -11,10 +12,12 @@ batch, so a push's rows are read in one batched pass, sorted by bucket.
 The file is mapped into the shard's memory and is sized for a load of at most
 1/2; when it fills it is rehashed into one twice as large. It is unlinked as
 soon as it is mapped, so it goes with the process however the process ends.
-Pages it reads stay in the kernel's page cache, not in the process: after each
-batch the mapping is told to drop them (``madvise(MADV_DONTNEED)``; a shared
-file mapping keeps the data in the file), so the shard's resident memory holds
-the hot tier, not the disk tier.
+Every row read or written maps one page (4 KB) of the file into the process,
+so rows are read and written ``CHUNK`` at a time, and after each chunk the
+mapping is told to drop its pages (``madvise(MADV_DONTNEED)``; a shared file
+mapping keeps the data in the file and the kernel's page cache). The shard's
+resident memory then holds the hot tier and at most ``CHUNK`` pages of the
+disk tier (32 MB), not the disk tier.
 
 Rows are never deleted here: a row read back into memory leaves a stale copy,
 which the next eviction of that row overwrites; the memory tier is asked
@@ -32,13 +35,14 @@ import numpy as np
 _FIBONACCI = np.uint64(0x9E3779B97F4A7C15)
 MAX_LOAD = 0.5
 _MIN_BITS = 12
+CHUNK = 8192  # rows read or written between two drops of the mapping's pages: at most 32 MB of them resident
 
 
 class DiskRows:
     def __init__(self, width: int, scalars: list[tuple[str, np.dtype]], directory: str | None = None,
                  name: str = "rows"):
         """``width``: float32 values per row (weights and per-value state); ``scalars``: per-row (name, dtype)."""
-        self.dtype = np.dtype([("id", np.int64), ("last_seen", np.int64), ("record", np.float32, (width,))]
+        self.dtype = np.dtype([("key", np.int64), ("last_seen", np.int64), ("record", np.float32, (width,))]
                               + [(n, d) for n, d in scalars])
         self.directory = directory or tempfile.gettempdir()
         self.name = name
@@ -57,8 +61,6 @@ class DiskRows:
             os.close(fd)
             os.unlink(path)  # the mapping keeps the file; nothing is left on disk when the process ends
         self.buckets = np.frombuffer(self._mmap, self.dtype)
-        self.buckets["id"] = -1  # every page touched once: the file is written, so it takes its disk space now
-        self.release()
 
     @property
     def nbytes(self) -> int:
@@ -78,56 +80,81 @@ class DiskRows:
         out = np.full(len(ids), -1, np.int64)
         if not len(ids) or not self.count:
             return out
-        mask = len(self.buckets) - 1
-        todo = np.arange(len(ids))
-        pos = self._home(ids)
-        order = np.argsort(pos, kind="stable")  # read the file in order
-        todo, pos = todo[order], pos[order]
-        keys = self.buckets["id"]
-        while len(todo):
-            at = keys[pos]
-            hit = at == ids[todo]
-            out[todo[hit]] = pos[hit]
-            going = ~hit & (at != -1)
-            todo, pos = todo[going], (pos[going] + 1) & mask
+        for lo in range(0, len(ids), CHUNK):
+            out[lo:lo + CHUNK] = self._find(ids[lo:lo + CHUNK])
+            self.release()
         self.reads += len(ids)
         return out
 
-    def read(self, buckets: np.ndarray) -> np.ndarray:
-        """The rows at ``buckets`` (a structured copy)."""
-        order = np.argsort(buckets, kind="stable")
-        out = np.empty(len(buckets), self.dtype)
-        out[order] = self.buckets[buckets[order]]
+    def _find(self, ids: np.ndarray) -> np.ndarray:
+        out = np.full(len(ids), -1, np.int64)
+        mask = len(self.buckets) - 1
+        keys, want = self.buckets["key"], ids + 1
+        pos = self._home(ids)
+        order = np.argsort(pos, kind="stable")  # read the file in order
+        todo, pos = order, pos[order]
+        while len(todo):
+            at = keys[pos]
+            hit = at == want[todo]
+            out[todo[hit]] = pos[hit]
+            going = ~hit & (at != 0)
+            todo, pos = todo[going], (pos[going] + 1) & mask
         return out
 
+    def read(self, buckets: np.ndarray) -> np.ndarray:
+        """The rows at ``buckets`` (a structured copy; ``id`` in the key field's place)."""
+        order = np.argsort(buckets, kind="stable")
+        out = np.empty(len(buckets), self.dtype)
+        for lo in range(0, len(order), CHUNK):
+            part = order[lo:lo + CHUNK]
+            out[part] = self.buckets[buckets[part]]
+            self.release()
+        out["key"] -= 1
+        return out.view(self.row_dtype)
+
+    @property
+    def row_dtype(self) -> np.dtype:
+        """What ``read`` returns and ``write`` takes: the buckets' layout with ``id`` for ``key``."""
+        return np.dtype({"names": ["id" if n == "key" else n for n in self.dtype.names],
+                         "formats": [self.dtype.fields[n][0] for n in self.dtype.names],
+                         "offsets": [self.dtype.fields[n][1] for n in self.dtype.names],
+                         "itemsize": self.dtype.itemsize})
+
     def write(self, rows: np.ndarray) -> None:
-        """Store ``rows`` (structured, unique ids): over their old copies, or in new buckets."""
+        """Store ``rows`` (``row_dtype``, unique ids): over their old copies, or in new buckets."""
         if not len(rows):
             return
-        where = self.find(rows["id"])
+        for lo in range(0, len(rows), CHUNK):
+            self._write(rows[lo:lo + CHUNK])
+            self.release()
+        self.writes += len(rows)
+
+    def _write(self, rows: np.ndarray) -> None:
+        stored = rows.view(self.dtype).copy()
+        stored["key"] += 1
+        where = self._find(rows["id"]) if self.count else np.full(len(rows), -1, np.int64)
         old = where >= 0
         if old.any():
-            self.buckets[where[old]] = rows[old]
-        new = rows[~old]
+            self.buckets[where[old]] = stored[old]
+        new = stored[~old]
         if len(new):
             if self.count + len(new) > MAX_LOAD * len(self.buckets):
                 self._grow(self.count + len(new))
             self._place(new)
             self.count += len(new)
-        self.writes += len(rows)
 
-    def _place(self, rows: np.ndarray) -> None:
-        """Put rows whose ids are not here into empty buckets."""
+    def _place(self, stored: np.ndarray) -> None:
+        """Put rows (keys already id + 1) whose ids are not here into empty buckets."""
         mask = len(self.buckets) - 1
-        keys = self.buckets["id"]
-        pos = self._home(rows["id"])
-        todo = np.arange(len(rows))
+        keys = self.buckets["key"]
+        pos = self._home(stored["key"] - 1)
+        todo = np.arange(len(stored))
         while len(todo):
-            free = keys[pos] == -1
-            # ids wanting one empty bucket all write their id; the one that stays has it, the others probe on
-            keys[pos[free]] = rows["id"][todo[free]]
-            won = free & (keys[pos] == rows["id"][todo])
-            self.buckets[pos[won]] = rows[todo[won]]
+            free = keys[pos] == 0
+            # ids wanting one empty bucket all write their key; the one that stays has it, the others probe on
+            keys[pos[free]] = stored["key"][todo[free]]
+            won = free & (keys[pos] == stored["key"][todo])
+            self.buckets[pos[won]] = stored[todo[won]]
             going = ~won
             todo, pos = todo[going], np.where(free[going], pos[going], (pos[going] + 1) & mask)
 
@@ -138,25 +165,25 @@ class DiskRows:
         while rows > MAX_LOAD * (1 << bits):
             bits += 1
         self._map(bits + 1)
-        step = 1 << 20  # a block at a time: the old file is never read into memory whole
-        for lo in range(0, old_len, step):
-            block = np.frombuffer(old_map, self.dtype, count=min(step, old_len - lo), offset=lo * self.dtype.itemsize)
-            taken = block[block["id"] != -1]  # a copy
+        for lo in range(0, old_len, CHUNK):  # a chunk at a time: neither file is ever resident whole
+            block = np.frombuffer(old_map, self.dtype, count=min(CHUNK, old_len - lo), offset=lo * self.dtype.itemsize)
+            taken = block[block["key"] != 0]  # a copy
             del block
+            old_map.madvise(mmap.MADV_DONTNEED)
             if len(taken):
                 self._place(taken)
-            old_map.madvise(mmap.MADV_DONTNEED)
-            self.release()
+                self.release()
         old_map.close()
 
-    def items(self, block: int = 1 << 20):
-        """Every row held, a block at a time (structured copies)."""
-        for lo in range(0, len(self.buckets), block):
-            part = self.buckets[lo:lo + block]
-            part = part[part["id"] != -1].copy()
+    def items(self):
+        """Every row held, a chunk of buckets at a time (``row_dtype`` copies)."""
+        for lo in range(0, len(self.buckets), 16 * CHUNK):
+            part = self.buckets[lo:lo + 16 * CHUNK]
+            part = part[part["key"] != 0].copy()
             self.release()
             if len(part):
-                yield part
+                part["key"] -= 1
+                yield part.view(self.row_dtype)
 
     def close(self) -> None:
         self.buckets = None

@@ -12,7 +12,7 @@ hold more rows than ``memory_bytes`` pays for; every other row lives in a
 - Admission: every row a step touches comes into memory for that step (a row
   is updated where it lies in memory, never on disk). New rows are made in
   memory.
-- Eviction, when memory is full, writes an eighth of the budget's rows to
+- Eviction, when memory is full, writes a sixteenth of the budget's rows to
   disk in one batch, chosen by the table's ``policy``: ``lru`` the rows least
   recently pulled or pushed, ``lfu`` the rows touched fewest times while in
   memory (every eviction halves the counts, so old popularity fades).
@@ -142,17 +142,18 @@ class TieredRowStore(RowStore):
         return made
 
     def _make_room(self, n: int, keep: np.ndarray) -> None:
-        """Write rows out to disk until ``n`` more fit in memory, never the rows at slots ``keep``: an eighth
-        of the budget at a time, so the cost of moving the rest is shared by many faults."""
+        """Write rows out to disk until ``n`` more fit in memory, never the rows at slots ``keep``: a sixteenth
+        of the budget at a time, so the cost of moving the rest (and of rebuilding the index) is shared by many
+        faults, while the batch written stays small beside the budget."""
         if n + len(keep) > self.hot_rows:
             raise ConfigError(f"one batch touches {n + len(keep)} rows of a table whose memory budget holds"
                               f" {self.hot_rows}: raise its memory_mb")
-        free = min(self.count, max(self.count + n - self.hot_rows, self.hot_rows // 8))
+        free = min(self.count, max(self.count + n - self.hot_rows, self.hot_rows // 16))
         key = (self.last_seen if self.policy == "lru" else self.uses)[:self.count].astype(np.float64)
         key[keep] = np.inf
         victims = np.argpartition(key, free - 1)[:free] if free < self.count else np.arange(self.count)
         victims = victims[np.isfinite(key[victims])]
-        rows = np.empty(len(victims), self.cold.dtype)
+        rows = np.empty(len(victims), self.cold.row_dtype)
         rows["id"], rows["last_seen"], rows["record"] = self.ids[victims], self.last_seen[victims], self.block[victims]
         for name, _, _ in self._scalars:
             rows[name] = self.scalars[name][victims]
@@ -203,10 +204,7 @@ class TieredRowStore(RowStore):
             weights, state = self.split(rows["record"])
             parts.append({"ids": rows["id"], "weights": weights, "last_seen": rows["last_seen"],
                           "state": {**state, **{name: rows[name] for name, _, _ in self._scalars}}})
-        return {"ids": np.concatenate([p["ids"] for p in parts]),
-                "weights": np.concatenate([p["weights"] for p in parts]),
-                "last_seen": np.concatenate([p["last_seen"] for p in parts]),
-                "state": {k: np.concatenate([p["state"][k] for p in parts]) for k in parts[0]["state"]}}
+        return _joined(parts)
 
     def export(self) -> tuple[np.ndarray, np.ndarray]:
         rows = self._all_rows()
@@ -217,10 +215,17 @@ class TieredRowStore(RowStore):
                 for k, v in self._all_rows().items()}
 
     def rows_state(self, ids: np.ndarray) -> dict:
-        slots = self.slots(ids)  # brought into memory: they were just changed, so they are hot anyway
-        slots = slots[slots >= 0]
-        return {"ids": self.ids[slots], "weights": self.weights[slots], "last_seen": self.last_seen[slots],
-                "state": {k: v[slots] for k, v in self.state.items()}}
+        """The rows ``ids`` that are held, from memory or disk, bringing none into memory."""
+        slots = super().slots(ids)
+        hot = slots[slots >= 0]
+        parts = [{"ids": self.ids[hot], "weights": self.weights[hot], "last_seen": self.last_seen[hot],
+                  "state": {k: v[hot] for k, v in self.state.items()}}]
+        where = self.cold.find(ids[slots < 0])
+        rows = self.cold.read(where[where >= 0])
+        weights, state = self.split(rows["record"])
+        parts.append({"ids": rows["id"], "weights": weights, "last_seen": rows["last_seen"],
+                      "state": {**state, **{name: rows[name] for name, _, _ in self._scalars}}})
+        return _joined(parts)
 
     def load_state_dict(self, state: dict) -> None:
         """Restore every row: as many as the budget holds into memory (the most recently seen), the rest to disk."""
@@ -237,7 +242,7 @@ class TieredRowStore(RowStore):
         self.uses = np.zeros(self.capacity, np.uint32)
         if len(away):
             part = pick(away)
-            rows = np.empty(len(away), self.cold.dtype)
+            rows = np.empty(len(away), self.cold.row_dtype)
             rows["id"], rows["last_seen"] = part["ids"], part["last_seen"]
             rows["record"] = np.concatenate([part["weights"]] + [part["state"][n] for n, _ in self._values], axis=1)
             for name, _, _ in self._scalars:
@@ -245,3 +250,11 @@ class TieredRowStore(RowStore):
             self.cold.write(rows)
             self.cold.release()
         self.away = len(away)
+
+
+def _joined(parts: list[dict]) -> dict:
+    """Row states (ids, weights, last seen, state) one after another, as one."""
+    return {"ids": np.concatenate([p["ids"] for p in parts]),
+            "weights": np.concatenate([p["weights"] for p in parts]),
+            "last_seen": np.concatenate([p["last_seen"] for p in parts]),
+            "state": {k: np.concatenate([p["state"][k] for p in parts]) for k in parts[0]["state"]}}
