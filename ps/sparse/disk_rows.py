@@ -12,12 +12,13 @@ batch, so a push's rows are read in one batched pass, sorted by bucket.
 The file is mapped into the shard's memory and is sized for a load of at most
 1/2; when it fills it is rehashed into one twice as large. It is unlinked as
 soon as it is mapped, so it goes with the process however the process ends.
-Every row read or written maps one page (4 KB) of the file into the process,
-so rows are read and written ``CHUNK`` at a time, and after each chunk the
-mapping is told to drop its pages (``madvise(MADV_DONTNEED)``; a shared file
-mapping keeps the data in the file and the kernel's page cache). The shard's
-resident memory then holds the hot tier and at most ``CHUNK`` pages of the
-disk tier (32 MB), not the disk tier.
+Every row read maps up to 16 pages (64 KB) of the file into the process: the
+kernel's fault-around maps the neighbours it holds in its page cache too
+(``MADV_RANDOM`` stops readahead from adding more). So rows are read and
+written ``CHUNK`` at a time, and after each chunk the mapping is told to drop
+its pages (``madvise(MADV_DONTNEED)``; a shared file mapping keeps the data in
+the file and the page cache). The shard's resident memory then holds the hot
+tier and at most ``CHUNK`` x 64 KB (64 MB) of the disk tier, not the disk tier.
 
 Rows are never deleted here: a row read back into memory leaves a stale copy,
 which the next eviction of that row overwrites; the memory tier is asked
@@ -35,7 +36,7 @@ import numpy as np
 _FIBONACCI = np.uint64(0x9E3779B97F4A7C15)
 MAX_LOAD = 0.5
 _MIN_BITS = 12
-CHUNK = 8192  # rows read or written between two drops of the mapping's pages: at most 32 MB of them resident
+CHUNK = 1024  # rows read or written between two drops of the mapping's pages: at most 64 MB of them resident
 
 
 class DiskRows:
@@ -60,6 +61,9 @@ class DiskRows:
         finally:
             os.close(fd)
             os.unlink(path)  # the mapping keeps the file; nothing is left on disk when the process ends
+        # no readahead: a read fault would bring 128 KB of neighbours into the page cache, and the next fault
+        # maps the cached ones into the process too (fault-around), 16 pages per row read
+        self._mmap.madvise(mmap.MADV_RANDOM)
         self.buckets = np.frombuffer(self._mmap, self.dtype)
 
     @property
