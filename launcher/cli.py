@@ -136,14 +136,18 @@ def _parser() -> argparse.ArgumentParser:
 
     add_export(sub)
     stop = sub.add_parser("stop", help="stop a job")
-    scale = sub.add_parser("scale", help="add or remove workers of a running job, without restarting it")
-    scale.add_argument("--workers", type=int, required=True, help="how many workers the job should have")
+    scale = sub.add_parser("scale", help="add or remove workers of a running job (without restarting it), or"
+                           " change its number of shards (stop-the-world, from a checkpoint)")
+    scale.add_argument("--workers", type=int, help="how many workers the job should have")
+    scale.add_argument("--servers", type=int, help="how many shards: the job cuts a checkpoint, stops, and goes on"
+                       " from it on this many (resharded)")
     for p in (logs, stop, scale):
         p.add_argument("job", help="submission id, as submit and status print it")
         p.add_argument("config", nargs="?", help="cluster.yaml (for its address)")
     here = sub.add_parser("scale-here", help="(internal: what `psctl scale` runs on the cluster)")
     here.add_argument("job")
-    here.add_argument("workers", type=int)
+    here.add_argument("--workers", type=int)
+    here.add_argument("--servers", type=int)
     nodes_here = sub.add_parser("wait-nodes", help="(internal: what `psctl up` runs on the head)")
     nodes_here.add_argument("ips", nargs="+")
     nodes_here.add_argument("--timeout", type=float, required=True)

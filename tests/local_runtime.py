@@ -307,6 +307,14 @@ class LocalRuntime:
             self._begin_life(actor)
         return actor.handle
 
+    def named(self, name: str) -> ActorHandle:
+        """The newest actor spawned under ``name`` (Ray's ``get_actor``)."""
+        with self._lock:
+            found = [a for a in self._actors.values() if a.name == name]
+        if not found:
+            raise ValueError(f"no actor named {name!r}")
+        return found[-1].handle
+
     def spawn(self, cls, args: tuple = (), kwargs: dict | None = None, options: dict | None = None) -> ActorHandle:
         """The Runtime protocol's way in (the driver's): Ray's options, of which one process honours the name,
         the restarts and the concurrency; resources, namespaces and scheduling mean nothing on one node."""

@@ -8,6 +8,7 @@ the cut and the layout, not about processes.
 from __future__ import annotations
 
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -80,3 +81,34 @@ def test_a_dense_job_resumed_at_3_and_at_1_shards_reaches_the_accuracy_of_one_un
         assert abs(s["test_accuracy"] - whole) <= 0.02, (servers, s["test_accuracy"], whole)
         # every example trained once per epoch across the stop and the reshard
         assert s["examples_per_epoch"] == first["examples_per_epoch"], s["examples_per_epoch"]
+
+
+@pytest.mark.timeout(300)
+def test_psctl_scale_servers_changes_a_running_jobs_shards_and_every_row_gradient_is_applied_once(
+        in_process, tmp_path):
+    """What ``psctl scale JOB --servers 3`` asks (driver.scale_job): the job cuts a checkpoint, stops, and goes
+    on from that cut on 3 shards; a counting table still applies every row gradient once per epoch."""
+    import threading
+
+    asked = threading.Event()
+
+    def on_start(name):
+        def ask():
+            coordinator = in_process.named(f"coordinator-{name}")
+            while in_process.get(coordinator.progress.remote())["remaining"] > 200:  # part way through the job
+                time.sleep(0.01)
+            in_process.get(coordinator.set_wanted_servers.remote(3))
+            asked.set()
+        threading.Thread(target=ask, daemon=True).start()
+
+    config = counting(2)
+    result = rayps.Job(**config).run(output=tmp_path / "run", progress=False, dashboard=False, report=False,
+                                     on_start=on_start, runtime=in_process)
+    assert asked.is_set()
+    s = result.summary
+    assert s["servers"] == 3
+    (change,) = s["servers_changed"]
+    assert change["from"] == 2 and change["to"] == 3 and change["seconds"] > 0
+    got = counts(result)
+    assert (got[:500] == 4).all(), np.flatnonzero(got[:500] != 4)[:10]
+    assert s["progress"]["step"] == s["progress"]["steps"]

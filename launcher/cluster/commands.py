@@ -92,13 +92,18 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_scale(args: argparse.Namespace) -> int:
     """Reach the running job's work queue from inside the cluster: a one-line Ray job does it."""
-    if args.workers < 1:
-        raise ConfigError(f"--workers ({args.workers}) must be >= 1")
+    if args.workers is None and args.servers is None:
+        raise ConfigError("psctl scale: give --workers N, --servers N or both")
+    for what, value in (("workers", args.workers), ("servers", args.servers)):
+        if value is not None and value < 1:
+            raise ConfigError(f"--{what} ({value}) must be >= 1")
     jobs = Jobs(resolve_address(args.address, _cluster(args.config)))
     status = jobs.status(args.job)
     if status != "RUNNING":
         raise ConfigError(f"job {args.job} is {status}, not RUNNING: only a running job can be scaled")
-    command = shlex.join(["python", "-m", "rayps", "scale-here", args.job, str(args.workers)])
+    asks = [*(["--workers", str(args.workers)] if args.workers is not None else []),
+            *(["--servers", str(args.servers)] if args.servers is not None else [])]
+    command = shlex.join(["python", "-m", "rayps", "scale-here", args.job, *asks])
     helper = jobs.submit(command, project_dir(), metadata={"submitted_by": "psctl scale"})
     deadline = time.monotonic() + 120
     while (done := jobs.status(helper)) not in ("SUCCEEDED", "FAILED", "STOPPED") and time.monotonic() < deadline:
@@ -106,7 +111,8 @@ def cmd_scale(args: argparse.Namespace) -> int:
     if done != "SUCCEEDED":
         print(f"psctl: scaling {args.job} failed ({done}): {jobs.logs(helper).strip()}", file=sys.stderr)
         return 1
-    print(f"{args.job}: asked for {args.workers} workers")
+    said = " and ".join(f"{v} {w}" for w, v in (("workers", args.workers), ("servers", args.servers)) if v is not None)
+    print(f"{args.job}: asked for {said}")
     return 0
 
 
@@ -116,7 +122,7 @@ def cmd_scale_here(args: argparse.Namespace) -> int:
     from ..job.driver import scale_job
 
     ray.init(address="auto", logging_level="ERROR")
-    scale_job(args.job, args.workers)
+    scale_job(args.job, args.workers, args.servers)
     return 0
 
 

@@ -48,6 +48,7 @@ CALL_S = 10.0  # how long a control call to a live actor may take
 STARTUP_S = 60.0  # how long a new worker may take to push its first gradient before it counts as stalled
 PLACE_S = 60.0  # how long every actor may take to come up at the job's start
 SETTLE_S = 2.0  # after the last random kill, how long before the shards are taken to be alive as they answer
+CUT_TRIES = 5  # checkpoints tried before a change of servers waits for the next tick
 
 
 @dataclass
@@ -513,7 +514,9 @@ class Controller:
 
     def _follow_scale(self) -> None:
         """Act on a new ``psctl scale`` request (only a change: workers that finish are not replaced)."""
-        wanted = self._get(self.coordinator.get_wanted.remote())
+        wanted, servers = self._get(self.coordinator.asks.remote())
+        if servers is not None and servers != len(self.shards):
+            self._change_servers(servers)
         if wanted == self._wanted:
             return
         self._wanted = wanted
@@ -531,6 +534,39 @@ class Controller:
                 self.counts["removed"] += 1
                 self.event("worker-removed", f"scale: worker-{worker} leaves after its current unit"
                            f" ({wanted} wanted)", worker=worker)
+
+
+    def _change_servers(self, servers: int) -> None:
+        """``psctl scale --servers``: cut a checkpoint and end this run of the job, for the driver to start it
+        again from that cut on ``servers`` shards (ServersChanged). Stop-the-world: the workers' progress
+        past the cut is trained again."""
+        asked = time.monotonic()
+        if self.checkpointer is None:
+            self.coordinator.set_wanted_servers.remote(len(self.shards))
+            self.event("scale-refused", f"scale: cannot change the job's servers to {servers} without"
+                       " checkpoints (checkpoint.enabled is false)")
+            return
+        index = None
+        for _ in range(CUT_TRIES):  # a cut is abandoned when a push of it never lands (a worker died mid-push)
+            index = self.checkpointer.take(self.shards, self.coordinator, self.monitor.history,
+                                           now=self.monitor.now(), step=self.monitor.progress.step)
+            if index is not None:
+                break
+        if index is None:
+            self.event("scale-deferred", f"scale: no checkpoint could be cut to change the servers to {servers};"
+                       " trying again")
+            return
+        self.event("servers-changing", f"scale: {len(self.shards)} -> {servers} shards from checkpoint {index}"
+                   f" (cut at step {self.monitor.progress.step:,}); every actor stops", checkpoint=index)
+        raise ServersChanged(servers, index, asked)
+
+
+class ServersChanged(Exception):
+    """The job is to go on from checkpoint ``index`` on ``servers`` shards (the driver starts it again)."""
+
+    def __init__(self, servers: int, index: int, asked: float):
+        super().__init__(f"servers changing to {servers} from checkpoint {index}")
+        self.servers, self.index, self.asked = servers, index, asked
 
 
 def _cause(error: Exception) -> str:

@@ -17,6 +17,7 @@ its run directory, with the error in the summary.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -59,7 +60,7 @@ from .saved_model import save_run_model
 from .checkpointing import Checkpointer
 from .resharding import reshard_newest
 from .config import JobConfig
-from .controller import Controller
+from .controller import Controller, ServersChanged
 from .dataprep import prepare_on_ray, write_data_files
 from .monitor import Monitor, default_history_every
 from .progress import Extent
@@ -151,6 +152,7 @@ class Run:
     controller: Controller | None = None
     placement: dict = field(default_factory=dict)
     trained: dict = field(default_factory=dict)  # train's results: reports, stats, scores, rows, coverage
+    servers_changed: list = field(default_factory=list)  # psctl scale --servers: each restart, and its cost
 
 
 def job_name(run_id: str) -> str:
@@ -167,17 +169,33 @@ def run_job(config: JobConfig, output: str | Path | None = None,
     with the job's name once its work queue is up (``scale_job`` takes that name). ``runtime``:
     where the actors run (runtime.py; Ray's unless a test runs the job in one process)."""
     began = time.monotonic()
-    plan = prepare(config, output, dashboard)
-    run = open_run(plan, output, dashboard, runtime)
-    try:
-        start(run, on_start)
-        train(run, progress)
-    except Exception as error:
-        _write_failed(run, error, began, report)
-        raise
-    finally:
-        stop(run)
-    return summarize(run, report, began)
+    changes: list[dict] = []
+    run_id = None
+    while True:
+        plan = prepare(config, output, dashboard)
+        run = open_run(plan, output, dashboard, runtime, run_id)
+        run.servers_changed = changes
+        change = None
+        try:
+            start(run, on_start if run_id is None else None)
+            if changes:
+                changes[-1]["seconds"] = round(time.monotonic() - changes[-1].pop("asked"), 3)
+                print(f"servers: {changes[-1]['from']} -> {changes[-1]['to']} shards, training again"
+                      f" {changes[-1]['seconds']:.1f} s after the ask", flush=True)
+            train(run, progress)
+        except ServersChanged as e:  # psctl scale --servers: go on from its cut on the new number of shards
+            change = e
+        except Exception as error:
+            _write_failed(run, error, began, report)
+            raise
+        finally:
+            stop(run)
+        if change is None:
+            return summarize(run, report, began)
+        changes.append({"from": config.servers, "to": change.servers, "checkpoint": change.index,
+                        "asked": change.asked})
+        config = dataclasses.replace(config, servers=change.servers)
+        output, run_id = run.run_dir, run.run_id
 
 
 def prepare(config: JobConfig, output: str | Path | None, dashboard: bool) -> Plan:
@@ -249,9 +267,10 @@ def prepare(config: JobConfig, output: str | Path | None, dashboard: bool) -> Pl
         else resolve_every(config.checkpoint.every_steps, per_worker / 10))
 
 
-def open_run(plan: Plan, output: str | Path | None, dashboard: bool, runtime: Runtime = RAY) -> Run:
+def open_run(plan: Plan, output: str | Path | None, dashboard: bool, runtime: Runtime = RAY,
+             run_id: str | None = None) -> Run:
     """Ray up and able to hold the job; the run directory, with the config first (a crashed driver's run
-    can be resumed from it)."""
+    can be resumed from it). ``run_id``: the run it goes on with (a change of servers keeps the job's name)."""
     config = plan.config
     dashboard_url = runtime.start(dashboard)
     check_feasible(config, runtime.nodes())
@@ -259,7 +278,7 @@ def open_run(plan: Plan, output: str | Path | None, dashboard: bool, runtime: Ru
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
     data_summary = write_data_files(run_dir, plan.prepared) if plan.prepared is not None else None
-    return Run(plan, run_dir, uuid.uuid4().hex[:8], dashboard_url, data_summary, runtime)
+    return Run(plan, run_dir, run_id or uuid.uuid4().hex[:8], dashboard_url, data_summary, runtime)
 
 
 def start(run: Run, on_start: Callable[[str], None] | None) -> None:
@@ -378,6 +397,8 @@ def summarize(run: Run, report: bool, began: float) -> JobResult:
                           time.monotonic() - began)
     summary.update(recovery_summary(run.controller, run.checkpointer, t["coverage"], t["reports"], t["stats"]))
     summary["progress"] = progress_summary(run.monitor.progress)
+    if run.servers_changed:
+        summary["servers_changed"] = run.servers_changed
     summary.update(sparse_summary(t["stats"], t["reports"]))
     summary.update(local_steps_summary(config, [r for r in t["reports"] if not r.get("died")], t["stats"]))
     summary["compression"] = compression_summary(config.compression, t["reports"], t["stats"], run.transport.name)
@@ -488,18 +509,27 @@ def _checkpoint_root(config: JobConfig, run_dir: Path) -> str | None:
     return str(Path(ckpt.dir or run_dir / "checkpoints").resolve()) if ckpt.enabled else None
 
 
-def scale_job(name: str, workers: int) -> None:
-    """Ask the running job ``name`` (see ``job_name``) for ``workers`` workers; it adds or removes
-    them without restarting. Call from any process connected to the job's Ray cluster."""
+def scale_job(name: str, workers: int | None = None, servers: int | None = None) -> None:
+    """Ask the running job ``name`` (see ``job_name``) for ``workers`` workers, which it adds or removes
+    without restarting, and/or for ``servers`` shards, which it reaches stop-the-world: it cuts a
+    checkpoint, stops every actor and goes on from that cut on the new number of shards (resharded; the
+    workers' progress past the cut is trained again). Call from any process connected to the job's Ray
+    cluster."""
     from ...errors import ConfigError, JobError
 
-    if not isinstance(workers, int) or workers < 1:
-        raise ConfigError(f"workers ({workers!r}) must be an integer >= 1")
+    if workers is None and servers is None:
+        raise ConfigError("scale: give workers, servers or both")
+    for what, value in (("workers", workers), ("servers", servers)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{what} ({value!r}) must be an integer >= 1")
     try:
         coordinator = ray.get_actor(f"coordinator-{name}", namespace=COORDINATORS)
     except ValueError:
         raise JobError(f"no running rayps job named {name!r} on this Ray cluster") from None
-    ray.get(coordinator.set_wanted.remote(workers), timeout=30)
+    if workers is not None:
+        ray.get(coordinator.set_wanted.remote(workers), timeout=30)
+    if servers is not None:
+        ray.get(coordinator.set_wanted_servers.remote(servers), timeout=30)
 
 
 def _chaos(faults: dict, worker_id: int) -> WorkerChaos:

@@ -32,6 +32,7 @@ class WorkCoordinator:
         self.generation = 0
         self.recovering = False
         self.wanted = wanted_workers  # what `psctl scale` last asked for
+        self.wanted_servers: int | None = None  # ... and of shards (None: none asked)
         self._removed: set[int] = set()
         self._reports: list[dict] = []  # what training loops reported, for the controller to collect
         self._report_id = 0
@@ -115,6 +116,13 @@ class WorkCoordinator:
 
     def get_wanted(self) -> int:
         return self.wanted
+
+    def set_wanted_servers(self, servers: int) -> None:
+        self.wanted_servers = int(servers)
+
+    def asks(self) -> tuple[int, int | None]:
+        """What ``psctl scale`` last asked for: workers, and shards (None: no change asked)."""
+        return self.wanted, self.wanted_servers
 
     def progress(self) -> dict:
         return {"remaining": self.queue.remaining, "queued": self.queue.queued, "holders": self.queue.holders(),
