@@ -62,6 +62,9 @@ class TieredRowStore(RowStore):
         if self.hot_rows < 1024:
             raise ConfigError(f"a memory budget of {memory_bytes} bytes holds {self.hot_rows} rows of"
                               f" {self.row_bytes} bytes; it must hold at least 1,024")
+        # room for the whole budget at once: untouched pages cost nothing, and growing by steps would copy the
+        # arrays whenever the allocator cannot extend them in place (twice the tier, for a moment)
+        self._grow(self.hot_rows)
         self.cold = DiskRows(self.width, [(n, d) for n, d, _ in self._scalars], directory, name)
         self.faults = self.evicted = 0  # rows read back from disk, rows written out to it
         self.away = 0  # rows on disk only (every row is in memory or away)
@@ -161,12 +164,16 @@ class TieredRowStore(RowStore):
         self.cold.release()
         self.evicted += len(victims)
         self.away += len(victims)
-        live = np.ones(self.count, bool)
-        live[victims] = False
-        kept = np.flatnonzero(live)
+        # the rows past the new end that stay fill the victims' slots below it: a copy of as many rows as left,
+        # where moving every kept row down would copy nearly the whole tier (its size again, for a moment)
+        end = self.count - len(victims)
+        gone = np.zeros(self.count, bool)
+        gone[victims] = True
+        holes = np.flatnonzero(gone[:end])
+        fillers = end + np.flatnonzero(~gone[end:])
         for array in (self.block, self.ids, self.last_seen, self.uses, *self.scalars.values()):
-            array[:len(kept)] = array[kept]
-        self.count = len(kept)
+            array[holes] = array[fillers]
+        self.count = end
         if self.policy == "lfu":
             self.uses[:self.count] >>= 1
         self.index.rebuild(self.ids[:self.count])
