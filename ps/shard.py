@@ -369,9 +369,10 @@ class ParameterShard:
         t = self._table(table)
         return t.rows(self._checked(t.check_ids, ids))
 
-    async def sparse_export(self, table: str) -> tuple[np.ndarray, np.ndarray]:
-        """Every row this shard holds of ``table``: ids (int64) and values (float32 rows x dim)."""
-        return self._table(table).store.export()
+    async def sparse_export(self, table: str, part: int = 0) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Part ``part`` of the rows this shard holds of ``table``: ids (int64) and values (float32 rows x dim),
+        and whether a part ``part + 1`` follows (a table beyond memory hands its rows back a block at a time)."""
+        return self._table(table).store.export(part)
 
     def _table(self, name: str) -> SparseTable:
         try:

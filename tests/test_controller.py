@@ -372,8 +372,9 @@ def sparse_counting(**config) -> dict:
 
 
 def row_counts(runtime, job: LocalJob) -> tuple[np.ndarray, np.ndarray]:
-    ids, rows = (np.concatenate(part) for part in zip(*runtime.get([shard.sparse_export.remote("count")
-                                                                     for shard in job.shards])))
+    parts = runtime.get([shard.sparse_export.remote("count") for shard in job.shards])
+    assert not any(more for _, _, more in parts)  # tables in memory hand their rows back in one part
+    ids, rows = (np.concatenate(part) for part in zip(*[(i, r) for i, r, _ in parts]))
     return ids, rows[:, 0]
 
 

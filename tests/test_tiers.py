@@ -61,6 +61,17 @@ def test_a_table_over_its_memory_budget_trains_to_the_same_bits_as_one_in_memory
     assert every_row(whole) == every_row(tiered)
     ids = np.unique(np.concatenate([ids for ids, _ in zipf_batches(3, seed=9)]))
     np.testing.assert_array_equal(whole.rows(ids), tiered.rows(ids))  # evaluation reads, disk rows included
+    # handed back in parts (memory, then the disk a block of buckets at a time): every row once, as trained
+    parts, part, more = [], 0, True
+    while more:
+        got_ids, got_rows, more = tiered.store.export(part)
+        parts.append((got_ids, got_rows))
+        part += 1
+    got_ids = np.concatenate([i for i, _ in parts])
+    got_rows = np.concatenate([r for _, r in parts])
+    want_ids, want_rows, _ = whole.store.export()
+    assert len(parts) > 1 and len(got_ids) == len(np.unique(got_ids)) == len(want_ids)
+    np.testing.assert_array_equal(got_rows[np.argsort(got_ids)], want_rows[np.argsort(want_ids)])
 
 
 def test_a_tiered_tables_state_restores_with_every_row_and_trains_on_alike():

@@ -541,8 +541,16 @@ def _chaos(faults: dict, worker_id: int) -> WorkerChaos:
 
 
 def _exported(shards, table: str, get) -> tuple[np.ndarray, np.ndarray]:
-    parts = get([s.sparse_export.remote(table) for s in shards])
-    return np.concatenate([i for i, _ in parts]), np.concatenate([r for _, r in parts])
+    """Every row of ``table``, asked of each shard a part at a time until it says no part follows."""
+    ids, rows = [], []
+    for shard in shards:
+        part, more = 0, True
+        while more:
+            i, r, more = get(shard.sparse_export.remote(table, part))
+            ids.append(i)
+            rows.append(r)
+            part += 1
+    return np.concatenate(ids), np.concatenate(rows)
 
 
 def _merge_pulled(pulled: list) -> tuple[np.ndarray, np.ndarray]:

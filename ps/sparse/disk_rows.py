@@ -189,6 +189,18 @@ class DiskRows:
                 part["key"] -= 1
                 yield part.view(self.row_dtype)
 
+    def block(self, index: int, buckets: int = 1 << 20) -> np.ndarray | None:
+        """The rows held in the ``index``-th block of ``buckets`` buckets (``row_dtype`` copies); None past
+        the end: a reader that never holds more than one block."""
+        lo = index * buckets
+        if lo >= len(self.buckets):
+            return None
+        part = self.buckets[lo:lo + buckets]
+        part = part[part["key"] != 0].copy()
+        self.release()
+        part["key"] -= 1
+        return part.view(self.row_dtype)
+
     def close(self) -> None:
         self.buckets = None
         self._mmap.close()

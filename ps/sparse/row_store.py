@@ -138,9 +138,9 @@ class RowStore:
             return np.zeros(0, np.int64)
         return self.index.lookup(ids, self.ids)
 
-    def export(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every row's id and weights (copies)."""
-        return self.ids[:self.count].copy(), self.weights[:self.count].copy()
+    def export(self, part: int = 0) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Part ``part`` of every row's id and weights (copies), and whether another part follows."""
+        return self.ids[:self.count].copy(), self.weights[:self.count].copy(), False
 
     def read_weights(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The weights of rows ``ids`` (a copy; anything where absent) and which of them are here."""

@@ -213,9 +213,15 @@ class TieredRowStore(RowStore):
                           "state": {**state, **{name: rows[name] for name, _, _ in self._scalars}}})
         return _joined(parts)
 
-    def export(self) -> tuple[np.ndarray, np.ndarray]:
-        rows = self._all_rows()
-        return rows["ids"].copy(), rows["weights"].copy()
+    def export(self, part: int = 0) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Part 0: the rows in memory; then the disk's rows a block of buckets at a time (those not in memory),
+        so the shard never holds more than a block of them beside its budget while they are handed back."""
+        if part == 0:
+            ids, weights, _ = super().export()
+            return ids, weights, self.cold.block(0) is not None
+        rows = self.cold.block(part - 1)
+        away = rows[super().slots(rows["id"]) < 0]
+        return away["id"].copy(), away["record"][:, :self.dim].copy(), self.cold.block(part) is not None
 
     def state_dict(self) -> dict:
         return {k: (v.copy() if isinstance(v, np.ndarray) else {n: a.copy() for n, a in v.items()})
