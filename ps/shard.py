@@ -369,6 +369,10 @@ class ParameterShard:
         t = self._table(table)
         return t.rows(self._checked(t.check_ids, ids))
 
+    def peak_rss(self) -> int:
+        """The most resident memory this shard's process has held (bytes)."""
+        return peak_rss_bytes()
+
     async def sparse_export(self, table: str, part: int = 0) -> tuple[np.ndarray, np.ndarray, bool]:
         """Part ``part`` of the rows this shard holds of ``table``: ids (int64) and values (float32 rows x dim),
         and whether a part ``part + 1`` follows (a table beyond memory hands its rows back a block at a time)."""

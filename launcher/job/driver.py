@@ -368,6 +368,8 @@ def train(run: Run, progress: ProgressLine | None) -> None:
         test_accuracy=test_accuracy, auc=auc,
         # The trained rows come home with the model (only rows some batch touched exist at all).
         saved={name: _exported(shards, name, get) for name in plan.shapes},
+        # after the hand-back of the rows, the last thing a shard does
+        peak_rss=get([s.peak_rss.remote() for s in shards]),
         coverage=get(run.coordinator.coverage.remote()),
         audit=get([s.applied_log.remote() for s in shards]) if config.debug.audit else None)
 
@@ -397,6 +399,7 @@ def summarize(run: Run, report: bool, began: float) -> JobResult:
                           time.monotonic() - began)
     summary.update(recovery_summary(run.controller, run.checkpointer, t["coverage"], t["reports"], t["stats"]))
     summary["progress"] = progress_summary(run.monitor.progress)
+    summary["shard_peak_rss_mb"] = {str(i): round(b / 2**20, 1) for i, b in enumerate(t["peak_rss"])}
     if run.servers_changed:
         summary["servers_changed"] = run.servers_changed
     summary.update(sparse_summary(t["stats"], t["reports"]))

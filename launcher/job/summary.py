@@ -81,8 +81,6 @@ def job_summary(config, reports, stats, test_loss, test_accuracy, train_s, wall_
         "train_s": train_s,
         "wall_s": wall_s,
         "worker_peak_rss_mb": {str(r["worker_id"]): r.get("peak_rss_mb") for r in reports},
-        "shard_peak_rss_mb": {str(s["shard_id"]): round(s["peak_rss_bytes"] / 2**20, 1) for s in stats
-                              if "peak_rss_bytes" in s},
         # how many shards each worker reached through shared memory (across nodes: those on its own node)
         "shards_over_shm": {str(r["worker_id"]): r.get("shards_over_shm", 0) for r in reports},
         # fp16: batches computed again at a halved loss scale because their gradient overflowed

@@ -39,6 +39,7 @@ from .slot_index import SlotIndex
 
 POLICIES = ("lru", "lfu")
 _USE_COUNT_BYTES = 4
+EXPORT_ROWS = 1 << 19  # rows (or disk buckets) per part of a hand-back: 36 MB of ids and weights at dim 16
 
 
 def rows_within(budget: int, row_bytes: int) -> int:
@@ -214,14 +215,20 @@ class TieredRowStore(RowStore):
         return _joined(parts)
 
     def export(self, part: int = 0) -> tuple[np.ndarray, np.ndarray, bool]:
-        """Part 0: the rows in memory; then the disk's rows a block of buckets at a time (those not in memory),
-        so the shard never holds more than a block of them beside its budget while they are handed back."""
-        if part == 0:
-            ids, weights, _ = super().export()
-            return ids, weights, self.cold.block(0) is not None
-        rows = self.cold.block(part - 1)
+        """The rows in memory, ``EXPORT_ROWS`` a part, then the disk's rows not in memory a block of buckets
+        at a time: the shard never holds more than a part of them (and its serialized copy) beside its budget
+        while they are handed back."""
+        memory_parts = -(-self.count // EXPORT_ROWS)
+        if part < memory_parts:
+            lo = part * EXPORT_ROWS
+            hi = min(self.count, lo + EXPORT_ROWS)
+            return self.ids[lo:hi].copy(), self.weights[lo:hi].copy(), True
+        index = part - memory_parts
+        rows = self.cold.block(index, EXPORT_ROWS)
+        if rows is None:
+            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32), False
         away = rows[super().slots(rows["id"]) < 0]
-        return away["id"].copy(), away["record"][:, :self.dim].copy(), self.cold.block(part) is not None
+        return away["id"].copy(), away["record"][:, :self.dim].copy(), (index + 1) * EXPORT_ROWS < len(self.cold.buckets)
 
     def state_dict(self) -> dict:
         return {k: (v.copy() if isinstance(v, np.ndarray) else {n: a.copy() for n, a in v.items()})
