@@ -39,7 +39,7 @@ from .slot_index import SlotIndex
 
 POLICIES = ("lru", "lfu")
 _USE_COUNT_BYTES = 4
-EXPORT_ROWS = 1 << 19  # rows (or disk buckets) per part of a hand-back: 36 MB of ids and weights at dim 16
+EXPORT_ROWS = 1 << 17  # rows (or disk buckets) per part of a hand-back: 9 MB of ids and weights at dim 16
 
 
 def rows_within(budget: int, row_bytes: int) -> int:
