@@ -133,6 +133,23 @@ def test_the_harder_ctr_example_trains_as_near_the_true_auc_as_one_torch_process
 
 
 @pytest.mark.ray
+@pytest.mark.timeout(600)
+def test_a_table_of_100m_int64_ids_beyond_the_shards_memory_trains_as_one_that_fits(ray_session, tmp_path):
+    """examples/ctr-int64.yaml: ids from the whole int64 space (100M of them, Zipf), 256 MB of rows per shard
+    in memory and the rest on disk. The same job with every row in memory measured an AUC ratio of 0.8959
+    (docs/sparse.md); the bar is that less 0.01. A shard's peak RSS must stay under its budget plus the
+    overhead docs/sparse.md states (600 MB: the process itself, about 160 MB, and its working memory)."""
+    config = load_job_config(EXAMPLES / "ctr-int64.yaml")
+    s = run_job(config, output=tmp_path / "int64", dashboard=False, report=False).summary
+    assert s["auc_ratio"] >= 0.8959 - 0.01, (s["test_auc"], s["reference_auc"])
+    for name, t in s["sparse_tables"].items():
+        # more rows than the budget holds: most of a shard's rows of each table went to disk and stayed there
+        assert t["rows"] == t["memory_rows"] + t["disk_rows"] and t["disk_rows"] > 0.3 * t["rows"], name
+        assert t["memory_rows"] <= t["memory_budget_rows"], name
+    assert max(s["shard_peak_rss_mb"].values()) <= 256 + 600, s["shard_peak_rss_mb"]
+
+
+@pytest.mark.ray
 @pytest.mark.timeout(300)
 def test_a_ten_million_row_table_trains_with_the_workers_memory_flat_in_its_size(ray_session, tmp_path):
     """The same job on a 10M x 16 table and on a 10k x 16 one: the workers' peak memory differs by far
