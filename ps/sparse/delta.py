@@ -40,7 +40,7 @@ class ChangeLog:
     def note(self, ids: np.ndarray, rows: int) -> None:
         """Rows ``ids`` were made, read for a worker or updated (``rows``: the table's rows now)."""
         if len(ids):
-            self._ids.append(ids)
+            self._ids.append(ids.copy())  # a transport may hand ids in a buffer it reuses
             self._noted += len(ids)
             if self._noted > _COMPACT_FACTOR * max(rows, 1 << 16):
                 self._ids = [unique_sorted(np.concatenate(self._ids))]
