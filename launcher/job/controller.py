@@ -558,6 +558,7 @@ class Controller:
             return
         self.event("servers-changing", f"scale: {len(self.shards)} -> {servers} shards from checkpoint {index}"
                    f" (cut at step {self.monitor.progress.step:,}); every actor stops", checkpoint=index)
+        self.monitor.close()  # the next run of the job has a monitor of its own
         raise ServersChanged(servers, index, asked)
 
 
