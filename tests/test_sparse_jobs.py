@@ -95,11 +95,15 @@ def test_dense_bsp_and_an_ssp_table_each_keep_their_own_bound_and_report_it(ray_
     # the same numbers reach the node's Prometheus endpoint
     run, port = s["run_id"], ray_session.nodes()[0]["MetricsExportPort"]
     deadline = time.monotonic() + 60
-    while value(scrape(port), "ray_rayps_table_rows_moved_total", run_id=run, table="count",
-                what="pushed") != table["rows_pushed"]:
+
+    def caught_up(samples) -> bool:  # the counters and every shard's gauges (exported on their own clocks)
+        return value(samples, "ray_rayps_table_rows_moved_total", run_id=run, table="count",
+                     what="pushed") == table["rows_pushed"] and all(
+            value(samples, "ray_rayps_table_rows", run_id=run, table="count", shard=shard) is not None
+            for shard in table["rows_per_shard"])
+    while not caught_up(samples := scrape(port)):
         assert time.monotonic() < deadline, f"sparse metrics of run {run} never caught up"
         time.sleep(1)
-    samples = scrape(port)
     for shard, rows in table["rows_per_shard"].items():
         assert value(samples, "ray_rayps_table_rows", run_id=run, table="count", shard=shard) == rows
         assert value(samples, "ray_rayps_table_bytes", run_id=run, table="count", shard=shard) == \
