@@ -180,14 +180,12 @@ class DiskRows:
         old_map.close()
 
     def items(self):
-        """Every row held, a chunk of buckets at a time (``row_dtype`` copies)."""
-        for lo in range(0, len(self.buckets), 16 * CHUNK):
-            part = self.buckets[lo:lo + 16 * CHUNK]
-            part = part[part["key"] != 0].copy()
-            self.release()
+        """Every row held, a block of buckets at a time (``row_dtype`` copies)."""
+        index = 0
+        while (part := self.block(index, 16 * CHUNK)) is not None:
             if len(part):
-                part["key"] -= 1
-                yield part.view(self.row_dtype)
+                yield part
+            index += 1
 
     def block(self, index: int, buckets: int = 1 << 20) -> np.ndarray | None:
         """The rows held in the ``index``-th block of ``buckets`` buckets (``row_dtype`` copies); None past

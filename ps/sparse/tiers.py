@@ -96,7 +96,6 @@ class TieredRowStore(RowStore):
             found = where >= 0
             if found.any():
                 rows = self.cold.read(where[found])
-                self.cold.release()
                 sub = slots[away]
                 sub[found] = self._admit(rows)
                 slots[away] = sub
@@ -116,7 +115,6 @@ class TieredRowStore(RowStore):
             on_disk = where >= 0
             sub = out[~found]
             sub[on_disk] = self.cold.read(where[on_disk])["record"][:, :self.dim]
-            self.cold.release()
             out[~found] = sub
             found[np.flatnonzero(~found)[on_disk]] = True
         return out, found
@@ -162,7 +160,6 @@ class TieredRowStore(RowStore):
         for name, _, _ in self._scalars:
             rows[name] = self.scalars[name][victims]
         self.cold.write(rows)
-        self.cold.release()
         self.evicted += len(victims)
         self.away += len(victims)
         # the rows past the new end that stay fill the victims' slots below it: a copy of as many rows as left,
@@ -201,17 +198,22 @@ class TieredRowStore(RowStore):
         """What the memory tier holds allocated (the disk tier's file is ``disk_bytes``)."""
         return super().nbytes + self.uses.nbytes
 
+    def _memory_part(self, slots) -> dict:
+        """Rows in memory (``slots``: an index or a slice) in a state's form."""
+        return {"ids": self.ids[slots], "weights": self.weights[slots], "last_seen": self.last_seen[slots],
+                "state": {k: v[slots] for k, v in self.state.items()}}
+
+    def _disk_part(self, rows: np.ndarray) -> dict:
+        """Rows read from disk (``row_dtype``) in a state's form."""
+        weights, state = self.split(rows["record"])
+        return {"ids": rows["id"], "weights": weights, "last_seen": rows["last_seen"],
+                "state": {**state, **{name: rows[name] for name, _, _ in self._scalars}}}
+
     def _all_rows(self) -> dict:
         """Every row, in memory or on disk (a disk row's copy is stale when the row is in memory)."""
-        parts = [{"ids": self.ids[:self.count], "weights": self.weights[:self.count],
-                  "last_seen": self.last_seen[:self.count],
-                  "state": {k: v[:self.count] for k, v in self.state.items()}}]
+        parts = [self._memory_part(slice(0, self.count))]
         for rows in self.cold.items():
-            away = super().slots(rows["id"]) < 0
-            rows = rows[away]
-            weights, state = self.split(rows["record"])
-            parts.append({"ids": rows["id"], "weights": weights, "last_seen": rows["last_seen"],
-                          "state": {**state, **{name: rows[name] for name, _, _ in self._scalars}}})
+            parts.append(self._disk_part(rows[super().slots(rows["id"]) < 0]))
         return _joined(parts)
 
     def export(self, part: int = 0) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -237,15 +239,8 @@ class TieredRowStore(RowStore):
     def rows_state(self, ids: np.ndarray) -> dict:
         """The rows ``ids`` that are held, from memory or disk, bringing none into memory."""
         slots = super().slots(ids)
-        hot = slots[slots >= 0]
-        parts = [{"ids": self.ids[hot], "weights": self.weights[hot], "last_seen": self.last_seen[hot],
-                  "state": {k: v[hot] for k, v in self.state.items()}}]
         where = self.cold.find(ids[slots < 0])
-        rows = self.cold.read(where[where >= 0])
-        weights, state = self.split(rows["record"])
-        parts.append({"ids": rows["id"], "weights": weights, "last_seen": rows["last_seen"],
-                      "state": {**state, **{name: rows[name] for name, _, _ in self._scalars}}})
-        return _joined(parts)
+        return _joined([self._memory_part(slots[slots >= 0]), self._disk_part(self.cold.read(where[where >= 0]))])
 
     def load_state_dict(self, state: dict) -> None:
         """Restore every row: as many as the budget holds into memory (the most recently seen), the rest to disk."""
@@ -268,7 +263,6 @@ class TieredRowStore(RowStore):
             for name, _, _ in self._scalars:
                 rows[name] = part["state"][name]
             self.cold.write(rows)
-            self.cold.release()
         self.away = len(away)
 
 
